@@ -1,0 +1,12 @@
+"""recede — receding-horizon (MPC) training of deep networks.
+
+Each block of a network learns from the loss h blocks ahead: h = 1 is Forward-Forward /
+local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
+"""
+
+from recede.blocks import BlockNet
+from recede.engine import MPC, NonFiniteLossError, check_horizon
+from recede import memory
+
+__all__ = ["BlockNet", "MPC", "NonFiniteLossError", "check_horizon", "memory"]
+__version__ = "0.1.0"

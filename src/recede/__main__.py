@@ -1,0 +1,4 @@
+import sys
+from recede.cli import main
+
+sys.exit(main())

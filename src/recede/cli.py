@@ -1,0 +1,110 @@
+"""The ``recede`` command line.
+
+``recede train``: train a registered model on a registered dataset with one or more methods
+and print a table of final loss, time per step and saved-activation memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from recede import data, models
+from recede.memory import measure
+from recede.methods import build_method, parse_method
+from recede.reports import markdown_table, print_table, write_json
+from recede.train import LossIncreaseDecay, batches, make_optimizer, train
+
+
+def _options(pairs: list[str]) -> dict:
+    """``["width=10", "head=shared"]`` → ``{"width": 10, "head": "shared"}`` (YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"option {pair!r} is not of the form key=value")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model with one or more methods and compare them")
+    p.add_argument("--model", default="resmlp", help=f"one of: {', '.join(models.available())}")
+    p.add_argument("--data", default="trig", help=f"one of: {', '.join(data.available())}")
+    p.add_argument("--method", action="append", default=None,
+                   help="bp, ff, mpc:H, loco:N, loco-double:N; repeat to compare (default: bp)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--lr-decay", type=float, default=0.9,
+                   help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="results/train", help="folder for metrics.json and report.md")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    specs = [parse_method(m) for m in (args.method or ["bp"])]
+    task = data.load(args.data, **_options(args.data_opt))
+    classification = task.kind == "classification"
+    rows, histories = [], {}
+    for spec in specs:
+        torch.manual_seed(args.seed)
+        net = models.build(args.model, task, **_options(args.model_opt))
+        method = build_method(net, spec)
+        optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
+        lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
+        start = time.perf_counter()
+        history = train(net, method, task.train, optimizer, epochs=args.epochs,
+                        batch_size=args.batch_size, test_set=task.test, seed=args.seed,
+                        lr_rule=lr_rule, classification=classification,
+                        progress=not args.no_progress, description=spec.label)
+        seconds = time.perf_counter() - start
+        x, y = next(iter(batches(task.train, args.batch_size)))
+        _, mem = measure(lambda: method.backward(x, y), module=net)
+        optimizer.zero_grad(set_to_none=True)
+        last = history[-1]
+        steps = sum(r.steps for r in history)
+        rows.append({"method": spec.label, "train loss": last.train_loss,
+                     "test loss": last.test.get("loss"), "test acc": last.test.get("accuracy"),
+                     "ms/step": 1000 * seconds / steps, "saved MiB": mem.saved_peak_mib})
+        histories[spec.label] = [r.as_dict() for r in history]
+    columns = ["method", "train loss", "test loss"] + (["test acc"] if classification else []) \
+        + ["ms/step", "saved MiB"]
+    print_table(rows, columns, title=f"{args.model} on {args.data}, {args.epochs} epochs")
+    out = Path(args.out)
+    write_json(out / "metrics.json", {"config": vars(args) | {"run": None}, "rows": rows, "history": histories})
+    (out / "report.md").write_text(f"# {args.model} on {args.data}\n\n{markdown_table(rows, columns)}\n")
+    print(f"results written to {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recede", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"recede {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Data registry: ``load(name, **options) -> Task``.
+
+A :class:`Task` is a train and a test ``TensorDataset``/``Dataset`` plus what a model needs to
+know about them.  Everything registered here runs offline: the synthetic sets of Paper A
+App. D (M1, M2), scikit-learn's bundled digits, and loaders for folders the user supplies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Task:
+    """A dataset split with its shape facts."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    kind: str  # "regression" or "classification"
+    input_shape: tuple[int, ...]
+    output_dim: int  # regression targets or number of classes
+
+    def __post_init__(self) -> None:
+        if len(self.train) == 0:
+            raise ValueError(f"dataset {self.name!r} has an empty training split")
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator adding a dataset loader to the registry under ``name``."""
+    def add(loader: Callable[..., Task]) -> Callable[..., Task]:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _REGISTRY[name] = loader
+        return loader
+    return add
+
+
+def available() -> list[str]:
+    """Names of the registered datasets."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, **options: object) -> Task:
+    """Load the registered dataset ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**options)
+
+
+from recede.data import images, synthetic  # noqa: E402,F401  (registration side effect)

@@ -1,0 +1,53 @@
+"""Model registry: ``build(name, **options) -> BlockNet``.
+
+Each entry is a function that returns a :class:`~recede.blocks.BlockNet` whose blocks are the
+units the horizon counts.  Register a new one with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from recede.blocks import BlockNet
+from recede.data import Task
+
+_REGISTRY: dict[str, Callable[..., BlockNet]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., BlockNet]], Callable[..., BlockNet]]:
+    """Decorator adding a builder to the registry under ``name``."""
+    def add(builder: Callable[..., BlockNet]) -> Callable[..., BlockNet]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+    return add
+
+
+def available() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_REGISTRY)
+
+
+def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
+    """Build the registered model ``name``.
+
+    With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
+    ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    builder = _REGISTRY[name]
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+    if task is not None:
+        sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
+                 "out_dim": task.output_dim, "num_classes": task.output_dim}
+        options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
+    return builder(**options)
+
+
+from recede.models import mlp, resnet  # noqa: E402,F401  (registration side effect)
