@@ -17,6 +17,7 @@ from recede import data, models
 from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.reports import markdown_table, print_table, write_json
+from recede.reproduce import add_reproduce_parser
 from recede.train import LossIncreaseDecay, batches, make_optimizer, train
 
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recede", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
+    add_reproduce_parser(sub)
     return parser
 
 

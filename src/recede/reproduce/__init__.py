@@ -1,0 +1,30 @@
+"""``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default.
+
+Each paper module has ``run(out: Path, full: bool, progress: bool) -> Path`` that writes
+JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+PAPERS = {"paper-a": "recede.reproduce.paper_a", "paper-b": "recede.reproduce.paper_b"}
+
+
+def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="reproduce a paper's figures and tables")
+    p.add_argument("paper", choices=sorted(PAPERS))
+    p.add_argument("--full", action="store_true", help="the paper's settings instead of CPU scale")
+    p.add_argument("--out", default=None, help="results folder (default results/PAPER)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    module = importlib.import_module(PAPERS[args.paper])
+    report = module.run(Path(args.out or f"results/{args.paper}"), full=args.full,
+                        progress=not args.no_progress)
+    print(f"report written to {report}")
+    return 0
