@@ -1,0 +1,107 @@
+"""Step time and saved-activation memory of the horizon engine against plain ``loss.backward()``.
+
+A T = 32 residual MLP (width 1024, batch 512, a linear head per depth) on the CPU.  For each
+horizon h the script prints, measured in this one run:
+
+* the step time (forward + gradients) as a ratio to plain autograd BP on the same model,
+* the SPEC §2 cost model beside it: ``(2 + ((T-h)(h-1) + h) / T) / 3``,
+* saved-activation bytes as a ratio to BP's, beside the bound ``(h+1)/T`` (+ the head's bytes).
+
+Timings are medians over interleaved repeats, so slow drift of a shared machine hits every
+configuration alike.  Nothing is asserted: read the ratios.
+
+    python benchmarks/engine.py [--T 32] [--width 1024] [--batch 512] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from recede import MPC, BlockNet
+from recede.memory import measure
+from recede.reports import markdown_table
+
+
+class ResidualLayer(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.linear(x))
+
+
+def cost_model(T: int, h: int) -> float:
+    """SPEC §2: forward 1, input-VJP 1, weight gradient 1 per block; BP = 3."""
+    return (2 + ((T - h) * (h - 1) + h) / T) / 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=32)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--horizons", type=int, nargs="*", default=None)
+    args = parser.parse_args()
+    T = args.T
+    horizons = args.horizons or [h for h in (1, 2, 4, 8, 16, 32) if h <= T]
+
+    torch.manual_seed(0)
+    net = BlockNet([ResidualLayer(args.width) for _ in range(T)],
+                   [nn.Linear(args.width, args.classes) for _ in range(T)], nn.CrossEntropyLoss())
+    x, y = torch.randn(args.batch, args.width), torch.randint(0, args.classes, (args.batch,))
+    net.check_heads(x, y)
+
+    def plain_bp() -> None:
+        net.zero_grad(set_to_none=True)
+        net.loss(x, y).backward()
+
+    runs = {"BP": plain_bp}
+    for h in horizons:
+        engine = MPC(net, h)
+        runs[h] = lambda engine=engine: (net.zero_grad(set_to_none=True), engine.backward(x, y))
+
+    times: dict = {name: [] for name in runs}
+    for name, run in runs.items():  # warm-up
+        run()
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+
+    saved = {name: measure(run, module=net)[1].saved_peak_bytes for name, run in runs.items()}
+    z = x
+    with torch.no_grad():
+        for block in net.blocks:
+            z = block(z)
+    head = measure(lambda: net.loss_fn(net.head(T)(z.requires_grad_()), y).backward(), module=net)[1]
+    head_ratio = head.saved_peak_bytes / saved["BP"]
+
+    rows = []
+    for h in horizons:
+        time_ratio, model = median[h] / median["BP"], cost_model(T, h)
+        bound = (h + 1) / T + head_ratio
+        rows.append({"h": h, "time / BP": time_ratio, "cost model": model,
+                     "time / model": time_ratio / model, "saved / BP": saved[h] / saved["BP"],
+                     "bound (h+1)/T + head": bound,
+                     "within targets": "yes" if (time_ratio / model <= 1.10
+                                                 and (h < T or time_ratio <= 1.05)
+                                                 and saved[h] / saved["BP"] <= bound) else "NO"})
+    print(f"T = {T} residual MLP, width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads; "
+          f"plain BP step {1000 * median['BP']:.0f} ms (median of {args.repeats}), "
+          f"BP saved {saved['BP'] / 2**20:.1f} MiB")
+    print(markdown_table(rows, list(rows[0])))
+    print("targets: time/model <= 1.10 (h = T: time/BP <= 1.05); saved/BP <= (h+1)/T + head")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared fixtures: small block networks of several architectures, and the slow reference g_h."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recede import BlockNet
+from recede.models import build
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.linear(x))
+
+
+def resmlp_independent(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
+    """Residual MLP, one linear head per depth, cross-entropy."""
+    return BlockNet([Residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
+                    nn.CrossEntropyLoss())
+
+
+def resmlp_shared(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
+    """Residual MLP, one head shared by every depth."""
+    return BlockNet([Residual(width) for _ in range(T)], nn.Linear(width, classes), nn.CrossEntropyLoss())
+
+
+def conv_resnet() -> BlockNet:
+    """ResNet-62's structure at tiny size: BatchNorm, strided transitions, pool → linear heads."""
+    return build("resnet62", widths=(3, 4), blocks_per_stage=2, num_classes=3, in_channels=2)
+
+
+def linear_resnet() -> BlockNet:
+    """M1: deep linear residual net, identity heads, MSE."""
+    return build("linear-resnet", width=4, depth=5)
+
+
+ARCHITECTURES = {
+    "resmlp-independent": (resmlp_independent, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
+    "resmlp-shared": (resmlp_shared, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
+    "conv-resnet": (conv_resnet, lambda: (torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,)))),
+    "linear-resnet": (linear_resnet, lambda: (torch.randn(8, 4), torch.randn(8, 4))),
+}
+
+
+@pytest.fixture
+def float64():
+    """Gradient comparisons run in float64; the default dtype is restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def slow_horizon_gradient(net: BlockNet, x: torch.Tensor, y: torch.Tensor, h: int) -> dict:
+    """g_h by definition: for each block t, a fresh full forward to x_{min(t+h,T)} and autograd."""
+    grads = {}
+    for t in range(net.T):
+        if not net.block_parameters(t):
+            continue
+        k = min(t + h, net.T)
+        z = x
+        for j in range(k):
+            z = net.blocks[j](z)
+        params = net.block_parameters(t)
+        for p, g in zip(params, torch.autograd.grad(net.depth_loss(z, y, k), params)):
+            grads[p] = g
+    return grads

@@ -1,0 +1,75 @@
+"""The saved-tensor meter, and the engine's O(h) memory: at most (h+1)/T of BP's plus a head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import resmlp_independent
+from recede import MPC
+from recede.memory import SavedTensorMeter, measure
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def test_meter_counts_saved_storages_once_and_follows_their_release():
+    a = torch.randn(100, requires_grad=True)
+    b = torch.randn(100, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        prod = a * b            # saves a and b
+        again = prod * a        # saves prod and a again (a counted once)
+        assert meter.live_bytes == 3 * 100 * 8
+        again.sum().backward()  # frees the graph: nothing stays saved
+    assert meter.peak_bytes == 3 * 100 * 8
+    assert meter.live_bytes == 0
+
+
+def test_meter_excludes_parameters():
+    layer = nn.Linear(50, 50)
+    x = torch.randn(20, 50, requires_grad=True)
+    _, report = measure(lambda: layer(x).sum().backward(), module=layer)
+    assert report.saved_peak_bytes == x.untyped_storage().nbytes()
+    assert report.cuda_peak_bytes is None
+
+
+def test_views_of_one_storage_count_once():
+    base = torch.randn(10, 10, requires_grad=True)
+    x = base * 1.0
+    with SavedTensorMeter() as meter:
+        y = x[:5] * x[5:]  # two views of x's storage are saved
+    assert meter.peak_bytes == x.untyped_storage().nbytes()
+    del y
+
+
+def saved_bytes(net, x, y, h=None) -> int:
+    net.zero_grad(set_to_none=True)
+    run = (lambda: net.loss(x, y).backward()) if h is None else (lambda: MPC(net, h).backward(x, y))
+    return measure(run, module=net)[1].saved_peak_bytes
+
+
+def test_saved_activations_grow_linearly_and_stay_within_h_plus_one_blocks():
+    torch.manual_seed(0)
+    T, width = 12, 64
+    net = resmlp_independent(T=T, width=width, classes=10)
+    x, y = torch.randn(32, width), torch.randint(0, 10, (32,))
+    bp = saved_bytes(net, x, y)
+    z = x
+    for block in net.blocks:
+        z = block(z).detach()
+    head = measure(lambda: net.loss_fn(net.head(T)(z.requires_grad_()), y).backward(), module=net)[1]
+    per_h = {h: saved_bytes(net, x, y, h) for h in range(1, T + 1)}
+    assert per_h[T] == bp
+    for h, used in per_h.items():
+        assert used <= (h + 1) / T * bp + head.saved_peak_bytes, f"h={h}"
+    steps = {per_h[h + 1] - per_h[h] for h in range(1, T)}
+    assert len(steps) == 1, f"M(h) is not affine in h: increments {sorted(steps)}"
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_no_graph_outlives_the_call(h):
+    net = resmlp_independent(T=5)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    with SavedTensorMeter(exclude=net.parameters()) as meter:
+        MPC(net, h).backward(x, y)
+    assert meter.live_bytes == 0
