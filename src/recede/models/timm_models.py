@@ -91,6 +91,12 @@ class ViTHead(nn.Module):
         return self.head(self.drop(self.fc_norm(x)))
 
 
+def _like(head: nn.Module, model: nn.Module) -> nn.Module:
+    """A new head on the device and in the dtype of ``model``'s parameters."""
+    ref = next(model.parameters())
+    return head.to(device=ref.device, dtype=ref.dtype)
+
+
 def _check_head(head: str, allowed: tuple[str, ...]) -> None:
     if head not in allowed:
         raise ValueError(f"head must be one of {allowed}, got {head!r}")
@@ -116,10 +122,10 @@ def wrap_resnet(model: nn.Module, head: str = "independent",
     for s, stage in enumerate(stages):
         width = model.feature_info[s + 1]["num_chs"]
         last_stage = s == len(stages) - 1
-        stage_head = final if last_stage else PoolHead(width, model.num_classes)
+        stage_head = final if last_stage else _like(PoolHead(width, model.num_classes), model)
         for b, block in enumerate(stage):
             blocks.append(StemAndBlock(ResNetStem(model), block) if s == 0 and b == 0 else block)
-            heads.append(stage_head if head == "stage" else PoolHead(width, model.num_classes))
+            heads.append(stage_head if head == "stage" else _like(PoolHead(width, model.num_classes), model))
     heads[-1] = final
     return BlockNet(blocks, heads, loss_fn or nn.CrossEntropyLoss())
 
@@ -152,8 +158,8 @@ def wrap_vit(model: nn.Module, head: str = "independent",
     if head == "shared":
         return BlockNet(blocks, final, loss_fn or nn.CrossEntropyLoss())
     width = model.embed_dim
-    heads = [ViTHead(nn.LayerNorm(width, eps=1e-6), nn.Identity(), nn.Identity(),
-                     nn.Linear(width, model.num_classes), **pool) for _ in blocks[:-1]]
+    heads = [_like(ViTHead(nn.LayerNorm(width, eps=1e-6), nn.Identity(), nn.Identity(),
+                           nn.Linear(width, model.num_classes), **pool), model) for _ in blocks[:-1]]
     return BlockNet(blocks, [*heads, final], loss_fn or nn.CrossEntropyLoss())
 
 
