@@ -211,3 +211,13 @@ def test_wrap_user_sequential_holds_its_children():
     assert build("sequential", model=seq, head=[nn.Linear(4, 2), head]).head(2) is head
     with pytest.raises(ValueError, match="nn.Sequential"):
         wrap(nn.Linear(3, 4), head, nn.CrossEntropyLoss())
+
+
+def test_core_package_imports_without_the_models_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys, recede.models, recede.data; "
+            "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
