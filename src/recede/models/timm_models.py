@@ -177,6 +177,9 @@ def resnet50(num_classes: int = 100, in_channels: int = 3, layers: tuple[int, ..
     import timm
 
     _check_head(head, ("independent", "stage"))
+    if len(layers) != 4 or len(channels) != 4 or min(layers) < 1:
+        raise ValueError(f"resnet50 has four stages: layers and channels need four entries (layers >= 1), "
+                         f"got layers={tuple(layers)}, channels={tuple(channels)}")
     model = timm.create_model("resnet50", pretrained=False, num_classes=num_classes,
                               in_chans=in_channels, layers=tuple(layers), channels=tuple(channels))
     if weights is not None:
