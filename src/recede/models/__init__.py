@@ -50,4 +50,5 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     return builder(**options)
 
 
-from recede.models import mlp, resnet  # noqa: E402,F401  (registration side effect)
+from recede.models import mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)
+from recede.models.sequential import wrap  # noqa: E402,F401

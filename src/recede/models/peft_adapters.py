@@ -1,0 +1,73 @@
+"""Parameter-efficient fine-tuning through ``peft``: LoRA and LoKr on a BlockNet.
+
+Paper B §6 tunes ViT-B/16 with LoRA (Hu et al., 2022) on the attention projections and
+ResNet-50 with LoKr (Kronecker-product adapters), both with rank r = 1 and α = 4.
+:func:`apply_adapter` injects the adapters into the BlockNet in place with
+``peft.inject_adapter_in_model``: peft swaps the targeted leaf layers (``qkv`` linears,
+convolutions) inside the blocks, so every block, head and the BlockNet itself stay the same
+module objects, and the engine (which reads ``requires_grad``) trains exactly what is left
+trainable: the adapter weights and the heads.  Base weights are frozen.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from recede.blocks import BlockNet
+
+ADAPTERS = ("lora", "lokr")
+
+
+def default_targets(net: BlockNet, kind: str) -> list[str]:
+    """Paper B's targets: LoRA on every attention ``qkv`` linear, LoKr on every block convolution.
+
+    A transformer has no convolution but its patch embedding, so LoKr on a ViT targets
+    ``qkv`` too; a network with neither gets LoRA/LoKr on every ``nn.Linear`` of its blocks.
+    """
+    names = [f"blocks.{n}" for n, m in net.blocks.named_modules() if n]
+    qkv = [n for n in names if n.endswith(".qkv")]
+    convs = [n for n in names if isinstance(net.get_submodule(n), nn.Conv2d) and not n.endswith("patch_embed.proj")]
+    linears = [n for n in names if isinstance(net.get_submodule(n), nn.Linear)]
+    if kind == "lokr" and convs:
+        return convs
+    return qkv or linears
+
+
+def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
+                  target_modules: list[str] | None = None, dropout: float = 0.0) -> BlockNet:
+    """Inject LoRA or LoKr adapters into ``net``'s blocks; freeze everything but adapters and heads.
+
+    Args:
+        net: the block network (modified in place and returned).
+        kind: ``"lora"`` or ``"lokr"``.
+        r, alpha: rank and scale (Paper B: r = 1, α = 4).
+        target_modules: module names (peft's matching: exact name or name suffix); default
+            :func:`default_targets`.
+        dropout: LoRA dropout / LoKr module dropout.
+    """
+    from peft import LoKrConfig, LoraConfig, inject_adapter_in_model
+
+    if kind not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {kind!r}")
+    if r < 1:
+        raise ValueError(f"adapter rank r must be >= 1, got {r}")
+    targets = target_modules or default_targets(net, kind)
+    if not targets:
+        raise ValueError("no module to adapt: the blocks have no qkv, convolution or linear layer")
+    if kind == "lora":
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    else:
+        config = LoKrConfig(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
+    inject_adapter_in_model(config, net)
+    prefix = f"{kind}_"
+    for name, p in net.named_parameters():
+        p.requires_grad_(prefix in name)
+    for p in net.heads.parameters():
+        p.requires_grad_(True)
+    net.heads_checked = False
+    return net
+
+
+def adapter_parameters(net: nn.Module) -> dict[str, nn.Parameter]:
+    """The LoRA/LoKr parameters of ``net`` by name."""
+    return {n: p for n, p in net.named_parameters() if any(f"{k}_" in n for k in ADAPTERS)}

@@ -1,0 +1,65 @@
+"""Pretrained weights from a local file — never from a hub.
+
+Paper B fine-tunes pretrained ResNet-50 and ViT-B/16.  This machine (and many clusters) has no
+internet, so weights come from a file the user supplies: a PyTorch/timm state dict (``.pt``,
+``.pth``, ``.bin``; optionally nested under ``"state_dict"`` or ``"model"``) or a
+``.safetensors`` file, with the key names of the timm model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors stored at ``path``; ``FileNotFoundError`` naming the path if it is absent."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} (give a local .pt/.pth or "
+                                ".safetensors state dict; nothing is downloaded)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None) -> nn.Module:
+    """Load a local state dict into ``model`` (a timm model), strictly except for the classifier.
+
+    Every key must match the model's names and shapes, except that the classifier's entries
+    (``classifier``, default timm's ``pretrained_cfg["classifier"]``, e.g. ``fc`` or ``head``)
+    are skipped when their shape differs, as when ImageNet weights (1000 classes) start a
+    CIFAR-100 fine-tune: that classifier keeps its fresh initialisation.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: keys are missing or unexpected, or shapes differ; the message lists them.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    prefix = classifier or getattr(model, "pretrained_cfg", {}).get("classifier")
+    skipped = [k for k in state if prefix and k.startswith(prefix + ".") and k in own
+               and state[k].shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    missing = sorted(set(own) - set(state) - set(skipped))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        def show(names: list[str]) -> str:
+            return ", ".join(names[:8]) + (f" … ({len(names)} in all)" if len(names) > 8 else "")
+        problems = [f"{label}: {show(names)}" for label, names in
+                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if names]
+        raise ValueError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return model

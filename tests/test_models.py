@@ -1,0 +1,223 @@
+"""Model registry: every model at tiny size under the horizon engine; timm models against timm;
+LoRA/LoKr train only adapters and heads; local weights files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recede.engine import MPC
+from recede.methods import build_method
+from recede.models import available, build, wrap
+
+timm = pytest.importorskip("timm")
+pytest.importorskip("peft")
+
+from recede.models.peft_adapters import adapter_parameters, apply_adapter  # noqa: E402
+from recede.models.timm_models import wrap_resnet, wrap_vit  # noqa: E402
+from recede.models.weights import load_weights  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_RESNET50 = dict(num_classes=3, layers=(1, 2, 1, 1), channels=(2, 4, 4, 8))
+TINY_VIT = dict(num_classes=3, img_size=8, patch_size=4, embed_dim=8, depth=3, num_heads=2)
+
+
+def _tiny_sequential() -> dict:
+    seq = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.Tanh()), nn.Sequential(nn.Linear(5, 5), nn.Tanh()),
+                        nn.Linear(5, 5))
+    return dict(model=seq, head=nn.Linear(5, 3))
+
+
+TINY = {  # name -> (options, input shape without batch, targets: "class" or number of outputs)
+    "linear-resnet": (lambda: dict(width=4, depth=5), (4,), 4),
+    "resmlp": (lambda: dict(width=4, depth=5), (1,), 4),
+    "resnet62": (lambda: dict(num_classes=3, widths=(2, 4), blocks_per_stage=2), (3, 8, 8), "class"),
+    "resnet50": (lambda: dict(TINY_RESNET50), (3, 16, 16), "class"),
+    "vit-b16": (lambda: dict(TINY_VIT), (3, 8, 8), "class"),
+    "sequential": (_tiny_sequential, (6,), "class"),
+}
+
+
+def _batch(shape: tuple[int, ...], target: int | str, n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    y = (torch.randint(0, 3, (n,), generator=g) if target == "class"
+         else torch.randn(n, target, generator=g, dtype=torch.float64))
+    return x, y
+
+
+def _grads(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_every_registered_model_has_a_tiny_configuration():
+    assert sorted(TINY) == available()
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_model_runs_every_horizon_and_h_T_is_backprop(name):
+    options, shape, target = TINY[name]
+    torch.manual_seed(0)
+    net = build(name, **options()).double()
+    x, y = _batch(shape, target)
+    for h in sorted({1, (net.T + 1) // 2, net.T}):
+        net.zero_grad()
+        loss = MPC(net, h).backward(x, y)
+        assert torch.isfinite(torch.tensor(loss))
+        for t in range(net.T):
+            assert all(p.grad is not None for p in net.block_parameters(t)), (h, t)
+    mpc = _grads(net)  # h = T, the last horizon run
+    net.zero_grad()
+    net.loss(x, y).backward()
+    _assert_same_grads(mpc, _grads(net))
+
+
+def _timm_pair(kind: str, head: str):
+    torch.manual_seed(0)
+    if kind == "resnet":
+        model = timm.create_model("resnet50", pretrained=False, **{k: v for k, v in TINY_RESNET50.items()})
+        return model.double(), wrap_resnet(model, head), (3, 16, 16)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **TINY_VIT)
+    return model.double(), wrap_vit(model, head), (3, 8, 8)
+
+
+@pytest.mark.parametrize("kind,head", [("resnet", "independent"), ("resnet", "stage"),
+                                       ("vit", "independent"), ("vit", "shared")])
+def test_timm_blocks_are_timm_modules_and_h_T_equals_timm_backprop(kind, head):
+    model, net, shape = _timm_pair(kind, head)
+    timm_blocks = ([b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+                   if kind == "resnet" else list(model.blocks))
+    assert net.T == len(timm_blocks)
+    assert net.blocks[0].block is timm_blocks[0]
+    assert all(a is b for a, b in zip(net.blocks[1:], timm_blocks[1:]))
+    assert {id(p) for p in model.parameters()} <= {id(p) for p in net.parameters()}
+    x, y = _batch(shape, "class")
+    torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)
+
+    MPC(net, net.T).backward(x, y)
+    mpc = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    _assert_same_grads(mpc, {n: p.grad for n, p in model.named_parameters()})
+
+
+def test_head_sharing_options():
+    _, stage, _ = _timm_pair("resnet", "stage")
+    assert len({id(stage.head(k)) for k in range(1, stage.T + 1)}) == 4  # one per stage
+    assert stage.head(2) is stage.head(3)  # the two bottlenecks of the second stage
+    _, shared, _ = _timm_pair("vit", "shared")
+    assert shared.shared_head
+    _, independent, _ = _timm_pair("vit", "independent")
+    assert len({id(independent.head(k)) for k in range(1, independent.T + 1)}) == independent.T
+    with pytest.raises(ValueError, match="head must be one of"):
+        build("resnet50", head="shared", **TINY_RESNET50)
+
+
+@pytest.mark.parametrize("name,adapter", [("vit-b16", "lora"), ("resnet50", "lokr")])
+def test_adapters_train_only_adapter_and_head_parameters(name, adapter):
+    options, shape, _ = TINY[name]
+    torch.manual_seed(0)
+    net = build(name, **options())
+    blocks_before = list(net.blocks)
+    apply_adapter(net, adapter, r=1, alpha=4)
+    assert all(a is b for a, b in zip(net.blocks, blocks_before))
+    adapters = adapter_parameters(net)
+    assert adapters and all(p.requires_grad for p in adapters.values())
+    head_ids = {id(p) for p in net.heads.parameters()}
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == set(adapters) | {n for n, p in net.named_parameters() if id(p) in head_ids}
+
+    net = net.double()
+    x, y = _batch(shape, "class")
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(2):  # LoRA's B starts at zero, so A first moves on the second step
+        opt.zero_grad()
+        MPC(net, 2).backward(x, y)
+        opt.step()
+    for spec in ("ff", "loco:2"):  # the other methods run unchanged on the adapted model
+        build_method(net, spec).backward(x, y)
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable
+    assert changed & set(adapters)
+    assert all(net.get_parameter(n).grad is None for n in before if n not in trainable)
+
+    opt.zero_grad()
+    MPC(net, net.T).backward(x, y)
+    mpc = _grads(net)
+    opt.zero_grad()
+    net.loss(x, y).backward()
+    _assert_same_grads(mpc, _grads(net))
+
+
+def test_build_with_adapter_option_uses_paper_b_rank_and_alpha():
+    net = build("vit-b16", adapter="lora", **TINY_VIT)
+    lora_a = [p for n, p in adapter_parameters(net).items() if "lora_A" in n]
+    assert len(lora_a) == TINY_VIT["depth"] and all(p.shape[0] == 1 for p in lora_a)
+    with pytest.raises(ValueError, match="adapter must be one of"):
+        build("vit-b16", adapter="ia3", **TINY_VIT)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_from_a_local_file(tmp_path, suffix):
+    torch.manual_seed(1)
+    source = timm.create_model("resnet50", pretrained=False, **{**TINY_RESNET50, "num_classes": 7})
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pt":
+        torch.save({"state_dict": source.state_dict()}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(2)
+    net = build("resnet50", weights=str(path), **TINY_RESNET50)  # 3 classes: the classifier stays fresh
+    assert torch.equal(net.blocks[0].stem.conv1.weight, source.conv1.weight)
+    assert torch.equal(net.blocks[-1].conv3.weight, source.layer4[-1].conv3.weight)
+    assert net.head(net.T)[2].weight.shape[0] == 3
+
+
+def test_weights_errors_name_the_problem(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build("vit-b16", weights=str(missing), **TINY_VIT)
+    other = timm.create_model("resnet50", pretrained=False, **TINY_RESNET50)
+    path = tmp_path / "resnet.pth"
+    torch.save(other.state_dict(), path)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **TINY_VIT)
+    with pytest.raises(ValueError, match="do not fit VisionTransformer: missing: .*unexpected: "):
+        load_weights(model, path)
+
+
+def test_wrap_user_sequential_holds_its_children():
+    seq = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
+    head = nn.Linear(4, 2)
+    net = wrap(seq, head, nn.CrossEntropyLoss())
+    assert net.T == 2 and net.blocks[1] is seq[1] and net.head(1) is head
+    assert build("sequential", model=seq, head=[nn.Linear(4, 2), head]).head(2) is head
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        wrap(nn.Linear(3, 4), head, nn.CrossEntropyLoss())
+
+
+def test_core_package_imports_without_the_models_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys, recede.models, recede.data; "
+            "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
