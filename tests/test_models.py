@@ -126,6 +126,8 @@ def test_head_sharing_options():
     assert len({id(independent.head(k)) for k in range(1, independent.T + 1)}) == independent.T
     with pytest.raises(ValueError, match="head must be one of"):
         build("resnet50", head="shared", **TINY_RESNET50)
+    with pytest.raises(ValueError, match="four stages"):
+        build("resnet50", layers=(1, 1, 1), channels=(2, 4, 4))
 
 
 @pytest.mark.parametrize("name,adapter", [("vit-b16", "lora"), ("resnet50", "lokr")])
