@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     for spec in specs:
         torch.manual_seed(args.seed)
         net = models.build(args.model, task, **_options(args.model_opt))
-        method = distributed.DataParallel(build_method(net, spec))
+        method = distributed.DataParallel(build_method(net, spec), net)
         optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
         lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
         start = time.perf_counter()

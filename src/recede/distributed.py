@@ -169,12 +169,14 @@ class DataParallel:
     """Any method with ``backward(x, y)``, trained on W ranks as one method on W× the batch.
 
     >>> ctx = init_from_env()
-    >>> method = DataParallel(build_method(net, "mpc:4"))
+    >>> method = DataParallel(build_method(net, "mpc:4"), net)
     >>> for x, y in batches(train_set, B, True, seed, epoch, ctx.rank, ctx.world_size):
     ...     opt.zero_grad(); loss = method.backward(x, y); opt.step()
 
-    At construction every parameter and buffer of ``method.net`` is overwritten with rank 0's
-    values, so all ranks start identical.  :meth:`backward` runs the wrapped method on this
+    At construction every parameter and buffer of ``module`` (default ``method.net``; pass the
+    whole model when the method trains a view of it, as LoCo's regrouped stages, which leave
+    out the heads it does not use) is overwritten with rank 0's values, so all ranks start
+    identical.  :meth:`backward` runs the wrapped method on this
     rank's batch, which fills ``.grad`` with the local g_h, then replaces each ``.grad`` by its
     mean over the ranks (bucketed all-reduce, buckets of ``bucket_mb`` MiB).  With equal
     per-rank batch sizes this equals the gradient of the whole W·B batch, so every rank applies
@@ -194,14 +196,15 @@ class DataParallel:
     ``horizon``...) are the wrapped method's.
     """
 
-    def __init__(self, method, bucket_mb: float = DEFAULT_BUCKET_MB,
-                 broadcast_buffers: bool = True) -> None:
-        net = getattr(method, "net", None)
+    def __init__(self, method, module: nn.Module | None = None,
+                 bucket_mb: float = DEFAULT_BUCKET_MB, broadcast_buffers: bool = True) -> None:
+        net = getattr(method, "net", None) if module is None else module
         if not isinstance(net, nn.Module):
-            raise ValueError(f"DataParallel needs a method with a .net module, got {type(method).__name__}")
+            raise ValueError(f"DataParallel needs a module, or a method with a .net module; got "
+                             f"{type(method).__name__} and module={module!r}")
         if not bucket_mb > 0:
             raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
-        self.method = method
+        self.method, self.module = method, net
         self.cap_bytes = max(1, int(bucket_mb * 2**20))
         self.broadcast_buffers = broadcast_buffers
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -221,7 +224,7 @@ class DataParallel:
         """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss."""
         if self.world_size == 1:
             return self.method.backward(x, y)
-        buffers = list(self.method.net.buffers())
+        buffers = list(self.module.buffers())
         if self.broadcast_buffers and buffers:
             _broadcast_(buffers, self.cap_bytes, "broadcasting rank 0's buffers")
         try:
