@@ -28,7 +28,8 @@ from recede.train import LossIncreaseDecay, batches, train
 
 WORLD = 2
 B = 5  # per-rank batch
-METHODS = ["ff", "mpc:2", "bp", "loco-double:2"]  # h = 1, a middle h, h = T = 4, LoCo
+# h = 1, a middle h, h = T = 4, LoCo, and BP-modified (Paper B eq. 5) of h = 1 and h = 2
+METHODS = ["ff", "mpc:2", "bp", "loco-double:2", "bpm-ff", "bpm-mpc:2"]
 
 
 def _net(seed: int) -> BlockNet:
@@ -40,10 +41,30 @@ def _net(seed: int) -> BlockNet:
     return BlockNet(blocks, heads, nn.MSELoss()).double()
 
 
-def _data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
+def _data(n: int, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, 3, generator=g, dtype=torch.float64),
             torch.randn(n, 2, generator=g, dtype=torch.float64))
+
+
+def _method(net: BlockNet, spec: str):
+    """The method ``spec``; BP-modified ones refresh from their own data every 2 steps, on
+    B' = 8 samples in micro-batches of b' = 2 (the first step starts with a refresh)."""
+    return build_method(net, spec, refresh_data=TensorDataset(*_data(32, seed=11)), period=2,
+                        offset_samples=8, micro_batch=2)
+
+
+def _caller_refreshed(net: BlockNet, rank: int, world: int):
+    """BP-modified MPC(h=2) refreshed by the caller: rank r of ``world`` passes every
+    world-th of 4 micro-batches of 2 samples (B = 10, the global batch)."""
+    from recede.bp_modified import BPModified
+
+    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B)
+    x, y = _data(8, seed=13)
+    micro_batches = list(zip(x.split(2), y.split(2)))
+    wrapped = DataParallel(method, net) if world > 1 else method
+    wrapped.refresh(micro_batches[rank::world])
+    return wrapped
 
 
 def _one_step(method, net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -51,7 +72,10 @@ def _one_step(method, net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict:
     optimizer.zero_grad(set_to_none=True)
     loss = method.backward(x, y)
     optimizer.step()
-    return {"loss": loss, "params": [p.detach().clone() for p in net.parameters()]}
+    lam = getattr(method, "lam", None)
+    drawn = len(list(method.draw(0))) if getattr(method, "data", None) is not None else None
+    return {"loss": loss, "params": [p.detach().clone() for p in net.parameters()],
+            "lam": None if lam is None else lam.clone(), "micro_batches": drawn}
 
 
 def _train(net: BlockNet, method, batch_size: int, rank: int, world: int) -> dict:
@@ -74,9 +98,12 @@ def _equivalence(ctx: distributed.Context) -> dict:
     out = {}
     for spec in METHODS:
         net = _net(seed=100 + ctx.rank)
-        out[spec] = _one_step(DataParallel(build_method(net, spec), net), net, x[shard], y[shard])
+        out[spec] = _one_step(DataParallel(_method(net, spec), net), net, x[shard], y[shard])
+    net = _net(seed=100 + ctx.rank)
+    out["bpm caller refresh"] = _one_step(_caller_refreshed(net, ctx.rank, ctx.world_size), net,
+                                          x[shard], y[shard])
     net = _net(seed=200 + ctx.rank)
-    out["train"] = _train(net, DataParallel(build_method(net, "mpc:2")), B, ctx.rank, ctx.world_size)
+    out["train"] = _train(net, DataParallel(_method(net, "bpm-mpc:2")), B, ctx.rank, ctx.world_size)
     return out
 
 
@@ -150,14 +177,24 @@ def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 # -- multi-process tests ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", METHODS)
+@pytest.mark.parametrize("spec", METHODS + ["bpm caller refresh"])
 def test_two_ranks_of_batch_B_step_like_one_rank_of_batch_2B(two_ranks, spec):
     x, y = _data(WORLD * B)
     net = _net(seed=100)
-    reference = _one_step(build_method(net, spec), net, x, y)
+    if spec == "bpm caller refresh":
+        reference = _one_step(_caller_refreshed(net, rank=0, world=1), net, x, y)
+    else:
+        reference = _one_step(_method(net, spec), net, x, y)
     for rank in range(WORLD):
         assert _max_difference(two_ranks[rank][spec]["params"], reference["params"]) < 1e-6
         assert abs(two_ranks[rank][spec]["loss"] - reference["loss"]) < 1e-6
+    if spec.startswith("bpm"):  # the refresh saw all ranks' samples: the same λ, not 0
+        assert (reference["lam"] > 0).any()
+        for rank in range(WORLD):
+            assert torch.allclose(two_ranks[rank][spec]["lam"], reference["lam"], atol=1e-9)
+    if spec.startswith("bpm-"):  # each rank drew half of the refresh's 4 micro-batches
+        assert reference["micro_batches"] == 4
+        assert [two_ranks[rank][spec]["micro_batches"] for rank in range(WORLD)] == [2, 2]
 
 
 def test_ranks_hold_identical_parameters_after_several_steps(two_ranks):
@@ -165,7 +202,7 @@ def test_ranks_hold_identical_parameters_after_several_steps(two_ranks):
     assert all(torch.equal(p, q) for p, q in zip(ranks[0]["params"], ranks[1]["params"]))
     assert ranks[0]["epoch_losses"] == ranks[1]["epoch_losses"]
     net = _net(seed=200)
-    reference = _train(net, build_method(net, "mpc:2"), WORLD * B, rank=0, world=1)
+    reference = _train(net, _method(net, "bpm-mpc:2"), WORLD * B, rank=0, world=1)
     assert _max_difference(ranks[0]["params"], reference["params"]) < 1e-6
     assert ranks[0]["epoch_losses"] == pytest.approx(reference["epoch_losses"], abs=1e-9)
 

@@ -20,6 +20,7 @@ checkpoints, logs and reports, and :func:`launch`, which starts ``torch.distribu
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import socket
@@ -189,11 +190,14 @@ class DataParallel:
     reduced.  With ``broadcast_buffers`` (as DDP) rank 0's buffers, e.g. BatchNorm running
     statistics, are copied to all ranks before each step.
 
-    A wrapped method that has a ``reduce_statistics(stats) -> stats`` hook (BP-modified's
-    refresh, Paper B Algorithm 1) gets one that sums the statistics across ranks, so the
-    means and covariance traces, hence a, λ and the offset Δ, are those of all ranks' samples
-    together and the same everywhere.  Other attributes (``net``, ``last_losses``,
-    ``horizon``...) are the wrapped method's.
+    A wrapped method that has a ``reduce_statistics(stats) -> stats`` hook
+    (:class:`recede.bp_modified.BPModified`'s refresh, Paper B Algorithm 1) gets one that sums
+    the statistics across ranks, so the means and covariance traces, hence a, λ and the offset
+    Δ, are those of all ranks' samples together and the same everywhere.  When it draws its
+    own refresh micro-batches, the ranks share them out (B' is per refresh, not per rank), and
+    an unset ``batch_size`` (the B of Paper B eq. 16) becomes the global batch W × B.  So W
+    ranks of batch B reproduce one process of batch W·B, refreshes included.  Other
+    attributes (``net``, ``last_losses``, ``horizon``...) are the wrapped method's.
     """
 
     def __init__(self, method, module: nn.Module | None = None,
@@ -210,10 +214,21 @@ class DataParallel:
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.params = [p for p in net.parameters() if p.requires_grad]
         if hasattr(method, "reduce_statistics"):
-            method.reduce_statistics = self.sum_statistics
+            self._share_refreshes(method)
         if self.world_size > 1:
             _broadcast_([*net.parameters(), *net.buffers()], self.cap_bytes,
                         "broadcasting rank 0's parameters")
+
+    def _share_refreshes(self, method) -> None:
+        """Make BP-modified's refresh (Paper B Algorithm 1) one refresh over all ranks: its
+        statistics are summed across ranks, and when it draws its own micro-batches
+        (``draw(refresh_index)``, the same on every rank) each rank takes every
+        world_size-th of them, so the ranks split the B' samples of a single-process refresh."""
+        method.reduce_statistics = self.sum_statistics
+        draw = getattr(method, "draw", None)
+        if callable(draw) and self.world_size > 1:
+            rank, world = dist.get_rank(), self.world_size
+            method.draw = lambda index: itertools.islice(draw(index), rank, None, world)
 
     def __getattr__(self, name: str):
         if name == "method":
@@ -224,6 +239,8 @@ class DataParallel:
         """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss."""
         if self.world_size == 1:
             return self.method.backward(x, y)
+        if getattr(self.method, "batch_size", 0) is None:  # BP-modified's B: the global batch
+            self.method.batch_size = self.world_size * len(x)
         buffers = list(self.module.buffers())
         if self.broadcast_buffers and buffers:
             _broadcast_(buffers, self.cap_bytes, "broadcasting rank 0's buffers")
