@@ -1,7 +1,8 @@
 """Data-parallel training (recede.distributed): 2 CPU ranks with gloo on loopback.
 
-The multi-process tests start two ``spawn`` processes that join a gloo group on 127.0.0.1;
-each writes what it computed to a file that the test compares with a single process.
+The multi-process tests fork two processes (spawn where there is no fork) that join a gloo
+group on 127.0.0.1; each writes what it computed to a file that the test compares with a
+single process.  ``recede train --nproc 2`` is run once through torchrun.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def _spawn(scenario: str, out: Path, timeout: float = 30.0, needed: tuple[int, .
            wait: float = 60.0) -> dict[int, dict]:
     """Run ``scenario`` on 2 spawned ranks; ranks in ``needed`` must finish within ``wait`` s.
     Any rank still running afterwards is killed.  Returns each rank's result that was written."""
-    context = mp.get_context("spawn")
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))])  # load its lazy imports once, before forking
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     port = distributed.free_port()
     processes = [context.Process(target=_worker, args=(rank, port, out, scenario, timeout))
                  for rank in range(WORLD)]
