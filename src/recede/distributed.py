@@ -138,9 +138,18 @@ def buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[torch.
     return [b for bucket_list in groups.values() for b in bucket_list]
 
 
-def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str) -> None:
-    """Sum ``tensors`` in place across ranks: flatten into buckets, all-reduce them all
-    asynchronously, then copy each summed bucket back."""
+def _copy_back(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
+    """Copy the consecutive pieces of ``flat`` into the tensors of ``bucket``."""
+    offset = 0
+    for t in bucket:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str,
+                     divide_by: int = 1) -> None:
+    """Sum ``tensors`` in place across ranks (then divide by ``divide_by``): flatten into
+    buckets, start every bucket's all-reduce, then copy each result back as it arrives."""
     pending = []
     with _collective(what):
         for bucket in buckets(tensors, cap_bytes):
@@ -148,10 +157,7 @@ def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str)
             pending.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
         for bucket, flat, work in pending:
             work.wait()
-            offset = 0
-            for t in bucket:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
+            _copy_back(flat.div_(divide_by) if divide_by != 1 else flat, bucket)
 
 
 def _broadcast_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str) -> None:
@@ -160,10 +166,7 @@ def _broadcast_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str) -> N
         for bucket in buckets(tensors, cap_bytes):
             flat = torch.cat([t.reshape(-1) for t in bucket])
             dist.broadcast(flat, src=0)
-            offset = 0
-            for t in bucket:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
+            _copy_back(flat, bucket)
 
 
 class DataParallel:
@@ -177,9 +180,9 @@ class DataParallel:
     At construction every parameter and buffer of ``module`` (default ``method.net``; pass the
     whole model when the method trains a view of it, as LoCo's regrouped stages, which leave
     out the heads it does not use) is overwritten with rank 0's values, so all ranks start
-    identical.  :meth:`backward` runs the wrapped method on this
-    rank's batch, which fills ``.grad`` with the local g_h, then replaces each ``.grad`` by its
-    mean over the ranks (bucketed all-reduce, buckets of ``bucket_mb`` MiB).  With equal
+    identical.  :meth:`backward` runs the wrapped method on this rank's batch, which fills
+    ``.grad`` with the local g_h, then replaces each ``.grad`` by its mean over the ranks
+    (bucketed all-reduce, buckets of ``bucket_mb`` MiB).  With equal
     per-rank batch sizes this equals the gradient of the whole W·B batch, so every rank applies
     the same optimizer step and the parameters stay identical.  A parameter that has a
     gradient on some rank but not on another counts as zero there.
@@ -263,7 +266,7 @@ class DataParallel:
         device = params[0].device if params else torch.device("cpu")
         header = torch.tensor([loss] + [p.grad is not None for p in params],
                               dtype=torch.float64, device=device)
-        with _collective("the all-reduce of losses"):
+        with _collective("the all-reduce of losses and gradient flags"):
             dist.all_reduce(header)
         mean_loss = float(header[0]) / self.world_size
         if not math.isfinite(mean_loss):
@@ -277,9 +280,7 @@ class DataParallel:
                 if p.grad.is_sparse:
                     raise ValueError("DataParallel averages dense gradients only; a parameter has a sparse .grad")
                 grads.append(p.grad)
-        _all_reduce_sum_(grads, self.cap_bytes, "the all-reduce of gradients")
-        for g in grads:
-            g.div_(self.world_size)
+        _all_reduce_sum_(grads, self.cap_bytes, "the all-reduce of gradients", self.world_size)
         return mean_loss
 
     def sum_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
