@@ -247,6 +247,11 @@ def test_rank_shards_together_are_the_single_process_batches(world):
         assert all(len(s) == len(single) for s in shards)
         for i, batch in enumerate(single):
             assert sorted(sum((s[i] for s in shards), [])) == sorted(batch)
+    odd = TensorDataset(torch.arange(37))  # padded with the first indices of the order
+    order = [int(x) for (x,) in batches(odd, 1, True, seed=5)]
+    shards = [[int(x) for (x,) in batches(odd, 1, True, 5, 0, rank, world)] for rank in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    assert sorted(sum(shards, [])) == sorted(order + order[:len(shards[0]) * world - 37])
 
 
 def test_buckets_keep_one_dtype_and_the_cap():

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from recede.blocks import BlockNet
 
@@ -60,11 +60,10 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
             epoch: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
     """A loader whose shuffle order depends only on (seed, epoch).
 
-    With ``world_size`` > 1 it yields rank ``rank``'s shard (torch's ``DistributedSampler``):
-    one permutation shared by all ranks, rank r takes every world_size-th index from r, so the
-    ranks' i-th batches together are the i-th batch of ``world_size × batch_size`` that one
-    process would draw (the sampler pads with repeated indices when ``world_size`` does not
-    divide ``len(dataset)``).
+    With ``world_size`` > 1 it yields rank ``rank``'s shard of that same order: rank r takes
+    every world_size-th index from r (padded with the first indices to a multiple of
+    ``world_size``, as ``DistributedSampler`` does), so the ranks' i-th batches together are
+    the i-th batch of ``world_size × batch_size`` that one process draws.
     """
     if len(dataset) == 0:
         raise ValueError("cannot iterate over an empty dataset")
@@ -72,10 +71,14 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=seed * 1_000_003)
-    sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if shuffle else None
+    if world_size == 1:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    n = len(dataset)
+    order = next(iter(DataLoader(range(n), batch_size=n, shuffle=shuffle, generator=generator)))
+    total = -(-n // world_size) * world_size
+    padded = order.repeat(-(-total // n))[:total]
+    return DataLoader(dataset, batch_size=batch_size, sampler=padded[rank::world_size].tolist())
 
 
 @torch.no_grad()
