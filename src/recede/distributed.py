@@ -14,7 +14,9 @@ collective timeout so that a rank that dies or hangs makes the others raise
 :class:`RankFailure` instead of waiting forever), :func:`is_main` for the rank that writes
 checkpoints, logs and reports, and :func:`launch`, which starts ``torch.distributed.run`` for
 ``recede train --nproc N``.  The data are sharded by :func:`recede.train.batches` with
-``rank``/``world_size`` (torch's ``DistributedSampler``).  See ``docs/distributed.md``.
+``rank``/``world_size``: every rank takes its share of the single-process epoch order (as
+torch's ``DistributedSampler`` would), so W ranks of batch B see exactly the batches that one
+process of batch W·B sees.  See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
