@@ -309,6 +309,11 @@ def test_bad_input_is_named(monkeypatch):
         distributed.init_from_env(timeout=0)
     with pytest.raises(ValueError, match="rank"):
         batches(TensorDataset(torch.arange(4)), 2, rank=2, world_size=2)
+    from recede.cli import build_parser
+
+    for option in ("--nproc", "--dist-timeout"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", option, "0"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

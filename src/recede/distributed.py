@@ -326,10 +326,20 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     return subprocess.call(command)
 
 
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
-    parser.add_argument("--nproc", type=int, default=1,
+    parser.add_argument("--nproc", type=_positive(int), default=1,
                         help="data-parallel processes on this machine (started with torchrun, "
                              "gloo); --batch-size is per process. See docs/distributed.md")
-    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--dist-timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S,
                         help="seconds a rank waits for the others in a collective before failing")
