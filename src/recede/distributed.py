@@ -151,15 +151,20 @@ def _copy_back(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
 def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str,
                      divide_by: int = 1) -> None:
     """Sum ``tensors`` in place across ranks (then divide by ``divide_by``): flatten into
-    buckets, start every bucket's all-reduce, then copy each result back as it arrives."""
+    buckets, start every bucket's all-reduce, then copy each result back as it arrives.  A
+    contiguous tensor alone in its bucket (one above the cap) is reduced where it lies."""
     pending = []
     with _collective(what):
         for bucket in buckets(tensors, cap_bytes):
-            flat = torch.cat([t.reshape(-1) for t in bucket])
-            pending.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
-        for bucket, flat, work in pending:
+            alone = len(bucket) == 1 and bucket[0].is_contiguous()
+            flat = bucket[0].view(-1) if alone else torch.cat([t.reshape(-1) for t in bucket])
+            pending.append((bucket, flat, alone, dist.all_reduce(flat, async_op=True)))
+        for bucket, flat, alone, work in pending:
             work.wait()
-            _copy_back(flat.div_(divide_by) if divide_by != 1 else flat, bucket)
+            if divide_by != 1:
+                flat.div_(divide_by)
+            if not alone:
+                _copy_back(flat, bucket)
 
 
 def _broadcast_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str) -> None:
@@ -286,15 +291,15 @@ class DataParallel:
         return mean_loss
 
     def sum_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The sums over all ranks of ``stats`` (BP-modified's sufficient statistics), in one
-        bucketed all-reduce; the inputs are left as they were."""
+        """Replace each tensor of ``stats`` (BP-modified's sufficient statistics, all sums) by
+        its sum over all ranks, in place and in bucketed all-reduces; returns ``stats``."""
         bad = [k for k, v in stats.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise ValueError(f"statistics must be tensors; {', '.join(bad)} are not")
-        summed = {k: v.detach().clone() for k, v in stats.items()}
         if self.world_size > 1:
-            _all_reduce_sum_(list(summed.values()), self.cap_bytes, "the all-reduce of statistics")
-        return summed
+            with torch.no_grad():
+                _all_reduce_sum_(list(stats.values()), self.cap_bytes, "the all-reduce of statistics")
+        return stats
 
 
 def free_port(host: str = "127.0.0.1") -> int:
