@@ -9,7 +9,8 @@ measures, in this one run:
 * saved-for-backward peak bytes of a training step, of the refresh, and of BP on b' samples:
   the refresh must cost no more than BP on b' samples;
 * extra state: the offsets (one per trainable parameter of the modified blocks, Paper B
-  Table 4) and, during a refresh only, one more parameter-sized running sum;
+  Table 4) and, during a refresh only, two parameter-sized running sums (one becomes the
+  next offset);
 * CUDA peak allocated bytes of a step and of a refresh when ``--device cuda``.
 
 Timings are medians over interleaved repeats; nothing is asserted: read the ratios.
@@ -99,7 +100,7 @@ def main() -> None:
                "step saved MiB orig": mem_o.saved_peak_mib, "step saved MiB BPM": mem_m.saved_peak_mib,
                "refresh saved MiB": mem_r.saved_peak_mib, "BP(b') saved MiB": mem_bp_b.saved_peak_mib,
                "offset / params": offset_bytes / param_bytes,
-               "offset MiB": offset_bytes / 2**20, "refresh extra sum MiB": offset_bytes / 2**20}
+               "offset MiB": offset_bytes / 2**20, "refresh sums MiB": 2 * offset_bytes / 2**20}
         if mem_o.cuda_peak_bytes is not None:
             row |= {"CUDA peak MiB orig": mem_o.cuda_peak_bytes / 2**20,
                     "CUDA peak MiB BPM step": mem_m.cuda_peak_bytes / 2**20,

@@ -153,12 +153,13 @@ def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
     """Means ḡ_h, ḡ_T and per-block moments from the refresh sums (SPEC §5).
 
     With n micro-batch means of b' samples each, a per-sample covariance trace is b' times
-    the unbiased sample variance of the micro-batch means.  Returns (moments, ḡ_h, ḡ_T).
+    the unbiased sample variance of the micro-batch means.  Returns (moments, ḡ_h, ḡ_T); the
+    means are ``stats["sum_h"]`` and ``stats["sum_t"]`` divided in place (no parameter-sized copy).
     """
     n, samples = float(stats["count"]), float(stats["samples"])
     if n < 2:
         raise ValueError(f"a refresh needs at least two micro-batches to estimate covariances, got {n:g}")
-    mean_h, mean_t = stats["sum_h"] / n, stats["sum_t"] / n
+    mean_h, mean_t = stats["sum_h"].div_(n), stats["sum_t"].div_(n)
     hh, ht, tt = (_blockwise_dot(u, v, sizes) for u, v in ((mean_h, mean_h), (mean_h, mean_t), (mean_t, mean_t)))
     unbiased = samples / n / (n - 1)
     m = BlockMoments(hh, ht, tt, unbiased * (stats["sq_h"] - n * hh).clamp_min(0),
@@ -318,7 +319,9 @@ class BPModified:
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
         mean gradients over the modified blocks), and per modified block ``sq_h``, ``sq_t``,
-        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time.
+        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time;
+        besides the offset, the two running sums are the refresh's only parameter-sized memory
+        (the second becomes the new offset).
         """
         n_blocks, device = len(self.modified), self.offset.device
         stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
