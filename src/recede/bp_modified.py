@@ -93,19 +93,47 @@ def optimal_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 
     """Minimise E(a, λ) per block by alternating the exact minimisers (Paper B Remark 4.2).
 
     λ*(a) = Bias/(Bias + Var) (eq. 18) and a*(λ) = (b a_bias + d a_var)/(b + d) (eqs. 17, 19,
-    with the ½ of SPEC §5's correction).  Starts from a = 1 and stops when neither moves by
-    more than ``tol`` (relative).  A block with no local signal (‖ḡ_h‖ = tr C_h = 0) keeps a = 1.
+    with the ½ of SPEC §5's correction), until neither moves by more than ``tol``.  E is convex
+    in each variable but not jointly, so the alternation can stop in a poorer local minimum:
+    it is run from a*(λ) for λ = 0, ½, 1 and from a = 1, and the best end point is returned.
+    A block with no local signal (‖ḡ_h‖ = tr C_h = 0) keeps a = 1.
     """
-    a = torch.ones_like(m.hh)
-    lam = torch.zeros_like(m.hh)
+    starts = [torch.ones_like(m.hh)] + [_a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K)
+                                         for v in (0.0, 0.5, 1.0)]
+    best_a, best_lam, best_e = None, None, None
+    for a in starts:
+        a, lam = _alternate(a, m, B, B_prime, K, tol, max_iter)
+        e = one_step_error(a, lam, m, B, B_prime, K)
+        if best_e is None:
+            best_a, best_lam, best_e = a, lam, e
+        else:
+            better = e < best_e
+            best_a, best_lam = torch.where(better, a, best_a), torch.where(better, lam, best_lam)
+            best_e = torch.minimum(e, best_e)
+    return best_a, best_lam
+
+
+def _lam_star(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B_prime: int, K: int) -> torch.Tensor:
+    """λ*(a) = Bias / (Bias + Var), Paper B eq. 18 with Var = K tr C̃_h / B'; else ``lam``."""
+    bias = a * a * m.hh - 2 * a * m.ht + m.tt
+    var = K * (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0) / B_prime
+    return torch.where(bias + var > 0, bias / (bias + var).clamp_min(1e-300), lam)
+
+
+def _a_star(lam: torch.Tensor, a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
+    """a*(λ) = (b a_bias + d a_var) / (b + d), Paper B eqs. 17, 19 (with the ½); else ``a``."""
+    b = (1 - lam) ** 2 * m.hh
+    d = (1 / B + lam ** 2 * K / B_prime) * m.tr_h
+    numerator = (1 - lam) ** 2 * m.ht + lam ** 2 * K * m.tr_ht / (2 * B_prime)
+    return torch.where(b + d > 0, numerator / (b + d).clamp_min(1e-300), a)
+
+
+def _alternate(a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int, tol: float,
+               max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lam = torch.zeros_like(a)
     for _ in range(max_iter):
-        bias = a * a * m.hh - 2 * a * m.ht + m.tt
-        var = K * (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0) / B_prime
-        new_lam = torch.where(bias + var > 0, bias / (bias + var).clamp_min(1e-300), lam)
-        b = (1 - new_lam) ** 2 * m.hh
-        d = (1 / B + new_lam ** 2 * K / B_prime) * m.tr_h
-        numerator = (1 - new_lam) ** 2 * m.ht + new_lam ** 2 * K * m.tr_ht / (2 * B_prime)
-        new_a = torch.where(b + d > 0, numerator / (b + d).clamp_min(1e-300), a)
+        new_lam = _lam_star(a, lam, m, B_prime, K)
+        new_a = _a_star(new_lam, a, m, B, B_prime, K)
         moved = torch.maximum((new_a - a).abs() / (1 + a.abs()), (new_lam - lam).abs())
         a, lam = new_a, new_lam
         if bool((moved <= tol).all()):
@@ -125,12 +153,13 @@ def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
     """Means ḡ_h, ḡ_T and per-block moments from the refresh sums (SPEC §5).
 
     With n micro-batch means of b' samples each, a per-sample covariance trace is b' times
-    the unbiased sample variance of the micro-batch means.  Returns (moments, ḡ_h, ḡ_T).
+    the unbiased sample variance of the micro-batch means.  Returns (moments, ḡ_h, ḡ_T); the
+    means are ``stats["sum_h"]`` and ``stats["sum_t"]`` divided in place (no parameter-sized copy).
     """
     n, samples = float(stats["count"]), float(stats["samples"])
     if n < 2:
         raise ValueError(f"a refresh needs at least two micro-batches to estimate covariances, got {n:g}")
-    mean_h, mean_t = stats["sum_h"] / n, stats["sum_t"] / n
+    mean_h, mean_t = stats["sum_h"].div_(n), stats["sum_t"].div_(n)
     hh, ht, tt = (_blockwise_dot(u, v, sizes) for u, v in ((mean_h, mean_h), (mean_h, mean_t), (mean_t, mean_t)))
     unbiased = samples / n / (n - 1)
     m = BlockMoments(hh, ht, tt, unbiased * (stats["sq_h"] - n * hh).clamp_min(0),
@@ -290,7 +319,9 @@ class BPModified:
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
         mean gradients over the modified blocks), and per modified block ``sq_h``, ``sq_t``,
-        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time.
+        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time;
+        besides the offset, the two running sums are the refresh's only parameter-sized memory
+        (the second becomes the new offset).
         """
         n_blocks, device = len(self.modified), self.offset.device
         stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
