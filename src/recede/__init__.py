@@ -6,7 +6,8 @@ local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
 
 from recede.blocks import BlockNet
 from recede.engine import MPC, NonFiniteLossError, check_horizon
+from recede.bp_modified import BPModified
 from recede import memory
 
-__all__ = ["BlockNet", "MPC", "NonFiniteLossError", "check_horizon", "memory"]
+__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "memory"]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from recede import data, models
+from recede import data, distributed, models
 from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.reports import markdown_table, print_table, write_json
@@ -52,25 +52,32 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="results/train", help="folder for metrics.json and report.md")
     p.add_argument("--no-progress", action="store_true")
+    distributed.add_arguments(p)
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and not distributed.under_torchrun():
+        return distributed.launch(args.argv, args.nproc)
     specs = [parse_method(m) for m in (args.method or ["bp"])]
+    ctx = distributed.init_from_env("gloo", args.dist_timeout)
+    if args.nproc > 1 and args.nproc != ctx.world_size:
+        raise ValueError(f"--nproc {args.nproc} but torchrun started {ctx.world_size} processes")
     task = data.load(args.data, **_options(args.data_opt))
     classification = task.kind == "classification"
     rows, histories = [], {}
     for spec in specs:
         torch.manual_seed(args.seed)
         net = models.build(args.model, task, **_options(args.model_opt))
-        method = build_method(net, spec)
+        method = distributed.DataParallel(build_method(net, spec), net)
         optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
         lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
         start = time.perf_counter()
         history = train(net, method, task.train, optimizer, epochs=args.epochs,
                         batch_size=args.batch_size, test_set=task.test, seed=args.seed,
                         lr_rule=lr_rule, classification=classification,
-                        progress=not args.no_progress, description=spec.label)
+                        progress=ctx.is_main and not args.no_progress, description=spec.label,
+                        rank=ctx.rank, world_size=ctx.world_size)
         seconds = time.perf_counter() - start
         x, y = next(iter(batches(task.train, args.batch_size)))
         _, mem = measure(lambda: method.backward(x, y), module=net)
@@ -81,9 +88,13 @@ def run_train(args: argparse.Namespace) -> int:
                      "test loss": last.test.get("loss"), "test acc": last.test.get("accuracy"),
                      "ms/step": 1000 * seconds / steps, "saved MiB": mem.saved_peak_mib})
         histories[spec.label] = [r.as_dict() for r in history]
+    distributed.shutdown()
+    if not ctx.is_main:
+        return 0
     columns = ["method", "train loss", "test loss"] + (["test acc"] if classification else []) \
         + ["ms/step", "saved MiB"]
-    print_table(rows, columns, title=f"{args.model} on {args.data}, {args.epochs} epochs")
+    ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
+    print_table(rows, columns, title=f"{args.model} on {args.data}, {args.epochs} epochs{ranks}")
     out = Path(args.out)
     write_json(out / "metrics.json", {"config": vars(args) | {"run": None}, "rows": rows, "history": histories})
     (out / "report.md").write_text(f"# {args.model} on {args.data}\n\n{markdown_table(rows, columns)}\n")
@@ -100,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as err:

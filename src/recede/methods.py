@@ -7,7 +7,17 @@
 ``loco:N``          LoCo: the T blocks regrouped into N equal stages, horizon 2
                     (Paper A Remark 3.1, App. B, the "split loss" form)
 ``loco-double:N``   LoCo with the double gradient of Paper A eq. 20
+``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bp_modified.BPModified`)
+``bpm-mpc:H``       BP-modified horizon H
+``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
 ==================  =================================================================
+
+``bpm-`` before any local method (not ``bp``) adds Paper B's offset.  Its refresh settings are
+keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from; required),
+``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
+``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
+``micro_batch`` (b', default 8), ``scaling`` (``optimal``/``bias``/``fixed``), ``a``, ``lam``,
+``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
 Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
 final loss, so a training loop treats them all alike.
@@ -17,7 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch.utils.data import Dataset
+
 from recede.blocks import BlockNet
+from recede.bp_modified import BPModified
 from recede.engine import MPC
 
 
@@ -28,19 +41,29 @@ class MethodSpec:
     kind: str  # "bp", "ff", "mpc", "loco"
     value: int | None = None  # horizon for mpc, stages for loco
     double: bool = False
+    modified: bool = False  # Paper B's BP-modified local loss
 
     @property
     def label(self) -> str:
         if self.kind in ("bp", "ff"):
-            return self.kind.upper()
-        if self.kind == "mpc":
-            return f"MPC(h={self.value})"
-        return f"LoCo{self.value}" + ("-double" if self.double else "")
+            base = self.kind.upper()
+        elif self.kind == "mpc":
+            base = f"MPC(h={self.value})"
+        else:
+            base = f"LoCo{self.value}" + ("-double" if self.double else "")
+        return f"{base}+BPM" if self.modified else base
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N`` or ``loco-double:N``."""
+    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, or one of the last four
+    prefixed with ``bpm-``."""
     name, _, arg = text.strip().lower().partition(":")
+    if name.startswith("bpm-"):
+        base = parse_method(text.strip()[4:])
+        if base.kind == "bp" or base.modified:
+            raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
+                             "loco-double:N), not bp")
+        return MethodSpec(base.kind, base.value, base.double, modified=True)
     if name in ("bp", "ff") and not arg:
         return MethodSpec(name)
     if name in ("mpc", "loco", "loco-double") and arg:
@@ -51,18 +74,40 @@ def parse_method(text: str) -> MethodSpec:
         if name == "mpc":
             return MethodSpec("mpc", value)
         return MethodSpec("loco", value, double=name == "loco-double")
-    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N or loco-double:N")
+    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N or loco-double:N, "
+                     "optionally prefixed with bpm- (not bp)")
 
 
-def build_method(net: BlockNet, spec: MethodSpec | str) -> MPC:
-    """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``)."""
+def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
+                 batch_size: int | None = None, period: int | None = None,
+                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "optimal",
+                 a: float | None = None, lam: float | None = None, seed: int = 0) -> MPC | BPModified:
+    """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
+
+    The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
+    """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     if spec.kind == "bp":
         return MPC(net, net.T)
-    if spec.kind == "ff":
-        return MPC(net, 1)
-    if spec.kind == "mpc":
-        return MPC(net, spec.value)
-    if not 2 <= spec.value <= net.T:
-        raise ValueError(f"LoCo needs between 2 and T = {net.T} stages, got {spec.value}")
-    return MPC(net.regroup(spec.value), 2, double=spec.double)
+    horizon, double = {"ff": (1, False), "mpc": (spec.value, False)}.get(spec.kind, (2, spec.double))
+    if spec.kind == "loco":
+        if not 2 <= spec.value <= net.T:
+            raise ValueError(f"LoCo needs between 2 and T = {net.T} stages, got {spec.value}")
+        net = net.regroup(spec.value)
+    if not spec.modified:
+        return MPC(net, horizon, double=double)
+    if refresh_data is None:
+        raise ValueError(f"method {spec.label} needs refresh_data=, the dataset its offsets are drawn from")
+    if period is None:
+        if batch_size is None:
+            raise ValueError(f"method {spec.label} needs period= or batch_size= (K defaults to one epoch)")
+        period = -(-len(refresh_data) // batch_size)
+    if offset_samples is None:
+        offset_samples = default_offset_samples(period, batch_size or 1, micro_batch)
+    return BPModified(net, horizon, period, offset_samples, micro_batch, scaling, a, lam, double,
+                      data=refresh_data, batch_size=batch_size, seed=seed)
+
+
+def default_offset_samples(period: int, batch_size: int, micro_batch: int) -> int:
+    """Paper B App. D.2's advice B' ≈ 1 % of K·B, as a multiple of b', at least 2 b'."""
+    return max(2, round(0.01 * period * batch_size / micro_batch)) * micro_batch

@@ -57,14 +57,28 @@ def make_optimizer(params, name: str = "sgd", lr: float = 0.01, momentum: float 
 
 
 def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-            epoch: int = 0) -> DataLoader:
-    """A loader whose shuffle order depends only on (seed, epoch)."""
+            epoch: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A loader whose shuffle order depends only on (seed, epoch).
+
+    With ``world_size`` > 1 it yields rank ``rank``'s shard of that same order: rank r takes
+    every world_size-th index from r (padded with the first indices to a multiple of
+    ``world_size``, as ``DistributedSampler`` does), so the ranks' i-th batches together are
+    the i-th batch of ``world_size × batch_size`` that one process draws.
+    """
     if len(dataset) == 0:
         raise ValueError("cannot iterate over an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    if world_size == 1:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    n = len(dataset)
+    order = next(iter(DataLoader(range(n), batch_size=n, shuffle=shuffle, generator=generator)))
+    total = -(-n // world_size) * world_size
+    padded = order.repeat(-(-total // n))[:total]
+    return DataLoader(dataset, batch_size=batch_size, sampler=padded[rank::world_size].tolist())
 
 
 @torch.no_grad()
@@ -109,8 +123,12 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
           device: torch.device | str = "cpu", start_epoch: int = 0,
           on_step: Callable[[int, int, float], None] | None = None,
           on_epoch: Callable[[EpochRecord], None] | None = None,
-          progress: bool = True, description: str = "train") -> list[EpochRecord]:
+          progress: bool = True, description: str = "train", rank: int = 0,
+          world_size: int = 1) -> list[EpochRecord]:
     """Train ``net`` with ``method`` for epochs ``start_epoch .. epochs-1``.
+
+    ``rank``/``world_size``: train on this rank's shard of each epoch (see :func:`batches`),
+    with ``method`` wrapped in :class:`recede.distributed.DataParallel`.
 
     ``on_step(epoch, step, loss)`` runs after each optimizer step and ``on_epoch(record)`` after
     each epoch (checkpoints, logs).  Returns one :class:`EpochRecord` per epoch run.
@@ -118,12 +136,13 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     history: list[EpochRecord] = []
-    steps_per_epoch = -(-len(train_set) // batch_size)
+    steps_per_epoch = len(batches(train_set, batch_size, rank=rank, world_size=world_size))
     with _progress(progress, description, (epochs - start_epoch) * steps_per_epoch) as advance:
         for epoch in range(start_epoch, epochs):
             net.train()
             start, loss_sum, seen = time.perf_counter(), 0.0, 0
-            for step, (x, y) in enumerate(batches(train_set, batch_size, True, seed, epoch)):
+            loader = batches(train_set, batch_size, True, seed, epoch, rank, world_size)
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = method.backward(x, y)

@@ -1,0 +1,118 @@
+"""Extra time and memory of the BP-modified local loss beside its original method (Paper B Tables 4–5).
+
+For FF, LoCo and MPC(h=5) on a shrunk ResNet-62 (CIFAR-shaped random inputs) the script
+measures, in this one run:
+
+* time per epoch with K = one epoch of ``--steps`` steps and B' = 1 % of K·B (a multiple of
+  b' = 8, at least two micro-batches), as a ratio to the original method
+  (Paper B Table 5: ≤ 6 %);  the epoch time is K × the median step time plus one refresh;
+* saved-for-backward peak bytes of a training step, of the refresh, and of BP on b' samples:
+  the refresh must cost no more than BP on b' samples;
+* extra state: the offsets (one per trainable parameter of the modified blocks, Paper B
+  Table 4) and, during a refresh only, two parameter-sized running sums (one becomes the
+  next offset);
+* CUDA peak allocated bytes of a step and of a refresh when ``--device cuda``.
+
+Timings are medians over interleaved repeats; nothing is asserted: read the ratios.
+
+    python benchmarks/bp_modified.py [--steps 100] [--batch 32] [--blocks-per-stage 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import TensorDataset
+
+from recede.bp_modified import BPModified
+from recede.memory import measure
+from recede.methods import build_method, default_offset_samples
+from recede.models import build
+from recede.reports import markdown_table
+
+
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="K: steps per epoch")
+    parser.add_argument("--batch", type=int, default=32, help="B")
+    parser.add_argument("--micro-batch", type=int, default=8, help="b'")
+    parser.add_argument("--blocks-per-stage", type=int, default=3)
+    parser.add_argument("--widths", default="16,32,64")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = args.device
+    widths = tuple(int(w) for w in args.widths.split(","))
+    K, B, b = args.steps, args.batch, args.micro_batch
+    B_prime = default_offset_samples(K, B, b)
+    x = torch.randn(B, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (B,), device=device)
+    refresh_data = TensorDataset(torch.randn(B_prime, 3, args.size, args.size, device=device),
+                                 torch.randint(0, 10, (B_prime,), device=device))
+    refresh_set = list(zip(*(t.split(b) for t in refresh_data.tensors)))
+    rows = []
+    for name in ("ff", "loco:3", "mpc:5"):
+        torch.manual_seed(0)
+        net = build("resnet62", widths=widths, blocks_per_stage=args.blocks_per_stage).to(device)
+        original = build_method(net, name)
+        modified = build_method(net, "bpm-" + name, refresh_data=refresh_data, period=K,
+                                offset_samples=B_prime, micro_batch=b, batch_size=B)
+        assert isinstance(modified, BPModified)
+        modified.data = None  # the refresh is timed on its own below
+        modified.refresh(refresh_set)
+        step_times = {"original": [], "modified": []}
+        refresh_times = []
+        for _ in range(args.repeats):
+            for key, method in (("original", original), ("modified", modified)):
+                net.zero_grad(set_to_none=True)
+                step_times[key].append(timed(lambda: method.backward(x, y), device))
+            refresh_times.append(timed(lambda: modified.refresh(refresh_set), device))
+        step_o, step_m = (statistics.median(step_times[k]) for k in ("original", "modified"))
+        refresh = statistics.median(refresh_times)
+        epoch_o, epoch_m = K * step_o, K * step_m + refresh
+
+        _, mem_o = measure(lambda: original.backward(x, y), net, device)
+        _, mem_m = measure(lambda: modified.backward(x, y), net, device)
+        _, mem_r = measure(lambda: modified.refresh(refresh_set), net, device)
+        _, mem_bp_b = measure(lambda: build_method(net, "bp").backward(*refresh_set[0]), net, device)
+        net.zero_grad(set_to_none=True)
+        elem = next(net.parameters()).element_size()
+        param_bytes = sum(p.numel() for p in net.parameters() if p.requires_grad) * elem
+        offset_bytes = modified.offset.numel() * modified.offset.element_size()
+        row = {"method": name, "s/epoch orig": epoch_o, "s/epoch BPM": epoch_m,
+               "extra time %": 100 * (epoch_m / epoch_o - 1),
+               "step saved MiB orig": mem_o.saved_peak_mib, "step saved MiB BPM": mem_m.saved_peak_mib,
+               "refresh saved MiB": mem_r.saved_peak_mib, "BP(b') saved MiB": mem_bp_b.saved_peak_mib,
+               "offset / params": offset_bytes / param_bytes,
+               "offset MiB": offset_bytes / 2**20, "refresh sums MiB": 2 * offset_bytes / 2**20}
+        if mem_o.cuda_peak_bytes is not None:
+            row |= {"CUDA peak MiB orig": mem_o.cuda_peak_bytes / 2**20,
+                    "CUDA peak MiB BPM step": mem_m.cuda_peak_bytes / 2**20,
+                    "CUDA peak MiB refresh": mem_r.cuda_peak_bytes / 2**20}
+        rows.append(row)
+    print(f"resnet62 widths={widths} blocks/stage={args.blocks_per_stage} T={3 * args.blocks_per_stage}, "
+          f"input 3x{args.size}x{args.size}, B={B}, K={K} steps (one epoch), B'={B_prime} "
+          f"(= {100 * B_prime / (K * B):.2g} % of K·B), b'={b}, device={device}\n")
+    print(markdown_table(rows, list(rows[0])))
+    print("\nextra time % target ≤ 6 (Paper B Table 5); refresh saved MiB should equal BP(b') saved MiB; "
+          "offset / params ≤ 1 (Paper B Table 4).")
+
+
+if __name__ == "__main__":
+    main()

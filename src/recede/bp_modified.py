@@ -1,0 +1,448 @@
+"""The BP-modified local loss (Paper B eq. 5, §4.2, §5, Algorithm 1, App. C; SPEC §5).
+
+A local method of horizon h gives block t the biased gradient g_{h,t} (Paper B eq. 4).  Every
+K steps (the *period*) the BP-modified method measures, on B' fresh samples, how the true
+gradient g_{T,t} differs from it, and until the next refresh it applies
+
+    ĝ_{h,t} = a_{h,t} · mean_B[g_{h,t}] + λ_{h,t} · Δ_t,     Δ_t = mean_{B'}[g̃_{T,t} − a_{h,t} g̃_{h,t}]
+
+(Paper B eq. 5).  The refresh follows Paper B §5: the B' samples are processed in micro-batches
+of b', each giving one micro-batch mean of g̃_h and of g̃_T through :class:`recede.MPC`, so
+the refresh costs the activations of BP on b' samples.  Only running sums are kept (per block:
+the sum of the micro-batch means, their squared norms and cross products), from which
+
+* the means ḡ_h, ḡ_T over the B' samples, and
+* the traces of the *per-sample* covariances: with n micro-batch means m_1..m_n of b' samples
+  each, Cov(m) = C / b', so ``tr C = b' · (Σ‖m_i‖² − n‖m̄‖²) / (n − 1)`` (unbiased); likewise
+  ``tr C_{h,T} = 2 b' · (Σ m_h,i·m_T,i − n m̄_h·m̄_T) / (n − 1)`` for the two-sided
+  ``C_{h,T} = Cov(g_h, g_T) + Cov(g_T, g_h)`` of Paper B eq. 7.
+
+The scalars minimise, per block, the one-step error of Paper B eq. 16 with App. C's factor K
+for the noise a stale offset accumulates:
+
+    E(a, λ) = (1−λ)² ‖a ḡ_h − ḡ_T‖² + a² tr C_h / B + λ² K (a² tr C_h + tr C_T − a tr C_{h,T}) / B'
+
+``scaling="optimal"`` alternates the exact one-variable minimisers (Remark 4.2) until neither
+moves: ``λ* = Bias / (Bias + Var)`` (eq. 18, Var = K tr C̃_h / B') and
+``a* = (b a_bias + d a_var) / (b + d)`` (eqs. 17, 19) with the ½ that eq. 19 omits,
+``a_var = λ² B tr C_{h,T} / (2 tr C_h (B'/K + λ² B))``.  ``"bias"`` is the ablation of Paper B
+Table 3 (λ = 0, a = a_bias = ḡ_h·ḡ_T / ‖ḡ_h‖²) and ``"fixed"`` uses the caller's a and λ.
+Blocks whose horizon reaches T already receive g_T: a = 1, λ = 0, no offset.  Heads are
+trained as :class:`recede.MPC` trains them (each by its own depth's loss), without offset.
+
+Data-parallel training: every entry of the statistics dict is a *sum* over micro-batches
+(``count``, ``samples``, the vector sums and the per-block sums of squares and products), so a
+subclass whose :meth:`BPModified.reduce_statistics` all-reduces each tensor with SUM turns
+the per-rank statistics into those of all ranks' samples before any mean or trace is formed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from recede.blocks import BlockNet
+from recede.engine import MPC
+
+log = logging.getLogger("recede.bp_modified")
+
+SCALINGS = ("optimal", "bias", "fixed")
+
+
+@dataclass
+class BlockMoments:
+    """Per-block scalars of one refresh (tensors of shape [n_blocks], float64).
+
+    ``hh = ‖ḡ_h‖²``, ``ht = ḡ_h·ḡ_T``, ``tt = ‖ḡ_T‖²``; ``tr_h, tr_t, tr_ht`` are the
+    per-sample covariance traces tr C_h, tr C_T and tr C_{h,T} (two-sided).
+    """
+
+    hh: torch.Tensor
+    ht: torch.Tensor
+    tt: torch.Tensor
+    tr_h: torch.Tensor
+    tr_t: torch.Tensor
+    tr_ht: torch.Tensor
+
+
+def bias_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments) -> torch.Tensor:
+    """(1−λ)² ‖a ḡ_h − ḡ_T‖², the squared bias of ĝ (Paper B eq. 16, first term)."""
+    return (1 - lam) ** 2 * (a * a * m.hh - 2 * a * m.ht + m.tt)
+
+
+def variance_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
+                  K: int) -> torch.Tensor:
+    """a² tr C_h / B + λ² K tr C̃_h / B' (Paper B eq. 16 with App. C's factor K)."""
+    offset_var = (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0)
+    return a * a * m.tr_h / B + lam * lam * K * offset_var / B_prime
+
+
+def one_step_error(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
+                   K: int) -> torch.Tensor:
+    """E(a, λ) of SPEC §5 (Paper B eq. 16 with the factor K), per block."""
+    return bias_term(a, lam, m) + variance_term(a, lam, m, B, B_prime, K)
+
+
+def optimal_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e-12,
+                    max_iter: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise E(a, λ) per block by alternating the exact minimisers (Paper B Remark 4.2).
+
+    λ*(a) = Bias/(Bias + Var) (eq. 18) and a*(λ) = (b a_bias + d a_var)/(b + d) (eqs. 17, 19,
+    with the ½ of SPEC §5's correction), until neither moves by more than ``tol``.  E is convex
+    in each variable but not jointly, so the alternation can stop in a poorer local minimum:
+    it is run from a*(λ) for λ = 0, ½, 1 and from a = 1, and the best end point is returned.
+    A block with no local signal (‖ḡ_h‖ = tr C_h = 0) keeps a = 1.
+    """
+    starts = [torch.ones_like(m.hh)] + [_a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K)
+                                         for v in (0.0, 0.5, 1.0)]
+    best_a, best_lam, best_e = None, None, None
+    for a in starts:
+        a, lam = _alternate(a, m, B, B_prime, K, tol, max_iter)
+        e = one_step_error(a, lam, m, B, B_prime, K)
+        if best_e is None:
+            best_a, best_lam, best_e = a, lam, e
+        else:
+            better = e < best_e
+            best_a, best_lam = torch.where(better, a, best_a), torch.where(better, lam, best_lam)
+            best_e = torch.minimum(e, best_e)
+    return best_a, best_lam
+
+
+def _lam_star(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B_prime: int, K: int) -> torch.Tensor:
+    """λ*(a) = Bias / (Bias + Var), Paper B eq. 18 with Var = K tr C̃_h / B'; else ``lam``."""
+    bias = a * a * m.hh - 2 * a * m.ht + m.tt
+    var = K * (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0) / B_prime
+    return torch.where(bias + var > 0, bias / (bias + var).clamp_min(1e-300), lam)
+
+
+def _a_star(lam: torch.Tensor, a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
+    """a*(λ) = (b a_bias + d a_var) / (b + d), Paper B eqs. 17, 19 (with the ½); else ``a``."""
+    b = (1 - lam) ** 2 * m.hh
+    d = (1 / B + lam ** 2 * K / B_prime) * m.tr_h
+    numerator = (1 - lam) ** 2 * m.ht + lam ** 2 * K * m.tr_ht / (2 * B_prime)
+    return torch.where(b + d > 0, numerator / (b + d).clamp_min(1e-300), a)
+
+
+def _alternate(a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int, tol: float,
+               max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lam = torch.zeros_like(a)
+    for _ in range(max_iter):
+        new_lam = _lam_star(a, lam, m, B_prime, K)
+        new_a = _a_star(new_lam, a, m, B, B_prime, K)
+        moved = torch.maximum((new_a - a).abs() / (1 + a.abs()), (new_lam - lam).abs())
+        a, lam = new_a, new_lam
+        if bool((moved <= tol).all()):
+            break
+    return a, lam
+
+
+def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
+    if not sizes:
+        return torch.zeros(0, dtype=torch.float64, device=u.device)
+    return torch.stack([(a.double() * b.double()).sum() for a, b in zip(u.split(sizes), v.split(sizes))])
+
+
+def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
+                  ) -> tuple[BlockMoments, torch.Tensor, torch.Tensor]:
+    """Means ḡ_h, ḡ_T and per-block moments from the refresh sums (SPEC §5).
+
+    With n micro-batch means of b' samples each, a per-sample covariance trace is b' times
+    the unbiased sample variance of the micro-batch means.  Returns (moments, ḡ_h, ḡ_T); the
+    means are ``stats["sum_h"]`` and ``stats["sum_t"]`` divided in place (no parameter-sized copy).
+    """
+    n, samples = float(stats["count"]), float(stats["samples"])
+    if n < 2:
+        raise ValueError(f"a refresh needs at least two micro-batches to estimate covariances, got {n:g}")
+    mean_h, mean_t = stats["sum_h"].div_(n), stats["sum_t"].div_(n)
+    hh, ht, tt = (_blockwise_dot(u, v, sizes) for u, v in ((mean_h, mean_h), (mean_h, mean_t), (mean_t, mean_t)))
+    unbiased = samples / n / (n - 1)
+    m = BlockMoments(hh, ht, tt, unbiased * (stats["sq_h"] - n * hh).clamp_min(0),
+                     unbiased * (stats["sq_t"] - n * tt).clamp_min(0),
+                     2 * unbiased * (stats["prod_ht"] - n * ht))
+    return m, mean_h, mean_t
+
+
+@dataclass
+class RefreshStats:
+    """What one refresh measured, per block (lists indexed by block t = 0..T-1).
+
+    ``bias`` and ``variance`` are the two terms of E(a, λ) at the chosen scalars; ``cos`` is
+    cos(E[ĝ_t], ḡ_T) with E[ĝ] = (1−λ) a ḡ_h + λ ḡ_T (Paper B eq. 27), ``cos_local`` is
+    cos(ḡ_h, ḡ_T) of the unmodified method; ``cos_all``/``cos_local_all`` are the same over
+    the parameters of all modified blocks together.  Exact blocks show a = 1, λ = 0, zero bias, cos = 1.
+    """
+
+    step: int
+    samples: int
+    micro_batch: int
+    a: list[float]
+    lam: list[float]
+    bias: list[float]
+    variance: list[float]
+    cos: list[float]
+    cos_local: list[float]
+    cos_all: float
+    cos_local_all: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class BPModified:
+    """Paper B's BP-modified local loss around a horizon-h method; ``backward`` like :class:`MPC`.
+
+    >>> method = BPModified(net, horizon=1, period=len(loader), offset_samples=320,
+    ...                     micro_batch=8, data=train_set)
+    >>> for x, y in loader:                      # refreshes itself every `period` steps
+    ...     opt.zero_grad(); method.backward(x, y); opt.step()
+
+    Without ``data`` the caller drives the refreshes: ``method.refresh(micro_batches)`` with
+    any iterable of equally sized (x, y) micro-batches.  Until the first refresh the method is
+    the plain local method (a = 1, λ = 0, no offset).
+
+    Args:
+        net: the block network (for LoCo, its regrouped view).
+        horizon: h in [1, T], as in :class:`recede.MPC`.
+        period: K, the number of ``backward`` calls between refreshes (also the K of E).
+        offset_samples: B', samples per refresh (a multiple of ``micro_batch``, ≥ 2 micro-batches).
+        micro_batch: b', samples per micro-batch of the refresh.
+        scaling: ``"optimal"``, ``"bias"`` (λ = 0, a = a_bias) or ``"fixed"`` (needs a, lam).
+        a, lam: the fixed scalars for ``scaling="fixed"``.
+        double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
+        data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
+        batch_size: B of E(a, λ); by default the size of the last batch given to ``backward``.
+        seed: the draws of refresh r use a generator seeded with (seed, r), so runs and resumed
+            runs draw the same samples.
+    """
+
+    def __init__(self, net: BlockNet, horizon: int, period: int, offset_samples: int,
+                 micro_batch: int, scaling: str = "optimal", a: float | None = None,
+                 lam: float | None = None, double: bool = False, data: Dataset | None = None,
+                 batch_size: int | None = None, seed: int = 0) -> None:
+        self.local = MPC(net, horizon, double)
+        self.exact = MPC(net, net.T)
+        self.net, self.horizon = net, horizon
+        for name, value in (("period", period), ("offset_samples", offset_samples),
+                            ("micro_batch", micro_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if offset_samples % micro_batch or offset_samples < 2 * micro_batch:
+            raise ValueError(f"offset_samples (B' = {offset_samples}) must be a multiple of "
+                             f"micro_batch (b' = {micro_batch}) and hold at least two micro-batches")
+        if scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {scaling!r}; use one of {', '.join(SCALINGS)}")
+        if (scaling == "fixed") != (a is not None and lam is not None):
+            raise ValueError("scaling='fixed' needs both a and lam, and only it takes them")
+        if lam is not None and not 0 <= lam <= 1:
+            raise ValueError(f"lam must be in [0, 1], got {lam}")
+        if data is not None and len(data) < offset_samples:
+            raise ValueError(f"data holds {len(data)} samples, fewer than offset_samples = {offset_samples}")
+        self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
+        self.scaling, self.fixed = scaling, (a, lam)
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        reach = horizon - 1 if double else horizon
+        self.modified = [t for t in range(net.T) if t + reach < net.T]
+        self.params = {t: net.block_parameters(t) for t in self.modified}
+        self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
+        self.trainable = [p for p in net.parameters() if p.requires_grad]
+        ref = self.trainable[0] if self.trainable else torch.zeros(())
+        self.offset = torch.zeros(sum(self._sizes), dtype=ref.dtype, device=ref.device)
+        self.a = torch.ones(net.T, dtype=torch.float64)
+        self.lam = torch.zeros(net.T, dtype=torch.float64)
+        self.step = 0
+        self.refreshes = 0
+        self.last_stats: RefreshStats | None = None
+
+    @property
+    def last_losses(self) -> dict[int, float]:
+        return self.local.last_losses
+
+    # -- training step -----------------------------------------------------------------
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accumulate ĝ_{h,t} (Paper B eq. 5) into every block's ``.grad``; return L(x_T).
+
+        With ``data``, first refreshes when the step count is a multiple of ``period``.
+        """
+        self.batch_size = self.batch_size or len(x)
+        if self.data is not None and self.step % self.period == 0:
+            self.refresh(self.draw(self.refreshes))
+        held = {p: p.grad for t in self.modified for p in self.params[t]}
+        for p in held:
+            p.grad = None
+        try:
+            loss = self.local.backward(x, y)
+        except BaseException:
+            for p, g in held.items():
+                p.grad = g
+            raise
+        for t, offset in zip(self.modified, self._offset_views()):
+            a, lam = float(self.a[t]), float(self.lam[t])
+            for p, delta in zip(self.params[t], offset):
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                g = g.mul_(a) if a != 1 else g
+                if lam != 0:
+                    g.add_(delta, alpha=lam)
+                p.grad = g if held[p] is None else held[p].add_(g)
+        self.step += 1
+        return loss
+
+    # -- refresh -------------------------------------------------------------------------
+
+    def draw(self, refresh_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of refresh ``refresh_index``: B' distinct samples of ``data``."""
+        if self.data is None:
+            raise ValueError("BPModified has no data to draw from; pass data= or call refresh() yourself")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + refresh_index)
+        chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]
+        for part in chosen.split(self.micro_batch):
+            xs, ys = zip(*(self.data[int(i)] for i in part))
+            yield torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys])
+
+    def refresh(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> RefreshStats:
+        """Measure g̃_h and g̃_T on ``micro_batches`` and set a, λ and Δ (Algorithm 1, lines 4–9).
+
+        Every micro-batch must hold the same number b' of samples, and there must be at least
+        two.  ``.grad`` and buffers (BatchNorm running statistics) are left as they were.
+        """
+        stats = self.reduce_statistics(self.accumulate(micro_batches))
+        return self._set_scalars(stats)
+
+    def accumulate(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Sufficient statistics of the refresh, all sums over micro-batches.
+
+        ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
+        mean gradients over the modified blocks), and per modified block ``sq_h``, ``sq_t``,
+        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time;
+        besides the offset, the two running sums are the refresh's only parameter-sized memory
+        (the second becomes the new offset).
+        """
+        n_blocks, device = len(self.modified), self.offset.device
+        stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
+                 "samples": torch.zeros((), dtype=torch.float64, device=device),
+                 "sum_h": torch.zeros_like(self.offset), "sum_t": torch.zeros_like(self.offset),
+                 **{k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
+                    for k in ("sq_h", "sq_t", "prod_ht")}}
+        held = {p: p.grad for p in self.trainable}
+        buffers = [(b, b.clone()) for b in self.net.buffers()]
+        size = None
+        try:
+            for x, y in micro_batches:
+                x, y = x.to(device), y.to(device)
+                size = size or len(x)
+                if len(x) != size:
+                    raise ValueError(f"refresh micro-batches must all hold b' = {size} samples, got {len(x)}")
+                m_h, m_t = self._flat_gradient(self.local, x, y), self._flat_gradient(self.exact, x, y)
+                stats["count"] += 1
+                stats["samples"] += len(x)
+                stats["sum_h"] += m_h
+                stats["sum_t"] += m_t
+                for k, (u, v) in (("sq_h", (m_h, m_h)), ("sq_t", (m_t, m_t)), ("prod_ht", (m_h, m_t))):
+                    stats[k] += _blockwise_dot(u, v, self._sizes)
+        finally:
+            for p, g in held.items():
+                p.grad = g
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        return stats
+
+    def reduce_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Combine the refresh statistics across workers before they are used (identity here).
+
+        Every tensor in ``stats`` is a sum over micro-batches, so a data-parallel subclass
+        all-reduces each one with SUM (in place or returning new tensors) and returns the dict.
+        """
+        return stats
+
+    def _flat_gradient(self, engine: MPC, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The micro-batch mean gradient of the modified blocks under ``engine``, flattened."""
+        for p in self.trainable:
+            p.grad = None
+        engine.backward(x, y)
+        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                 for t in self.modified for p in self.params[t]]
+        flat = torch.cat(parts).to(self.offset.dtype) if parts else self.offset.new_zeros(0)
+        for p in self.trainable:
+            p.grad = None
+        return flat
+
+    def _set_scalars(self, stats: dict[str, torch.Tensor]) -> RefreshStats:
+        m, mean_h, mean_t = block_moments(stats, self._sizes)
+        samples = float(stats["samples"])
+        b_prime = samples / float(stats["count"])
+        hh, ht = m.hh, m.ht
+        B, K = self.batch_size, self.period
+        if B is None:
+            raise ValueError("BPModified needs the training batch size B: pass batch_size= or call backward() first")
+        if self.scaling == "optimal":
+            a, lam = optimal_scalars(m, B, int(samples), K)
+        elif self.scaling == "bias":
+            a = torch.where(hh > 0, ht / hh.clamp_min(1e-300), torch.ones_like(hh))
+            lam = torch.zeros_like(hh)
+        else:
+            a, lam = torch.full_like(hh, self.fixed[0]), torch.full_like(hh, self.fixed[1])
+        offset = mean_t
+        for view, h_view, scale in zip(offset.split(self._sizes), mean_h.split(self._sizes), a):
+            view.sub_(h_view, alpha=float(scale))
+        self.offset = offset
+        self.a = torch.ones(self.net.T, dtype=torch.float64)
+        self.lam = torch.zeros(self.net.T, dtype=torch.float64)
+        index = torch.tensor(self.modified, dtype=torch.long)
+        self.a[index], self.lam[index] = a.cpu(), lam.cpu()
+        self.refreshes += 1
+        self.last_stats = self._report(m, a, lam, B, int(samples), K, int(b_prime))
+        log.info("refresh %d at step %d: B'=%d b'=%d mean a=%.3g mean λ=%.3g cos(ĝ,g_T)=%.3f (local %.3f)",
+                 self.refreshes, self.step, int(samples), int(b_prime),
+                 float(a.mean()) if len(a) else 1.0, float(lam.mean()) if len(lam) else 0.0,
+                 self.last_stats.cos_all, self.last_stats.cos_local_all)
+        return self.last_stats
+
+    def _report(self, m: BlockMoments, a: torch.Tensor, lam: torch.Tensor, B: int, B_prime: int,
+                K: int, b_prime: int) -> RefreshStats:
+        T = self.net.T
+        full = {name: [default] * T for name, default in
+                (("bias", 0.0), ("variance", 0.0), ("cos", 1.0), ("cos_local", 1.0))}
+        w = (1 - lam) * a  # E[ĝ] = w ḡ_h + λ ḡ_T
+        dot = w * m.ht + lam * m.tt
+        norm = (w * w * m.hh + 2 * w * lam * m.ht + lam * lam * m.tt).clamp_min(0).sqrt()
+        cos = dot / (norm * m.tt.sqrt()).clamp_min(1e-300)
+        cos_local = m.ht / (m.hh * m.tt).sqrt().clamp_min(1e-300)
+        values = {"bias": bias_term(a, lam, m), "variance": variance_term(a, lam, m, B, B_prime, K),
+                  "cos": cos, "cos_local": cos_local}
+        for name, tensor in values.items():
+            for t, v in zip(self.modified, tensor.tolist()):
+                full[name][t] = v
+        all_tt = float(m.tt.sum())
+        cos_all = float(dot.sum()) / math.sqrt(max(float((norm ** 2).sum()) * all_tt, 1e-300))
+        cos_local_all = float(m.ht.sum()) / math.sqrt(max(float(m.hh.sum()) * all_tt, 1e-300))
+        return RefreshStats(self.step, B_prime, b_prime, self.a.tolist(), self.lam.tolist(),
+                            full["bias"], full["variance"], full["cos"], full["cos_local"],
+                            cos_all, cos_local_all)
+
+    def _offset_views(self) -> Iterator[list[torch.Tensor]]:
+        for chunk, t in zip(self.offset.split(self._sizes), self.modified):
+            yield [v.view_as(p) for v, p in zip(chunk.split([p.numel() for p in self.params[t]]), self.params[t])]
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Offsets, scalars, step and refresh counters, and B."""
+        return {"offset": self.offset.clone(), "a": self.a.clone(), "lam": self.lam.clone(),
+                "step": self.step, "refreshes": self.refreshes, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned; shapes must match this network."""
+        if state["offset"].shape != self.offset.shape or state["a"].shape != self.a.shape:
+            raise ValueError(f"BPModified state does not fit this network: offset {tuple(state['offset'].shape)} "
+                             f"vs {tuple(self.offset.shape)}, scalars {tuple(state['a'].shape)} vs {tuple(self.a.shape)}")
+        self.offset = state["offset"].to(self.offset.device, self.offset.dtype).clone()
+        self.a, self.lam = state["a"].double().clone(), state["lam"].double().clone()
+        self.step, self.refreshes = int(state["step"]), int(state["refreshes"])
+        self.batch_size = state["batch_size"]

@@ -1,0 +1,350 @@
+"""Data-parallel training under ``torchrun`` for every method: BP, every horizon, BP-modified.
+
+Each of W processes (ranks) runs the whole method on its own shard of the batch, then
+:class:`DataParallel` averages ``.grad`` across ranks with a bucketed all-reduce.  This is exact,
+not an approximation: every loss is a mean over the batch and the horizon gradient
+g_h(u_t) = ∇_{u_t} L(x_{min(t+h,T)}) (Paper A eq. 9, Paper B eq. 4) is linear in the per-sample
+losses, so the mean over ranks of g_h on B samples each is g_h on the W·B samples together.
+BP-modified's gradient ĝ = a·mean_B[g_h] + λ·Δ (Paper B eq. 5) is affine in g_h, so it averages
+the same way once every rank holds the same a, λ and Δ; :class:`DataParallel` makes sure of that
+by summing the refresh's sufficient statistics across ranks (``reduce_statistics``).
+
+Around that, what torchrun needs: :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a
+collective timeout so that a rank that dies or hangs makes the others raise
+:class:`RankFailure` instead of waiting forever), :func:`is_main` for the rank that writes
+checkpoints, logs and reports, and :func:`launch`, which starts ``torch.distributed.run`` for
+``recede train --nproc N``.  The data are sharded by :func:`recede.train.batches` with
+``rank``/``world_size``: every rank takes its share of the single-process epoch order (as
+torch's ``DistributedSampler`` would), so W ranks of batch B see exactly the batches that one
+process of batch W·B sees.  See ``docs/distributed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recede.engine import NonFiniteLossError
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_BUCKET_MB = 25.0
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class RankFailure(RuntimeError):
+    """A collective failed: another rank died, hung past the timeout, or diverged."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank among ``world_size`` and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: a single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    """True when torchrun (or an equivalent launcher) set ``WORLD_SIZE`` for this process."""
+    return "WORLD_SIZE" in os.environ
+
+
+def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Context:
+    """Join the process group torchrun describes in the environment.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``.  Without
+    ``WORLD_SIZE`` this is a single process: no group is created and rank 0 of 1 is returned.
+    ``backend`` defaults to ``nccl`` when CUDA is available (each rank then computes on
+    ``cuda:LOCAL_RANK``) and ``gloo`` otherwise.  ``timeout`` (seconds) bounds every collective:
+    a rank waiting for one that died or hangs raises :class:`RankFailure` after at most that
+    long (gloo notices a dead peer's closed connection at once).
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        backend = dist.get_backend()
+    elif not under_torchrun():
+        return Context(0, 1, 0, torch.device("cuda" if backend == "nccl" else "cpu"), None)
+    else:
+        missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+        if missing:
+            raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start the "
+                             "processes with torchrun (see docs/distributed.md)")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def is_main() -> bool:
+    """True on rank 0, or when there is no process group: the process that writes files."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process is in one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a backend error of a collective into a :class:`RankFailure` that says what to check."""
+    try:
+        yield
+    except RuntimeError as err:
+        if isinstance(err, RankFailure):
+            raise
+        rank, world = dist.get_rank(), dist.get_world_size()
+        raise RankFailure(f"rank {rank} of {world}: {what} failed: another rank died, hung past "
+                          f"the collective timeout, or ran a different collective ({err})") from err
+
+
+def buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[torch.Tensor]]:
+    """Split ``tensors`` into groups of one device and dtype, each at most ``cap_bytes``.
+
+    Order is kept within a group; a tensor larger than the cap is a bucket of its own.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[list[torch.Tensor]]] = {}
+    sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+    for t in tensors:
+        key, nbytes = (t.device, t.dtype), t.numel() * t.element_size()
+        bucket_list = groups.setdefault(key, [[]])
+        if bucket_list[-1] and sizes[key] + nbytes > cap_bytes:
+            bucket_list.append([])
+            sizes[key] = 0
+        bucket_list[-1].append(t)
+        sizes[key] = sizes.get(key, 0) + nbytes
+    return [b for bucket_list in groups.values() for b in bucket_list]
+
+
+def _copy_back(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
+    """Copy the consecutive pieces of ``flat`` into the tensors of ``bucket``."""
+    offset = 0
+    for t in bucket:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str,
+                     divide_by: int = 1) -> None:
+    """Sum ``tensors`` in place across ranks (then divide by ``divide_by``): flatten into
+    buckets, start every bucket's all-reduce, then copy each result back as it arrives.  A
+    contiguous tensor alone in its bucket (one above the cap) is reduced where it lies."""
+    pending = []
+    with _collective(what):
+        for bucket in buckets(tensors, cap_bytes):
+            alone = len(bucket) == 1 and bucket[0].is_contiguous()
+            flat = bucket[0].view(-1) if alone else torch.cat([t.reshape(-1) for t in bucket])
+            pending.append((bucket, flat, alone, dist.all_reduce(flat, async_op=True)))
+        for bucket, flat, alone, work in pending:
+            work.wait()
+            if divide_by != 1:
+                flat.div_(divide_by)
+            if not alone:
+                _copy_back(flat, bucket)
+
+
+def _broadcast_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str) -> None:
+    """Overwrite ``tensors`` in place with rank 0's values, bucket by bucket."""
+    with _collective(what), torch.no_grad():
+        for bucket in buckets(tensors, cap_bytes):
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.broadcast(flat, src=0)
+            _copy_back(flat, bucket)
+
+
+class DataParallel:
+    """Any method with ``backward(x, y)``, trained on W ranks as one method on W× the batch.
+
+    >>> ctx = init_from_env()
+    >>> method = DataParallel(build_method(net, "mpc:4"), net)
+    >>> for x, y in batches(train_set, B, True, seed, epoch, ctx.rank, ctx.world_size):
+    ...     opt.zero_grad(); loss = method.backward(x, y); opt.step()
+
+    At construction every parameter and buffer of ``module`` (default ``method.net``; pass the
+    whole model when the method trains a view of it, as LoCo's regrouped stages, which leave
+    out the heads it does not use) is overwritten with rank 0's values, so all ranks start
+    identical.  :meth:`backward` runs the wrapped method on this rank's batch, which fills
+    ``.grad`` with the local g_h, then replaces each ``.grad`` by its mean over the ranks
+    (bucketed all-reduce, buckets of ``bucket_mb`` MiB).  With equal
+    per-rank batch sizes this equals the gradient of the whole W·B batch, so every rank applies
+    the same optimizer step and the parameters stay identical.  A parameter that has a
+    gradient on some rank but not on another counts as zero there.
+
+    ``backward`` returns the **mean of the ranks' losses** L(x_T) (the loss of the W·B batch),
+    so epoch losses and Paper A's lr × 0.9 rule agree on every rank.  If any rank's loss is not
+    finite, every rank raises :class:`~recede.engine.NonFiniteLossError` and no gradient is
+    reduced.  With ``broadcast_buffers`` (as DDP) rank 0's buffers, e.g. BatchNorm running
+    statistics, are copied to all ranks before each step.
+
+    A wrapped method that has a ``reduce_statistics(stats) -> stats`` hook
+    (:class:`recede.bp_modified.BPModified`'s refresh, Paper B Algorithm 1) gets one that sums
+    the statistics across ranks, so the means and covariance traces, hence a, λ and the offset
+    Δ, are those of all ranks' samples together and the same everywhere.  When it draws its
+    own refresh micro-batches, the ranks share them out (B' is per refresh, not per rank), and
+    an unset ``batch_size`` (the B of Paper B eq. 16) becomes the global batch W × B.  So W
+    ranks of batch B reproduce one process of batch W·B, refreshes included.  Other
+    attributes (``net``, ``last_losses``, ``horizon``...) are the wrapped method's.
+    """
+
+    def __init__(self, method, module: nn.Module | None = None,
+                 bucket_mb: float = DEFAULT_BUCKET_MB, broadcast_buffers: bool = True) -> None:
+        net = getattr(method, "net", None) if module is None else module
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"DataParallel needs a module, or a method with a .net module; got "
+                             f"{type(method).__name__} and module={module!r}")
+        if not bucket_mb > 0:
+            raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
+        self.method, self.module = method, net
+        self.cap_bytes = max(1, int(bucket_mb * 2**20))
+        self.broadcast_buffers = broadcast_buffers
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        if hasattr(method, "reduce_statistics"):
+            self._share_refreshes(method)
+        if self.world_size > 1:
+            _broadcast_([*net.parameters(), *net.buffers()], self.cap_bytes,
+                        "broadcasting rank 0's parameters")
+
+    def _share_refreshes(self, method) -> None:
+        """Make BP-modified's refresh (Paper B Algorithm 1) one refresh over all ranks: its
+        statistics are summed across ranks, and when it draws its own micro-batches
+        (``draw(refresh_index)``, the same on every rank) each rank takes every
+        world_size-th of them, so the ranks split the B' samples of a single-process refresh."""
+        method.reduce_statistics = self.sum_statistics
+        draw = getattr(method, "draw", None)
+        if callable(draw) and self.world_size > 1:
+            rank, world = dist.get_rank(), self.world_size
+            method.draw = lambda index: itertools.islice(draw(index), rank, None, world)
+
+    def __getattr__(self, name: str):
+        if name == "method":
+            raise AttributeError(name)
+        return getattr(self.method, name)
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss."""
+        if self.world_size == 1:
+            return self.method.backward(x, y)
+        if getattr(self.method, "batch_size", 0) is None:  # BP-modified's B: the global batch
+            self.method.batch_size = self.world_size * len(x)
+        buffers = list(self.module.buffers())
+        if self.broadcast_buffers and buffers:
+            _broadcast_(buffers, self.cap_bytes, "broadcasting rank 0's buffers")
+        try:
+            loss, failure = self.method.backward(x, y), None
+        except NonFiniteLossError as err:
+            loss, failure = math.nan, err
+        loss = self.reduce_gradients(loss)
+        if failure is not None:
+            raise failure
+        return loss
+
+    def reduce_gradients(self, loss: float = 0.0) -> float:
+        """Replace every trainable parameter's ``.grad`` by its mean over the ranks.
+
+        One small all-reduce carries ``loss`` and which parameters have a gradient on which
+        rank; then the gradients travel in buckets.  Returns the ranks' mean ``loss``.
+        """
+        params = self.params
+        device = params[0].device if params else torch.device("cpu")
+        header = torch.tensor([loss] + [p.grad is not None for p in params],
+                              dtype=torch.float64, device=device)
+        with _collective("the all-reduce of losses and gradient flags"):
+            dist.all_reduce(header)
+        mean_loss = float(header[0]) / self.world_size
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"a rank's loss is not finite (mean over {self.world_size} "
+                                     f"ranks: {mean_loss}); gradients were not reduced")
+        grads = []
+        for p, anywhere in zip(params, header[1:].tolist()):
+            if anywhere and p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise ValueError("DataParallel averages dense gradients only; a parameter has a sparse .grad")
+                grads.append(p.grad)
+        _all_reduce_sum_(grads, self.cap_bytes, "the all-reduce of gradients", self.world_size)
+        return mean_loss
+
+    def sum_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Replace each tensor of ``stats`` (BP-modified's sufficient statistics, all sums) by
+        its sum over all ranks, in place and in bucketed all-reduces; returns ``stats``."""
+        bad = [k for k, v in stats.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise ValueError(f"statistics must be tensors; {', '.join(bad)} are not")
+        if self.world_size > 1:
+            with torch.no_grad():
+                _all_reduce_sum_(list(stats.values()), self.cap_bytes, "the all-reduce of statistics")
+        return stats
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: Sequence[str], nproc: int) -> int:
+    """Run ``python -m recede ARGV`` as ``nproc`` processes under ``torch.distributed.run`` on
+    this machine (loopback rendezvous on a free port); returns torchrun's exit status.
+
+    ``--nproc`` is dropped from ARGV: the processes read their number from torchrun (and
+    torchrun's own parser would take ``--nproc`` for an ambiguous abbreviation of its options).
+    """
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    argv, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--nproc" and rest:
+            rest.pop(0)
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+               f"--master-port={free_port()}", "-m", "recede", *argv]
+    return subprocess.call(command)
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
+    parser.add_argument("--nproc", type=_positive(int), default=1,
+                        help="data-parallel processes on this machine (started with torchrun, "
+                             "gloo); --batch-size is per process. See docs/distributed.md")
+    parser.add_argument("--dist-timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S,
+                        help="seconds a rank waits for the others in a collective before failing")

@@ -1,0 +1,336 @@
+"""BPModified (Paper B eq. 5, SPEC §5): scalars, statistics, gradients, optimizers, state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import TensorDataset
+
+from recede import BlockNet, BPModified, MPC
+from recede.bp_modified import (BlockMoments, _blockwise_dot, block_moments, one_step_error,
+                                optimal_scalars)
+from recede.methods import build_method, parse_method
+from recede.models import build
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.linear(x))
+
+
+def small_net(T: int = 5, width: int = 4, classes: int = 3) -> BlockNet:
+    return BlockNet([Residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
+                    nn.CrossEntropyLoss())
+
+
+def classification_data(n: int, width: int = 4, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, width, generator=g, dtype=torch.get_default_dtype())
+    return TensorDataset(x, (x[:, 0] * 3 + x[:, 1]).floor().long().remainder(classes))
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def micro_batches(data: TensorDataset, size: int):
+    x, y = data.tensors
+    return list(zip(x.split(size), y.split(size)))
+
+
+def block_grads(net: BlockNet, blocks: list[int]) -> list[torch.Tensor]:
+    return [p.grad.clone() for t in blocks for p in net.block_parameters(t)]
+
+
+# -- the scalars ---------------------------------------------------------------------------
+
+def random_moments(n_blocks: int, seed: int) -> BlockMoments:
+    """Moments of random per-sample gradient populations with a shared and a local part."""
+    g = torch.Generator().manual_seed(seed)
+    d, n = 6, 40
+    rows = []
+    for _ in range(n_blocks):
+        scale = 10 ** (4 * torch.rand((), generator=g) - 2)
+        g_t = torch.randn(n, d, generator=g, dtype=torch.float64) + torch.randn(d, generator=g, dtype=torch.float64)
+        mix = torch.rand((), generator=g, dtype=torch.float64)
+        g_h = mix * g_t + scale * torch.randn(n, d, generator=g, dtype=torch.float64) \
+            + torch.randn(d, generator=g, dtype=torch.float64) * 2
+        mh, mt = g_h.mean(0), g_t.mean(0)
+        ch, ct = g_h - mh, g_t - mt
+        rows.append([mh @ mh, mh @ mt, mt @ mt, (ch * ch).sum() / (n - 1), (ct * ct).sum() / (n - 1),
+                     2 * (ch * ct).sum() / (n - 1)])
+    cols = torch.tensor(rows, dtype=torch.float64).T
+    return BlockMoments(*cols)
+
+
+@pytest.mark.parametrize("B, B_prime, K", [(64, 320, 1), (32, 64, 50), (8, 16, 700)])
+def test_optimal_scalars_minimise_the_one_step_error_on_a_grid(B, B_prime, K):
+    m = random_moments(8, seed=B + K)
+    a, lam = optimal_scalars(m, B, B_prime, K)
+    assert bool(((lam >= 0) & (lam <= 1)).all())
+    best = one_step_error(a, lam, m, B, B_prime, K)
+    grid_a = torch.linspace(-3, 3, 1201, dtype=torch.float64)
+    grid_lam = torch.linspace(0, 1, 501, dtype=torch.float64)
+    A, L = torch.meshgrid(grid_a, grid_lam, indexing="ij")
+    for i in range(len(m.hh)):
+        mi = BlockMoments(*(getattr(m, f)[i] for f in ("hh", "ht", "tt", "tr_h", "tr_t", "tr_ht")))
+        grid = one_step_error(A, L, mi, B, B_prime, K)
+        assert float(best[i]) <= float(grid.min()) * (1 + 1e-9) + 1e-12
+        # and it is a stationary point: neither variable can improve on its own
+        for da, dl in ((1e-4, 0), (-1e-4, 0), (0, 1e-4), (0, -1e-4)):
+            trial = one_step_error(a[i] + da, (lam[i] + dl).clamp(0, 1), mi, B, B_prime, K)
+            assert float(trial) >= float(best[i]) - 1e-12 * (1 + float(best[i]))
+
+
+def test_optimal_scalars_limits():
+    """Eq. 18's limits: pure bias and a noiseless offset → λ = 1; an unbiased local gradient
+    and a noisy offset → λ = 0, a = 1."""
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    biased_noiseless = BlockMoments(hh=one, ht=zero, tt=one, tr_h=zero, tr_t=zero, tr_ht=zero)
+    a, lam = optimal_scalars(biased_noiseless, 64, 320, 10)
+    assert float(lam) == pytest.approx(1.0)
+    unbiased = BlockMoments(hh=one, ht=one, tt=one, tr_h=one, tr_t=100 * one, tr_ht=zero)
+    a, lam = optimal_scalars(unbiased, 64, 320, 10)
+    assert float(lam) == pytest.approx(0.0, abs=1e-3) and float(a) == pytest.approx(1.0, abs=0.05)
+
+
+# -- gradients -----------------------------------------------------------------------------
+
+def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
+    torch.manual_seed(0)
+    net, data = small_net(), classification_data(32)
+    method = BPModified(net, horizon=1, period=1, offset_samples=32, micro_batch=8,
+                        scaling="fixed", a=0.0, lam=1.0, batch_size=32)
+    method.refresh(micro_batches(data, 8))
+    x, y = data.tensors
+    method.backward(x, y)
+    got = block_grads(net, range(net.T))
+    net.zero_grad(set_to_none=True)
+    net.loss(x, y).backward()
+    want = block_grads(net, range(net.T))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_applies_eq_5_and_accumulates(float64):
+    torch.manual_seed(1)
+    net, data = small_net(), classification_data(64)
+    method = BPModified(net, horizon=2, period=5, offset_samples=32, micro_batch=8, batch_size=16)
+    method.refresh(micro_batches(data, 8)[:4])
+    x, y = data.tensors[0][:16], data.tensors[1][:16]
+    MPC(net, 2).backward(x, y)
+    local = {p: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.parameters()}
+    net.zero_grad(set_to_none=True)
+    prior = {p: torch.randn_like(p) for p in net.parameters()}
+    for p in net.parameters():
+        p.grad = prior[p].clone()
+    method.backward(x, y)
+    views = dict(zip(method.modified, method._offset_views()))
+    for t in range(net.T):
+        for i, p in enumerate(net.block_parameters(t)):
+            if t in views:
+                a, lam = float(method.a[t]), float(method.lam[t])
+                expected = a * local[p] + lam * views[t][i]
+            else:
+                assert t >= net.T - 2 and method.a[t] == 1 and method.lam[t] == 0
+                expected = local[p]
+            torch.testing.assert_close(p.grad, prior[p] + expected)
+    for k in range(2, net.T + 1):  # heads trained as MPC trains them
+        for p in net.head(k).parameters():
+            torch.testing.assert_close(p.grad, prior[p] + local[p])
+    assert method.modified == list(range(net.T - 2))
+
+
+def test_refresh_leaves_grads_and_batchnorm_buffers_alone():
+    torch.manual_seed(2)
+    net = build("resnet62", widths=(3, 4), blocks_per_stage=2, num_classes=3, in_channels=2)
+    batches = [(torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,))) for _ in range(3)]
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before = [b.clone() for b in net.buffers()]
+    BPModified(net, 1, 1, 12, 4, batch_size=4).refresh(batches)
+    assert all(bool((p.grad == 7).all()) for p in net.parameters())
+    assert all(torch.equal(b, c) for b, c in zip(net.buffers(), before))
+
+
+def per_sample_traces(net: BlockNet, data: TensorDataset, blocks: list[int]) -> torch.Tensor:
+    """tr C_h, tr C_T, tr C_{h,T} per block (h = 1) from per-sample gradients by torch.func."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    names = {id(p): name for name, p in net.named_parameters()}
+
+    def losses(theta, x, y):
+        x, y = x[None], y[None]
+        z, local = x, []
+        for t in range(net.T):
+            out = functional_call(net.blocks[t], {n.split(".", 2)[2]: v for n, v in theta.items()
+                                                  if n.startswith(f"blocks.{t}.")}, (z.detach(),))
+            local.append(functional_call(net.heads[t], {n.split(".", 2)[2]: v for n, v in theta.items()
+                                                        if n.startswith(f"heads.{t}.")}, (out,)))
+            z = out
+        total = functional_call(net, theta, (x,))
+        ff = sum(net.loss_fn(pred, y) for pred in local)
+        return ff, net.loss_fn(total, y)
+
+    g_ff = vmap(grad(lambda th, x, y: losses(th, x, y)[0]), (None, 0, 0))(params, *data.tensors)
+    g_bp = vmap(grad(lambda th, x, y: losses(th, x, y)[1]), (None, 0, 0))(params, *data.tensors)
+    out = []
+    for t in blocks:
+        keys = [names[id(p)] for p in net.block_parameters(t)]
+        gh = torch.cat([g_ff[k].flatten(1) for k in keys], 1)
+        gt = torch.cat([g_bp[k].flatten(1) for k in keys], 1)
+        ch, ct = gh - gh.mean(0), gt - gt.mean(0)
+        n = len(gh) - 1
+        out.append(torch.stack([(ch * ch).sum() / n, (ct * ct).sum() / n, 2 * (ch * ct).sum() / n]))
+    return torch.stack(out)
+
+
+def test_micro_batch_traces_match_per_sample_gradients(float64):
+    """SPEC §5: b' × the unbiased variance of micro-batch means estimates tr C per sample."""
+    torch.manual_seed(3)
+    net, data = small_net(T=4), classification_data(4096, seed=3)
+    method = BPModified(net, 1, 1, 4096, 8, batch_size=8)
+    m, _, _ = block_moments(method.accumulate(micro_batches(data, 8)), method._sizes)
+    truth = per_sample_traces(net, data, method.modified)
+    estimate = torch.stack([m.tr_h, m.tr_t, m.tr_ht], 1)
+    # 512 micro-batches: the relative standard error of a variance is about sqrt(2/511) ≈ 6 %
+    torch.testing.assert_close(estimate, truth, rtol=0.25, atol=1e-6 * float(truth.abs().max()))
+    assert float(truth[:, 2].abs().min()) > 0  # the cross term is really exercised
+
+
+def test_reduce_statistics_combines_workers(float64):
+    """A data-parallel subclass that sums another worker's statistics equals one big refresh."""
+    torch.manual_seed(4)
+    net, data = small_net(), classification_data(64)
+    batches = micro_batches(data, 8)
+    whole = BPModified(net, 1, 3, 64, 8, batch_size=16)
+    whole.refresh(batches)
+    other = BPModified(net, 1, 3, 32, 8, batch_size=16).accumulate(batches[4:])
+
+    class TwoWorkers(BPModified):
+        def reduce_statistics(self, stats):
+            return {k: v + other[k] for k, v in stats.items()}
+
+    split = TwoWorkers(net, 1, 3, 32, 8, batch_size=16)
+    split.refresh(batches[:4])
+    torch.testing.assert_close(split.offset, whole.offset)
+    torch.testing.assert_close(split.a, whole.a)
+    torch.testing.assert_close(split.lam, whole.lam)
+
+
+def test_bias_scaling_is_the_lambda_zero_ablation(float64):
+    torch.manual_seed(5)
+    net, data = small_net(), classification_data(64)
+    method = BPModified(net, 1, 4, 64, 8, scaling="bias", batch_size=16)
+    method.refresh(micro_batches(data, 8))
+    stats = method.accumulate(micro_batches(data, 8))
+    m, _, _ = block_moments(stats, method._sizes)
+    torch.testing.assert_close(method.a[method.modified], m.ht / m.hh)
+    assert bool((method.lam == 0).all())
+    assert method.last_stats.cos == pytest.approx([abs(c) for c in method.last_stats.cos_local])
+
+
+def test_statistics_are_reported_and_logged(float64, caplog):
+    torch.manual_seed(6)
+    net, data = small_net(), classification_data(64)
+    method = BPModified(net, 1, 4, 64, 8, batch_size=16)
+    with caplog.at_level("INFO", logger="recede.bp_modified"):
+        stats = method.refresh(micro_batches(data, 8))
+    assert "refresh 1" in caplog.text
+    assert len(stats.a) == len(stats.lam) == len(stats.bias) == len(stats.variance) == net.T
+    assert stats.cos_all > stats.cos_local_all  # the offset turns ĝ towards g_T
+    assert all(v >= 0 for v in stats.bias + stats.variance)
+    assert stats.as_dict()["samples"] == 64
+
+
+# -- training ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    lambda ps: torch.optim.Adam(ps, lr=0.01),
+])
+def test_trains_under_sgd_momentum_and_adam_on_its_own_schedule(optimizer):
+    torch.manual_seed(7)
+    net, data = small_net(T=6, width=4), classification_data(256, seed=7)
+    method = BPModified(net, 1, period=8, offset_samples=32, micro_batch=8, data=data)
+    opt = optimizer(net.parameters())
+    x, y = data.tensors
+    initial = float(net.loss(x, y).detach())
+    for epoch in range(5):
+        for xb, yb in zip(x.split(32), y.split(32)):
+            opt.zero_grad(set_to_none=True)
+            method.backward(xb, yb)
+            opt.step()
+    assert method.step == 40 and method.refreshes == 5
+    assert float(net.loss(x, y).detach()) < 0.9 * initial
+
+
+def test_state_dict_round_trip(float64):
+    torch.manual_seed(8)
+    net, data = small_net(), classification_data(128)
+    first = BPModified(net, 1, 3, 32, 8, data=data)
+    x, y = data.tensors[0][:16], data.tensors[1][:16]
+    for _ in range(4):
+        net.zero_grad(set_to_none=True)
+        first.backward(x, y)
+    state = first.state_dict()
+    second = BPModified(net, 1, 3, 32, 8, data=data)
+    second.load_state_dict(state)
+    grads = []
+    for method in (first, second):  # step 4, 5: no refresh; step 6 refreshes with draw 2
+        for _ in range(3):
+            net.zero_grad(set_to_none=True)
+            method.backward(x, y)
+        grads.append(block_grads(net, range(net.T)))
+    assert second.step == first.step == 7 and second.refreshes == first.refreshes == 3
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="does not fit"):
+        BPModified(small_net(T=3), 1, 3, 32, 8).load_state_dict(state)
+
+
+def test_bad_settings_are_named():
+    net = small_net()
+    with pytest.raises(ValueError, match="multiple of"):
+        BPModified(net, 1, 4, 30, 8)
+    with pytest.raises(ValueError, match="scaling"):
+        BPModified(net, 1, 4, 32, 8, scaling="best")
+    with pytest.raises(ValueError, match="fixed"):
+        BPModified(net, 1, 4, 32, 8, scaling="fixed", a=1.0)
+    with pytest.raises(ValueError, match="period"):
+        BPModified(net, 1, 0, 32, 8)
+    with pytest.raises(ValueError, match="horizon"):
+        BPModified(net, 9, 4, 32, 8)
+    method = BPModified(net, 1, 4, 32, 8, batch_size=4)
+    with pytest.raises(ValueError, match="b' = 8"):
+        method.refresh([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)),
+                        (torch.randn(4, 4), torch.zeros(4, dtype=torch.long))])
+    with pytest.raises(ValueError, match="two micro-batches"):
+        method.refresh([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))])
+
+
+# -- method names --------------------------------------------------------------------------
+
+def test_bpm_method_names_build_bp_modified_engines():
+    data = classification_data(200)
+    net = small_net(T=6)
+    assert parse_method("bpm-mpc:3").label == "MPC(h=3)+BPM"
+    ff = build_method(net, "bpm-ff", refresh_data=data, batch_size=20)
+    assert isinstance(ff, BPModified) and ff.horizon == 1 and ff.period == 10
+    assert ff.offset_samples == 16 and ff.micro_batch == 8
+    loco = build_method(net, "bpm-loco:3", refresh_data=data, period=5, offset_samples=24)
+    assert loco.net.T == 3 and loco.horizon == 2 and loco.modified == [0]
+    assert isinstance(build_method(net, "ff", refresh_data=data), MPC)
+    with pytest.raises(ValueError, match="refresh_data"):
+        build_method(net, "bpm-mpc:2")
+    with pytest.raises(ValueError, match="not bp"):
+        parse_method("bpm-bp")
