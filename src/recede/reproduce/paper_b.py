@@ -185,7 +185,7 @@ def plot(runs: dict, cfg: dict, path: Path) -> None:
         axes[0].plot(epochs, record["accuracy"], style, label=name)
     axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="Table 1: original (--) vs BP-modified (—)")
     axes[0].legend(fontsize=8)
-    sens = [k for k in runs if k.startswith("FF+BPM") and k != "FF+BPM(λ=0)" and "[" not in k]
+    sens = ["FF"] + [k for k in runs if k.startswith("FF+BPM") and k != "FF+BPM(λ=0)" and "[" not in k]
     axes[1].bar(range(len(sens)), [runs[k]["accuracy"][-1] for k in sens])
     axes[1].set_xticks(range(len(sens)), sens, rotation=30, ha="right", fontsize=8)
     axes[1].set(ylabel="final test accuracy (%)", title="Tables 6–7: FF with other B' and K")
