@@ -9,8 +9,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
 from recede import BlockNet, BPModified, MPC
-from recede.bp_modified import (BlockMoments, _blockwise_dot, block_moments, one_step_error,
-                                optimal_scalars)
+from recede.bp_modified import BlockMoments, block_moments, one_step_error, optimal_scalars
 from recede.methods import build_method, parse_method
 from recede.models import build
 

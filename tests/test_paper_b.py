@@ -17,7 +17,7 @@ def test_run_writes_every_table(tmp_path, monkeypatch):
     cfg.update(epochs=1, model_options={"widths": [2, 4], "blocks_per_stage": 3, "in_channels": 1},
                data_options={"size": 8, "channels": 1, "test_fraction": 0.95},
                bpm={"offset_samples": 16, "micro_batch": 8, "period_epochs": 1.0},
-               sensitivity={"offset_samples": [16, 24], "period_epochs": [1.0]})
+               sensitivity={"offset_samples": [16, 24], "period_epochs": [1.0]}, gap_seeds=[1])
     monkeypatch.setattr(paper_b, "load_config", lambda full: cfg)
     report = paper_b.run(tmp_path, full=False, progress=False)
     text = report.read_text()
@@ -27,3 +27,4 @@ def test_run_writes_every_table(tmp_path, monkeypatch):
     assert {"BP", "FF", "FF+BPM", "LoCo+BPM", "MPC(h=5)+BPM", "FF+BPM(λ=0)", "FF+BPM(B'=24)"} <= set(result["runs"])
     assert result["runs"]["FF+BPM"]["offset_per_parameter"] <= 1
     assert (tmp_path / "paper_b.png").stat().st_size > 0
+    assert set(result["summary"]["ff_gap_recovered_per_seed"]) == {"0", "1"}

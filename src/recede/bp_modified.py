@@ -23,7 +23,7 @@ for the noise a stale offset accumulates:
     E(a, λ) = (1−λ)² ‖a ḡ_h − ḡ_T‖² + a² tr C_h / B + λ² K (a² tr C_h + tr C_T − a tr C_{h,T}) / B'
 
 ``scaling="optimal"`` alternates the exact one-variable minimisers (Remark 4.2) until neither
-moves: ``λ* = Bias / (Bias + Var)`` (eq. 18, Var = K tr C̃_h / B') and
+moves, from several starts since E is not jointly convex: ``λ* = Bias / (Bias + Var)`` (eq. 18, Var = K tr C̃_h / B') and
 ``a* = (b a_bias + d a_var) / (b + d)`` (eqs. 17, 19) with the ½ that eq. 19 omits,
 ``a_var = λ² B tr C_{h,T} / (2 tr C_h (B'/K + λ² B))``.  ``"bias"`` is the ablation of Paper B
 Table 3 (λ = 0, a = a_bias = ḡ_h·ḡ_T / ‖ḡ_h‖²) and ``"fixed"`` uses the caller's a and λ.

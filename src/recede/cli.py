@@ -39,7 +39,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="resmlp", help=f"one of: {', '.join(models.available())}")
     p.add_argument("--data", default="trig", help=f"one of: {', '.join(data.available())}")
     p.add_argument("--method", action="append", default=None,
-                   help="bp, ff, mpc:H, loco:N, loco-double:N; repeat to compare (default: bp)")
+                   help="bp, ff, mpc:H, loco:N, loco-double:N, or bpm-<local method> (Paper B); "
+                        "repeat to compare (default: bp)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
@@ -69,7 +70,9 @@ def run_train(args: argparse.Namespace) -> int:
     for spec in specs:
         torch.manual_seed(args.seed)
         net = models.build(args.model, task, **_options(args.model_opt))
-        method = distributed.DataParallel(build_method(net, spec), net)
+        method = distributed.DataParallel(
+            build_method(net, spec, refresh_data=task.train, batch_size=args.batch_size * ctx.world_size,
+                         seed=args.seed), net)
         optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
         lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
         start = time.perf_counter()
