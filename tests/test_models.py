@@ -18,14 +18,6 @@ from recede.models.peft_adapters import adapter_parameters, apply_adapter  # noq
 from recede.models.timm_models import wrap_resnet, wrap_vit  # noqa: E402
 from recede.models.weights import load_weights  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY_RESNET50 = dict(num_classes=3, layers=(1, 2, 1, 1), channels=(2, 4, 4, 8))
 TINY_VIT = dict(num_classes=3, img_size=8, patch_size=4, embed_dim=8, depth=3, num_heads=2)

@@ -100,7 +100,7 @@ def test_empty_data_is_refused():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "recede", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
