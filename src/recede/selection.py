@@ -299,6 +299,7 @@ def run_select(args: argparse.Namespace) -> int:
 
     if args.batches < 1:
         raise ValueError(f"--batches must be at least 1, got {args.batches}")
+    _check_objective(args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
     task = data.load(args.data, **_options(args.data_opt))
     torch.manual_seed(args.seed)
     net = models.build(args.model, task, **_options(args.model_opt))
