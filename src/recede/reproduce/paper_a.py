@@ -399,7 +399,7 @@ def render_report(summary: dict) -> str:
               f"axes).  Ours: the slopes above; see the figure for straightness.",
               f"- Paper: the angle at a fixed horizon grows as training proceeds.  Ours: 1 − cos θ_1 "
               f"grew from the first to the last measured epoch on {sum(grows)} of {len(grows)} models "
-              f"— {_verdict(all(grows))}" + ("." if all(grows) else " on the others."), ""]
+              f"— {_verdict(all(grows))}.", ""]
 
     lines += ["## Fig. E1 — memory against horizon", "", "![figE1](figE1.png)", ""]
     rows = []
@@ -449,7 +449,7 @@ def render_report(summary: dict) -> str:
               f"{summary['config']['subset_size']} measured horizons:", "",
               markdown_table(rows, list(rows[0])), ""]
     averages = mean_rel(fig5)
-    rows = [{"model": g, **averages[g]} for g in averages]
+    rows = [{"model": g, **averages[g]} for g in [*results, "all"]]
     lines += ["Mean Rel(a) (Fig. 5 bottom; lower is better):", "",
               markdown_table(rows, ["model"] + BASELINES + [OURS]), ""]
     avg = averages["all"]
