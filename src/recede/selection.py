@@ -275,6 +275,8 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--c", type=float, default=1.0, help="unit cost")
     p.add_argument("--M0", type=float, default=None,
                    help="one device's memory in bytes (default: Table D3's choice)")
+    p.add_argument("--weights", default=None,
+                   help="a state_dict file (torch.save) to select on trained weights instead of the initialisation")
     p.add_argument("--batches", type=int, default=4, help="batches to average cos θ_h over")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -303,6 +305,10 @@ def run_select(args: argparse.Namespace) -> int:
     task = data.load(args.data, **_options(args.data_opt))
     torch.manual_seed(args.seed)
     net = models.build(args.model, task, **_options(args.model_opt))
+    if args.weights is not None:
+        if not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights: no file {args.weights}")
+        net.load_state_dict(torch.load(args.weights, map_location="cpu"))
     probe = [b for _, b in zip(range(args.batches), batches(task.train, args.batch_size, True, args.seed))]
     result = select_horizon(net, probe, _parse_horizons(args.horizons), args.objective, args.eps,
                             args.lam, args.cost, args.c, args.M0)

@@ -5,8 +5,9 @@ For each model of ``experiments/paper_a/{cpu,full}.yaml`` (Paper A App. D, Table
 1. At initialisation, measure cos θ_h and M(h) for every h = 1..T on a few probe batches
    (:func:`recede.gradient_cosine`); Algorithm 1 sees only the subset H of them and picks ĥ*
    for each Table D3 column: O1/O2 × linear/ladder cost (:func:`recede.selection.solve`).
-2. Train from the same initial weights and data order with every fixed horizon (Fig. E2),
-   LoCo3 and LoCo5 (App. D.1), with Paper A's SGD and lr × 0.9 rule.  During the BP run,
+2. Train from the same initial weights and data order with every fixed horizon (or the
+   config's ``train_horizons`` plus every selected one) (Fig. E2), LoCo3 and LoCo5
+   (App. D.1), with Paper A's SGD and lr × 0.9 rule.  During the BP run,
    cos θ_h is re-measured at the epochs of Fig. 2.
 3. Score each algorithm a by ``r(a) = ln(J_a/J_0) / ln(J_BP/J_0)`` (eq. 14, J the training loss
    after the last epoch) and its memory M(a) (saved-for-backward bytes), turn that into the
