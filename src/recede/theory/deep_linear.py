@@ -21,7 +21,7 @@ first m blocks get an inexact gradient, and block t < m misses the last m − t 
   ≈ (m/T)³/3`` — **exponent 3**, the theorem's rate (its proof bounds the product by its
   worst case ``e^{c(1−α)} − 1``, attained when the perturbations are aligned, as here);
 * *independent Gaussian* ``W̃(t)``: the m − t perturbations add like a random walk,
-  ``‖W_{t+h}^T − I‖ ≈ sqrt(m − t)/T``, so the relative error is ``(1/T)Σ_{j≤m} j/T² ≈
+  ``‖W_{t+h}^T − I‖ ∝ sqrt(m − t)/T``, so the relative error is ``∝ (1/T)Σ_{j≤m} j/T² ≈
   (m/T)²/(2T)`` — **exponent 2**, with a prefactor that vanishes as 1/T.  The O(·) bound still
   holds at fixed T for small enough 1 − h/T only because the prefactor is tiny; the rate is
   not cubic.
