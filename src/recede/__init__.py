@@ -8,6 +8,9 @@ from recede.blocks import BlockNet
 from recede.engine import MPC, NonFiniteLossError, check_horizon
 from recede.bp_modified import BPModified
 from recede import memory
+from recede.fidelity import gradient_cosine
+from recede.selection import select_horizon
 
-__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "memory"]
+__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "memory",
+           "gradient_cosine", "select_horizon"]
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.reports import markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
+from recede.selection import add_select_parser
 from recede.train import LossIncreaseDecay, batches, make_optimizer, train
 
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_reproduce_parser(sub)
+    add_select_parser(sub)
     return parser
 
 
