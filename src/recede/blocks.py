@@ -76,11 +76,14 @@ class BlockNet(nn.Module):
             raise ValueError(f"the head at depth {k} does not accept the output of block {k - 1} "
                              f"(shape {tuple(x_k.shape)}): {err}") from err
         try:
-            return self.loss_fn(prediction, y)
+            loss = self.loss_fn(prediction, y)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             raise ValueError(f"loss_fn does not accept the prediction of the head at depth {k} "
                              f"(shape {tuple(prediction.shape)}) with targets of shape "
                              f"{tuple(y.shape)}: {err}") from err
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)} at depth {k}")
+        return loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The final prediction ``head_T(x_T)``."""

@@ -16,6 +16,8 @@ h = 1 is Forward-Forward / local-loss training (Paper A eq. 4), h = T is back-pr
   weight gradient of block k-h, whose graph is then released.  At most h block graphs are
   alive at any time.
 * At k = T one ordinary backward sweep over the last h blocks gives their exact gradients.
+  For h = T the window is the whole net, so the step is one plain forward and backward
+  (no per-block calls: exactly ``loss.backward()``'s work).
 
 Nothing is recomputed and no whole graph is kept (Paper A App. E.1 warns that a kept graph
 costs O(h(T-h+1)) memory).  Heads are trained by their own depth's loss: the head at depth k
@@ -97,31 +99,16 @@ class MPC:
         ``self.last_losses`` then maps each evaluated depth k to L(x_k).
         """
         net, T, h = self.net, self.net.T, self.horizon
-        targets = set(self.target_depths())
         grads: dict[nn.Parameter, torch.Tensor] = {}
         losses: dict[int, torch.Tensor] = {}
-        window: dict[int, _Step] = {}
 
         if not net.heads_checked:
             net.check_heads(x, y)
         with torch.enable_grad():
-            z = x
-            for t in range(T):
-                out = net.blocks[t](z)
-                window[t] = _Step(z, out)
-                k = t + 1
-                z = out.detach().requires_grad_()
-                if k not in targets:
-                    continue
-                c = self._depth_gradient(z, y, k, grads, losses)
-                if k == T:
-                    owners = range(T - 1, max(T - h, 0) - 1, -1)
-                    self._carry(window, owners, lowest=max(T - h, 0), c=c, grads=grads, final=True)
-                else:
-                    weighted = [k - h] + ([k - h + 1] if self.double else [])
-                    lowest = max(min(weighted), 0)
-                    self._carry(window, range(k - 1, lowest - 1, -1), lowest, c, grads,
-                                final=False, weighted=weighted)
+            if h == T and not self.double:
+                self._backprop(x, y, grads, losses)
+            else:
+                self._receding(x, y, grads, losses)
 
         stacked = torch.stack([v for v in losses.values()])
         if not bool(torch.isfinite(stacked).all()):
@@ -134,12 +121,44 @@ class MPC:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _backprop(self, x: torch.Tensor, y: torch.Tensor, grads: dict, losses: dict) -> None:
+        """h = T: the window is the whole net, so one ordinary backward sweep is the method."""
+        net = self.net
+        for block in net.blocks:
+            x = block(x)
+        loss = net.depth_loss(x, y, net.T)
+        losses[net.T] = loss.detach()
+        params = [p for t in range(net.T) for p in net.block_parameters(t)] + net.head_parameters(net.T)
+        if params:
+            _accumulate(grads, params, torch.autograd.grad(loss, params, allow_unused=True))
+
+    def _receding(self, x: torch.Tensor, y: torch.Tensor, grads: dict, losses: dict) -> None:
+        """h < T: a sliding window of h block graphs (see the module docstring)."""
+        net, T, h = self.net, self.net.T, self.horizon
+        targets = set(self.target_depths())
+        window: dict[int, _Step] = {}
+        z = x
+        for t in range(T):
+            out = net.blocks[t](z)
+            window[t] = _Step(z, out)
+            k = t + 1
+            z = out.detach().requires_grad_()
+            if k not in targets:
+                continue
+            c = self._depth_gradient(z, y, k, grads, losses)
+            if k == T:
+                owners = range(T - 1, max(T - h, 0) - 1, -1)
+                self._carry(window, owners, lowest=max(T - h, 0), c=c, grads=grads, final=True)
+            else:
+                weighted = [k - h] + ([k - h + 1] if self.double else [])
+                lowest = max(min(weighted), 0)
+                self._carry(window, range(k - 1, lowest - 1, -1), lowest, c, grads,
+                            final=False, weighted=weighted)
+
     def _depth_gradient(self, z_k: torch.Tensor, y: torch.Tensor, k: int,
                         grads: dict, losses: dict) -> torch.Tensor:
         """Evaluate L(x_k), train head k on it, and return c = ∂L(x_k)/∂x_k."""
         loss = self.net.depth_loss(z_k, y, k)
-        if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)} at depth {k}")
         losses[k] = loss.detach()
         params = self.net.head_parameters(k)
         out = torch.autograd.grad(loss, [z_k, *params], allow_unused=True)
