@@ -85,6 +85,13 @@ class Workload:
         workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
         return workload
 
+    def check_methods(self, specs: list[MethodSpec]) -> None:
+        """Build each method once on a model, so a horizon or stage count outside [1, T]
+        fails before any training."""
+        net = self.build(0)
+        for spec in specs:
+            build_method(net, spec)
+
     @property
     def classification(self) -> bool:
         return self.task.kind == "classification"
