@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,17 +84,25 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a key the
     subcommand lacks or a value outside its option's range.
     """
-    args = parser.parse_args(argv)
-    path = getattr(args, CONFIG_DEST, None)
-    if path is None:
-        return args
-    sub = _subcommands(parser)[args.command]
-    sub.set_defaults(**config_defaults(sub, Path(path)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subs = _subcommands(parser)
+    name = next((a for a in argv if a in subs), None)
+    if name is not None:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", dest=CONFIG_DEST, default=None)
+        path = pre.parse_known_args(argv[argv.index(name) + 1:])[0].config
+        if path is not None:
+            _use_config(subs[name], Path(path))
+    return parser.parse_args(argv)
+
+
+def _use_config(sub: argparse.ArgumentParser, path: Path) -> None:
+    """Make the values in ``path`` the defaults of ``sub`` (positionals become optional)."""
+    sub.set_defaults(**config_defaults(sub, path))
     for action in sub._actions:
         if not action.option_strings and action.dest in sub._defaults:
             action.nargs = "?"  # a positional given by the file may be left off the command line
             action.default = sub._defaults[action.dest]
-    return parser.parse_args(argv)
 
 
 def config_defaults(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:

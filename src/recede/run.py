@@ -78,8 +78,9 @@ class Workload:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Workload":
         device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.type == "cuda" and (device.index or 0) >= count:
+            raise ValueError(f"--device {args.device}: this machine has {count} CUDA device(s)")
         workload = cls(data.load(args.data, **key_values(args.data_opt)), args.model,
                        key_values(args.model_opt), device)
         workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
