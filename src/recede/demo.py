@@ -19,7 +19,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                                     "FF on a small workload (a few minutes, offline)")
     add_workload_options(p, model="resmlp", data_name="trig", epochs=6, batch_size=50, lr=0.05,
                          out="results/demo")
-    p.set_defaults(data_opt=["n=10000", "n_test=2000"])
+    p.set_defaults(data_opt=["n=5000", "n_test=1000"], threads=1)
     add_compare_options(p)
     p.set_defaults(run=run_demo)
 

@@ -62,6 +62,8 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
                    help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
     p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int_range(0), default=0,
+                   help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
     p.add_argument("--out", default=out, help="results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -81,6 +83,8 @@ class Workload:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device.type == "cuda" and (device.index or 0) >= count:
             raise ValueError(f"--device {args.device}: this machine has {count} CUDA device(s)")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         workload = cls(data.load(args.data, **key_values(args.data_opt)), args.model,
                        key_values(args.model_opt), device)
         workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
