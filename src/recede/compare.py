@@ -93,7 +93,7 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
         + ["time ratio", "memory ratio"] + (["cuda ratio"] if workload.device.type == "cuda" else []) \
         + ["cos θ", "ms/step", "saved MiB", "dominated"]
     title = f"{args.model} on {args.data}, {args.epochs} epochs"
-    print_table(rows, columns, title=title)
+    print_table(rows, [c for c in columns if c not in ("train loss", "ms/step", "saved MiB")], title=title)
     frontier(rows, out / "frontier.png", quality, title)
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
     write_json(out / "metrics.json", {"rows": rows, "history": {
@@ -121,7 +121,7 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
         rows.append(row)
     quality = "test acc" if workload.classification else "test loss"
     for row, flag in zip(rows, dominated(rows, quality, higher_is_better=workload.classification)):
-        row["dominated"] = flag
+        row["dominated"] = "yes" if flag else "no"
     return rows
 
 
@@ -166,8 +166,8 @@ def _flat_gradient(method, net: torch.nn.Module, params: list[torch.nn.Parameter
 
 
 def _report(title: str, rows: list[dict[str, Any]], columns: list[str], quality: str) -> str:
-    beaten = [r["method"] for r in rows if r["dominated"]]
-    kept = [r["method"] for r in rows if not r["dominated"]]
+    beaten = [r["method"] for r in rows if r["dominated"] == "yes"]
+    kept = [r["method"] for r in rows if r["dominated"] == "no"]
     return (f"# Frontier: {title}\n\n{markdown_table(rows, columns)}\n\n"
             f"Ratios are to BP on the same batch: step time is the median of timed steps "
             f"(forward + gradient), memory the peak of tensors saved for backward. cos θ is the "

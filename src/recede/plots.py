@@ -40,7 +40,7 @@ def loss_curves(histories: Mapping[str, Sequence[EpochRecord]], path: str | Path
 def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, title: str = "") -> Path:
     """Two panels: ``quality`` against memory ratio and against step-time ratio (both to BP).
 
-    Dominated methods (``row["dominated"]``) are drawn hollow.
+    Dominated methods (``row["dominated"] == "yes"``) are drawn hollow.
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -48,7 +48,7 @@ def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, tit
                            (axes[1], "time ratio", "step time / BP")):
         for i, row in enumerate(rows):
             colour = f"C{i % 10}"
-            face = "none" if row.get("dominated") else colour
+            face = "none" if row.get("dominated") == "yes" else colour
             ax.scatter(row[cost], row[quality], s=60, edgecolors=colour, facecolors=face, zorder=3)
             ax.annotate(row["method"], (row[cost], row[quality]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
