@@ -58,7 +58,7 @@ def test_config_file_sets_options_and_flags_win(tmp_path: Path, capsys) -> None:
     assert first["rows"][0]["train loss"] == again["rows"][0]["train loss"]
 
 
-def test_config_positional_option(tmp_path: Path) -> None:
+def test_config_positional_and_null_options(tmp_path: Path) -> None:
     from recede.cli import build_parser
     from recede.config import parse_with_config
 
@@ -66,6 +66,9 @@ def test_config_positional_option(tmp_path: Path) -> None:
     config.write_text("paper: paper-a\nfull: true\n")
     args = parse_with_config(build_parser(), ["reproduce", "--config", str(config)])
     assert args.paper == "paper-a" and args.full
+    config.write_text("methods: null\nepochs: 2\n")  # as save_resolved writes an unset list
+    args = parse_with_config(build_parser(), ["compare", "--config", str(config)])
+    assert args.methods is None and args.epochs == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -4,7 +4,8 @@ Every method trains a fresh copy of the same model (same seed, same data order, 
 and optimizer), then is measured on the same batch:
 
 * quality — final test loss, and test accuracy for classification;
-* step time / BP — median wall time of ``backward`` (forward + gradient) over repeated steps;
+* step time / BP — median wall time of ``backward`` (forward + gradient) over repeated steps,
+  timed round-robin across the methods;
 * memory / BP — peak bytes saved for backward in one step (:mod:`recede.memory`), and CUDA peak
   allocated bytes on a GPU;
 * cos θ — ``⟨g, g_T⟩ / (‖g‖ ‖g_T‖)`` between the method's gradient and the true (BP) gradient
@@ -19,6 +20,7 @@ the loss curves go to ``--out`` with ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,15 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="BP, checkpointed BP, FF, LoCo, horizons, BP-modified: "
                                        "one table and plot of memory, time and accuracy")
     add_workload_options(p, epochs=3, out="results/compare")
-    add_compare_options(p)
+    add_compare_options(p, "bp ckpt ff loco:3, mpc at T/4, T/2, 3T/4")
     p.set_defaults(run=run_compare)
 
 
-def add_compare_options(p: argparse.ArgumentParser) -> None:
+def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
     """The options of the measurement that ``compare`` and ``demo`` share."""
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="methods to compare (default: bp ckpt ff loco:3, mpc at T/4, T/2, 3T/4, "
-                        "and bpm-ff when BP-modified training is installed)")
+                   help=f"methods to compare (default: {defaults}, and bpm-ff when BP-modified "
+                        "training is installed)")
     p.add_argument("--timing-steps", type=int_range(1), default=10,
                    help="steps timed per method (the median is reported)")
     p.add_argument("--cosine-batches", type=int_range(1), default=4,
@@ -107,7 +109,12 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
                      args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory ratios to BP, cos θ, dominance."""
     x, y = workload.batch(args.batch_size)
-    seconds = [step_seconds(r.method, r.net, x, y, args.timing_steps) for r in results]
+    for r in results:  # warm-up
+        step_seconds(r.method, r.net, x, y, repeats=1, warmup=1)
+    # round-robin, so a change in machine load during the measurement hits every method alike
+    rounds = [[step_seconds(r.method, r.net, x, y, repeats=1, warmup=0) for r in results]
+              for _ in range(args.timing_steps)]
+    seconds = [statistics.median(column) for column in zip(*rounds)]
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     rows = []
     for r, s in zip(results, seconds):

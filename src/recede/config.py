@@ -127,6 +127,8 @@ def config_defaults(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
 def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
     """``value`` converted and checked as argparse would check the flag's text."""
     where = f"config file {str(path)!r}: option {action.dest}"
+    if value is None:
+        return None
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {value!r}")
@@ -137,7 +139,7 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
         return [_one(action, item, where) for item in items]
     if isinstance(value, (list, dict)):
         raise ValueError(f"{where} takes one value, got {value!r}")
-    return None if value is None else _one(action, value, where)
+    return _one(action, value, where)
 
 
 def _one(action: argparse.Action, value: Any, where: str) -> Any:

@@ -20,7 +20,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     add_workload_options(p, model="resmlp", data_name="trig", epochs=6, batch_size=50, lr=0.05,
                          out="results/demo")
     p.set_defaults(data_opt=["n=5000", "n_test=1000"], threads=1)
-    add_compare_options(p)
+    add_compare_options(p, "bp ckpt ff, mpc at ⌈T/3⌉ and ⌈2T/3⌉")
     p.set_defaults(run=run_demo)
 
 
