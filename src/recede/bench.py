@@ -18,7 +18,7 @@ import torch
 
 from recede.config import int_range
 from recede.memory import measure
-from recede.methods import build_method, parse_method
+from recede.methods import parse_method
 from recede.reports import markdown_table, print_table, write_json
 from recede.run import Workload, add_workload_options
 
@@ -64,7 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
     x, y = workload.batch(args.batch_size)
     seconds, saved, rows = [], [], []
     for spec in specs:
-        method = build_method(net, spec)
+        method = workload.method(net, spec)
         seconds.append(step_seconds(method, net, x, y, args.repeats))
         _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
         net.zero_grad(set_to_none=True)

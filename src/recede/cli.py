@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_with_config(parser, argv)
         command = f"recede {args.command}"
         if getattr(args, "out", None):
-            save_resolved(args, args.out)
+            save_resolved(parser, args, args.out)
         return args.run(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)

@@ -153,17 +153,19 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
     return value
 
 
-def resolved(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of a parsed command as a plain mapping (what ``config.yaml`` holds)."""
-    return {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
+def resolved(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a parsed command as a plain mapping (what ``config.yaml`` holds): the
+    subcommand's own options only, not attributes a command adds to ``args`` at run time."""
+    options = {a.dest for a in _subcommands(parser)[args.command]._actions} - _NOT_OPTIONS
+    return {k: v for k, v in vars(args).items() if k in options}
 
 
-def save_resolved(args: argparse.Namespace, folder: str | Path) -> Path:
+def save_resolved(parser: argparse.ArgumentParser, args: argparse.Namespace, folder: str | Path) -> Path:
     """Write the command's resolved options to ``folder/config.yaml`` and return its path."""
     path = Path(folder) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# recede {args.command} --config {path}\n"
-                    + yaml.safe_dump(resolved(args), sort_keys=True))
+                    + yaml.safe_dump(resolved(parser, args), sort_keys=True))
     return path
 
 

@@ -90,12 +90,16 @@ class Workload:
         workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
         return workload
 
+    def method(self, net, spec: MethodSpec):
+        """The method object that trains ``net`` by ``spec`` on this workload."""
+        return build_method(net, spec)
+
     def check_methods(self, specs: list[MethodSpec]) -> None:
         """Build each method once on a model, so a horizon or stage count outside [1, T]
         fails before any training."""
         net = self.build(0)
         for spec in specs:
-            build_method(net, spec)
+            self.method(net, spec)
 
     @property
     def classification(self) -> bool:
@@ -155,7 +159,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     net = workload.build(args.seed)
-    method = build_method(net, spec)
+    method = workload.method(net, spec)
     optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
     path = out / "checkpoints" / f"{slug(spec)}.pt"
