@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recede import checkpoint
+from recede.cli import main
 from recede.train import LoopState
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -60,24 +61,22 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
     assert all(torch.equal(u, v) for u, v in zip(momentum_a, momentum_b))
 
 
-def test_resume_of_a_different_run_is_refused(tmp_path: Path) -> None:
+def test_resume_of_a_different_run_is_refused(tmp_path: Path, capsys) -> None:
     args = ["--model-opt", "depth=3", "--data-opt", "n=40", "--data-opt", "n_test=10",
             "--batch-size", "20", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
-    assert recede("train", *args).returncode == 0
-    other = recede("train", *args, "--lr", "0.5", "--resume")
-    assert other.returncode == 2
-    assert "different run" in other.stderr and "lr: 0.01 → 0.5" in other.stderr
-    assert "Traceback" not in other.stderr
+    assert main(["train", *args]) == 0
+    assert main(["train", *args, "--lr", "0.5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "lr: 0.01 → 0.5" in err
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
-    run = recede("train", "--model-opt", "depth=3", "--data-opt", "n=400", "--data-opt", "n_test=10",
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path, capsys) -> None:
+    code = main(["train", "--model-opt", "depth=3", "--data-opt", "n=400", "--data-opt", "n_test=10",
                  "--batch-size", "10", "--epochs", "1", "--lr", "1e9", "--checkpoint-every", "1",
-                 "--no-progress", "--out", str(tmp_path))
-    assert run.returncode == 1, run.stderr
-    assert "Traceback" not in run.stderr
-    message = run.stderr.strip().splitlines()[-1]
-    assert "non-finite loss" in message and "last good checkpoint" in message
+                 "--no-progress", "--out", str(tmp_path)])
+    assert code == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "non-finite loss" in message and "last good checkpoint" in message
     step = int(message.split("step ")[1].split(" ")[0])
     kept = checkpoint.read(tmp_path / "checkpoints" / "bp.pt")
     assert kept["loop"]["global_step"] == step - 1
