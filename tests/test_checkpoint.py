@@ -81,6 +81,12 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path,
     kept = checkpoint.read(tmp_path / "checkpoints" / "bp.pt")
     assert kept["loop"]["global_step"] == step - 1
     assert all(torch.isfinite(t).all() for t in kept["model"].values())
+    # without periodic checkpoints nothing good was kept, and the message says so
+    assert main(["train", "--model-opt", "depth=3", "--data-opt", "n=400", "--data-opt", "n_test=10",
+                 "--batch-size", "10", "--epochs", "1", "--lr", "1e9", "--no-progress",
+                 "--out", str(tmp_path / "none")]) == 1
+    assert "no checkpoint was written" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "checkpoints").exists()
 
 
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -164,15 +164,18 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
     path = out / "checkpoints" / f"{slug(spec)}.pt"
     identity = {k: getattr(args, k) for k in IDENTITY} | {"method": spec.label}
-    loop = LoopState()
-    if resume and path.exists():
+    loop, has_checkpoint = LoopState(), resume and path.exists()
+    if has_checkpoint:
         payload = checkpoint.read(path)
         _check_same_run(payload["config"], identity, path)
         loop = checkpoint.restore(payload, net=net, optimizer=optimizer, lr_rule=lr_rule, method=method)
+    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) if tensorboard else None
 
     def save(finished: bool = False) -> None:
+        nonlocal has_checkpoint
         checkpoint.save(path, net=net, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
                         method=method, config=identity, finished=finished)
+        has_checkpoint = True
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         if writer is not None:
@@ -187,7 +190,6 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
             for name, value in record.test.items():
                 writer.add_scalar(f"test/{name}", value, record.epoch + 1)
 
-    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) if tensorboard else None
     try:
         history = train(net, method, workload.task.train, optimizer, epochs=args.epochs,
                         batch_size=args.batch_size, test_set=workload.task.test, seed=args.seed,
@@ -195,7 +197,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
                         device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
                         progress=not args.no_progress, description=spec.label)
     except NonFiniteLossError as err:
-        kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
+        kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
     finally:
         if writer is not None:
