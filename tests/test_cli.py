@@ -25,9 +25,11 @@ def recede(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_train_writes_table_metrics_plot_report_config_and_checkpoints(tmp_path: Path) -> None:
-    run = recede("train", *TINY, "--method", "bp", "--method", "ckpt", "--method", "mpc:2",
+    with_progress = [a for a in TINY if a != "--no-progress"]
+    run = recede("train", *with_progress, "--method", "bp", "--method", "ckpt", "--method", "mpc:2",
                  "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
+    assert "steps/s" in run.stdout and "MiB" in run.stdout  # the progress bars
     assert "BP+ckpt" in run.stdout and "MPC(h=2)" in run.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", "metrics.json", "loss.png",
                                                      "report.md", "checkpoints"}
