@@ -56,3 +56,17 @@ def test_method_name_and_errors() -> None:
     with pytest.raises(NonFiniteLossError):
         CheckpointedBP(net).backward(x, y)
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_batchnorm_statistics_end_the_step_as_bp_leaves_them() -> None:
+    torch.manual_seed(0)
+    net = models.build("resnet62", widths=(4, 8), blocks_per_stage=2, num_classes=3, in_channels=1)
+    twin = models.build("resnet62", widths=(4, 8), blocks_per_stage=2, num_classes=3, in_channels=1)
+    twin.load_state_dict(net.state_dict())
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    MPC(net, net.T).backward(x, y)
+    CheckpointedBP(twin, 2).backward(x, y)
+    for (name, a), b in zip(net.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(b, a, msg=name)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)

@@ -12,8 +12,9 @@ while it is recomputed pass through the saved-tensor hooks that
 :class:`recede.memory.SavedTensorMeter` installs and are counted.  The non-re-entrant form
 keeps them behind its own hooks, where the meter would not see the memory this method costs.
 The re-entrant form needs an input that requires grad; the batch enters as a detached leaf
-that does.  BatchNorm running statistics are updated again by the recomputation (as with any
-use of ``torch.utils.checkpoint``); the gradients are unaffected.
+that does.  A recomputed forward would update BatchNorm running statistics a second time (as
+any use of ``torch.utils.checkpoint`` does); the buffers of the recomputed segments are put back
+to their values after the first forward, so the model ends each step exactly as BP leaves it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class CheckpointedBP:
         net = self.net
         if not net.heads_checked:
             net.check_heads(x, y)
+        recomputed = [b for stage in self._stages[:-1] for b in stage.buffers()]
         with torch.enable_grad():
             z = x.detach().requires_grad_()
             for stage in self._stages[:-1]:
@@ -59,5 +61,9 @@ class CheckpointedBP:
             if not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
                                          "no .grad was modified")
+            after_forward = [b.clone() for b in recomputed]
             loss.backward()
+        with torch.no_grad():
+            for buffer, value in zip(recomputed, after_forward):
+                buffer.copy_(value)
         return float(loss.detach())
