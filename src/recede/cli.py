@@ -1,59 +1,43 @@
-"""The ``recede`` command line.
+"""The ``recede`` command line: train, compare, demo, bench, reproduce (and select).
 
-``recede train``: train a registered model on a registered dataset with one or more methods
-and print a table of final loss, time per step and saved-activation memory.
+Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`) and writes its resolved
+options to ``config.yaml`` in its ``--out`` folder.  Bad input ends with one line naming the
+problem and exit status 2, never a traceback; a non-finite loss ends with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from recede import data, distributed, models
-from recede.memory import measure
-from recede.methods import build_method, parse_method
+from recede import distributed
+from recede.bench import add_bench_parser
+from recede.compare import add_compare_parser
+from recede.config import add_config_option, int_range, parse_with_config, save_resolved
+from recede.demo import add_demo_parser
+from recede.engine import NonFiniteLossError
+from recede.methods import parse_method
+from recede.plots import loss_curves
 from recede.reports import markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
+from recede.run import Workload, add_workload_options, run_method
 from recede.selection import add_select_parser
-from recede.train import LossIncreaseDecay, batches, make_optimizer, train
-
-
-def _options(pairs: list[str]) -> dict:
-    """``["width=10", "head=shared"]`` → ``{"width": 10, "head": "shared"}`` (YAML scalars)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"option {pair!r} is not of the form key=value")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
-    return out
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with one or more methods and compare them")
-    p.add_argument("--model", default="resmlp", help=f"one of: {', '.join(models.available())}")
-    p.add_argument("--data", default="trig", help=f"one of: {', '.join(data.available())}")
+    add_workload_options(p)
     p.add_argument("--method", action="append", default=None,
-                   help="bp, ff, mpc:H, loco:N, loco-double:N, or bpm-<local method> (Paper B); "
-                        "repeat to compare (default: bp)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--lr-decay", type=float, default=0.9,
-                   help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default="results/train", help="folder for metrics.json and report.md")
-    p.add_argument("--no-progress", action="store_true")
+                   help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], or bpm-<local method> "
+                        "(Paper B); repeat to compare (default: bp)")
+    p.add_argument("--checkpoint-every", type=int_range(0), default=0, metavar="N",
+                   help="also checkpoint every N steps (always at the end); 0: only at the end")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out (same options required)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log to OUT/tensorboard (needs the tensorboard extra)")
     distributed.add_arguments(p)
     p.set_defaults(run=run_train)
 
@@ -65,43 +49,27 @@ def run_train(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env("gloo", args.dist_timeout)
     if args.nproc > 1 and args.nproc != ctx.world_size:
         raise ValueError(f"--nproc {args.nproc} but torchrun started {ctx.world_size} processes")
-    task = data.load(args.data, **_options(args.data_opt))
-    classification = task.kind == "classification"
-    rows, histories = [], {}
-    for spec in specs:
-        torch.manual_seed(args.seed)
-        net = models.build(args.model, task, **_options(args.model_opt))
-        method = distributed.DataParallel(
-            build_method(net, spec, refresh_data=task.train, batch_size=args.batch_size * ctx.world_size,
-                         seed=args.seed), net)
-        optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
-        lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-        start = time.perf_counter()
-        history = train(net, method, task.train, optimizer, epochs=args.epochs,
-                        batch_size=args.batch_size, test_set=task.test, seed=args.seed,
-                        lr_rule=lr_rule, classification=classification,
-                        progress=ctx.is_main and not args.no_progress, description=spec.label,
-                        rank=ctx.rank, world_size=ctx.world_size)
-        seconds = time.perf_counter() - start
-        x, y = next(iter(batches(task.train, args.batch_size)))
-        _, mem = measure(lambda: method.backward(x, y), module=net)
-        optimizer.zero_grad(set_to_none=True)
-        last = history[-1]
-        steps = sum(r.steps for r in history)
-        rows.append({"method": spec.label, "train loss": last.train_loss,
-                     "test loss": last.test.get("loss"), "test acc": last.test.get("accuracy"),
-                     "ms/step": 1000 * seconds / steps, "saved MiB": mem.saved_peak_mib})
-        histories[spec.label] = [r.as_dict() for r in history]
+    workload = Workload.from_args(args, rank=ctx.rank, world_size=ctx.world_size)
+    workload.check_methods(specs, args.batch_size)
+    out = Path(args.out)
+    results = [run_method(workload, spec, args, out=out, checkpoint_every=args.checkpoint_every,
+                          resume=args.resume, tensorboard=args.tensorboard) for spec in specs]
     distributed.shutdown()
     if not ctx.is_main:
         return 0
-    columns = ["method", "train loss", "test loss"] + (["test acc"] if classification else []) \
-        + ["ms/step", "saved MiB"]
+    rows = [r.row() for r in results]
+    columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
+        + ["ms/step", "saved MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
-    print_table(rows, columns, title=f"{args.model} on {args.data}, {args.epochs} epochs{ranks}")
-    out = Path(args.out)
-    write_json(out / "metrics.json", {"config": vars(args) | {"run": None}, "rows": rows, "history": histories})
-    (out / "report.md").write_text(f"# {args.model} on {args.data}\n\n{markdown_table(rows, columns)}\n")
+    title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
+    print_table(rows, columns, title=title)
+    write_json(out / "metrics.json", {"rows": rows, "history": {
+        r.label: [e.as_dict() for e in r.history] for r in results}})
+    loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
+    (out / "report.md").write_text(
+        f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
+        "ms/step is the mean wall time of a training step over the run; saved MiB is the peak "
+        "of tensors saved for backward in one step (recede.memory).\n\n![loss curves](loss.png)\n")
     print(f"results written to {out}/")
     return 0
 
@@ -110,20 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recede", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
+    add_compare_parser(sub)
+    add_demo_parser(sub)
+    add_bench_parser(sub)
     add_reproduce_parser(sub)
     add_select_parser(sub)
+    add_config_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    command = "recede"
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     try:
+        args = parse_with_config(parser, argv)
+        args.argv = argv  # recede train --nproc N starts itself again under torchrun
+        command = f"recede {args.command}"
+        if getattr(args, "out", None) and os.environ.get("RANK", "0") == "0":
+            save_resolved(parser, args, args.out)
         return args.run(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"recede {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"{command}: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

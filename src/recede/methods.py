@@ -7,6 +7,8 @@
 ``loco:N``          LoCo: the T blocks regrouped into N equal stages, horizon 2
                     (Paper A Remark 3.1, App. B, the "split loss" form)
 ``loco-double:N``   LoCo with the double gradient of Paper A eq. 20
+``ckpt[:S]``        BP with activation checkpointing in S segments (default round(√T));
+                    :mod:`recede.recompute`
 ``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bp_modified.BPModified`)
 ``bpm-mpc:H``       BP-modified horizon H
 ``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
@@ -32,14 +34,15 @@ from torch.utils.data import Dataset
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
 from recede.engine import MPC
+from recede.recompute import CheckpointedBP
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """A parsed method name."""
 
-    kind: str  # "bp", "ff", "mpc", "loco"
-    value: int | None = None  # horizon for mpc, stages for loco
+    kind: str  # "bp", "ff", "mpc", "loco", "ckpt"
+    value: int | None = None  # horizon for mpc, stages for loco, segments for ckpt
     double: bool = False
     modified: bool = False  # Paper B's BP-modified local loss
 
@@ -49,39 +52,42 @@ class MethodSpec:
             base = self.kind.upper()
         elif self.kind == "mpc":
             base = f"MPC(h={self.value})"
+        elif self.kind == "ckpt":
+            base = "BP+ckpt" + (f"({self.value})" if self.value is not None else "")
         else:
             base = f"LoCo{self.value}" + ("-double" if self.double else "")
         return f"{base}+BPM" if self.modified else base
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, or one of the last four
-    prefixed with ``bpm-``."""
+    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, ``ckpt``, ``ckpt:S``, or a
+    local method (ff, mpc, loco) prefixed with ``bpm-``."""
     name, _, arg = text.strip().lower().partition(":")
     if name.startswith("bpm-"):
         base = parse_method(text.strip()[4:])
-        if base.kind == "bp" or base.modified:
+        if base.kind in ("bp", "ckpt") or base.modified:
             raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                             "loco-double:N), not bp")
+                             "loco-double:N), not exact BP")
         return MethodSpec(base.kind, base.value, base.double, modified=True)
-    if name in ("bp", "ff") and not arg:
+    if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
-    if name in ("mpc", "loco", "loco-double") and arg:
+    if name in ("mpc", "loco", "loco-double", "ckpt") and arg:
         try:
             value = int(arg)
         except ValueError:
             raise ValueError(f"method {text!r}: {arg!r} is not an integer") from None
-        if name == "mpc":
-            return MethodSpec("mpc", value)
+        if name in ("mpc", "ckpt"):
+            return MethodSpec(name, value)
         return MethodSpec("loco", value, double=name == "loco-double")
-    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N or loco-double:N, "
-                     "optionally prefixed with bpm- (not bp)")
+    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N, loco-double:N or ckpt[:S], "
+                     "the local ones optionally prefixed with bpm-")
 
 
 def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
                  batch_size: int | None = None, period: int | None = None,
                  offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "optimal",
-                 a: float | None = None, lam: float | None = None, seed: int = 0) -> MPC | BPModified:
+                 a: float | None = None, lam: float | None = None,
+                 seed: int = 0) -> MPC | BPModified | CheckpointedBP:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
 
     The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
@@ -89,6 +95,8 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
     spec = parse_method(spec) if isinstance(spec, str) else spec
     if spec.kind == "bp":
         return MPC(net, net.T)
+    if spec.kind == "ckpt":
+        return CheckpointedBP(net, spec.value)
     horizon, double = {"ff": (1, False), "mpc": (spec.value, False)}.get(spec.kind, (2, spec.double))
     if spec.kind == "loco":
         if not 2 <= spec.value <= net.T:

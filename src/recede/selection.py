@@ -295,16 +295,16 @@ def _parse_horizons(text: str | None) -> list[int] | None:
 
 def run_select(args: argparse.Namespace) -> int:
     from recede import data, models
-    from recede.cli import _options
+    from recede.run import key_values
     from recede.reports import markdown_table, print_table, write_json
     from recede.train import batches
 
     if args.batches < 1:
         raise ValueError(f"--batches must be at least 1, got {args.batches}")
     _check_objective(args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
-    task = data.load(args.data, **_options(args.data_opt))
+    task = data.load(args.data, **key_values(args.data_opt))
     torch.manual_seed(args.seed)
-    net = models.build(args.model, task, **_options(args.model_opt))
+    net = models.build(args.model, task, **key_values(args.model_opt))
     if args.weights is not None:
         if not Path(args.weights).is_file():
             raise FileNotFoundError(f"--weights: no file {args.weights}")

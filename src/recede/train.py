@@ -8,6 +8,7 @@ loss increases), deterministic shuffling (epoch e is shuffled by a generator see
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recede.blocks import BlockNet
+from recede.engine import NonFiniteLossError
 
 
 class LossIncreaseDecay:
@@ -117,58 +119,104 @@ class EpochRecord:
         return asdict(self)
 
 
+@dataclass
+class LoopState:
+    """Where a run stands, enough to resume it exactly: the current epoch, the batches of it
+    already done with their loss sum, and the records of the epochs finished."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    global_step: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {**asdict(self), "history": [r.as_dict() for r in self.history]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LoopState":
+        return cls(**{**state, "history": [EpochRecord(**r) for r in state["history"]]})
+
+
 def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Optimizer, *,
           epochs: int, batch_size: int, test_set: Dataset | None = None, seed: int = 0,
           lr_rule: LossIncreaseDecay | None = None, classification: bool = False,
-          device: torch.device | str = "cpu", start_epoch: int = 0,
+          device: torch.device | str = "cpu", state: LoopState | None = None,
           on_step: Callable[[int, int, float], None] | None = None,
           on_epoch: Callable[[EpochRecord], None] | None = None,
           progress: bool = True, description: str = "train", rank: int = 0,
           world_size: int = 1) -> list[EpochRecord]:
-    """Train ``net`` with ``method`` for epochs ``start_epoch .. epochs-1``.
+    """Train ``net`` with ``method`` from ``state`` (default: the start) to the end of ``epochs``.
 
+    ``state`` is updated in place after every step, so ``on_step(epoch, step, loss)`` (run after
+    each optimizer step) can checkpoint it; ``on_epoch(record)`` runs after each epoch.  A run
+    resumed from a saved state skips the batches of the current epoch already done: the shuffle
+    of epoch e depends only on (seed, e), so it continues exactly where it stopped.
     ``rank``/``world_size``: train on this rank's shard of each epoch (see :func:`batches`),
     with ``method`` wrapped in :class:`recede.distributed.DataParallel`.
-
-    ``on_step(epoch, step, loss)`` runs after each optimizer step and ``on_epoch(record)`` after
-    each epoch (checkpoints, logs).  Returns one :class:`EpochRecord` per epoch run.
+    A non-finite loss raises :class:`~recede.engine.NonFiniteLossError` naming the step, before
+    the optimizer touches the parameters.  Returns the records of every epoch of the run.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    history: list[EpochRecord] = []
+    state = state if state is not None else LoopState()
+    if state.epoch > epochs:
+        raise ValueError(f"the run is already at epoch {state.epoch}, beyond epochs = {epochs}")
     steps_per_epoch = len(batches(train_set, batch_size, rank=rank, world_size=world_size))
-    with _progress(progress, description, (epochs - start_epoch) * steps_per_epoch) as advance:
-        for epoch in range(start_epoch, epochs):
+    remaining = (epochs - state.epoch) * steps_per_epoch - state.step
+    with _progress(progress, description, remaining, device) as advance:
+        while state.epoch < epochs:
             net.train()
-            start, loss_sum, seen = time.perf_counter(), 0.0, 0
-            loader = batches(train_set, batch_size, True, seed, epoch, rank, world_size)
-            for step, (x, y) in enumerate(loader):
+            start = time.perf_counter()
+            loader = batches(train_set, batch_size, True, seed, state.epoch, rank, world_size)
+            for x, y in itertools.islice(loader, state.step, None):
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = method.backward(x, y)
+                try:
+                    loss = method.backward(x, y)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
+                                             f"batch {state.step + 1}): {err}") from None
                 optimizer.step()
-                loss_sum += loss * len(y)
-                seen += len(y)
+                state.loss_sum += loss * len(y)
+                state.seen += len(y)
+                state.step += 1
+                state.global_step += 1
                 advance(loss, optimizer.param_groups[0]["lr"])
                 if on_step is not None:
-                    on_step(epoch, step, loss)
-            record = EpochRecord(epoch, loss_sum / seen, optimizer.param_groups[0]["lr"],
-                                 time.perf_counter() - start, step + 1)
+                    on_step(state.epoch, state.step - 1, loss)
+            record = EpochRecord(state.epoch, state.loss_sum / state.seen,
+                                 optimizer.param_groups[0]["lr"], time.perf_counter() - start,
+                                 state.step)
             if lr_rule is not None:
                 lr_rule.step(record.train_loss)
             if test_set is not None:
                 record.test = evaluate(net, test_set, device=device, classification=classification)
-            history.append(record)
+            state.history.append(record)
+            state.epoch, state.step, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
             if on_epoch is not None:
                 on_epoch(record)
-    return history
+    return state.history
 
 
 class _progress:
-    """A rich progress bar showing loss and lr, or nothing when disabled."""
+    """A rich progress bar showing loss, lr, steps/s and memory, or nothing when disabled.
 
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
+    Memory is CUDA allocated bytes on a GPU, else the process's peak resident set size.
+    """
+
+    def __init__(self, enabled: bool, description: str, total: int,
+                 device: torch.device | str = "cpu") -> None:
         self.enabled, self.description, self.total = enabled, description, total
+        self.cuda = torch.device(device).type == "cuda"
+
+    def _memory_mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.memory_allocated() / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
     def __enter__(self) -> Callable[[float, float], None]:
         if not self.enabled:
@@ -176,11 +224,20 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]:.3g}"),
+                            TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]:.3g}  "
+                                       "{task.fields[rate]:.1f} steps/s  {task.fields[mem]:.0f} MiB"),
                             TimeRemainingColumn(), transient=False)
         self.bar.__enter__()
-        task = self.bar.add_task(self.description, total=self.total, loss=float("nan"), lr=float("nan"))
-        return lambda loss, lr: self.bar.update(task, advance=1, loss=loss, lr=lr)
+        task = self.bar.add_task(self.description, total=self.total, loss=float("nan"),
+                                 lr=float("nan"), rate=0.0, mem=self._memory_mib())
+        start, done = time.perf_counter(), [0]
+
+        def advance(loss: float, lr: float) -> None:
+            done[0] += 1
+            rate = done[0] / max(time.perf_counter() - start, 1e-9)
+            self.bar.update(task, advance=1, loss=loss, lr=lr, rate=rate, mem=self._memory_mib())
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

@@ -1,0 +1,69 @@
+"""Back-propagation with activation checkpointing: the memory baseline the horizons compete with.
+
+The T blocks are cut into S segments (default S = round(√T), the classic choice of Chen et al.
+2016 that makes kept boundaries and one recomputed segment both O(√T)).  The forward keeps only
+each segment's input; the backward recomputes one segment at a time and back-propagates
+through it.  The gradient is exactly BP's (h = T, SPEC §2); the price is a second forward of
+every segment but the last, which runs normally because its activations are needed at once.
+
+Segments go through ``torch.utils.checkpoint.checkpoint`` with ``use_reentrant=True``: the
+re-entrant form recomputes inside an ordinary nested backward, so the tensors a segment saves
+while it is recomputed pass through the saved-tensor hooks that
+:class:`recede.memory.SavedTensorMeter` installs and are counted.  The non-re-entrant form
+keeps them behind its own hooks, where the meter would not see the memory this method costs.
+The re-entrant form needs an input that requires grad; the batch enters as a detached leaf
+that does.  A recomputed forward would update BatchNorm running statistics a second time (as
+any use of ``torch.utils.checkpoint`` does); the buffers of the recomputed segments are put back
+to their values after the first forward, so the model ends each step exactly as BP leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from recede.blocks import BlockNet
+from recede.engine import NonFiniteLossError
+
+
+class CheckpointedBP:
+    """``backward(x, y)``: BP's gradient with only S segment inputs kept through the forward.
+
+    Args:
+        net: the block network.
+        segments: S in [1, T]; ``None`` is round(√T).
+    """
+
+    def __init__(self, net: BlockNet, segments: int | None = None) -> None:
+        segments = max(1, round(math.sqrt(net.T))) if segments is None else segments
+        if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= net.T:
+            raise ValueError(f"checkpoint segments must be an integer in [1, {net.T}] "
+                             f"(T = {net.T} blocks), got {segments!r}")
+        self.net = net
+        self.segments = segments
+        bounds = torch.arange(net.T).tensor_split(segments)
+        self._stages = [nn.Sequential(*(net.blocks[int(t)] for t in part)) for part in bounds]
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward with checkpoints, accumulate BP's gradient into ``.grad``, return L(x_T)."""
+        net = self.net
+        if not net.heads_checked:
+            net.check_heads(x, y)
+        recomputed = [b for stage in self._stages[:-1] for b in stage.buffers()]
+        with torch.enable_grad():
+            z = x.detach().requires_grad_()
+            for stage in self._stages[:-1]:
+                z = checkpoint(stage, z, use_reentrant=True)
+            loss = net.depth_loss(self._stages[-1](z), y, net.T)
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
+                                         "no .grad was modified")
+            after_forward = [b.clone() for b in recomputed]
+            loss.backward()
+        with torch.no_grad():
+            for buffer, value in zip(recomputed, after_forward):
+                buffer.copy_(value)
+        return float(loss.detach())

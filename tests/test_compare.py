@@ -1,0 +1,70 @@
+"""``recede compare``, ``demo`` and ``bench`` end to end, and the Pareto rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recede.compare import default_methods, dominated
+from recede.demo import demo_methods
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = ["--model-opt", "depth=6", "--data-opt", "n=80", "--data-opt", "n_test=20",
+        "--batch-size", "20", "--epochs", "1", "--no-progress", "--threads", "1"]
+
+
+def recede(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_compare_writes_the_frontier(tmp_path: Path) -> None:
+    run = recede("compare", *TINY, "--methods", "ckpt", "ff", "mpc:3", "loco:3",
+                 "--timing-steps", "2", "--cosine-batches", "2", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert {"config.yaml", "metrics.json", "report.md", "frontier.png", "loss.png"} <= \
+        {p.name for p in tmp_path.iterdir()}
+    rows = {r["method"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["rows"]}
+    assert list(rows) == ["BP", "BP+ckpt", "FF", "MPC(h=3)", "LoCo3"]  # BP added: ratios are to BP
+    bp, ckpt, ff = rows["BP"], rows["BP+ckpt"], rows["FF"]
+    assert bp["time ratio"] == bp["memory ratio"] == 1.0
+    assert bp["cos θ"] == pytest.approx(1.0) and ckpt["cos θ"] == pytest.approx(1.0, abs=1e-6)
+    assert ckpt["test loss"] == pytest.approx(bp["test loss"], rel=1e-6)
+    assert ckpt["memory ratio"] < 1 and ff["memory ratio"] < rows["MPC(h=3)"]["memory ratio"] < 1
+    assert ff["cos θ"] < rows["MPC(h=3)"]["cos θ"] < 1
+    report = (tmp_path / "report.md").read_text()
+    assert "**Dominated**" in report and "**On the frontier**" in report
+
+
+def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
+    demo = recede("demo", *TINY, "--timing-steps", "1", "--cosine-batches", "1", "--out", str(tmp_path / "d"))
+    assert demo.returncode == 0, demo.stderr
+    rows = json.loads((tmp_path / "d" / "metrics.json").read_text())["rows"]
+    assert [r["method"] for r in rows][:5] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)"]
+    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--out", str(tmp_path / "b"))
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["BP", "FF", "MPC(h=2)"]
+    assert rows[1]["model ratio"] == pytest.approx((2 + 1 / 6) / 3)
+
+
+def test_dominated_is_the_pareto_order() -> None:
+    rows = [{"method": "BP", "memory ratio": 1.0, "time ratio": 1.0, "test acc": 0.9},
+            {"method": "A", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8},
+            {"method": "B", "memory ratio": 0.6, "time ratio": 1.3, "test acc": 0.8},  # worse than A
+            {"method": "C", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8}]  # ties A
+    assert dominated(rows, "test acc", higher_is_better=True) == [False, False, True, False]
+    loss_rows = [dict(r, **{"test loss": 1 - r.pop("test acc")}) for r in rows]
+    assert dominated(loss_rows, "test loss", higher_is_better=False) == [False, False, True, False]
+
+
+def test_default_method_lists() -> None:
+    assert default_methods(15)[:7] == ["bp", "ckpt", "ff", "loco:3", "mpc:4", "mpc:8", "mpc:11"]
+    assert demo_methods(15)[:5] == ["bp", "ckpt", "ff", "mpc:5", "mpc:10"]
+    assert "mpc:2" in default_methods(4) and all(int(m[4:]) < 4 for m in default_methods(4) if m[:4] == "mpc:")
