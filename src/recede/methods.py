@@ -67,7 +67,7 @@ def parse_method(text: str) -> MethodSpec:
         base = parse_method(text.strip()[4:])
         if base.kind in ("bp", "ckpt") or base.modified:
             raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                             "loco-double:N), not exact BP")
+                             "loco-double:N), not bp or ckpt")
         return MethodSpec(base.kind, base.value, base.double, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
