@@ -64,7 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
     x, y = workload.batch(args.batch_size)
     seconds, saved, rows = [], [], []
     for spec in specs:
-        method = workload.method(net, spec, args.batch_size, args.seed)
+        method = workload.method(net, spec, args)
         seconds.append(step_seconds(method, net, x, y, args.repeats))
         _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
         net.zero_grad(set_to_none=True)

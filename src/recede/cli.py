@@ -50,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and args.nproc != ctx.world_size:
         raise ValueError(f"--nproc {args.nproc} but torchrun started {ctx.world_size} processes")
     workload = Workload.from_args(args, rank=ctx.rank, world_size=ctx.world_size)
-    workload.check_methods(specs, args.batch_size)
+    workload.check_methods(specs, args)
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out, checkpoint_every=args.checkpoint_every,
                           resume=args.resume, tensorboard=args.tensorboard) for spec in specs]

@@ -76,7 +76,7 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     specs = [parse_method(m) for m in (args.methods or defaults(T))]
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))  # every ratio is to BP
-    workload.check_methods(specs, args.batch_size)
+    workload.check_methods(specs, args)
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out) for spec in specs]
     rows = measure_frontier(workload, specs, results, args)

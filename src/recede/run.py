@@ -27,7 +27,7 @@ from recede.train import EpochRecord, LoopState, LossIncreaseDecay, batches, mak
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
-            "lr_decay", "seed")
+            "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling")
 
 
 def key_values(pairs: list[str]) -> dict[str, Any]:
@@ -66,6 +66,15 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
                    help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
     p.add_argument("--out", default=out, help="results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
+    bpm.add_argument("--bpm-period", type=int_range(1), default=None, metavar="K",
+                     help="steps between offset refreshes (default: one epoch)")
+    bpm.add_argument("--bpm-samples", type=int_range(2), default=None, metavar="B'",
+                     help="samples per refresh (default: 1%% of K·B, at least two micro-batches)")
+    bpm.add_argument("--bpm-micro-batch", type=int_range(1), default=8, metavar="b'",
+                     help="micro-batch size of a refresh (its memory is BP's on b' samples)")
+    bpm.add_argument("--bpm-scaling", default="optimal", choices=["optimal", "bias"],
+                     help="optimal a, λ (Paper B eqs. 17-19) or λ = 0, a = a_bias (Table 3)")
 
 
 @dataclass
@@ -93,19 +102,21 @@ class Workload:
         workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
         return workload
 
-    def method(self, net, spec: MethodSpec, batch_size: int, seed: int):
-        """The method object that trains ``net`` by ``spec`` on this workload at ``batch_size``
-        per process; ``bpm-`` methods draw their offsets from the training set, with B the
-        global batch."""
+    def method(self, net, spec: MethodSpec, args: argparse.Namespace):
+        """The method object that trains ``net`` by ``spec`` on this workload at
+        ``args.batch_size`` per process; ``bpm-`` methods draw their offsets from the training
+        set with the ``--bpm-*`` settings, B being the global batch."""
         return build_method(net, spec, refresh_data=self.task.train,
-                            batch_size=batch_size * self.world_size, seed=seed)
+                            batch_size=args.batch_size * self.world_size, period=args.bpm_period,
+                            offset_samples=args.bpm_samples, micro_batch=args.bpm_micro_batch,
+                            scaling=args.bpm_scaling, seed=args.seed)
 
-    def check_methods(self, specs: list[MethodSpec], batch_size: int) -> None:
+    def check_methods(self, specs: list[MethodSpec], args: argparse.Namespace) -> None:
         """Build each method once on a model, so a horizon or stage count outside [1, T]
         fails before any training."""
         net = self.build(0)
         for spec in specs:
-            self.method(net, spec, batch_size, 0)
+            self.method(net, spec, args)
 
     @property
     def classification(self) -> bool:
@@ -165,7 +176,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     net = workload.build(args.seed)
-    method = workload.method(net, spec, args.batch_size, args.seed)
+    method = workload.method(net, spec, args)
     if workload.world_size > 1:
         method = distributed.DataParallel(method, net)
     writes = workload.rank == 0
