@@ -43,10 +43,12 @@ def test_compare_writes_the_frontier(tmp_path: Path) -> None:
 
 
 def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
-    demo = recede("demo", *TINY, "--timing-steps", "1", "--cosine-batches", "1", "--out", str(tmp_path / "d"))
+    demo = recede("demo", "--model-opt", "blocks_per_stage=2", "--data-opt", "test_fraction=0.9", "--epochs", "1",
+                  "--no-progress", "--bpm-period", "4", "--bpm-samples", "16",
+                  "--timing-steps", "1", "--cosine-batches", "1", "--out", str(tmp_path / "d"))
     assert demo.returncode == 0, demo.stderr
     rows = json.loads((tmp_path / "d" / "metrics.json").read_text())["rows"]
-    assert [r["method"] for r in rows][:5] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)"]
+    assert [r["method"] for r in rows] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)", "FF+BPM"]
     bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--out", str(tmp_path / "b"))
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]

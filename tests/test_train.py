@@ -48,6 +48,8 @@ def test_registries_name_what_exists():
         data.load("nope")
     with pytest.raises(ValueError, match="has no option"):
         models.build("resmlp", widht=3)
+    with pytest.raises(ValueError, match=r"dataset 'digits' has no option\(s\) \['n'\]"):
+        data.load("digits", n=3)
     with pytest.raises(ValueError, match="n must be positive, got 0"):
         data.load("linear", n=0)
     empty = torch.utils.data.TensorDataset(torch.zeros(0, 1))

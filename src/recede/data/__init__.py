@@ -7,6 +7,7 @@ App. D (M1, M2), scikit-learn's bundled digits, and loaders for folders the user
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,10 @@ def load(name: str, **options: object) -> Task:
     """Load the registered dataset ``name``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    accepted = inspect.signature(_REGISTRY[name]).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
     return _REGISTRY[name](**options)
 
 
