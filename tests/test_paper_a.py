@@ -38,3 +38,14 @@ def test_cpu_and_full_configs_name_the_three_models():
     for full in (False, True):
         config = paper_a.load_config(full)
         assert [m["model"] for m in config["models"].values()] == ["linear-resnet", "resmlp", "resnet62"]
+
+
+def test_m3_trains_on_a_users_cifar10_folder(tmp_path):
+    from test_data import write_cifar10
+
+    write_cifar10(tmp_path / "cifar", per_batch=8)
+    tiny = {**TINY, "models": {"M3": dict(TINY["models"]["M3"], train_subset=16)}}
+    paper_a.run(tmp_path / "out", progress=False, config=tiny, data_root=str(tmp_path / "cifar"))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    m3 = results["config"]["models"]["M3"]
+    assert m3["data"] == "cifar10" and m3["data_options"]["root"] == str(tmp_path / "cifar")

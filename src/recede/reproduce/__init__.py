@@ -1,7 +1,8 @@
 """``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default.
 
-Each paper module has ``run(out: Path, full: bool, progress: bool) -> Path`` that writes
-JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.
+Each paper module has ``run(out: Path, full: bool, progress: bool, data_root: str | None)
+-> Path`` that writes JSON, PNG plots and a Markdown report under ``out`` and returns the
+report's path.  ``data_root`` is a folder of the user's CIFAR data (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paper", choices=sorted(PAPERS))
     p.add_argument("--full", action="store_true", help="the paper's settings instead of CPU scale")
     p.add_argument("--out", default=None, help="results folder (default results/PAPER)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder with cifar-10-batches-py (paper-a: M3 trains on CIFAR-10) or "
+                        "cifar-100-python (paper-b --full); default: the offline stand-ins")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_reproduce)
 
@@ -25,6 +29,6 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     module = importlib.import_module(PAPERS[args.paper])
     report = module.run(Path(args.out or f"results/{args.paper}"), full=args.full,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, data_root=args.data_root)
     print(f"report written to {report}")
     return 0

@@ -111,9 +111,17 @@ def epochs_to_reach(history: list[float], target: float) -> int | None:
     return next((e for e, acc in enumerate(history, start=1) if acc >= target), None)
 
 
-def run(out: Path, full: bool = False, progress: bool = True) -> Path:
-    """Run every table's training runs and write JSON, PNG and the Markdown report."""
+def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None) -> Path:
+    """Run every table's training runs and write JSON, PNG and the Markdown report.
+
+    ``data_root`` is the folder holding ``cifar-100-python`` for ``--full`` (Paper B §6).
+    """
     cfg = load_config(full)
+    if data_root is not None:
+        if not full:
+            raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
+                             "run uses scikit-learn's digits")
+        cfg["data_options"] = cfg["data_options"] | {"root": data_root}
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
