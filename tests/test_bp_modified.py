@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
@@ -13,19 +12,11 @@ from recede.bp_modified import BlockMoments, block_moments, one_step_error, opti
 from recede.methods import build_method, parse_method
 from recede.models import build
 
-
-class Residual(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.linear(x))
+from conftest import resmlp_independent
 
 
 def small_net(T: int = 5, width: int = 4, classes: int = 3) -> BlockNet:
-    return BlockNet([Residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
-                    nn.CrossEntropyLoss())
+    return resmlp_independent(T, width, classes)
 
 
 def classification_data(n: int, width: int = 4, classes: int = 3, seed: int = 0) -> TensorDataset:

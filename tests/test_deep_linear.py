@@ -15,14 +15,6 @@ from recede.theory.deep_linear import (cosines, gaussian_perturbations, horizon_
                                        weighted_objective, weights_from)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """10×10 products are faster on one thread, especially on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def linear_blocknet(W):
     blocks = []

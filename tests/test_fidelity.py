@@ -35,14 +35,6 @@ def small_nets():
             (cnn, torch.randn(8, 3, 6, 6, dtype=torch.float64), torch.randint(0, 10, (8,)))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny float64 kernels run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("case", range(2))
 def test_matches_slow_reference(case):

@@ -11,14 +11,6 @@ from recede.selection import select_horizon
 from recede.train import make_optimizer, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A width-10 MLP trains fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def setup(seed=0):
     torch.manual_seed(seed)

@@ -14,14 +14,6 @@ from recede.selection import (InfeasibleWarning, choose, objective_value, relati
                               select_horizon, solve)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def brute_force(cos, mem, T, objective, eps, lam, cost, c, M0):
     """Independent brute force: fit (eqs. 15–16), then scan every h = 1..T by hand."""

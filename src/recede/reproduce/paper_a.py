@@ -409,8 +409,8 @@ def render_report(summary: dict) -> str:
         first, last = m["cos_by_epoch"][epochs[0]], m["cos_by_epoch"][epochs[-1]]
         grows.append(1 - last[1] > 1 - first[1])
     lines += [markdown_table(rows, list(rows[0])), ""]
-    lines += [f"- Paper: the decay is polynomial in T − h for all models (a straight line on these "
-              f"axes).  Ours: the slopes above; see the figure for straightness.",
+    lines += ["- Paper: the decay is polynomial in T − h for all models (a straight line on these "
+              "axes).  Ours: the slopes above; see the figure for straightness.",
               f"- Paper: the angle at a fixed horizon grows as training proceeds.  Ours: 1 − cos θ_1 "
               f"grew from the first to the last measured epoch on {sum(grows)} of {len(grows)} models "
               f"— {_verdict(all(grows))}.", ""]
