@@ -25,14 +25,6 @@ def classification_data(n: int, width: int = 4, classes: int = 3, seed: int = 0)
     return TensorDataset(x, (x[:, 0] * 3 + x[:, 1]).floor().long().remainder(classes))
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def micro_batches(data: TensorDataset, size: int):
     x, y = data.tensors
     return list(zip(x.split(size), y.split(size)))
