@@ -65,8 +65,17 @@ class BlockNet(nn.Module):
 
     def head_parameters(self, k: int) -> list[nn.Parameter]:
         """The trainable parameters of the head at depth k, minus any a block already owns."""
+        return self.trainable_parameters()[1][k - 1]
+
+    def trainable_parameters(self) -> tuple[list[list[nn.Parameter]], list[list[nn.Parameter]]]:
+        """``(blocks, heads)``: per block t the trainable ``u_t``, and per depth k = 1..T the
+        trainable parameters of head k that no block owns — gathered in one pass."""
+        blocks = [[p for p in b.parameters() if p.requires_grad] for b in self.blocks]
         block_ids = {id(p) for b in self.blocks for p in b.parameters()}
-        return [p for p in self.head(k).parameters() if p.requires_grad and id(p) not in block_ids]
+        per_head = [[p for p in h.parameters() if p.requires_grad and id(p) not in block_ids]
+                    for h in self.heads]
+        heads = per_head * self.T if self.shared_head else per_head
+        return blocks, heads
 
     def depth_loss(self, x_k: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
         """``L(x_k) = loss_fn(head_k(x_k), y)``; a head or loss that does not fit is named."""

@@ -101,6 +101,7 @@ class MPC:
         net, T, h = self.net, self.net.T, self.horizon
         grads: dict[nn.Parameter, torch.Tensor] = {}
         losses: dict[int, torch.Tensor] = {}
+        self._block_params, self._head_params = net.trainable_parameters()  # once per step
 
         if not net.heads_checked:
             net.check_heads(x, y)
@@ -128,7 +129,7 @@ class MPC:
             x = block(x)
         loss = net.depth_loss(x, y, net.T)
         losses[net.T] = loss.detach()
-        params = [p for t in range(net.T) for p in net.block_parameters(t)] + net.head_parameters(net.T)
+        params = [p for block in self._block_params for p in block] + self._head_params[net.T - 1]
         if params:
             _accumulate(grads, params, torch.autograd.grad(loss, params, allow_unused=True))
 
@@ -160,7 +161,7 @@ class MPC:
         """Evaluate L(x_k), train head k on it, and return c = ∂L(x_k)/∂x_k."""
         loss = self.net.depth_loss(z_k, y, k)
         losses[k] = loss.detach()
-        params = self.net.head_parameters(k)
+        params = self._head_params[k - 1]
         out = torch.autograd.grad(loss, [z_k, *params], allow_unused=True)
         _accumulate(grads, params, out[1:])
         return out[0] if out[0] is not None else torch.zeros_like(z_k)
@@ -177,7 +178,7 @@ class MPC:
             step = window[j]
             take_weights = final or j in weighted
             release = final or j == weighted[0]
-            params = self.net.block_parameters(j) if take_weights else []
+            params = self._block_params[j] if take_weights else []
             inputs = ([step.z] if j > lowest else []) + params
             if inputs and step.out.requires_grad:
                 out = torch.autograd.grad(step.out, inputs, c, retain_graph=not release,
