@@ -16,13 +16,12 @@ configuration alike.  Nothing is asserted: read the ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from recede import MPC, BlockNet
+from recede.bench import interleaved_medians, model_ratio, timed_step
 from recede.memory import measure
 from recede.reports import markdown_table
 
@@ -34,11 +33,6 @@ class ResidualLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.relu(self.linear(x))
-
-
-def cost_model(T: int, h: int) -> float:
-    """SPEC §2: forward 1, input-VJP 1, weight gradient 1 per block; BP = 3."""
-    return (2 + ((T - h) * (h - 1) + h) / T) / 3
 
 
 def main() -> None:
@@ -65,18 +59,9 @@ def main() -> None:
 
     runs = {"BP": plain_bp}
     for h in horizons:
-        engine = MPC(net, h)
-        runs[h] = lambda engine=engine: (net.zero_grad(set_to_none=True), engine.backward(x, y))
+        runs[h] = timed_step(MPC(net, h), net, x, y)
 
-    times: dict = {name: [] for name in runs}
-    for name, run in runs.items():  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(runs, args.repeats)
 
     saved = {name: measure(run, module=net)[1].saved_peak_bytes for name, run in runs.items()}
     z = x
@@ -88,7 +73,7 @@ def main() -> None:
 
     rows = []
     for h in horizons:
-        time_ratio, model = median[h] / median["BP"], cost_model(T, h)
+        time_ratio, model = median[h] / median["BP"], model_ratio(T, h)
         bound = (h + 1) / T + head_ratio
         rows.append({"h": h, "time / BP": time_ratio, "cost model": model,
                      "time / model": time_ratio / model, "saved / BP": saved[h] / saved["BP"],

@@ -22,12 +22,11 @@ ratios sit above the activation-only ones.  Nothing is asserted: read the ratios
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from recede import MPC
+from recede.bench import interleaved_medians, timed_step
 from recede.memory import measure
 from recede.models import build
 from recede.reports import markdown_table
@@ -57,29 +56,16 @@ def benchmark(name: str, batch: int, repeats: int, device: torch.device) -> list
     net.check_heads(x, y)
     horizons = sorted({h for h in (1, 2, 5, net.T) if h <= net.T})
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def plain_bp() -> None:
         net.zero_grad(set_to_none=True)
         net.loss(x, y).backward()
 
     runs = {"BP": plain_bp}
     for h in horizons:
-        engine = MPC(net, h)
-        runs[f"h={h}"] = lambda engine=engine: (net.zero_grad(set_to_none=True), engine.backward(x, y))
+        runs[f"h={h}"] = timed_step(MPC(net, h), net, x, y)
 
     memory = {label: measure(run, module=net, device=device)[1] for label, run in runs.items()}
-    times: dict[str, list[float]] = {label: [] for label in runs}
-    for _ in range(repeats):
-        for label, run in runs.items():
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            times[label].append(time.perf_counter() - start)
-    median = {label: statistics.median(v) for label, v in times.items()}
+    median = interleaved_medians(runs, repeats, warmup=0, device=device)  # measure() warmed up
 
     rows = []
     for label in runs:

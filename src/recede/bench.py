@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -23,22 +24,35 @@ from recede.reports import markdown_table, print_table, write_json
 from recede.run import Workload, add_workload_options
 
 
-def step_seconds(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of ``method.backward(x, y)`` over ``repeats`` calls after ``warmup``."""
-    times = []
+def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        device: torch.device | None = None) -> dict[str, float]:
+    """Median wall seconds of each of ``runs`` over ``repeats`` rounds after ``warmup`` rounds.
+
+    Each round calls every run once, in turn, so a change in machine load hits every run
+    alike; on a CUDA ``device`` each call is timed between synchronisations.
+    """
+    def sync() -> None:
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + repeats):
+        for name, run in runs.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def timed_step(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step's gradient computation, ``.grad`` cleared first, as a timed run."""
+    def step() -> None:
         net.zero_grad(set_to_none=True)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        start = time.perf_counter()
         method.backward(x, y)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    net.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return step
 
 
 def model_ratio(T: int, h: int) -> float:
@@ -62,15 +76,17 @@ def run_bench(args: argparse.Namespace) -> int:
         specs.insert(0, parse_method("bp"))
     net = workload.build(args.seed)
     x, y = workload.batch(args.batch_size)
-    seconds, saved, rows = [], [], []
-    for spec in specs:
-        method = workload.method(net, spec, args)
-        seconds.append(step_seconds(method, net, x, y, args.repeats))
+    methods = [workload.method(net, spec, args) for spec in specs]
+    seconds = list(interleaved_medians({str(i): timed_step(m, net, x, y) for i, m in enumerate(methods)},
+                                       args.repeats, warmup=2, device=workload.device).values())
+    net.zero_grad(set_to_none=True)
+    saved, rows = [], []
+    for spec, method, step in zip(specs, methods, seconds):
         _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
         net.zero_grad(set_to_none=True)
         saved.append(memory.saved_peak_bytes)
         h = {"bp": net.T, "ff": 1, "mpc": spec.value}.get(spec.kind)
-        rows.append({"method": spec.label, "ms/step": 1000 * seconds[-1],
+        rows.append({"method": spec.label, "ms/step": 1000 * step,
                      "model ratio": None if h is None else model_ratio(net.T, h),
                      "saved MiB": memory.saved_peak_mib})
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")

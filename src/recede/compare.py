@@ -20,14 +20,13 @@ the loss curves go to ``--out`` with ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recede.bench import step_seconds
+from recede.bench import interleaved_medians, timed_step
 from recede.config import int_range
 from recede.engine import MPC
 from recede.methods import MethodSpec, parse_method
@@ -99,12 +98,10 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
                      args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory ratios to BP, cos θ, dominance."""
     x, y = workload.batch(args.batch_size)
-    for r in results:  # warm-up
-        step_seconds(r.method, r.net, x, y, repeats=1, warmup=1)
-    # round-robin, so a change in machine load during the measurement hits every method alike
-    rounds = [[step_seconds(r.method, r.net, x, y, repeats=1, warmup=0) for r in results]
-              for _ in range(args.timing_steps)]
-    seconds = [statistics.median(column) for column in zip(*rounds)]
+    runs = {str(i): timed_step(r.method, r.net, x, y) for i, r in enumerate(results)}
+    seconds = list(interleaved_medians(runs, args.timing_steps, warmup=1, device=workload.device).values())
+    for r in results:
+        r.net.zero_grad(set_to_none=True)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     rows = []
     for r, s in zip(results, seconds):
