@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -38,10 +39,19 @@ from recede import data, models
 from recede.fidelity import gradient_cosine
 from recede.memory import measure
 from recede.methods import build_method
+from recede.plots import figure
 from recede.reports import markdown_table, write_json
 from recede.schedule import HorizonSchedule
-from recede.selection import (COSTS, OBJECTIVES, cost_of, default_horizons, default_M0,
-                              objective_value, relative_scores, solve)
+from recede.selection import (
+    COSTS,
+    OBJECTIVES,
+    cost_of,
+    default_horizons,
+    default_M0,
+    objective_value,
+    relative_scores,
+    solve,
+)
 from recede.theory.deep_linear import theorem_exponent
 from recede.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
 
@@ -286,34 +296,25 @@ def mean_rel(fig5: dict) -> dict[str, dict[str, float]]:
 
 # -- figures ---------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _per_model(results: dict, path: Path) -> Iterator[tuple[Any, str, dict]]:
+    """One panel per model, side by side, written to ``path``: yields (axes, key, model)."""
+    with figure(path, 1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False) as (_, axes):
+        for ax, (key, model) in zip(axes[0], results.items()):
+            yield ax, key, model
 
 
 def plot_fig2(results: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
-    for ax, (key, model) in zip(axes[0], results.items()):
+    for ax, key, model in _per_model(results, path):
         T = model["T"]
         for epoch, cos in sorted(model["cos_by_epoch"].items()):
             pts = sorted((T - int(h), max(1 - c, 1e-12)) for h, c in cos.items() if int(h) < T)
             ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f"epoch {epoch}")
         ax.set(title=f"{key}: {model['spec']['model']} (T={T})", xlabel="T − h", ylabel="1 − cos θ_h")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_e1(results: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
-    for ax, (key, model) in zip(axes[0], results.items()):
+    for ax, key, model in _per_model(results, path):
         memory = model["memory"]
         hs = np.array(sorted(memory))
         a, b, r2 = memory_fit(memory)
@@ -321,18 +322,15 @@ def plot_e1(results: dict, path: Path) -> None:
         ax.plot(hs, (a * hs + b) / 2**10, "-", label=f"a·h + b, R² = {r2:.4f}")
         ax.set(title=f"{key}: saved-for-backward memory", xlabel="h", ylabel="M(h) [KiB]")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_e2(results: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
-    for ax, (key, model) in zip(axes[0], results.items()):
+    from matplotlib import colormaps
+
+    for ax, key, model in _per_model(results, path):
         T = model["T"]
         fixed = sorted((int(k[2:]), r) for k, r in model["runs"].items() if k.startswith("h="))
-        colors = plt.cm.viridis(np.linspace(0, 1, len(fixed)))
+        colors = colormaps["viridis"](np.linspace(0, 1, len(fixed)))
         for color, (h, r) in zip(colors, fixed):
             ax.semilogy(range(1, len(r["curve"]) + 1), r["curve"], color=color, lw=1,
                         label=f"h={h}" + (" (BP)" if h == T else " (FF)" if h == 1 else ""))
@@ -341,38 +339,31 @@ def plot_e2(results: dict, path: Path) -> None:
                         "--", lw=1, label=name)
         ax.set(title=f"{key}: training loss", xlabel="epoch", ylabel="loss")
         ax.legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_fig5(fig5: dict, path: Path) -> None:
-    plt = _pyplot()
     names = list(fig5)
     algorithms = BASELINES + [OURS]
     grid = np.array([[fig5[n]["rel"][a] for n in names] for a in algorithms])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.75 * len(names)), 6.5),
-                                      gridspec_kw={"height_ratios": [3, 2]})
-    image = top.imshow(np.minimum(grid, 1.0), cmap="RdYlGn_r", vmin=0, vmax=1, aspect="auto")
-    for i, a in enumerate(algorithms):
-        for j, n in enumerate(names):
-            text = "×" if fig5[n]["values"][a] is None else f"{grid[i, j]:.2f}"
-            top.text(j, i, text, ha="center", va="center", fontsize=7)
-    top.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    top.set_yticks(range(len(algorithms)), algorithms)
-    top.set_title("Rel(a) (eq. 19), lower is better; × infeasible (scored 1.5)")
-    fig.colorbar(image, ax=top)
-    averages = mean_rel(fig5)
-    groups = [m for m in averages if m != "all"] + ["all"]
-    width = 0.8 / len(algorithms)
-    for k, a in enumerate(algorithms):
-        bottom.bar(np.arange(len(groups)) + k * width, [averages[g][a] for g in groups], width, label=a)
-    bottom.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
-    bottom.set(ylabel="mean Rel(a)")
-    bottom.legend(fontsize=7, ncol=len(algorithms))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 2, 1, figsize=(max(6, 0.75 * len(names)), 6.5),
+                gridspec_kw={"height_ratios": [3, 2]}) as (fig, (top, bottom)):
+        image = top.imshow(np.minimum(grid, 1.0), cmap="RdYlGn_r", vmin=0, vmax=1, aspect="auto")
+        for i, a in enumerate(algorithms):
+            for j, n in enumerate(names):
+                text = "×" if fig5[n]["values"][a] is None else f"{grid[i, j]:.2f}"
+                top.text(j, i, text, ha="center", va="center", fontsize=7)
+        top.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        top.set_yticks(range(len(algorithms)), algorithms)
+        top.set_title("Rel(a) (eq. 19), lower is better; × infeasible (scored 1.5)")
+        fig.colorbar(image, ax=top)
+        averages = mean_rel(fig5)
+        groups = [m for m in averages if m != "all"] + ["all"]
+        width = 0.8 / len(algorithms)
+        for k, a in enumerate(algorithms):
+            bottom.bar(np.arange(len(groups)) + k * width, [averages[g][a] for g in groups], width, label=a)
+        bottom.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+        bottom.set(ylabel="mean Rel(a)")
+        bottom.legend(fontsize=7, ncol=len(algorithms))
 
 
 # -- report ----------------------------------------------------------------------------------

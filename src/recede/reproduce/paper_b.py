@@ -27,6 +27,7 @@ from recede import data, models
 from recede.bp_modified import BPModified
 from recede.memory import measure
 from recede.methods import build_method, parse_method
+from recede.plots import figure
 from recede.reports import markdown_table, write_json
 from recede.train import batches, make_optimizer, train
 
@@ -180,26 +181,19 @@ def _gap_recovered(bp: float, ff: float, modified: float) -> float | None:
 
 
 def plot(runs: dict, cfg: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    epochs = range(1, cfg["epochs"] + 1)
-    for name, record in runs.items():
-        if "(" in name.replace("MPC(h=5)", "") or "[" in name:
-            continue
-        style = "-" if name.endswith("+BPM") or name == "BP" else "--"
-        axes[0].plot(epochs, record["accuracy"], style, label=name)
-    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="Table 1: original (--) vs BP-modified (—)")
-    axes[0].legend(fontsize=8)
-    sens = ["FF"] + [k for k in runs if k.startswith("FF+BPM") and k != "FF+BPM(λ=0)" and "[" not in k]
-    axes[1].bar(range(len(sens)), [runs[k]["accuracy"][-1] for k in sens])
-    axes[1].set_xticks(range(len(sens)), sens, rotation=30, ha="right", fontsize=8)
-    axes[1].set(ylabel="final test accuracy (%)", title="Tables 6–7: FF with other B' and K")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(12, 4.5)) as (fig, axes):
+        epochs = range(1, cfg["epochs"] + 1)
+        for name, record in runs.items():
+            if "(" in name.replace("MPC(h=5)", "") or "[" in name:
+                continue
+            style = "-" if name.endswith("+BPM") or name == "BP" else "--"
+            axes[0].plot(epochs, record["accuracy"], style, label=name)
+        axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="Table 1: original (--) vs BP-modified (—)")
+        axes[0].legend(fontsize=8)
+        sens = ["FF"] + [k for k in runs if k.startswith("FF+BPM") and k != "FF+BPM(λ=0)" and "[" not in k]
+        axes[1].bar(range(len(sens)), [runs[k]["accuracy"][-1] for k in sens])
+        axes[1].set_xticks(range(len(sens)), sens, rotation=30, ha="right", fontsize=8)
+        axes[1].set(ylabel="final test accuracy (%)", title="Tables 6–7: FF with other B' and K")
 
 
 def _agree(ours: float, theirs: float) -> str:
