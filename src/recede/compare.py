@@ -29,6 +29,7 @@ import torch
 from recede.bench import interleaved_medians, timed_step
 from recede.config import int_range
 from recede.engine import MPC
+from recede.fidelity import block_gradient_vector
 from recede.methods import MethodSpec, parse_method
 from recede.plots import frontier, loss_curves
 from recede.reports import markdown_table, print_table, write_json
@@ -139,24 +140,22 @@ def _gradient_cosine(result: MethodResult, workload: Workload, args: argparse.Na
     gradient and BP's, both flattened over every block parameter, at the trained weights."""
     net, method = result.net, result.method
     exact = MPC(net, net.T)
-    params = [p for t in range(net.T) for p in net.block_parameters(t)]
     total, count = 0.0, 0
     for x, y in batches(workload.task.train, args.batch_size):
         if count == args.cosine_batches:
             break
         x, y = x.to(workload.device), y.to(workload.device)
-        g_method, g_exact = (_flat_gradient(m, net, params, x, y) for m in (method, exact))
+        g_method, g_exact = (_flat_gradient(m, net, x, y) for m in (method, exact))
         total += float(torch.nn.functional.cosine_similarity(g_method, g_exact, dim=0))
         count += 1
     net.zero_grad(set_to_none=True)
     return total / count
 
 
-def _flat_gradient(method, net: torch.nn.Module, params: list[torch.nn.Parameter],
-                   x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _flat_gradient(method, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     net.zero_grad(set_to_none=True)
     method.backward(x, y)
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    return block_gradient_vector(net)
 
 
 def _report(title: str, rows: list[dict[str, Any]], columns: list[str], quality: str) -> str:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 PAPERS = {"paper-a": "recede.reproduce.paper_a", "paper-b": "recede.reproduce.paper_b"}
 
@@ -32,3 +36,15 @@ def run_reproduce(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, data_root=args.data_root)
     print(f"report written to {report}")
     return 0
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``None``/0: unchanged), restoring the count after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,6 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from recede.memory import measure
 from recede.methods import build_method
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
+from recede.reproduce import torch_threads
 from recede.schedule import HorizonSchedule
 from recede.selection import (
     COSTS,
@@ -81,17 +81,6 @@ def load_config(full: bool) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@contextmanager
-def _threads(n: int | None):
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(out: Path, full: bool = False, progress: bool = True, config: dict | None = None,
         data_root: str | None = None) -> Path:
     """Run the reproduction and return the path of ``report.md``.
@@ -105,7 +94,7 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with _threads(config.get("threads")):
+    with torch_threads(config.get("threads")):
         results = {key: run_model(key, spec, config, progress) for key, spec in config["models"].items()}
         theory = {"smooth_T128": theorem_exponent(128, kind="smooth"),
                   "smooth_T128_midpoint": theorem_exponent(128, kind="smooth", midpoint=True),

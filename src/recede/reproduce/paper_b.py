@@ -29,6 +29,7 @@ from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
+from recede.reproduce import torch_threads
 from recede.train import batches, make_optimizer, train
 
 CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "paper_b"
@@ -123,11 +124,8 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
             raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
                              "run uses scikit-learn's digits")
         cfg["data_options"] = cfg["data_options"] | {"root": data_root}
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
     device = "cuda" if full and torch.cuda.is_available() else "cpu"
-    try:
+    with torch_threads(cfg.get("threads")):
         task = data.load(cfg["data"], **cfg["data_options"])
         runs = {"BP": run_one(cfg, task, "bp", device, progress)}
         for method in cfg["methods"]:
@@ -146,8 +144,6 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
             if period != cfg["bpm"]["period_epochs"]:
                 runs[f"FF+BPM(K={period} epoch)"] = run_one(cfg, task, "bpm-ff", device, progress,
                                                             period_epochs=period)
-    finally:
-        torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, runs)
     write_json(out / "paper_b.json", {"config": cfg, "device": device, "runs": runs, "summary": summary})
