@@ -127,14 +127,27 @@ def micro_batch_moments(means_h: torch.Tensor, means_t: torch.Tensor, b_prime: i
 
 
 def test_end_coefficient_is_a_lower_confidence_bound():
-    m = random_moments(3, seed=2)
-    cross, norm_sq = torch.tensor([2.0, -1.0, 5.0], dtype=torch.float64), torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
-    got = end_coefficient(cross, norm_sq, m, 16)
-    se = (m.offset_var / 16).sqrt()
-    torch.testing.assert_close(got[:2], cross[:2] / norm_sq[:2] - 2 * se[:2] / norm_sq[:2].sqrt())
+    f64 = lambda *v: torch.tensor(v, dtype=torch.float64)
+    cross, norm_sq, se = f64(2.0, -1.0, 5.0), f64(4.0, 1.0, 0.0), f64(0.5, 0.1, 1.0)
+    got = end_coefficient(cross, norm_sq, se, 20)  # three blocks: level 1 − 0.025/3, t(19) = 2.625
+    torch.testing.assert_close(got[:2], (cross[:2] - 2.6251 * se[:2]) / norm_sq[:2], rtol=1e-4, atol=1e-9)
     assert got[2] == -torch.inf  # no last offset to test
-    noiseless = BlockMoments(*(torch.zeros(1, dtype=torch.float64) for _ in range(6)))
-    assert float(end_coefficient(torch.tensor([3.0]).double(), torch.tensor([4.0]).double(), noiseless, 16)) == 0.75
+    assert float(end_coefficient(f64(3.0), f64(4.0), f64(0.0), 2)) == 0.75  # no noise: c itself
+    # two micro-batches: Student's t with one degree of freedom, 12.7 standard errors
+    assert float(end_coefficient(f64(3.0), f64(1.0), f64(0.2), 2)) == pytest.approx(3.0 - 12.7062 * 0.2, rel=1e-5)
+
+
+def test_end_coefficient_covers_the_truth_at_its_level():
+    """Monte Carlo: for one block the bound lies below the true c in about 97.5 % of refreshes."""
+    g = torch.Generator().manual_seed(7)
+    delta, d_true, n = torch.randn(30, generator=g, dtype=torch.float64), torch.randn(30, generator=g, dtype=torch.float64), 6
+    c_true = float(d_true @ delta / (delta @ delta))
+    below = 0
+    for _ in range(2000):
+        proj = (d_true + 3 * torch.randn(n, 30, generator=g, dtype=torch.float64)) @ delta  # micro-batch projections
+        se = proj.std() / n ** 0.5
+        below += float(end_coefficient(proj.mean()[None], (delta @ delta)[None], se[None], n)) <= c_true
+    assert 0.96 < below / 2000 < 0.99
 
 
 def test_robust_first_refresh_is_the_local_method():

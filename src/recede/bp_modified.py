@@ -242,7 +242,9 @@ class BPModified:
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
         mean gradients over the modified blocks), and per modified block ``sq_h``, ``sq_t``,
-        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time;
+        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T) and ``proj``, ``proj_sq`` (sums of
+        (m_T − m_h)·Δ and its square, Δ the current offset: the held-out test of the last
+        offset, :meth:`_held_out`).  Holds one graph of b' samples at a time;
         besides the offset, the two running sums are the refresh's only parameter-sized memory
         (the second becomes the new offset).
         """
@@ -251,7 +253,7 @@ class BPModified:
                  "samples": torch.zeros((), dtype=torch.float64, device=device),
                  "sum_h": torch.zeros_like(self.offset), "sum_t": torch.zeros_like(self.offset),
                  **{k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
-                    for k in ("sq_h", "sq_t", "prod_ht")}}
+                    for k in ("sq_h", "sq_t", "prod_ht", "proj", "proj_sq")}}
         held = {p: p.grad for p in self.trainable}
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         size = None
@@ -268,6 +270,9 @@ class BPModified:
                 stats["sum_t"] += m_t
                 for k, (u, v) in (("sq_h", (m_h, m_h)), ("sq_t", (m_t, m_t)), ("prod_ht", (m_h, m_t))):
                     stats[k] += _blockwise_dot(u, v, self._sizes)
+                proj = _blockwise_dot(m_t, self.offset, self._sizes) - _blockwise_dot(m_h, self.offset, self._sizes)
+                stats["proj"] += proj
+                stats["proj_sq"] += proj * proj
         finally:
             for p, g in held.items():
                 p.grad = g
@@ -304,7 +309,7 @@ class BPModified:
         if B is None:
             raise ValueError("BPModified needs the training batch size B: pass batch_size= or call backward() first")
         index = torch.tensor(self.modified, dtype=torch.long)
-        check = self._held_out(m, mean_h, mean_t, samples, index) if self.refreshes else None
+        check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
         if self.scaling == "robust":
             a, lam = robust_scalars(m, samples, None if check is None else check["end"])
         elif self.scaling == "paper":
@@ -328,19 +333,21 @@ class BPModified:
                  self.last_stats.cos_all, self.last_stats.cos_local_all)
         return self.last_stats
 
-    def _held_out(self, m: BlockMoments, mean_h: torch.Tensor, mean_t: torch.Tensor, B_prime: int,
-                  index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _held_out(self, m: BlockMoments, mean_h: torch.Tensor, mean_t: torch.Tensor,
+                  stats: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The last refresh's offset Δ and scalars, tested on this refresh's independent samples.
 
         Per block: ``e_dot``, ``e_sq`` — ĝ_end·ḡ_T and ‖ĝ_end‖² for ĝ_end = a ḡ_h + λ Δ, the
         estimator of the last period at its end (mean over this refresh's samples); ``end`` —
-        the lower confidence bound on the best multiplier of Δ at the period's end
-        (:func:`recede.bp_scalars.end_coefficient`, with d̂ = ḡ_T − ḡ_h).
+        the lower confidence bound on the best multiplier of Δ at the period's end, from the n
+        micro-batch projections (m_T − m_h)·Δ (:func:`recede.bp_scalars.end_coefficient`).
         """
         a, lam = self.a[index].to(m.hh), self.lam[index].to(m.hh)
         dh, dt, dd = (_blockwise_dot(self.offset, v, self._sizes) for v in (mean_h, mean_t, self.offset))
+        n = float(stats["count"])
+        spread = ((stats["proj_sq"] - stats["proj"] ** 2 / n) / (n - 1)).clamp_min(0)
         return {"e_dot": a * m.ht + lam * dt, "e_sq": (a * a * m.hh + 2 * a * lam * dh + lam * lam * dd).clamp_min(0),
-                "end": end_coefficient(dt - dh, dd, m, B_prime)}
+                "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n))}
 
     def _report(self, m: BlockMoments, a: torch.Tensor, lam: torch.Tensor, B: int, B_prime: int,
                 K: int, b_prime: int, check: dict[str, torch.Tensor] | None) -> RefreshStats:

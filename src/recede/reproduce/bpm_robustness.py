@@ -9,15 +9,18 @@ BP-modified runs of one task with fresher offsets.  BP-modified runs keep every 
 :class:`~recede.bp_modified.RefreshStats` (a, λ, the error terms, in-sample and held-out
 cosines), from which the report diagnoses why a rule loses.
 
-Writes ``bpm_robustness.json`` (after every run, so a stopped study keeps what it did),
-``results.png``, ``diagnosis.png`` and ``report.md`` under ``out``.
+Writes ``bpm_robustness.json`` after every run, and a study started again on the same folder
+with the same configuration keeps the runs already there (delete a run's entry to redo it);
+then ``results.png``, ``diagnosis.png`` and ``report.md`` under ``out``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +95,15 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     cfg = config or load_config(full)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, dict] = {}
+    saved = out / "bpm_robustness.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    runs: dict[str, dict] = previous.get("runs", {}) if previous.get("config") == cfg else {}
     begin = time.perf_counter()
 
-    def add(key: str, record: dict) -> None:
-        runs[key] = record
+    def add(key: str, run: Callable[[], dict]) -> None:
+        if key in runs:
+            return
+        record = runs[key] = run()
         write_json(out / "bpm_robustness.json", {"config": cfg, "runs": runs})
         if progress:
             state = "diverged" if record["diverged"] else f"{record['metric']:.4g}"
@@ -110,12 +117,12 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
                 for seed in cfg["seeds"]:
                     for method, scaling in [("bp", None), ("ff", None)] + [("bpm-ff", s) for s in cfg["scalings"]]:
                         key = run_key(name, lr, seed, "BP" if method == "bp" else label(scaling))
-                        add(key, run_one(spec, task, method, lr, seed, cfg["regime"], scaling))
+                        add(key, lambda: run_one(spec, task, method, lr, seed, cfg["regime"], scaling))
                     if fresh and fresh["task"] == name and fresh["lr"] == lr:
                         regime = cfg["regime"] | {k: fresh[k] for k in ("period_epochs", "offset_samples")}
                         for scaling in cfg["scalings"]:
                             add(run_key(name, lr, seed, label(scaling, fresh=True)),
-                                run_one(spec, task, "bpm-ff", lr, seed, regime, scaling))
+                                lambda: run_one(spec, task, "bpm-ff", lr, seed, regime, scaling))
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
     write_json(out / "bpm_robustness.json", {"config": cfg, "runs": runs, "summary": summary,
