@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from recede import BlockNet, BPModified, MPC
 from recede.bp_modified import block_moments
-from recede.bp_scalars import fresh_lambda
+from recede.bp_scalars import fresh_lambda, step_cap
 from recede.methods import build_method, parse_method
 from recede.models import build
 from recede.reproduce import torch_threads
@@ -186,7 +186,7 @@ def test_statistics_are_reported_and_logged(float64, caplog):
 
 def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     """Refresh 1: λ = 0 (nothing tested yet).  Refresh 2, on other samples at the same weights:
-    the last offset is tested on them (cos_held_out, end_bound) and λ = min(λ_start, c_lower₊)."""
+    the last offset is tested on them (cos_held_out, end_bound) and λ = min(λ_start, c_lower₊, ‖ḡ_h‖/‖d̂‖)."""
     torch.manual_seed(9)
     net, data = small_net(), classification_data(512, seed=9)
     batches = micro_batches(data, 8)
@@ -200,7 +200,8 @@ def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     torch.testing.assert_close(stats["proj"], offset_t)  # Σ (m_T − m_h)·Δ over micro-batches
     second = method.refresh(batches[32:])
     m, _, _ = block_moments(stats, method._sizes)
-    expected = torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0))
+    expected = torch.minimum(torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0)),
+                             step_cap(m))
     torch.testing.assert_close(method.lam[method.modified], expected)
     assert max(second.lam) > 0.2  # the weights did not move: the offset persists
     # the last estimator was the local gradient (λ = 0), so on the new samples it scores as the local one

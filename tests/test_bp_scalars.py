@@ -1,5 +1,5 @@
 """The scalars of the BP-modified loss (recede.bp_scalars): Paper B's minimiser of E(a, λ) and the
-robust rule (a = 1, λ = min(λ_start, max(0, c_lower)))."""
+robust rule (a = 1, λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖))."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recede.bp_scalars import (BlockMoments, end_coefficient, fresh_lambda, offset_signal, one_step_error,
-                               paper_scalars, robust_scalars)
+                               paper_scalars, robust_scalars, step_cap)
 
 
 def random_moments(n_blocks: int, seed: int) -> BlockMoments:
@@ -171,26 +171,42 @@ def test_robust_falls_back_to_the_local_method_where_the_offset_cannot_help():
 @given(seed=st.integers(0, 10_000), B_prime=st.integers(2, 5000),
        end=st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4))
 def test_robust_scalars_are_bounded(seed, B_prime, end):
-    """a is always 1 (never negative or unbounded); 0 ≤ λ ≤ min(λ_start, max(0, c_lower)) ≤ 1."""
+    """a is always 1 (never negative or unbounded); 0 ≤ λ ≤ min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖) ≤ 1."""
     m = random_moments(4, seed)
     a, lam = robust_scalars(m, B_prime, torch.tensor(end, dtype=torch.float64))
     assert bool((a == 1).all())
     assert bool(((lam >= 0) & (lam <= 1)).all())
     assert bool((lam <= fresh_lambda(m, B_prime) + 1e-15).all())
     assert bool((lam <= torch.tensor(end, dtype=torch.float64).clamp_min(0) + 1e-15).all())
+    assert bool((lam <= step_cap(m) + 1e-15).all())
 
 
 def test_robust_lambda_never_increases_the_period_error():
     """With the bias moving linearly within the period from d_0 to d_K (no noise), λ never exceeds
     the period's best λ*, so E_K(1, λ) ≤ E_K(1, 0) (module docstring)."""
     g = torch.Generator().manual_seed(5)
+    applied = 0
     for _ in range(200):
-        d0, dK = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
-        d0 = d0 * 3
-        m = BlockMoments(torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64), d0 @ d0,
-                         *(torch.zeros((), dtype=torch.float64) for _ in range(3)))  # ḡ_h = 0, ḡ_T = d_0, no noise
+        g_h, d0, dK = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(3))
+        g_h, d0 = g_h * 4, d0 * 3
+        g_t = g_h + d0  # no noise: the measured offset is d_0
+        m = BlockMoments(g_h @ g_h, g_h @ g_t, g_t @ g_t, *(torch.zeros((), dtype=torch.float64) for _ in range(3)))
         end = (dK @ d0) / (d0 @ d0)  # what this offset is worth at the period's end
         _, lam = robust_scalars(m, 64, end)
         steps = [d0 + (dK - d0) * k / 99 for k in range(100)]
         error = lambda l: sum(float(((d - l * d0) ** 2).sum()) for d in steps)
         assert error(float(lam)) <= error(0.0) + 1e-9
+        applied += float(lam) > 0
+    assert applied > 50  # the offset is used where it helps
+
+
+def test_robust_offset_never_outgrows_the_local_gradient():
+    """M2 at lr 0.03 after an early blow-up: the true gradient 1000 times the local one.  Without
+    the cap λ would be ≈ 1 (noiseless, fresh, still valid at the period's end); with it the
+    offset adds at most the local gradient's length."""
+    g_h = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    g_t = g_h + torch.tensor([0.0, 1000.0], dtype=torch.float64)
+    m = BlockMoments((g_h @ g_h)[None], (g_h @ g_t)[None], (g_t @ g_t)[None],
+                     *(torch.zeros(1, dtype=torch.float64) for _ in range(3)))
+    _, lam = robust_scalars(m, 64, torch.ones(1, dtype=torch.float64))
+    assert float(fresh_lambda(m, 64)) == 1 and float(lam) == pytest.approx(1e-3)

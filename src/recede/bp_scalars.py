@@ -45,12 +45,17 @@ probability 97.5 % (Student's t over the n micro-batch projections (m_T − m_h)
 Bonferroni over the blocks; two micro-batches rarely suffice).  If the projection moves monotonically within a period, λ* lies
 between its start and end values, so
 
-    λ = min(λ_start, max(0, c_lower))     (λ = 0 at the first refresh, with nothing to test)
+    λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖)     (λ = 0 at the first refresh, with nothing to test)
 
 does not exceed λ* and hence E_K(λ) ≤ E_K(0): the modified update is never further from the
 true gradient over a period than the local method's.  Where the offset goes stale or overshoots
 within a period (c ≤ 0) or is lost in its noise (D ≤ 0), λ = 0 and the block trains as the
-local method does.
+local method does.  The last term bounds the step, which E_K does not see: the learning rate
+was chosen for the local method's steps, and a step along a true gradient much longer than the
+local one can diverge where the local method does not (M2 at lr 0.03: after an early blow-up
+‖d̂‖ ≈ 1000 ‖ḡ_h‖ on two blocks, λ_start ≈ 0.96 and the run diverged; BP itself diverges
+there).  With λ ‖d̂‖ ≤ ‖ḡ_h‖ the offset at most doubles a block's mean step; lowering λ keeps it
+in [0, λ*].
 
 ``bias`` — Paper B Table 3's ablation: λ = 0, a = a_bias.  ``fixed`` — the caller's a, λ.
 """
@@ -201,12 +206,19 @@ def end_coefficient(cross: torch.Tensor, norm_sq: torch.Tensor, se: torch.Tensor
     return torch.where(norm_sq > 0, bound, torch.full_like(bound, -torch.inf))
 
 
+def step_cap(m: BlockMoments) -> torch.Tensor:
+    """‖ḡ_h‖ / ‖d̂‖: the largest λ whose offset λ d̂ is no longer than the local gradient."""
+    return torch.where(m.offset_sq > 0, (m.hh / m.offset_sq.clamp_min(1e-300)).sqrt(), torch.zeros_like(m.hh))
+
+
 def robust_scalars(m: BlockMoments, B_prime: int,
                    end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """a = 1, λ = min(λ_fresh, max(0, c_end)) (module docstring); λ = 0 at the first refresh.
+    """a = 1, λ = min(λ_fresh, max(0, c_end), ‖ḡ_h‖/‖d̂‖) (module docstring); λ = 0 at the
+    first refresh.
 
     ``end`` is :func:`end_coefficient` of the last offset (None at the first refresh).
     """
     if end is None:
         return torch.ones_like(m.hh), torch.zeros_like(m.hh)
-    return torch.ones_like(m.hh), torch.minimum(fresh_lambda(m, B_prime), end.clamp_min(0))
+    lam = torch.minimum(torch.minimum(fresh_lambda(m, B_prime), end.clamp_min(0)), step_cap(m))
+    return torch.ones_like(m.hh), lam
