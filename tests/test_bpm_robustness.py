@@ -33,13 +33,16 @@ def test_tiny_study_writes_tables_plots_and_verdicts(tmp_path, capsys):
     m2 = next(r for r in result["summary"] if r["task"] == "m2" and r["method"] == "FF")
     assert not m2["higher_is_better"]
     assert result["diagnosis"]["robust"]["a_min"] == result["diagnosis"]["robust"]["a_max"] == 1
+    for scaling in ("paper", "robust"):
+        assert all(-1 <= result["diagnosis"][scaling][k] <= 1 for k in ("cos_in_sample", "cos_held_out", "cos_local"))
     for png in ("results.png", "diagnosis.png"):
         assert (tmp_path / png).stat().st_size > 0
-    # started again on the same folder, it keeps what is there and redoes only a deleted run
+    # started again on the same folder (another plotted run is the same study), it keeps what is
+    # there and redoes only a deleted run
     key = study.run_key("m2", 0.01, 1, "FF+BPM(robust)")
     original = result["runs"].pop(key)
     (tmp_path / "bpm_robustness.json").write_text(json.dumps(result))
-    study.run(tmp_path, progress=True, config=cfg)
+    study.run(tmp_path, progress=True, config=cfg | {"diagnosis": {"task": "m2", "lr": 0.01, "seed": 0}})
     assert capsys.readouterr().out.count("\n") == 1
     again = json.loads((tmp_path / "bpm_robustness.json").read_text())
     assert again["runs"][key]["curve"] == original["curve"]  # deterministic: the same run again

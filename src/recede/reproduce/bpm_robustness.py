@@ -10,7 +10,8 @@ BP-modified runs of one task with fresher offsets.  BP-modified runs keep every 
 cosines), from which the report diagnoses why a rule loses.
 
 Writes ``bpm_robustness.json`` after every run, and a study started again on the same folder
-with the same configuration keeps the runs already there (delete a run's entry to redo it);
+with the same configuration (``diagnosis`` aside) keeps the runs already there (delete a run's
+entry to redo it);
 then ``results.png``, ``diagnosis.png`` and ``report.md`` under ``out``.
 """
 
@@ -97,7 +98,8 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "bpm_robustness.json"
     previous = json.loads(saved.read_text()) if saved.exists() else {}
-    runs: dict[str, dict] = previous.get("runs", {}) if previous.get("config") == cfg else {}
+    same = (previous.get("config", {}) | {"diagnosis": cfg.get("diagnosis")}) == cfg  # it only picks a plot
+    runs: dict[str, dict] = previous.get("runs", {}) if same else {}
     begin = time.perf_counter()
 
     def add(key: str, run: Callable[[], dict]) -> None:
@@ -192,15 +194,20 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
     """Per scaling, over every (refresh, modified block) of every main-regime run: the range of a,
     how often a < 0 or |a| > 10, how often λ > 0, and — of the periods that applied an offset
     (λ > 0) — how often the period's estimator ĝ_end = a ḡ_h + λ Δ was worse than the local
-    gradient at the period's end, on the next refresh's (held-out) samples."""
+    gradient at the period's end, on the next refresh's (held-out) samples.  Over the refreshes
+    that tested a last offset, the mean cosines to ḡ_T (all modified blocks together) of the new
+    estimator on its own samples (``cos_in_sample``), of the last period's estimator at its end
+    on these independent samples (``cos_held_out``) and of the local gradient (``cos_local``)."""
     out = {}
     for scaling in cfg["scalings"]:
         suffix = f" | {label(scaling)}"
-        blocks, tests = [], []
+        blocks, tests, cosines = [], [], []
         for key, record in runs.items():
             if not key.endswith(suffix):
                 continue
             stats = record["refreshes"]
+            cosines += [(s["cos_all"], s["cos_held_out_all"], s["cos_local_all"])
+                        for s in stats if s["cos_held_out_all"] is not None]
             for i, s in enumerate(stats):
                 modified = [t for t in range(len(s["a"])) if s["bias"][t] or s["variance"][t]]
                 blocks += [(s["a"][t], s["lam"][t]) for t in modified]
@@ -213,6 +220,8 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
                         "share_lambda_positive": _share(lam > 0 for _, lam in blocks),
                         "mean_lambda": statistics.fmean(lam for _, lam in blocks) if blocks else None,
                         "offset_periods_tested": len(tests), "share_held_out_worse": _share(tests)}
+        out[scaling] |= {name: statistics.fmean(c[i] for c in cosines) if cosines else None
+                         for i, name in enumerate(("cos_in_sample", "cos_held_out", "cos_local"))}
     return out
 
 
@@ -264,8 +273,8 @@ def plot_diagnosis(cfg: dict, runs: dict[str, dict], path: Path) -> None:
             axes[2].plot([s["step"] for s in tested], [s["cos_held_out_all"] for s in tested], style,
                          color="C3", label=f"{scaling}: held-out cos(ĝ_end, g_T)")
             axes[2].plot(steps, [s["cos_all"] for s in stats], style, color="C2", label=f"{scaling}: in-sample cos(ĝ, g_T)")
-            if scaling == cfg["scalings"][0]:
-                axes[2].plot(steps, [s["cos_local_all"] for s in stats], ":", color="k", label="cos(g_h, g_T)")
+            axes[2].plot(steps, [s["cos_local_all"] for s in stats], style, color="k", lw=0.8,
+                         label=f"{scaling}: local cos(g_h, g_T)")
         axes[0].set(xlabel="step", ylabel="a per block", yscale="symlog",
                     title=f"{d['task']}, lr {d['lr']:g}, seed {d['seed']}: a (— {cfg['scalings'][0]}, -- others)")
         axes[1].set(xlabel="step", ylabel="λ per block", title="λ per block")
@@ -318,11 +327,14 @@ def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
              "## Diagnosis: every refresh of every run above", "",
              markdown_table([{"scaling": s} | d for s, d in diagnosis.items()],
                             ["scaling", "block_refreshes", "a_min", "a_max", "share_a_negative", "share_a_above_10",
-                             "share_lambda_positive", "mean_lambda", "offset_periods_tested", "share_held_out_worse"]), "",
+                             "share_lambda_positive", "mean_lambda", "offset_periods_tested", "share_held_out_worse",
+                             "cos_in_sample", "cos_held_out", "cos_local"]), "",
              "Per (refresh, modified block).  `share_held_out_worse`: of the periods that applied an offset "
              "(λ > 0) and were followed by a refresh, the share whose estimator ĝ_end = a ḡ_h + λ Δ was further "
              "from g_T than the local gradient at the period's end: cos(ĝ_end, g_T) < cos(g_h, g_T) on the next "
-             "refresh's independent samples.", "",
+             "refresh's independent samples.  `cos_*`: mean over refreshes (from the second on) of the cosine to "
+             "ḡ_T, over all modified blocks, of the new estimator on its own samples, of the last period's estimator "
+             "at its end on these independent samples, and of the local gradient.", "",
              "![results](results.png)", "", "![diagnosis](diagnosis.png)", "",
              f"The whole study took {seconds / 60:.1f} min.", ""]
     return "\n".join(text)
