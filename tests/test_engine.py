@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import recede
 from conftest import ARCHITECTURES, Residual, resmlp_independent, resmlp_shared, slow_horizon_gradient
 from recede import MPC, BlockNet, NonFiniteLossError
 
@@ -256,7 +257,7 @@ def test_blocknet_validates_its_parts():
 def test_a_users_sequential_wrapped_in_place():
     torch.manual_seed(11)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh())
-    net = BlockNet.from_sequential(model, nn.Linear(6, 2), nn.MSELoss())
+    net = recede.wrap(model, head=nn.Linear(6, 2), loss_fn=nn.MSELoss())
     assert net.T == 4 and net.blocks[0] is model[0]
     x, y = torch.randn(5, 4), torch.randn(5, 2)
     for h in (1, 2, 4):  # the Tanh blocks have no parameters: only input gradients pass them

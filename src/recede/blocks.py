@@ -115,12 +115,6 @@ class BlockNet(nn.Module):
                 self.depth_loss(x, y, k)
         self.heads_checked = True
 
-    @classmethod
-    def from_sequential(cls, model: nn.Sequential, head: nn.Module | Sequence[nn.Module],
-                        loss_fn: LossFn) -> "BlockNet":
-        """One block per child of ``model``; ``head`` shared, or one per child."""
-        return cls(list(model.children()), head, loss_fn)
-
     def regroup(self, n_stages: int) -> "BlockNet":
         """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).
 
