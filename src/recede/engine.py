@@ -66,7 +66,8 @@ def check_horizon(horizon: object, T: int) -> int:
     """``horizon`` as an int if it is an integer in [1, T] (Python, NumPy or a 0-d tensor),
     else ``ValueError`` naming the range."""
     try:
-        h = None if isinstance(horizon, bool) else operator.index(horizon)
+        scalar = not isinstance(horizon, bool) and not (isinstance(horizon, torch.Tensor) and horizon.dim())
+        h = operator.index(horizon) if scalar else None
     except TypeError:
         h = None
     if h is None or not 1 <= h <= T:
