@@ -224,7 +224,7 @@ class Pipeline:
         self._sent: dict[int, tuple[torch.Size, torch.dtype]] = {}
         self._sends: list = []
         self._grads: dict[nn.Parameter, torch.Tensor] = {}
-        self._losses = torch.zeros(2, self.T, dtype=torch.float64, device=self.device)
+        self._losses: dict[int, list[torch.Tensor]] = {}
         try:
             with torch.enable_grad():
                 for op in self.plan.ops(self.rank, M):
@@ -290,8 +290,7 @@ class Pipeline:
         """Evaluate L(x_k) on micro-batch m, train head k on it, return n_m/B · ∂L/∂x_k."""
         loss = self.net.depth_loss(z_k, self._ys[m], k)
         weight = self._weights[m]
-        self._losses[0, k - 1] += weight * loss.detach().double()
-        self._losses[1, k - 1] = 1
+        self._losses.setdefault(k, []).append(loss.detach() * weight)
         params = self.head_params[k]
         out = torch.autograd.grad(loss * weight, [z_k, *params], allow_unused=True)
         self._accumulate(params, out[1:])
@@ -320,9 +319,15 @@ class Pipeline:
         return c
 
     def _accumulate(self, params: list[nn.Parameter], values: Sequence[torch.Tensor | None]) -> None:
+        """Sum gradients in place into buffers of this step (a copy first: autograd may hand
+        out a tensor that is also the cotangent being carried)."""
         for p, g in zip(params, values):
-            if g is not None:
-                self._grads[p] = self._grads[p] + g if p in self._grads else g
+            if g is None:
+                continue
+            if p in self._grads:
+                self._grads[p].add_(g)
+            else:
+                self._grads[p] = g.clone()
 
     # -- messages ----------------------------------------------------------------------------
     #
@@ -408,10 +413,13 @@ class Pipeline:
 
     def _reduce_losses(self) -> dict[int, float]:
         """Share every depth's loss; raise NonFiniteLossError everywhere if one is not finite."""
+        table = torch.zeros(2, self.T, dtype=torch.float64, device=self.device)
+        for k, parts in self._losses.items():
+            table[0, k - 1], table[1, k - 1] = torch.stack(parts).double().sum(), 1
         if self.distributed:
             with _peer("the all-reduce of the step's losses"):
-                dist.all_reduce(self._losses)
-        values, evaluated = self._losses.cpu()
+                dist.all_reduce(table)
+        values, evaluated = table.cpu()
         losses = {k + 1: float(v) for k, (v, e) in enumerate(zip(values, evaluated)) if e}
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
@@ -421,7 +429,7 @@ class Pipeline:
 
     def _write_grads(self) -> None:
         """Sum the shared parameters' gradients over the ranks, then add every gradient into
-        ``.grad`` (never letting two parameters share one tensor)."""
+        ``.grad`` (each buffer is this step's own, so none is shared)."""
         if self.shared:
             flat = torch.cat([self._grads.get(p, torch.zeros_like(p)).reshape(-1) for p in self.shared])
             with _peer("the all-reduce of shared parameters' gradients"):
@@ -430,12 +438,8 @@ class Pipeline:
             for p, part in zip(self.shared, flat.split([p.numel() for p in self.shared])):
                 if id(p) in own:
                     self._grads[p] = part.view_as(p)
-        taken: set[int] = set()
         for p, g in self._grads.items():
             if p.grad is not None:
                 p.grad.add_(g)
-                continue
-            if id(g) in taken:
-                g = g.clone()
-            taken.add(id(g))
-            p.grad = g
+            else:
+                p.grad = g
