@@ -8,7 +8,10 @@ whole batch, in float64.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +26,7 @@ from recede import distributed
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
 from recede.checkpoint import read, restore, save
+from recede.cli import main
 from recede.distributed import RankFailure
 from recede.engine import MPC, NonFiniteLossError
 from recede.pipeline import Pipeline, Plan, balanced_sizes, even_sizes, simulate
@@ -127,9 +131,10 @@ def _bp_modified(world: int) -> dict:
 def _resume(folder: Path) -> dict:
     """4 steps of BP-modified MPC(h=2) with dropout and Adam, straight and as 2 + checkpoint + 2."""
     batches = [_data(seed=20 + i) for i in range(4)]
+    rank = torch.distributed.get_rank()
 
     def run(steps: range, load: Path | None = None, store: Path | None = None) -> list[torch.Tensor]:
-        torch.manual_seed(1234 + dist_rank())
+        torch.manual_seed(1234 + rank)
         net = _net(dropout=0.2)
         pipe = Pipeline(net, 2, M, sizes=(2, 4))
         method = pipe.bp_modified(period=2, offset_samples=4, micro_batch=2,
@@ -148,15 +153,11 @@ def _resume(folder: Path) -> dict:
         return [p.detach().clone() for p in pipe.parameters()]
 
     straight = run(range(4))
-    path = folder / f"stage{dist_rank()}.pt"
+    path = folder / f"stage{rank}.pt"
     run(range(2), store=path)
     torch.manual_seed(999)  # the checkpoint's RNG state must win over this
     resumed = run(range(2, 4), load=path)
     return {"straight": straight, "resumed": resumed}
-
-
-def dist_rank() -> int:
-    return torch.distributed.get_rank()
 
 
 def _peer_fails(how: str) -> dict:
@@ -184,7 +185,7 @@ def _non_finite() -> dict:
     try:
         pipe.backward(torch.full_like(x, float("nan")), y)
     except NonFiniteLossError as err:
-        return {"error": None, "message": str(err), "grads": _grads(net)}
+        return {"message": str(err), "grads": _grads(net)}
     return {"message": None}
 
 
@@ -196,8 +197,9 @@ def _worker(rank: int, world: int, port: int, out: Path, scenario: str, timeout:
         distributed.init_from_env("gloo", timeout=timeout)
         if scenario == "all":
             result = {"exact": _exact(world), "bpm": _bp_modified(world)}
-            if world == 2:
-                result |= {"resume": _resume(out), "non-finite": _non_finite()}
+            if world == 2:  # last: recede train's pipeline ends with leaving the group
+                result |= {"resume": _resume(out), "non-finite": _non_finite(),
+                           "cli": (main([*TRAIN, "--pipeline", "2", "--out", str(out / "cli")]), out / "cli")}
         else:
             result = _peer_fails(scenario)
     except BaseException as err:  # reported by the test, which reads the file
@@ -231,7 +233,7 @@ def _spawn(scenario: str, world: int, out: Path, timeout: float = 30.0,
     results = {rank: torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world)
                if (out / f"rank{rank}.pt").exists()}
     for rank, result in results.items():
-        assert "error" not in result or result["error"] is None, f"rank {rank} failed:\n{result['error']}"
+        assert "error" not in result, f"rank {rank} failed:\n{result['error']}"
     return results
 
 
@@ -269,10 +271,9 @@ def test_stages_fill_grad_like_mpc_on_the_whole_batch(ranks, world, kind, h, dou
         want = _untied_reference(h, double, x, y)
     else:
         net = _net(kind)
-        MPC(net, h, double).backward(x, y)
-        want = _grads(net)
-        reference = MPC(_net(kind), h, double)
+        reference = MPC(net, h, double)
         loss = reference.backward(x, y)
+        want = _grads(net)
     got = _merged(ranks[world], lambda r: r["exact"][kind, h, double]["grads"])
     _assert_close(got, want)
     for rank in range(world):
@@ -406,3 +407,49 @@ def test_bad_input_is_named():
         Plan((3, 0, 3), 1)
     with pytest.raises(ValueError, match="stages"):
         balanced_sizes([1.0, 2.0], 3)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+TRAIN = ["train", "--model", "resmlp", "--model-opt", "depth=4", "--data", "trig", "--data-opt", "n=160",
+         "--data-opt", "n_test=40", "--epochs", "2", "--batch-size", "20", "--method", "mpc:2",
+         "--method", "bpm-ff", "--no-progress"]
+
+
+def _same_training(pipe: Path, one: Path) -> None:
+    """Two stages reach the epoch losses of one process (float32)."""
+    pipe, one = (json.loads((d / "metrics.json").read_text())["history"] for d in (pipe, one))
+    assert sorted(pipe) == sorted(one) == ["FF+BPM", "MPC(h=2)"]
+    for label in one:
+        assert len(pipe[label]) == len(one[label]) == 2
+        for a, b in zip(pipe[label], one[label]):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+            assert a["test"]["loss"] == pytest.approx(b["test"]["loss"], abs=1e-5)
+
+
+def test_recede_train_pipeline_trains_like_one_process(ranks, tmp_path):
+    """``recede train --pipeline 2`` as the ranks ran it (in the group the tests forked)."""
+    (code, pipe), (other, _) = ranks[2][0]["cli"], ranks[2][1]["cli"]
+    assert code == other == 0
+    assert main([*TRAIN, "--out", str(tmp_path)]) == 0
+    _same_training(pipe, tmp_path)
+    names = sorted(p.name for p in (pipe / "checkpoints").iterdir())
+    assert names == ["ff-bpm.stage0.pt", "ff-bpm.stage1.pt", "mpc-h-2.stage0.pt", "mpc-h-2.stage1.pt"]
+
+
+@pytest.mark.slow
+def test_recede_train_pipeline_2_launches_torchrun(tmp_path):
+    env = os.environ | {"PYTHONPATH": str(Path(distributed.__file__).parents[1])}
+    command = [sys.executable, "-m", "recede", *TRAIN, "--pipeline", "2", "--out", str(tmp_path / "pipe")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main([*TRAIN, "--out", str(tmp_path / "one")]) == 0
+    _same_training(tmp_path / "pipe", tmp_path / "one")
+
+
+@pytest.mark.parametrize("extra, message", [(["--method", "loco:2"], "--pipeline trains"),
+                                            (["--nproc", "2"], "cannot be combined")])
+def test_recede_train_pipeline_names_what_it_cannot_do(tmp_path, capsys, extra, message):
+    assert main([*TRAIN, "--pipeline", "2", *extra, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -205,6 +205,20 @@ class Pipeline:
                           double=self.double, engines=(self, exact), blocks=range(self.a, self.b),
                           **options)
 
+    def gather_parameters(self) -> None:
+        """Copy every stage's parameters and buffers from the rank that trains them to every
+        rank, so that each holds the whole current net (to evaluate or save it whole)."""
+        if not self.distributed:
+            return
+        with torch.no_grad(), _peer("gathering the stages' parameters"):
+            for r in range(self.plan.stages):
+                a, b = self.plan.bounds(r)
+                modules = [*self.net.blocks[a:b], *(self.net.head(c.depth) for c in self.plan.local(r))]
+                for tensor in (t for module in modules for t in [*module.parameters(), *module.buffers()]):
+                    buffer = tensor.detach().to(self.device)
+                    dist.broadcast(buffer, src=r)
+                    tensor.copy_(buffer)
+
     def backward(self, x: torch.Tensor | None, y: torch.Tensor) -> float:
         """One pipeline step on the batch (x, y): accumulate g_h into this stage's ``.grad``
         and return the batch's final loss L(x_T) on every rank.
