@@ -82,6 +82,7 @@ def forward_times(net: BlockNet, x: torch.Tensor, repeats: int = 3) -> list[floa
 
 
 def _unique(params: Iterator[nn.Parameter]) -> list[nn.Parameter]:
+    """The trainable ones of ``params``, each once, in order."""
     seen, out = set(), []
     for p in params:
         if p.requires_grad and id(p) not in seen:
@@ -149,12 +150,18 @@ class Pipeline:
         self.shared = self._shared_parameters()
         self._forward_links, self._backward_links = self._links(timeout)
         self.last_user = self.plan.last_user()
+        self._local = {c.depth: c for c in self.plan.local(self.rank)}
+        self._up, self._down = self.plan.up(self.rank), self.plan.down(self.rank)
+        self._down_in_forward = bool(self._down) and self.plan.sends_in_forward(self.rank)
+        self._ops: dict[int, list] = {}  # micro-batch count -> this rank's operations
         self.last_losses: dict[int, float] = {}
         self.last_timing = StepTiming(0.0, 0.0)
         if self.shared:  # every rank starts from rank 0's copy of what the stages share
             with torch.no_grad(), _peer("broadcasting shared parameters"):
                 for p in self.shared:
-                    dist.broadcast(p.data, src=0)
+                    buffer = p.detach().to(self.device)
+                    dist.broadcast(buffer, src=0)
+                    p.copy_(buffer)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -241,7 +248,9 @@ class Pipeline:
         self._losses: dict[int, list[torch.Tensor]] = {}
         try:
             with torch.enable_grad():
-                for op in self.plan.ops(self.rank, M):
+                if M not in self._ops:
+                    self._ops[M] = self.plan.ops(self.rank, M)
+                for op in self._ops[M]:
                     self._forward(op.m) if op.kind == "F" else self._backward(op.m)
             for _, work, _, what in self._sends:
                 with _peer(what):
@@ -260,11 +269,10 @@ class Pipeline:
         if self.rank == 0:
             z = self._xs[m].to(self.device)
         else:
-            z = self._recv_activation(m).requires_grad_(bool(self.plan.down(self.rank)))
+            z = self._recv_activation(m).requires_grad_(bool(self._down))
         tick = time.perf_counter()
         window = self._windows[m] = {}
         outgoing = self._outgoing[m] = []
-        chains = {c.depth: c for c in self.plan.local(self.rank)}
         for t in range(self.a, self.b):
             out = self.net.blocks[t](z)
             window[t] = (z, out)
@@ -273,7 +281,7 @@ class Pipeline:
                 self._busy += time.perf_counter() - tick
                 self._send_activation(z.detach(), m)
                 tick = time.perf_counter()
-            chain = chains.get(t + 1)
+            chain = self._local.get(t + 1)
             if chain is not None:
                 c = self._carry(window, chain, self._depth_gradient(z, m, t + 1), t + 1)
                 if chain.lowest < self.a:
@@ -281,21 +289,20 @@ class Pipeline:
         self._busy += time.perf_counter() - tick
         if not window:
             del self._windows[m]
-        if self.plan.down(self.rank) and self.plan.sends_in_forward(self.rank):
+        if self._down_in_forward:
             self._send_cotangents(m)
 
     def _backward(self, m: int) -> None:
         """B(m): carry the cotangents of the chains that cross b_r through this stage."""
-        up = self.plan.up(self.rank)
-        cotangents = self._recv_cotangents(m, len(up))
+        cotangents = self._recv_cotangents(m, len(self._up))
         tick = time.perf_counter()
         window = self._windows[m]
-        for chain, c in zip(up, cotangents.unbind(0)):
+        for chain, c in zip(self._up, cotangents.unbind(0)):
             c = self._carry(window, chain, c, self.b)
             if chain.lowest < self.a:
                 self._outgoing[m].append(c)
         self._busy += time.perf_counter() - tick
-        if self.plan.down(self.rank) and not self.plan.sends_in_forward(self.rank):
+        if self._down and not self._down_in_forward:
             self._send_cotangents(m)
         if not window:
             del self._windows[m]
@@ -445,7 +452,8 @@ class Pipeline:
         """Sum the shared parameters' gradients over the ranks, then add every gradient into
         ``.grad`` (each buffer is this step's own, so none is shared)."""
         if self.shared:
-            flat = torch.cat([self._grads.get(p, torch.zeros_like(p)).reshape(-1) for p in self.shared])
+            flat = torch.cat([self._grads.get(p, torch.zeros_like(p)).reshape(-1).to(self.device)
+                              for p in self.shared])
             with _peer("the all-reduce of shared parameters' gradients"):
                 dist.all_reduce(flat)
             own = {id(p) for p in self.parameters()}
