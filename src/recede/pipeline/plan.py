@@ -22,9 +22,10 @@ micro-batch, at the end of F(m) when all of them start on rank r, else at the en
 in the tick where its message is sent, tick m + r + 1 + δ_{r+1}, where δ_r = 0 if rank r
 sends its cotangents in F and δ_{r+1} + 1 if it must wait for rank r+1's.  Within a tick the
 F operations come first, then the B operations from the last rank down.  Every rank executes
-its operations in this global order, and every message is sent before (in that order) it is
-received, so the pipeline cannot deadlock even with blocking sends, and the two ends of every
-link post their messages in the same order (what NCCL needs).  :func:`simulate` replays a
+its operations in this global order and every message is sent before (in that order) it is
+received, so with asynchronous sends and blocking receives no rank can wait for ever: the
+rank that the earliest pending receive waits for is never itself waiting.  Each direction of
+a link carries its micro-batches in order.  :func:`simulate` replays a
 schedule with SPEC §2's unit costs (forward = input-VJP = weight gradient = 1 per block) to
 give the bubble fraction and the live activations per rank.
 """
