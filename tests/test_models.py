@@ -9,7 +9,7 @@ from torch import nn
 
 from recede.engine import MPC
 from recede.methods import build_method
-from recede.models import available, build, wrap
+from recede.models import available, build
 
 timm = pytest.importorskip("timm")
 pytest.importorskip("peft")
@@ -197,14 +197,13 @@ def test_weights_errors_name_the_problem(tmp_path):
         load_weights(model, path)
 
 
-def test_wrap_user_sequential_holds_its_children():
+def test_registry_sequential_is_recede_wrap():
     seq = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
     head = nn.Linear(4, 2)
-    net = wrap(seq, head, nn.CrossEntropyLoss())
-    assert net.T == 2 and net.blocks[1] is seq[1] and net.head(1) is head
-    assert build("sequential", model=seq, head=[nn.Linear(4, 2), head]).head(2) is head
-    with pytest.raises(ValueError, match="nn.Sequential"):
-        wrap(nn.Linear(3, 4), head, nn.CrossEntropyLoss())
+    net = build("sequential", model=seq, head=[nn.Linear(4, 2), head])
+    assert net.T == 2 and net.blocks[1] is seq[1] and net.head(2) is head
+    with pytest.raises(ValueError, match="needs an nn.Sequential, got Linear"):
+        build("sequential", model=nn.Linear(3, 4), head=head)
 
 
 def test_core_package_imports_without_the_models_extra():

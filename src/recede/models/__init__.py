@@ -51,4 +51,3 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
 
 
 from recede.models import mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)
-from recede.models.sequential import wrap  # noqa: E402,F401
