@@ -405,6 +405,10 @@ def test_bad_input_is_named():
         Pipeline(_net(), 1, 2, sizes=(2, 2))
     with pytest.raises(ValueError, match="stage sizes"):
         Plan((3, 0, 3), 1)
+    scaler = torch.amp.GradScaler("cpu")
+    assert scaler.is_enabled()
+    with pytest.raises(ValueError, match="GradScaler"):
+        Pipeline(_net(), 1, 2).backward(*_data(), scaler=scaler)
     with pytest.raises(ValueError, match="stages"):
         balanced_sizes([1.0, 2.0], 3)
 

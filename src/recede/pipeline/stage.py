@@ -37,7 +37,7 @@ from torch import nn
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
 from recede.distributed import RankFailure
-from recede.engine import NonFiniteLossError, check_horizon
+from recede.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
 from recede.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -226,13 +226,30 @@ class Pipeline:
                     dist.broadcast(buffer, src=r)
                     tensor.copy_(buffer)
 
-    def backward(self, x: torch.Tensor | None, y: torch.Tensor) -> float:
+    def backward(self, x: torch.Tensor | None, y: torch.Tensor, *,
+                 scaler: torch.amp.GradScaler | None = None) -> float:
         """One pipeline step on the batch (x, y): accumulate g_h into this stage's ``.grad``
         and return the batch's final loss L(x_T) on every rank.
 
         Every rank passes the same targets ``y``; only rank 0 reads ``x``.
         ``self.last_losses`` then maps each evaluated depth k to L(x_k).
         """
+        step = self.gradients(x, y, scaler=scaler)
+        write_grads(step.total())
+        return float(step.losses[self.T])
+
+    def gradients(self, x: torch.Tensor | None, y: torch.Tensor, *,
+                  scaler: torch.amp.GradScaler | None = None, per_use: bool = True) -> StepGradients:
+        """One pipeline step without touching ``.grad``, as :meth:`recede.MPC.gradients`: this
+        stage's blocks' and heads' gradients per use, and every depth's loss on every rank.
+
+        Uses are always kept apart (``per_use`` is accepted for the engine's signature).  The
+        returned object's ``total()`` sums the parameters shared between ranks over the ranks,
+        a collective: call it once per step on every rank.  Raises
+        :class:`~recede.engine.NonFiniteLossError` on every rank when a loss is not finite.
+        """
+        if scaler is not None and scaler.is_enabled():
+            raise ValueError("the pipeline does not support a GradScaler yet; train it in float32 or bfloat16")
         start = time.perf_counter()
         self._busy = 0.0
         n = len(y)
@@ -244,8 +261,8 @@ class Pipeline:
         self._outgoing: dict[int, list[torch.Tensor]] = {}
         self._sent: dict[int, tuple[torch.Size, torch.dtype]] = {}
         self._sends: list = []
-        self._grads: dict[nn.Parameter, torch.Tensor] = {}
         self._losses: dict[int, list[torch.Tensor]] = {}
+        step = self._step = _StageGradients([{} for _ in range(self.T)], stage=self)
         try:
             with torch.enable_grad():
                 if M not in self._ops:
@@ -255,12 +272,11 @@ class Pipeline:
             for _, work, _, what in self._sends:
                 with _peer(what):
                     work.wait()
-            losses = self._reduce_losses()
-            self._write_grads()
+            step.losses = self._reduce_losses()
         finally:
-            self._windows, self._outgoing, self._sends, self._grads, self._sent = {}, {}, [], {}, {}
+            self._windows, self._outgoing, self._sends, self._sent, self._step = {}, {}, [], {}, None
         self.last_timing = StepTiming(time.perf_counter() - start, self._busy)
-        return losses[self.T]
+        return step
 
     # -- the two operations of plan.py -------------------------------------------------------
 
@@ -274,7 +290,7 @@ class Pipeline:
         window = self._windows[m] = {}
         outgoing = self._outgoing[m] = []
         for t in range(self.a, self.b):
-            out = self.net.blocks[t](z)
+            out = self.net.run_block(t, z)
             window[t] = (z, out)
             z = out.detach().requires_grad_()
             if t == self.b - 1 and self.rank < self.plan.stages - 1:
@@ -314,7 +330,7 @@ class Pipeline:
         self._losses.setdefault(k, []).append(loss.detach() * weight)
         params = self.head_params[k]
         out = torch.autograd.grad(loss * weight, [z_k, *params], allow_unused=True)
-        self._accumulate(params, out[1:])
+        _accumulate(self._step.heads, params, out[1:])
         return out[0] if out[0] is not None else torch.zeros_like(z_k)
 
     def _carry(self, window: dict, chain: Chain, c: torch.Tensor, top: int) -> torch.Tensor:
@@ -332,23 +348,12 @@ class Pipeline:
                 if want_input:
                     c = grads[0] if grads[0] is not None else torch.zeros_like(z)
                     grads = grads[1:]
-                self._accumulate(params, grads)
+                _accumulate(self._step.blocks[j], params, grads)
             elif want_input:
                 c = torch.zeros_like(z)
             if release:
                 del window[j]
         return c
-
-    def _accumulate(self, params: list[nn.Parameter], values: Sequence[torch.Tensor | None]) -> None:
-        """Sum gradients in place into buffers of this step (a copy first: autograd may hand
-        out a tensor that is also the cotangent being carried)."""
-        for p, g in zip(params, values):
-            if g is None:
-                continue
-            if p in self._grads:
-                self._grads[p].add_(g)
-            else:
-                self._grads[p] = g.clone()
 
     # -- messages ----------------------------------------------------------------------------
     #
@@ -432,7 +437,7 @@ class Pipeline:
 
     # -- end of step -------------------------------------------------------------------------
 
-    def _reduce_losses(self) -> dict[int, float]:
+    def _reduce_losses(self) -> dict[int, torch.Tensor]:
         """Share every depth's loss; raise NonFiniteLossError everywhere if one is not finite."""
         table = torch.zeros(2, self.T, dtype=torch.float64, device=self.device)
         for k, parts in self._losses.items():
@@ -441,27 +446,48 @@ class Pipeline:
             with _peer("the all-reduce of the step's losses"):
                 dist.all_reduce(table)
         values, evaluated = table.cpu()
-        losses = {k + 1: float(v) for k, (v, e) in enumerate(zip(values, evaluated)) if e}
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        losses = {k + 1: v for k, (v, e) in enumerate(zip(values, evaluated)) if e}
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; no .grad was modified")
-        self.last_losses = losses
+        self.last_losses = {k: float(v) for k, v in losses.items()}
         return losses
 
-    def _write_grads(self) -> None:
-        """Sum the shared parameters' gradients over the ranks, then add every gradient into
-        ``.grad`` (each buffer is this step's own, so none is shared)."""
-        if self.shared:
-            flat = torch.cat([self._grads.get(p, torch.zeros_like(p)).reshape(-1).to(self.device)
-                              for p in self.shared])
-            with _peer("the all-reduce of shared parameters' gradients"):
-                dist.all_reduce(flat)
-            own = {id(p) for p in self.parameters()}
-            for p, part in zip(self.shared, flat.split([p.numel() for p in self.shared])):
-                if id(p) in own:
-                    self._grads[p] = part.view_as(p)
-        for p, g in self._grads.items():
-            if p.grad is not None:
-                p.grad.add_(g)
-            else:
-                p.grad = g
+    def sum_shared(self, grads: dict[nn.Parameter, torch.Tensor]) -> None:
+        """Replace the gradient of each parameter shared between ranks by its sum over the
+        ranks (SPEC §1), in place; every rank must call it at the same point."""
+        if not self.shared:
+            return
+        flat = torch.cat([grads.get(p, torch.zeros_like(p)).reshape(-1).to(self.device) for p in self.shared])
+        with _peer("the all-reduce of shared parameters' gradients"):
+            dist.all_reduce(flat)
+        own = {id(p) for p in self.parameters()}
+        for p, part in zip(self.shared, flat.split([p.numel() for p in self.shared])):
+            if id(p) in own:
+                grads[p] = part.view_as(p)
+
+
+@dataclass
+class _StageGradients(StepGradients):
+    """A stage's :class:`~recede.engine.StepGradients`; ``total()`` adds the other ranks' uses
+    of shared parameters (a collective)."""
+
+    stage: Pipeline | None = None
+
+    def total(self) -> dict[nn.Parameter, torch.Tensor]:
+        grads = super().total()
+        self.stage.sum_shared(grads)
+        return grads
+
+
+def _accumulate(into: dict[nn.Parameter, torch.Tensor], params: list[nn.Parameter],
+                values: Sequence[torch.Tensor | None]) -> None:
+    """Sum gradients in place into this step's buffers (a copy first: autograd may hand out a
+    tensor that is also the cotangent being carried)."""
+    for p, g in zip(params, values):
+        if g is None:
+            continue
+        if p in into:
+            into[p].add_(g)
+        else:
+            into[p] = g.clone()
