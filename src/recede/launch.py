@@ -39,7 +39,7 @@ from pathlib import Path
 from recede.distributed import RankFailure, free_port
 from recede.engine import NonFiniteLossError
 
-GRACE_S = 1.0
+GRACE_S = 0.5
 """After a rank fails, how long the others may take to end on their own before they are killed."""
 POLL_S = 0.05
 _LINE = re.compile(r"^recede \w+: (?:(error|stopped|failed): (.*)|(interrupted))$")
@@ -66,10 +66,14 @@ class _Rank:
 
     def failed(self) -> bool:
         code = self.process.poll()
-        return code not in (None, 0) or (code is None and self.said() is not None)
+        return code not in (None, 0) or (code is None and (self.said() is not None or self.crashed()))
 
     def done(self) -> bool:
-        return self.process.poll() is not None or self.said() is not None
+        """Exited, said its closing line, or crashed (a traceback, maybe still tearing down)."""
+        return self.process.poll() is not None or self.said() is not None or self.crashed()
+
+    def crashed(self) -> bool:
+        return "Traceback (most recent call last)" in self.log.read_text(errors="replace")
 
 
 def _die_with_parent() -> None:
