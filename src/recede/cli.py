@@ -18,7 +18,7 @@ from pathlib import Path
 from recede import distributed, preflight
 from recede.bench import add_bench_parser
 from recede.compare import add_compare_parser
-from recede.config import Parser, add_config_option, int_range, parse_with_config, resolved
+from recede.config import Parser, add_config_option, int_range, parse_with_config, resolved, subcommands
 from recede.demo import add_demo_parser
 from recede.engine import NonFiniteLossError
 from recede.launch import launch
@@ -132,11 +132,11 @@ def _fail(command: str, kind: str, err: BaseException, status: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    command = "recede"
     argv = sys.argv[1:] if argv is None else list(argv)
+    name = next((a for a in argv if a in subcommands(parser)), None)
+    command = f"recede {name}" if name else "recede"  # for errors before the parse ends
     try:
         args = parse_with_config(parser, argv)
-        command = f"recede {args.command}"
         args.argv = argv  # recede train --nproc N starts itself again in N processes
         args.resolved = resolved(parser, args)  # what preflight.start writes to config.yaml
         preflight.check_out(args)

@@ -40,7 +40,12 @@ _NOT_OPTIONS = {"help", "command", "run", CONFIG_DEST}
 
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE`` (exit 2); the
-    usage is printed too only when a required argument is missing."""
+    usage is printed too only when a required argument is missing.  Options are not
+    abbreviated (``--c`` is not ``--config``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("the following arguments are required"):
@@ -187,7 +192,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     name = next((a for a in argv if a in subs), None)
     defaults: dict[str, Any] = {}
     if name is not None:
-        pre = argparse.ArgumentParser(add_help=False)
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", dest=CONFIG_DEST, default=None)
         path = pre.parse_known_args(argv[argv.index(name) + 1:])[0].config
         if path is not None:
@@ -264,7 +269,8 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
 def _one(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, (list, dict)):
         many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
-        wanted = f"a list of {action.metavar or 'value'} items" if many else "one value"
+        wanted = (f"a list of {action.metavar} items" if action.metavar else "a list of values") \
+            if many else "one value"
         raise ValueError(f"{where} takes {wanted}, got {value!r}")
     text = value if isinstance(value, str) else str(value)
     if action.type is None:

@@ -82,10 +82,10 @@ def check_out(args: argparse.Namespace) -> None:
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, "
                          "or replace it")
+    if getattr(args, "out", None) is not None and not str(args.out).strip():
+        raise ValueError("--out is empty; name a results folder")
     if folder is None or not writes_files():
         return
-    if not str(folder).strip():
-        raise ValueError("--out is empty; name a results folder")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file, not a folder")
     existing = folder.absolute()
@@ -221,13 +221,13 @@ def probe(net: BlockNet, task: data.Task, device: torch.device, what: str = "the
     train/eval mode put back."""
     from recede.train import batches
 
-    x, y = next(iter(batches(task.train, 2)))
-    x, y = x.to(device), y.to(device)
     modes = {m: m.training for m in net.modules()}
     devices = [device] if device.type == "cuda" else []
-    where = f"{what} does not fit dataset {task.name!r} (inputs {tuple(x.shape[1:])}, {task.kind})"
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), warnings.catch_warnings():
+            x, y = next(iter(batches(task.train, 2)))  # a DataLoader draws a seed: inside the fork
+            x, y = x.to(device), y.to(device)
+            where = f"{what} does not fit dataset {task.name!r} (inputs {tuple(x.shape[1:])}, {task.kind})"
             net.eval()
             for k, block in enumerate(net.blocks, start=1):
                 warnings.simplefilter("ignore")

@@ -8,6 +8,7 @@ internet, so weights come from a file the user supplies: a PyTorch/timm state di
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,10 +27,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it fails
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: name it, not a pickle traceback
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path} cannot be read as a state dict: {message}") from None
+        message = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ValueError(f"{path} cannot be read as a state dict ({type(err).__name__}: {message})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
