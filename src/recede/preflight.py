@@ -214,36 +214,25 @@ def build_model(name: str, task: data.Task, options: dict[str, Any], device: tor
 
 
 def probe(net: BlockNet, task: data.Task, device: torch.device, what: str = "the model") -> None:
-    """Check that ``net`` accepts ``task``: two training samples through every block, every
-    head and the loss; a loss that warns about mismatched sizes (PyTorch's losses broadcast
-    with a warning) does not fit either.  Without side effects: in eval mode (BatchNorm
-    statistics stay), without gradients, with the RNG state restored and each module's
-    train/eval mode put back."""
+    """Check that ``net`` accepts ``task``: two training samples through every block, head and
+    the loss by :meth:`BlockNet.check <recede.blocks.BlockNet.check>`, which has no side
+    effects (eval mode, no gradients; buffers, RNG state and modes as before).  A loss that
+    warns about mismatched sizes (PyTorch's losses broadcast with a warning) does not fit
+    either.  The batch is drawn inside a forked RNG too (a DataLoader draws a seed)."""
     from recede.train import batches
 
-    modes = {m: m.training for m in net.modules()}
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), warnings.catch_warnings():
-            x, y = next(iter(batches(task.train, 2)))  # a DataLoader draws a seed: inside the fork
-            x, y = x.to(device), y.to(device)
-            where = f"{what} does not fit dataset {task.name!r} (inputs {tuple(x.shape[1:])}, {task.kind})"
-            net.eval()
-            for k, block in enumerate(net.blocks, start=1):
-                warnings.simplefilter("ignore")
-                try:
-                    x = block(x)
-                except Exception as err:  # any failure of a block on the data is a mismatch
-                    raise ValueError(f"{where}: block {k - 1} fails on inputs of shape "
-                                     f"{tuple(x.shape)}: {first_line(err)}") from None
-                warnings.simplefilter("error", UserWarning)
-                try:
-                    net.depth_loss(x, y, k)
-                except (ValueError, UserWarning) as err:
-                    raise ValueError(f"{where}: depth {k}: {first_line(err)}") from None
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x, y = next(iter(batches(task.train, 2)))
+        where = f"{what} does not fit dataset {task.name!r} (inputs {tuple(x.shape[1:])}, {task.kind})"
+        try:
+            net.check(x.to(device), y.to(device))
+        except Exception as err:  # any failure on the data is a mismatch of model and data
+            raise ValueError(f"{where}: {first_line(err)}") from None
+    sizes = [w for w in caught if "target size" in str(w.message)]
+    if sizes:
+        raise ValueError(f"{where}: {first_line(sizes[0].message)}")
 
 
 def load_state(net: torch.nn.Module, path: str | Path, option: str) -> None:
