@@ -220,14 +220,13 @@ def _pick(command: str, *tokens: str) -> tuple[list[str], str]:
     return next(c for c in CASES if c[0][0] == command and all(t in c[0] for t in tokens))
 
 
-# one case of each distinct path also runs as `python -m recede`: argparse, config file, model
-# option type, builder failure, model/data probe, device, output folder, resume, weights,
-# reproduce's data folder, the subcommand name, and the --nproc launcher's own check
+# one case of each distinct path also runs as `python -m recede`: argparse, the config file, a
+# model option's type, the model/data probe, the results folder, resume, a weights file,
+# reproduce's data folder, and the --nproc launcher's own check
 SUB_CASES = [_pick("train", "--epochs", "0"), _pick("train", "--config", "{files}/invalid.yaml"),
-             _pick("train", "width=abc"), _pick("bench", "width=-3"), _pick("select", "resnet62"),
-             _pick("compare", "foo"), _pick("demo", "{good}"), _pick("train", "{new}"),
-             _pick("select", "{files}/garbage.pt"), _pick("reproduce", "paper-b"),
-             _pick("trian"), _pick("train", "--nproc", "2")]
+             _pick("train", "width=abc"), _pick("select", "resnet62"), _pick("demo", "{good}"),
+             _pick("train", "{new}"), _pick("select", "{files}/garbage.pt"),
+             _pick("reproduce", "paper-b"), _pick("train", "--nproc", "2")]
 
 
 def _id(i: int, argv: list[str]) -> str:
