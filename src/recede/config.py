@@ -147,7 +147,7 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (tuple, list) or (origin is not None and origin is Sequence):
+    if origin in (tuple, list, Sequence):
         if not isinstance(value, (tuple, list)):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -162,7 +162,7 @@ def _describe(hint: Any, plural: bool = False) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a, plural) for a in args)
-    if origin in (tuple, list) or (origin is not None and origin is Sequence):
+    if origin in (tuple, list, Sequence):
         return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
     names = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
              str: ("a string", "strings"), bool: ("true or false", "booleans"),

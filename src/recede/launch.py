@@ -5,7 +5,9 @@ its workers (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``M
 127.0.0.1, ``MASTER_PORT``; ``OMP_NUM_THREADS=1`` unless set), so
 :func:`recede.distributed.init_from_env` joins them into one gloo group.  Rank 0's standard
 output goes to the terminal; every rank's standard error goes to a file.  When all ranks exit
-with status 0, rank 0's standard error (warnings) is passed on.  When one fails, the others get
+with status 0, rank 0's standard error (warnings) is passed on.  A rank has failed when it exits
+with another status, or as soon as its stderr ends with the CLI's closing line or a traceback
+(leaving a process group can take another timeout).  Then the others get
 :data:`GRACE_S` to end on their own (a rank waiting on a dead peer fails at once), the rest are
 killed, and the root cause is raised as one exception, which the CLI prints as one line:
 
