@@ -1,7 +1,7 @@
 """``recede train --pipeline N``: train each method as an N-stage receding-horizon pipeline.
 
-The command starts itself again as N processes under ``torchrun`` (gloo, loopback, as
-``--nproc`` does).  Every rank builds the same model and iterates the same batches; rank r
+The command checks its input, then starts itself again as N processes with
+:func:`recede.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the same model and iterates the same batches; rank r
 trains its stage with an optimizer over its own parameters, checkpoints it to
 ``OUT/checkpoints/<method>.stage<r>.pt`` (every ``--checkpoint-every`` steps and at the end)
 and resumes from it with ``--resume``.  After each epoch the stages' parameters are gathered
