@@ -158,6 +158,12 @@ TRAIN = [
     (["--out", "{corrupt}", "--resume"], "cannot be read"),
     (["--out", "{foreign}", "--resume"], "is not a recede checkpoint"),
     (["--out", "{bad-config}", "--resume"], "config.yaml is not valid YAML"),
+    (["--pipeline", "0"], "argument --pipeline: must be an integer ≥ 1, got 0"),
+    (["--pipeline", "2", "--micro-batches", "0"], "argument --micro-batches: must be an integer ≥ 1, got 0"),
+    (["--pipeline", "2", "--nproc", "2"], "--pipeline and --nproc cannot be combined"),
+    (["--pipeline", "2", "--method", "loco:2"], "--pipeline trains bp, ff, mpc:H"),
+    (["--pipeline", "2", "--model-opt", "width=abc"], "option width must be an integer"),
+    (["--pipeline", "2", "--out", "{new}", "--resume"], "--resume: no checkpoint to resume"),
     (["--config", "{files}/method-nested.yaml"], "option method takes a list of values"),
     (["--config", "{files}/resume-text.yaml"], "option resume takes no value or 'auto'"),
 ]

@@ -1,13 +1,14 @@
 """``recede train --pipeline N``: train each method as an N-stage receding-horizon pipeline.
 
 The command checks its input, then starts itself again as N processes with
-:func:`recede.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the same model and iterates the same batches; rank r
-trains its stage with an optimizer over its own parameters, checkpoints it to
-``OUT/checkpoints/<method>.stage<r>.pt`` (every ``--checkpoint-every`` steps and at the end)
-and resumes from it with ``--resume``.  After each epoch the stages' parameters are gathered
-so that rank 0 can evaluate the whole model; rank 0 writes the table, ``metrics.json``,
-``loss.png`` and ``report.md``.  A rank that dies or hangs ends the others with one line
-naming the failed transfer (:class:`~recede.distributed.RankFailure`) and exit status 1.
+:func:`recede.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the
+same model and iterates the same batches; rank r trains its stage with an optimizer over its
+own parameters, checkpoints it to ``OUT/checkpoints/<method>.stage<r>.pt`` (every
+``--checkpoint-every`` steps and at the end) and resumes from it with ``--resume``.  After each
+epoch the stages' parameters are gathered so that rank 0 can evaluate the whole model; rank 0
+writes the table, ``metrics.json``, ``loss.png`` and ``report.md``.  A rank that dies or hangs
+ends the others with one line naming the failed transfer
+(:class:`~recede.distributed.RankFailure`) and exit status 1.
 """
 
 from __future__ import annotations
