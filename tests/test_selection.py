@@ -155,5 +155,5 @@ def test_cli_select(tmp_path, capsys):
     assert main(["select", "--model", "linear-resnet", "--model-opt", "depth=4", "--data", "linear",
                  "--data-opt", "n=100", "--lam", "0.1", "--weights", str(weights), "--batches", "1",
                  "--out", str(tmp_path / "w")]) == 0
-    assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m")]) == 2
     assert "missing.pt" in capsys.readouterr().err
