@@ -85,7 +85,7 @@ STAGES = {"ConvNeXtStage": ("downsample",)}  # stage modules with .blocks: what 
 
 
 def _is_timm(model: nn.Module) -> bool:
-    return type(model).__module__.startswith("timm.")
+    return any(c.__module__.startswith("timm.") for c in type(model).__mro__)
 
 
 @register_family("timm", _is_timm)

@@ -33,17 +33,14 @@ SUPPORTED = ("ResNet", *FEATURE_MODELS, "VisionTransformer")
 
 
 def _is_torchvision(model: nn.Module) -> bool:
-    return type(model).__module__.startswith("torchvision.models.")
+    return any(c.__module__.startswith("torchvision.models.") for c in type(model).__mro__)
 
 
 @register_family("torchvision", _is_torchvision)
 def layout(model: nn.Module) -> Layout:
     """The model's blocks as units, its stem with the first, its classifier path as the final head."""
-    kind = type(model).__name__
-    family = f"torchvision {kind}"
-    if kind not in SUPPORTED:
-        raise ValueError(f"recede.wrap does not support {family}; torchvision models it splits: "
-                         f"{', '.join(SUPPORTED)}; otherwise build recede.BlockNet(blocks, heads, loss_fn)")
+    kind = _torchvision_class(model).__name__
+    family = f"torchvision {type(model).__name__}"
     if kind == "ResNet":
         stem = ModelPart(model, ["conv1", "bn1", "relu", "maxpool"])
         pieces = [(stem, False)] + [(b, True) for s in (1, 2, 3, 4) for b in getattr(model, f"layer{s}")]
@@ -62,6 +59,20 @@ def layout(model: nn.Module) -> Layout:
                           _convnext_head if kind == "ConvNeXt" else _pool_classify)
         make = lambda width: PoolHead(width, out_width(model.classifier))  # noqa: E731
     return vision_layout(model, family, pieces, final, make)
+
+
+def _torchvision_class(model: nn.Module) -> type:
+    """The supported torchvision class in ``model``'s MRO, if ``model`` keeps its forward."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in SUPPORTED and cls.__module__.startswith("torchvision.models."):
+            for method in ("forward", "_forward_impl"):
+                if getattr(type(model), method, None) is not getattr(cls, method, None):
+                    raise ValueError(f"torchvision {type(model).__name__} overrides {cls.__name__}.{method}; "
+                                     "recede.wrap cannot tell its blocks apart")
+            return cls
+    raise ValueError(f"recede.wrap does not support torchvision {type(model).__name__}; torchvision "
+                     f"models it splits: {', '.join(SUPPORTED)}; otherwise build "
+                     "recede.BlockNet(blocks, heads, loss_fn)")
 
 
 def _feature_pieces(features: nn.Sequential):

@@ -74,6 +74,7 @@ def chain(pieces: Sequence[tuple[nn.Module, bool]]) -> tuple[list[nn.Module], li
 
     Each unit is a block with the non-block pieces just before it (``nn.Sequential`` of the
     model's own modules, or the block itself); ``tail`` is what follows the last block.
+    ``nn.Identity`` pieces (a stage without downsampling) are left out.
     """
     units: list[nn.Module] = []
     riders: list[nn.Module] = []
@@ -81,7 +82,7 @@ def chain(pieces: Sequence[tuple[nn.Module, bool]]) -> tuple[list[nn.Module], li
         if is_block:
             units.append(nn.Sequential(*riders, module) if riders else module)
             riders = []
-        else:
+        elif type(module) is not nn.Identity:
             riders.append(module)
     return units, riders
 
@@ -110,7 +111,7 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
         pieces: the forward as ``(module, is_block)`` in order, up to the classifier path.
         final_head: the model's own classifier path from the last piece's output.
         make_head: ``make_head(width)``, a new head for an earlier depth (``None``: the model has
-            no classifier to size one, the user gives heads).
+            no classifier to size one; the user gives heads).
     """
     units, tail = chain(pieces)
     if not units:
@@ -121,8 +122,6 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
 
     def independent(i: int) -> nn.Module:
-        if make_head is None:
-            raise ValueError(f"{family} has no classifier to size heads for earlier depths: pass head=")
         if widths[i] is None:
             raise ValueError(f"{family}: cannot tell the output width of block {i} "
                              f"({type(units[i]).__name__}); pass head=")
