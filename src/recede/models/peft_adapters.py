@@ -68,7 +68,6 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
         p.requires_grad_(prefix in name)
     for p in net.heads.parameters():
         p.requires_grad_(True)
-    net.heads_checked = False
     return net
 
 
