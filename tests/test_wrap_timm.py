@@ -90,6 +90,26 @@ def test_the_heads_dropout_follows_net_train_and_eval():
     assert not torch.equal(dropped, net.eval()(x))
 
 
+def test_one_step_at_h_T_is_plain_pytorch_with_batchnorm_and_dropout():
+    import copy
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=3, drop_rate=0.5, drop_path_rate=0.2).double()
+    plain = copy.deepcopy(model)
+    x, y = _batch(32)
+    net = recede.wrap(model)  # new heads draw their initial weights here
+    torch.manual_seed(1)
+    recede.MPC(net, net.T).backward(x, y)
+    after_wrapped = torch.get_rng_state()
+    torch.manual_seed(1)
+    torch.nn.functional.cross_entropy(plain(x), y).backward()
+    assert torch.equal(after_wrapped, torch.get_rng_state())  # the same dropout draws, no more
+    for (name, b), ref in zip(model.named_buffers(), plain.buffers()):
+        assert torch.equal(b, ref), name  # BatchNorm statistics and num_batches_tracked
+    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 class Custom(timm.models.VisionTransformer):
     def forward_features(self, x):
         return super().forward_features(x) * 2

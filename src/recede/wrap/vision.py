@@ -33,9 +33,9 @@ class ModelPart(nn.Module):
     """A piece of a model's forward, holding (not copying) the submodules and parameters it reads.
 
     Args:
-        model: the user's model; kept unregistered (the BlockNet must not own all of it), but
-            its ``training`` flag follows this module's ``train()``/``eval()``, since the model's
-            own code may read it (timm's ``forward_head`` dropout).
+        model: the user's model; kept unregistered (the BlockNet must not own all of it).  This
+            module's ``training`` flag *is* the model's, since the model's own code may read it
+            (timm's ``forward_head`` dropout): ``net.eval()`` reaches it.
         names: dotted paths of the model's submodules and parameters this piece uses, in forward
             order; they are registered here as the same objects (``"encoder.ln"`` as
             ``encoder_ln``), so they are trained, moved and switched with the BlockNet.
@@ -44,8 +44,8 @@ class ModelPart(nn.Module):
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], fn: PartFn | None = None) -> None:
+        self.__dict__["model"] = model  # unregistered on purpose; set first: ``training`` reads it
         super().__init__()
-        self.__dict__["model"] = model  # unregistered on purpose
         self.fn = fn
         for name in names:
             owner, _, leaf = name.rpartition(".")
@@ -60,10 +60,13 @@ class ModelPart(nn.Module):
             x = module(x)
         return x
 
-    def train(self, mode: bool = True) -> "ModelPart":
-        super().train(mode)
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        return self.model.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
         self.model.training = mode
-        return self
 
     def extra_repr(self) -> str:
         return f"fn={getattr(self.fn, '__name__', None)}, of {type(self.model).__name__}"
