@@ -110,6 +110,24 @@ def test_one_step_at_h_T_is_plain_pytorch_with_batchnorm_and_dropout():
         torch.testing.assert_close(p.grad, ref.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_compiled_blocks_give_the_eager_gradients_at_every_h():
+    import copy
+
+    torch.manual_seed(0)
+    eager = recede.wrap(_model("vit-registers-avg").double())
+    compiled = copy.deepcopy(eager)
+    compiled.compile(backend="aot_eager")
+    x, y = _batch()
+    for h in range(1, eager.T + 1):
+        for net in (eager, compiled):
+            net.zero_grad(set_to_none=True)
+            recede.MPC(net, h).backward(x, y)
+        for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+            assert (p.grad is None) == (q.grad is None), (h, name)
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=f"h={h} {name}")
+
+
 class Custom(timm.models.VisionTransformer):
     def forward_features(self, x):
         return super().forward_features(x) * 2

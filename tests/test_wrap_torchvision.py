@@ -93,8 +93,11 @@ def test_blocks_groups_and_heads_options():
 
 
 def test_train_and_eval_follow_the_net():
-    model = MODELS["vit"][0]()
+    model = MODELS["vit"][0]().eval()
     net = recede.wrap(model)
+    assert not model.training and not net.head(net.T).training  # wrapping leaves the mode alone
+    net.train()
+    assert model.training and model.encoder.layers[0].training
     net.eval()
     assert not model.training and not model.encoder.layers[0].training
     net.train()

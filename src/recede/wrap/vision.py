@@ -45,7 +45,9 @@ class ModelPart(nn.Module):
 
     def __init__(self, model: nn.Module, names: Sequence[str], fn: PartFn | None = None) -> None:
         self.__dict__["model"] = model  # unregistered on purpose; set first: ``training`` reads it
-        super().__init__()
+        mode = model.training
+        super().__init__()  # sets training = True, which is the model's flag
+        model.training = mode
         self.fn = fn
         for name in names:
             owner, _, leaf = name.rpartition(".")
