@@ -12,11 +12,14 @@ Two models, each wrapped with :func:`recede.wrap` and compiled through ``net.com
 
 For each h the script prints the median step time (forward + gradients, ``.grad`` cleared)
 of the eager and the compiled net, measured in this one run with the rounds interleaved, and
-their ratio; the first compiled step of each model (where compilation happens) is reported
-apart.  ``--backend`` is passed to ``torch.compile`` (``inductor``, the default, needs a C++
+their ratio; the first compiled step of each model (where compilation happens, wall seconds)
+is reported apart.  Steps are timed in this process's CPU seconds (``time.process_time``) on
+one thread by default, so other jobs on a shared machine do not inflate them (``--clock wall``
+for wall time).  ``--backend`` is passed to ``torch.compile`` (``inductor``, the default, needs a C++
 compiler; ``aot_eager`` traces without generating code).  Nothing is asserted: read the ratios.
 
-    python benchmarks/compile.py [--models resnet50 gpt2-stack] [--backend inductor] [--repeats 3]
+    python benchmarks/compile.py [--models resnet50 gpt2-stack] [--backend inductor] [--repeats 5]
+                                 [--threads 1] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -68,7 +72,7 @@ def gpt2_stack(layers: int = 12, width: int = 768, heads: int = 12, tokens: int 
 MODELS = {"resnet50": resnet50, "gpt2-stack": gpt2_stack}
 
 
-def benchmark(name: str, backend: str, repeats: int) -> list[dict]:
+def benchmark(name: str, backend: str, repeats: int, clock: Callable[[], float]) -> list[dict]:
     """Rows for one model: eager and compiled median step time at h = 1, 2, T."""
     torch.manual_seed(0)
     eager, x, y = MODELS[name]()
@@ -82,7 +86,7 @@ def benchmark(name: str, backend: str, repeats: int) -> list[dict]:
     for h in horizons:
         runs[("eager", h)] = timed_step(recede.MPC(eager, h), eager, x, y)
         runs[("compiled", h)] = timed_step(recede.MPC(compiled, h), compiled, x, y)
-    median = interleaved_medians(runs, repeats, warmup=2)
+    median = interleaved_medians(runs, repeats, warmup=2, clock=clock)
     return [{"model": name, "T": eager.T, "h": h, "eager ms": 1e3 * median[("eager", h)],
              "compiled ms": 1e3 * median[("compiled", h)],
              "compiled / eager": median[("compiled", h)] / median[("eager", h)],
@@ -93,17 +97,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     # ResNet-50's 16 bottlenecks share one forward in more than Dynamo's default 8 shapes and
     # strides; past that limit it would silently run the rest eager.
     with torch._dynamo.config.patch(recompile_limit=64):
-        rows = [row for name in args.models for row in benchmark(name, args.backend, args.repeats)]
-    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads, CPU; "
-          f"medians of {args.repeats} interleaved repeats after 2 warm-up rounds\n")
+        rows = [row for name in args.models for row in benchmark(name, args.backend, args.repeats, clock)]
+    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), CPU, "
+          f"{args.clock} time; medians of {args.repeats} interleaved repeats after 2 warm-up rounds\n")
     print(markdown_table(rows, ["model", "T", "h", "eager ms", "compiled ms", "compiled / eager",
                                 "first compiled step s"]))
 

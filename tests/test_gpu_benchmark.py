@@ -22,16 +22,26 @@ def _gpu_benchmark():
     return module
 
 
-def test_smoke_run_times_every_method_eager_and_compiled(tmp_path):
-    assert _gpu_benchmark().main(["--smoke", "--dtypes", "bf16", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "gpu.json").read_text())
-    rows = result["rows"]
-    assert {(r["mode"], r["method"]) for r in rows if r["model"] == "resnet50"} == {
-        (mode, label) for mode in ("eager", "compiled") for label in LABELS}
-    assert all(r["dtype"] == "bf16" and r["ms / step"] > 0 for r in rows)
-    assert ("gpt2" in result["skipped"]) != any(r["model"] == "gpt2" for r in rows)  # run, or skipped saying why
+def _smoke(out: Path, *options: str) -> tuple[dict, list[tuple[str, str, str, str]]]:
+    assert _gpu_benchmark().main(["--smoke", "--out", str(out), *options]) == 0
+    result = json.loads((out / "gpu.json").read_text())
+    assert all(r["ms / step"] > 0 for r in result["rows"])
+    assert ("gpt2" in result["skipped"]) != any(r["model"] == "gpt2" for r in result["rows"])  # run, or why not
     assert result["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
-    assert "| resnet50 | bf16 | compiled | FF+BPM |" in (tmp_path / "gpu.md").read_text()
+    return result, [(r["model"], r["dtype"], r["mode"], r["method"]) for r in result["rows"]]
+
+
+def test_smoke_run_times_every_method(tmp_path):
+    _, rows = _smoke(tmp_path, "--dtypes", "bf16", "--modes", "eager")
+    assert {r for r in rows if r[0] == "resnet50"} == {("resnet50", "bf16", "eager", m) for m in LABELS}
+    assert "| resnet50 | bf16 | eager | FF+BPM |" in (tmp_path / "gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_run_in_every_precision_and_mode(tmp_path):
+    _, rows = _smoke(tmp_path)
+    assert {r for r in rows if r[0] == "resnet50"} == {
+        ("resnet50", d, mode, m) for d in ("fp32", "bf16") for mode in ("eager", "compiled") for m in LABELS}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
