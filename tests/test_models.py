@@ -178,7 +178,7 @@ def test_registry_sequential_is_recede_wrap():
     head = nn.Linear(4, 2)
     net = build("sequential", model=seq, head=[nn.Linear(4, 2), head])
     assert net.T == 2 and net.blocks[1] is seq[1] and net.head(2) is head
-    with pytest.raises(ValueError, match="needs an nn.Sequential, got Linear"):
+    with pytest.raises(ValueError, match="option model must be a Sequential object"):
         build("sequential", model=nn.Linear(3, 4), head=head)
 
 

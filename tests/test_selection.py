@@ -148,7 +148,7 @@ def test_cli_select(tmp_path, capsys):
     saved = json.loads((tmp_path / "selection.json").read_text())
     assert 1 <= saved["h"] <= 15 and len(saved["table"]) == 15
     assert (tmp_path / "report.md").exists()
-    assert main(["select", "--objective", "constraint", "--out", str(tmp_path)]) == 2
+    assert main(["select", "--objective", "constraint", "--out", str(tmp_path / "eps")]) == 2
     assert "eps" in capsys.readouterr().err
     weights = tmp_path / "trained.pt"
     torch.save(models.build("linear-resnet", depth=4).state_dict(), weights)

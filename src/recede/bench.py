@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from recede import preflight
 from recede.config import int_range
 from recede.memory import measure
 from recede.methods import parse_method
@@ -74,12 +75,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     workload = Workload.from_args(args)
-    specs = [parse_method(m) for m in args.methods]
+    specs = preflight.methods(args.methods)
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))
     net = workload.build(args.seed)
     x, y = workload.batch(args.batch_size)
     methods = [workload.method(net, spec, args) for spec in specs]
+    preflight.start(args)
     seconds = list(interleaved_medians({str(i): timed_step(m, net, x, y) for i, m in enumerate(methods)},
                                        args.repeats, warmup=2, device=workload.device).values())
     net.zero_grad(set_to_none=True)

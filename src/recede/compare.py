@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from recede import preflight
 from recede.bench import interleaved_medians, timed_step
 from recede.config import int_range
 from recede.engine import MPC
@@ -73,10 +74,11 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     table, plots, JSON and report to ``args.out``; return the report's path."""
     workload = Workload.from_args(args)
     T = workload.build(args.seed).T
-    specs = [parse_method(m) for m in (args.methods or defaults(T))]
+    specs = preflight.methods(args.methods or defaults(T))
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))  # every ratio is to BP
     workload.check_methods(specs, args)
+    preflight.start(args)
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out) for spec in specs]
     rows = measure_frontier(workload, specs, results, args)
