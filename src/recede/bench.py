@@ -26,11 +26,14 @@ from recede.run import Workload, add_workload_options
 
 
 def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                        device: torch.device | None = None) -> dict[str, float]:
-    """Median wall seconds of each of ``runs`` over ``repeats`` rounds after ``warmup`` rounds.
+                        device: torch.device | None = None,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of each of ``runs`` over ``repeats`` rounds after ``warmup`` rounds.
 
     Each round calls every run once, in turn, so a change in machine load hits every run
-    alike; on a CUDA ``device`` each call is timed between synchronisations.
+    alike; on a CUDA ``device`` each call is timed between synchronisations.  ``clock`` is wall
+    time by default; ``time.process_time`` counts this process's CPU seconds instead, which
+    other jobs on a shared machine do not inflate.
     """
     def sync() -> None:
         if device is not None and torch.device(device).type == "cuda":
@@ -40,11 +43,11 @@ def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, 
     for i in range(warmup + repeats):
         for name, run in runs.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             run()
             sync()
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
