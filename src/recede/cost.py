@@ -28,6 +28,7 @@ tests use FLOPs, for which the prediction is exact).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -67,7 +68,10 @@ class BlockCosts:
         sums its blocks' F, D and B; its weight pass is its first block's W plus the full
         backward of the blocks above it; its head is the head of its last block."""
         bounds = [part.tolist() for part in torch.arange(self.T).tensor_split(n)]
-        total = lambda values, part: sum(values[t] for t in part)  # noqa: E731
+
+        def total(values: tuple[float, ...], part: list[int]) -> float:
+            return sum(values[t] for t in part)
+
         return BlockCosts(tuple(total(self.forward, p) for p in bounds),
                           tuple(total(self.input_vjp, p) for p in bounds),
                           tuple(self.weight_grad[p[0]] + total(self.backward, p[1:]) for p in bounds),
@@ -177,15 +181,10 @@ def calibrate(net: BlockNet, x: torch.Tensor, y: torch.Tensor, meter: Meter,
     """Measure every pass of :func:`probes` on ``(x, y)`` with ``meter``; return the block costs
     and the meter's values of the ``alongside`` runs, measured in the same call (with
     :func:`recede.usage.interleaved_medians`, in the same rounds, so machine load hits the
-    model and the methods it predicts alike).  Buffers (BatchNorm statistics) are restored."""
-    buffers = [(b, b.clone()) for b in net.buffers()]
-    try:
-        runs = probes(net, x, y)
-        values = dict(meter({**runs, **(alongside or {})}))
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    model and the methods it predicts alike).  The passes run on a copy of ``net``, so neither
+    its buffers (BatchNorm statistics) change nor do the runs' changes to them reach the graphs
+    the passes keep."""
+    values = dict(meter({**probes(copy.deepcopy(net), x, y), **(alongside or {})}))
     T = net.T
     W = tuple(values.get(f"W{t}", 0.0) for t in range(T))
     costs = BlockCosts(tuple(values[f"F{t}"] for t in range(T)), tuple(values.get(f"D{t}", 0.0) for t in range(T)),
