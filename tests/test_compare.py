@@ -50,7 +50,8 @@ def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     rows = json.loads((tmp_path / "d" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)", "FF+BPM"]
-    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--out", str(tmp_path / "b"))
+    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--clock", "cpu",
+                   "--out", str(tmp_path / "b"))
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "FF", "MPC(h=2)"]

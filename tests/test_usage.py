@@ -10,8 +10,8 @@ from torch.utils.data import TensorDataset
 from recede.memory import MemoryReport
 from recede.methods import build_method
 from recede.train import make_optimizer
-from recede.usage import (REFRESH_BUFFERS, PaidMemory, StepTime, interleaved_medians, kept_state, measure_paid,
-                          refreshes_per_step, step_runs, training_state)
+from recede.usage import (REFRESH_BUFFERS, PaidMemory, StepTime, interleaved_medians, kept_state,
+                          measure_paid, meter, refreshes_per_step, step_runs, training_state)
 
 from conftest import resmlp_independent
 
@@ -31,6 +31,15 @@ def test_interleaved_medians_calls_each_run_every_round() -> None:
     medians = interleaved_medians({"a": run("a"), "b": run("b")}, repeats=3, warmup=2)
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
     assert calls == {"a": 5, "b": 5}
+
+
+def test_meter_clocks() -> None:
+    cpu = meter(2, 0, torch.device("cpu"), "cpu")
+    assert set(cpu({"a": lambda: None})) == {"a"}
+    with pytest.raises(ValueError, match="--clock wall on CUDA"):
+        meter(2, 0, torch.device("cuda"), "cpu")
+    with pytest.raises(ValueError, match="unknown clock"):
+        meter(2, 0, torch.device("cpu"), "gpu")
 
 
 def test_a_step_costs_its_share_of_the_refreshes() -> None:

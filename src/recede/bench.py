@@ -13,7 +13,6 @@ measured in one run on one machine, not targets.
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from pathlib import Path
 
 from recede.config import int_range
@@ -22,7 +21,7 @@ from recede.methods import parse_method
 from recede.reports import markdown_table, print_table, write_json
 from recede.run import Workload, add_workload_options
 from recede.train import make_optimizer
-from recede.usage import interleaved_medians, measure_paid, paid_row, refreshes_per_step, time_methods
+from recede.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
 
 COLUMNS = ["method", "ms/step", "step ms", "refresh ms", "time ratio", "model ratio",
            "saved MiB", "memory ratio", "state MiB"]
@@ -34,6 +33,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", default=["bp", "ckpt", "ff", "mpc:2", "mpc:4"],
                    metavar="METHOD")
     p.add_argument("--repeats", type=int_range(1), default=10, help="timed steps per method")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
     p.set_defaults(run=run_bench)
 
 
@@ -42,12 +43,12 @@ def run_bench(args: argparse.Namespace) -> int:
     specs = [parse_method(m) for m in args.methods]
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))
+    timer = meter(args.repeats, 2, workload.device, args.clock)
     net = workload.build(args.seed)
     x, y = workload.batch(args.batch_size)
     methods = [workload.method(net, spec, args) for spec in specs]
-    meter = partial(interleaved_medians, repeats=args.repeats, warmup=2, device=workload.device)
-    times, costs = time_methods(methods, [net] * len(methods), x, y,
-                                [refreshes_per_step(m) for m in methods], meter, net)
+    times, costs = time_methods(methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods],
+                                timer, net)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
     methods[bp].backward(x, y)
@@ -57,7 +58,7 @@ def run_bench(args: argparse.Namespace) -> int:
              "model ratio": predicted_ratio(costs, m)}
             for spec, m, t, mem in zip(specs, methods, times, memories)]
     columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else [])
-    title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}"
+    title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}, {args.clock} clock"
     print_table(rows, columns, title=title)
     out = Path(args.out)
     write_json(out / "metrics.json", {"rows": rows})

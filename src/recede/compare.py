@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from recede.config import int_range
-from recede.cost import predicted_ratio
+from recede.cost import Meter, predicted_ratio
 from recede.engine import MPC
 from recede.fidelity import block_gradient_vector
 from recede.methods import MethodSpec, parse_method
@@ -41,7 +40,7 @@ from recede.plots import frontier, loss_curves
 from recede.reports import markdown_table, print_table, write_json
 from recede.run import MethodResult, Workload, add_workload_options, run_method
 from recede.train import batches
-from recede.usage import interleaved_medians, paid_row, refreshes_per_step, time_methods
+from recede.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +57,8 @@ def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
                    help=f"methods to compare (default: {defaults}, bpm-ff)")
     p.add_argument("--timing-steps", type=int_range(1), default=10,
                    help="steps (and refreshes) timed per method (the median is reported)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
     p.add_argument("--cosine-batches", type=int_range(1), default=4,
                    help="batches over which cos θ to the BP gradient is averaged")
 
@@ -84,15 +85,16 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))  # every ratio is to BP
     workload.check_methods(specs, args)
+    timer = meter(args.timing_steps, 1, workload.device, args.clock)  # a clock unfit for the device fails now
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out) for spec in specs]
-    rows = measure_frontier(workload, specs, results, args)
+    rows = measure_frontier(workload, specs, results, args, timer)
     quality = "test acc" if workload.classification else "test loss"
     columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
         + ["time ratio", "model ratio", "memory ratio", "state MiB"] \
         + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
         + ["cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
-    title = f"{args.model} on {args.data}, {args.epochs} epochs"
+    title = f"{args.model} on {args.data}, {args.epochs} epochs, {args.clock} clock"
     print_table(rows, [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")],
                 title=title)
     frontier(rows, out / "frontier.png", quality, title)
@@ -105,16 +107,15 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
 
 
 def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[MethodResult],
-                     args: argparse.Namespace) -> list[dict[str, Any]]:
+                     args: argparse.Namespace, timer: Meter) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory as paid (ratios to BP), the cost model's
     ratio, cos θ, dominance.  A BP-modified method's time carries its refreshes at the rate its
-    run made them (``refreshes`` over the steps of its history)."""
+    run made them (``refreshes`` over the steps of its history); ``timer`` times the runs."""
     x, y = workload.batch(args.batch_size)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
-    meter = partial(interleaved_medians, repeats=args.timing_steps, warmup=1, device=workload.device)
     rates = [refreshes_per_step(r.method, r.steps, r.refreshes) for r in results]
-    times, costs = time_methods([r.method for r in results], [r.net for r in results], x, y, rates,
-                                meter, results[bp].net)
+    times, costs = time_methods([r.method for r in results], [r.net for r in results], x, y, rates, timer,
+                                results[bp].net)
     rows = []
     for r, t in zip(results, times):
         row = r.row()

@@ -26,7 +26,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    data_opt=["size=8", "channels=1"], momentum=0.9, threads=1,
                    bpm_period=14, bpm_samples=160)
     add_compare_options(p, "bp ckpt ff, mpc at ⌈T/3⌉ and ⌈2T/3⌉")
-    p.set_defaults(run=run_demo)
+    p.set_defaults(clock="cpu", run=run_demo)  # one thread: CPU seconds, steady on a shared machine
 
 
 def demo_methods(T: int) -> list[str]:

@@ -19,14 +19,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
-from recede.cost import BlockCosts, calibrate
+from recede.cost import BlockCosts, Meter, calibrate
 from recede.memory import MemoryReport, measure
+
+# what --clock names: wall seconds, or this process's CPU seconds (all its threads), which other
+# jobs on a shared CPU do not inflate and which equal wall seconds for one thread on an idle CPU
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 # parameter-sized tensors a refresh holds besides the offset: the running sums of ḡ_h and ḡ_T
 # and the flattened mean gradients of the current micro-batch (BPModified.accumulate)
@@ -185,16 +190,25 @@ def training_state(method, net: torch.nn.Module, optimizer: torch.optim.Optimize
             "refresh buffers": REFRESH_BUFFERS * offsets}
 
 
+def meter(repeats: int, warmup: int, device: torch.device, clock: str = "wall") -> Meter:
+    """:func:`interleaved_medians` with these settings, for :func:`time_methods`; ``clock`` is a
+    key of :data:`CLOCKS` (``"cpu"`` only off CUDA, where kernels run outside this process)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; use one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and torch.device(device).type == "cuda":
+        raise ValueError("--clock cpu counts this process's CPU seconds, not GPU time; use --clock wall on CUDA")
+    return partial(interleaved_medians, repeats=repeats, warmup=warmup, device=device, clock=CLOCKS[clock])
+
+
 def time_methods(methods: Sequence, nets: Sequence[torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
-                 rates: Sequence[float], meter: Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]],
-                 model_net: BlockNet) -> tuple[list[StepTime], BlockCosts]:
-    """Time each method's step (and refresh) on ``(x, y)`` with ``meter``, amortising refreshes
+                 rates: Sequence[float], timer: Meter, model_net: BlockNet) -> tuple[list[StepTime], BlockCosts]:
+    """Time each method's step (and refresh) on ``(x, y)`` with ``timer``, amortising refreshes
     at ``rates`` (refreshes per step), in the same call as the passes of the layer-aware cost
     model on ``model_net`` (:func:`recede.cost.calibrate`); offsets are left as they were."""
     with kept_state(methods):
         runs = {f"{i}/{part}": run for i, (m, net) in enumerate(zip(methods, nets))
                 for part, run in step_runs(m, net, x, y).items()}
-        costs, seconds = calibrate(model_net, x, y, meter, alongside=runs)
+        costs, seconds = calibrate(model_net, x, y, timer, alongside=runs)
     for net in nets:
         net.zero_grad(set_to_none=True)
     times = [StepTime(seconds[f"{i}/step"], seconds.get(f"{i}/refresh"), rate) for i, rate in enumerate(rates)]
