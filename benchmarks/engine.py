@@ -13,7 +13,9 @@ horizon h the script prints, measured in this one run:
 Timings are medians over interleaved repeats, so slow drift of a shared machine hits every
 configuration alike; by default they are this process's CPU seconds (``--clock cpu``), which
 other jobs on a shared machine do not inflate (with several threads: their summed CPU time);
-``--clock wall`` times wall seconds.  Nothing is asserted: read the ratios.
+``--clock wall`` times wall seconds.  glibc's malloc keeps freed memory
+(:func:`recede.usage.keep_freed_memory`) unless ``--default-allocator``.  Nothing is asserted:
+read the ratios.
 
     python benchmarks/engine.py [--T 32] [--width 1024] [--batch 512] [--repeats 5] [--threads 1]
 """
@@ -31,7 +33,7 @@ from recede import MPC, BlockNet
 from recede.cost import calibrate, horizon_cost, uniform_ratio
 from recede.memory import measure
 from recede.reports import markdown_table
-from recede.usage import interleaved_medians, timed_step
+from recede.usage import interleaved_medians, keep_freed_memory, timed_step
 
 
 class ResidualLayer(nn.Module):
@@ -53,7 +55,10 @@ def main() -> None:
     parser.add_argument("--horizons", type=int, nargs="*", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (by default freed memory stays in the process)")
     args = parser.parse_args()
+    kept = not args.default_allocator and keep_freed_memory()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     T = args.T
@@ -95,7 +100,8 @@ def main() -> None:
                      "within targets": "yes" if (time_ratio / model <= 1.10
                                                  and (h < T or time_ratio <= 1.05)
                                                  and saved[h] / saved["BP"] <= bound) else "NO"})
-    print(f"T = {T} residual MLP, width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads; "
+    print(f"T = {T} residual MLP, width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"{'freed memory kept' if kept else 'default allocator'}; "
           f"plain BP step {1000 * median['BP']:.0f} ms {args.clock} time (median of {args.repeats}), "
           f"BP saved {saved['BP'] / 2**20:.1f} MiB")
     print(markdown_table(rows, list(rows[0])))

@@ -20,7 +20,10 @@ backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Ta
 LoRA: whole-GPU peak memory and s/epoch over BP's).  Timings are medians over interleaved
 repeats; on a CPU they are by default this process's CPU seconds on one thread (``--clock cpu``),
 which other jobs on a shared machine do not inflate and which equal wall time on an idle one;
-``--clock wall`` times wall seconds.  Nothing is asserted: read the ratios.
+``--clock wall`` times wall seconds.  glibc's malloc is told to keep freed memory
+(:func:`recede.usage.keep_freed_memory`, as the CUDA caching allocator does) unless
+``--default-allocator``: otherwise a step's time depends on the step before it.  Nothing is
+asserted: read the ratios.
 
     python benchmarks/models.py [--models resnet62 resnet50 vit-small gpt-small] [--batch 16] [--repeats 7] [--device cpu]
 """
@@ -39,7 +42,7 @@ from recede.cost import calibrate, horizon_cost, uniform_ratio
 from recede.memory import measure
 from recede.models import build
 from recede.reports import markdown_table
-from recede.usage import interleaved_medians, timed_step
+from recede.usage import interleaved_medians, keep_freed_memory, timed_step
 
 # Paper B Tables 4 and 5, ratios to BP: (memory, time) by horizon.
 PAPER_B = {
@@ -147,14 +150,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
                         help="CPU seconds of this process or wall seconds (default: cpu on a CPU, wall on CUDA)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (by default freed memory stays in the process)")
     args = parser.parse_args()
+    kept = not args.default_allocator and keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
     rows = [row for name in args.models
             for row in benchmark(name, args.batch, args.repeats, args.resnet50_side, device,
                                  time.process_time if clock == "cpu" else time.perf_counter)]
-    print(f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock")
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock, "
+          f"{'freed memory kept (glibc mallopt)' if kept else 'default allocator'}")
     print(markdown_table(rows, list(rows[0])))
     print("target: time / model within 1.10 at every h.  Paper B columns: ResNet-50 full tune "
           "(Tables 4, 5) beside the ResNets, ViT-B/16 LoRA beside the ViT.")

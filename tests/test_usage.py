@@ -3,6 +3,11 @@ the whole training state."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -10,8 +15,8 @@ from torch.utils.data import TensorDataset
 from recede.memory import MemoryReport
 from recede.methods import build_method
 from recede.train import make_optimizer
-from recede.usage import (REFRESH_BUFFERS, PaidMemory, StepTime, interleaved_medians, kept_state,
-                          measure_paid, meter, refreshes_per_step, step_runs, training_state)
+from recede.usage import (REFRESH_BUFFERS, PaidMemory, StepTime, interleaved_medians, kept_state, measure_paid,
+                          meter, refreshes_per_step, step_runs, training_state)
 
 from conftest import resmlp_independent
 
@@ -102,3 +107,31 @@ def test_paid_memory_takes_the_larger_peak() -> None:
     cuda = PaidMemory(MemoryReport(100, 1000), MemoryReport(90, 1500), state)
     assert cuda.cuda_peak_bytes == 1500
     assert PaidMemory(MemoryReport(100, 7), None, state).state_bytes == 125
+
+
+KEEP_CHECK = """
+import sys, torch
+from recede.usage import keep_freed_memory
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+kept = sys.argv[1] == 'keep' and keep_freed_memory()
+before = rss()
+x = torch.ones(64 * 2**20 // 4)
+del x
+print(kept, (rss() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
+def test_freed_memory_stays_in_the_process() -> None:
+    def freed_but_resident(mode: str) -> tuple[str, float]:
+        run = subprocess.run([sys.executable, "-c", KEEP_CHECK, mode], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+        kept, mib = run.stdout.split()
+        return kept, float(mib)
+
+    kept, resident = freed_but_resident("keep")
+    if kept == "False":
+        pytest.skip("not glibc")
+    assert resident > 60  # the 64 MiB tensor's pages stay after it is freed
+    assert freed_but_resident("default")[1] < 4  # glibc's default gives them back

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +37,21 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 # parameter-sized tensors a refresh holds besides the offset: the running sums of ḡ_h and ḡ_T
 # and the flattened mean gradients of the current micro-batch (BPModified.accumulate)
 REFRESH_BUFFERS = 4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process (no trimming, no mmap'd blocks), as
+    PyTorch's caching allocator does on a GPU.  By default a large step that follows a small one
+    (plain BP after a horizon) faults its activations' pages in afresh, so on a CPU its time
+    depends on what ran before it: +28 % on ResNet-62's BP step in our runs.  Returns False,
+    changing nothing, where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(mallopt(m_mmap_max, 0))
 
 
 def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
