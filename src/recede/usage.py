@@ -10,6 +10,9 @@
 * **Training state** — parameters, gradients, optimizer state, the method's own tensors
   (BP-modified: the offsets; during a refresh also two running sums and two micro-batch mean
   gradients, each offset-sized) and the peak of saved activations.
+
+Times are wall seconds, or with ``clock="cpu"`` this process's CPU seconds (:data:`CLOCKS`),
+which other jobs on a shared CPU do not inflate.
 """
 
 from __future__ import annotations
@@ -231,11 +234,11 @@ def time_methods(methods: Sequence, nets: Sequence[torch.nn.Module], x: torch.Te
     return times, costs
 
 
-def paid_row(time: StepTime, memory: PaidMemory, bp_time: StepTime, bp_memory: PaidMemory) -> dict[str, Any]:
+def paid_row(spent: StepTime, memory: PaidMemory, bp_time: StepTime, bp_memory: PaidMemory) -> dict[str, Any]:
     """The time and memory columns of a method's row in ``bench`` and ``compare``, ratios to BP."""
-    row = {"ms/step": 1000 * time.seconds, "step ms": 1000 * time.step,
-           "refresh ms": None if time.refresh is None else 1000 * time.refresh,
-           "refreshes/step": time.refreshes_per_step, "time ratio": time.seconds / bp_time.seconds,
+    row = {"ms/step": 1000 * spent.seconds, "step ms": 1000 * spent.step,
+           "refresh ms": None if spent.refresh is None else 1000 * spent.refresh,
+           "refreshes/step": spent.refreshes_per_step, "time ratio": spent.seconds / bp_time.seconds,
            "saved MiB": memory.saved_peak_mib,
            "memory ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
            "state MiB": memory.state_mib, "state ratio": memory.state_bytes / bp_memory.state_bytes}
