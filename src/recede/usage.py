@@ -18,6 +18,7 @@ which other jobs on a shared CPU do not inflate.
 from __future__ import annotations
 
 import ctypes
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -62,18 +63,22 @@ def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, 
                         clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds of each of ``runs`` over ``repeats`` rounds after ``warmup`` rounds.
 
-    Each round calls every run once, in turn, so a change in machine load hits every run
-    alike; on a CUDA ``device`` each call is timed between synchronisations.  ``clock`` is wall
-    time; ``time.process_time`` (this process's CPU seconds) keeps other jobs on a shared CPU
-    out of single-threaded measurements.
+    Each round calls every run once, in an order shuffled afresh (seeded, so reproducible), so a
+    change in machine load hits every run alike and no run always follows the same one (whose
+    leftovers in caches and allocator would always help or hinder it); on a CUDA ``device``
+    each call is timed between synchronisations.  ``clock`` is wall time;
+    ``time.process_time`` (this process's CPU seconds) keeps other jobs on a shared CPU out of
+    single-threaded measurements.
     """
     def sync() -> None:
         if device is not None and torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
 
     times: dict[str, list[float]] = {name: [] for name in runs}
+    order, shuffle = list(runs.items()), random.Random(0).shuffle
     for i in range(warmup + repeats):
-        for name, run in runs.items():
+        shuffle(order)
+        for name, run in order:
             sync()
             start = clock()
             run()
