@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import recede
-from recede.bench import interleaved_medians, timed_step
+from recede.usage import interleaved_medians, timed_step
 from recede.reports import markdown_table
 
 

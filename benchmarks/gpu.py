@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import recede
-from recede.bench import interleaved_medians, timed_step
+from recede.usage import interleaved_medians, timed_step
 from recede.memory import cuda_peaks
 from recede.methods import build_method, parse_method
 from recede.reports import markdown_table, write_json

@@ -80,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     rows = [r.row() for r in results]
     columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
-        + ["ms/step", "saved MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
+        + ["ms/step", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
     title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
     print_table(rows, columns, title=title)
@@ -89,8 +89,9 @@ def run_train(args: argparse.Namespace) -> int:
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step is the mean wall time of a training step over the run; saved MiB is the peak "
-        "of tensors saved for backward in one step (recede.memory).\n\n![loss curves](loss.png)\n")
+        "ms/step is the mean wall time of a training step over the run (refreshes included); saved "
+        "MiB is the peak of tensors saved for backward over a step and a refresh (recede.memory); "
+        "state MiB adds parameters, gradients, optimizer state and offsets.\n\n![loss curves](loss.png)\n")
     print(f"results written to {out}/")
     return 0
 

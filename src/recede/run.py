@@ -3,9 +3,9 @@ are made of.
 
 :func:`run_method` builds the model and the method, trains, checkpoints every N steps and at
 the end (:mod:`recede.checkpoint`), resumes from the last checkpoint when asked, logs to
-TensorBoard when asked, and measures the saved-activation memory of one step
-(:func:`recede.memory.measure`; CUDA peak on a GPU).  :func:`add_workload_options` declares the
-options every such command shares.
+TensorBoard when asked, and measures the memory a step costs (:func:`recede.usage.measure_paid`:
+saved activations over step and refresh, the whole training state, CUDA peak on a GPU).
+:func:`add_workload_options` declares the options every such command shares.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from recede import checkpoint, data, distributed, models, preflight
 from recede.config import float_range, int_range, key_values, positive_float
 from recede.engine import NonFiniteLossError
-from recede.memory import MemoryReport, measure
 from recede.methods import MethodSpec, build_method, parse_method
 from recede.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
+from recede.usage import PaidMemory, measure_paid
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
@@ -122,27 +122,34 @@ class Workload:
 
 @dataclass
 class MethodResult:
-    """What one method's run produced."""
+    """What one method's run produced; ``refreshes``: BP-modified offset refreshes it made."""
 
     label: str
     history: list[EpochRecord]
-    memory: MemoryReport
+    memory: PaidMemory
     net: torch.nn.Module = field(repr=False)
     method: Any = field(repr=False)
+    refreshes: int = 0
 
     @property
     def final(self) -> EpochRecord:
         return self.history[-1]
 
     @property
+    def steps(self) -> int:
+        return sum(r.steps for r in self.history)
+
+    @property
     def ms_per_step(self) -> float:
-        """Mean wall time of a training step over the run (checkpoint writes included)."""
-        return 1000 * sum(r.seconds for r in self.history) / sum(r.steps for r in self.history)
+        """Mean wall time of a training step over the run (refreshes, optimizer steps, data
+        loading and checkpoint writes included)."""
+        return 1000 * sum(r.seconds for r in self.history) / self.steps
 
     def row(self) -> dict[str, Any]:
         return {"method": self.label, "train loss": self.final.train_loss,
                 "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
                 "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
+                "state MiB": self.memory.state_mib,
                 "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
                 else self.memory.cuda_peak_bytes / 2**20}
 
@@ -174,9 +181,8 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     net = workload.build(args.seed)
-    method = workload.method(net, spec, args)
-    if workload.world_size > 1:
-        method = distributed.DataParallel(method, net)
+    local = workload.method(net, spec, args)  # the method itself, measured on this rank below
+    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
     writes = workload.rank == 0
     optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
@@ -225,9 +231,9 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
             writer.close()
     save(finished=True)
     x, y = workload.batch(args.batch_size)
-    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
+    memory = measure_paid(local, net, x, y, optimizer, workload.device)
     optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method)
+    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0))
 
 
 def _tensorboard_writer(folder: Path):

@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from recede import checkpoint, distributed, preflight
