@@ -7,10 +7,11 @@ local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
 from recede.blocks import BlockNet
 from recede.engine import MPC, NonFiniteLossError, check_horizon
 from recede.bp_modified import BPModified
-from recede import memory
+from recede import data, memory, models
 from recede.fidelity import gradient_cosine
 from recede.selection import select_horizon
+from recede.wrap import wrap
 
-__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "memory",
-           "gradient_cosine", "select_horizon"]
+__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "data", "memory",
+           "models", "gradient_cosine", "select_horizon", "wrap"]
 __version__ = "0.1.0"

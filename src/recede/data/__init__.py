@@ -7,11 +7,12 @@ App. D (M1, M2), scikit-learn's bundled digits, and loaders for folders the user
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
+
+from recede.config import check_keywords
 
 
 @dataclass
@@ -49,13 +50,11 @@ def available() -> list[str]:
 
 
 def load(name: str, **options: object) -> Task:
-    """Load the registered dataset ``name``."""
+    """Load the registered dataset ``name``; ``options`` are checked against the loader's
+    parameters and annotations first (:func:`recede.config.check_keywords`)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+    check_keywords(_REGISTRY[name], options, f"dataset {name!r}")
     return _REGISTRY[name](**options)
 
 

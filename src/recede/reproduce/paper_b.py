@@ -145,6 +145,15 @@ def plan(cfg: dict) -> list[tuple[str, str, dict]]:
     return rows
 
 
+def user_data(full: bool, data_root: str) -> tuple[str, dict]:
+    """The dataset and options that ``--data-root`` gives: CIFAR-100 of the ``--full`` run."""
+    if not full:
+        raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
+                         "run uses scikit-learn's digits")
+    cfg = load_config(full)
+    return cfg["data"], cfg["data_options"] | {"root": data_root}
+
+
 def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None) -> Path:
     """Run every table's training runs from every seed and write JSON, PNG and the report.
 
@@ -152,10 +161,7 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     """
     cfg = load_config(full)
     if data_root is not None:
-        if not full:
-            raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
-                             "run uses scikit-learn's digits")
-        cfg["data_options"] = cfg["data_options"] | {"root": data_root}
+        cfg["data"], cfg["data_options"] = user_data(full, data_root)
     device = "cuda" if full and torch.cuda.is_available() else "cpu"
     runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):

@@ -1,0 +1,181 @@
+"""``recede.wrap(model)``: a user's model as a :class:`~recede.blocks.BlockNet`, held, not copied.
+
+Paper A eq. 1 reads a network as T blocks ``x_{t+1} = f_t(x_t, u_t)`` and asks for a loss that
+accepts every block's output (SPEC §1).  A model family knows how its own model splits into
+such a chain; this package asks it for a :class:`Layout` and turns that into a BlockNet:
+
+* **units** — the finest blocks in order (a residual block, a transformer or decoder layer), with
+  the input stage (stem, patch or token embedding) riding with the first;
+* **final head** — the model's own path from the last unit to its prediction (pool → classifier,
+  final norm → LM head), so that at h = T the gradients are plain autograd's on the model;
+* **loss** — the family's own (cross-entropy, the shifted next-token loss of a causal LM);
+* how to make a head for an earlier depth (Paper B App. A): a fresh one per depth
+  (``"independent"``), or the final head at every depth (``"shared"``) where widths agree.
+
+``wrap(model, blocks=N)`` groups consecutive units into N blocks (block granularity is the
+user's choice, SPEC §2).  ``head`` is ``"auto"`` (the family's default), ``"independent"``,
+``"shared"``, ``"stage"`` (one head per stage, where the family has stages), one module shared
+by every depth, or one module per block.  Every module of the
+BlockNet is the model's own or a new head: stepping an optimizer on ``net.parameters()`` trains
+the user's model.
+
+A family registers itself with :func:`register_family`, giving a predicate on the model and a
+function ``layout(model, **options) -> Layout``; the first family whose predicate accepts the
+model is used.  Predicates look at class names and modules, so no family imports its library
+(torchvision, timm, transformers) until it is used.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recede.blocks import BlockNet, LossFn
+
+HEAD_CHOICES = ("auto", "independent", "shared", "stage")
+
+
+@dataclass
+class Layout:
+    """A model read as a chain of units, what a family returns to :func:`wrap`.
+
+    Attributes:
+        units: the finest blocks, applied in order; each takes one argument (a tensor or a
+            pytree: tuple, dict) and returns the next unit's input.
+        final_head: maps the last unit's output to the model's prediction (``None``: the
+            output already is the prediction).
+        loss_fn: ``loss_fn(prediction, target)``, the family's own loss (``None``: the user must
+            give one).
+        independent_head: ``independent_head(i)`` makes a fresh head that reads the output of
+            ``units[i]`` (``None``: the family cannot make one; the user must give heads).
+        shareable: the final head accepts the output of every unit (equal widths), so
+            ``head="shared"`` is allowed.
+        default_head: what ``head="auto"`` means for this family.
+        stage_head: ``stage_head(i)`` is the head shared by the units of ``units[i]``'s stage
+            (the final head for the last stage); ``None``: ``head="stage"`` is refused.
+    """
+
+    units: list[nn.Module]
+    final_head: nn.Module | None
+    loss_fn: LossFn | None
+    independent_head: Callable[[int], nn.Module] | None = None
+    shareable: bool = False
+    default_head: str = "independent"
+    stage_head: Callable[[int], nn.Module] | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    matches: Callable[[nn.Module], bool]
+    layout: Callable[..., Layout]
+
+
+FAMILIES: list[Family] = []
+
+
+def register_family(name: str, matches: Callable[[nn.Module], bool]
+                    ) -> Callable[[Callable[..., Layout]], Callable[..., Layout]]:
+    """Decorator: ``layout(model, **options) -> Layout`` serves every model ``matches`` accepts."""
+    def add(layout: Callable[..., Layout]) -> Callable[..., Layout]:
+        if any(f.name == name for f in FAMILIES):
+            raise ValueError(f"model family {name!r} is registered twice")
+        FAMILIES.append(Family(name, matches, layout))
+        return layout
+    return add
+
+
+def family_of(model: nn.Module) -> Family:
+    """The first registered family that accepts ``model``; ``ValueError`` naming the class if none."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"recede.wrap needs an nn.Module, got {type(model).__name__}")
+    for family in FAMILIES:
+        if family.matches(model):
+            return family
+    kind = f"{type(model).__module__}.{type(model).__qualname__}"
+    raise ValueError(f"recede.wrap does not know how to split {kind} into blocks; supported: "
+                     f"{', '.join(f.name for f in FAMILIES)}; otherwise build "
+                     "recede.BlockNet(blocks, heads, loss_fn) from your modules")
+
+
+def wrap(model: nn.Module, *, blocks: int | None = None,
+         head: str | nn.Module | Sequence[nn.Module] = "auto", loss_fn: LossFn | None = None,
+         **options: object) -> BlockNet:
+    """``model`` as a BlockNet of its own modules (see the module docstring).
+
+    Args:
+        model: an ``nn.Sequential``, or a model of a registered family.
+        blocks: group the family's units into this many blocks of consecutive units
+            (``torch.tensor_split`` sizes); ``None``: one block per unit.
+        head: ``"auto"``, ``"independent"``, ``"shared"``, ``"stage"``, one module for every
+            depth, or one module per block (``heads[k-1]`` reads the output of block k-1).
+        loss_fn: replaces the family's loss.
+        options: passed to the family's layout function.
+    """
+    family = family_of(model)
+    accepted = list(inspect.signature(family.layout).parameters)[1:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{family.name} models have no wrap option(s) {unknown}; they take {accepted}")
+    layout = family.layout(model, **options)
+    groups = _group(layout.units, blocks)
+    loss_fn = loss_fn if loss_fn is not None else layout.loss_fn
+    if loss_fn is None:
+        raise ValueError(f"{family.name} models have no loss of their own: pass loss_fn=")
+    return BlockNet([_chain(g) for g in groups], _heads(layout, groups, head, family.name), loss_fn)
+
+
+def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
+    if not units:
+        raise ValueError("the model has no units to split into blocks")
+    if blocks is None:
+        return [[u] for u in units]
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(units):
+        raise ValueError(f"blocks must be an integer in [1, {len(units)}] (the model has "
+                         f"{len(units)} units), got {blocks!r}")
+    return [[units[int(i)] for i in part] for part in torch.arange(len(units)).tensor_split(blocks)]
+
+
+def _chain(group: list[nn.Module]) -> nn.Module:
+    return group[0] if len(group) == 1 else nn.Sequential(*group)
+
+
+def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module | Sequence[nn.Module],
+           family: str) -> nn.Module | list[nn.Module]:
+    """The BlockNet's heads: one shared module or one per block, the last being the final head."""
+    final = layout.final_head if layout.final_head is not None else nn.Identity()
+    if isinstance(head, nn.Module):
+        return head
+    if not isinstance(head, str):
+        heads = list(head)
+        if len(heads) != len(groups) or not all(isinstance(h, nn.Module) for h in heads):
+            raise ValueError(f"head= as a sequence needs one nn.Module per block ({len(groups)}), "
+                             f"got {len(heads)} item(s)")
+        return heads
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head must be one of {HEAD_CHOICES}, an nn.Module or a list of them, got {head!r}")
+    head = layout.default_head if head == "auto" else head
+    if head == "shared":
+        if not layout.shareable:
+            raise ValueError(f"{family} models cannot share the final head across depths (their "
+                             "widths differ); use head='independent' or give heads")
+        return final
+    ends = [sum(len(g) for g in groups[:i + 1]) for i in range(len(groups))]
+    if head == "stage":
+        if layout.stage_head is None:
+            raise ValueError(f"{family} models have no stages to share heads within; use "
+                             "head='independent' or give heads")
+        return [layout.stage_head(end - 1) for end in ends[:-1]] + [final]
+    if layout.independent_head is None:
+        if len(groups) == 1:
+            return [final]
+        raise ValueError(f"{family} models have no heads for earlier depths of their own: pass "
+                         "head= (one module shared by every depth, or one per block)")
+    return [layout.independent_head(end - 1) for end in ends[:-1]] + [final]
+
+
+from recede.wrap import sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)
