@@ -11,7 +11,8 @@ cosines), from which the report diagnoses why a rule loses.
 
 Writes ``bpm_robustness.json`` after every run, and a study started again on the same folder
 with the same configuration (``diagnosis`` aside) keeps the runs already there (delete a run's
-entry to redo it);
+entry to redo it; from the CLI, ``--overwrite`` reuses the folder: it replaces ``report.md``
+and ``config.yaml``, not the runs);
 then ``results.png``, ``diagnosis.png`` and ``report.md`` under ``out``.
 """
 
@@ -127,12 +128,13 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
                                 lambda: run_one(spec, task, "bpm-ff", lr, seed, regime, scaling))
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
+    seconds = sum(r["seconds"] for r in runs.values())
     write_json(out / "bpm_robustness.json", {"config": cfg, "runs": runs, "summary": summary,
-                                             "diagnosis": diagnosis, "seconds": time.perf_counter() - begin})
+                                             "diagnosis": diagnosis, "seconds": seconds})
     plot_results(cfg, summary, out / "results.png")
     plot_diagnosis(cfg, runs, out / "diagnosis.png")
     report = out / "report.md"
-    report.write_text(render(cfg, summary, diagnosis, time.perf_counter() - begin))
+    report.write_text(render(cfg, summary, diagnosis, seconds))
     return report
 
 
@@ -336,5 +338,5 @@ def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
              "ḡ_T, over all modified blocks, of the new estimator on its own samples, of the last period's estimator "
              "at its end on these independent samples, and of the local gradient.", "",
              "![results](results.png)", "", "![diagnosis](diagnosis.png)", "",
-             f"The whole study took {seconds / 60:.1f} min.", ""]
+             f"The runs took {seconds / 60:.1f} min in all (the sum of their wall times, resumed runs included).", ""]
     return "\n".join(text)
