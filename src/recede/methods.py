@@ -18,8 +18,8 @@
 keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from; required),
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
-``micro_batch`` (b', default 8), ``scaling`` (``optimal``/``bias``/``fixed``), ``a``, ``lam``,
-``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
+``micro_batch`` (b', default 8), ``scaling`` (``robust``/``paper``/``bias``/``fixed``,
+:mod:`recede.bp_scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
 Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
 final loss, so a training loop treats them all alike.
@@ -85,7 +85,7 @@ def parse_method(text: str) -> MethodSpec:
 
 def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
                  batch_size: int | None = None, period: int | None = None,
-                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "optimal",
+                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "robust",
                  a: float | None = None, lam: float | None = None,
                  seed: int = 0) -> MPC | BPModified | CheckpointedBP:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
@@ -116,6 +116,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
                       data=refresh_data, batch_size=batch_size, seed=seed)
 
 
-def default_offset_samples(period: int, batch_size: int, micro_batch: int) -> int:
-    """Paper B App. D.2's advice B' ≈ 1 % of K·B, as a multiple of b', at least 2 b'."""
-    return max(2, round(0.01 * period * batch_size / micro_batch)) * micro_batch
+def default_offset_samples(period: int, batch_size: int, micro_batch: int, share: float = 0.01) -> int:
+    """B' ≈ ``share`` of K·B as a multiple of b', at least 2 b'.  The default 1 % is Paper B
+    App. D.2's advice; Paper B §6 ran 320 of 782 · 64, i.e. 0.64 %."""
+    return max(2, round(share * period * batch_size / micro_batch)) * micro_batch

@@ -1,4 +1,5 @@
-"""``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default.
+"""``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default, and the
+robustness study of the BP-modified loss (``bpm-robustness``).
 
 Each paper module has ``run(out: Path, full: bool, progress: bool, data_root: str | None)
 -> Path`` that writes JSON, PNG plots and a Markdown report under ``out`` and returns the
@@ -16,7 +17,8 @@ from contextlib import contextmanager
 
 import torch
 
-PAPERS = {"paper-a": "recede.reproduce.paper_a", "paper-b": "recede.reproduce.paper_b"}
+PAPERS = {"paper-a": "recede.reproduce.paper_a", "paper-b": "recede.reproduce.paper_b",
+          "bpm-robustness": "recede.reproduce.bpm_robustness"}
 
 
 def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
