@@ -8,7 +8,7 @@ App. D (M1, M2), scikit-learn's bundled digits, and loaders for folders the user
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -48,14 +48,24 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load(name: str, **options: object) -> Task:
-    """Load the registered dataset ``name``."""
+def loader_options(name: str) -> list[str]:
+    """The options the loader ``name`` takes; ``ValueError`` if no such dataset is registered."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
+    return list(inspect.signature(_REGISTRY[name]).parameters)
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``ValueError`` naming the problem unless ``name`` is registered and takes every option."""
+    accepted = loader_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+
+
+def load(name: str, **options: object) -> Task:
+    """Load the registered dataset ``name``."""
+    check_options(name, options)
     return _REGISTRY[name](**options)
 
 

@@ -7,7 +7,7 @@ units the horizon counts.  Register a new one with :func:`register`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from recede.blocks import BlockNet
 from recede.data import Task
@@ -30,19 +30,25 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``ValueError`` naming the problem unless ``name`` is registered and takes every option."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    accepted = inspect.signature(_REGISTRY[name]).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+
+
 def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     """Build the registered model ``name``.
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
     ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    check_options(name, options)
     builder = _REGISTRY[name]
     accepted = inspect.signature(builder).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}

@@ -14,12 +14,18 @@ import torch
 from torch import nn
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors stored at ``path``; ``FileNotFoundError`` naming the path if it is absent."""
+def weights_file(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded; ``FileNotFoundError`` naming it if it is not a file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path} (give a local .pt/.pth or "
                                 ".safetensors state dict; nothing is downloaded)")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors stored at ``path``; ``FileNotFoundError`` naming the path if it is absent."""
+    path = weights_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
