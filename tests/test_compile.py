@@ -31,7 +31,7 @@ def _check_every_method(name: str, backend: str) -> None:
     compiled = copy.deepcopy(eager)
     compiled.compile(backend=backend)
     assert all(b._compiled_call_impl is not None for b in compiled.blocks)
-    plain = compiled.loss(x, y)  # an ordinary step first: its graph is compiled with donated buffers
+    plain = compiled.loss(x, y)  # an ordinary step first compiles the blocks, outside the engine
     plain.backward()
     names = [f"mpc:{h}" for h in range(1, eager.T + 1)] + ["ckpt", "loco-double:2"]
     for method in names:
@@ -41,8 +41,8 @@ def _check_every_method(name: str, backend: str) -> None:
         got = _grads(compiled, build_method(compiled, method), x, y)
         for g, e in zip(got, expected):
             assert (g is None) == (e is None), method
-            if g is not None:
-                torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6, msg=method)
+            if g is not None:  # float32 round-off of fused kernels, relative to the gradient's scale
+                assert float((g - e).abs().max()) <= 1e-4 * float(e.abs().max()) + 1e-12, method
 
 
 @pytest.mark.parametrize("name", ["conv-resnet", "tied-embedding", "tuple-states"])
@@ -75,3 +75,30 @@ def test_compiling_the_whole_net_is_refused_with_advice():
     make, _ = ARCHITECTURES["conv-resnet"]
     with pytest.raises(ValueError, match=r"compile them in place with net.compile\(...\)"):
         MPC(torch.compile(make()), 2)
+
+
+def test_blocks_compiled_and_stepped_outside_the_engine_are_recompiled_not_wrong(caplog):
+    """A graph compiled with AOTAutograd's donated buffers overwrites what it saved, so re-using
+    it (as 1 < h < T do) would be silently wrong; the engine turns them off and recompiles."""
+    import torch._functorch.config as functorch_config
+
+    torch.manual_seed(2)
+    make, sample = ARCHITECTURES["conv-resnet"]
+    eager, (x, y) = make(), sample()
+    net = copy.deepcopy(eager)
+    functorch_config.donated_buffer = True  # PyTorch's default, as a user's process starts
+    for block in net.blocks:
+        block.compile(backend="aot_eager")
+    z = x
+    for block in net.blocks:  # the user's own forward and backward, not through recede
+        z = block(z)
+    z.sum().backward()
+    eager.load_state_dict(net.state_dict())  # BatchNorm statistics moved by that step
+    expected = _grads(eager, MPC(eager, 2), x, y)
+    got = _grads(net, MPC(net, 2), x, y)
+    assert "turned off AOTAutograd's donated buffers" in caplog.text
+    assert not functorch_config.donated_buffer
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert float((g - e).abs().max()) <= 1e-4 * float(e.abs().max()) + 1e-12

@@ -49,11 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch._functorch.config as functorch_config
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from recede.blocks import BlockNet, Uses, describe, samples_in
+from recede.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
 
 Grads = dict[nn.Parameter, torch.Tensor]
 
@@ -177,9 +176,8 @@ class MPC:
         scaling = scaler is not None and scaler.is_enabled()
         uses = self.net.trainable_parameters()
         step = StepGradients([{} for _ in range(self.net.T)])
-        # compiled blocks: the window re-uses a block's graph (retain_graph), which AOTAutograd's
-        # donated buffers forbid; the setting is part of the compile cache key
-        with torch.enable_grad(), functorch_config.patch(donated_buffer=False):
+        keep_compiled_graphs([*self.net.blocks, *self.net.heads])
+        with torch.enable_grad():
             if scaling:
                 step.scale = scaler.scale(torch.ones((), device=_device_of(x)))
             if self.horizon == self.net.T and not self.double and not (per_use and uses.shared):

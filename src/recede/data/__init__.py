@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from recede.config import check_keywords
+
 
 @dataclass
 class Task:
@@ -48,23 +50,25 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def loader_options(name: str) -> list[str]:
-    """The options the loader ``name`` takes; ``ValueError`` if no such dataset is registered."""
+def _loader(name: str) -> Callable[..., Task]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    return list(inspect.signature(_REGISTRY[name]).parameters)
+    return _REGISTRY[name]
+
+
+def loader_options(name: str) -> list[str]:
+    """The options the loader ``name`` takes; ``ValueError`` if no such dataset is registered."""
+    return list(inspect.signature(_loader(name)).parameters)
 
 
 def check_options(name: str, options: Mapping[str, object]) -> None:
-    """``ValueError`` naming the problem unless ``name`` is registered and takes every option."""
-    accepted = loader_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+    """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
+    loader's parameters and annotations (:func:`recede.config.check_keywords`)."""
+    check_keywords(_loader(name), dict(options), f"dataset {name!r}")
 
 
 def load(name: str, **options: object) -> Task:
-    """Load the registered dataset ``name``."""
+    """Load the registered dataset ``name``, its ``options`` checked first (:func:`check_options`)."""
     check_options(name, options)
     return _REGISTRY[name](**options)
 

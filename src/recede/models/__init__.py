@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 
 from recede.blocks import BlockNet
+from recede.config import check_keywords
 from recede.data import Task
 
 _REGISTRY: dict[str, Callable[..., BlockNet]] = {}
@@ -30,29 +31,35 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def check_options(name: str, options: Mapping[str, object]) -> None:
-    """``ValueError`` naming the problem unless ``name`` is registered and takes every option."""
+def _builder(name: str) -> Callable[..., BlockNet]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+    return _REGISTRY[name]
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
+    builder's parameters and annotations (:func:`recede.config.check_keywords`), without
+    building it."""
+    check_keywords(_builder(name), dict(options), f"model {name!r}")
 
 
 def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     """Build the registered model ``name``.
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
-    ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.
+    ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.  Options
+    are checked against the builder's parameters and annotations first
+    (:func:`recede.config.check_keywords`): an unknown name or a value of the wrong type is a
+    ``ValueError`` naming it.
     """
-    check_options(name, options)
-    builder = _REGISTRY[name]
+    builder = _builder(name)
     accepted = inspect.signature(builder).parameters
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
         options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
+    check_keywords(builder, options, f"model {name!r}")
     return builder(**options)
 
 

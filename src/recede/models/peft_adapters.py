@@ -6,7 +6,10 @@ ResNet-50 with LoKr (Kronecker-product adapters), both with rank r = 1 and α = 
 ``peft.inject_adapter_in_model``: peft swaps the targeted leaf layers (``qkv`` linears,
 convolutions) inside the blocks, so every block, head and the BlockNet itself stay the same
 module objects, and the engine (which reads ``requires_grad``) trains exactly what is left
-trainable: the adapter weights and the heads.  Base weights are frozen.
+trainable: the adapter weights and the heads.  Base weights are frozen.  peft swaps a layer in
+the parent it reaches through the BlockNet; a wrapped model (:func:`recede.wrap`) may hold that
+layer under another parent too (its stem's ``conv1``), so every such parent gets the adapter
+layer as well, and the user's model and the BlockNet stay one model.
 """
 
 from __future__ import annotations
@@ -59,12 +62,28 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
     else:
         config = LoKrConfig(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
     inject_adapter_in_model(config, net)
+    _share_replacements(net)
     prefix = f"{kind}_"
     for name, p in net.named_parameters():
         p.requires_grad_(prefix in name)
     for p in net.heads.parameters():
         p.requires_grad_(True)
     return net
+
+
+def _share_replacements(net: BlockNet) -> None:
+    """Make every parent of a layer peft replaced, in the BlockNet or a wrapped model, hold its adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from recede.wrap.vision import ModelPart
+
+    adapted = {id(m.get_base_layer()): m for m in net.modules() if isinstance(m, BaseTunerLayer)}
+    roots = [net, *{id(m.model): m.model for m in net.modules() if isinstance(m, ModelPart)}.values()]
+    stale = [(parent, name, adapted[id(child)]) for root in roots for parent in root.modules()
+             for name, child in parent.named_children()
+             if id(child) in adapted and parent is not adapted[id(child)]]
+    for parent, name, layer in stale:
+        setattr(parent, name, layer)
 
 
 def adapter_parameters(net: nn.Module) -> dict[str, nn.Parameter]:

@@ -1,9 +1,11 @@
 """``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default.
 
-Each paper module has ``run(out, full, progress, data_root, config=None, weights=None) -> Path``
-that checks its configuration, data folders and weights files before the first step, writes
-JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.  A
-configuration is a preset of ``experiments/paper_a`` / ``paper_b`` (:mod:`recede.reproduce.configs`).
+Each paper module has ``run(out, full, progress, data_root, config=None, weights=None,
+on_checked=None) -> Path`` that checks its configuration, data folders and weights files,
+calls ``on_checked()`` (the command line writes ``config.yaml`` there, :func:`recede.preflight.start`),
+then writes JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.
+A refused run therefore writes nothing.  A configuration is a preset of ``experiments/paper_a`` /
+``paper_b`` (:mod:`recede.reproduce.configs`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import argparse
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -42,6 +43,7 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from recede import preflight
     from recede.reproduce import configs
 
     if args.full and args.preset is not None:
@@ -54,8 +56,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
         options["config"] = configs.read_config(args.paper, args.preset)
     if args.only is not None:
         options["only"] = [s.strip() for s in args.only.split(",") if s.strip()]
-    report = module.run(Path(args.out or f"results/{args.paper}"), full=args.full,
-                        progress=not args.no_progress, data_root=args.data_root, **options)
+    report = module.run(preflight.out_folder(args), full=args.full, progress=not args.no_progress,
+                        data_root=args.data_root, on_checked=lambda: preflight.start(args), **options)
     print(f"report written to {report}")
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 import yaml
 
 from recede import data, models
@@ -72,12 +73,9 @@ def check_entry(label: str, entry: Mapping) -> None:
     for key in ("model", "data"):
         if key not in entry:
             raise ValueError(f"{label}: no {key!r} given")
-    weights = (entry.get("model_options") or {}).get("weights")
     try:
         models.check_options(entry["model"], entry.get("model_options") or {})
         data.check_options(entry["data"], entry.get("data_options") or {})
-        if weights is not None and not isinstance(weights, str):
-            raise ValueError(f"model_options.weights must be a file name or {REQUIRED!r}, got {weights!r}")
     except ValueError as err:
         raise ValueError(f"{label}: {err}") from None
 
@@ -119,18 +117,21 @@ def apply_sources(entries: Mapping[str, dict], data_root: str | None,
 
 
 def check_sources(entries: Mapping[str, dict], who: str) -> None:
-    """Read every entry's data and build every model once (loading its weights file).
+    """Read every entry's data and build every model once, its weights file loaded
+    (:func:`recede.preflight.load_data`, :func:`recede.preflight.build_model`).
 
     Raises ``FileNotFoundError``/``ValueError`` prefixed with ``who`` and the entry's label.
     """
+    from recede import preflight
+
     tasks: dict[str, data.Task] = {}
     for label, entry in entries.items():
         options = entry.get("data_options") or {}
         key = repr((entry["data"], sorted(options.items())))
         try:
             if key not in tasks:
-                tasks[key] = data.load(entry["data"], **options)
-            models.build(entry["model"], tasks[key], **(entry.get("model_options") or {}))
+                tasks[key] = preflight.load_data(entry["data"], options)
+            preflight.build_model(entry["model"], tasks[key], entry.get("model_options") or {}, torch.device("cpu"))
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{who}: {label}: {err}") from None
         except ValueError as err:

@@ -15,6 +15,7 @@ Everything is checked before the first step (:mod:`recede.reproduce.configs`).  
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,11 +77,12 @@ def check_config(config: dict) -> None:
 
 def run(out: Path, full: bool = False, progress: bool = True, config: dict | None = None,
         data_root: str | None = None, weights: dict[str | None, str] | None = None,
-        only: list[str] | None = None) -> Path:
+        only: list[str] | None = None, on_checked: Callable[[], None] | None = None) -> Path:
     """Check the configuration and its data and weights, run its sections, return ``report.md``.
 
     ``data_root``: the folder the CIFAR/Tiny-ImageNet entries read; ``weights``: from
-    :func:`recede.reproduce.configs.parse_weights`.
+    :func:`recede.reproduce.configs.parse_weights`; ``on_checked`` is called once everything is
+    checked, before anything is written.
     """
     config = config if config is not None else load_config(full)
     chosen = sections(config, only)
@@ -89,6 +91,8 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
     configs.apply_sources(picked, data_root, weights or {}, "paper-a")
     check_config(config)  # again: a --weights file must not meet a pretrain section
     configs.check_sources(picked, "paper-a")
+    if on_checked is not None:
+        on_checked()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -130,19 +131,23 @@ def check_config(cfg: dict) -> None:
 
 
 def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
-        config: dict | None = None, weights: dict[str | None, str] | None = None) -> Path:
+        config: dict | None = None, weights: dict[str | None, str] | None = None,
+        on_checked: Callable[[], None] | None = None) -> Path:
     """Run every table's training runs and write JSON, PNG and the Markdown report.
 
     ``config`` (default the preset ``full`` or ``cpu``) is checked with its data folder
     (``data_root`` replaces its ``root``) and weights file (``weights`` from
-    :func:`recede.reproduce.configs.parse_weights`) before the first step.  ``device: auto``
-    in the config trains on CUDA when there is a GPU.
+    :func:`recede.reproduce.configs.parse_weights`) before the first step; then ``on_checked()``
+    is called, before anything is written.  ``device: auto`` in the config trains on CUDA when
+    there is a GPU.
     """
     cfg = config if config is not None else load_config(full)
     check_config(cfg)
     entry = {f"{cfg['model']} on {cfg['data']}": cfg}
     configs.apply_sources(entry, data_root, weights or {}, "paper-b")
     configs.check_sources(entry, "paper-b")
+    if on_checked is not None:
+        on_checked()
     device = "cuda" if cfg.get("device", "auto" if full else "cpu") == "auto" and torch.cuda.is_available() else "cpu"
     with torch_threads(cfg.get("threads")):
         task = data.load(cfg["data"], **cfg["data_options"])
