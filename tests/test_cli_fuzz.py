@@ -67,7 +67,7 @@ SELECT_CONFIG = [
 ]
 REPRODUCE_CONFIG = [
     (["--config", "{files}/full-number.yaml"], "option full must be true or false, got 3"),
-    (["--config", "{files}/paper-bad.yaml"], "option paper must be one of paper-a, paper-b, got 'paper-c'"),
+    (["--config", "{files}/paper-bad.yaml"], "option paper must be one of bpm-robustness, paper-a, paper-b, got 'paper-c'"),
     (["--config", "{files}/data-root-list.yaml"], "option data_root takes one value"),
     (["--config", "{files}/opt-mapping.yaml"], "unknown option(s) model_opt"),
 ]
