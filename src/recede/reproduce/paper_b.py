@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
-from recede.reproduce import torch_threads
+from recede.reproduce import configs, torch_threads
 from recede.train import batches, make_optimizer, train
 
-CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "paper_b"
+CONFIGS = configs.preset_folder("paper-b")
+CONFIG_KEYS = ("model", "model_options", "data", "data_options", "optimizer", "epochs", "batch_size",
+               "seeds", "methods", "bpm")
 
 # Paper B, ResNet-50 full tuning on CIFAR-100 (Tables 1, 3, 4, 5, 6, 7, 8).
 PAPER = {
@@ -145,24 +148,41 @@ def plan(cfg: dict) -> list[tuple[str, str, dict]]:
     return rows
 
 
-def user_data(full: bool, data_root: str) -> tuple[str, dict]:
-    """The dataset and options that ``--data-root`` gives: CIFAR-100 of the ``--full`` run."""
-    if not full:
-        raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
-                         "run uses scikit-learn's digits")
-    cfg = load_config(full)
-    return cfg["data"], cfg["data_options"] | {"root": data_root}
+def check_config(cfg: dict) -> None:
+    """``ValueError`` naming the first missing setting, unknown model, dataset, option or method."""
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    missing += [f"bpm.{k}" for k in ("offset_samples", "micro_batch", "period_epochs") if k not in cfg.get("bpm", {})]
+    missing += [f"{group}[{i}].{k}" for group in ("regimes", "robust_regimes")
+                for i, regime in enumerate(cfg.get(group, [])) for k in ("offset_samples", "period_epochs")
+                if k not in regime]
+    if missing:
+        raise ValueError(f"paper-b: missing setting(s) {missing}")
+    configs.check_entry("paper-b", cfg)
+    for method in cfg["methods"]:
+        parse_method(method)
+    if cfg["optimizer"].get("name") not in ("sgd", "adam"):
+        raise ValueError(f"paper-b: optimizer.name must be sgd or adam, got {cfg['optimizer'].get('name')!r}")
 
 
-def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None) -> Path:
+def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
+        config: dict | None = None, weights: dict[str | None, str] | None = None,
+        on_checked: Callable[[], None] | None = None) -> Path:
     """Run every table's training runs from every seed and write JSON, PNG and the report.
 
-    ``data_root`` is the folder holding ``cifar-100-python`` for ``--full`` (Paper B §6).
+    ``config`` (default the preset ``full`` or ``cpu``) is checked with its data folder
+    (``data_root`` replaces its ``root``) and weights file (``weights`` from
+    :func:`recede.reproduce.configs.parse_weights`) before the first step; then ``on_checked()``
+    is called, before anything is written.  ``device: auto`` in the config trains on CUDA when
+    there is a GPU.
     """
-    cfg = load_config(full)
-    if data_root is not None:
-        cfg["data"], cfg["data_options"] = user_data(full, data_root)
-    device = "cuda" if full and torch.cuda.is_available() else "cpu"
+    cfg = config if config is not None else load_config(full)
+    check_config(cfg)
+    entry = {f"{cfg['model']} on {cfg['data']}": cfg}
+    configs.apply_sources(entry, data_root, weights or {}, "paper-b")
+    configs.check_sources(entry, "paper-b")
+    if on_checked is not None:
+        on_checked()
+    device = "cuda" if cfg.get("device", "auto" if full else "cpu") == "auto" and torch.cuda.is_available() else "cpu"
     runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):
         task = data.load(cfg["data"], **cfg["data_options"])
