@@ -64,3 +64,10 @@ def test_full_and_data_root_are_refused():
         study.load_config(full=True)
     with pytest.raises(ValueError, match="offline"):
         study.run("unused", data_root="somewhere")
+
+
+def test_refuses_data_folders_and_weights_before_writing(tmp_path):
+    for options in ({"data_root": str(tmp_path)}, {"weights": {"resnet50": "w.pt"}}):
+        with pytest.raises(ValueError, match="does not apply"):
+            study.run(tmp_path / "out", progress=False, on_checked=lambda: pytest.fail("checked"), **options)
+    assert not (tmp_path / "out").exists()

@@ -90,11 +90,18 @@ def run_one(spec: dict, task: data.Task, method: str, lr: float, seed: int, regi
 
 
 def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
-        config: dict | None = None) -> Path:
-    """Run the study (``config`` overrides the YAML, for tests) and write its files."""
+        config: dict | None = None, weights: dict[str | None, str] | None = None,
+        on_checked: Callable[[], None] | None = None) -> Path:
+    """Run the study and write its files.  ``config``: a preset's settings (default
+    ``cpu.yaml``); ``on_checked()`` is called once the arguments are checked, before anything
+    is written (``recede reproduce`` then prepares the results folder)."""
     if data_root is not None:
         raise ValueError("bpm-robustness runs offline data only; --data-root does not apply")
+    if weights:
+        raise ValueError("bpm-robustness trains every model from scratch; --weights does not apply")
     cfg = config or load_config(full)
+    if on_checked is not None:
+        on_checked()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "bpm_robustness.json"
