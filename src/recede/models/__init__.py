@@ -34,7 +34,8 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     """Build the registered model ``name``.
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
-    ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.
+    ``in_channels``, ``num_classes``; for a language-model task ``vocab_size`` and the context
+    ``n_positions``) default to the task's; explicit ``options`` win.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
@@ -46,8 +47,10 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
+        if task.kind == "language-model":
+            sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}
         options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
     return builder(**options)
 
 
-from recede.models import mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)
+from recede.models import language, mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)
