@@ -89,14 +89,17 @@ def run_bench(args: argparse.Namespace) -> int:
         rows.append({"method": spec.label, "ms/step": 1000 * step,
                      "model ratio": None if h is None else model_ratio(net.T, h),
                      "saved MiB": memory.saved_peak_mib})
+        if workload.tokens(args.batch_size) is not None:
+            rows[-1]["tokens/s"] = workload.tokens(args.batch_size) / step
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     for row, s, b in zip(rows, seconds, saved):
         row["time ratio"], row["memory ratio"] = s / seconds[bp], b / saved[bp]
-    columns = ["method", "ms/step", "time ratio", "model ratio", "saved MiB", "memory ratio"]
+    columns = ["method", "ms/step", "time ratio", "model ratio", "saved MiB", "memory ratio"] \
+        + (["tokens/s"] if workload.tokens(args.batch_size) is not None else [])
     title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}"
     print_table(rows, columns, title=title)
     out = Path(args.out)
-    write_json(out / "metrics.json", {"rows": rows})
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info})
     (out / "report.md").write_text(f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
                                    "model ratio: SPEC §2 cost model for horizons.\n")
     print(f"results written to {out}/")

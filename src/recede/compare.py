@@ -3,7 +3,8 @@
 Every method trains a fresh copy of the same model (same seed, same data order, same epochs
 and optimizer), then is measured on the same batch:
 
-* quality — final test loss, and test accuracy for classification;
+* quality — final test loss, and test accuracy for classification (bits per byte and tokens/s
+  for a language model);
 * step time / BP — median wall time of ``backward`` (forward + gradient) over repeated steps,
   timed round-robin across the methods;
 * memory / BP — peak bytes saved for backward in one step (:mod:`recede.memory`), and CUDA peak
@@ -80,15 +81,15 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out) for spec in specs]
     rows = measure_frontier(workload, specs, results, args)
-    quality = "test acc" if workload.classification else "test loss"
-    columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
+    quality = workload.quality
+    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
         + ["time ratio", "memory ratio"] + (["cuda ratio"] if workload.device.type == "cuda" else []) \
         + ["cos θ", "ms/step", "saved MiB", "dominated"]
     title = f"{args.model} on {args.data}, {args.epochs} epochs"
     print_table(rows, [c for c in columns if c not in ("train loss", "ms/step", "saved MiB")], title=title)
     frontier(rows, out / "frontier.png", quality, title)
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
-    write_json(out / "metrics.json", {"rows": rows, "history": {
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "history": {
         r.label: [e.as_dict() for e in r.history] for r in results}})
     report = out / "report.md"
     report.write_text(_report(title, rows, columns, quality))
@@ -109,13 +110,14 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
         row = r.row()
         row["ms/step"] = 1000 * s
         row["time ratio"] = s / seconds[bp]
+        if r.tokens_per_step is not None:
+            row["tokens/s"] = x.numel() / s
         row["memory ratio"] = r.memory.saved_peak_bytes / results[bp].memory.saved_peak_bytes
         if r.memory.cuda_peak_bytes is not None:
             row["cuda ratio"] = r.memory.cuda_peak_bytes / results[bp].memory.cuda_peak_bytes
         row["cos θ"] = _gradient_cosine(r, workload, args)
         rows.append(row)
-    quality = "test acc" if workload.classification else "test loss"
-    for row, flag in zip(rows, dominated(rows, quality, higher_is_better=workload.classification)):
+    for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
         row["dominated"] = "yes" if flag else "no"
     return rows
 

@@ -122,6 +122,21 @@ class Workload:
     def classification(self) -> bool:
         return self.task.kind == "classification"
 
+    @property
+    def quality(self) -> str:
+        """The row column that ranks methods: test accuracy, an LM's bits per byte, else test loss."""
+        return {"classification": "test acc", "language-model": "test bits/byte"}.get(self.task.kind, "test loss")
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """Result columns beside the losses: accuracy, or an LM's bits per byte and tokens/s."""
+        return {"classification": ["test acc"],
+                "language-model": ["test bits/byte", "tokens/s"]}.get(self.task.kind, [])
+
+    def tokens(self, batch_size: int) -> int | None:
+        """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
+        return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
+
     def build(self, seed: int):
         torch.manual_seed(seed)
         return models.build(self.model, self.task, **self.model_options).to(self.device)
@@ -141,6 +156,7 @@ class MethodResult:
     memory: MemoryReport
     net: torch.nn.Module = field(repr=False)
     method: Any = field(repr=False)
+    tokens_per_step: int | None = None  # a language model's tokens per training step
 
     @property
     def final(self) -> EpochRecord:
@@ -152,9 +168,12 @@ class MethodResult:
         return 1000 * sum(r.seconds for r in self.history) / sum(r.steps for r in self.history)
 
     def row(self) -> dict[str, Any]:
+        extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
+        if self.tokens_per_step is not None:
+            extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
         return {"method": self.label, "train loss": self.final.train_loss,
                 "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
-                "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
+                **extra, "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
                 "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
                 else self.memory.cuda_peak_bytes / 2**20}
 
@@ -218,7 +237,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
                         lr_rule=lr_rule, classification=workload.classification,
                         device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
                         progress=writes and not args.no_progress, description=spec.label,
-                        rank=workload.rank, world_size=workload.world_size)
+                        rank=workload.rank, world_size=workload.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
         kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
@@ -229,7 +248,8 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     x, y = workload.batch(args.batch_size)
     _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
     optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method)
+    return MethodResult(spec.label, history, memory, net, method,
+                        workload.tokens(args.batch_size * workload.world_size))
 
 
 def _check_same_run(saved: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
