@@ -53,7 +53,7 @@ def benchmark(name: str, batch: int, repeats: int, device: torch.device) -> list
     net = build(registry_name, **options).to(device)
     x = torch.randn(batch, 3, side, side, device=device)
     y = torch.randint(0, options["num_classes"], (batch,), device=device)
-    net.check_heads(x, y)
+    net.check(x, y)
     horizons = sorted({h for h in (1, 2, 5, net.T) if h <= net.T})
 
     def plain_bp() -> None:

@@ -170,7 +170,6 @@ def test_batchnorm_blocks_run_forward_once_per_step():
     torch.manual_seed(8)
     make, sample = ARCHITECTURES["conv-resnet"]
     net, (x, y) = make(), sample()
-    net.heads_checked = True  # the one-time head check runs a no-grad forward of its own
     calls = [0] * net.T
     for t, block in enumerate(net.blocks):
         block.register_forward_hook(lambda *_, t=t: calls.__setitem__(t, calls[t] + 1))
@@ -234,9 +233,14 @@ def test_a_head_that_does_not_fit_names_the_block():
     blocks = [Residual(5), nn.Linear(5, 7), Residual(7)]
     heads = [nn.Linear(5, 3), nn.Linear(5, 3), nn.Linear(7, 3)]  # head 2 expects 5, block 1 gives 7
     net = BlockNet(blocks, heads, nn.CrossEntropyLoss())
-    with pytest.raises(ValueError, match=r"head at depth 2 does not accept the output of block 1 \(shape \(4, 7\)\)"):
-        MPC(net, 3).backward(torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+    message = r"head at depth 2 does not accept the output of block 1 \(a tensor of shape \(4, 7\), float64 on cpu\)"
+    with pytest.raises(ValueError, match=message):
+        MPC(net, 1).backward(x, y)
     assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(ValueError, match=message):
+        net.check(x, y)  # checks every depth, also those a horizon never evaluates
+    MPC(net, 3).backward(x, y)  # h = T evaluates only the final head
 
 
 def test_a_loss_that_does_not_fit_the_targets_is_named():

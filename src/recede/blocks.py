@@ -5,20 +5,73 @@ is *compatible* with every state: ``L(x_t)`` is defined for t = 1..T (Paper A §
 :class:`BlockNet` is that object: the T blocks ``f_t``, a head per depth that maps ``x_k`` to a
 prediction, and ``loss_fn(prediction, target)``.  ``L(x_k) = loss_fn(head_k(x_k), y)``.
 
-Heads are either one module per depth (``heads[k-1]`` reads ``x_k``, the output of block k-1,
-so ``heads[-1]`` is the final head) or one module shared by all depths (Paper B, App. A).
-The modules are held, not copied: wrapping a model and stepping an optimizer on the wrapper
-trains the user's own modules.
+A state ``x_k`` is a tensor or a pytree of them (a tuple, a dict, a Hugging Face output):
+blocks may pass hidden states together with masks or position ids.  Heads are either one module
+per depth (``heads[k-1]`` reads ``x_k``, the output of block k-1, so ``heads[-1]`` is the final
+head) or one module shared by all depths (Paper B, App. A).  The modules are held, not copied:
+wrapping a model and stepping an optimizer on the wrapper trains the user's own modules.
+
+**Shared parameters** (SPEC §1).  One parameter may be used by several blocks, or by a block
+and a head (a tied embedding and LM head).  Each *use* is a separate term: the use in block t
+gets g_h(u_t), the use in the head at depth k gets ∇L(x_k) whenever depth k is trained, and the
+parameter's gradient is their sum; at h = T that is autograd's gradient.
+:meth:`BlockNet.trainable_parameters` lists each use.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+# errors of a block or head applied to an input it does not fit (shape, dtype, device, type)
+_MISFIT = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+def describe(tree: Any) -> str:
+    """A short description of a tensor or pytree for error messages: shapes, dtypes, devices."""
+    if isinstance(tree, torch.Tensor):
+        return f"tensor of shape {tuple(tree.shape)}, {str(tree.dtype).removeprefix('torch.')} on {tree.device}"
+    leaves = tree_leaves(tree)
+    if len(leaves) == 1 and leaves[0] is tree:
+        return f"{type(tree).__name__} {tree!r:.60}"
+    parts = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in leaves[:4]]
+    more = f", … ({len(leaves)} leaves)" if len(leaves) > 4 else ""
+    return f"{type(tree).__name__} of [{'; '.join(parts)}{more}]"
+
+
+def samples_in(batch: Any) -> int:
+    """The number of samples in a batch: the leading size of its first tensor (0 if none)."""
+    first = next((t for t in tree_leaves(batch) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return 0 if first is None else int(first.shape[0])
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Every tensor of a batch (a tensor or a pytree) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+
+
+@dataclass(frozen=True)
+class Uses:
+    """The trainable parameters of one step, per use (SPEC §1).
+
+    ``blocks[t]``: the trainable parameters block t uses, each once; ``heads[k-1]``: those the
+    head at depth k uses (a parameter tied to a block appears in both).  ``shared``: some
+    parameter is used by more than one block or by a block and the final head, so a single
+    backward pass gives its total, not each use's share.
+    """
+
+    blocks: list[list[nn.Parameter]]
+    heads: list[list[nn.Parameter]]
+    shared: bool
 
 
 class BlockNet(nn.Module):
@@ -46,7 +99,6 @@ class BlockNet(nn.Module):
                 raise ValueError(f"BlockNet got {len(self.blocks)} blocks but {len(self.heads)} heads; "
                                  "give one head per block output or a single shared head module")
         self.loss_fn = loss_fn
-        self.heads_checked = False
 
     @property
     def T(self) -> int:
@@ -60,60 +112,98 @@ class BlockNet(nn.Module):
         return self.heads[0] if self.shared_head else self.heads[k - 1]
 
     def block_parameters(self, t: int) -> list[nn.Parameter]:
-        """The trainable parameters ``u_t`` of block t (those that require grad)."""
+        """The trainable parameters ``u_t`` block t uses (those that require grad), each once."""
         return [p for p in self.blocks[t].parameters() if p.requires_grad]
 
     def head_parameters(self, k: int) -> list[nn.Parameter]:
-        """The trainable parameters of the head at depth k, minus any a block already owns."""
-        return self.trainable_parameters()[1][k - 1]
+        """The trainable parameters the head at depth k uses, tied ones included."""
+        return [p for p in self.head(k).parameters() if p.requires_grad]
 
-    def trainable_parameters(self) -> tuple[list[list[nn.Parameter]], list[list[nn.Parameter]]]:
-        """``(blocks, heads)``: per block t the trainable ``u_t``, and per depth k = 1..T the
-        trainable parameters of head k that no block owns — gathered in one pass."""
+    def trainable_parameters(self) -> Uses:
+        """Every use of a trainable parameter in this step, gathered in one pass (SPEC §1)."""
         blocks = [[p for p in b.parameters() if p.requires_grad] for b in self.blocks]
-        block_ids = {id(p) for b in self.blocks for p in b.parameters()}
-        per_head = [[p for p in h.parameters() if p.requires_grad and id(p) not in block_ids]
-                    for h in self.heads]
+        per_head = [[p for p in h.parameters() if p.requires_grad] for h in self.heads]
         heads = per_head * self.T if self.shared_head else per_head
-        return blocks, heads
+        uses = [p for params in blocks for p in params] + heads[-1]
+        return Uses(blocks, heads, len({id(p) for p in uses}) < len(uses))
 
-    def depth_loss(self, x_k: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    def run_block(self, t: int, z: Any) -> Any:
+        """``f_t(z)``; an input the block does not fit raises ``ValueError`` naming block and input."""
+        try:
+            return self.blocks[t](z)
+        except torch.OutOfMemoryError:
+            raise
+        except _MISFIT as err:
+            raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) failed on its input, "
+                             f"a {describe(z)}: {err}") from err
+
+    def depth_loss(self, x_k: Any, y: Any, k: int) -> torch.Tensor:
         """``L(x_k) = loss_fn(head_k(x_k), y)``; a head or loss that does not fit is named."""
         try:
             prediction = self.head(k)(x_k)
-        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        except torch.OutOfMemoryError:
+            raise
+        except _MISFIT as err:
             raise ValueError(f"the head at depth {k} does not accept the output of block {k - 1} "
-                             f"(shape {tuple(x_k.shape)}): {err}") from err
+                             f"(a {describe(x_k)}): {err}") from err
         try:
             loss = self.loss_fn(prediction, y)
-        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        except torch.OutOfMemoryError:
+            raise
+        except _MISFIT as err:
             raise ValueError(f"loss_fn does not accept the prediction of the head at depth {k} "
-                             f"(shape {tuple(prediction.shape)}) with targets of shape "
-                             f"{tuple(y.shape)}: {err}") from err
+                             f"(a {describe(prediction)}) with targets (a {describe(y)}): {err}") from err
+        if not isinstance(loss, torch.Tensor):
+            raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} at depth {k}")
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)} at depth {k}")
         return loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> Any:
         """The final prediction ``head_T(x_T)``."""
         for block in self.blocks:
             x = block(x)
         return self.head(self.T)(x)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: Any, y: Any) -> torch.Tensor:
         """The final loss ``L(x_T)`` through one ordinary forward pass."""
         return self.loss_fn(self(x), y)
 
-    def check_heads(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Run one no-grad forward and check that every head and the loss accept each depth.
+    def check(self, x: Any, y: Any) -> None:
+        """Check that every block, every head and the loss accept ``(x, y)``, without side effects.
 
-        Raises ``ValueError`` naming the first block whose output its head does not fit.
+        One no-grad forward in eval mode; BatchNorm buffers, the RNG state and the train/eval
+        mode are as before the call.  Raises ``ValueError`` naming the first block or depth
+        that does not fit.
         """
-        with torch.no_grad():
-            for k, block in enumerate(self.blocks, start=1):
-                x = block(x)
-                self.depth_loss(x, y, k)
-        self.heads_checked = True
+        modes = [(m, m.training) for m in self.modules()]
+        buffers = [(b, b.clone()) for b in self.buffers()]
+        devices = sorted({t.device.index for t in tree_leaves(x) if isinstance(t, torch.Tensor)
+                          and t.device.type == "cuda"} - {None})
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self.eval()
+                for t in range(self.T):
+                    x = self.run_block(t, x)
+                    self.depth_loss(x, y, t + 1)
+        finally:
+            for module, training in modes:
+                module.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Compile every block and head in place (``nn.Module.compile`` with these arguments).
+
+        The engine calls each block and head on its own, so compiling the BlockNet's own
+        ``forward`` (``torch.compile(net)``) would leave the training step eager.
+        """
+        seen: set[int] = set()
+        for module in [*self.blocks, *self.heads]:
+            if id(module) not in seen:
+                seen.add(id(module))
+                module.compile(*args, **kwargs)
 
     def regroup(self, n_stages: int) -> "BlockNet":
         """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).
@@ -129,5 +219,4 @@ class BlockNet(nn.Module):
             stages.append(nn.Sequential(*self.blocks[end:end + size]))
             end += size
             heads.append(self.head(end))
-        net = BlockNet(stages, heads[0] if self.shared_head else heads, self.loss_fn)
-        return net
+        return BlockNet(stages, heads[0] if self.shared_head else heads, self.loss_fn)

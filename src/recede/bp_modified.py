@@ -42,12 +42,13 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
+from recede.blocks import BlockNet, samples_in, to_device
+from recede.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bp_modified")
 
@@ -250,13 +251,14 @@ class BPModified:
         self.modified = [t for t in range(net.T) if t + reach < net.T]
         self.params = {t: net.block_parameters(t) for t in self.modified}
         self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
-        self.trainable = [p for p in net.parameters() if p.requires_grad]
-        ref = self.trainable[0] if self.trainable else torch.zeros(())
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        ref = trainable[0] if trainable else torch.zeros(())
         self.offset = torch.zeros(sum(self._sizes), dtype=ref.dtype, device=ref.device)
         self.a = torch.ones(net.T, dtype=torch.float64)
         self.lam = torch.zeros(net.T, dtype=torch.float64)
         self.step = 0
         self.refreshes = 0
+        self._refresh_due = False
         self.last_stats: RefreshStats | None = None
 
     @property
@@ -265,63 +267,72 @@ class BPModified:
 
     # -- training step -----------------------------------------------------------------
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Accumulate ĝ_{h,t} (Paper B eq. 5) into every block's ``.grad``; return L(x_T).
+    def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
+        """Accumulate ĝ_{h,t} (Paper B eq. 5) into ``.grad``; return L(x_T).
 
-        With ``data``, first refreshes when the step count is a multiple of ``period``.
+        Each use of a parameter is its block's term (SPEC §1): a parameter of several blocks
+        gets each block's ĝ once, a head's use the plain local gradient.  With ``data``, first
+        refreshes when a period begins (a refresh whose fp16 gradients overflow is retried at
+        the next step).  With an enabled ``scaler`` the gradients are scaled as
+        :meth:`recede.MPC.backward` scales them, offsets included.
         """
-        self.batch_size = self.batch_size or len(x)
+        self.batch_size = self.batch_size or samples_in(x)
         if self.data is not None and self.step % self.period == 0:
-            self.refresh(self.draw(self.refreshes))
-        held = {p: p.grad for t in self.modified for p in self.params[t]}
-        for p in held:
-            p.grad = None
-        try:
-            loss = self.local.backward(x, y)
-        except BaseException:
-            for p, g in held.items():
-                p.grad = g
-            raise
+            self._refresh_due = True
+        if self._refresh_due:
+            self._refresh_due = self.refresh(self.draw(self.refreshes), scaler=scaler) is None
+        step = self.local.gradients(x, y, scaler=scaler, per_use=True)
         for t, offset in zip(self.modified, self._offset_views()):
             a, lam = float(self.a[t]), float(self.lam[t])
+            grads = step.blocks[t]
             for p, delta in zip(self.params[t], offset):
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
-                g = g.mul_(a) if a != 1 else g
+                g = grads.get(p)
+                g = torch.zeros_like(p) if g is None else g * a if a != 1 else g
                 if lam != 0:
-                    g.add_(delta, alpha=lam)
-                p.grad = g if held[p] is None else held[p].add_(g)
+                    g = g.add(delta if step.scale is None else delta * step.scale, alpha=lam)
+                grads[p] = g
+        write_grads(step.total())
         self.step += 1
-        return loss
+        return float(step.losses[self.net.T])
 
     # -- refresh -------------------------------------------------------------------------
 
-    def draw(self, refresh_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def draw(self, refresh_index: int) -> Iterator[tuple[Any, Any]]:
         """The micro-batches of refresh ``refresh_index``: B' distinct samples of ``data``."""
         if self.data is None:
             raise ValueError("BPModified has no data to draw from; pass data= or call refresh() yourself")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + refresh_index)
         chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]
         for part in chosen.split(self.micro_batch):
-            xs, ys = zip(*(self.data[int(i)] for i in part))
-            yield torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys])
+            x, y = default_collate([self.data[int(i)] for i in part])
+            yield x, y
 
-    def refresh(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> RefreshStats:
+    def refresh(self, micro_batches: Iterable[tuple[Any, Any]], *,
+                scaler: torch.amp.GradScaler | None = None) -> RefreshStats | None:
         """Measure g̃_h and g̃_T on ``micro_batches`` and set a, λ and Δ (Algorithm 1, lines 4–9).
 
         Every micro-batch must hold the same number b' of samples, and there must be at least
-        two.  ``.grad`` and buffers (BatchNorm running statistics) are left as they were.
+        two.  ``.grad`` and buffers (BatchNorm running statistics) are left as they were.  With
+        an enabled ``scaler`` the gradients are taken at its scale and unscaled; if they
+        overflow, nothing changes and ``None`` is returned.
         """
-        stats = self.reduce_statistics(self.accumulate(micro_batches))
-        return self._set_scalars(stats)
+        stats = self.accumulate(micro_batches, scaler=scaler)
+        if stats is None:
+            log.warning("refresh at step %d skipped: fp16 gradients overflowed at the GradScaler's "
+                        "scale; the offset of the last refresh is kept", self.step)
+            return None
+        return self._set_scalars(self.reduce_statistics(stats))
 
-    def accumulate(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def accumulate(self, micro_batches: Iterable[tuple[Any, Any]], *,
+                   scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor] | None:
         """Sufficient statistics of the refresh, all sums over micro-batches.
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
-        mean gradients over the modified blocks), and per modified block ``sq_h``, ``sq_t``,
-        ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b' samples at a time;
-        besides the offset, the two running sums are the refresh's only parameter-sized memory
-        (the second becomes the new offset).
+        mean gradients over the modified blocks, one entry per use), and per modified block
+        ``sq_h``, ``sq_t``, ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b'
+        samples at a time; besides the offset, the two running sums are the refresh's only
+        parameter-sized memory (the second becomes the new offset).  ``None`` when a scaled
+        gradient overflowed.
         """
         n_blocks, device = len(self.modified), self.offset.device
         stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
@@ -329,25 +340,26 @@ class BPModified:
                  "sum_h": torch.zeros_like(self.offset), "sum_t": torch.zeros_like(self.offset),
                  **{k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
                     for k in ("sq_h", "sq_t", "prod_ht")}}
-        held = {p: p.grad for p in self.trainable}
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         size = None
         try:
             for x, y in micro_batches:
-                x, y = x.to(device), y.to(device)
-                size = size or len(x)
-                if len(x) != size:
-                    raise ValueError(f"refresh micro-batches must all hold b' = {size} samples, got {len(x)}")
-                m_h, m_t = self._flat_gradient(self.local, x, y), self._flat_gradient(self.exact, x, y)
+                x, y = to_device(x, device), to_device(y, device)
+                n = samples_in(x)
+                size = size or n
+                if n != size:
+                    raise ValueError(f"refresh micro-batches must all hold b' = {size} samples, got {n}")
+                m_h = self._flat_gradient(self.local, x, y, scaler)
+                m_t = self._flat_gradient(self.exact, x, y, scaler)
+                if m_h is None or m_t is None:
+                    return None
                 stats["count"] += 1
-                stats["samples"] += len(x)
+                stats["samples"] += n
                 stats["sum_h"] += m_h
                 stats["sum_t"] += m_t
                 for k, (u, v) in (("sq_h", (m_h, m_h)), ("sq_t", (m_t, m_t)), ("prod_ht", (m_h, m_t))):
                     stats[k] += _blockwise_dot(u, v, self._sizes)
         finally:
-            for p, g in held.items():
-                p.grad = g
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
@@ -361,16 +373,18 @@ class BPModified:
         """
         return stats
 
-    def _flat_gradient(self, engine: MPC, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The micro-batch mean gradient of the modified blocks under ``engine``, flattened."""
-        for p in self.trainable:
-            p.grad = None
-        engine.backward(x, y)
-        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+    def _flat_gradient(self, engine: MPC, x: Any, y: Any,
+                       scaler: torch.amp.GradScaler | None) -> torch.Tensor | None:
+        """The micro-batch mean gradient of the modified blocks under ``engine``, one entry per
+        use, flattened and unscaled; ``None`` if a scaled gradient overflowed."""
+        step = engine.gradients(x, y, scaler=scaler, per_use=True)
+        parts = [step.blocks[t].get(p, torch.zeros_like(p)).reshape(-1)
                  for t in self.modified for p in self.params[t]]
         flat = torch.cat(parts).to(self.offset.dtype) if parts else self.offset.new_zeros(0)
-        for p in self.trainable:
-            p.grad = None
+        if step.scale is not None:
+            flat = flat / step.scale
+            if not bool(torch.isfinite(flat).all()):
+                return None
         return flat
 
     def _set_scalars(self, stats: dict[str, torch.Tensor]) -> RefreshStats:

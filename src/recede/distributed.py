@@ -245,17 +245,21 @@ class DataParallel:
             raise AttributeError(name)
         return getattr(self.method, name)
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss."""
+    def backward(self, x: torch.Tensor, y: torch.Tensor, *,
+                 scaler: torch.amp.GradScaler | None = None) -> float:
+        """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss.
+
+        A ``scaler`` goes to the wrapped method; an overflow on one rank reaches every rank
+        through the all-reduce, so every rank's ``scaler.step`` skips the same step."""
         if self.world_size == 1:
-            return self.method.backward(x, y)
+            return self.method.backward(x, y, scaler=scaler)
         if getattr(self.method, "batch_size", 0) is None:  # BP-modified's B: the global batch
             self.method.batch_size = self.world_size * len(x)
         buffers = list(self.module.buffers())
         if self.broadcast_buffers and buffers:
             _broadcast_(buffers, self.cap_bytes, "broadcasting rank 0's buffers")
         try:
-            loss, failure = self.method.backward(x, y), None
+            loss, failure = self.method.backward(x, y, scaler=scaler), None
         except NonFiniteLossError as err:
             loss, failure = math.nan, err
         loss = self.reduce_gradients(loss)

@@ -8,22 +8,26 @@ eq. 4) defines the horizon-h gradient of block t as
 h = 1 is Forward-Forward / local-loss training (Paper A eq. 4), h = T is back-propagation
 (eq. 3, eq. 10).  :class:`MPC` computes it as SPEC §2 prescribes:
 
-* Forward once, block by block.  Each block reads a detached copy ``z_t`` of its input, so
-  every block owns a separate small graph and the engine decides when each one is freed.
-* When ``x_k`` is produced (h ≤ k < T), take ``c = ∂L(x_k)/∂x_k`` through head k, carry it back
-  through blocks k-1 … k-h+1 with input-only vector-Jacobian products (autograd skips the
-  weight-gradient kernels of a block when only its input gradient is asked for), and take the
-  weight gradient of block k-h, whose graph is then released.  At most h block graphs are
-  alive at any time.
-* At k = T one ordinary backward sweep over the last h blocks gives their exact gradients.
-  For h = T the window is the whole net, so the step is one plain forward and backward
-  (no per-block calls: exactly ``loss.backward()``'s work).
+* Forward once, block by block.  Each block reads a detached copy ``z_t`` of its input (every
+  floating-point tensor of it, when states are tuples or dicts), so every block owns a separate
+  small graph and the engine decides when each one is freed.
+* When ``x_k`` is produced (k ≥ h), L(x_k) is evaluated on block k-1's own output and its
+  gradient is carried back through blocks k-1 … k-h+1 with input-only vector-Jacobian products
+  (autograd skips the weight-gradient kernels of a block when only its input gradient is asked
+  for); block k-h takes its weight gradient and its graph is released.  The head's backward,
+  block k-1's and the head's own weight gradient are one autograd call.  At most h block graphs
+  are alive at any time.
+* At k = T one backward sweep over the last h blocks gives their exact gradients.  For h = T the
+  window is the whole net, so the step is one plain forward and backward (exactly
+  ``loss.backward()``'s work).
 
 Nothing is recomputed and no whole graph is kept (Paper A App. E.1 warns that a kept graph
 costs O(h(T-h+1)) memory).  Heads are trained by their own depth's loss: the head at depth k
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
-gradients of every depth it is evaluated at.
+gradients of every depth it is evaluated at.  A parameter used in several places gets the sum
+over its uses (SPEC §1, :class:`~recede.blocks.Uses`): each block's and each head's autograd
+call sees only its own use.
 
 ``double=True`` is LoCo's rule (Paper A App. B, eq. 20): block t receives
 ``∇L(x_{t+h-1}) + ∇L(x_{t+h})`` (distinct depths only, capped at T); with h = 2 and stages as
@@ -31,18 +35,27 @@ blocks this is LoCo.
 
 Gradients are accumulated into ``.grad`` (added to what is there, as ``loss.backward()`` does)
 only after every loss of the step has been checked finite, so a NaN or infinite loss raises
-:class:`NonFiniteLossError` with every ``.grad`` untouched.  Frozen parameters
-(``requires_grad=False``) receive nothing.
+:class:`NonFiniteLossError` with every ``.grad`` untouched.  With a ``torch.amp.GradScaler``
+every loss is scaled before its backward and a non-finite value does not raise: the scaled
+gradients are written and ``scaler.step`` skips the step, as it does after
+``scaler.scale(loss).backward()``.  The caller's ``torch.autocast`` applies to every forward.
+Frozen parameters (``requires_grad=False``) receive nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch._functorch.config as functorch_config
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from recede.blocks import BlockNet
+from recede.blocks import BlockNet, Uses, describe, samples_in
+
+Grads = dict[nn.Parameter, torch.Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,18 +63,59 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_horizon(horizon: object, T: int) -> int:
-    """Return ``horizon`` if it is an integer in [1, T], else raise ``ValueError`` naming the range."""
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= T:
+    """``horizon`` as an int if it is an integer in [1, T] (Python, NumPy or a 0-d tensor),
+    else ``ValueError`` naming the range."""
+    try:
+        h = None if isinstance(horizon, bool) else operator.index(horizon)
+    except TypeError:
+        h = None
+    if h is None or not 1 <= h <= T:
         raise ValueError(f"horizon must be an integer in [1, {T}] (T = {T} blocks), got {horizon!r}")
-    return horizon
+    return h
+
+
+def check_net(net: object, who: str) -> BlockNet:
+    """``net`` if it is a BlockNet; a compiled or foreign module gets a message saying what to do."""
+    if isinstance(net, BlockNet):
+        return net
+    if isinstance(getattr(net, "_orig_mod", None), BlockNet):
+        raise ValueError(f"{who} got torch.compile(net): the engine calls each block and head on "
+                         "its own, so the compiled forward would never run; compile them in place "
+                         "with net.compile(...) (same arguments as torch.compile) and pass net")
+    raise ValueError(f"{who} needs a recede.BlockNet, got {type(net).__name__}; "
+                     "make one with recede.wrap(model) or recede.BlockNet(blocks, heads, loss_fn)")
 
 
 @dataclass
-class _Step:
-    """One block's graph in the window: its detached input and its output."""
+class StepGradients:
+    """What one step computed, before anything is written to ``.grad``.
 
-    z: torch.Tensor
-    out: torch.Tensor
+    ``blocks[t]`` holds the gradient of block t's use of each of its parameters (a parameter in
+    several blocks appears in each), ``heads`` the heads' uses summed over the evaluated depths,
+    ``losses`` L(x_k) per evaluated depth (detached, unscaled).  With a GradScaler the
+    gradients are scaled by ``scale`` (a 0-d tensor).  When the step was one plain backward over
+    a net whose parameters are shared (h = T without ``per_use``), a shared parameter's total
+    sits in the first place that uses it.
+    """
+
+    blocks: list[Grads]
+    heads: Grads = field(default_factory=dict)
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)
+    scale: torch.Tensor | None = None
+
+    def total(self) -> Grads:
+        """Every parameter's gradient: the sum over its uses."""
+        out: Grads = {}
+        for grads in (*self.blocks, self.heads):
+            _accumulate(out, grads.keys(), grads.values())
+        return out
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` naming the depths whose loss is NaN or infinite."""
+        if bool(torch.isfinite(torch.stack(list(self.losses.values()))).all()):
+            return
+        bad = {k: float(v) for k, v in self.losses.items() if not bool(torch.isfinite(v))}
+        raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; no .grad was modified")
 
 
 class MPC:
@@ -73,6 +127,9 @@ class MPC:
     ...     loss = engine.backward(x, y)     # forward + g_h into every .grad
     ...     opt.step()
 
+    Mixed precision: run ``engine.backward(x, y, scaler=scaler)`` inside ``torch.autocast`` and
+    step with ``scaler.step(opt); scaler.update()`` as usual.
+
     Args:
         net: the block network.
         horizon: h in [1, T]; 1 is FF / local losses, T is exact BP.
@@ -80,130 +137,201 @@ class MPC:
     """
 
     def __init__(self, net: BlockNet, horizon: int, double: bool = False) -> None:
-        self.net = net
+        self.net = check_net(net, "MPC")
         self.horizon = check_horizon(horizon, net.T)
-        if double and horizon < 2:
+        if double and self.horizon < 2:
             raise ValueError("double=True sums the gradients of horizons h-1 and h and needs horizon >= 2")
         self.double = double
-        self.last_losses: dict[int, float] = {}
+        self._losses: dict[int, torch.Tensor] = {}
+
+    @property
+    def last_losses(self) -> dict[int, float]:
+        """L(x_k) of the last step for each evaluated depth k (unscaled)."""
+        return {k: float(v) for k, v in self._losses.items()}
 
     def target_depths(self) -> list[int]:
         """The depths k whose loss L(x_k) some block learns from."""
-        T, h = self.net.T, self.horizon
-        first = h - 1 if self.double else h
-        return list(range(first, T + 1))
+        first = self.horizon - 1 if self.double else self.horizon
+        return list(range(first, self.net.T + 1))
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Forward ``x`` once, accumulate g_h into ``.grad`` and return the final loss L(x_T).
 
-        ``self.last_losses`` then maps each evaluated depth k to L(x_k).
+        With an enabled ``scaler`` the gradients are scaled (``scaler.step`` unscales them) and
+        a non-finite loss is left to the scaler; the returned loss is unscaled.
         """
-        net, T, h = self.net, self.net.T, self.horizon
-        grads: dict[nn.Parameter, torch.Tensor] = {}
-        losses: dict[int, torch.Tensor] = {}
-        self._block_params, self._head_params = net.trainable_parameters()  # once per step
+        step = self.gradients(x, y, scaler=scaler)
+        write_grads(step.total())
+        return float(step.losses[self.net.T])
 
-        if not net.heads_checked:
-            net.check_heads(x, y)
-        with torch.enable_grad():
-            if h == T and not self.double:
-                self._backprop(x, y, grads, losses)
+    def gradients(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None,
+                  per_use: bool = False) -> StepGradients:
+        """One step's g_h per use, without touching ``.grad`` (see :class:`StepGradients`).
+
+        ``per_use``: keep each use of a shared parameter apart even at h = T (BP-modified needs
+        each block's own g_T); that step then runs block by block instead of as one backward.
+        Raises :class:`NonFiniteLossError` on a NaN or infinite loss unless ``scaler`` is enabled.
+        """
+        _check_batch(x, y)
+        scaling = scaler is not None and scaler.is_enabled()
+        uses = self.net.trainable_parameters()
+        step = StepGradients([{} for _ in range(self.net.T)])
+        # compiled blocks: the window re-uses a block's graph (retain_graph), which AOTAutograd's
+        # donated buffers forbid; the setting is part of the compile cache key
+        with torch.enable_grad(), functorch_config.patch(donated_buffer=False):
+            if scaling:
+                step.scale = scaler.scale(torch.ones((), device=_device_of(x)))
+            if self.horizon == self.net.T and not self.double and not (per_use and uses.shared):
+                self._backprop(x, y, uses, step)
             else:
-                self._receding(x, y, grads, losses)
-
-        stacked = torch.stack([v for v in losses.values()])
-        if not bool(torch.isfinite(stacked).all()):
-            bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
-            raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; "
-                                     "no .grad was modified")
-        self.last_losses = {k: float(v) for k, v in sorted(losses.items())}
-        _write_grads(grads)
-        return self.last_losses[T]
+                self._receding(x, y, uses, step)
+        self._losses = step.losses
+        if not scaling:
+            step.check_finite()
+        return step
 
     # -- internals -------------------------------------------------------------------------
 
-    def _backprop(self, x: torch.Tensor, y: torch.Tensor, grads: dict, losses: dict) -> None:
-        """h = T: the window is the whole net, so one ordinary backward sweep is the method."""
-        net = self.net
-        for block in net.blocks:
-            x = block(x)
-        loss = net.depth_loss(x, y, net.T)
-        losses[net.T] = loss.detach()
-        params = [p for block in self._block_params for p in block] + self._head_params[net.T - 1]
-        if params:
-            _accumulate(grads, params, torch.autograd.grad(loss, params, allow_unused=True))
+    def _loss(self, x_k: Any, y: Any, k: int, step: StepGradients) -> torch.Tensor:
+        """L(x_k), recorded unscaled; returned scaled when a GradScaler is in use."""
+        loss = self.net.depth_loss(x_k, y, k)
+        if not loss.requires_grad:
+            raise ValueError(f"the loss at depth {k} does not depend on the network: loss_fn "
+                             "returned a tensor detached from its input (no .item(), .detach() or "
+                             "torch.no_grad() inside loss_fn or the head)")
+        step.losses[k] = loss.detach()
+        return loss if step.scale is None else loss * step.scale
 
-    def _receding(self, x: torch.Tensor, y: torch.Tensor, grads: dict, losses: dict) -> None:
-        """h < T: a sliding window of h block graphs (see the module docstring)."""
+    def _backprop(self, x: Any, y: Any, uses: Uses, step: StepGradients) -> None:
+        """h = T: the window is the whole net, so one ordinary backward is the method."""
+        net = self.net
+        for t in range(net.T):
+            x = net.run_block(t, x)
+        loss = self._loss(x, y, net.T, step)
+        params = list(dict.fromkeys([*(p for block in uses.blocks for p in block), *uses.heads[-1]]))
+        if not params:
+            return
+        grads = dict(zip(params, torch.autograd.grad(loss, params, allow_unused=True)))
+        for t, block in enumerate(uses.blocks):
+            _accumulate(step.blocks[t], block, [grads.pop(p, None) for p in block])
+        _accumulate(step.heads, uses.heads[-1], [grads.pop(p, None) for p in uses.heads[-1]])
+
+    def _receding(self, x: Any, y: Any, uses: Uses, step: StepGradients) -> None:
+        """h < T (or per-use h = T): a sliding window of h block graphs."""
         net, T, h = self.net, self.net.T, self.horizon
         targets = set(self.target_depths())
-        window: dict[int, _Step] = {}
-        z = x
+        window: dict[int, _Graph] = {}
+        z, z_leaves = x, []
         for t in range(T):
-            out = net.blocks[t](z)
-            window[t] = _Step(z, out)
+            out = net.run_block(t, z)
+            window[t] = _Graph(z_leaves, _grad_leaves(out))
+            z, z_leaves = _detached(out)
             k = t + 1
-            z = out.detach().requires_grad_()
             if k not in targets:
                 continue
-            c = self._depth_gradient(z, y, k, grads, losses)
             if k == T:
-                owners = range(T - 1, max(T - h, 0) - 1, -1)
-                self._carry(window, owners, lowest=max(T - h, 0), c=c, grads=grads, final=True)
+                lowest = max(T - h, 0)
+                weighted = released = set(range(lowest, T))
             else:
-                weighted = [k - h] + ([k - h + 1] if self.double else [])
-                lowest = max(min(weighted), 0)
-                self._carry(window, range(k - 1, lowest - 1, -1), lowest, c, grads,
-                            final=False, weighted=weighted)
+                weighted = {k - h} | ({k - h + 1} if self.double else set())
+                lowest, released = max(min(weighted), 0), {k - h}
+            head = uses.heads[k - 1]
+            if _disjoint(head, uses.blocks[t]):  # head k and block k-1 in one autograd call
+                self._sweep(window, [self._loss(out, y, k, step)], None, head, k, lowest, weighted,
+                            released, uses, step)
+            else:  # a parameter tied between them: keep the head's use apart
+                grads = torch.autograd.grad(self._loss(z, y, k, step), [*z_leaves, *head], allow_unused=True)
+                _accumulate(step.heads, head, grads[len(z_leaves):])
+                outputs, cotangents = _pairs(window[t].outputs, grads[:len(z_leaves)])
+                self._sweep(window, outputs, cotangents, [], k, lowest, weighted, released, uses, step)
+            for j in released:
+                window.pop(j, None)
 
-    def _depth_gradient(self, z_k: torch.Tensor, y: torch.Tensor, k: int,
-                        grads: dict, losses: dict) -> torch.Tensor:
-        """Evaluate L(x_k), train head k on it, and return c = ∂L(x_k)/∂x_k."""
-        loss = self.net.depth_loss(z_k, y, k)
-        losses[k] = loss.detach()
-        params = self._head_params[k - 1]
-        out = torch.autograd.grad(loss, [z_k, *params], allow_unused=True)
-        _accumulate(grads, params, out[1:])
-        return out[0] if out[0] is not None else torch.zeros_like(z_k)
+    def _sweep(self, window: dict[int, "_Graph"], outputs: list[torch.Tensor],
+               cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
+               weighted: set[int], released: set[int], uses: Uses, step: StepGradients) -> None:
+        """Carry ∂L(x_k) back from block k-1 down to block ``lowest``.
 
-    def _carry(self, window: dict[int, _Step], blocks: range, lowest: int, c: torch.Tensor,
-               grads: dict, final: bool, weighted: list[int] | None = None) -> None:
-        """Carry c back through ``blocks`` (descending), taking weight gradients where owed.
-
-        In the final sweep every block in ``blocks`` gets its weight gradient and is released.
-        Otherwise only blocks in ``weighted`` get one, and block k-h (= ``weighted[0]``) is
-        released after it: that was its last use.
+        ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
+        block k-1, whose ``head`` parameters then take their gradient in that call); each block in
+        ``weighted`` takes its weight gradient; the call that uses a block in ``released`` for
+        the last time frees its graph, the others are retained for later targets.
         """
-        for j in blocks:
-            step = window[j]
-            take_weights = final or j in weighted
-            release = final or j == weighted[0]
-            params = self._block_params[j] if take_weights else []
-            inputs = ([step.z] if j > lowest else []) + params
-            if inputs and step.out.requires_grad:
-                out = torch.autograd.grad(step.out, inputs, c, retain_graph=not release,
-                                          allow_unused=True)
-                if j > lowest:
-                    c = out[0] if out[0] is not None else torch.zeros_like(step.z)
-                    out = out[1:]
-                _accumulate(grads, params, out)
-            elif j > lowest:
-                c = torch.zeros_like(step.z)
-            if release:
-                del window[j]
+        for j in range(k - 1, lowest - 1, -1):
+            carry = window[j].inputs if j > lowest else []
+            params = uses.blocks[j] if j in weighted else []
+            wanted = [*carry, *params, *head]
+            if not wanted or not outputs:
+                return
+            grads = torch.autograd.grad(outputs, wanted, cotangents, retain_graph=j not in released,
+                                        allow_unused=True)
+            _accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
+            _accumulate(step.heads, head, grads[len(carry) + len(params):])
+            head = []
+            outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
 
 
-def _accumulate(grads: dict, params: list[nn.Parameter], values: tuple) -> None:
+@dataclass
+class _Graph:
+    """One block's graph in the window: the grad-carrying leaves of its detached input and of its output."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+
+
+def _grad_leaves(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree] if tree.requires_grad else []
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def _detached(tree: Any) -> tuple[Any, list[torch.Tensor]]:
+    """``tree`` with every tensor that carries a gradient replaced by a detached leaf that
+    requires grad (the next block's input), and those leaves in order."""
+    if isinstance(tree, torch.Tensor):
+        if not tree.requires_grad:
+            return tree, []
+        z = tree.detach().requires_grad_()
+        return z, [z]
+    leaves, spec = tree_flatten(tree)
+    fresh, carried = [], []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+            leaf = leaf.detach().requires_grad_()
+            carried.append(leaf)
+        fresh.append(leaf)
+    return tree_unflatten(fresh, spec), carried
+
+
+def _pairs(outputs: list[torch.Tensor], cotangents) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The outputs that received a cotangent, and those cotangents (an unused output gets none)."""
+    kept = [(o, c) for o, c in zip(outputs, cotangents) if c is not None]
+    return [o for o, _ in kept], [c for _, c in kept]
+
+
+def _disjoint(a: list[nn.Parameter], b: list[nn.Parameter]) -> bool:
+    return not a or not b or not {id(p) for p in a} & {id(p) for p in b}
+
+
+def _check_batch(x: Any, y: Any) -> None:
+    for name, batch in (("x", x), ("y", y)):
+        if samples_in(batch) == 0 and any(isinstance(t, torch.Tensor) and t.dim() > 0 for t in tree_leaves(batch)):
+            raise ValueError(f"empty batch: {name} holds 0 samples (a {describe(batch)})")
+
+
+def _device_of(x: Any) -> torch.device:
+    first = next((t for t in tree_leaves(x) if isinstance(t, torch.Tensor)), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _accumulate(grads: Grads, params, values) -> None:
     for p, g in zip(params, values):
         if g is None:
             continue
-        if p in grads:
-            grads[p] = grads[p] + g
-        else:
-            grads[p] = g
+        grads[p] = grads[p] + g if p in grads else g
 
 
-def _write_grads(grads: dict[nn.Parameter, torch.Tensor]) -> None:
+def write_grads(grads: Grads) -> None:
     """Add each gradient into ``p.grad``; like autograd's AccumulateGrad, never let two
     parameters' ``.grad`` share a tensor (autograd may hand the same tensor to both)."""
     taken: set[int] = set()

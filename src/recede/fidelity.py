@@ -93,9 +93,10 @@ def gradient_cosine(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.T
 
 
 def block_gradient_vector(net: BlockNet) -> torch.Tensor:
-    """The ``.grad`` of every block parameter (zeros where None), flattened in block order."""
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-             for t in range(net.T) for p in net.block_parameters(t)]
+    """The ``.grad`` of every block parameter (zeros where None), flattened in block order;
+    a parameter several blocks share appears once."""
+    params = dict.fromkeys(p for t in range(net.T) for p in net.block_parameters(t))
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
     return torch.cat(parts)
 
 

@@ -60,7 +60,9 @@ class SavedTensorMeter:
             self.live_bytes += t.untyped_storage().nbytes()
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         self._refs[key] = self._refs.get(key, 0) + 1
-        handle = _Handle(t)
+        # a detached alias: holding ``t`` itself would, for a tensor saved by the node that
+        # made it, close a cycle (t → grad_fn → saved t) that keeps a retained graph alive
+        handle = _Handle(t.detach())
         weakref.finalize(handle, self._release, key, t.untyped_storage().nbytes())
         return handle
 

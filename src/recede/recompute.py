@@ -11,8 +11,9 @@ re-entrant form recomputes inside an ordinary nested backward, so the tensors a 
 while it is recomputed pass through the saved-tensor hooks that
 :class:`recede.memory.SavedTensorMeter` installs and are counted.  The non-re-entrant form
 keeps them behind its own hooks, where the meter would not see the memory this method costs.
-The re-entrant form needs an input that requires grad; the batch enters as a detached leaf
-that does.  A recomputed forward would update BatchNorm running statistics a second time (as
+The re-entrant form only gives parameters a gradient when some input of the segment requires
+grad; the first segment's input (the batch, perhaps token ids) does not, so a one-element dummy
+leaf that does is passed along with it (no input gradient of the batch is computed).  A recomputed forward would update BatchNorm running statistics a second time (as
 any use of ``torch.utils.checkpoint`` does); the buffers of the recomputed segments are put back
 to their values after the first forward, so the model ends each step exactly as BP leaves it.
 """
@@ -20,13 +21,15 @@ to their values after the first forward, so the model ends each step exactly as 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
 from recede.blocks import BlockNet
-from recede.engine import NonFiniteLossError
+from recede.engine import NonFiniteLossError, check_net
 
 
 class CheckpointedBP:
@@ -38,6 +41,7 @@ class CheckpointedBP:
     """
 
     def __init__(self, net: BlockNet, segments: int | None = None) -> None:
+        net = check_net(net, "CheckpointedBP")
         segments = max(1, round(math.sqrt(net.T))) if segments is None else segments
         if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= net.T:
             raise ValueError(f"checkpoint segments must be an integer in [1, {net.T}] "
@@ -47,23 +51,41 @@ class CheckpointedBP:
         bounds = torch.arange(net.T).tensor_split(segments)
         self._stages = [nn.Sequential(*(net.blocks[int(t)] for t in part)) for part in bounds]
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Forward with checkpoints, accumulate BP's gradient into ``.grad``, return L(x_T)."""
+    def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
+        """Forward with checkpoints, accumulate BP's gradient into ``.grad``, return L(x_T).
+
+        With an enabled ``scaler`` the loss is scaled before the backward and a non-finite loss
+        is left to ``scaler.step`` (see :meth:`recede.MPC.backward`).
+        """
         net = self.net
-        if not net.heads_checked:
-            net.check_heads(x, y)
         recomputed = [b for stage in self._stages[:-1] for b in stage.buffers()]
+        scaling = scaler is not None and scaler.is_enabled()
         with torch.enable_grad():
-            z = x.detach().requires_grad_()
+            z = x
             for stage in self._stages[:-1]:
-                z = checkpoint(stage, z, use_reentrant=True)
+                z = _checkpointed(stage, z)
             loss = net.depth_loss(self._stages[-1](z), y, net.T)
-            if not bool(torch.isfinite(loss)):
+            if not scaling and not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
                                          "no .grad was modified")
             after_forward = [b.clone() for b in recomputed]
-            loss.backward()
+            (scaler.scale(loss) if scaling else loss).backward()
         with torch.no_grad():
             for buffer, value in zip(recomputed, after_forward):
                 buffer.copy_(value)
         return float(loss.detach())
+
+
+def _checkpointed(stage: nn.Module, z: Any) -> Any:
+    """``stage(z)`` through the re-entrant checkpoint; ``z`` may be a pytree with integer leaves."""
+    leaves, spec = tree_flatten(z)
+    tensors = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+    anchor = [] if any(leaves[i].requires_grad for i in tensors) else [torch.ones(1, requires_grad=True)]
+
+    def run(*args: torch.Tensor) -> Any:
+        filled = list(leaves)
+        for i, t in zip(tensors, args):
+            filled[i] = t
+        return stage(tree_unflatten(filled, spec))
+
+    return checkpoint(run, *(leaves[i] for i in tensors), *anchor, use_reentrant=True)

@@ -69,9 +69,10 @@ class HorizonSchedule:
         if (epoch + 1) % self.every == 0:
             self.select(epoch + 1)
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def backward(self, x: torch.Tensor, y: torch.Tensor, *,
+                 scaler: torch.amp.GradScaler | None = None) -> float:
         """g_h at the current horizon into ``.grad``; returns L(x_T) (see :meth:`MPC.backward`)."""
-        return self.engine.backward(x, y)
+        return self.engine.backward(x, y, scaler=scaler)
 
     def horizons_by_epoch(self, epochs: int) -> list[int]:
         """The horizon each of epochs 0..epochs-1 trained with."""

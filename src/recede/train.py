@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recede.blocks import BlockNet
+from recede.blocks import BlockNet, samples_in, to_device
 from recede.engine import NonFiniteLossError
 
 
@@ -93,12 +93,12 @@ def evaluate(net: BlockNet, dataset: Dataset, batch_size: int = 512,
     net.eval()
     total, correct, count = 0.0, 0, 0
     for x, y in batches(dataset, batch_size):
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device), to_device(y, device)
         prediction = net(x)
-        total += float(net.loss_fn(prediction, y)) * len(y)
+        total += float(net.loss_fn(prediction, y)) * samples_in(y)
         if classification:
             correct += int((prediction.argmax(dim=1) == y).sum())
-        count += len(y)
+        count += samples_in(y)
     net.train(was_training)
     result = {"loss": total / count}
     if classification:
@@ -177,7 +177,7 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
             start = time.perf_counter()
             loader = batches(train_set, batch_size, True, seed, state.epoch, rank, world_size)
             for x, y in itertools.islice(loader, state.step, None):
-                x, y = x.to(device), y.to(device)
+                x, y = to_device(x, device), to_device(y, device)
                 optimizer.zero_grad(set_to_none=True)
                 try:
                     loss = method.backward(x, y)
@@ -185,8 +185,8 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
                     raise NonFiniteLossError(f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
                                              f"batch {state.step + 1}): {err}") from None
                 optimizer.step()
-                state.loss_sum += loss * len(y)
-                state.seen += len(y)
+                state.loss_sum += loss * samples_in(y)
+                state.seen += samples_in(y)
                 state.step += 1
                 state.global_step += 1
                 advance(loss, optimizer.param_groups[0]["lr"])

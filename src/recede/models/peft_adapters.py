@@ -74,7 +74,6 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
     in_blocks = {id(p) for p in net.blocks.parameters()}
     for p in net.heads.parameters():
         p.requires_grad_(id(p) not in in_blocks)
-    net.heads_checked = False
     return net
 
 
