@@ -198,3 +198,25 @@ def test_modules_are_held_not_copied_and_grouping_works():
 def test_unsupported_variants_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         recede.wrap(make())
+
+
+def test_a_peft_lora_gpt2_trains_only_its_adapters_at_every_horizon(float64):
+    """The user's own peft model: recede.wrap reads the GPT-2 inside it; the tied embedding and
+    every base weight stay frozen; at h = T the gradient is the peft model's loss.backward()."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(gpt2(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                                         fan_in_fan_out=True))
+    net, x = recede.wrap(model), ids()
+    adapters = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    with torch.no_grad():  # LoRA's B starts at zero: move it so the adapters change the output
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    model.zero_grad()
+    model(input_ids=x, labels=x).loss.backward()
+    want = grads(model)
+    assert set(want) == adapters
+    assert_same(engine_grads(model, net, net.T, x, x), want, rtol=1e-5, atol=1e-7)
+    for h in range(1, net.T):
+        assert set(engine_grads(model, net, h, x, x)) == adapters

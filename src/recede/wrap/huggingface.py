@@ -21,7 +21,8 @@ not copied):
   (for an LM: the final norm and the tied LM head; the LM default); ``"independent"``: a copy
   of the final head per depth, with its own parameters (BERT's default).
 
-Padding masks are not supported: every token attends to every (earlier) token, as in a
+A peft model (``get_peft_model(model, LoraConfig(...))``) is wrapped as the model inside it,
+with peft's adapters and frozen weights as they are.  Padding masks are not supported: every token attends to every (earlier) token, as in a
 stream of packed text.  Whatever attention implementation the model was built with (eager,
 SDPA, ...) is used; SDPA and eager both run in float64 on CPU.
 """
@@ -39,9 +40,17 @@ from recede.wrap import Layout, register_family
 CAUSAL_DECODERS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """A peft model's transformers model (``get_peft_model`` injects its adapters in place and
+    freezes the base weights), else ``model`` itself."""
+    base = getattr(model, "get_base_model", None)
+    return base() if type(model).__module__.startswith("peft.") and callable(base) else model
+
+
 def _is(model: nn.Module, *names: str) -> bool:
-    """``model`` is a transformers class of one of ``names`` (checked without importing it)."""
-    kind = type(model)
+    """``model`` (or the model inside a peft model) is a transformers class of one of ``names``,
+    checked without importing transformers."""
+    kind = type(unwrapped(model))
     return kind.__module__.startswith("transformers.") and kind.__name__ in names
 
 
@@ -134,6 +143,7 @@ def _lm_layout(embedding: nn.Module, layers: list[nn.Module], final: nn.Module) 
 def gpt2(model: nn.Module) -> Layout:
     """GPT-2: one unit per ``GPT2Block``, token + position embedding with the first;
     ``ln_f`` → tied LM head; the shifted next-token loss."""
+    model = unwrapped(model)
     transformer = model.transformer
     if model.config.add_cross_attention:
         raise ValueError("recede.wrap: GPT-2 with cross-attention needs encoder states; not supported")
@@ -154,6 +164,7 @@ def _sliding(config, index: int) -> bool:
 def causal_decoder(model: nn.Module) -> Layout:
     """The Llama layout: one unit per decoder layer, token embedding with the first, rotary
     positions recomputed in each unit; final RMSNorm → LM head; the shifted next-token loss."""
+    model = unwrapped(model)
     base = model.model
     layers = [CausalLayer(layer, model.config, _sliding(model.config, i), base.rotary_emb)
               for i, layer in enumerate(base.layers[:model.config.num_hidden_layers])]
@@ -198,6 +209,7 @@ def _sequence_classification_loss(num_labels: int, problem_type: str | None):
 def bert(model: nn.Module) -> Layout:
     """BERT: one unit per ``BertLayer``, embeddings with the first; pooler → dropout →
     classifier; cross-entropy (MSE for one label).  Independent heads by default."""
+    model = unwrapped(model)
     config = model.config
     if config.is_decoder:
         raise ValueError("recede.wrap: BERT as a decoder is not supported; wrap an encoder classifier")
