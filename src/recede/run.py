@@ -129,9 +129,9 @@ class Workload:
 
     @property
     def metric_columns(self) -> list[str]:
-        """Result columns beside the losses: accuracy, or an LM's bits per byte and tokens/s."""
+        """Result columns beside the losses: accuracy, or an LM's bits per byte, perplexity and tokens/s."""
         return {"classification": ["test acc"],
-                "language-model": ["test bits/byte", "tokens/s"]}.get(self.task.kind, [])
+                "language-model": ["test bits/byte", "test perplexity", "tokens/s"]}.get(self.task.kind, [])
 
     def tokens(self, batch_size: int) -> int | None:
         """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
