@@ -48,6 +48,7 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
     """One row per method at one sequence length."""
     torch.manual_seed(0)
     net = models.build("gpt2", vocab_size=args.vocab, n_positions=max(args.lengths), preset=args.preset,
+                       attention=args.attention,
                        **{k: v for k, v in (("n_layer", args.layers), ("n_embd", args.width),
                                             ("n_head", args.heads)) if v is not None}).to(device)
     state = 4 * sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
@@ -120,6 +121,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256, help="256: byte level; 50257: GPT-2's own vocabulary size")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"],
+                   help="sdpa: fused attention, O(S) saved; eager: saved attention weights, O(S²)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-timing", action="store_true", help="memory only (one step per method)")
@@ -134,7 +137,7 @@ def main() -> None:
     fits = scaling(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
-    title = f"{shape} (T = {T}), vocab {args.vocab}, batch {args.batch}, {device}"
+    title = f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, {device}"
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "long_context.png", title, timing=not args.no_timing)
     write_json(args.out / "long_context.json", {"settings": vars(args) | {"out": str(args.out)},

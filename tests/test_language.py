@@ -52,6 +52,10 @@ def test_sizes_come_from_the_text_task_and_presets_are_overridden(corpus):
     assert untied.head(2).head.weight is not untied.blocks[0][0].embed_tokens.weight
     with pytest.raises(ValueError, match="preset must be one of"):
         build("gpt2", preset="huge")
+    eager = build("gpt2", vocab_size=20, n_positions=16, attention="eager", **TINY_GPT2)
+    assert eager.blocks[1].config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        build("llama", attention="flash")
 
 
 def test_lora_on_gpt2_trains_adapters_and_the_final_norm_never_the_tied_embedding():
