@@ -15,7 +15,9 @@ is asserted: read the numbers.
 
     python benchmarks/long_context.py --out results/long-context [--lengths 256 512 1024 2048 4096]
     python benchmarks/long_context.py --out results/long-context-small --preset small --vocab 50257 \\
-        --lengths 128 256 --no-timing          # GPT-2 small's state and activations, memory only
+        --lengths 128 256 512 --no-timing      # GPT-2 small's state and activations, memory only
+    python benchmarks/long_context.py --preset small --vocab 50257 --lengths 256 512 1024 \\
+        --device cuda --bf16                   # on a GPU: GPT-2 small at 1024 in bf16, CUDA peak too
 """
 
 from __future__ import annotations
@@ -55,13 +57,16 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
     x = text_batch(seq_len, args.batch, device)
     methods = [build_method(net, spec) for spec in args.methods]
     seconds = [math.nan] * len(methods)
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     if not args.no_timing:
         runs = {spec: timed_step(m, net, x, x) for spec, m in zip(args.methods, methods)}
-        seconds = list(interleaved_medians(runs, args.repeats, warmup=1, device=device).values())
+        with precision:
+            seconds = list(interleaved_medians(runs, args.repeats, warmup=1, device=device).values())
     rows = []
     for spec, method, step in zip(args.methods, methods, seconds):
         net.zero_grad(set_to_none=True)
-        _, memory = measure(lambda: method.backward(x, x), module=net, device=device)
+        with precision:
+            _, memory = measure(lambda: method.backward(x, x), module=net, device=device)
         rows.append({"S": seq_len, "method": parse_method(spec).label, "T": net.T,
                      "saved MiB": memory.saved_peak_bytes / MiB, "state MiB": state / MiB,
                      "saved / state": memory.saved_peak_bytes / state,
@@ -128,6 +133,7 @@ def main() -> None:
     p.add_argument("--no-timing", action="store_true", help="memory only (one step per method)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="run the steps under torch.autocast(bfloat16)")
     args = p.parse_args()
     if args.preset == "small":
         args.layers = args.width = args.heads = None
@@ -137,7 +143,8 @@ def main() -> None:
     fits = scaling(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
-    title = f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, {device}"
+    title = (f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, "
+             f"{'bf16 autocast' if args.bf16 else 'fp32'}, {device}")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "long_context.png", title, timing=not args.no_timing)
     write_json(args.out / "long_context.json", {"settings": vars(args) | {"out": str(args.out)},
