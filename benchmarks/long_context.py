@@ -23,11 +23,13 @@ is asserted: read the numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.ticker import NullLocator
 
 from recede import data, models
 from recede.bench import interleaved_medians, timed_step
@@ -113,6 +115,8 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
         if timing:
             axes[1].set(xscale="log", yscale="log", xlabel="sequence length S", ylabel="seconds per step")
         for ax in axes:
+            ax.set_xticks(lengths, [str(s) for s in lengths])
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.grid(alpha=0.3, which="both")
 
 
@@ -121,10 +125,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("results/long-context"))
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--methods", nargs="+", default=METHODS)
-    p.add_argument("--preset", default="tiny", help="gpt2 preset (tiny: 4 × 128, small: GPT-2 small)")
+    p.add_argument("--preset", default="tiny", help="gpt2 preset (small: GPT-2 small, ignores the sizes)")
     p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=256, help="256: byte level; 50257: GPT-2's own vocabulary size")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"],
                    help="sdpa: fused attention, O(S) saved; eager: saved attention weights, O(S²)")
@@ -134,12 +138,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="run the steps under torch.autocast(bfloat16)")
+    p.add_argument("--replot", action="store_true",
+                   help="measure nothing: redraw the plot and tables from OUT/long_context.json")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "long_context.json").read_text())
+        vars(args).update({k: v for k, v in saved["settings"].items() if k not in ("out", "replot")})
+        rows = saved["rows"]
     if args.preset == "small":
         args.layers = args.width = args.heads = None
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [row for seq_len in args.lengths for row in measure_length(args, seq_len, device)]
+    if not args.replot:
+        rows = [row for seq_len in args.lengths for row in measure_length(args, seq_len, device)]
     fits = scaling(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
@@ -147,7 +158,8 @@ def main() -> None:
              f"{'bf16 autocast' if args.bf16 else 'fp32'}, {device}")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "long_context.png", title, timing=not args.no_timing)
-    write_json(args.out / "long_context.json", {"settings": vars(args) | {"out": str(args.out)},
+    settings = {k: v for k, v in vars(args).items() if k != "replot"} | {"out": str(args.out)}
+    write_json(args.out / "long_context.json", {"settings": settings,
                                                 "device": str(device), "rows": rows, "fits": fits})
     columns = ["S", "method", "saved MiB", "saved / state", "s/step", "tokens/s"] + \
         (["cuda peak MiB"] if device.type == "cuda" else [])
