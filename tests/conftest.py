@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -47,7 +48,119 @@ def linear_resnet() -> BlockNet:
     return build("linear-resnet", width=4, depth=5)
 
 
+class ResidualWith(nn.Module):
+    """``x + tanh(linear(x))`` around a linear layer it is given (and may share)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.linear(x))
+
+
+def shared_blocks(width: int = 5, classes: int = 3) -> BlockNet:
+    """One Linear used by four blocks (two of them the same module object), independent heads."""
+    shared = nn.Linear(width, width)
+    first = ResidualWith(shared)
+    blocks = [first, ResidualWith(shared), Residual(width), ResidualWith(shared), first]
+    return BlockNet(blocks, [nn.Linear(width, classes) for _ in blocks], nn.CrossEntropyLoss())
+
+
+class TiedHead(nn.Module):
+    """GPT-style LM head: layer norm, then logits against the token embedding's own weight."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(embedding.embedding_dim)
+        self.embedding = embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) @ self.embedding.weight.T
+
+
+def tied_embedding(vocab: int = 7, width: int = 5, T: int = 5) -> BlockNet:
+    """Token ids → embedding (block 0) → residual blocks; one head shared by every depth whose
+    output layer is the embedding (tied, as GPT-2's wte and lm_head)."""
+    embedding = nn.Embedding(vocab, width)
+    return BlockNet([embedding, *(Residual(width) for _ in range(T - 1))], TiedHead(embedding),
+                    nn.CrossEntropyLoss())
+
+
+class Tied(nn.Module):
+    """A head whose weight is another module's: ``x W^T`` restricted to the first ``out`` rows."""
+
+    def __init__(self, linear: nn.Linear, out: int) -> None:
+        super().__init__()
+        self.linear, self.out = linear, out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.linear.weight[:self.out].T
+
+
+def head_tied_to_block0(width: int = 5, classes: int = 3, T: int = 4) -> BlockNet:
+    """Independent heads, of which those at depths 1 and 3 use block 0's weight."""
+    first = nn.Linear(width, width)
+    heads = [Tied(first, classes), nn.Linear(width, classes), Tied(first, classes), nn.Linear(width, classes)]
+    return BlockNet([first, *(Residual(width) for _ in range(T - 1))], heads[:T], nn.CrossEntropyLoss())
+
+
+class TupleBlock(nn.Module):
+    """A block whose state is ``(hidden, positions, gate)``: an integer leaf and a constant leaf
+    pass through, the hidden state and the gate carry gradients."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, state: tuple) -> tuple:
+        hidden, positions, gate = state
+        step = torch.tanh(self.linear(hidden)) * (gate + self.gate) + 0.01 * positions.unsqueeze(-1)
+        return hidden + step, positions, gate * self.gate
+
+
+class DictBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, state: dict) -> dict:
+        return {"hidden": state["hidden"] + torch.tanh(self.linear(state["hidden"])) * state["mask"],
+                "mask": state["mask"]}
+
+
+class ReadHidden(nn.Module):
+    def __init__(self, width: int, classes: int, key: object = 0) -> None:
+        super().__init__()
+        self.linear, self.key = nn.Linear(width, classes), key
+
+    def forward(self, state) -> torch.Tensor:
+        return self.linear(state[self.key])
+
+
+def tuple_states(T: int = 4, width: int = 5, classes: int = 3) -> BlockNet:
+    return BlockNet([TupleBlock(width) for _ in range(T)], [ReadHidden(width, classes) for _ in range(T)],
+                    nn.CrossEntropyLoss())
+
+
+def dict_states(T: int = 4, width: int = 5, classes: int = 3) -> BlockNet:
+    return BlockNet([DictBlock(width) for _ in range(T)], ReadHidden(width, classes, "hidden"),
+                    nn.CrossEntropyLoss())
+
+
+def _tuple_batch():
+    gate = torch.rand(8, 1)  # a float leaf without gradient at the input
+    return (torch.randn(8, 5), torch.arange(8), gate), torch.randint(0, 3, (8,))
+
+
 ARCHITECTURES = {
+    "shared-blocks": (shared_blocks, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
+    "tied-embedding": (tied_embedding, lambda: (torch.randint(0, 7, (8,)), torch.randint(0, 7, (8,)))),
+    "head-tied-to-block0": (head_tied_to_block0, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
+    "tuple-states": (tuple_states, _tuple_batch),
+    "dict-states": (dict_states, lambda: ({"hidden": torch.randn(8, 5), "mask": torch.rand(8, 1)},
+                                          torch.randint(0, 3, (8,)))),
     "resmlp-independent": (resmlp_independent, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
     "resmlp-shared": (resmlp_shared, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
     "conv-resnet": (conv_resnet, lambda: (torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,)))),
@@ -64,17 +177,49 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def slow_horizon_gradient(net: BlockNet, x: torch.Tensor, y: torch.Tensor, h: int) -> dict:
-    """g_h by definition: for each block t, a fresh full forward to x_{min(t+h,T)} and autograd."""
-    grads = {}
-    for t in range(net.T):
-        if not net.block_parameters(t):
+def untie(net: BlockNet) -> tuple[BlockNet, dict]:
+    """A copy of ``net`` in which every block and head holds its own copy of each parameter
+    (SPEC §1: "what each use would get if it were a separate parameter"), and the map from
+    each copy back to the original parameter."""
+    blocks = [copy.deepcopy(b) for b in net.blocks]
+    heads = [copy.deepcopy(h) for h in net.heads]
+    untied = BlockNet(blocks, heads[0] if net.shared_head else heads, net.loss_fn)
+    origin = {}
+    for new, old in zip([*blocks, *heads], [*net.blocks, *net.heads]):
+        origin.update(zip(new.parameters(), old.parameters()))
+    return untied, origin
+
+
+def _add(grads: dict, p, g) -> None:
+    grads[p] = grads[p] + g if p in grads else g
+
+
+def slow_horizon_gradient(net: BlockNet, x, y, h: int, heads: bool = False) -> dict:
+    """g_h by definition, the slow way: for each block t of the untied net, a fresh full forward to
+    x_{min(t+h,T)} and autograd for its own copy of its parameters; each original parameter gets
+    the sum over its uses.  With ``heads``, every head also gets ∇L(x_k) at each depth k some
+    block learns from (k ≥ h), so the result is the whole step's gradient."""
+    untied, origin = untie(net)
+    grads: dict = {}
+    for t in range(untied.T):
+        params = untied.block_parameters(t)
+        if not params:
             continue
-        k = min(t + h, net.T)
+        k = min(t + h, untied.T)
         z = x
         for j in range(k):
-            z = net.blocks[j](z)
-        params = net.block_parameters(t)
-        for p, g in zip(params, torch.autograd.grad(net.depth_loss(z, y, k), params)):
-            grads[p] = g
+            z = untied.blocks[j](z)
+        for p, g in zip(params, torch.autograd.grad(untied.depth_loss(z, y, k), params, allow_unused=True)):
+            if g is not None:
+                _add(grads, origin[p], g)
+    if heads:
+        z = x
+        for k in range(1, untied.T + 1):
+            z = untied.blocks[k - 1](z)
+            params = untied.head_parameters(k)
+            if k >= h and params:
+                loss = untied.depth_loss(z, y, k)
+                for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+                    if g is not None:
+                        _add(grads, origin[p], g)
     return grads

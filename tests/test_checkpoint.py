@@ -61,6 +61,24 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
     assert all(torch.equal(u, v) for u, v in zip(momentum_a, momentum_b))
 
 
+@pytest.mark.parametrize("method", ["bp", "mpc:2", "bpm-ff"])
+def test_resume_of_a_batchnorm_model_is_bitwise(tmp_path: Path, method: str) -> None:
+    """No step runs an extra forward, so BatchNorm statistics (num_batches_tracked included) and
+    the parameters after 1 + 1 resumed epochs are those of 2 epochs in one go."""
+    args = ["train", "--model", "resnet62", "--model-opt", "widths=[4, 8]", "--model-opt", "blocks_per_stage=1",
+            "--model-opt", "in_channels=1", "--data", "digits", "--data-opt", "size=8", "--batch-size", "64",
+            "--method", method, "--momentum", "0.9", "--bpm-period", "5", "--bpm-samples", "16", "--no-progress"]
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "split"), "--resume"]) == 0
+    name = f"{method.replace(':', '-h-')}.pt" if method != "bpm-ff" else "ff-bpm.pt"
+    a, b = (checkpoint.read(tmp_path / run / "checkpoints" / name) for run in ("whole", "split"))
+    assert int(a["model"]["blocks.0.0.1.num_batches_tracked"]) == 2 * 23
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert [e["test"] for e in a["loop"]["history"]] == [e["test"] for e in b["loop"]["history"]]
+
+
 def test_resume_of_a_different_run_is_refused(tmp_path: Path, capsys) -> None:
     args = ["--model-opt", "depth=3", "--data-opt", "n=40", "--data-opt", "n_test=10",
             "--batch-size", "20", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
+
+import numpy as np
 
 import pytest
 import torch
@@ -29,12 +32,16 @@ def max_error(net: BlockNet, reference: dict) -> float:
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_horizon_equals_the_definition(name):
+    """Every parameter's gradient — blocks and heads, shared and tied ones included — is the sum
+    over its uses of ∇L(x_{min(t+h,T)}) (blocks) and ∇L(x_k) (heads, k ≥ h), the slow way."""
     torch.manual_seed(0)
     make, sample = ARCHITECTURES[name]
     net, (x, y) = make(), sample()
     for h in range(1, net.T + 1):
         engine_grads(net, x, y, h)
-        assert max_error(net, slow_horizon_gradient(net, x, y, h)) < TOL, f"h={h}"
+        reference = slow_horizon_gradient(net, x, y, h, heads=True)
+        assert {id(p) for p in reference} == {id(p) for p in net.parameters() if p.grad is not None}, f"h={h}"
+        assert max_error(net, reference) < TOL, f"h={h}"
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -267,3 +274,115 @@ def test_a_users_sequential_wrapped_in_place():
     for h in (1, 2, 4):  # the Tanh blocks have no parameters: only input gradients pass them
         engine_grads(net, x, y, h)
         assert max_error(net, slow_horizon_gradient(net, x, y, h)) < TOL
+
+
+class DropoutNormBlock(nn.Module):
+    """A block with BatchNorm statistics and a dropout draw, the two side effects of a forward."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear, self.norm, self.drop = nn.Linear(width, width), nn.BatchNorm1d(width), nn.Dropout(0.3)
+
+    def forward(self, x):
+        return x + self.drop(torch.tanh(self.norm(self.linear(x))))
+
+
+def _norm_dropout_net(T: int = 5, width: int = 6) -> BlockNet:
+    return BlockNet([DropoutNormBlock(width) for _ in range(T)], [nn.Linear(width, 3) for _ in range(T)],
+                    nn.CrossEntropyLoss())
+
+
+def _after_step(net: BlockNet, step) -> tuple[dict, dict, torch.Tensor]:
+    torch.manual_seed(123)
+    net.zero_grad(set_to_none=True)
+    step()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return grads, {n: b.clone() for n, b in net.named_buffers()}, torch.get_rng_state()
+
+
+def test_first_step_at_full_horizon_is_plain_pytorch_bitwise():
+    torch.manual_seed(12)
+    net = _norm_dropout_net()
+    twin = copy.deepcopy(net)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    plain = _after_step(twin, lambda: twin.loss(x, y).backward())
+    engine = _after_step(net, lambda: MPC(net, net.T).backward(x, y))
+    assert plain[0].keys() == engine[0].keys()
+    assert all(torch.equal(plain[0][n], engine[0][n]) for n in plain[0])
+    assert all(torch.equal(plain[1][n], engine[1][n]) for n in plain[1])  # num_batches_tracked 1, not 2
+    assert int(engine[1]["blocks.0.norm.num_batches_tracked"]) == 1
+    assert torch.equal(plain[2], engine[2])  # the dropout stream moved exactly as a plain forward moves it
+
+
+@pytest.mark.parametrize("h", [1, 2, 4])
+def test_every_horizon_updates_batchnorm_once_and_draws_dropout_as_the_forward(h):
+    torch.manual_seed(13)
+    net = _norm_dropout_net()
+    twin = copy.deepcopy(net)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    plain = _after_step(twin, lambda: twin.loss(x, y).backward())
+    engine = _after_step(net, lambda: MPC(net, h).backward(x, y))
+    assert all(torch.equal(plain[1][n], engine[1][n]) for n in plain[1])
+    assert torch.equal(plain[2], engine[2])
+
+
+def test_check_has_no_side_effects_and_names_the_misfit():
+    torch.manual_seed(14)
+    net = _norm_dropout_net()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    buffers, rng = {n: b.clone() for n, b in net.named_buffers()}, torch.get_rng_state()
+    net.check(x, y)
+    assert net.training and all(m.training for m in net.modules())
+    assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers())
+    assert torch.equal(torch.get_rng_state(), rng)
+    with pytest.raises(ValueError, match=r"block 0 \(DropoutNormBlock\) failed on its input, a tensor of shape \(16, 4\)"):
+        net.check(torch.randn(16, 4), y)
+    assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers())
+
+
+@pytest.mark.parametrize("make_x, message", [
+    (lambda: torch.randn(4, 9), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 9\), float64 on cpu"),
+    (lambda: torch.randn(4, 5, dtype=torch.float32), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float32 on cpu"),
+    (lambda: torch.randn(4, 5, device="meta"), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float64 on meta"),
+    (lambda: torch.randn(0, 5), r"empty batch: x holds 0 samples \(a tensor of shape \(0, 5\)"),
+    (lambda: (torch.randn(4, 5), torch.randn(4, 7)), r"block 0 \(Residual\) failed on its input, a tuple of \[tensor of shape \(4, 5\)"),
+])
+@pytest.mark.parametrize("h", [1, 3])
+def test_an_input_that_does_not_fit_names_block_0_and_the_input(make_x, message, h):
+    net = resmlp_independent(T=3)
+    with pytest.raises(ValueError, match=message):
+        MPC(net, h).backward(make_x(), torch.randint(0, 3, (4,)))
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("loss_fn, message", [
+    (lambda prediction, y: 1.0, "loss_fn must return a scalar tensor, got float at depth"),
+    (lambda prediction, y: nn.functional.cross_entropy(prediction.detach(), y),
+     "the loss at depth .* does not depend on the network"),
+])
+@pytest.mark.parametrize("h", [1, 3])
+def test_a_loss_that_is_not_a_differentiable_tensor_is_named(loss_fn, message, h):
+    blocks = resmlp_independent(T=3)
+    net = BlockNet(list(blocks.blocks), list(blocks.heads), loss_fn)
+    with pytest.raises(ValueError, match=message):
+        MPC(net, h).backward(torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("horizon", [np.int64(2), np.int32(3), torch.tensor(2), torch.tensor(1, dtype=torch.int8)])
+def test_numpy_and_0d_tensor_horizons_are_integers(horizon):
+    assert MPC(resmlp_independent(T=4), horizon).horizon == int(horizon)
+
+
+@pytest.mark.parametrize("bad", [np.float64(2.0), torch.tensor(2.0), torch.tensor([2])])
+def test_non_integer_horizons_are_refused(bad):
+    with pytest.raises(ValueError, match=r"horizon must be an integer in \[1, 4\]"):
+        MPC(resmlp_independent(T=4), bad)
+
+
+def test_a_compiled_or_foreign_module_says_what_to_do():
+    net = resmlp_independent(T=3)
+    with pytest.raises(ValueError, match=r"MPC got torch.compile\(net\).*net.compile\(...\)"):
+        MPC(torch.compile(net), 2)
+    with pytest.raises(ValueError, match="MPC needs a recede.BlockNet, got Linear; make one with recede.wrap"):
+        MPC(nn.Linear(3, 3), 1)

@@ -70,3 +70,20 @@ def test_batchnorm_statistics_end_the_step_as_bp_leaves_them() -> None:
         torch.testing.assert_close(b, a, msg=name)
     for p, q in zip(net.parameters(), twin.parameters()):
         torch.testing.assert_close(q.grad, p.grad)
+
+
+@pytest.mark.parametrize("name", ["tied-embedding", "tuple-states"])
+def test_integer_and_pytree_inputs_give_the_bp_gradient(name, float64) -> None:
+    from conftest import ARCHITECTURES
+
+    torch.manual_seed(3)
+    make, sample = ARCHITECTURES[name]
+    net, (x, y) = make(), sample()
+    exact = _grads(net, MPC(net, net.T), x, y)
+    for segments in range(1, net.T + 1):
+        checkpointed = _grads(net, CheckpointedBP(net, segments), x, y)
+        assert checkpointed[0] == pytest.approx(exact[0], rel=1e-12)
+        for g, h in zip(exact[1:], checkpointed[1:]):
+            assert (g is None) == (h is None)
+            if g is not None:
+                torch.testing.assert_close(h, g, rtol=1e-12, atol=1e-14)

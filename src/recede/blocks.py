@@ -20,15 +20,18 @@ parameter's gradient is their sum; at h = T that is autograd's gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch._functorch.config as functorch_config
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 LossFn = Callable[[Any, Any], torch.Tensor]
+log = logging.getLogger("recede")
 
 # errors of a block or head applied to an input it does not fit (shape, dtype, device, type)
 _MISFIT = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
@@ -72,6 +75,31 @@ class Uses:
     blocks: list[list[nn.Parameter]]
     heads: list[list[nn.Parameter]]
     shared: bool
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """``module`` was compiled in place (``module.compile()``) or is ``torch.compile(module)``."""
+    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+
+
+def keep_compiled_graphs(modules: Iterable[nn.Module]) -> None:
+    """Let compiled ``modules`` be back-propagated through more than once (``retain_graph``).
+
+    Horizons 1 < h < T carry several cotangents through one block graph.  AOTAutograd's
+    *donated buffers* let a compiled backward overwrite the tensors it saved, so a graph that
+    was compiled with them and is used twice gives wrong gradients, and PyTorch's own check
+    cannot tell such a graph from a safe one.  So the first time a compiled module meets
+    recede while they are on, they are turned off for the rest of the process
+    (``torch._functorch.config.donated_buffer = False``) and Dynamo's caches are reset once, so
+    that everything compiled before is compiled again without them.
+    """
+    if not functorch_config.donated_buffer or not any(is_compiled(m) for m in modules):
+        return
+    functorch_config.donated_buffer = False
+    torch._dynamo.reset()
+    log.warning("recede turned off AOTAutograd's donated buffers for this process "
+                "(torch._functorch.config.donated_buffer = False) and reset torch.compile's caches "
+                "once: receding horizons back-propagate through a compiled block more than once")
 
 
 class BlockNet(nn.Module):
@@ -197,13 +225,15 @@ class BlockNet(nn.Module):
         """Compile every block and head in place (``nn.Module.compile`` with these arguments).
 
         The engine calls each block and head on its own, so compiling the BlockNet's own
-        ``forward`` (``torch.compile(net)``) would leave the training step eager.
+        ``forward`` (``torch.compile(net)``) would leave the training step eager.  Turns off
+        AOTAutograd's donated buffers for the process (:func:`keep_compiled_graphs`).
         """
         seen: set[int] = set()
         for module in [*self.blocks, *self.heads]:
             if id(module) not in seen:
                 seen.add(id(module))
                 module.compile(*args, **kwargs)
+        keep_compiled_graphs(self.blocks)
 
     def regroup(self, n_stages: int) -> "BlockNet":
         """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).

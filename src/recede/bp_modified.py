@@ -220,14 +220,18 @@ class BPModified:
         batch_size: B of E(a, λ); by default the size of the last batch given to ``backward``.
         seed: the draws of refresh r use a generator seeded with (seed, r), so runs and resumed
             runs draw the same samples.
+        engines: ``(local, exact)``, objects with ``backward(x, y)`` to use instead of
+            ``MPC(net, horizon, double)`` and ``MPC(net, T)`` (a pipeline stage's engines).
+        blocks: modify only these blocks (a pipeline stage's; default all).  Each block's a, λ
+            and Δ depend on that block's statistics only.
     """
 
     def __init__(self, net: BlockNet, horizon: int, period: int, offset_samples: int,
                  micro_batch: int, scaling: str = "optimal", a: float | None = None,
                  lam: float | None = None, double: bool = False, data: Dataset | None = None,
-                 batch_size: int | None = None, seed: int = 0) -> None:
-        self.local = MPC(net, horizon, double)
-        self.exact = MPC(net, net.T)
+                 batch_size: int | None = None, seed: int = 0, engines: tuple | None = None,
+                 blocks: Iterable[int] | None = None) -> None:
+        self.local, self.exact = engines if engines is not None else (MPC(net, horizon, double), MPC(net, net.T))
         self.net, self.horizon = net, horizon
         for name, value in (("period", period), ("offset_samples", offset_samples),
                             ("micro_batch", micro_batch)):
@@ -248,7 +252,7 @@ class BPModified:
         self.scaling, self.fixed = scaling, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
         reach = horizon - 1 if double else horizon
-        self.modified = [t for t in range(net.T) if t + reach < net.T]
+        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if t + reach < net.T]
         self.params = {t: net.block_parameters(t) for t in self.modified}
         self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
         trainable = [p for p in net.parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ from recede.config import add_config_option, int_range, parse_with_config, save_
 from recede.demo import add_demo_parser
 from recede.engine import NonFiniteLossError
 from recede.methods import parse_method
+from recede.pipeline import run as pipeline_run
 from recede.plots import loss_curves
 from recede.reports import markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
@@ -39,10 +40,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorboard", action="store_true",
                    help="log to OUT/tensorboard (needs the tensorboard extra)")
     distributed.add_arguments(p)
+    pipeline_run.add_arguments(p)
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.pipeline > 1:
+        return pipeline_run.run_pipeline(args)
     if args.nproc > 1 and not distributed.under_torchrun():
         return distributed.launch(args.argv, args.nproc)
     specs = [parse_method(m) for m in (args.method or ["bp"])]

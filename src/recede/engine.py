@@ -49,11 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch._functorch.config as functorch_config
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from recede.blocks import BlockNet, Uses, describe, samples_in
+from recede.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
 
 Grads = dict[nn.Parameter, torch.Tensor]
 
@@ -66,7 +65,8 @@ def check_horizon(horizon: object, T: int) -> int:
     """``horizon`` as an int if it is an integer in [1, T] (Python, NumPy or a 0-d tensor),
     else ``ValueError`` naming the range."""
     try:
-        h = None if isinstance(horizon, bool) else operator.index(horizon)
+        scalar = not isinstance(horizon, bool) and not (isinstance(horizon, torch.Tensor) and horizon.dim())
+        h = operator.index(horizon) if scalar else None
     except TypeError:
         h = None
     if h is None or not 1 <= h <= T:
@@ -176,9 +176,8 @@ class MPC:
         scaling = scaler is not None and scaler.is_enabled()
         uses = self.net.trainable_parameters()
         step = StepGradients([{} for _ in range(self.net.T)])
-        # compiled blocks: the window re-uses a block's graph (retain_graph), which AOTAutograd's
-        # donated buffers forbid; the setting is part of the compile cache key
-        with torch.enable_grad(), functorch_config.patch(donated_buffer=False):
+        keep_compiled_graphs([*self.net.blocks, *self.net.heads])
+        with torch.enable_grad():
             if scaling:
                 step.scale = scaler.scale(torch.ones((), device=_device_of(x)))
             if self.horizon == self.net.T and not self.double and not (per_use and uses.shared):

@@ -21,10 +21,11 @@ to their values after the first forward, so the model ends each step exactly as 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
@@ -48,8 +49,7 @@ class CheckpointedBP:
                              f"(T = {net.T} blocks), got {segments!r}")
         self.net = net
         self.segments = segments
-        bounds = torch.arange(net.T).tensor_split(segments)
-        self._stages = [nn.Sequential(*(net.blocks[int(t)] for t in part)) for part in bounds]
+        self._stages = [[int(t) for t in part] for part in torch.arange(net.T).tensor_split(segments)]
 
     def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Forward with checkpoints, accumulate BP's gradient into ``.grad``, return L(x_T).
@@ -58,13 +58,13 @@ class CheckpointedBP:
         is left to ``scaler.step`` (see :meth:`recede.MPC.backward`).
         """
         net = self.net
-        recomputed = [b for stage in self._stages[:-1] for b in stage.buffers()]
+        recomputed = [b for stage in self._stages[:-1] for t in stage for b in net.blocks[t].buffers()]
         scaling = scaler is not None and scaler.is_enabled()
         with torch.enable_grad():
             z = x
             for stage in self._stages[:-1]:
-                z = _checkpointed(stage, z)
-            loss = net.depth_loss(self._stages[-1](z), y, net.T)
+                z = _checkpointed(partial(self._run, stage), z)
+            loss = net.depth_loss(self._run(self._stages[-1], z), y, net.T)
             if not scaling and not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
                                          "no .grad was modified")
@@ -76,7 +76,13 @@ class CheckpointedBP:
         return float(loss.detach())
 
 
-def _checkpointed(stage: nn.Module, z: Any) -> Any:
+    def _run(self, stage: list[int], z: Any) -> Any:
+        for t in stage:
+            z = self.net.run_block(t, z)
+        return z
+
+
+def _checkpointed(stage: Callable[[Any], Any], z: Any) -> Any:
     """``stage(z)`` through the re-entrant checkpoint; ``z`` may be a pytree with integer leaves."""
     leaves, spec = tree_flatten(z)
     tensors = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]

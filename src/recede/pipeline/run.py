@@ -1,0 +1,151 @@
+"""``recede train --pipeline N``: train each method as an N-stage receding-horizon pipeline.
+
+The command starts itself again as N processes under ``torchrun`` (gloo, loopback, as
+``--nproc`` does).  Every rank builds the same model and iterates the same batches; rank r
+trains its stage with an optimizer over its own parameters, checkpoints it to
+``OUT/checkpoints/<method>.stage<r>.pt`` (every ``--checkpoint-every`` steps and at the end)
+and resumes from it with ``--resume``.  After each epoch the stages' parameters are gathered
+so that rank 0 can evaluate the whole model; rank 0 writes the table, ``metrics.json``,
+``loss.png`` and ``report.md``.  A rank that dies or hangs ends the others with one line
+naming the failed transfer (:class:`~recede.distributed.RankFailure`) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from recede import checkpoint, distributed
+from recede.config import int_range
+from recede.distributed import RankFailure
+from recede.memory import measure
+from recede.methods import MethodSpec, default_offset_samples, parse_method
+from recede.pipeline.stage import Pipeline
+from recede.plots import loss_curves
+from recede.reports import markdown_table, print_table, write_json
+from recede.run import IDENTITY, Workload, _check_same_run, slug
+from recede.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pipeline N`` and ``--micro-batches M`` for ``recede train``."""
+    parser.add_argument("--pipeline", type=int_range(1), default=1, metavar="N",
+                        help="split the model into N stages on N processes (torchrun, gloo) and "
+                             "train them as a receding-horizon pipeline; see docs/pipeline.md")
+    parser.add_argument("--micro-batches", type=int_range(1), default=None, metavar="M",
+                        help="micro-batches per step with --pipeline (default 4·N)")
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """``recede train --pipeline N``: launch, or (under torchrun) train this rank's stage."""
+    specs = [parse_method(m) for m in (args.method or ["bp"])]
+    for spec in specs:
+        if spec.kind not in ("bp", "ff", "mpc"):
+            raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
+    if args.nproc > 1:
+        raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
+    if args.tensorboard:
+        raise ValueError("--tensorboard is not available with --pipeline")
+    if not distributed.under_torchrun():
+        return distributed.launch(args.argv, args.pipeline)
+    try:
+        ctx = distributed.init_from_env("gloo", args.dist_timeout)
+        if ctx.world_size != args.pipeline:
+            raise ValueError(f"--pipeline {args.pipeline} but torchrun started {ctx.world_size} processes")
+        workload = Workload.from_args(args)  # every rank: the whole data set, the same batches
+        out = Path(args.out)
+        results = [_train_stage(workload, spec, args, out, ctx.rank) for spec in specs]
+    except (RankFailure, dist.DistError) as err:
+        print(f"recede train: stopped: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    distributed.shutdown()
+    if ctx.is_main:
+        _report(results, workload, args, out)
+    return 0
+
+
+def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace, out: Path,
+                 rank: int) -> dict:
+    """Train this rank's stage of a fresh model with ``spec``; return its row for the report."""
+    net = workload.build(args.seed)
+    horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.value)
+    if not 1 <= horizon <= net.T:
+        raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {net.T}]")
+    if args.pipeline > net.T:
+        raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {net.T} blocks")
+    micro = args.micro_batches or 4 * args.pipeline
+    x, y = workload.batch(args.batch_size)
+    pipe = Pipeline(net, horizon, micro, sample=x[:-(-len(x) // micro)], device=workload.device)
+    method = pipe
+    if spec.modified:
+        period = args.bpm_period or -(-len(workload.task.train) // args.batch_size)
+        samples = args.bpm_samples or default_offset_samples(period, args.batch_size, args.bpm_micro_batch)
+        method = pipe.bp_modified(period, samples, args.bpm_micro_batch, scaling=args.bpm_scaling,
+                                  data=workload.task.train, batch_size=args.batch_size, seed=args.seed)
+    optimizer = make_optimizer(pipe.parameters(), args.optimizer, args.lr, args.momentum)
+    lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
+    path = out / "checkpoints" / f"{slug(spec)}.stage{rank}.pt"
+    identity = {k: getattr(args, k) for k in IDENTITY} | {
+        "method": spec.label, "pipeline": args.pipeline, "micro_batches": micro, "stages": pipe.sizes}
+    loop = LoopState()
+    if args.resume and path.exists():
+        payload = checkpoint.read(path)
+        _check_same_run(payload["config"], identity, path)
+        loop = checkpoint.restore(payload, net=pipe.stage, optimizer=optimizer, lr_rule=lr_rule,
+                                  method=method if spec.modified else None)
+
+    def save(finished: bool = False) -> None:
+        checkpoint.save(path, net=pipe.stage, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
+                        method=method if spec.modified else None, config=identity, finished=finished)
+
+    def on_step(epoch: int, step: int, loss: float) -> None:
+        if args.checkpoint_every and loop.global_step % args.checkpoint_every == 0:
+            save()
+
+    def on_epoch(record: EpochRecord) -> None:
+        pipe.gather_parameters()
+        if rank == 0:
+            record.test = evaluate(net, workload.task.test, device=workload.device,
+                                   classification=workload.classification)
+
+    history = train(net, method, workload.task.train, optimizer, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=args.seed, lr_rule=lr_rule,
+                    device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
+                    progress=rank == 0 and not args.no_progress, description=spec.label)
+    save(finished=True)
+    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
+    optimizer.zero_grad(set_to_none=True)
+    saved = [None] * args.pipeline
+    dist.all_gather_object(saved, (memory.saved_peak_bytes, pipe.last_timing.idle_fraction))
+    final = history[-1]
+    steps = sum(r.steps for r in history)
+    return {"method": spec.label, "history": history, "train loss": final.train_loss,
+            "test loss": final.test.get("loss"), "test acc": final.test.get("accuracy"),
+            "ms/step": 1000 * sum(r.seconds for r in history) / steps, "stages": pipe.sizes,
+            "micro-batches": micro,
+            "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _ in saved),
+            "idle per stage": " / ".join(f"{i:.2f}" for _, i in saved)}
+
+
+def _report(results: list[dict], workload: Workload, args: argparse.Namespace, out: Path) -> None:
+    columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
+        + ["ms/step", "saved MiB per stage", "idle per stage"]
+    stages = results[0]["stages"]
+    title = (f"{args.model} on {args.data}, {args.epochs} epochs, pipeline of {args.pipeline} "
+             f"stages {stages} × {results[0]['micro-batches']} micro-batches of batch {args.batch_size}")
+    rows = [{k: v for k, v in r.items() if k != "history"} for r in results]
+    print_table(rows, columns, title=title)
+    write_json(out / "metrics.json", {"rows": rows, "history": {
+        r["method"]: [e.as_dict() for e in r["history"]] for r in results}})
+    loss_curves({r["method"]: r["history"] for r in results}, out / "loss.png", title)
+    (out / "report.md").write_text(
+        f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
+        "ms/step is the mean wall time of a training step over the run; saved MiB per stage is "
+        "each rank's peak of tensors saved for backward in one step (recede.memory); idle is "
+        "the share of that step each rank spent waiting for its neighbours.\n\n"
+        "![loss curves](loss.png)\n")
+    print(f"results written to {out}/")
