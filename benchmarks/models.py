@@ -1,103 +1,171 @@
-"""Saved-activation memory and step time of horizons 1, 2, 5 and T on the real models, as ratios to BP.
+"""Step time against the layer-aware cost model, and saved-activation memory, on real models.
 
-Models (registry names, CIFAR-shaped inputs):
+Models (``--models``):
 
-* ``resnet62`` — Paper A's ResNet-62 (T = 30, 16/32/64 channels), 32 × 32 inputs;
-* ``vit-small`` — ``vit-b16`` shrunk to width 192, 12 blocks, 3 heads, 4 × 4 patches of 32 × 32
-  inputs (65 tokens);
-* ``resnet50`` — timm's ResNet-50 (T = 16) at Paper B's 224 × 224 (slow on a CPU; opt in).
+* ``resnet62`` — Paper A's ResNet-62 (T = 30, 16/32/64 channels, two convs per block), 32 × 32;
+* ``resnet50`` — timm's ResNet-50 (T = 16, three convs per bottleneck), at ``--resnet50-side``
+  (default 96, so it fits a CPU; Paper B uses 224);
+* ``vit-small`` — ``vit-b16`` shrunk to width 192, 12 timm transformer blocks, 3 heads,
+  4 × 4 patches of 32 × 32 inputs (65 tokens);
+* ``gpt-small`` — a GPT-2-shaped stack: byte embedding, 8 pre-norm ``nn.TransformerEncoderLayer``
+  (width 256, 4 heads, MLP 1024, causal), one LM head (norm → linear to 256 bytes) shared by
+  every depth, sequences of 128 tokens.
 
-For each horizon the script prints the step time (forward + all gradients, median over
-interleaved repeats) and the peak bytes saved for backward (``recede.memory.measure``,
-parameters excluded), each divided by plain autograd BP on the same model, plus the CUDA peak
-allocation ratio on a GPU.  Beside them stand Paper B's Table 4 (memory) and Table 5 (s/epoch)
-ratios to BP: ResNet-50 full tune FF 28 %, LoCo 40 %, MPC(5) 71 % of BP's memory; FF 0.97×,
-MPC(5) 2.86× BP's time; ViT-B/16 LoRA FF 27 %, MPC(5) 56 %, time 0.90× and 3.0×.  Paper B
-measured whole-GPU peak memory (parameters, optimizer state and workspace included), so its
-ratios sit above the activation-only ones.  Nothing is asserted: read the ratios.
+For each horizon h the script prints, from one run: the step time (forward + all gradients) as
+a ratio to plain autograd BP on the same model; the layer-aware cost model's ratio
+(:mod:`recede.cost`: per-block forward, input-VJP, weight-gradient and full backward, and the
+heads, timed in the same interleaved rounds as the steps); time / model (target: within 1.10);
+Paper A's uniform count (SPEC §2), which treats every block as one layer; the bytes saved for
+backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full tune, ViT-B/16
+LoRA: whole-GPU peak memory and s/epoch over BP's).  Timings are medians over interleaved
+repeats; on a CPU they are by default this process's CPU seconds on one thread (``--clock cpu``),
+which other jobs on a shared machine do not inflate and which equal wall time on an idle one;
+``--clock wall`` times wall seconds.  glibc's malloc is told to keep freed memory
+(:func:`recede.usage.keep_freed_memory`, as the CUDA caching allocator does) unless
+``--default-allocator``: otherwise a step's time depends on the step before it.  Nothing is
+asserted: read the ratios.
 
-    python benchmarks/models.py [--models resnet62 vit-small] [--batch 32] [--repeats 3] [--device cpu]
+    python benchmarks/models.py [--models resnet62 resnet50 vit-small gpt-small] [--batch 16] [--repeats 7] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from functools import partial
 
 import torch
+from torch import nn
 
-from recede import MPC
-from recede.bench import interleaved_medians, timed_step
+from recede import MPC, BlockNet
+from recede.cost import calibrate, horizon_cost, uniform_ratio
 from recede.memory import measure
 from recede.models import build
 from recede.reports import markdown_table
+from recede.usage import interleaved_medians, keep_freed_memory, timed_step
 
-MODELS = {  # name -> (registry name, options, image side)
-    "resnet62": ("resnet62", dict(num_classes=10), 32),
-    "vit-small": ("vit-b16", dict(num_classes=10, img_size=32, patch_size=4, embed_dim=192, depth=12,
-                                  num_heads=3), 32),
-    "resnet50": ("resnet50", dict(num_classes=100), 224),
-}
-
-# Paper B Tables 4 and 5, ratios to BP: (memory, time) by method label.
+# Paper B Tables 4 and 5, ratios to BP: (memory, time) by horizon.
 PAPER_B = {
-    "resnet50": {"h=1": (1555 / 5617, 123.03 / 127.07), "h=5": (3965 / 5617, 363.71 / 127.07)},
-    "vit-small": {"h=1": (1519 / 5586, 291.99 / 322.84), "h=5": (3146 / 5586, 967.10 / 322.84)},
+    "resnet50": {1: (1555 / 5617, 123.03 / 127.07), 5: (3965 / 5617, 363.71 / 127.07)},
+    "vit-small": {1: (1519 / 5586, 291.99 / 322.84), 5: (3146 / 5586, 967.10 / 322.84)},
 }
 PAPER_B["resnet62"] = PAPER_B["resnet50"]
 
 
-def benchmark(name: str, batch: int, repeats: int, device: torch.device) -> list[dict]:
-    """One model: rows of ratios to BP for h = 1, 2, 5, T."""
-    registry_name, options, side = MODELS[name]
+class Embedding(nn.Module):
+    """Token and position embedding, then the first decoder layer."""
+
+    def __init__(self, vocab: int, width: int, length: int, layer: nn.Module) -> None:
+        super().__init__()
+        self.tokens, self.positions, self.layer = nn.Embedding(vocab, width), nn.Embedding(length, width), layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.tokens(x) + self.positions.weight[: x.shape[1]])
+
+
+class Causal(nn.Module):
+    """A pre-norm transformer layer with a causal mask (GPT-2's block)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                                batch_first=True, norm_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+        return self.layer(x, src_mask=mask, is_causal=True)
+
+
+def gpt_small(depth: int = 8, width: int = 256, heads: int = 4, vocab: int = 256, length: int = 128) -> BlockNet:
+    """A GPT-2-shaped decoder stack whose blocks are its layers, one LM head shared by every depth."""
+    layers = [Causal(width, heads) for _ in range(depth)]
+    head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    return BlockNet([Embedding(vocab, width, length, layers[0]), *layers[1:]], head, loss)
+
+
+def workload(name: str, batch: int, resnet50_side: int) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:
+    """The model and one batch of random inputs and targets."""
+    if name == "gpt-small":
+        net = gpt_small()
+        x = torch.randint(0, 256, (batch, 128))
+        return net, x, torch.randint(0, 256, (batch, 128))
+    if name == "resnet62":
+        net, side = build("resnet62", num_classes=10), 32
+    elif name == "resnet50":
+        net, side = build("resnet50", num_classes=100), resnet50_side
+    else:
+        net, side = build("vit-b16", num_classes=10, img_size=32, patch_size=4, embed_dim=192, depth=12,
+                          num_heads=3), 32
+    x = torch.randn(batch, 3, side, side)
+    return net, x, torch.randint(0, 10, (batch,))
+
+
+def benchmark(name: str, batch: int, repeats: int, resnet50_side: int, device: torch.device,
+              clock=time.perf_counter) -> list[dict]:
+    """One model: a row per horizon h = 1, 2, 3, 5, T/2, T."""
     torch.manual_seed(0)
-    net = build(registry_name, **options).to(device)
-    x = torch.randn(batch, 3, side, side, device=device)
-    y = torch.randint(0, options["num_classes"], (batch,), device=device)
+    net, x, y = workload(name, batch, resnet50_side)
+    net, x, y = net.to(device), x.to(device), y.to(device)
     net.check(x, y)
-    horizons = sorted({h for h in (1, 2, 5, net.T) if h <= net.T})
+    T = net.T
+    horizons = sorted({h for h in (1, 2, 3, 5, T // 2, T) if 1 <= h <= T})
 
     def plain_bp() -> None:
         net.zero_grad(set_to_none=True)
         net.loss(x, y).backward()
 
-    runs = {"BP": plain_bp}
-    for h in horizons:
-        runs[f"h={h}"] = timed_step(MPC(net, h), net, x, y)
-
-    memory = {label: measure(run, module=net, device=device)[1] for label, run in runs.items()}
-    median = interleaved_medians(runs, repeats, warmup=0, device=device)  # measure() warmed up
-
+    runs = {"BP": plain_bp, **{h: timed_step(MPC(net, h), net, x, y) for h in horizons}}
+    memory = {key: measure(run, module=net, device=device)[1] for key, run in runs.items()}  # also warms up
+    meter = partial(interleaved_medians, repeats=repeats, warmup=0, device=device, clock=clock)
+    costs, median = calibrate(net, x, y, meter, alongside=runs)
+    net.zero_grad(set_to_none=True)
+    bp_model = horizon_cost(costs, T)
     rows = []
-    for label in runs:
-        if label == "BP":
-            continue
-        paper = PAPER_B.get(name, {}).get(label, (None, None))
-        h = int(label[2:])
-        row = {"model": name, "T": net.T, "h": "T" if h == net.T else h,
-               "saved / BP": memory[label].saved_peak_bytes / memory["BP"].saved_peak_bytes,
-               "time / BP": median[label] / median["BP"],
-               "Paper B mem / BP": paper[0], "Paper B time / BP": paper[1]}
+    for h in horizons:
+        time_ratio, model = median[h] / median["BP"], horizon_cost(costs, h) / bp_model
+        paper = PAPER_B.get(name, {}).get(h, (None, None))
+        row = {"model": name, "T": T, "h": "T" if h == T else h, "time / BP": time_ratio,
+               "layer-aware model": model, "time / model": time_ratio / model, "uniform model": uniform_ratio(T, h),
+               "saved / BP": memory[h].saved_peak_bytes / memory["BP"].saved_peak_bytes}
         if device.type == "cuda":
-            row["CUDA peak / BP"] = memory[label].cuda_peak_bytes / memory["BP"].cuda_peak_bytes
-        rows.append(row)
-    print(f"{name}: T = {net.T}, batch {batch}, {side}×{side}, BP step {1000 * median['BP']:.0f} ms "
-          f"(median of {repeats}), BP saved {memory['BP'].saved_peak_mib:.1f} MiB", flush=True)
+            row["CUDA peak / BP"] = memory[h].cuda_peak_bytes / memory["BP"].cuda_peak_bytes
+        rows.append(row | {"Paper B mem / BP": paper[0], "Paper B time / BP": paper[1]})
+    print(f"{name}: T = {T}, batch {batch}, input {tuple(x.shape[1:])}, plain BP step "
+          f"{1000 * median['BP']:.0f} ms (model {1000 * bp_model:.0f} ms; medians of {repeats}), "
+          f"BP saved {memory['BP'].saved_peak_mib:.1f} MiB", flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet62", "vit-small"], choices=sorted(MODELS))
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["resnet62", "resnet50", "vit-small", "gpt-small"],
+                        choices=["resnet62", "resnet50", "vit-small", "gpt-small"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--resnet50-side", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                        help="CPU seconds of this process or wall seconds (default: cpu on a CPU, wall on CUDA)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (by default freed memory stays in the process)")
     args = parser.parse_args()
+    kept = not args.default_allocator and keep_freed_memory()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [row for name in args.models for row in benchmark(name, args.batch, args.repeats, device)]
-    print(f"device {device}, {torch.get_num_threads()} threads")
+    clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    rows = [row for name in args.models
+            for row in benchmark(name, args.batch, args.repeats, args.resnet50_side, device,
+                                 time.process_time if clock == "cpu" else time.perf_counter)]
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock, "
+          f"{'freed memory kept (glibc mallopt)' if kept else 'default allocator'}")
     print(markdown_table(rows, list(rows[0])))
-    print("Paper B columns: ResNet-50 full tune (Tables 4, 5) beside the ResNets, ViT-B/16 LoRA beside "
-          "the ViT; LoCo (Paper B: 40 % / 34 % of BP's memory) is not a horizon and has no row.")
+    print("target: time / model within 1.10 at every h.  Paper B columns: ResNet-50 full tune "
+          "(Tables 4, 5) beside the ResNets, ViT-B/16 LoRA beside the ViT.")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import argparse
 import torch
 
 from recede import MPC, data, models
-from recede.bench import interleaved_medians
+from recede.usage import interleaved_medians
 from recede.reports import markdown_table
 
 

@@ -3,7 +3,7 @@
 S gloo ranks on this machine's CPU hold the same stage split of a residual MLP (T blocks of
 ``x + tanh(Wx + b)``, a linear head per depth, cross-entropy).  Each step is one batch of B
 samples in M = 4·S micro-batches.  Per S and per seed, every rank times, interleaved round by
-round so that load changes hit every method alike (``recede.bench.interleaved_medians``; each
+round so that load changes hit every method alike (``recede.usage.interleaved_medians``; each
 timed step ends with a barrier, so it is the pipeline's makespan):
 
 * ``recede.pipeline.Pipeline`` with h = 1, 2, T/2 and T,
@@ -36,7 +36,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from recede import distributed
-from recede.bench import interleaved_medians
+from recede.usage import interleaved_medians
 from recede.blocks import BlockNet
 from recede.memory import SavedTensorMeter
 from recede.pipeline import Pipeline, Plan, even_sizes, simulate

@@ -223,3 +223,35 @@ def slow_horizon_gradient(net: BlockNet, x, y, h: int, heads: bool = False) -> d
                     if g is not None:
                         _add(grads, origin[p], g)
     return grads
+
+
+def check_wrap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, horizons: str = "all",
+               **options: object) -> BlockNet:
+    """``recede.wrap(model, **options)`` is the model itself, in pieces, with its own loss.
+
+    Checks that the BlockNet holds every parameter of ``model`` (new ones are heads' only),
+    that ``net(x)`` is ``model(x)`` bit for bit, that MPC runs for every h (``horizons="ends"``:
+    h = 1 and T) and fills every block's gradient, and that at h = T the gradients equal plain
+    autograd's of ``cross_entropy(model(x), y)``.  Returns the net.
+    """
+    import recede
+
+    net = recede.wrap(model, **options)
+    own = {id(p) for p in model.parameters()}
+    assert own <= {id(p) for p in net.parameters()}
+    block_ids = {id(p) for b in net.blocks for p in b.parameters()}
+    assert not [p for p in net.parameters() if id(p) not in own and id(p) in block_ids]  # only heads are new
+    torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)
+    for h in range(1, net.T + 1) if horizons == "all" else sorted({1, net.T}):
+        net.zero_grad(set_to_none=True)
+        recede.MPC(net, h).backward(x, y)
+        for t in range(net.T):
+            assert all(p.grad is not None for p in net.block_parameters(t)), (h, t)
+    wrapped = {n: p.grad for n, p in model.named_parameters()}  # h = T, the last horizon run
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        assert (wrapped[name] is None) == (p.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(wrapped[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    return net

@@ -1,4 +1,5 @@
-"""The ``recede`` command line end to end: files written, configs, and every bad-input message."""
+"""The ``recede`` command line end to end: files written, configs, resume and overwrite, and
+bad-input messages (tests/test_cli_fuzz.py runs the whole table of bad inputs)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_config_positional_and_null_options(tmp_path: Path) -> None:
     (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 stages, got 9"),
     (["train", "--method", "ckpt:0", *TINY], "checkpoint segments must be an integer in [1, 3]"),
     (["train", "--method", "sgd", *TINY], "unknown method 'sgd'"),
-    (["train", "--model-opt", "depth", *TINY], "option 'depth' is not of the form key=value"),
+    (["train", "--model-opt", "depth", *TINY], "--model-opt 'depth' is not of the form key=value"),
     (["train", "--model-opt", "colour=red", *TINY], "model 'resmlp' has no option(s) ['colour']"),
     (["train", "--device", "cuda:7", *TINY], "--device cuda:7: this machine has"),
     (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
@@ -139,7 +140,54 @@ def test_tensorboard_without_the_package_says_what_to_install(tmp_path, capsys) 
 
 
 def test_errors_are_not_tracebacks_in_a_subprocess(tmp_path: Path) -> None:
-    run = recede("train", "--model", "vgg", "--out", str(tmp_path))
+    run = recede("train", "--model", "vgg", "--out", str(tmp_path / "run"))
     assert run.returncode == 2
     assert run.stderr.strip() == ("recede train: error: unknown model 'vgg'; available: "
                                   "linear-resnet, resmlp, resnet50, resnet62, sequential, vit-b16")
+
+
+def test_flags_replace_the_config_file_s_lists(tmp_path: Path) -> None:
+    from recede.cli import build_parser
+    from recede.config import parse_with_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("method: [mpc:4]\nmodel_opt: [depth=3, width=5]\n")
+    args = parse_with_config(build_parser(), ["train", "--config", str(config), "--method", "ff"])
+    assert args.method == ["ff"] and args.model_opt == ["depth=3", "width=5"]
+    args = parse_with_config(build_parser(), ["train", "--config", str(config), "--model-opt", "depth=4"])
+    assert args.method == ["mpc:4"] and args.model_opt == ["depth=4"]
+
+
+def test_resume_needs_a_checkpoint_unless_auto(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--resume", "--out", str(out)]) == 2
+    assert "--resume: no checkpoint to resume" in capsys.readouterr().err
+    assert not out.exists()  # a refused run creates nothing
+    assert main(["train", *TINY, "--resume", "auto", "--out", str(out)]) == 0  # nothing yet: a fresh run
+    assert (out / "checkpoints" / "bp.pt").exists()
+    assert main(["train", *TINY, "--resume", "--out", str(out)]) == 0  # the finished run, resumed
+    assert main(["train", *TINY, "--resume", "auto", "--out", str(out)]) == 0
+
+
+def test_a_folder_with_results_is_reused_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--method", "bp", "--method", "ff", "--out", str(out)]) == 0
+    config = (out / "config.yaml").read_bytes()
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert "holds the results of an earlier run" in capsys.readouterr().err
+    assert (out / "config.yaml").read_bytes() == config
+    assert main(["train", *TINY, "--epochs", "1", "--overwrite", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["bp.pt"]  # ff's is gone
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] is None
+
+
+def test_usage_is_printed_only_for_a_missing_argument(capsys) -> None:
+    for argv in ([], ["reproduce"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: recede") and "the following arguments are required" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "x"])
+    assert capsys.readouterr().err == "recede train: error: argument --epochs: must be an integer ≥ 1, got 'x'\n"

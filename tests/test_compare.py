@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -49,11 +50,36 @@ def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     rows = json.loads((tmp_path / "d" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)", "FF+BPM"]
-    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--out", str(tmp_path / "b"))
+    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--clock", "cpu",
+                   "--out", str(tmp_path / "b"))
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "FF", "MPC(h=2)"]
-    assert rows[1]["model ratio"] == pytest.approx((2 + 1 / 6) / 3)
+    assert rows[0]["model ratio"] == pytest.approx(1.0) and all(r["model ratio"] > 0 for r in rows)
+
+
+def test_bpm_time_ratio_covers_its_refreshes(tmp_path: Path) -> None:
+    """The frontier row of a BP-modified method pays for the refreshes its run made: its
+    ms/step is its step plus one refresh times the refreshes per step of its own history."""
+    period = 3
+    run = recede("compare", *TINY, "--methods", "ff", "bpm-ff", "--bpm-period", str(period),
+                 "--bpm-samples", "16", "--bpm-micro-batch", "4", "--timing-steps", "2",
+                 "--cosine-batches", "1", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    rows = {r["method"]: r for r in metrics["rows"]}
+    bp, ff, bpm = rows["BP"], rows["FF"], rows["FF+BPM"]
+    steps = sum(epoch["steps"] for epoch in metrics["history"]["FF+BPM"])
+    assert steps == 4 and bpm["refreshes"] == math.ceil(steps / period)  # refreshes at steps 0 and 3
+    assert bpm["refreshes/step"] == pytest.approx(bpm["refreshes"] / steps)
+    assert bpm["refresh ms"] > 0 and ff["refresh ms"] is None and ff["refreshes"] == 0
+    assert bpm["ms/step"] == pytest.approx(bpm["step ms"] + bpm["refresh ms"] * bpm["refreshes"] / steps)
+    assert ff["ms/step"] == pytest.approx(ff["step ms"])
+    assert bpm["time ratio"] == pytest.approx(bpm["ms/step"] / bp["ms/step"])
+    assert bpm["time ratio"] > bpm["step ms"] / bp["ms/step"]
+    assert bpm["model ratio"] is None and ff["model ratio"] > 0
+    assert bpm["state MiB"] > ff["state MiB"]  # the offsets, and the refresh's buffers
+    assert bpm["saved MiB"] >= ff["saved MiB"]  # peak over step (FF's) and refresh
 
 
 def test_dominated_is_the_pareto_order() -> None:

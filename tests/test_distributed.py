@@ -2,7 +2,7 @@
 
 The multi-process tests fork two processes (spawn where there is no fork) that join a gloo
 group on 127.0.0.1; each writes what it computed to a file that the test compares with a
-single process.  ``recede train --nproc 2`` is run once through torchrun.
+single process.  ``recede train --nproc 2`` is run once through its launcher (tests/test_launch.py: failures).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def test_recede_train_nproc_2_writes_one_report(tmp_path):
                "--data-opt", "n_test=40", "--epochs", "1", "--batch-size", "20",
                "--method", "mpc:2", "--no-progress", "--out", str(out)]
     env = os.environ | {"PYTHONPATH": str(Path(distributed.__file__).parents[1])}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("2 ranks × batch 20") == 1  # only rank 0 reports
     metrics = json.loads((out / "metrics.json").read_text())
@@ -320,13 +320,3 @@ def test_bad_input_is_named(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="MASTER_ADDR"):
         distributed.init_from_env("gloo")
-
-
-def test_launch_runs_torchrun_on_loopback_without_nproc(monkeypatch):
-    seen = []
-    monkeypatch.setattr(distributed.subprocess, "call", lambda command: seen.append(command) or 0)
-    assert distributed.launch(["train", "--nproc", "3", "--epochs", "1", "--nproc=3"], 3) == 0
-    command = seen[0]
-    assert command[1:3] == ["-m", "torch.distributed.run"]
-    assert "--nproc-per-node=3" in command and "--master-addr=127.0.0.1" in command
-    assert command[command.index("recede"):] == ["recede", "train", "--epochs", "1"]

@@ -73,3 +73,12 @@ def test_no_graph_outlives_the_call(h):
     with SavedTensorMeter(exclude=net.parameters()) as meter:
         MPC(net, h).backward(x, y)
     assert meter.live_bytes == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_peaks_see_a_tensor_made_and_freed_inside_the_call():
+    from recede.memory import cuda_peaks
+
+    size = 64 * 2**20
+    result, allocated, reserved = cuda_peaks(lambda: torch.empty(size, dtype=torch.uint8, device="cuda").numel(), "cuda")
+    assert result == size and allocated >= size and reserved >= allocated

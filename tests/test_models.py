@@ -1,5 +1,5 @@
-"""Model registry: every model at tiny size under the horizon engine; timm models against timm;
-LoRA/LoKr train only adapters and heads; local weights files."""
+"""Model registry: every model at tiny size under the horizon engine; the timm builders are
+recede.wrap of the timm model; LoRA/LoKr train only adapters and heads; local weights files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ timm = pytest.importorskip("timm")
 pytest.importorskip("peft")
 
 from recede.models.peft_adapters import adapter_parameters, apply_adapter  # noqa: E402
-from recede.models.timm_models import wrap_resnet, wrap_vit  # noqa: E402
 from recede.models.weights import load_weights  # noqa: E402
 
 
@@ -85,45 +84,20 @@ def test_tiny_model_runs_every_horizon_and_h_T_is_backprop(name):
     _assert_same_grads(mpc, _grads(net))
 
 
-def _timm_pair(kind: str, head: str):
+def test_timm_builders_wrap_the_timm_model_with_its_head_options():
     torch.manual_seed(0)
-    if kind == "resnet":
-        model = timm.create_model("resnet50", pretrained=False, **{k: v for k, v in TINY_RESNET50.items()})
-        return model.double(), wrap_resnet(model, head), (3, 16, 16)
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, **TINY_VIT)
-    return model.double(), wrap_vit(model, head), (3, 8, 8)
-
-
-@pytest.mark.parametrize("kind,head", [("resnet", "independent"), ("resnet", "stage"),
-                                       ("vit", "independent"), ("vit", "shared")])
-def test_timm_blocks_are_timm_modules_and_h_T_equals_timm_backprop(kind, head):
-    model, net, shape = _timm_pair(kind, head)
-    timm_blocks = ([b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
-                   if kind == "resnet" else list(model.blocks))
-    assert net.T == len(timm_blocks)
-    assert net.blocks[0].block is timm_blocks[0]
-    assert all(a is b for a, b in zip(net.blocks[1:], timm_blocks[1:]))
-    assert {id(p) for p in model.parameters()} <= {id(p) for p in net.parameters()}
-    x, y = _batch(shape, "class")
-    torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)
-
-    MPC(net, net.T).backward(x, y)
-    mpc = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    _assert_same_grads(mpc, {n: p.grad for n, p in model.named_parameters()})
-
-
-def test_head_sharing_options():
-    _, stage, _ = _timm_pair("resnet", "stage")
-    assert len({id(stage.head(k)) for k in range(1, stage.T + 1)}) == 4  # one per stage
-    assert stage.head(2) is stage.head(3)  # the two bottlenecks of the second stage
-    _, shared, _ = _timm_pair("vit", "shared")
-    assert shared.shared_head
-    _, independent, _ = _timm_pair("vit", "independent")
+    stage = build("resnet50", head="stage", **TINY_RESNET50)  # widths 8 | 16 16 | 16 | 32
+    assert len({id(stage.head(k)) for k in range(1, stage.T + 1)}) == 3  # one per run of equal widths
+    assert stage.head(2) is stage.head(4) and stage.head(5) is stage.head(stage.T)  # last: timm's fc path
+    assert type(stage.head(stage.T).model).__name__ == "ResNet"
+    shared = build("vit-b16", head="shared", **TINY_VIT)
+    assert shared.shared_head and type(shared.head(1).model).__name__ == "VisionTransformer"
+    independent = build("vit-b16", **TINY_VIT)
     assert len({id(independent.head(k)) for k in range(1, independent.T + 1)}) == independent.T
-    with pytest.raises(ValueError, match="head must be one of"):
+    with pytest.raises(ValueError, match="cannot share the final head across depths"):
         build("resnet50", head="shared", **TINY_RESNET50)
+    with pytest.raises(ValueError, match="head must be one of"):
+        build("vit-b16", head="bogus", **TINY_VIT)
     with pytest.raises(ValueError, match="four stages"):
         build("resnet50", layers=(1, 1, 1), channels=(2, 4, 4))
 
@@ -156,6 +130,8 @@ def test_adapters_train_only_adapter_and_head_parameters(name, adapter):
     assert changed <= trainable
     assert changed & set(adapters)
     assert all(net.get_parameter(n).grad is None for n in before if n not in trainable)
+    model = net.head(net.T).model  # the timm model holds the adapters too: it is the trained model
+    torch.testing.assert_close(model(x), net(x), rtol=0, atol=0)
 
     opt.zero_grad()
     MPC(net, net.T).backward(x, y)
@@ -186,9 +162,9 @@ def test_weights_from_a_local_file(tmp_path, suffix):
         save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     torch.manual_seed(2)
     net = build("resnet50", weights=str(path), **TINY_RESNET50)  # 3 classes: the classifier stays fresh
-    assert torch.equal(net.blocks[0].stem.conv1.weight, source.conv1.weight)
+    assert torch.equal(net.blocks[0][0].conv1.weight, source.conv1.weight)
     assert torch.equal(net.blocks[-1].conv3.weight, source.layer4[-1].conv3.weight)
-    assert net.head(net.T)[2].weight.shape[0] == 3
+    assert net.head(net.T).fc.weight.shape[0] == 3
 
 
 def test_weights_errors_name_the_problem(tmp_path):
@@ -208,7 +184,7 @@ def test_registry_sequential_is_recede_wrap():
     head = nn.Linear(4, 2)
     net = build("sequential", model=seq, head=[nn.Linear(4, 2), head])
     assert net.T == 2 and net.blocks[1] is seq[1] and net.head(2) is head
-    with pytest.raises(ValueError, match="needs an nn.Sequential, got Linear"):
+    with pytest.raises(ValueError, match="option model must be a Sequential object"):
         build("sequential", model=nn.Linear(3, 4), head=head)
 
 

@@ -148,12 +148,12 @@ def test_cli_select(tmp_path, capsys):
     saved = json.loads((tmp_path / "selection.json").read_text())
     assert 1 <= saved["h"] <= 15 and len(saved["table"]) == 15
     assert (tmp_path / "report.md").exists()
-    assert main(["select", "--objective", "constraint", "--out", str(tmp_path)]) == 2
+    assert main(["select", "--objective", "constraint", "--out", str(tmp_path / "eps")]) == 2
     assert "eps" in capsys.readouterr().err
     weights = tmp_path / "trained.pt"
     torch.save(models.build("linear-resnet", depth=4).state_dict(), weights)
     assert main(["select", "--model", "linear-resnet", "--model-opt", "depth=4", "--data", "linear",
                  "--data-opt", "n=100", "--lam", "0.1", "--weights", str(weights), "--batches", "1",
                  "--out", str(tmp_path / "w")]) == 0
-    assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m")]) == 2
     assert "missing.pt" in capsys.readouterr().err

@@ -1,30 +1,40 @@
 """The ``recede`` command line: train, compare, demo, bench, reproduce (and select).
 
-Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`) and writes its resolved
-options to ``config.yaml`` in its ``--out`` folder.  Bad input ends with one line naming the
-problem and exit status 2, never a traceback; a non-finite loss ends with status 1.
+Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`), checks everything it was
+given before it writes anything (:mod:`recede.preflight`), then starts the run: it writes its
+resolved options to ``config.yaml`` in its ``--out`` folder and works.  Bad input ends with one
+line naming the problem and exit status 2, never a traceback; a run that fails (a non-finite
+loss, a rank that dies or hangs) ends with one line and status 1; an interrupt with 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
-from recede import distributed
+from recede import distributed, preflight
 from recede.bench import add_bench_parser
 from recede.compare import add_compare_parser
-from recede.config import add_config_option, int_range, parse_with_config, save_resolved
+from recede.config import Parser, add_config_option, int_range, parse_with_config, resolved, subcommands
 from recede.demo import add_demo_parser
 from recede.engine import NonFiniteLossError
-from recede.methods import parse_method
+from recede.launch import launch
+from recede.methods import MethodSpec
 from recede.pipeline import run as pipeline_run
 from recede.plots import loss_curves
 from recede.reports import markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
-from recede.run import Workload, add_workload_options, run_method
+from recede.run import Workload, add_workload_options, checkpoint_path, identity, run_method
 from recede.selection import add_select_parser
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"takes no value or 'auto', got {text!r}")
+    return text
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +45,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "(Paper B); repeat to compare (default: bp)")
     p.add_argument("--checkpoint-every", type=int_range(0), default=0, metavar="N",
                    help="also checkpoint every N steps (always at the end); 0: only at the end")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out (same options required)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                   help="continue the run in --out from its checkpoints (same options required); "
+                        "--resume auto: resume if a checkpoint exists, else start afresh")
     p.add_argument("--tensorboard", action="store_true",
                    help="log to OUT/tensorboard (needs the tensorboard extra)")
     distributed.add_arguments(p)
@@ -47,23 +58,29 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.pipeline > 1:
         return pipeline_run.run_pipeline(args)
+    specs = preflight.methods(args.method or ["bp"])
+    workload = Workload.from_args(args)
+    workload.check_methods(specs, args)
+    if args.tensorboard:
+        preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
+    out = Path(args.out)
+    preflight.check_resume(out, identity(args), {checkpoint_path(out, s): s.label for s in specs},
+                           args.resume)
     if args.nproc > 1 and not distributed.under_torchrun():
-        return distributed.launch(args.argv, args.nproc)
-    specs = [parse_method(m) for m in (args.method or ["bp"])]
+        return _launch(args, out, specs)
     ctx = distributed.init_from_env("gloo", args.dist_timeout)
     if args.nproc > 1 and args.nproc != ctx.world_size:
         raise ValueError(f"--nproc {args.nproc} but torchrun started {ctx.world_size} processes")
-    workload = Workload.from_args(args, rank=ctx.rank, world_size=ctx.world_size)
-    workload.check_methods(specs, args)
-    out = Path(args.out)
+    workload = dataclasses.replace(workload, rank=ctx.rank, world_size=ctx.world_size)
+    preflight.start(args)
     results = [run_method(workload, spec, args, out=out, checkpoint_every=args.checkpoint_every,
-                          resume=args.resume, tensorboard=args.tensorboard) for spec in specs]
+                          resume=bool(args.resume), tensorboard=args.tensorboard) for spec in specs]
     distributed.shutdown()
     if not ctx.is_main:
         return 0
     rows = [r.row() for r in results]
     columns = ["method", "train loss", "test loss"] + workload.metric_columns \
-        + ["ms/step", "saved MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
+        + ["ms/step", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
     title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
     print_table(rows, columns, title=title)
@@ -72,14 +89,31 @@ def run_train(args: argparse.Namespace) -> int:
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step is the mean wall time of a training step over the run; saved MiB is the peak "
-        "of tensors saved for backward in one step (recede.memory).\n\n![loss curves](loss.png)\n")
+        "ms/step is the mean wall time of a training step over the run (refreshes included); saved "
+        "MiB is the peak of tensors saved for backward over a step and a refresh (recede.memory); "
+        "state MiB adds parameters, gradients, optimizer state and offsets.\n\n![loss curves](loss.png)\n")
     print(f"results written to {out}/")
     return 0
 
 
+def _launch(args: argparse.Namespace, out: Path, specs: list[MethodSpec]) -> int:
+    """``recede train --nproc N``: run the ranks (:func:`recede.launch.launch`); when one
+    fails, say which checkpoints are left and the command that resumes from them."""
+    try:
+        return launch(args.argv, args.nproc, args.dist_timeout)
+    except distributed.RankFailure as err:
+        kept = [path for path in (checkpoint_path(out, s) for s in specs) if path.exists()]
+        if not kept:
+            raise distributed.RankFailure(f"{err}; no checkpoint was written") from None
+        again = args.argv if "--resume" in args.argv else \
+            [a for a in args.argv if a != "--overwrite"] + ["--resume"]
+        raise distributed.RankFailure(
+            f"{err}; the last good checkpoint{'s are' if len(kept) > 1 else ' is'} "
+            f"{', '.join(map(str, kept))}; resume with: recede {shlex.join(again)}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recede", description=__doc__.splitlines()[0])
+    parser = Parser(prog="recede", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_compare_parser(sub)
@@ -88,26 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_reproduce_parser(sub)
     add_select_parser(sub)
     add_config_option(parser)
+    preflight.add_overwrite_option(parser)
     return parser
+
+
+def _fail(command: str, kind: str, err: BaseException, status: int) -> int:
+    print(f"{command}: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    command = "recede"
     argv = sys.argv[1:] if argv is None else list(argv)
+    name = next((a for a in argv if a in subcommands(parser)), None)
+    command = f"recede {name}" if name else "recede"  # for errors before the parse ends
     try:
         args = parse_with_config(parser, argv)
-        args.argv = argv  # recede train --nproc N starts itself again under torchrun
-        command = f"recede {args.command}"
-        if getattr(args, "out", None) and os.environ.get("RANK", "0") == "0":
-            save_resolved(parser, args, args.out)
+        args.argv = argv  # recede train --nproc N starts itself again in N processes
+        args.resolved = resolved(parser, args)  # what preflight.start writes to config.yaml
+        preflight.check_out(args)
         return args.run(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"{command}: stopped: {err}", file=sys.stderr)
-        return 1
+        return _fail(command, "error", err, 2)
+    except (NonFiniteLossError, distributed.RankFailure) as err:
+        return _fail(command, "stopped", err, 1)
+    except OSError as err:  # a write that failed after the run started: disk full, permissions
+        return _fail(command, "failed", err, 1)
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130

@@ -4,19 +4,29 @@ Every subcommand accepts ``--config FILE.yaml``.  The file is a mapping whose ke
 subcommand's option names (``batch_size`` or ``batch-size``, as in ``--batch-size``); its values
 become the parser's defaults, so a flag given on the command line wins.  Each value goes
 through the same type and range check as the flag, and a key the subcommand does not have is
-an error that names it and lists the keys that exist.  After parsing, :func:`save_resolved`
+an error that names it and lists the keys that exist.  When the run starts, :func:`save_resolved`
 writes every option's final value to ``config.yaml`` next to the results, a file that
 ``--config`` reads back to repeat the run.
 
+A flag replaces the file's value, lists included: ``method: [mpc:4]`` in the file and
+``--method ff`` on the command line run only ``ff``.  ``resume`` and ``overwrite`` say what to
+do with the ``--out`` folder, not what to compute, so ``config.yaml`` leaves them out.
+
 The value types (:func:`int_range`, :func:`positive_float`, ...) raise
-``argparse.ArgumentTypeError`` with the allowed range; argparse prefixes the option's name.
+``argparse.ArgumentTypeError`` with the allowed range; argparse prefixes the option's name, and
+:class:`Parser` prints that as one line (the usage only for a missing argument).
+:func:`key_values` reads ``--model-opt``/``--data-opt`` pairs and :func:`check_keywords` checks
+them, or any keyword options, against the parameters and annotations of the function they go to.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,23 @@ from typing import Any
 import yaml
 
 CONFIG_DEST = "config"
+FOLDER_OPTIONS = ("resume", "overwrite")  # what to do with --out: not saved in config.yaml
 _NOT_OPTIONS = {"help", "command", "run", CONFIG_DEST}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE`` (exit 2); the
+    usage is printed too only when a required argument is missing.  Options are not
+    abbreviated (``--c`` is not ``--config``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("the following arguments are required"):
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -71,9 +97,85 @@ positive_float = float_range(0.0, math.inf, low_open=True, high_open=True)
 """An argparse type: a float > 0."""
 
 
+def key_values(pairs: Sequence[str], what: str = "option") -> dict[str, Any]:
+    """``["width=10", "head=shared"]`` → ``{"width": 10, "head": "shared"}``: each value is read
+    as a YAML scalar or list (``widths=[8, 16]``); ``-`` in a key becomes ``_``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} {pair!r} is not of the form key=value")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{what} {pair!r}: the value is not valid YAML: {yaml_problem(err)}") from None
+    return out
+
+
+def check_keywords(function: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """Check ``options`` against ``function``'s parameters before calling it: no unknown
+    names, every required one given, and each value of its annotated type (an ``int`` option
+    takes an integer, a ``float`` a finite number, ``tuple[int, ...]`` a list of integers...).
+    Raises ``ValueError`` naming ``what`` (e.g. ``model 'resmlp'``), the option and the type."""
+    parameters = inspect.signature(function).parameters
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(f"{what} has no option(s) {unknown}; it takes {sorted(parameters)}")
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # an annotation that does not evaluate here: check names only
+        hints = {}
+    missing = [name for name, p in parameters.items() if p.default is p.empty and name not in options]
+    if missing:
+        needs = ", ".join(f"{name} ({_describe(hints.get(name, Any))})" for name in missing)
+        raise ValueError(f"{what} needs option(s) {needs}")
+    for name, value in options.items():
+        hint = hints.get(name, Any)
+        if not _fits(value, hint):
+            raise ValueError(f"{what}: option {name} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (tuple, list, Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    if isinstance(origin or hint, type):
+        return isinstance(value, origin or hint)
+    return True  # an annotation this check cannot read (a callable, a type alias): trust it
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin in (tuple, list, Sequence):
+        return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
+    names = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+             str: ("a string", "strings"), bool: ("true or false", "booleans"),
+             type(None): ("null", "nulls"), Any: ("any value", "values")}
+    if hint in names:
+        return names[hint][plural]
+    name = getattr(hint, "__name__", str(hint))
+    return f"{name} objects (Python only)" if plural else f"a {name} object (Python only)"
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """Give every subcommand of ``parser`` a ``--config FILE.yaml`` option."""
-    for sub in _subcommands(parser).values():
+    for sub in subcommands(parser).values():
         sub.add_argument("--config", dest=CONFIG_DEST, default=None, metavar="FILE.yaml",
                          help="YAML file of option values (keys = option names); flags win")
 
@@ -81,47 +183,69 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv``; when it names ``--config``, that file's values are the defaults.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a key the
-    subcommand lacks or a value outside its option's range.
+    A repeatable flag (``--method``, ``--model-opt``) given on the command line replaces the
+    file's list instead of adding to it.  Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` for a key the subcommand lacks or a value outside its option's range.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    subs = _subcommands(parser)
+    subs = subcommands(parser)
     name = next((a for a in argv if a in subs), None)
+    defaults: dict[str, Any] = {}
     if name is not None:
-        pre = argparse.ArgumentParser(add_help=False)
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", dest=CONFIG_DEST, default=None)
         path = pre.parse_known_args(argv[argv.index(name) + 1:])[0].config
         if path is not None:
-            _use_config(subs[name], Path(path))
-    return parser.parse_args(argv)
+            defaults = _use_config(subs[name], Path(path))
+    args = parser.parse_args(argv)
+    for dest, default in defaults.items():
+        given = getattr(args, dest)
+        if isinstance(default, list) and given is not default:  # argparse appended the flags
+            setattr(args, dest, given[len(default):])
+    return args
 
 
-def _use_config(sub: argparse.ArgumentParser, path: Path) -> None:
-    """Make the values in ``path`` the defaults of ``sub`` (positionals become optional)."""
-    sub.set_defaults(**config_defaults(sub, path))
+def _use_config(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """Make the values in ``path`` the defaults of ``sub`` (positionals become optional);
+    return them."""
+    defaults = config_defaults(sub, path)
+    sub.set_defaults(**defaults)
     for action in sub._actions:
         if not action.option_strings and action.dest in sub._defaults:
             action.nargs = "?"  # a positional given by the file may be left off the command line
             action.default = sub._defaults[action.dest]
+    return defaults
 
 
 def config_defaults(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     """The option values in the YAML file ``path``, type- and range-checked for ``sub``."""
+    name = repr(str(path))
+    if not path.exists():
+        raise FileNotFoundError(f"config file {name} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise ValueError(f"config file {name} is not a file")
     try:
         values = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {name} is not a text file") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ValueError(f"config file {name} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file {str(path)!r} must be a mapping of option names to values")
+        raise ValueError(f"config file {name} must be a mapping of option names to values")
     actions = {a.dest: a for a in sub._actions if a.dest not in _NOT_OPTIONS}
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(actions))
     if unknown:
-        raise ValueError(f"config file {str(path)!r}: unknown option(s) {', '.join(unknown)}; "
+        raise ValueError(f"config file {name}: unknown option(s) {', '.join(unknown)}; "
                          f"'{sub.prog}' takes: {', '.join(sorted(actions))}")
     return {key: _checked(actions[key], value, path) for key, value in values.items()}
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where it is."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
@@ -133,19 +257,27 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {value!r}")
         return value
+    if action.nargs == "?" and isinstance(value, bool):  # a flag with an optional value
+        return action.const if value else action.default
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
     if many:
         items = value if isinstance(value, list) else [value]
         return [_one(action, item, where) for item in items]
-    if isinstance(value, (list, dict)):
-        raise ValueError(f"{where} takes one value, got {value!r}")
     return _one(action, value, where)
 
 
 def _one(action: argparse.Action, value: Any, where: str) -> Any:
-    if action.type is not None:
+    if isinstance(value, (list, dict)):
+        many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+        wanted = (f"a list of {action.metavar} items" if action.metavar else "a list of values") \
+            if many else "one value"
+        raise ValueError(f"{where} takes {wanted}, got {value!r}")
+    text = value if isinstance(value, str) else str(value)
+    if action.type is None:
+        value = text
+    else:
         try:
-            value = action.type(str(value) if not isinstance(value, str) else value)
+            value = action.type(text)
         except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
             raise ValueError(f"{where} {err}") from None
     if action.choices is not None and value not in action.choices:
@@ -156,20 +288,19 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
 def resolved(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The options of a parsed command as a plain mapping (what ``config.yaml`` holds): the
     subcommand's own options only, not attributes a command adds to ``args`` at run time."""
-    options = {a.dest for a in _subcommands(parser)[args.command]._actions} - _NOT_OPTIONS
+    options = {a.dest for a in subcommands(parser)[args.command]._actions} - _NOT_OPTIONS - set(FOLDER_OPTIONS)
     return {k: v for k, v in vars(args).items() if k in options}
 
 
-def save_resolved(parser: argparse.ArgumentParser, args: argparse.Namespace, folder: str | Path) -> Path:
-    """Write the command's resolved options to ``folder/config.yaml`` and return its path."""
+def save_resolved(command: str, options: dict[str, Any], folder: str | Path) -> Path:
+    """Write a command's resolved ``options`` (:func:`resolved`) to ``folder/config.yaml``."""
     path = Path(folder) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# recede {args.command} --config {path}\n"
-                    + yaml.safe_dump(resolved(parser, args), sort_keys=True))
+    path.write_text(f"# recede {command} --config {path}\n" + yaml.safe_dump(options, sort_keys=True))
     return path
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``parser`` by name."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)

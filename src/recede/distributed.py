@@ -9,11 +9,10 @@ BP-modified's gradient ĝ = a·mean_B[g_h] + λ·Δ (Paper B eq. 5) is affine in
 the same way once every rank holds the same a, λ and Δ; :class:`DataParallel` makes sure of that
 by summing the refresh's sufficient statistics across ranks (``reduce_statistics``).
 
-Around that, what torchrun needs: :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a
-collective timeout so that a rank that dies or hangs makes the others raise
-:class:`RankFailure` instead of waiting forever), :func:`is_main` for the rank that writes
-checkpoints, logs and reports, and :func:`launch`, which starts ``torch.distributed.run`` for
-``recede train --nproc N``.  The data are sharded by :func:`recede.train.batches` with
+Around that, what a launcher needs (``torchrun``, or :mod:`recede.launch` for ``recede train
+--nproc N``): :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a collective timeout so
+that a rank that dies or hangs makes the others raise :class:`RankFailure` instead of waiting
+forever), and :func:`is_main` for the rank that writes checkpoints, logs and reports.  The data are sharded by :func:`recede.train.batches` with
 ``rank``/``world_size``: every rank takes its share of the single-process epoch order (as
 torch's ``DistributedSampler`` would), so W ranks of batch B see exactly the batches that one
 process of batch W·B sees.  See ``docs/distributed.md``.
@@ -26,8 +25,6 @@ import itertools
 import math
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recede.config import int_range, positive_float
 from recede.engine import NonFiniteLossError
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -76,7 +74,7 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
     ``backend`` defaults to ``nccl`` when CUDA is available (each rank then computes on
     ``cuda:LOCAL_RANK``) and ``gloo`` otherwise.  ``timeout`` (seconds) bounds every collective:
     a rank waiting for one that died or hangs raises :class:`RankFailure` after at most that
-    long (gloo notices a dead peer's closed connection at once).
+    long (gloo notices a dead peer's closed connection at once), joining the group included.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
@@ -92,7 +90,12 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
                              "processes with torchrun (see docs/distributed.md)")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        except (RuntimeError, TimeoutError) as err:  # a rank that never came: name it as a collective would
+            raise RankFailure(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: joining the "
+                              f"process group failed: another rank died or hung before joining "
+                              f"({' '.join(str(err).split())})") from err
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
@@ -313,42 +316,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``python -m recede ARGV`` as ``nproc`` processes under ``torch.distributed.run`` on
-    this machine (loopback rendezvous on a free port); returns torchrun's exit status.
-
-    ``--nproc`` is dropped from ARGV: the processes read their number from torchrun (and
-    torchrun's own parser would take ``--nproc`` for an ambiguous abbreviation of its options).
-    """
-    if nproc < 1:
-        raise ValueError(f"--nproc must be at least 1, got {nproc}")
-    argv, rest = [], list(argv)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--nproc" and rest:
-            rest.pop(0)
-        elif not arg.startswith("--nproc="):
-            argv.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-               f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-               f"--master-port={free_port()}", "-m", "recede", *argv]
-    return subprocess.call(command)
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
-    parser.add_argument("--nproc", type=_positive(int), default=1,
-                        help="data-parallel processes on this machine (started with torchrun, "
-                             "gloo); --batch-size is per process. See docs/distributed.md")
-    parser.add_argument("--dist-timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--nproc", type=int_range(1), default=1,
+                        help="data-parallel processes on this machine (gloo; recede.launch starts "
+                             "and watches them); --batch-size is per process. See docs/distributed.md")
+    parser.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a rank waits for the others in a collective before failing")

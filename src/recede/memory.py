@@ -9,7 +9,8 @@ Paper A eq. 11 models memory as ``M(h) = a·h + b``; SPEC §3 asks for two measu
   method changes is the activations it keeps.  The meter follows each saved storage until the
   graph that holds it is freed, and reports the live total and its peak.  It is deterministic
   and device-independent.
-* :func:`cuda_peak` — ``torch.cuda.max_memory_allocated`` around a call, on a GPU.
+* :func:`cuda_peaks` — ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` around a
+  call, on a GPU (:func:`measure` reports the first).
 
 :func:`measure` runs a callable under both and returns a :class:`MemoryReport`.
 """
@@ -118,3 +119,13 @@ def measure(fn: Callable[[], Any], module: torch.nn.Module | None = None,
         torch.cuda.synchronize(device)
         cuda_peak = torch.cuda.max_memory_allocated(device)
     return result, MemoryReport(meter.peak_bytes, cuda_peak)
+
+
+def cuda_peaks(fn: Callable[[], Any], device: torch.device | str) -> tuple[Any, int, int]:
+    """Run ``fn()`` on a CUDA ``device``: its result, and the peak bytes allocated and reserved
+    (by the caching allocator) during the call."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    return result, torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)

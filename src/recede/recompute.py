@@ -75,7 +75,6 @@ class CheckpointedBP:
                 buffer.copy_(value)
         return float(loss.detach())
 
-
     def _run(self, stage: list[int], z: Any) -> Any:
         for t in stage:
             z = self.net.run_block(t, z)

@@ -3,9 +3,9 @@ are made of.
 
 :func:`run_method` builds the model and the method, trains, checkpoints every N steps and at
 the end (:mod:`recede.checkpoint`), resumes from the last checkpoint when asked, logs to
-TensorBoard when asked, and measures the saved-activation memory of one step
-(:func:`recede.memory.measure`; CUDA peak on a GPU).  :func:`add_workload_options` declares the
-options every such command shares.
+TensorBoard when asked, and measures the memory a step costs (:func:`recede.usage.measure_paid`:
+saved activations over step and refresh, the whole training state, CUDA peak on a GPU).
+:func:`add_workload_options` declares the options every such command shares.
 """
 
 from __future__ import annotations
@@ -18,29 +18,16 @@ from typing import Any
 
 import torch
 
-from recede import checkpoint, data, distributed, models
-from recede.config import float_range, int_range, positive_float
+from recede import checkpoint, data, distributed, models, preflight
+from recede.config import float_range, int_range, key_values, positive_float
 from recede.engine import NonFiniteLossError
-from recede.memory import MemoryReport, measure
 from recede.methods import MethodSpec, build_method, parse_method
 from recede.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
+from recede.usage import PaidMemory, measure_paid
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
             "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling")
-
-
-def key_values(pairs: list[str]) -> dict[str, Any]:
-    """``["width=10", "head=shared"]`` → ``{"width": 10, "head": "shared"}`` (YAML scalars)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"option {pair!r} is not of the form key=value")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
-    return out
 
 
 def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
@@ -91,16 +78,17 @@ class Workload:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> "Workload":
-        device = torch.device(args.device)
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device.type == "cuda" and (device.index or 0) >= count:
-            raise ValueError(f"--device {args.device}: this machine has {count} CUDA device(s)")
+        """The workload of the command's options, checked before any training
+        (:mod:`recede.preflight`): the device, the data and model options, and that the
+        model accepts the data."""
+        device = preflight.device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        workload = cls(data.load(args.data, **key_values(args.data_opt)), args.model,
-                       key_values(args.model_opt), device, rank, world_size)
-        workload.build(args.seed)  # fail now, on a wrong model option, not after other methods ran
-        return workload
+        task = preflight.load_data(args.data, key_values(args.data_opt, "--data-opt"))
+        options = key_values(args.model_opt, "--model-opt")
+        net = preflight.build_model(args.model, task, options, device)
+        preflight.probe(net, task, device, f"model {args.model!r}")
+        return cls(task, args.model, options, device, rank, world_size)
 
     def method(self, net, spec: MethodSpec, args: argparse.Namespace):
         """The method object that trains ``net`` by ``spec`` on this workload at
@@ -149,13 +137,14 @@ class Workload:
 
 @dataclass
 class MethodResult:
-    """What one method's run produced."""
+    """What one method's run produced; ``refreshes``: BP-modified offset refreshes it made."""
 
     label: str
     history: list[EpochRecord]
-    memory: MemoryReport
+    memory: PaidMemory
     net: torch.nn.Module = field(repr=False)
     method: Any = field(repr=False)
+    refreshes: int = 0
     tokens_per_step: int | None = None  # a language model's tokens per training step
 
     @property
@@ -163,9 +152,14 @@ class MethodResult:
         return self.history[-1]
 
     @property
+    def steps(self) -> int:
+        return sum(r.steps for r in self.history)
+
+    @property
     def ms_per_step(self) -> float:
-        """Mean wall time of a training step over the run (checkpoint writes included)."""
-        return 1000 * sum(r.seconds for r in self.history) / sum(r.steps for r in self.history)
+        """Mean wall time of a training step over the run (refreshes, optimizer steps, data
+        loading and checkpoint writes included)."""
+        return 1000 * sum(r.seconds for r in self.history) / self.steps
 
     def row(self) -> dict[str, Any]:
         extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
@@ -174,6 +168,7 @@ class MethodResult:
         return {"method": self.label, "train loss": self.final.train_loss,
                 "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
                 **extra, "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
+                "state MiB": self.memory.state_mib,
                 "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
                 else self.memory.cuda_peak_bytes / 2**20}
 
@@ -181,6 +176,16 @@ class MethodResult:
 def slug(spec: MethodSpec | str) -> str:
     """A file-name-safe name for a method: ``mpc:4`` → ``mpc-4``."""
     return re.sub(r"[^a-z0-9]+", "-", str(spec if isinstance(spec, str) else spec.label).lower()).strip("-")
+
+
+def checkpoint_path(out: Path, spec: MethodSpec) -> Path:
+    """Where :func:`run_method` keeps the checkpoint of ``spec``'s run."""
+    return out / "checkpoints" / f"{slug(spec)}.pt"
+
+
+def identity(args: argparse.Namespace) -> dict[str, Any]:
+    """The :data:`IDENTITY` options of a command: a checkpoint resumes only a run that agrees."""
+    return {k: getattr(args, k) for k in IDENTITY}
 
 
 def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namespace, *,
@@ -195,18 +200,17 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     net = workload.build(args.seed)
-    method = workload.method(net, spec, args)
-    if workload.world_size > 1:
-        method = distributed.DataParallel(method, net)
+    local = workload.method(net, spec, args)  # the method itself, measured on this rank below
+    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
     writes = workload.rank == 0
     optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = out / "checkpoints" / f"{slug(spec)}.pt"
-    identity = {k: getattr(args, k) for k in IDENTITY} | {"method": spec.label}
+    path = checkpoint_path(out, spec)
+    run_identity = identity(args) | {"method": spec.label}
     loop, has_checkpoint = LoopState(), resume and path.exists()
     if has_checkpoint:
         payload = checkpoint.read(path)
-        _check_same_run(payload["config"], identity, path)
+        preflight.check_same_run(payload["config"], run_identity, path)
         loop = checkpoint.restore(payload, net=net, optimizer=optimizer, lr_rule=lr_rule, method=method)
     writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) if tensorboard and writes else None
 
@@ -215,7 +219,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
         if not writes:
             return
         checkpoint.save(path, net=net, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method, config=identity, finished=finished)
+                        method=method, config=run_identity, finished=finished)
         has_checkpoint = True
 
     def on_step(epoch: int, step: int, loss: float) -> None:
@@ -246,24 +250,15 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
             writer.close()
     save(finished=True)
     x, y = workload.batch(args.batch_size)
-    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
+    memory = measure_paid(local, net, x, y, optimizer, workload.device)
     optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method,
+    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
                         workload.tokens(args.batch_size * workload.world_size))
 
 
-def _check_same_run(saved: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
-    differ = sorted(k for k in identity if saved.get(k) != identity[k])
-    if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} → {identity[k]!r}" for k in differ)
-        raise ValueError(f"--resume: checkpoint {path} was written by a different run ({detail}); "
-                         "use the same options or another --out")
-
 
 def _tensorboard_writer(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: "
-                         "pip install 'recede[tensorboard]'") from None
+    preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(folder))

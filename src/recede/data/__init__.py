@@ -8,13 +8,14 @@ library's sources by default), and loaders for folders the user supplies.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import Dataset
+
+from recede.config import check_keywords
 
 
 @dataclass
@@ -61,13 +62,11 @@ def available() -> list[str]:
 
 
 def load(name: str, **options: object) -> Task:
-    """Load the registered dataset ``name``."""
+    """Load the registered dataset ``name``; ``options`` are checked against the loader's
+    parameters and annotations first (:func:`recede.config.check_keywords`)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
+    check_keywords(_REGISTRY[name], options, f"dataset {name!r}")
     return _REGISTRY[name](**options)
 
 

@@ -32,6 +32,8 @@ def trig(n: int = 100_000, n_test: int = 10_000, noise: float = 0.03, seed: int 
     """M2 data: ``y = (1+ε)(cos πx, sin πx, cos 2πx, sin 2πx)``, x ~ U[-2, 2], ε ~ N(0, noise²)."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
+    if noise < 0:
+        raise ValueError(f"noise must be ≥ 0, got {noise}")
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n + n_test, 1, generator=g) * 4 - 2
     eps = torch.randn(n + n_test, 1, generator=g) * noise

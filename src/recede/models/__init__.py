@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 
 from recede.blocks import BlockNet
+from recede.config import check_keywords
 from recede.data import Task
 
 _REGISTRY: dict[str, Callable[..., BlockNet]] = {}
@@ -35,21 +36,21 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
     ``in_channels``, ``num_classes``; for a language-model task ``vocab_size`` and the context
-    ``n_positions``) default to the task's; explicit ``options`` win.
+    ``n_positions``) default to the task's; explicit ``options`` win.  Options are checked
+    against the builder's parameters and annotations first (:func:`recede.config.check_keywords`):
+    an unknown name or a value of the wrong type is a ``ValueError`` naming it.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     builder = _REGISTRY[name]
     accepted = inspect.signature(builder).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {unknown}; it takes {sorted(accepted)}")
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
         if task.kind == "language-model":
             sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}
         options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
+    check_keywords(builder, options, f"model {name!r}")
     return builder(**options)
 
 

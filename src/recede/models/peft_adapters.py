@@ -9,7 +9,11 @@ module objects, and the engine (which reads ``requires_grad``) trains exactly wh
 trainable: the adapter weights and the heads.  Base weights are frozen, and so is a head weight
 that a block also uses (GPT-2's LM head tied to the token embedding).  Hugging Face models are
 adapted on their attention projections: GPT-2's ``c_attn`` (a transformers ``Conv1D``), the
-``q_proj``/``k_proj``/``v_proj`` of the Llama layout, BERT's ``query``/``key``/``value``.
+``q_proj``/``k_proj``/``v_proj`` of the Llama layout, BERT's ``query``/``key``/``value``.  peft
+swaps a layer in the parent it reaches through the BlockNet; a wrapped model
+(:func:`recede.wrap`) may hold that layer under another parent too (its stem's ``conv1``), so
+every such parent gets the adapter layer as well, and the user's model and the BlockNet stay one
+model.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
     else:
         config = LoKrConfig(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
     inject_adapter_in_model(config, net)
+    _share_replacements(net)
     prefix = f"{kind}_"
     for name, p in net.named_parameters():
         p.requires_grad_(prefix in name)
@@ -75,6 +80,21 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
     for p in net.heads.parameters():
         p.requires_grad_(id(p) not in in_blocks)
     return net
+
+
+def _share_replacements(net: BlockNet) -> None:
+    """Make every parent of a layer peft replaced, in the BlockNet or a wrapped model, hold its adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from recede.wrap.vision import ModelPart
+
+    adapted = {id(m.get_base_layer()): m for m in net.modules() if isinstance(m, BaseTunerLayer)}
+    roots = [net, *{id(m.model): m.model for m in net.modules() if isinstance(m, ModelPart)}.values()]
+    stale = [(parent, name, adapted[id(child)]) for root in roots for parent in root.modules()
+             for name, child in parent.named_children()
+             if id(child) in adapted and parent is not adapted[id(child)]]
+    for parent, name, layer in stale:
+        setattr(parent, name, layer)
 
 
 def adapter_parameters(net: nn.Module) -> dict[str, nn.Parameter]:

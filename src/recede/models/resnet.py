@@ -16,6 +16,7 @@ from torch import nn
 
 from recede.blocks import BlockNet
 from recede.models import register
+from recede.wrap.heads import PoolHead
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -33,17 +34,6 @@ class ConvResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.bn2(self.conv2(self.conv1(x))))
-
-
-class PoolHead(nn.Module):
-    """Global average pool → linear classifier."""
-
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 @register("resnet62")

@@ -8,6 +8,7 @@ internet, so weights come from a file the user supplies: a PyTorch/timm state di
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,16 +16,23 @@ from torch import nn
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors stored at ``path``; ``FileNotFoundError`` naming the path if it is absent."""
+    """The tensors stored at ``path``; ``FileNotFoundError`` naming the path if it is absent,
+    ``ValueError`` if the file cannot be read or holds something else."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path} (give a local .pt/.pth or "
                                 ".safetensors state dict; nothing is downloaded)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it fails
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: name it, not a pickle traceback
+        message = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ValueError(f"{path} cannot be read as a state dict ({type(err).__name__}: {message})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -1,13 +1,14 @@
 """``recede train --pipeline N``: train each method as an N-stage receding-horizon pipeline.
 
-The command starts itself again as N processes under ``torchrun`` (gloo, loopback, as
-``--nproc`` does).  Every rank builds the same model and iterates the same batches; rank r
-trains its stage with an optimizer over its own parameters, checkpoints it to
-``OUT/checkpoints/<method>.stage<r>.pt`` (every ``--checkpoint-every`` steps and at the end)
-and resumes from it with ``--resume``.  After each epoch the stages' parameters are gathered
-so that rank 0 can evaluate the whole model; rank 0 writes the table, ``metrics.json``,
-``loss.png`` and ``report.md``.  A rank that dies or hangs ends the others with one line
-naming the failed transfer (:class:`~recede.distributed.RankFailure`) and exit status 1.
+The command checks its input, then starts itself again as N processes with
+:func:`recede.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the
+same model and iterates the same batches; rank r trains its stage with an optimizer over its
+own parameters, checkpoints it to ``OUT/checkpoints/<method>.stage<r>.pt`` (every
+``--checkpoint-every`` steps and at the end) and resumes from it with ``--resume``.  After each
+epoch the stages' parameters are gathered so that rank 0 can evaluate the whole model; rank 0
+writes the table, ``metrics.json``, ``loss.png`` and ``report.md``.  A rank that dies or hangs
+ends the others with one line naming the failed transfer
+(:class:`~recede.distributed.RankFailure`) and exit status 1.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from recede import checkpoint, distributed
+from recede import checkpoint, distributed, preflight
 from recede.config import int_range
 from recede.distributed import RankFailure
 from recede.memory import measure
-from recede.methods import MethodSpec, default_offset_samples, parse_method
+from recede.launch import launch
+from recede.methods import MethodSpec, default_offset_samples
 from recede.pipeline.stage import Pipeline
 from recede.plots import loss_curves
 from recede.reports import markdown_table, print_table, write_json
-from recede.run import IDENTITY, Workload, _check_same_run, slug
+from recede.run import Workload, identity, slug
 from recede.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
 
 
@@ -41,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    """``recede train --pipeline N``: launch, or (under torchrun) train this rank's stage."""
-    specs = [parse_method(m) for m in (args.method or ["bp"])]
+    """``recede train --pipeline N``: check the input and launch (:func:`recede.launch.launch`),
+    or (under torchrun) train this rank's stage."""
+    specs = preflight.methods(args.method or ["bp"])
     for spec in specs:
         if spec.kind not in ("bp", "ff", "mpc"):
             raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
@@ -50,14 +52,18 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
     if args.tensorboard:
         raise ValueError("--tensorboard is not available with --pipeline")
+    out = Path(args.out)
     if not distributed.under_torchrun():
-        return distributed.launch(args.argv, args.pipeline)
+        Workload.from_args(args)  # bad input: one line from here, before any rank starts
+        preflight.check_resume(out, identity(args), {_stage_path(out, s, r): s.label for s in specs
+                                                     for r in range(args.pipeline)}, args.resume)
+        return launch(args.argv, args.pipeline, args.dist_timeout)
     try:
         ctx = distributed.init_from_env("gloo", args.dist_timeout)
         if ctx.world_size != args.pipeline:
             raise ValueError(f"--pipeline {args.pipeline} but torchrun started {ctx.world_size} processes")
         workload = Workload.from_args(args)  # every rank: the whole data set, the same batches
-        out = Path(args.out)
+        preflight.start(args)
         results = [_train_stage(workload, spec, args, out, ctx.rank) for spec in specs]
     except (RankFailure, dist.DistError) as err:
         print(f"recede train: stopped: {str(err).splitlines()[0]}", file=sys.stderr)
@@ -88,19 +94,19 @@ def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace,
                                   data=workload.task.train, batch_size=args.batch_size, seed=args.seed)
     optimizer = make_optimizer(pipe.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = out / "checkpoints" / f"{slug(spec)}.stage{rank}.pt"
-    identity = {k: getattr(args, k) for k in IDENTITY} | {
+    path = _stage_path(out, spec, rank)
+    run_identity = identity(args) | {
         "method": spec.label, "pipeline": args.pipeline, "micro_batches": micro, "stages": pipe.sizes}
     loop = LoopState()
     if args.resume and path.exists():
         payload = checkpoint.read(path)
-        _check_same_run(payload["config"], identity, path)
+        preflight.check_same_run(payload["config"], run_identity, path)
         loop = checkpoint.restore(payload, net=pipe.stage, optimizer=optimizer, lr_rule=lr_rule,
                                   method=method if spec.modified else None)
 
     def save(finished: bool = False) -> None:
         checkpoint.save(path, net=pipe.stage, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method if spec.modified else None, config=identity, finished=finished)
+                        method=method if spec.modified else None, config=run_identity, finished=finished)
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         if args.checkpoint_every and loop.global_step % args.checkpoint_every == 0:
@@ -129,6 +135,10 @@ def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace,
             "micro-batches": micro,
             "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _ in saved),
             "idle per stage": " / ".join(f"{i:.2f}" for _, i in saved)}
+
+
+def _stage_path(out: Path, spec: MethodSpec, rank: int) -> Path:
+    return out / "checkpoints" / f"{slug(spec)}.stage{rank}.pt"
 
 
 def _report(results: list[dict], workload: Workload, args: argparse.Namespace, out: Path) -> None:

@@ -2,7 +2,9 @@
 
 Each paper module has ``run(out: Path, full: bool, progress: bool, data_root: str | None)
 -> Path`` that writes JSON, PNG plots and a Markdown report under ``out`` and returns the
-report's path.  ``data_root`` is a folder of the user's CIFAR data (nothing is downloaded).
+report's path.  ``data_root`` is a folder of the user's CIFAR data (nothing is downloaded);
+``user_data(full, data_root) -> (dataset, options)`` names the dataset it gives, which is
+loaded once before the run starts, so a wrong folder is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import argparse
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -31,8 +32,13 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from recede import preflight
+
     module = importlib.import_module(PAPERS[args.paper])
-    report = module.run(Path(args.out or f"results/{args.paper}"), full=args.full,
+    if args.data_root is not None:
+        preflight.load_data(*module.user_data(args.full, args.data_root))
+    preflight.start(args)
+    report = module.run(preflight.out_folder(args), full=args.full,
                         progress=not args.no_progress, data_root=args.data_root)
     print(f"report written to {report}")
     return 0

@@ -81,6 +81,11 @@ def load_config(full: bool) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def user_data(full: bool, data_root: str) -> tuple[str, dict]:
+    """The dataset and options that ``--data-root`` gives: CIFAR-10 for M3."""
+    return "cifar10", {"root": data_root}
+
+
 def run(out: Path, full: bool = False, progress: bool = True, config: dict | None = None,
         data_root: str | None = None) -> Path:
     """Run the reproduction and return the path of ``report.md``.
@@ -90,7 +95,8 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
     """
     config = config or load_config(full)
     if data_root is not None:
-        config["models"]["M3"] |= {"data": "cifar10", "data_options": {"root": data_root}}
+        name, options = user_data(full, data_root)
+        config["models"]["M3"] |= {"data": name, "data_options": options}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

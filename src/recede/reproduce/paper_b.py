@@ -113,6 +113,15 @@ def epochs_to_reach(history: list[float], target: float) -> int | None:
     return next((e for e, acc in enumerate(history, start=1) if acc >= target), None)
 
 
+def user_data(full: bool, data_root: str) -> tuple[str, dict]:
+    """The dataset and options that ``--data-root`` gives: CIFAR-100 of the ``--full`` run."""
+    if not full:
+        raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
+                         "run uses scikit-learn's digits")
+    cfg = load_config(full)
+    return cfg["data"], cfg["data_options"] | {"root": data_root}
+
+
 def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None) -> Path:
     """Run every table's training runs and write JSON, PNG and the Markdown report.
 
@@ -120,10 +129,7 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     """
     cfg = load_config(full)
     if data_root is not None:
-        if not full:
-            raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
-                             "run uses scikit-learn's digits")
-        cfg["data_options"] = cfg["data_options"] | {"root": data_root}
+        cfg["data"], cfg["data_options"] = user_data(full, data_root)
     device = "cuda" if full and torch.cuda.is_available() else "cpu"
     with torch_threads(cfg.get("threads")):
         task = data.load(cfg["data"], **cfg["data_options"])

@@ -14,7 +14,8 @@ such a chain; this package asks it for a :class:`Layout` and turns that into a B
 
 ``wrap(model, blocks=N)`` groups consecutive units into N blocks (block granularity is the
 user's choice, SPEC §2).  ``head`` is ``"auto"`` (the family's default), ``"independent"``,
-``"shared"``, one module shared by every depth, or one module per block.  Every module of the
+``"shared"``, ``"stage"`` (one head per stage, where the family has stages), one module shared
+by every depth, or one module per block.  Every module of the
 BlockNet is the model's own or a new head: stepping an optimizer on ``net.parameters()`` trains
 the user's model.
 
@@ -35,7 +36,7 @@ from torch import nn
 
 from recede.blocks import BlockNet, LossFn
 
-HEAD_CHOICES = ("auto", "independent", "shared")
+HEAD_CHOICES = ("auto", "independent", "shared", "stage")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Layout:
         shareable: the final head accepts the output of every unit (equal widths), so
             ``head="shared"`` is allowed.
         default_head: what ``head="auto"`` means for this family.
+        stage_head: ``stage_head(i)`` is the head shared by the units of ``units[i]``'s stage
+            (the final head for the last stage); ``None``: ``head="stage"`` is refused.
     """
 
     units: list[nn.Module]
@@ -62,6 +65,7 @@ class Layout:
     independent_head: Callable[[int], nn.Module] | None = None
     shareable: bool = False
     default_head: str = "independent"
+    stage_head: Callable[[int], nn.Module] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ def wrap(model: nn.Module, *, blocks: int | None = None,
         model: an ``nn.Sequential``, or a model of a registered family.
         blocks: group the family's units into this many blocks of consecutive units
             (``torch.tensor_split`` sizes); ``None``: one block per unit.
-        head: ``"auto"``, ``"independent"``, ``"shared"``, one module for every depth, or one
-            module per block (``heads[k-1]`` reads the output of block k-1).
+        head: ``"auto"``, ``"independent"``, ``"shared"``, ``"stage"``, one module for every
+            depth, or one module per block (``heads[k-1]`` reads the output of block k-1).
         loss_fn: replaces the family's loss.
         options: passed to the family's layout function.
     """
@@ -160,13 +164,18 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
             raise ValueError(f"{family} models cannot share the final head across depths (their "
                              "widths differ); use head='independent' or give heads")
         return final
+    ends = [sum(len(g) for g in groups[:i + 1]) for i in range(len(groups))]
+    if head == "stage":
+        if layout.stage_head is None:
+            raise ValueError(f"{family} models have no stages to share heads within; use "
+                             "head='independent' or give heads")
+        return [layout.stage_head(end - 1) for end in ends[:-1]] + [final]
     if layout.independent_head is None:
         if len(groups) == 1:
             return [final]
         raise ValueError(f"{family} models have no heads for earlier depths of their own: pass "
                          "head= (one module shared by every depth, or one per block)")
-    ends = [sum(len(g) for g in groups[:i + 1]) for i in range(len(groups))]
     return [layout.independent_head(end - 1) for end in ends[:-1]] + [final]
 
 
-from recede.wrap import huggingface, sequential  # noqa: E402,F401  (registration side effect)
+from recede.wrap import huggingface, sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)
