@@ -56,6 +56,8 @@ def test_sizes_come_from_the_text_task_and_presets_are_overridden(corpus):
     assert eager.blocks[1].config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="attention must be one of"):
         build("llama", attention="flash")
+    with pytest.raises(ValueError, match="model sizes must be at least 1, got n_layer=0"):
+        build("gpt2", n_layer=0)
 
 
 def test_lora_on_gpt2_trains_adapters_and_the_final_norm_never_the_tied_embedding():

@@ -95,6 +95,7 @@ def test_metrics_are_bits_per_byte_and_perplexity(tmp_path):
     (lambda d: d, {"seq_len": 1}, ValueError, "seq_len must be >= 2"),
     (lambda d: d, {"tokenizer": "wordpiece"}, ValueError, "tokenizer must be one of"),
     (lambda d: d, {"tokenizer": "bpe", "vocab_size": 100}, ValueError, "needs vocab_size > 256"),
+    (lambda d: d, {"vocab_size": 512}, ValueError, "vocab_size=512 needs tokenizer=bpe"),
     (lambda d: d, {"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
 ])
 def test_bad_input_is_named(tmp_path, setup, options, error, message):

@@ -167,7 +167,7 @@ def _encode(tokenizer, text: bytes) -> torch.Tensor:
 
 @register("text")
 def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
-         tokenizer: str = "bytes", vocab_size: int = 1024, val_fraction: float = 0.1) -> Task:
+         tokenizer: str = "bytes", vocab_size: int | None = None, val_fraction: float = 0.1) -> Task:
     """A language-modelling task on a text corpus (see the module docstring).
 
     Args:
@@ -176,7 +176,7 @@ def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
         stride: tokens between the starts of consecutive training windows (default ``seq_len``:
             no overlap; a larger stride skips text, a smaller one overlaps windows).
         tokenizer: ``"bytes"`` (vocabulary 256) or ``"bpe"`` (trained on the training split).
-        vocab_size: the BPE's vocabulary (``tokenizer="bpe"`` only).
+        vocab_size: the BPE's vocabulary (``tokenizer="bpe"`` only; default 1024).
         val_fraction: the share of files (of bytes, for one file) held out for validation.
     """
     stride = seq_len if stride is None else stride
@@ -184,6 +184,8 @@ def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
         raise ValueError(f"text: seq_len must be >= 2 and stride >= 1, got seq_len={seq_len}, stride={stride}")
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"text: tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    if tokenizer == "bytes" and vocab_size is not None:
+        raise ValueError(f"text: vocab_size={vocab_size} needs tokenizer=bpe (bytes have a vocabulary of 256)")
     if not 0 < val_fraction < 1:
         raise ValueError(f"text: val_fraction must be in (0, 1), got {val_fraction}")
     files, source = corpus_files(path)
@@ -194,6 +196,7 @@ def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
         vocab = 256
         train_ids, val_ids = (torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (train, val))
     else:
+        vocab_size = 1024 if vocab_size is None else vocab_size
         if vocab_size < 257:
             raise ValueError(f"text: a byte-level BPE needs vocab_size > 256, got {vocab_size}")
         bpe = _bpe(train, vocab_size)

@@ -33,10 +33,14 @@ def _attention(name: str) -> str:
 
 
 def _preset(presets: dict[str, dict], name: str, chosen: dict[str, object]) -> dict[str, object]:
-    """The preset's values, overridden by every option given (not None)."""
+    """The preset's values, overridden by every option given (not None); each at least 1."""
     if name not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, got {name!r}")
-    return presets[name] | {k: v for k, v in chosen.items() if v is not None}
+    sizes = presets[name] | {k: v for k, v in chosen.items() if v is not None}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
+    if bad:
+        raise ValueError(f"model sizes must be at least 1, got {', '.join(bad)}")
+    return sizes
 
 
 def _finish(model: nn.Module, blocks: int | None, head: str, weights: str | None, adapter: str | None,
