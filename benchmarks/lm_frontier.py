@@ -1,7 +1,7 @@
 """The language-model frontier of docs/language-models.md: ``recede compare`` once per seed, then
 mean ± std over seeds.
 
-A tiny GPT-2 (default 6 layers, width 64, 2 heads, byte-level, context 512) trains with each
+A tiny GPT-2 (default 4 layers, width 64, 2 heads, byte-level, context 512) trains with each
 method on the pinned stdlib corpus (``recede.data.text``) for ``--steps`` steps of Adam (one
 epoch: the training windows' stride is chosen so that the epoch has that many batches), then
 ``recede compare`` measures every method as the CLI does.  Checkpointed BP computes BP's
@@ -14,7 +14,7 @@ method the mean ± std over seeds of validation bits per byte, saved-activation 
 time relative to BP, cos θ to BP's gradient and tokens/s, and which methods meet the target of
 issue 12: at most half of BP's saved activations within 5 % of BP's bits per byte.
 
-    python benchmarks/lm_frontier.py --out results/lm-frontier [--seeds 0 1 2] [--steps 2000]
+    python benchmarks/lm_frontier.py --out results/lm-frontier [--seeds 0 1 2] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -110,10 +110,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("results/lm-frontier"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
