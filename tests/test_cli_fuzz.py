@@ -281,7 +281,8 @@ SUB_CASES = [_pick("train", "--epochs", "0"), _pick("train", "--config", "{files
 
 
 def _id(i: int, argv: list[str]) -> str:
-    return f"{i + 1:03d}-of-{len(CASES)} " + " ".join(a for a in argv if a not in TINY + DEMO + SELECT_BASE + LM_RUN)[:70]
+    shared = TINY + DEMO + SELECT_BASE + LM_RUN
+    return f"{i + 1:03d}-of-{len(CASES)} " + " ".join(a for a in argv if a not in shared)[:70]
 
 
 def _snapshot(root: Path) -> dict[str, str]:
