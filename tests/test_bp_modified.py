@@ -8,9 +8,11 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
 from recede import BlockNet, BPModified, MPC
-from recede.bp_modified import BlockMoments, block_moments, one_step_error, optimal_scalars
+from recede.bp_modified import block_moments
+from recede.bp_scalars import fresh_lambda, step_cap
 from recede.methods import build_method, parse_method
 from recede.models import build
+from recede.reproduce import torch_threads
 
 from conftest import resmlp_independent
 
@@ -34,58 +36,6 @@ def block_grads(net: BlockNet, blocks: list[int]) -> list[torch.Tensor]:
     return [p.grad.clone() for t in blocks for p in net.block_parameters(t)]
 
 
-# -- the scalars ---------------------------------------------------------------------------
-
-def random_moments(n_blocks: int, seed: int) -> BlockMoments:
-    """Moments of random per-sample gradient populations with a shared and a local part."""
-    g = torch.Generator().manual_seed(seed)
-    d, n = 6, 40
-    rows = []
-    for _ in range(n_blocks):
-        scale = 10 ** (4 * torch.rand((), generator=g) - 2)
-        g_t = torch.randn(n, d, generator=g, dtype=torch.float64) + torch.randn(d, generator=g, dtype=torch.float64)
-        mix = torch.rand((), generator=g, dtype=torch.float64)
-        g_h = mix * g_t + scale * torch.randn(n, d, generator=g, dtype=torch.float64) \
-            + torch.randn(d, generator=g, dtype=torch.float64) * 2
-        mh, mt = g_h.mean(0), g_t.mean(0)
-        ch, ct = g_h - mh, g_t - mt
-        rows.append([mh @ mh, mh @ mt, mt @ mt, (ch * ch).sum() / (n - 1), (ct * ct).sum() / (n - 1),
-                     2 * (ch * ct).sum() / (n - 1)])
-    cols = torch.tensor(rows, dtype=torch.float64).T
-    return BlockMoments(*cols)
-
-
-@pytest.mark.parametrize("B, B_prime, K", [(64, 320, 1), (32, 64, 50), (8, 16, 700)])
-def test_optimal_scalars_minimise_the_one_step_error_on_a_grid(B, B_prime, K):
-    m = random_moments(8, seed=B + K)
-    a, lam = optimal_scalars(m, B, B_prime, K)
-    assert bool(((lam >= 0) & (lam <= 1)).all())
-    best = one_step_error(a, lam, m, B, B_prime, K)
-    grid_a = torch.linspace(-3, 3, 1201, dtype=torch.float64)
-    grid_lam = torch.linspace(0, 1, 501, dtype=torch.float64)
-    A, L = torch.meshgrid(grid_a, grid_lam, indexing="ij")
-    for i in range(len(m.hh)):
-        mi = BlockMoments(*(getattr(m, f)[i] for f in ("hh", "ht", "tt", "tr_h", "tr_t", "tr_ht")))
-        grid = one_step_error(A, L, mi, B, B_prime, K)
-        assert float(best[i]) <= float(grid.min()) * (1 + 1e-9) + 1e-12
-        # and it is a stationary point: neither variable can improve on its own
-        for da, dl in ((1e-4, 0), (-1e-4, 0), (0, 1e-4), (0, -1e-4)):
-            trial = one_step_error(a[i] + da, (lam[i] + dl).clamp(0, 1), mi, B, B_prime, K)
-            assert float(trial) >= float(best[i]) - 1e-12 * (1 + float(best[i]))
-
-
-def test_optimal_scalars_limits():
-    """Eq. 18's limits: pure bias and a noiseless offset → λ = 1; an unbiased local gradient
-    and a noisy offset → λ = 0, a = 1."""
-    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    biased_noiseless = BlockMoments(hh=one, ht=zero, tt=one, tr_h=zero, tr_t=zero, tr_ht=zero)
-    a, lam = optimal_scalars(biased_noiseless, 64, 320, 10)
-    assert float(lam) == pytest.approx(1.0)
-    unbiased = BlockMoments(hh=one, ht=one, tt=one, tr_h=one, tr_t=100 * one, tr_ht=zero)
-    a, lam = optimal_scalars(unbiased, 64, 320, 10)
-    assert float(lam) == pytest.approx(0.0, abs=1e-3) and float(a) == pytest.approx(1.0, abs=0.05)
-
-
 # -- gradients -----------------------------------------------------------------------------
 
 def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
@@ -107,7 +57,7 @@ def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
 def test_backward_applies_eq_5_and_accumulates(float64):
     torch.manual_seed(1)
     net, data = small_net(), classification_data(64)
-    method = BPModified(net, horizon=2, period=5, offset_samples=32, micro_batch=8, batch_size=16)
+    method = BPModified(net, horizon=2, period=5, offset_samples=32, micro_batch=8, scaling="paper", batch_size=16)
     method.refresh(micro_batches(data, 8)[:4])
     x, y = data.tensors[0][:16], data.tensors[1][:16]
     MPC(net, 2).backward(x, y)
@@ -194,7 +144,7 @@ def test_reduce_statistics_combines_workers(float64):
     torch.manual_seed(4)
     net, data = small_net(), classification_data(64)
     batches = micro_batches(data, 8)
-    whole = BPModified(net, 1, 3, 64, 8, batch_size=16)
+    whole = BPModified(net, 1, 3, 64, 8, scaling="paper", batch_size=16)
     whole.refresh(batches)
     other = BPModified(net, 1, 3, 32, 8, batch_size=16).accumulate(batches[4:])
 
@@ -202,7 +152,7 @@ def test_reduce_statistics_combines_workers(float64):
         def reduce_statistics(self, stats):
             return {k: v + other[k] for k, v in stats.items()}
 
-    split = TwoWorkers(net, 1, 3, 32, 8, batch_size=16)
+    split = TwoWorkers(net, 1, 3, 32, 8, scaling="paper", batch_size=16)
     split.refresh(batches[:4])
     torch.testing.assert_close(split.offset, whole.offset)
     torch.testing.assert_close(split.a, whole.a)
@@ -224,7 +174,7 @@ def test_bias_scaling_is_the_lambda_zero_ablation(float64):
 def test_statistics_are_reported_and_logged(float64, caplog):
     torch.manual_seed(6)
     net, data = small_net(), classification_data(64)
-    method = BPModified(net, 1, 4, 64, 8, batch_size=16)
+    method = BPModified(net, 1, 4, 64, 8, scaling="paper", batch_size=16)
     with caplog.at_level("INFO", logger="recede.bp_modified"):
         stats = method.refresh(micro_batches(data, 8))
     assert "refresh 1" in caplog.text
@@ -232,6 +182,50 @@ def test_statistics_are_reported_and_logged(float64, caplog):
     assert stats.cos_all > stats.cos_local_all  # the offset turns ĝ towards g_T
     assert all(v >= 0 for v in stats.bias + stats.variance)
     assert stats.as_dict()["samples"] == 64
+
+
+def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
+    """Refresh 1: λ = 0 (nothing tested yet).  Refresh 2, on other samples at the same weights:
+    the last offset is tested on them (cos_held_out, end_bound) and λ = min(λ_start, c_lower₊, ‖ḡ_h‖/‖d̂‖)."""
+    torch.manual_seed(9)
+    net, data = small_net(), classification_data(512, seed=9)
+    batches = micro_batches(data, 8)
+    method = BPModified(net, 1, 10, 256, 8, batch_size=16)
+    first = method.refresh(batches[:32])
+    assert first.lam == [0.0] * net.T and first.cos_held_out is None
+    assert first.cos_all == pytest.approx(first.cos_local_all)
+    stats = method.accumulate(batches[32:])
+    offset_t = torch.stack([(v.double() * w.double()).sum() for v, w in zip(method.offset.split(method._sizes),
+                                                                           (stats["sum_t"] - stats["sum_h"]).split(method._sizes))])
+    torch.testing.assert_close(stats["proj"], offset_t)  # Σ (m_T − m_h)·Δ over micro-batches
+    second = method.refresh(batches[32:])
+    m, _, _ = block_moments(stats, method._sizes)
+    expected = torch.minimum(torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0)),
+                             step_cap(m))
+    torch.testing.assert_close(method.lam[method.modified], expected)
+    assert max(second.lam) > 0.2  # the weights did not move: the offset persists
+    # the last estimator was the local gradient (λ = 0), so on the new samples it scores as the local one
+    assert second.cos_held_out == pytest.approx(second.cos_local)
+    assert second.cos_held_out_all == pytest.approx(second.cos_local_all)
+    third = method.refresh(batches[:32])
+    assert third.cos_held_out_all > third.cos_local_all  # an offset that persists helps on held-out samples
+
+
+def test_default_scaling_does_not_lose_to_ff_where_paper_b_s_does():
+    """The 2-D spirals task at a tiny size (deterministic): BP-modified FF with Paper B's scalars
+    ends below FF, the default (robust) does not."""
+    from recede import data as datasets
+    from recede.reproduce.bpm_robustness import run_one
+
+    spec = {"model": "resmlp", "model_options": {"width": 10, "depth": 10, "loss": "cross-entropy"},
+            "batch_size": 64, "epochs": 2, "optimizer": {"name": "sgd", "momentum": 0.9}}
+    task = datasets.load("spirals", n=500, n_test=200)
+    regime = {"period_epochs": 1.0, "offset_share": 0.0064, "micro_batch": 8}
+    with torch_threads(1):
+        ff, paper, robust = (run_one(spec, task, m, 0.03, 1, regime, s)
+                             for m, s in (("ff", None), ("bpm-ff", "paper"), ("bpm-ff", "robust")))
+    assert paper["metric"] is None or paper["metric"] <= ff["metric"] - 3  # points of test accuracy
+    assert robust["metric"] >= ff["metric"] - 1.5  # within 3 of the 200 test points
 
 
 # -- training ------------------------------------------------------------------------------

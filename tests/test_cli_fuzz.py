@@ -67,7 +67,7 @@ SELECT_CONFIG = [
 ]
 REPRODUCE_CONFIG = [
     (["--config", "{files}/full-number.yaml"], "option full must be true or false, got 3"),
-    (["--config", "{files}/paper-bad.yaml"], "option paper must be one of paper-a, paper-b, got 'paper-c'"),
+    (["--config", "{files}/paper-bad.yaml"], "option paper must be one of bpm-robustness, paper-a, paper-b, got 'paper-c'"),
     (["--config", "{files}/data-root-list.yaml"], "option data_root takes one value"),
     (["--config", "{files}/opt-mapping.yaml"], "unknown option(s) model_opt"),
 ]
@@ -198,11 +198,22 @@ SELECT = [
 ]
 REPRODUCE = [
     (["paper-c"], "argument paper: invalid choice: 'paper-c'"),
-    (["paper-a", "--data-root", "{files}/missing"], "cifar10: expected the python-pickle folder"),
-    (["paper-a", "--data-root", "{files}"], "missing: ["),
-    (["paper-a", "--data-root", ""], "cifar10: expected the python-pickle folder"),
-    (["paper-b", "--data-root", "{files}"], "--data-root gives the CIFAR-100 folder of the --full run"),
-    (["paper-b", "--full", "--data-root", "{files}"], "cifar100: expected the python-pickle folder"),
+    (["paper-a", "--data-root", "{files}"], "--data-root is for data read from a folder"),
+    (["paper-a", "--full", "--only", "models", "--data-root", "{files}/missing"],
+     "cifar10: expected the python-pickle folder"),
+    (["paper-a", "--full", "--only", "models", "--data-root", "{files}"], "missing: ["),
+    (["paper-a", "--full", "--only", "models", "--data-root", ""], "cifar10: expected the python-pickle folder"),
+    (["paper-a", "--full", "--only", "sweeps", "--data-root", "{files}"],
+     "starts from pretrained weights: give --weights resnet50=FILE"),
+    (["paper-a", "--only", "figs"], "--only takes models, sweeps, rate"),
+    (["paper-a", "--preset", "nothing"], "paper-a has no preset 'nothing'"),
+    (["paper-a", "--full", "--preset", "cpu"], "give --full or --preset, not both"),
+    (["paper-a", "--weights", "{files}/missing.pt"], "no model of this configuration starts from pretrained weights"),
+    (["paper-b", "--data-root", "{files}"], "--data-root is for data read from a folder"),
+    (["paper-b", "--only", "models"], "--only picks sections of paper-a's configuration"),
+    (["paper-b", "--full", "--data-root", "{files}"], "give --weights resnet50=FILE"),
+    (["paper-b", "--full", "--weights", "{files}/garbage.pt", "--data-root", "{files}"],
+     "cifar100: expected the python-pickle folder"),
     (["paper-a", "--full", "--out", "/proc/recede-out"], "cannot write in /proc"),
     (["paper-a", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
     (["paper-a", "--no-progress=3"], "argument --no-progress: ignored explicit argument '3'"),

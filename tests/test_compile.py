@@ -12,9 +12,10 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import ARCHITECTURES
-from recede import MPC
+from recede import MPC, BlockNet
 from recede.methods import build_method
 
 
@@ -102,3 +103,20 @@ def test_blocks_compiled_and_stepped_outside_the_engine_are_recompiled_not_wrong
         assert (g is None) == (e is None)
         if g is not None:
             assert float((g - e).abs().max()) <= 1e-4 * float(e.abs().max()) + 1e-12
+
+
+def test_many_block_shapes_stay_compiled_past_dynamos_default_recompile_limit():
+    """Eleven Linear blocks of distinct widths are eleven recompiles of one code object; none may
+    fall back to eager (Dynamo's default recompile_limit is 8)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    widths = list(range(3, 15))
+    net = BlockNet([nn.Sequential(nn.Linear(a, b), nn.Tanh()) for a, b in zip(widths, widths[1:])],
+                   [nn.Linear(b, 2) for b in widths[1:]], nn.CrossEntropyLoss())
+    torch._dynamo.reset()
+    counters.clear()
+    net.compile(backend="eager")
+    MPC(net, 2).backward(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    assert not any("recompile limit" in reason for reason in counters["unimplemented"])
+    assert counters["stats"]["unique_graphs"] >= net.T

@@ -149,3 +149,17 @@ def test_mnist1d_generated_offline_and_deterministic(no_network):
     assert random.getstate() == py_state
     again = data.load("mnist1d", num_samples=200)
     assert torch.equal(again.train.tensors[0], task.train.tensors[0])
+
+
+def test_spirals_are_balanced_deterministic_and_not_linearly_separable():
+    task = data.load("spirals", n=2000, n_test=500, seed=3)
+    x, y = task.train.tensors
+    assert task.kind == "classification" and task.input_shape == (2,) and task.output_dim == 2
+    assert x.shape == (2000, 2) and abs(float(y.float().mean()) - 0.5) < 0.05
+    assert torch.equal(x, data.load("spirals", n=2000, n_test=500, seed=3).train.tensors[0])
+    # the best linear separator (least squares on ±1 targets) stays near chance
+    features = torch.cat([x, torch.ones(len(x), 1)], 1)
+    w = torch.linalg.lstsq(features, (2 * y - 1).float()[:, None]).solution
+    assert float(((features @ w).squeeze(1) > 0).eq(y.bool()).float().mean()) < 0.7
+    with pytest.raises(ValueError, match="arms"):
+        data.load("spirals", arms=1)

@@ -50,9 +50,10 @@ def _data(n: int, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _method(net: BlockNet, spec: str):
     """The method ``spec``; BP-modified ones refresh from their own data every 2 steps, on
-    B' = 8 samples in micro-batches of b' = 2 (the first step starts with a refresh)."""
+    B' = 8 samples in micro-batches of b' = 2 (the first step starts with a refresh), with Paper
+    B's scalars, whose λ > 0 at the first refresh puts the offset in play."""
     return build_method(net, spec, refresh_data=TensorDataset(*_data(32, seed=11)), period=2,
-                        offset_samples=8, micro_batch=2)
+                        offset_samples=8, micro_batch=2, scaling="paper")
 
 
 def _caller_refreshed(net: BlockNet, rank: int, world: int):
@@ -60,7 +61,8 @@ def _caller_refreshed(net: BlockNet, rank: int, world: int):
     world-th of 4 micro-batches of 2 samples (B = 10, the global batch)."""
     from recede.bp_modified import BPModified
 
-    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B)
+    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B,
+                        scaling="paper")
     x, y = _data(8, seed=13)
     micro_batches = list(zip(x.split(2), y.split(2)))
     wrapped = DataParallel(method, net) if world > 1 else method

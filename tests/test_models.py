@@ -197,3 +197,12 @@ def test_core_package_imports_without_the_models_extra():
             "'tokenizers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_resmlp_cross_entropy_classifies():
+    net = build("resmlp", width=4, depth=4, in_dim=2, out_dim=3, loss="cross-entropy")
+    x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 1, 0])
+    assert isinstance(net.loss_fn, torch.nn.CrossEntropyLoss) and net(x).shape == (5, 3)
+    assert torch.isfinite(net.loss(x, y))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        build("resmlp", loss="hinge")

@@ -117,12 +117,13 @@ def _exact(world: int) -> dict:
 
 
 def _bp_modified(world: int) -> dict:
-    """BP-modified MPC(h=2): a refresh from its own data (B' = 8, b' = 2), then one step."""
+    """BP-modified MPC(h=2) with Paper B's scalars (λ > 0 at the first refresh, so the offset is
+    in play): a refresh from its own data (B' = 8, b' = 2), then one step."""
     x, y = _data()
     net = _net()
     pipe = Pipeline(net, 2, M, sizes=SIZES[world])
     method = pipe.bp_modified(period=3, offset_samples=8, micro_batch=2,
-                              data=TensorDataset(*_data(16, seed=11)), batch_size=B)
+                              data=TensorDataset(*_data(16, seed=11)), batch_size=B, scaling="paper")
     loss = method.backward(x if pipe.rank == 0 else None, y)
     return {"grads": _grads(net), "loss": loss, "a": method.a, "lam": method.lam,
             "modified": method.modified}
@@ -288,7 +289,7 @@ def test_bp_modified_across_stages_is_single_process_bp_modified(ranks, world):
     x, y = _data()
     net = _net()
     method = BPModified(net, 2, period=3, offset_samples=8, micro_batch=2,
-                        data=TensorDataset(*_data(16, seed=11)), batch_size=B)
+                        data=TensorDataset(*_data(16, seed=11)), batch_size=B, scaling="paper")
     method.backward(x, y)
     assert (method.lam[:T - 2] > 0).any()  # the offset is in play
     _assert_close(_merged(ranks[world], lambda r: r["bpm"]["grads"]), _grads(net))

@@ -227,12 +227,18 @@ class BlockNet(nn.Module):
         The engine calls each block and head on its own, so compiling the BlockNet's own
         ``forward`` (``torch.compile(net)``) would leave the training step eager.  Turns off
         AOTAutograd's donated buffers for the process (:func:`keep_compiled_graphs`).
+
+        Blocks of one class share a code object, so Dynamo counts every block of another shape
+        (and every train/eval switch) as a recompile of it; past ``recompile_limit`` (8 by
+        default) it would run the rest eagerly without a word.  The limit is raised for the
+        process to twice the number of modules compiled, if lower.
         """
-        seen: set[int] = set()
-        for module in [*self.blocks, *self.heads]:
-            if id(module) not in seen:
-                seen.add(id(module))
-                module.compile(*args, **kwargs)
+        modules = list({id(m): m for m in [*self.blocks, *self.heads]}.values())
+        for module in modules:
+            module.compile(*args, **kwargs)
+        from torch._dynamo import config as dynamo  # imported by compile() above
+
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(modules))
         keep_compiled_graphs(self.blocks)
 
     def regroup(self, n_stages: int) -> "BlockNet":

@@ -17,16 +17,13 @@ the sum of the micro-batch means, their squared norms and cross products), from 
   ``tr C_{h,T} = 2 b' · (Σ m_h,i·m_T,i − n m̄_h·m̄_T) / (n − 1)`` for the two-sided
   ``C_{h,T} = Cov(g_h, g_T) + Cov(g_T, g_h)`` of Paper B eq. 7.
 
-The scalars minimise, per block, the one-step error of Paper B eq. 16 with App. C's factor K
-for the noise a stale offset accumulates:
-
-    E(a, λ) = (1−λ)² ‖a ḡ_h − ḡ_T‖² + a² tr C_h / B + λ² K (a² tr C_h + tr C_T − a tr C_{h,T}) / B'
-
-``scaling="optimal"`` alternates the exact one-variable minimisers (Remark 4.2) until neither
-moves, from several starts since E is not jointly convex: ``λ* = Bias / (Bias + Var)`` (eq. 18, Var = K tr C̃_h / B') and
-``a* = (b a_bias + d a_var) / (b + d)`` (eqs. 17, 19) with the ½ that eq. 19 omits,
-``a_var = λ² B tr C_{h,T} / (2 tr C_h (B'/K + λ² B))``.  ``"bias"`` is the ablation of Paper B
-Table 3 (λ = 0, a = a_bias = ḡ_h·ḡ_T / ‖ḡ_h‖²) and ``"fixed"`` uses the caller's a and λ.
+The scalars a, λ come from :mod:`recede.bp_scalars`: ``scaling="robust"`` (the default: a = 1
+and a James–Stein λ weighted by how long the offset persists, measured on held-out samples;
+never worse than the local method in the error of a period's mean update), ``"paper"``
+(Paper B's minimiser of the one-step error E(a, λ) of eq. 16 with App. C's factor K and
+SPEC §5's corrections), ``"bias"`` (Paper B Table 3's ablation: λ = 0, a = a_bias) and
+``"fixed"`` (the caller's a and λ).  From the second refresh on, the last period's estimator
+is tested on the new refresh's independent samples (``RefreshStats.cos_held_out``).
 Blocks whose horizon reaches T already receive g_T: a = 1, λ = 0, no offset.  Heads are
 trained as :class:`recede.MPC` trains them (each by its own depth's loss), without offset.
 
@@ -39,7 +36,6 @@ the per-rank statistics into those of all ranks' samples before any mean or trac
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,105 +44,22 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from recede.blocks import BlockNet, samples_in, to_device
+from recede.bp_scalars import (SCALINGS, BlockMoments, bias_scalars, bias_term, end_coefficient, paper_scalars,
+                               robust_scalars, variance_term)
 from recede.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bp_modified")
-
-SCALINGS = ("optimal", "bias", "fixed")
-
-
-@dataclass
-class BlockMoments:
-    """Per-block scalars of one refresh (tensors of shape [n_blocks], float64).
-
-    ``hh = ‖ḡ_h‖²``, ``ht = ḡ_h·ḡ_T``, ``tt = ‖ḡ_T‖²``; ``tr_h, tr_t, tr_ht`` are the
-    per-sample covariance traces tr C_h, tr C_T and tr C_{h,T} (two-sided).
-    """
-
-    hh: torch.Tensor
-    ht: torch.Tensor
-    tt: torch.Tensor
-    tr_h: torch.Tensor
-    tr_t: torch.Tensor
-    tr_ht: torch.Tensor
-
-
-def bias_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments) -> torch.Tensor:
-    """(1−λ)² ‖a ḡ_h − ḡ_T‖², the squared bias of ĝ (Paper B eq. 16, first term)."""
-    return (1 - lam) ** 2 * (a * a * m.hh - 2 * a * m.ht + m.tt)
-
-
-def variance_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
-                  K: int) -> torch.Tensor:
-    """a² tr C_h / B + λ² K tr C̃_h / B' (Paper B eq. 16 with App. C's factor K)."""
-    offset_var = (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0)
-    return a * a * m.tr_h / B + lam * lam * K * offset_var / B_prime
-
-
-def one_step_error(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
-                   K: int) -> torch.Tensor:
-    """E(a, λ) of SPEC §5 (Paper B eq. 16 with the factor K), per block."""
-    return bias_term(a, lam, m) + variance_term(a, lam, m, B, B_prime, K)
-
-
-def optimal_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e-12,
-                    max_iter: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise E(a, λ) per block by alternating the exact minimisers (Paper B Remark 4.2).
-
-    λ*(a) = Bias/(Bias + Var) (eq. 18) and a*(λ) = (b a_bias + d a_var)/(b + d) (eqs. 17, 19,
-    with the ½ of SPEC §5's correction), until neither moves by more than ``tol``.  E is convex
-    in each variable but not jointly, so the alternation can stop in a poorer local minimum:
-    it is run from a*(λ) for λ = 0, ½, 1 and from a = 1, and the best end point is returned.
-    A block with no local signal (‖ḡ_h‖ = tr C_h = 0) keeps a = 1.
-    """
-    starts = [torch.ones_like(m.hh)] + [_a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K)
-                                         for v in (0.0, 0.5, 1.0)]
-    best_a, best_lam, best_e = None, None, None
-    for a in starts:
-        a, lam = _alternate(a, m, B, B_prime, K, tol, max_iter)
-        e = one_step_error(a, lam, m, B, B_prime, K)
-        if best_e is None:
-            best_a, best_lam, best_e = a, lam, e
-        else:
-            better = e < best_e
-            best_a, best_lam = torch.where(better, a, best_a), torch.where(better, lam, best_lam)
-            best_e = torch.minimum(e, best_e)
-    return best_a, best_lam
-
-
-def _lam_star(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B_prime: int, K: int) -> torch.Tensor:
-    """λ*(a) = Bias / (Bias + Var), Paper B eq. 18 with Var = K tr C̃_h / B'; else ``lam``."""
-    bias = a * a * m.hh - 2 * a * m.ht + m.tt
-    var = K * (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0) / B_prime
-    return torch.where(bias + var > 0, bias / (bias + var).clamp_min(1e-300), lam)
-
-
-def _a_star(lam: torch.Tensor, a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
-    """a*(λ) = (b a_bias + d a_var) / (b + d), Paper B eqs. 17, 19 (with the ½); else ``a``."""
-    b = (1 - lam) ** 2 * m.hh
-    d = (1 / B + lam ** 2 * K / B_prime) * m.tr_h
-    numerator = (1 - lam) ** 2 * m.ht + lam ** 2 * K * m.tr_ht / (2 * B_prime)
-    return torch.where(b + d > 0, numerator / (b + d).clamp_min(1e-300), a)
-
-
-def _alternate(a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int, tol: float,
-               max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lam = torch.zeros_like(a)
-    for _ in range(max_iter):
-        new_lam = _lam_star(a, lam, m, B_prime, K)
-        new_a = _a_star(new_lam, a, m, B, B_prime, K)
-        moved = torch.maximum((new_a - a).abs() / (1 + a.abs()), (new_lam - lam).abs())
-        a, lam = new_a, new_lam
-        if bool((moved <= tol).all()):
-            break
-    return a, lam
-
 
 def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
     if not sizes:
         return torch.zeros(0, dtype=torch.float64, device=u.device)
     return torch.stack([(a.double() * b.double()).sum() for a, b in zip(u.split(sizes), v.split(sizes))])
+
+
+def _cos(dot: torch.Tensor, sq: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    """dot / √(sq · tt), 0 where a norm is 0."""
+    return dot / (sq * tt).clamp_min(0).sqrt().clamp_min(1e-300)
 
 
 def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
@@ -173,10 +86,16 @@ def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
 class RefreshStats:
     """What one refresh measured, per block (lists indexed by block t = 0..T-1).
 
-    ``bias`` and ``variance`` are the two terms of E(a, λ) at the chosen scalars; ``cos`` is
-    cos(E[ĝ_t], ḡ_T) with E[ĝ] = (1−λ) a ḡ_h + λ ḡ_T (Paper B eq. 27), ``cos_local`` is
-    cos(ḡ_h, ḡ_T) of the unmodified method; ``cos_all``/``cos_local_all`` are the same over
-    the parameters of all modified blocks together.  Exact blocks show a = 1, λ = 0, zero bias, cos = 1.
+    ``bias`` and ``variance`` are the two terms of Paper B's E(a, λ) at the chosen scalars;
+    ``cos`` is cos(E[ĝ_t], ḡ_T) with E[ĝ] = (1−λ) a ḡ_h + λ ḡ_T (Paper B eq. 27) on the refresh's
+    own samples (in-sample: the offset was fitted to them), ``cos_local`` is cos(ḡ_h, ḡ_T) of the
+    unmodified method; ``cos_all``/``cos_local_all`` are the same over the parameters of all
+    modified blocks together.  From the second refresh on, the last period's estimator is tested
+    on this refresh's independent samples (held out from it): ``cos_held_out`` is cos(ĝ_end, ḡ_T)
+    for ĝ_end = a ḡ_h + λ Δ with the last a, λ, Δ (compare with ``cos_local``), and
+    ``end_bound`` the lower confidence bound on the best multiplier of the last offset at the
+    end of its period (:func:`recede.bp_scalars.end_coefficient`).  Exact blocks show a = 1,
+    λ = 0, zero bias, cos = 1.
     """
 
     step: int
@@ -190,6 +109,9 @@ class RefreshStats:
     cos_local: list[float]
     cos_all: float
     cos_local_all: float
+    cos_held_out: list[float] | None = None
+    end_bound: list[float] | None = None
+    cos_held_out_all: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -213,7 +135,8 @@ class BPModified:
         period: K, the number of ``backward`` calls between refreshes (also the K of E).
         offset_samples: B', samples per refresh (a multiple of ``micro_batch``, ≥ 2 micro-batches).
         micro_batch: b', samples per micro-batch of the refresh.
-        scaling: ``"optimal"``, ``"bias"`` (λ = 0, a = a_bias) or ``"fixed"`` (needs a, lam).
+        scaling: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias) or ``"fixed"``
+            (needs a, lam); :mod:`recede.bp_scalars`.
         a, lam: the fixed scalars for ``scaling="fixed"``.
         double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
         data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
@@ -227,7 +150,7 @@ class BPModified:
     """
 
     def __init__(self, net: BlockNet, horizon: int, period: int, offset_samples: int,
-                 micro_batch: int, scaling: str = "optimal", a: float | None = None,
+                 micro_batch: int, scaling: str = "robust", a: float | None = None,
                  lam: float | None = None, double: bool = False, data: Dataset | None = None,
                  batch_size: int | None = None, seed: int = 0, engines: tuple | None = None,
                  blocks: Iterable[int] | None = None) -> None:
@@ -243,7 +166,7 @@ class BPModified:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; use one of {', '.join(SCALINGS)}")
         if (scaling == "fixed") != (a is not None and lam is not None):
-            raise ValueError("scaling='fixed' needs both a and lam, and only it takes them")
+            raise ValueError("scaling='fixed' needs both a and lam (--bpm-a, --bpm-lam), and only it takes them")
         if lam is not None and not 0 <= lam <= 1:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
         if data is not None and len(data) < offset_samples:
@@ -333,17 +256,18 @@ class BPModified:
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
         mean gradients over the modified blocks, one entry per use), and per modified block
-        ``sq_h``, ``sq_t``, ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T).  Holds one graph of b'
-        samples at a time; besides the offset, the two running sums are the refresh's only
-        parameter-sized memory (the second becomes the new offset).  ``None`` when a scaled
-        gradient overflowed.
+        ``sq_h``, ``sq_t``, ``prod_ht`` (sums of ‖m_h‖², ‖m_T‖², m_h·m_T) and ``proj``, ``proj_sq``
+        (sums of (m_T − m_h)·Δ and its square, Δ the current offset: the held-out test of the last
+        offset, :meth:`_held_out`).  Holds one graph of b' samples at a time; besides the offset,
+        the two running sums are the refresh's only parameter-sized memory (the second becomes the
+        new offset).  ``None`` when a scaled gradient overflowed.
         """
         n_blocks, device = len(self.modified), self.offset.device
         stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
                  "samples": torch.zeros((), dtype=torch.float64, device=device),
                  "sum_h": torch.zeros_like(self.offset), "sum_t": torch.zeros_like(self.offset),
                  **{k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
-                    for k in ("sq_h", "sq_t", "prod_ht")}}
+                    for k in ("sq_h", "sq_t", "prod_ht", "proj", "proj_sq")}}
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         size = None
         try:
@@ -363,6 +287,9 @@ class BPModified:
                 stats["sum_t"] += m_t
                 for k, (u, v) in (("sq_h", (m_h, m_h)), ("sq_t", (m_t, m_t)), ("prod_ht", (m_h, m_t))):
                     stats[k] += _blockwise_dot(u, v, self._sizes)
+                proj = _blockwise_dot(m_t, self.offset, self._sizes) - _blockwise_dot(m_h, self.offset, self._sizes)
+                stats["proj"] += proj
+                stats["proj_sq"] += proj * proj
         finally:
             with torch.no_grad():
                 for b, saved in buffers:
@@ -393,56 +320,72 @@ class BPModified:
 
     def _set_scalars(self, stats: dict[str, torch.Tensor]) -> RefreshStats:
         m, mean_h, mean_t = block_moments(stats, self._sizes)
-        samples = float(stats["samples"])
+        samples = int(stats["samples"])
         b_prime = samples / float(stats["count"])
-        hh, ht = m.hh, m.ht
         B, K = self.batch_size, self.period
         if B is None:
             raise ValueError("BPModified needs the training batch size B: pass batch_size= or call backward() first")
-        if self.scaling == "optimal":
-            a, lam = optimal_scalars(m, B, int(samples), K)
+        index = torch.tensor(self.modified, dtype=torch.long)
+        check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
+        if self.scaling == "robust":
+            a, lam = robust_scalars(m, samples, None if check is None else check["end"])
+        elif self.scaling == "paper":
+            a, lam = paper_scalars(m, B, samples, K)
         elif self.scaling == "bias":
-            a = torch.where(hh > 0, ht / hh.clamp_min(1e-300), torch.ones_like(hh))
-            lam = torch.zeros_like(hh)
+            a, lam = bias_scalars(m)
         else:
-            a, lam = torch.full_like(hh, self.fixed[0]), torch.full_like(hh, self.fixed[1])
+            a, lam = torch.full_like(m.hh, self.fixed[0]), torch.full_like(m.hh, self.fixed[1])
         offset = mean_t
         for view, h_view, scale in zip(offset.split(self._sizes), mean_h.split(self._sizes), a):
             view.sub_(h_view, alpha=float(scale))
         self.offset = offset
         self.a = torch.ones(self.net.T, dtype=torch.float64)
         self.lam = torch.zeros(self.net.T, dtype=torch.float64)
-        index = torch.tensor(self.modified, dtype=torch.long)
         self.a[index], self.lam[index] = a.cpu(), lam.cpu()
         self.refreshes += 1
-        self.last_stats = self._report(m, a, lam, B, int(samples), K, int(b_prime))
+        self.last_stats = self._report(m, a, lam, B, samples, K, int(b_prime), check)
         log.info("refresh %d at step %d: B'=%d b'=%d mean a=%.3g mean λ=%.3g cos(ĝ,g_T)=%.3f (local %.3f)",
-                 self.refreshes, self.step, int(samples), int(b_prime),
+                 self.refreshes, self.step, samples, int(b_prime),
                  float(a.mean()) if len(a) else 1.0, float(lam.mean()) if len(lam) else 0.0,
                  self.last_stats.cos_all, self.last_stats.cos_local_all)
         return self.last_stats
 
+    def _held_out(self, m: BlockMoments, mean_h: torch.Tensor, mean_t: torch.Tensor,
+                  stats: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The last refresh's offset Δ and scalars, tested on this refresh's independent samples.
+
+        Per block: ``e_dot``, ``e_sq`` — ĝ_end·ḡ_T and ‖ĝ_end‖² for ĝ_end = a ḡ_h + λ Δ, the
+        estimator of the last period at its end (mean over this refresh's samples); ``end`` —
+        the lower confidence bound on the best multiplier of Δ at the period's end, from the n
+        micro-batch projections (m_T − m_h)·Δ (:func:`recede.bp_scalars.end_coefficient`).
+        """
+        a, lam = self.a[index].to(m.hh), self.lam[index].to(m.hh)
+        dh, dt, dd = (_blockwise_dot(self.offset, v, self._sizes) for v in (mean_h, mean_t, self.offset))
+        n = float(stats["count"])
+        spread = ((stats["proj_sq"] - stats["proj"] ** 2 / n) / (n - 1)).clamp_min(0)
+        return {"e_dot": a * m.ht + lam * dt, "e_sq": (a * a * m.hh + 2 * a * lam * dh + lam * lam * dd).clamp_min(0),
+                "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n))}
+
     def _report(self, m: BlockMoments, a: torch.Tensor, lam: torch.Tensor, B: int, B_prime: int,
-                K: int, b_prime: int) -> RefreshStats:
+                K: int, b_prime: int, check: dict[str, torch.Tensor] | None) -> RefreshStats:
         T = self.net.T
-        full = {name: [default] * T for name, default in
-                (("bias", 0.0), ("variance", 0.0), ("cos", 1.0), ("cos_local", 1.0))}
         w = (1 - lam) * a  # E[ĝ] = w ḡ_h + λ ḡ_T
         dot = w * m.ht + lam * m.tt
-        norm = (w * w * m.hh + 2 * w * lam * m.ht + lam * lam * m.tt).clamp_min(0).sqrt()
-        cos = dot / (norm * m.tt.sqrt()).clamp_min(1e-300)
-        cos_local = m.ht / (m.hh * m.tt).sqrt().clamp_min(1e-300)
-        values = {"bias": bias_term(a, lam, m), "variance": variance_term(a, lam, m, B, B_prime, K),
-                  "cos": cos, "cos_local": cos_local}
-        for name, tensor in values.items():
+        norm2 = (w * w * m.hh + 2 * w * lam * m.ht + lam * lam * m.tt).clamp_min(0)
+        values = {"bias": (bias_term(a, lam, m), 0.0), "variance": (variance_term(a, lam, m, B, B_prime, K), 0.0),
+                  "cos": (_cos(dot, norm2, m.tt), 1.0), "cos_local": (_cos(m.ht, m.hh, m.tt), 1.0)}
+        totals = {"cos_all": _cos(dot.sum(), norm2.sum(), m.tt.sum()), "cos_local_all": _cos(m.ht.sum(), m.hh.sum(), m.tt.sum())}
+        if check is not None:
+            values |= {"cos_held_out": (_cos(check["e_dot"], check["e_sq"], m.tt), 1.0),
+                       "end_bound": (check["end"].clamp_min(-1e300), 1.0)}
+            totals["cos_held_out_all"] = _cos(check["e_dot"].sum(), check["e_sq"].sum(), m.tt.sum())
+        full = {}
+        for name, (tensor, default) in values.items():
+            full[name] = [default] * T
             for t, v in zip(self.modified, tensor.tolist()):
                 full[name][t] = v
-        all_tt = float(m.tt.sum())
-        cos_all = float(dot.sum()) / math.sqrt(max(float((norm ** 2).sum()) * all_tt, 1e-300))
-        cos_local_all = float(m.ht.sum()) / math.sqrt(max(float(m.hh.sum()) * all_tt, 1e-300))
         return RefreshStats(self.step, B_prime, b_prime, self.a.tolist(), self.lam.tolist(),
-                            full["bias"], full["variance"], full["cos"], full["cos_local"],
-                            cos_all, cos_local_all)
+                            **full, **{k: float(v) for k, v in totals.items()})
 
     def _offset_views(self) -> Iterator[list[torch.Tensor]]:
         for chunk, t in zip(self.offset.split(self._sizes), self.modified):

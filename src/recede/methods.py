@@ -6,7 +6,9 @@
 ``mpc:H``           horizon H (Paper A eq. 9)
 ``loco:N``          LoCo: the T blocks regrouped into N equal stages, horizon 2
                     (Paper A Remark 3.1, App. B, the "split loss" form)
-``loco-double:N``   LoCo with the double gradient of Paper A eq. 20
+``loco-double:N``   LoCo with the double gradient of Paper A eq. 20 (block 0 too)
+``loco-eq21:N``     LoCo's double gradient as eq. 21 writes it: block 0 learns from L(x_2)
+                    only (:mod:`recede.loco`)
 ``ckpt[:S]``        BP with activation checkpointing in S segments (default round(√T));
                     :mod:`recede.recompute`
 ``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bp_modified.BPModified`)
@@ -18,8 +20,8 @@
 keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from; required),
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
-``micro_batch`` (b', default 8), ``scaling`` (``optimal``/``bias``/``fixed``), ``a``, ``lam``,
-``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
+``micro_batch`` (b', default 8), ``scaling`` (``robust``/``paper``/``bias``/``fixed``,
+:mod:`recede.bp_scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
 Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
 final loss, so a training loop treats them all alike.
@@ -34,6 +36,7 @@ from torch.utils.data import Dataset
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
 from recede.engine import MPC
+from recede.loco import LoCoEq21
 from recede.recompute import CheckpointedBP
 
 
@@ -45,6 +48,7 @@ class MethodSpec:
     value: int | None = None  # horizon for mpc, stages for loco, segments for ckpt
     double: bool = False
     modified: bool = False  # Paper B's BP-modified local loss
+    eq21: bool = False  # LoCo's trajectory loss of Paper A eq. 21 (double, block 0 from L(x_2) only)
 
     @property
     def label(self) -> str:
@@ -55,39 +59,39 @@ class MethodSpec:
         elif self.kind == "ckpt":
             base = "BP+ckpt" + (f"({self.value})" if self.value is not None else "")
         else:
-            base = f"LoCo{self.value}" + ("-double" if self.double else "")
+            base = f"LoCo{self.value}" + ("-eq21" if self.eq21 else "-double" if self.double else "")
         return f"{base}+BPM" if self.modified else base
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, ``ckpt``, ``ckpt:S``, or a
-    local method (ff, mpc, loco) prefixed with ``bpm-``."""
+    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, ``loco-eq21:N``, ``ckpt``,
+    ``ckpt:S``, or a local method (ff, mpc, loco, loco-double) prefixed with ``bpm-``."""
     name, _, arg = text.strip().lower().partition(":")
     if name.startswith("bpm-"):
         base = parse_method(text.strip()[4:])
-        if base.kind in ("bp", "ckpt") or base.modified:
+        if base.kind in ("bp", "ckpt") or base.modified or base.eq21:
             raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                             "loco-double:N), not bp or ckpt")
+                             "loco-double:N), not bp, ckpt or loco-eq21")
         return MethodSpec(base.kind, base.value, base.double, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
-    if name in ("mpc", "loco", "loco-double", "ckpt") and arg:
+    if name in ("mpc", "loco", "loco-double", "loco-eq21", "ckpt") and arg:
         try:
             value = int(arg)
         except ValueError:
             raise ValueError(f"method {text!r}: {arg!r} is not an integer") from None
         if name in ("mpc", "ckpt"):
             return MethodSpec(name, value)
-        return MethodSpec("loco", value, double=name == "loco-double")
-    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N, loco-double:N or ckpt[:S], "
+        return MethodSpec("loco", value, double=name != "loco", eq21=name == "loco-eq21")
+    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N, loco-double:N, loco-eq21:N or ckpt[:S], "
                      "the local ones optionally prefixed with bpm-")
 
 
 def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
                  batch_size: int | None = None, period: int | None = None,
-                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "optimal",
+                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "robust",
                  a: float | None = None, lam: float | None = None,
-                 seed: int = 0) -> MPC | BPModified | CheckpointedBP:
+                 seed: int = 0) -> MPC | LoCoEq21 | BPModified | CheckpointedBP:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
 
     The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
@@ -102,6 +106,8 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
         if not 2 <= spec.value <= net.T:
             raise ValueError(f"LoCo needs between 2 and T = {net.T} stages, got {spec.value}")
         net = net.regroup(spec.value)
+    if spec.eq21:
+        return LoCoEq21(net)
     if not spec.modified:
         return MPC(net, horizon, double=double)
     if refresh_data is None:
@@ -116,6 +122,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
                       data=refresh_data, batch_size=batch_size, seed=seed)
 
 
-def default_offset_samples(period: int, batch_size: int, micro_batch: int) -> int:
-    """Paper B App. D.2's advice B' ≈ 1 % of K·B, as a multiple of b', at least 2 b'."""
-    return max(2, round(0.01 * period * batch_size / micro_batch)) * micro_batch
+def default_offset_samples(period: int, batch_size: int, micro_batch: int, share: float = 0.01) -> int:
+    """B' ≈ ``share`` of K·B as a multiple of b', at least 2 b'.  The default 1 % is Paper B
+    App. D.2's advice; Paper B §6 ran 320 of 782 · 64, i.e. 0.64 %."""
+    return max(2, round(share * period * batch_size / micro_batch)) * micro_batch

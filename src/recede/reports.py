@@ -19,6 +19,25 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def mean_sd(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation of the values that are not None or NaN (sd 0 for
+    one value); None when there are none."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, sd
+
+
+def mean_spread(values: Sequence[float | None], digits: int = 3) -> str:
+    """``"mean ± sd"`` of :func:`mean_sd` as a table cell (``n/a`` when there is no value)."""
+    stats = mean_sd(values)
+    if stats is None:
+        return "n/a"
+    return f"{stats[0]:.{digits}g} ± {stats[1]:.2g}"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A GitHub Markdown table of ``rows`` restricted to ``columns``."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

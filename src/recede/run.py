@@ -11,6 +11,7 @@ saved activations over step and refresh, the whole training state, CUDA peak on 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from recede import checkpoint, data, distributed, models, preflight
+from recede.bp_scalars import SCALINGS
 from recede.config import float_range, int_range, key_values, positive_float
 from recede.engine import NonFiniteLossError
 from recede.methods import MethodSpec, build_method, parse_method
@@ -27,7 +29,8 @@ from recede.usage import PaidMemory, measure_paid
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
-            "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling")
+            "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling",
+            "bpm_a", "bpm_lam")
 
 
 def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
@@ -60,8 +63,13 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
                      help="samples per refresh (default: 1%% of K·B, at least two micro-batches)")
     bpm.add_argument("--bpm-micro-batch", type=int_range(1), default=8, metavar="b'",
                      help="micro-batch size of a refresh (its memory is BP's on b' samples)")
-    bpm.add_argument("--bpm-scaling", default="optimal", choices=["optimal", "bias"],
-                     help="optimal a, λ (Paper B eqs. 17-19) or λ = 0, a = a_bias (Table 3)")
+    bpm.add_argument("--bpm-scaling", default="robust", choices=list(SCALINGS),
+                     help="robust (default: never worse than the local method), paper (Paper B eqs. 16-19 "
+                          "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)")
+    bpm.add_argument("--bpm-a", type=float_range(-math.inf, math.inf, True, True), default=None, metavar="A",
+                     help="the fixed scale a of the local gradient (with --bpm-scaling fixed)")
+    bpm.add_argument("--bpm-lam", type=float_range(0.0, 1.0), default=None, metavar="λ",
+                     help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)")
 
 
 @dataclass
@@ -97,7 +105,7 @@ class Workload:
         return build_method(net, spec, refresh_data=self.task.train,
                             batch_size=args.batch_size * self.world_size, period=args.bpm_period,
                             offset_samples=args.bpm_samples, micro_batch=args.bpm_micro_batch,
-                            scaling=args.bpm_scaling, seed=args.seed)
+                            scaling=args.bpm_scaling, a=args.bpm_a, lam=args.bpm_lam, seed=args.seed)
 
     def check_methods(self, specs: list[MethodSpec], args: argparse.Namespace) -> None:
         """Build each method once on a model, so a horizon or stage count outside [1, T]

@@ -8,8 +8,9 @@ library's sources by default), and loaders for folders the user supplies.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +62,26 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load(name: str, **options: object) -> Task:
-    """Load the registered dataset ``name``; ``options`` are checked against the loader's
-    parameters and annotations first (:func:`recede.config.check_keywords`)."""
+def _loader(name: str) -> Callable[..., Task]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    check_keywords(_REGISTRY[name], options, f"dataset {name!r}")
+    return _REGISTRY[name]
+
+
+def loader_options(name: str) -> list[str]:
+    """The options the loader ``name`` takes; ``ValueError`` if no such dataset is registered."""
+    return list(inspect.signature(_loader(name)).parameters)
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
+    loader's parameters and annotations (:func:`recede.config.check_keywords`)."""
+    check_keywords(_loader(name), dict(options), f"dataset {name!r}")
+
+
+def load(name: str, **options: object) -> Task:
+    """Load the registered dataset ``name``, its ``options`` checked first (:func:`check_options`)."""
+    check_options(name, options)
     return _REGISTRY[name](**options)
 
 

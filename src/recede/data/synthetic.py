@@ -1,4 +1,5 @@
-"""The synthetic regression sets of Paper A App. D.2 (Table D2 footnotes 1 and 2)."""
+"""Synthetic sets: the regression sets of Paper A App. D.2 (Table D2 footnotes 1 and 2), and
+interleaved spirals, a 2-D classification task (the robustness study of the BP-modified loss)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,24 @@ def trig(n: int = 100_000, n_test: int = 10_000, noise: float = 0.03, seed: int 
                                torch.cos(2 * math.pi * x), torch.sin(2 * math.pi * x)], dim=1)
     train, test = _split(x, y, n)
     return Task("trig", train, test, "regression", (1,), 4)
+
+
+@register("spirals")
+def spirals(n: int = 2000, n_test: int = 1000, arms: int = 2, turns: float = 1.5,
+            noise: float = 0.05, seed: int = 0) -> Task:
+    """Interleaved spirals in the plane: ``arms`` classes, each a spiral of ``turns`` turns.
+
+    A point of class c at radius r ~ U(0, 1) sits at angle ``2π(turns·r + c/arms)`` plus
+    Gaussian noise of std ``noise`` on each coordinate.  A 2-D classification task whose
+    classes no linear head can separate, so local losses at shallow depths learn little.
+    """
+    if n < 1 or arms < 2:
+        raise ValueError(f"spirals needs n ≥ 1 and arms ≥ 2, got n={n}, arms={arms}")
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, arms, (n + n_test,), generator=g)
+    r = torch.rand(n + n_test, generator=g)
+    angle = 2 * math.pi * (turns * r + y / arms)
+    x = r[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    x = (x + noise * torch.randn(n + n_test, 2, generator=g)) * 2
+    train, test = _split(x, y, n)
+    return Task("spirals", train, test, "classification", (2,), arms)

@@ -7,7 +7,7 @@ units the horizon counts.  Register a new one with :func:`register`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from recede.blocks import BlockNet
 from recede.config import check_keywords
@@ -31,6 +31,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _builder(name: str) -> Callable[..., BlockNet]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
+    builder's parameters and annotations (:func:`recede.config.check_keywords`), without
+    building it."""
+    check_keywords(_builder(name), dict(options), f"model {name!r}")
+
+
 def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     """Build the registered model ``name``.
 
@@ -40,9 +53,7 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     against the builder's parameters and annotations first (:func:`recede.config.check_keywords`):
     an unknown name or a value of the wrong type is a ``ValueError`` naming it.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
-    builder = _REGISTRY[name]
+    builder = _builder(name)
     accepted = inspect.signature(builder).parameters
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],

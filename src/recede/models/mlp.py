@@ -3,8 +3,9 @@
 Both are 15 fully connected layers of width 10; every layer but the first and the last is
 residual, ``x + W x (+ b)``.  Each layer is one block.  M1 has no bias and no activation and
 its widths all match, so ``L`` reads every depth directly (identity heads, Paper A §3).  M2 has
-ReLU and biases and maps to 4 outputs; depths 1..T-1 reach the loss through a linear head
-10 → out (independent per depth, or one shared), the last block's output needs none.
+ReLU and biases and maps to 4 outputs (or, with cross-entropy, classifies); depths 1..T-1
+reach the loss through a linear head 10 → out (independent per depth, or one shared), the last
+block's output needs none.
 """
 
 from __future__ import annotations
@@ -47,10 +48,19 @@ def linear_resnet(width: int = 10, depth: int = 15, in_dim: int | None = None,
     return BlockNet(blocks, nn.Identity(), nn.MSELoss())
 
 
+LOSSES = {"mse": nn.MSELoss, "cross-entropy": nn.CrossEntropyLoss}
+
+
 @register("resmlp")
 def resmlp(width: int = 10, depth: int = 15, in_dim: int = 1, out_dim: int = 4,
-           head: str = "independent") -> BlockNet:
-    """M2: residual MLP with ReLU and bias; linear heads 10 → out_dim at depths 1..T-1."""
+           head: str = "independent", loss: str = "mse") -> BlockNet:
+    """M2: residual MLP with ReLU and bias; linear heads 10 → out_dim at depths 1..T-1.
+
+    ``loss="cross-entropy"`` makes it a classifier (``out_dim`` classes), e.g. on ``spirals``
+    or ``mnist1d``; M2 itself is ``"mse"``.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     blocks = _layers(in_dim, width, out_dim, depth, bias=True, activation=True)
     if head == "independent":
         heads = [nn.Linear(width, out_dim) for _ in range(depth - 1)]
@@ -58,4 +68,4 @@ def resmlp(width: int = 10, depth: int = 15, in_dim: int = 1, out_dim: int = 4,
         heads = [nn.Linear(width, out_dim)] * (depth - 1)
     else:
         raise ValueError(f"head must be 'independent' or 'shared', got {head!r}")
-    return BlockNet(blocks, [*heads, nn.Identity()], nn.MSELoss())
+    return BlockNet(blocks, [*heads, nn.Identity()], LOSSES[loss]())

@@ -2,14 +2,19 @@
 
 The configuration is ``experiments/paper_b/cpu.yaml`` (default: a shrunk ResNet-62 on
 scikit-learn's digits, minutes on a CPU) or ``full.yaml`` (``--full``: Paper B §6's ResNet-50
-on CIFAR-100, which needs those entries in the model and data registries).  Every run trains
-from the same seed and initial weights and records test accuracy per epoch, seconds per epoch
-(the refreshes included) and the saved-activation peak of a step and of a refresh.
+on CIFAR-100, which needs those entries in the model and data registries).  Every method runs
+from each of the config's seeds (initial weights and shuffles; the runs of one seed share
+them), and every number reported is a mean ± sample sd over the seeds.  The main regime is
+Paper B's: K = one epoch and B' ≈ 0.64 % of K·B (at CPU scale at least two micro-batches of
+b'), with Paper B's scalars (``scaling="paper"``); the report labels every other regime by K
+and B'.  Each run records test accuracy per epoch, seconds per epoch (the refreshes included)
+and the saved-activation peak of a step and of a refresh.
 
 * Table 1: BP, and FF, LoCo, MPC(h=5) each original and BP-modified (Paper B eq. 5).
 * Table 3: BP-modified FF with λ = 0 and a = a_bias (``scaling="bias"``).
 * Tables 4–5: memory and time per method.   * Tables 6–7: FF with other B' and K.
 * Table 8: the first epoch at which BP-modified reaches the original method's final accuracy.
+* Beyond the paper: BP-modified FF with recede's default scalars (``robust``) beside Paper B's.
 
 Writes ``paper_b.json``, ``paper_b.png`` and ``report.md`` (our numbers beside Paper B's).
 """
@@ -17,7 +22,9 @@ Writes ``paper_b.json``, ``paper_b.png`` and ``report.md`` (our numbers beside P
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,10 +36,12 @@ from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
-from recede.reproduce import torch_threads
+from recede.reproduce import configs, torch_threads
 from recede.train import batches, make_optimizer, train
 
-CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "paper_b"
+CONFIGS = configs.preset_folder("paper-b")
+CONFIG_KEYS = ("model", "model_options", "data", "data_options", "optimizer", "epochs", "batch_size",
+               "seeds", "methods", "bpm")
 
 # Paper B, ResNet-50 full tuning on CIFAR-100 (Tables 1, 3, 4, 5, 6, 7, 8).
 PAPER = {
@@ -60,10 +69,9 @@ def _family(label: str) -> str:
     return label.replace("LoCo3", "LoCo").replace("LoCo4", "LoCo")
 
 
-def run_one(cfg: dict, task: data.Task, method: str, device: str, progress: bool,
-            seed: int | None = None, **bpm: object) -> dict:
-    """Train one method from the common initial weights (of ``seed``); return its record."""
-    seed = cfg["seed"] if seed is None else seed
+def run_one(cfg: dict, task: data.Task, method: str, device: str, progress: bool, seed: int,
+            **bpm: object) -> dict:
+    """Train one method from the initial weights of ``seed``; return its record."""
     torch.manual_seed(seed)
     net = models.build(cfg["model"], task, **cfg["model_options"]).to(device)
     spec = parse_method(method)
@@ -73,19 +81,18 @@ def run_one(cfg: dict, task: data.Task, method: str, device: str, progress: bool
     period = max(1, round(settings["period_epochs"] * steps_per_epoch))
     engine = build_method(net, spec, refresh_data=task.train, batch_size=B, period=period,
                           offset_samples=settings["offset_samples"], micro_batch=settings["micro_batch"],
-                          scaling=settings.get("scaling", "optimal"), seed=seed)
+                          scaling=settings["scaling"], seed=seed)
     opt = cfg["optimizer"]
     optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-    label = spec.label + ("(λ=0)" if settings.get("scaling") == "bias" else "")
     start = time.perf_counter()
     history = train(net, engine, task.train, optimizer, epochs=cfg["epochs"], batch_size=B,
                     test_set=task.test, seed=seed, classification=True, device=device,
-                    progress=progress, description=label)
+                    progress=progress, description=f"{spec.label} seed {seed}")
     seconds = time.perf_counter() - start
     x, y = next(iter(batches(task.train, B)))
     x, y = x.to(device), y.to(device)
     _, step_memory = measure(lambda: engine.backward(x, y), net, device)
-    record = {"label": label, "method": method, "seed": seed, "settings": settings if spec.modified else None,
+    record = {"method": method, "seed": seed, "settings": settings if spec.modified else None,
               "period": period if spec.modified else None,
               "accuracy": [100 * r.test["accuracy"] for r in history],
               "train_loss": [r.train_loss for r in history],
@@ -113,43 +120,75 @@ def epochs_to_reach(history: list[float], target: float) -> int | None:
     return next((e for e, acc in enumerate(history, start=1) if acc >= target), None)
 
 
-def user_data(full: bool, data_root: str) -> tuple[str, dict]:
-    """The dataset and options that ``--data-root`` gives: CIFAR-100 of the ``--full`` run."""
-    if not full:
-        raise ValueError("--data-root gives the CIFAR-100 folder of the --full run; the CPU-scale "
-                         "run uses scikit-learn's digits")
-    cfg = load_config(full)
-    return cfg["data"], cfg["data_options"] | {"root": data_root}
+def regime_label(settings: dict, period: int, batch_size: int) -> str:
+    """``K = 1 epoch (45 steps), B' = 16 (1.1 % of K·B)``; Paper B's regime is 0.64 %."""
+    samples = settings["offset_samples"]
+    return (f"K = {settings['period_epochs']:g} epoch ({period} steps), B' = {samples} "
+            f"({100 * samples / (period * batch_size):.2g} % of K·B)")
 
 
-def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None) -> Path:
-    """Run every table's training runs and write JSON, PNG and the Markdown report.
+def regime_name(regime: dict, scaling: str = "paper") -> str:
+    """The row name of FF+BPM in another regime: ``FF+BPM(K=0.3, B'=160)``, ``FF+BPM(robust, ...)``."""
+    tag = f"K={regime['period_epochs']:g}, B'={regime['offset_samples']}"
+    return f"FF+BPM({tag})" if scaling == "paper" else f"FF+BPM({scaling}, {tag})"
 
-    ``data_root`` is the folder holding ``cifar-100-python`` for ``--full`` (Paper B §6).
+
+def plan(cfg: dict) -> list[tuple[str, str, dict]]:
+    """Every row of the report as (row name, method, BP-modified settings that differ from cfg["bpm"])."""
+    rows = [("BP", "bp", {})]
+    for method in cfg["methods"]:
+        family = _family(parse_method(method).label)
+        rows += [(family, method, {}), (family + "+BPM", "bpm-" + method, {})]
+    rows.append(("FF+BPM(λ=0)", "bpm-ff", {"scaling": "bias"}))
+    main = {k: cfg["bpm"][k] for k in ("period_epochs", "offset_samples")}
+    rows += [(regime_name(r), "bpm-ff", dict(r)) for r in cfg.get("regimes", []) if r != main]
+    for r in cfg.get("robust_regimes", []):
+        name = "FF+BPM(robust)" if r == main else regime_name(r, "robust")
+        rows.append((name, "bpm-ff", dict(r) | {"scaling": "robust"}))
+    return rows
+
+
+def check_config(cfg: dict) -> None:
+    """``ValueError`` naming the first missing setting, unknown model, dataset, option or method."""
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    missing += [f"bpm.{k}" for k in ("offset_samples", "micro_batch", "period_epochs") if k not in cfg.get("bpm", {})]
+    missing += [f"{group}[{i}].{k}" for group in ("regimes", "robust_regimes")
+                for i, regime in enumerate(cfg.get(group, [])) for k in ("offset_samples", "period_epochs")
+                if k not in regime]
+    if missing:
+        raise ValueError(f"paper-b: missing setting(s) {missing}")
+    configs.check_entry("paper-b", cfg)
+    for method in cfg["methods"]:
+        parse_method(method)
+    if cfg["optimizer"].get("name") not in ("sgd", "adam"):
+        raise ValueError(f"paper-b: optimizer.name must be sgd or adam, got {cfg['optimizer'].get('name')!r}")
+
+
+def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
+        config: dict | None = None, weights: dict[str | None, str] | None = None,
+        on_checked: Callable[[], None] | None = None) -> Path:
+    """Run every table's training runs from every seed and write JSON, PNG and the report.
+
+    ``config`` (default the preset ``full`` or ``cpu``) is checked with its data folder
+    (``data_root`` replaces its ``root``) and weights file (``weights`` from
+    :func:`recede.reproduce.configs.parse_weights`) before the first step; then ``on_checked()``
+    is called, before anything is written.  ``device: auto`` in the config trains on CUDA when
+    there is a GPU.
     """
-    cfg = load_config(full)
-    if data_root is not None:
-        cfg["data"], cfg["data_options"] = user_data(full, data_root)
-    device = "cuda" if full and torch.cuda.is_available() else "cpu"
+    cfg = config if config is not None else load_config(full)
+    check_config(cfg)
+    entry = {f"{cfg['model']} on {cfg['data']}": cfg}
+    configs.apply_sources(entry, data_root, weights or {}, "paper-b")
+    configs.check_sources(entry, "paper-b")
+    if on_checked is not None:
+        on_checked()
+    device = "cuda" if cfg.get("device", "auto" if full else "cpu") == "auto" and torch.cuda.is_available() else "cpu"
+    runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):
         task = data.load(cfg["data"], **cfg["data_options"])
-        runs = {"BP": run_one(cfg, task, "bp", device, progress)}
-        for method in cfg["methods"]:
-            for name in (method, "bpm-" + method):
-                record = run_one(cfg, task, name, device, progress)
-                runs[_family(record["label"])] = record
-        runs["FF+BPM(λ=0)"] = run_one(cfg, task, "bpm-ff", device, progress, scaling="bias")
-        for seed in cfg.get("gap_seeds", []):
-            for method, name in (("bp", "BP"), ("ff", "FF"), ("bpm-ff", "FF+BPM")):
-                runs[f"{name}[seed {seed}]"] = run_one(cfg, task, method, device, progress, seed=seed)
-        for samples in cfg["sensitivity"]["offset_samples"]:
-            if samples != cfg["bpm"]["offset_samples"]:
-                runs[f"FF+BPM(B'={samples})"] = run_one(cfg, task, "bpm-ff", device, progress,
-                                                        offset_samples=samples)
-        for period in cfg["sensitivity"]["period_epochs"]:
-            if period != cfg["bpm"]["period_epochs"]:
-                runs[f"FF+BPM(K={period} epoch)"] = run_one(cfg, task, "bpm-ff", device, progress,
-                                                            period_epochs=period)
+        for seed in cfg["seeds"]:
+            for name, method, settings in plan(cfg):
+                runs.setdefault(name, {})[seed] = run_one(cfg, task, method, device, progress, seed, **settings)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, runs)
     write_json(out / "paper_b.json", {"config": cfg, "device": device, "runs": runs, "summary": summary})
@@ -159,21 +198,31 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     return report
 
 
-def summarise(cfg: dict, runs: dict) -> dict:
-    """Gap recovered, improvements and Table 8's epochs, from the runs."""
-    final = {k: r["accuracy"][-1] for k, r in runs.items()}
+def mean_sd(values: list[float | None]) -> dict:
+    """``{"mean", "sd", "n"}`` over the values that are not None (sd: sample, None for one value)."""
+    values = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(values) if values else None,
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def summarise(cfg: dict, runs: dict[str, dict[int, dict]]) -> dict:
+    """Per row the final accuracy over seeds; per BP-modified FF row the gap recovered
+    (paired by seed); per family the improvement, Table 8's epochs, extra time and memory."""
+    seeds = cfg["seeds"]
+    final = {name: {s: r["accuracy"][-1] for s, r in by_seed.items()} for name, by_seed in runs.items()}
     families = [_family(parse_method(m).label) for m in cfg["methods"]]
-    seeds = [cfg["seed"]] + list(cfg.get("gap_seeds", []))
-    per_seed = {s: _gap_recovered(*(final[n if s == cfg["seed"] else f"{n}[seed {s}]"]
-                                    for n in ("BP", "FF", "FF+BPM"))) for s in seeds}
+    gap = {name: {s: _gap_recovered(final["BP"][s], final["FF"][s], final[name][s]) for s in seeds}
+           for name in runs if name.startswith("FF+BPM")}
     return {
-        "final_accuracy": final,
-        "ff_gap_recovered": _gap_recovered(final["BP"], final["FF"], final["FF+BPM"]),
-        "ff_gap_recovered_per_seed": per_seed,
-        "improvement": {f: final[f + "+BPM"] - final[f] for f in families},
-        "epochs_to_original": {f: epochs_to_reach(runs[f + "+BPM"]["accuracy"], final[f]) for f in families},
-        "extra_time": {f: runs[f + "+BPM"]["seconds_per_epoch"] / runs[f]["seconds_per_epoch"] - 1 for f in families},
-        "extra_step_memory": {f: runs[f + "+BPM"]["step_saved_mib"] / runs[f]["step_saved_mib"] - 1 for f in families},
+        "final_accuracy": {name: mean_sd(list(v.values())) | {"per_seed": v} for name, v in final.items()},
+        "gap_recovered": {name: mean_sd(list(v.values())) | {"per_seed": v} for name, v in gap.items()},
+        "improvement": {f: mean_sd([final[f + "+BPM"][s] - final[f][s] for s in seeds]) for f in families},
+        "epochs_to_original": {f: {s: epochs_to_reach(runs[f + "+BPM"][s]["accuracy"], final[f][s]) for s in seeds}
+                               for f in families},
+        "extra_time": {f: mean_sd([runs[f + "+BPM"][s]["seconds_per_epoch"] / runs[f][s]["seconds_per_epoch"] - 1
+                                   for s in seeds]) for f in families},
+        "extra_step_memory": {f: runs[f + "+BPM"][seeds[0]]["step_saved_mib"] / runs[f][seeds[0]]["step_saved_mib"] - 1
+                              for f in families},
     }
 
 
@@ -185,97 +234,99 @@ def _gap_recovered(bp: float, ff: float, modified: float) -> float | None:
 def plot(runs: dict, cfg: dict, path: Path) -> None:
     with figure(path, 1, 2, figsize=(12, 4.5)) as (fig, axes):
         epochs = range(1, cfg["epochs"] + 1)
-        for name, record in runs.items():
-            if "(" in name.replace("MPC(h=5)", "") or "[" in name:
-                continue
+        table1 = ["BP"] + [n for m in cfg["methods"] for n in (_family(parse_method(m).label),
+                                                               _family(parse_method(m).label) + "+BPM")]
+        for name in table1:
+            curves = [r["accuracy"] for r in runs[name].values()]
             style = "-" if name.endswith("+BPM") or name == "BP" else "--"
-            axes[0].plot(epochs, record["accuracy"], style, label=name)
-        axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="Table 1: original (--) vs BP-modified (—)")
+            axes[0].plot(epochs, [statistics.fmean(c) for c in zip(*curves)], style, label=name)
+        axes[0].set(xlabel="epoch", ylabel="test accuracy (%), mean over seeds",
+                    title="Table 1: original (--) vs BP-modified (—), Paper B's regime")
         axes[0].legend(fontsize=8)
-        sens = ["FF"] + [k for k in runs if k.startswith("FF+BPM") and k != "FF+BPM(λ=0)" and "[" not in k]
-        axes[1].bar(range(len(sens)), [runs[k]["accuracy"][-1] for k in sens])
-        axes[1].set_xticks(range(len(sens)), sens, rotation=30, ha="right", fontsize=8)
-        axes[1].set(ylabel="final test accuracy (%)", title="Tables 6–7: FF with other B' and K")
+        rows = ["FF"] + [n for n in runs if n.startswith("FF+BPM")]
+        stats = [mean_sd([r["accuracy"][-1] for r in runs[n].values()]) for n in rows]
+        axes[1].bar(range(len(rows)), [s["mean"] for s in stats], yerr=[s["sd"] or 0 for s in stats], capsize=3)
+        axes[1].set_xticks(range(len(rows)), rows, rotation=35, ha="right", fontsize=7)
+        axes[1].set(ylabel="final test accuracy (%), mean ± sd", title="FF and BP-modified FF in every regime")
 
 
-def _agree(ours: float, theirs: float) -> str:
-    return "agrees" if (ours > 0) == (theirs > 0) else "differs"
+def _pm(stat: dict | None, scale: float = 1.0) -> str:
+    """``mean ± sd`` of a :func:`mean_sd` result, or n/a."""
+    if not stat or stat["mean"] is None:
+        return "n/a"
+    text = f"{scale * stat['mean']:.2f}"
+    return text + (f" ± {scale * stat['sd']:.2f}" if stat["sd"] is not None else "")
+
+
+def _agree(ours: float | None, theirs: float) -> str:
+    return "n/a" if ours is None else "agrees" if (ours > 0) == (theirs > 0) else "differs"
 
 
 def render(cfg: dict, runs: dict, summary: dict, device: str) -> str:
-    final = summary["final_accuracy"]
+    final, gap = summary["final_accuracy"], summary["gap_recovered"]
     families = list(summary["improvement"])
-    bpm = cfg["bpm"]
+    bpm, B = cfg["bpm"], cfg["batch_size"]
+    period = runs["FF+BPM"][cfg["seeds"][0]]["period"]
     lines = ["# Paper B reproduction: the BP-modified local loss", "",
              f"Model `{cfg['model']}` {cfg['model_options']} on `{cfg['data']}` {cfg['data_options']}; "
-             f"{cfg['epochs']} epochs, batch B = {cfg['batch_size']}, {cfg['optimizer']}, seed {cfg['seed']}, "
-             f"device {device}.  BP-modified: B' = {bpm['offset_samples']}, b' = {bpm['micro_batch']}, "
-             f"K = {bpm['period_epochs']} epoch ({runs['FF+BPM']['period']} steps), scalars by "
-             "Paper B eq. 16 with App. C's K (SPEC §5).  Paper B's numbers: ResNet-50 full tuning on CIFAR-100.",
+             f"{cfg['epochs']} epochs, batch B = {B}, {cfg['optimizer']}, device {device}.  Every number is a "
+             f"mean ± sample sd over seeds {cfg['seeds']} (initial weights and shuffles).  "
+             f"**Regime (Paper B's):** {regime_label(bpm, period, B)} (Paper B: 320 of 782·64 = 0.64 %), "
+             f"b' = {bpm['micro_batch']}, Paper B's scalars (`{bpm['scaling']}`).  Other regimes are labelled "
+             "by their K and B'.  Paper B's numbers: ResNet-50 full tuning on CIFAR-100.",
              "", "## Table 1: test accuracy (%)", ""]
-    rows = [{"method": "BP", "ours": final["BP"], "Paper B": PAPER["accuracy"]["BP"]}]
+    rows = [{"method": "BP", "ours": _pm(final["BP"]), "Paper B": PAPER["accuracy"]["BP"]}]
     for f in families:
         paper_gain = PAPER["accuracy"][f + "+BPM"] - PAPER["accuracy"][f]
-        rows += [{"method": f, "ours": final[f], "Paper B": PAPER["accuracy"][f]},
-                 {"method": f + "+BPM", "ours": final[f + "+BPM"], "Paper B": PAPER["accuracy"][f + "+BPM"],
-                  "gain (ours)": summary["improvement"][f], "gain (Paper B)": paper_gain,
-                  "direction": _agree(summary["improvement"][f], paper_gain)}]
+        rows += [{"method": f, "ours": _pm(final[f]), "Paper B": PAPER["accuracy"][f]},
+                 {"method": f + "+BPM", "ours": _pm(final[f + "+BPM"]), "Paper B": PAPER["accuracy"][f + "+BPM"],
+                  "gain (ours)": _pm(summary["improvement"][f]), "gain (Paper B)": f"{paper_gain:+.2f}",
+                  "direction": _agree(summary["improvement"][f]["mean"], paper_gain)}]
     lines += [markdown_table(rows, ["method", "ours", "Paper B", "gain (ours)", "gain (Paper B)", "direction"]), ""]
-    recovered = summary["ff_gap_recovered"]
     paper_recovered = (68.30 - 40.10) / (82.90 - 40.10)
-    lines += [f"BP-modified FF recovers **{100 * recovered:.0f} %** of the FF→BP test-accuracy gap "
-              f"(Paper B: {100 * paper_recovered:.0f} %)." if recovered is not None else
-              "FF reached BP's accuracy here: there is no gap to recover.", ""]
-    per_seed = summary["ff_gap_recovered_per_seed"]
-    if len(per_seed) > 1:
-        seed_rows = [{"seed": s, "BP": final["BP" if s == cfg["seed"] else f"BP[seed {s}]"],
-                      "FF": final["FF" if s == cfg["seed"] else f"FF[seed {s}]"],
-                      "FF+BPM": final["FF+BPM" if s == cfg["seed"] else f"FF+BPM[seed {s}]"],
-                      "gap recovered %": None if g is None else 100 * g} for s, g in per_seed.items()]
-        lines += ["The same three runs from other initial weights and shuffles:", "",
-                  markdown_table(seed_rows, ["seed", "BP", "FF", "FF+BPM", "gap recovered %"]), ""]
-    ablation = final["FF+BPM(λ=0)"] - final["FF"]
+    lines += [f"BP-modified FF recovers **{_pm(gap['FF+BPM'], 100)} %** of the FF→BP test-accuracy gap in Paper B's "
+              f"regime (Paper B: {100 * paper_recovered:.0f} %); per seed (paired): "
+              + ", ".join(f"seed {s}: " + ("n/a" if g is None else f"{100 * g:.0f} %")
+                          for s, g in gap["FF+BPM"]["per_seed"].items()) + ".", ""]
     lines += ["## Table 3: the offset ablation (FF)", "",
-              markdown_table([{"method": "FF", "ours": final["FF"], "Paper B": 40.10},
-                              {"method": "FF+BPM(λ=0), a = a_bias", "ours": final["FF+BPM(λ=0)"], "Paper B": 46.21},
-                              {"method": "FF+BPM", "ours": final["FF+BPM"], "Paper B": 68.30}],
-                             ["method", "ours", "Paper B"]), "",
-              f"Paper B: the offset adds more than the scaling alone. Ours: λ = 0 changes FF by {ablation:+.2f}, "
-              f"the full method by {summary['improvement']['FF']:+.2f} — "
-              + ("agrees." if summary["improvement"]["FF"] > ablation else "differs."), ""]
+              markdown_table([{"method": "FF", "ours": _pm(final["FF"]), "Paper B": 40.10},
+                              {"method": "FF+BPM(λ=0), a = a_bias", "ours": _pm(final["FF+BPM(λ=0)"]), "Paper B": 46.21},
+                              {"method": "FF+BPM", "ours": _pm(final["FF+BPM"]), "Paper B": 68.30}],
+                             ["method", "ours", "Paper B"]), ""]
     mem_rows, time_rows = [], []
+    first = cfg["seeds"][0]
     for name in ["BP"] + [n for f in families for n in (f, f + "+BPM")]:
-        r = runs[name]
+        r = runs[name][first]
         mem_rows.append({"method": name, "step saved MiB": r["step_saved_mib"],
                          "refresh saved MiB": r.get("refresh_saved_mib"), "offset MiB": r.get("offset_mib"),
                          "CUDA peak MiB": r.get("step_cuda_mib"), "Paper B MB": PAPER["memory_mb"].get(name)})
-        time_rows.append({"method": name, "s/epoch": r["seconds_per_epoch"], "Paper B s/epoch": PAPER["seconds"].get(name)})
+        time_rows.append({"method": name, "s/epoch": _pm(mean_sd([x["seconds_per_epoch"] for x in runs[name].values()])),
+                          "Paper B s/epoch": PAPER["seconds"].get(name)})
     lines += ["## Table 4: memory", "", "Saved-for-backward peak of one training step and of one refresh "
-              "(micro-batches of b'), and the offsets (one value per trainable parameter of the modified blocks).", "",
+              "(micro-batches of b'), and the offsets (one value per trainable parameter of the modified blocks); "
+              f"seed {first} (memory does not depend on the seed).", "",
               markdown_table(mem_rows, ["method", "step saved MiB", "refresh saved MiB", "offset MiB",
                                         "CUDA peak MiB", "Paper B MB"]), "",
               "## Table 5: time per epoch (refreshes included)", "",
               markdown_table(time_rows, ["method", "s/epoch", "Paper B s/epoch"]), "",
-              "Extra time of BP-modified: " + ", ".join(f"{f} {100 * v:+.1f} %" for f, v in summary["extra_time"].items())
-              + " (Paper B ≤ 6 % at K = 1 epoch, B' ≈ 0.64 % of an epoch's samples; this configuration "
-              "refreshes every K = " + f"{runs['FF+BPM']['period']} steps with B' = {bpm['offset_samples']}, "
-              "a far larger share of the work, and these are wall times of runs sharing a CPU: "
-              "benchmarks/bp_modified.py measures the overhead at Paper B's proportions).", ""]
-    sens_rows = [{"setting": f"B' = {bpm['offset_samples']}, K = {bpm['period_epochs']} epoch",
-                  "accuracy": final["FF+BPM"], "s/epoch": runs["FF+BPM"]["seconds_per_epoch"]}]
-    for name, r in runs.items():
-        if name.startswith("FF+BPM(") and name != "FF+BPM(λ=0)":
-            sens_rows.append({"setting": name[7:-1], "accuracy": r["accuracy"][-1], "s/epoch": r["seconds_per_epoch"]})
-    lines += ["## Tables 6–7: sensitivity to B' and K (FF)", "",
-              markdown_table(sens_rows, ["setting", "accuracy", "s/epoch"]), "",
+              "Extra time of BP-modified: " + ", ".join(f"{f} {_pm(v, 100)} %" for f, v in summary["extra_time"].items())
+              + " (Paper B ≤ 6 %; wall times of runs on a possibly shared CPU).", ""]
+    sens_rows = []
+    for name in [n for n in runs if n.startswith("FF+BPM") and n != "FF+BPM(λ=0)"]:
+        r = runs[name][first]
+        sens_rows.append({"row": name, "regime": regime_label(r["settings"], r["period"], B),
+                          "scaling": r["settings"]["scaling"], "accuracy": _pm(final[name]),
+                          "gap recovered %": _pm(gap[name], 100)})
+    lines += ["## Tables 6–7: FF+BPM in other regimes (K in epochs, B' in samples), and recede's default scaling", "",
+              markdown_table(sens_rows, ["row", "regime", "scaling", "accuracy", "gap recovered %"]), "",
               "Paper B (ResNet-50 full): B' = 32 / 320 / 3200 → 38.97 / 68.30 / 74.62 %; "
               "K = 0.1 / 0.3 / 1 epoch → 73.98 / 68.18 / 68.14 %: larger B' and smaller K help, at more time.", ""]
-    t8 = [{"method": f, "first epoch ≥ original": summary["epochs_to_original"][f],
-           "original final acc": final[f], "Paper B": PAPER["epochs_to_original"].get(f)} for f in families]
+    t8 = [{"method": f, "first epoch ≥ original, per seed": ", ".join(str(e) for e in summary["epochs_to_original"][f].values()),
+           "original final acc": _pm(final[f]), "Paper B": PAPER["epochs_to_original"].get(f)} for f in families]
     lines += ["## Table 8: epochs for BP-modified to reach the original method's final accuracy", "",
-              markdown_table(t8, ["method", "first epoch ≥ original", "original final acc", "Paper B"]), "",
-              "## Scalars at the last refresh (BP-modified FF)", ""]
-    stats = runs["FF+BPM"]["refresh_stats"]
+              markdown_table(t8, ["method", "first epoch ≥ original, per seed", "original final acc", "Paper B"]), "",
+              f"## Scalars at the last refresh (BP-modified FF, seed {first})", ""]
+    stats = runs["FF+BPM"][first]["refresh_stats"]
     lines += [markdown_table([{"block": t, "a": stats["a"][t], "λ": stats["lam"][t], "bias": stats["bias"][t],
                                "variance": stats["variance"][t], "cos(ĝ, g_T)": stats["cos"][t],
                                "cos(g_h, g_T)": stats["cos_local"][t]} for t in range(len(stats["a"]))],
