@@ -75,8 +75,8 @@ def test_config_positional_and_null_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--model", "vgg"], "unknown model 'vgg'; available: linear-resnet, resmlp, resnet50, resnet62, "
-                                  "sequential, vit-b16"),
+    (["train", "--model", "vgg"], "unknown model 'vgg'; available: gpt2, linear-resnet, llama, resmlp, "
+                                  "resnet50, resnet62, sequential, vit-b16"),
     (["train", "--data", "cifar"], "unknown dataset 'cifar'; available: "),
     (["train", "--method", "mpc:99", *TINY], "horizon must be an integer in [1, 3]"),
     (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 stages, got 9"),
@@ -143,7 +143,7 @@ def test_errors_are_not_tracebacks_in_a_subprocess(tmp_path: Path) -> None:
     run = recede("train", "--model", "vgg", "--out", str(tmp_path / "run"))
     assert run.returncode == 2
     assert run.stderr.strip() == ("recede train: error: unknown model 'vgg'; available: "
-                                  "linear-resnet, resmlp, resnet50, resnet62, sequential, vit-b16")
+                                  "gpt2, linear-resnet, llama, resmlp, resnet50, resnet62, sequential, vit-b16")
 
 
 def test_flags_replace_the_config_file_s_lists(tmp_path: Path) -> None:

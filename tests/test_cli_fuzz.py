@@ -225,6 +225,33 @@ TOP = [
 ]
 
 
+LM_BASE = ["--model", "gpt2", "--model-opt", "n_layer=2", "--model-opt", "n_embd=8", "--model-opt", "n_head=2",
+           "--data", "text", "--data-opt", "path={files}/corpus", "--data-opt", "seq_len=16",
+           "--batch-size", "2"]
+LM_RUN = [*LM_BASE, "--epochs", "1", "--no-progress"]
+LM = [  # a GPT-2 on text (train, compare, bench, select); a later --data-opt path= wins
+    (["--data-opt", "seq_len=abc"], "option seq_len must be an integer, got 'abc'"),
+    (["--data-opt", "seq_len=1"], "seq_len must be >= 2"),
+    (["--data-opt", "seq_len=100000"], "seq_len 100000 is longer than the training split"),
+    (["--data-opt", "stride=0"], "stride >= 1"),
+    (["--data-opt", "tokenizer=wordpiece"], "tokenizer must be one of ('bytes', 'bpe')"),
+    (["--data-opt", "vocab_size=512"], "vocab_size=512 needs tokenizer=bpe"),
+    (["--data-opt", "tokenizer=bpe", "--data-opt", "vocab_size=100"], "needs vocab_size > 256"),
+    (["--data-opt", "val_fraction=1"], "val_fraction must be in (0, 1)"),
+    (["--data-opt", "path={files}/missing"], "is neither a file nor a folder"),
+    (["--data-opt", "path={files}/no-text"], "has no .txt files"),
+    (["--data-opt", "path={files}/binary-text"], "contains NUL bytes"),
+    (["--model-opt", "n_layer=0"], "model sizes must be at least 1, got n_layer=0"),
+    (["--model-opt", "n_head=3"], "must be divisible by num_heads"),
+    (["--model-opt", "preset=huge"], "preset must be one of"),
+    (["--model-opt", "attention=flash"], "attention must be one of ('sdpa', 'eager')"),
+    (["--model-opt", "head=stage"], "have no stages to share heads within"),
+    (["--model-opt", "blocks=9"], "blocks must be an integer in [1, 2]"),
+    (["--model-opt", "weights={files}/missing.pt"], "weights file not found"),
+    (["--model-opt", "n_positions=8"], "does not fit dataset 'text'"),
+]
+
+
 SELECT_BASE = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20", "--lam", "0.1"]
 
 
@@ -238,6 +265,8 @@ def _table() -> list[tuple[list[str], str]]:
             + cases("bench", TINY, *workload, RESMLP, BENCH)
             + cases("demo", DEMO, *workload, RESNET)
             + cases("select", SELECT_BASE, OUTPUT, CONFIG, SELECT_CONFIG, RESMLP, SELECT)
+            + cases("train", LM_RUN, LM) + cases("compare", LM_RUN, LM) + cases("bench", LM_RUN, LM)
+            + cases("select", [*LM_BASE, "--lam", "0.1"], LM)
             + cases("reproduce", ["paper-a"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
             + cases("reproduce", ["paper-b"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
             + cases("reproduce", [], REPRODUCE) + [(argv, message) for argv, message in TOP])
@@ -258,11 +287,13 @@ def _pick(command: str, *tokens: str) -> tuple[list[str], str]:
 SUB_CASES = [_pick("train", "--epochs", "0"), _pick("train", "--config", "{files}/invalid.yaml"),
              _pick("train", "width=abc"), _pick("select", "in_dim=3"), _pick("demo", "{good}"),
              _pick("train", "{new}"), _pick("select", "{files}/garbage.pt"),
-             _pick("reproduce", "paper-b"), _pick("train", "--nproc", "2")]
+             _pick("reproduce", "paper-b"), _pick("train", "--nproc", "2"),
+             _pick("train", "tokenizer=wordpiece")]
 
 
 def _id(i: int, argv: list[str]) -> str:
-    return f"{i + 1:03d}-of-{len(CASES)} " + " ".join(a for a in argv if a not in TINY + DEMO + SELECT_BASE)[:70]
+    shared = TINY + DEMO + SELECT_BASE + LM_RUN
+    return f"{i + 1:03d}-of-{len(CASES)} " + " ".join(a for a in argv if a not in shared)[:70]
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -297,6 +328,12 @@ def seeded(tmp_path_factory) -> Path:
                        ("plain.txt", "not a folder\n")]:
         (files / name).write_text(text)
     (files / "binary.yaml").write_bytes(b"\xff\xfe\x00epochs")
+    for name, content in [("corpus", b"def f(x):\n    return x + 1\n" * 20), ("binary-text", b"text\x00more")]:
+        (files / name).mkdir()
+        for i in range(4):
+            (files / name / f"doc{i}.txt").write_bytes(content)
+    (files / "no-text").mkdir()
+    (files / "no-text" / "notes.md").write_text("not a .txt file\n")
     (files / "garbage.pt").write_bytes(b"\x80\x04 not a pickle")
     torch.save({"linear.weight": torch.zeros(2, 2)}, files / "other-model.pt")
     (root / "cwd").mkdir()  # where a default --out would land

@@ -28,18 +28,24 @@ def _tiny_sequential() -> dict:
     return dict(model=seq, head=nn.Linear(5, 3))
 
 
-TINY = {  # name -> (options, input shape without batch, targets: "class" or number of outputs)
+TINY = {  # name -> (options, input shape without batch, targets: "class", "ids" or number of outputs)
     "linear-resnet": (lambda: dict(width=4, depth=5), (4,), 4),
     "resmlp": (lambda: dict(width=4, depth=5), (1,), 4),
     "resnet62": (lambda: dict(num_classes=3, widths=(2, 4), blocks_per_stage=2), (3, 8, 8), "class"),
     "resnet50": (lambda: dict(TINY_RESNET50), (3, 16, 16), "class"),
     "vit-b16": (lambda: dict(TINY_VIT), (3, 8, 8), "class"),
     "sequential": (_tiny_sequential, (6,), "class"),
+    "gpt2": (lambda: dict(vocab_size=32, n_positions=8, n_layer=3, n_embd=8, n_head=2), (8,), "ids"),
+    "llama": (lambda: dict(vocab_size=32, n_positions=8, n_layer=3, hidden_size=8, n_head=2, n_kv_head=1,
+                           intermediate_size=12), (8,), "ids"),
 }
 
 
 def _batch(shape: tuple[int, ...], target: int | str, n: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
+    if target == "ids":  # a language model: token ids, the targets are the ids themselves
+        x = torch.randint(0, 32, (n, *shape), generator=g)
+        return x, x
     x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     y = (torch.randint(0, 3, (n,), generator=g) if target == "class"
          else torch.randn(n, target, generator=g, dtype=torch.float64))
@@ -187,7 +193,8 @@ def test_core_package_imports_without_the_models_extra():
     import sys
 
     code = ("import sys, recede.models, recede.data; "
-            "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d'} & set(sys.modules)))")
+            "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d', 'transformers', "
+            "'tokenizers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -24,7 +24,7 @@ def examples() -> dict[str, str]:
 
 
 def test_readme_has_marked_examples():
-    assert {"torchvision-resnet18", "timm-vit"} <= set(examples())
+    assert {"torchvision-resnet18", "timm-vit", "gpt2-lora"} <= set(examples())
 
 
 @pytest.mark.parametrize("name", list(examples()))

@@ -59,11 +59,16 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = [{"method": spec.label, **paid_row(t, mem, times[bp], memories[bp]),
              "model ratio": predicted_ratio(costs, m)}
             for spec, m, t, mem in zip(specs, methods, times, memories)]
-    columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else [])
+    tokens = workload.tokens(args.batch_size)
+    if tokens is not None:
+        for row, t in zip(rows, times):
+            row["tokens/s"] = tokens / t.seconds
+    columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
+        + (["tokens/s"] if tokens is not None else [])
     title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}, {args.clock} clock"
     print_table(rows, columns, title=title)
     out = Path(args.out)
-    write_json(out / "metrics.json", {"rows": rows})
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info})
     (out / "report.md").write_text(
         f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "

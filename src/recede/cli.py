@@ -79,12 +79,12 @@ def run_train(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     rows = [r.row() for r in results]
-    columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
+    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
         + ["ms/step", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
     title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
     print_table(rows, columns, title=title)
-    write_json(out / "metrics.json", {"rows": rows, "history": {
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "history": {
         r.label: [e.as_dict() for e in r.history] for r in results}})
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(

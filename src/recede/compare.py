@@ -3,7 +3,8 @@
 Every method trains a fresh copy of the same model (same seed, same data order, same epochs
 and optimizer), then is measured on the same batch:
 
-* quality — final test loss, and test accuracy for classification;
+* quality — final test loss, and test accuracy for classification (bits per byte, perplexity
+  and tokens/s for a language model);
 * time / BP — what a step costs as the user pays it (:mod:`recede.usage`): the median wall
   time of ``backward`` (forward + gradient) over steps timed round-robin across the methods,
   plus for a BP-modified method one refresh (timed on its own) times the refreshes per step
@@ -91,8 +92,8 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     out = Path(args.out)
     results = [run_method(workload, spec, args, out=out) for spec in specs]
     rows = measure_frontier(workload, specs, results, args, timer)
-    quality = "test acc" if workload.classification else "test loss"
-    columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
+    quality = workload.quality
+    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
         + ["time ratio", "model ratio", "memory ratio", "state MiB"] \
         + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
         + ["cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
@@ -101,7 +102,7 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
                 title=title)
     frontier(rows, out / "frontier.png", quality, title)
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
-    write_json(out / "metrics.json", {"rows": rows, "history": {
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "history": {
         r.label: [e.as_dict() for e in r.history] for r in results}})
     report = out / "report.md"
     report.write_text(_report(title, rows, columns, quality))
@@ -125,10 +126,11 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
         row |= paid_row(t, r.memory, times[bp], results[bp].memory)
         row["refreshes"] = r.refreshes
         row["model ratio"] = predicted_ratio(costs, r.method)
+        if r.tokens_per_step is not None:
+            row["tokens/s"] = x.numel() / t.seconds
         row["cos θ"] = _gradient_cosine(r, workload, args)
         rows.append(row)
-    quality = "test acc" if workload.classification else "test loss"
-    for row, flag in zip(rows, dominated(rows, quality, higher_is_better=workload.classification)):
+    for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
         row["dominated"] = "yes" if flag else "no"
     return rows
 

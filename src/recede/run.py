@@ -118,6 +118,21 @@ class Workload:
     def classification(self) -> bool:
         return self.task.kind == "classification"
 
+    @property
+    def quality(self) -> str:
+        """The row column that ranks methods: test accuracy, an LM's bits per byte, else test loss."""
+        return {"classification": "test acc", "language-model": "test bits/byte"}.get(self.task.kind, "test loss")
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """Result columns beside the losses: accuracy, or an LM's bits per byte, perplexity and tokens/s."""
+        return {"classification": ["test acc"],
+                "language-model": ["test bits/byte", "test perplexity", "tokens/s"]}.get(self.task.kind, [])
+
+    def tokens(self, batch_size: int) -> int | None:
+        """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
+        return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
+
     def build(self, seed: int):
         torch.manual_seed(seed)
         return models.build(self.model, self.task, **self.model_options).to(self.device)
@@ -138,6 +153,7 @@ class MethodResult:
     net: torch.nn.Module = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
+    tokens_per_step: int | None = None  # a language model's tokens per training step
 
     @property
     def final(self) -> EpochRecord:
@@ -154,9 +170,12 @@ class MethodResult:
         return 1000 * sum(r.seconds for r in self.history) / self.steps
 
     def row(self) -> dict[str, Any]:
+        extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
+        if self.tokens_per_step is not None:
+            extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
         return {"method": self.label, "train loss": self.final.train_loss,
                 "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
-                "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
+                **extra, "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
                 "state MiB": self.memory.state_mib,
                 "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
                 else self.memory.cuda_peak_bytes / 2**20}
@@ -230,7 +249,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
                         lr_rule=lr_rule, classification=workload.classification,
                         device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
                         progress=writes and not args.no_progress, description=spec.label,
-                        rank=workload.rank, world_size=workload.world_size)
+                        rank=workload.rank, world_size=workload.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
         kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
@@ -241,7 +260,9 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     x, y = workload.batch(args.batch_size)
     memory = measure_paid(local, net, x, y, optimizer, workload.device)
     optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0))
+    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
+                        workload.tokens(args.batch_size * workload.world_size))
+
 
 
 def _tensorboard_writer(folder: Path):

@@ -325,7 +325,7 @@ def run_select(args: argparse.Namespace) -> int:
     columns = list(rows[0])
     print_table(rows, columns, title=f"{args.model} on {args.data}: {result.choice.message}")
     out = Path(args.out)
-    write_json(out / "selection.json", {"config": args.resolved, **result.as_dict()})
+    write_json(out / "selection.json", {"config": args.resolved, "data": task.info, **result.as_dict()})
     (out / "report.md").write_text(f"# Horizon selection: {args.model} on {args.data}\n\n"
                                    f"{result.choice.message}\n\n{markdown_table(rows, columns)}\n")
     if not result.feasible:

@@ -85,8 +85,10 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
 
 @torch.no_grad()
 def evaluate(net: BlockNet, dataset: Dataset, batch_size: int = 512,
-             device: torch.device | str = "cpu", classification: bool = False) -> dict[str, float]:
-    """Mean final loss L(x_T) over ``dataset`` (and accuracy for classification)."""
+             device: torch.device | str = "cpu", classification: bool = False,
+             metrics: Callable[[float], dict[str, float]] | None = None) -> dict[str, float]:
+    """Mean final loss L(x_T) over ``dataset`` (and accuracy for classification), plus
+    ``metrics(loss)`` (e.g. :meth:`recede.data.Task.metrics`: bits per byte of an LM)."""
     was_training = net.training
     net.eval()
     total, correct, count = 0.0, 0, 0
@@ -101,6 +103,8 @@ def evaluate(net: BlockNet, dataset: Dataset, batch_size: int = 512,
     result = {"loss": total / count}
     if classification:
         result["accuracy"] = correct / count
+    if metrics is not None:
+        result |= metrics(result["loss"])
     return result
 
 
@@ -146,7 +150,8 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
           on_step: Callable[[int, int, float], None] | None = None,
           on_epoch: Callable[[EpochRecord], None] | None = None,
           progress: bool = True, description: str = "train", rank: int = 0,
-          world_size: int = 1) -> list[EpochRecord]:
+          world_size: int = 1, metrics: Callable[[float], dict[str, float]] | None = None
+          ) -> list[EpochRecord]:
     """Train ``net`` with ``method`` from ``state`` (default: the start) to the end of ``epochs``.
 
     ``state`` is updated in place after every step, so ``on_step(epoch, step, loss)`` (run after
@@ -154,7 +159,8 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
     resumed from a saved state skips the batches of the current epoch already done: the shuffle
     of epoch e depends only on (seed, e), so it continues exactly where it stopped.
     ``rank``/``world_size``: train on this rank's shard of each epoch (see :func:`batches`),
-    with ``method`` wrapped in :class:`recede.distributed.DataParallel`.
+    with ``method`` wrapped in :class:`recede.distributed.DataParallel`.  ``metrics`` derives
+    further test metrics from the test loss (:func:`evaluate`).
     A non-finite loss raises :class:`~recede.engine.NonFiniteLossError` naming the step, before
     the optimizer touches the parameters.  Returns the records of every epoch of the run.
     """
@@ -192,7 +198,8 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
             if lr_rule is not None:
                 lr_rule.step(record.train_loss)
             if test_set is not None:
-                record.test = evaluate(net, test_set, device=device, classification=classification)
+                record.test = evaluate(net, test_set, device=device, classification=classification,
+                                       metrics=metrics)
             state.history.append(record)
             state.epoch, state.step, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
             if on_epoch is not None:

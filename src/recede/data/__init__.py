@@ -2,14 +2,17 @@
 
 A :class:`Task` is a train and a test ``TensorDataset``/``Dataset`` plus what a model needs to
 know about them.  Everything registered here runs offline: the synthetic sets of Paper A
-App. D (M1, M2), scikit-learn's bundled digits, and loaders for folders the user supplies.
+App. D (M1, M2), scikit-learn's bundled digits, text for language models (the Python standard
+library's sources by default), and loaders for folders the user supplies.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -23,13 +26,22 @@ class Task:
     name: str
     train: Dataset
     test: Dataset
-    kind: str  # "regression" or "classification"
+    kind: str  # "regression", "classification" or "language-model"
     input_shape: tuple[int, ...]
-    output_dim: int  # regression targets or number of classes
+    output_dim: int  # regression targets, number of classes, or vocabulary size
+    info: dict[str, Any] = field(default_factory=dict)  # provenance written with results
 
     def __post_init__(self) -> None:
         if len(self.train) == 0:
             raise ValueError(f"dataset {self.name!r} has an empty training split")
+
+    def metrics(self, loss: float) -> dict[str, float]:
+        """What a mean test loss means for this task: for a language model (loss in nats per
+        token), bits per byte ``loss / ln 2 / bytes_per_token`` and perplexity ``e^loss``."""
+        if self.kind != "language-model":
+            return {}
+        return {"bits/byte": loss / math.log(2) / self.info["bytes_per_token"],
+                "perplexity": math.exp(min(loss, 700.0))}
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -73,4 +85,4 @@ def load(name: str, **options: object) -> Task:
     return _REGISTRY[name](**options)
 
 
-from recede.data import images, synthetic  # noqa: E402,F401  (registration side effect)
+from recede.data import images, synthetic, text  # noqa: E402,F401  (registration side effect)

@@ -48,19 +48,21 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     """Build the registered model ``name``.
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
-    ``in_channels``, ``num_classes``) default to the task's; explicit ``options`` win.  Options
-    are checked against the builder's parameters and annotations first
-    (:func:`recede.config.check_keywords`): an unknown name or a value of the wrong type is a
-    ``ValueError`` naming it.
+    ``in_channels``, ``num_classes``; for a language-model task ``vocab_size`` and the context
+    ``n_positions``) default to the task's; explicit ``options`` win.  Options are checked
+    against the builder's parameters and annotations first (:func:`recede.config.check_keywords`):
+    an unknown name or a value of the wrong type is a ``ValueError`` naming it.
     """
     builder = _builder(name)
     accepted = inspect.signature(builder).parameters
     if task is not None:
         sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
+        if task.kind == "language-model":
+            sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}
         options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
     check_keywords(builder, options, f"model {name!r}")
     return builder(**options)
 
 
-from recede.models import mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)
+from recede.models import language, mlp, resnet, sequential, timm_models  # noqa: E402,F401  (registration side effect)

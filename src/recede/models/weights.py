@@ -42,7 +42,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None) -> nn.Module:
-    """Load a local state dict into ``model`` (a timm model), strictly except for the classifier.
+    """Load a local state dict into ``model`` (a timm or Hugging Face model), strictly except for
+    the classifier; a tied weight stored once (under either of its names) loads both.
 
     Every key must match the model's names and shapes, except that the classifier's entries
     (``classifier``, default timm's ``pretrained_cfg["classifier"]``, e.g. ``fc`` or ``head``)
@@ -59,7 +60,7 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
     skipped = [k for k in state if prefix and k.startswith(prefix + ".") and k in own
                and state[k].shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in skipped}
-    missing = sorted(set(own) - set(state) - set(skipped))
+    missing = sorted(set(own) - set(state) - set(skipped) - _tied_aliases(own, state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in set(state) & set(own) if state[k].shape != own[k].shape)
@@ -71,3 +72,10 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
         raise ValueError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     return model
+
+
+def _tied_aliases(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> set[str]:
+    """Keys of ``own`` that share their tensor with a key in ``state`` (a tied weight, e.g. an LM
+    head tied to the token embedding, which Hugging Face files store once)."""
+    stored = {own[k].data_ptr() for k in state if k in own}
+    return {k for k, v in own.items() if k not in state and v.data_ptr() in stored}

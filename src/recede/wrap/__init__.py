@@ -178,4 +178,4 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
     return [layout.independent_head(end - 1) for end in ends[:-1]] + [final]
 
 
-from recede.wrap import sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)
+from recede.wrap import huggingface, sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)

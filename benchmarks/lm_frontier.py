@@ -1,0 +1,150 @@
+"""The language-model frontier of docs/language-models.md: ``recede compare`` once per seed, then
+mean ± std over seeds.
+
+A tiny GPT-2 (default 4 layers, width 64, 2 heads, byte-level, context 512) trains with each
+method on the pinned stdlib corpus (``recede.data.text``) for ``--steps`` steps of Adam (one
+epoch: the training windows' stride is chosen so that the epoch has that many batches), then
+``recede compare`` measures every method as the CLI does.  Checkpointed BP computes BP's
+gradient exactly (tests/test_language.py checks the trained bits per byte agree), so it is not
+trained again: ``recede bench`` measures its memory and time against BP on the same model and
+batch, and its row takes BP's bits per byte.  Each seed's runs go to ``OUT/seed-S`` and are
+skipped when their ``metrics.json`` exists, so an interrupted run resumes.
+The summary, ``OUT/frontier.json``, ``OUT/frontier.md`` and ``OUT/frontier.png``, gives per
+method the mean ± std over seeds of validation bits per byte, saved-activation memory and step
+time relative to BP, cos θ to BP's gradient and tokens/s, and which methods meet the target of
+issue 12: at most half of BP's saved activations within 5 % of BP's bits per byte.
+
+    python benchmarks/lm_frontier.py --out results/lm-frontier [--seeds 0 1 2] [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from recede import data
+from recede.cli import main as recede_main
+from recede.plots import figure
+from recede.reports import markdown_table, write_json
+
+METHODS = ["bp", "ff", "mpc:2", "mpc:3", "loco:3", "bpm-ff"]
+MEASURES = ["test bits/byte", "memory ratio", "time ratio", "cos θ", "tokens/s", "saved MiB"]
+
+
+def workload_argv(args: argparse.Namespace, seed: int, stride: int) -> list[str]:
+    """The model, data and optimizer options every command of one seed shares."""
+    model = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads}
+    return ["--model", "gpt2", "--data", "text", "--data-opt", f"seq_len={args.seq_len}",
+            "--data-opt", f"stride={stride}", *[a for k, v in model.items() for a in ("--model-opt", f"{k}={v}")],
+            "--batch-size", str(args.batch), "--optimizer", "adam", "--lr", str(args.lr), "--threads", "1",
+            "--seed", str(seed), "--no-progress"]
+
+
+def run(argv: list[str], metrics: Path) -> dict:
+    """``recede ARGV`` unless ``metrics`` already exists; its contents."""
+    if not metrics.exists():
+        print("recede " + " ".join(argv), flush=True)
+        if recede_main(argv) != 0:
+            raise SystemExit(f"recede {argv[0]} failed")
+    return json.loads(metrics.read_text())
+
+
+def seed_rows(args: argparse.Namespace, seed: int, stride: int) -> dict:
+    """``recede compare`` of the trained methods, with checkpointed BP's row from ``recede bench``."""
+    folder, common = args.out / f"seed-{seed}", workload_argv(args, seed, stride)
+    compared = run(["compare", *common, "--epochs", "1", "--methods", *args.methods, "--bpm-period",
+                    str(args.bpm_period), "--bpm-samples", str(args.bpm_samples), "--bpm-micro-batch", "1",
+                    "--out", str(folder / "compare")], folder / "compare" / "metrics.json")
+    benched = run(["bench", *common, "--methods", "ckpt", "--out", str(folder / "bench")],
+                  folder / "bench" / "metrics.json")
+    bp = next(r for r in compared["rows"] if r["method"] == "BP")
+    ckpt = next(r for r in benched["rows"] if r["method"].startswith("BP+ckpt"))
+    ckpt_row = {"method": ckpt["method"], "test bits/byte": bp["test bits/byte"], "cos θ": 1.0,
+                "memory ratio": ckpt["memory ratio"], "time ratio": ckpt["time ratio"],
+                "tokens/s": ckpt["tokens/s"], "saved MiB": ckpt["saved MiB"]}
+    return {"rows": [bp, ckpt_row, *compared["rows"][1:]], "data": compared["data"]}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per method (in the runs' order): mean and std over seeds of each measure."""
+    rows = []
+    for method in [r["method"] for r in runs[0]["rows"]]:
+        per_seed = [next(r for r in run["rows"] if r["method"] == method) for run in runs]
+        row = {"method": method, "seeds": len(per_seed)}
+        for measure in MEASURES:
+            values = [float(r[measure]) for r in per_seed]
+            row[measure] = statistics.fmean(values)
+            row[f"{measure} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def meets_target(rows: list[dict], memory: float = 0.5, slack: float = 0.05) -> list[str]:
+    """Methods at ≤ ``memory`` × BP's saved activations within ``slack`` of BP's bits per byte."""
+    bp = next(r for r in rows if r["method"] == "BP")["test bits/byte"]
+    return [r["method"] for r in rows if r["method"] != "BP" and r["memory ratio"] <= memory
+            and r["test bits/byte"] <= (1 + slack) * bp]
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    with figure(path, 1, 2, figsize=(10, 4), sharey=True) as (fig, axes):
+        for ax, cost, name in ((axes[0], "memory ratio", "saved activations / BP"),
+                               (axes[1], "time ratio", "step time / BP")):
+            for i, row in enumerate(rows):
+                ax.errorbar(row[cost], row["test bits/byte"], xerr=row[f"{cost} std"],
+                            yerr=row["test bits/byte std"], fmt="o", color=f"C{i % 10}", capsize=3)
+                ax.annotate(row["method"], (row[cost], row["test bits/byte"]), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+            ax.set(xlabel=name, title=title if ax is axes[0] else "")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("validation bits per byte (↓ better)")
+
+
+def cell(row: dict, measure: str, digits: int) -> str:
+    return f"{row[measure]:.{digits}f} ± {row[f'{measure} std']:.{digits}f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("results/lm-frontier"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--bpm-period", type=int, default=200)
+    p.add_argument("--bpm-samples", type=int, default=16)
+    args = p.parse_args()
+
+    task = data.load("text", seq_len=args.seq_len)
+    stride = (task.info["train tokens"] - args.seq_len) // (args.steps * args.batch - 1)
+    runs = [seed_rows(args, seed, stride) for seed in args.seeds]
+    rows = summarise(runs)
+    target = meets_target(rows)
+    title = (f"GPT-2 {args.layers}×{args.width}, context {args.seq_len}, batch {args.batch}, "
+             f"{args.steps} steps, {len(runs)} seeds")
+    plot(rows, args.out / "frontier.png", title)
+    write_json(args.out / "frontier.json", {"settings": vars(args) | {"out": str(args.out), "stride": stride},
+                                            "data": runs[0]["data"], "rows": rows, "meets target": target})
+    table = [{"method": r["method"], "val bits/byte": cell(r, "test bits/byte", 3),
+              "memory / BP": cell(r, "memory ratio", 2), "time / BP": cell(r, "time ratio", 2),
+              "cos θ": cell(r, "cos θ", 3), "tokens/s": cell(r, "tokens/s", 0),
+              "saved MiB": f"{r['saved MiB']:.1f}"} for r in rows]
+    text = (f"# {title}\n\ncorpus {runs[0]['data']['corpus']}, sha256 {runs[0]['data']['sha256'][:16]}…\n\n"
+            f"{markdown_table(table, list(table[0]))}\n\nmean ± std over seeds {args.seeds}. BP+ckpt "
+            f"computes BP's gradient, so its bits per byte are BP's; its memory and time are measured by "
+            f"recede bench on the same model and batch. "
+            f"At ≤ 0.5× BP's saved activations within 5 % of BP's bits per byte: "
+            f"{', '.join(target) if target else 'none'}.\n\n![frontier](frontier.png)\n")
+    (args.out / "frontier.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

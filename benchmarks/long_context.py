@@ -1,0 +1,174 @@
+"""Long context: saved-activation memory and step time against sequence length for BP, ckpt and
+MPC(h) on a GPT-2, and where activations overtake the training state.
+
+For each sequence length S (default 256 … 4096) one batch of real text (the pinned stdlib
+corpus, byte-level) goes through one step of each method: the peak bytes saved for backward
+(``recede.memory.measure``: parameters excluded, de-duplicated by storage; plus the CUDA peak on
+a GPU) and, unless ``--no-timing``, the median step time over interleaved repeats
+(``recede.bench.interleaved_medians``).  The *training state* is what does not depend on S:
+parameters, their gradients and Adam's two moments, 4 × the trainable parameter bytes.  From a
+least-squares fit of log memory against log S the script prints each method's exponent and the
+length at which its saved activations equal the training state.
+
+Writes ``OUT/long_context.json``, ``OUT/long_context.md`` and ``OUT/long_context.png``.  Nothing
+is asserted: read the numbers.
+
+    python benchmarks/long_context.py --out results/long-context [--lengths 256 512 1024 2048 4096]
+    python benchmarks/long_context.py --out results/long-context-small --preset small --vocab 50257 \\
+        --lengths 128 256 512 --no-timing      # GPT-2 small's state and activations, memory only
+    python benchmarks/long_context.py --preset small --vocab 50257 --lengths 256 512 1024 \\
+        --device cuda --bf16                   # on a GPU: GPT-2 small at 1024 in bf16, CUDA peak too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.ticker import NullLocator
+
+from recede import data, models
+from recede.bench import interleaved_medians, timed_step
+from recede.memory import measure
+from recede.methods import build_method, parse_method
+from recede.plots import figure
+from recede.reports import markdown_table, write_json
+
+METHODS = ["bp", "ckpt", "ff", "mpc:2", "mpc:3"]
+MiB = 2**20
+
+
+def text_batch(seq_len: int, batch: int, device: torch.device) -> torch.Tensor:
+    """The first ``batch`` windows of ``seq_len`` bytes of the stdlib corpus."""
+    task = data.load("text", seq_len=seq_len)
+    return torch.stack([task.train[i][0] for i in range(batch)]).to(device)
+
+
+def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device) -> list[dict]:
+    """One row per method at one sequence length."""
+    torch.manual_seed(0)
+    net = models.build("gpt2", vocab_size=args.vocab, n_positions=max(args.lengths), preset=args.preset,
+                       attention=args.attention,
+                       **{k: v for k, v in (("n_layer", args.layers), ("n_embd", args.width),
+                                            ("n_head", args.heads)) if v is not None}).to(device)
+    state = 4 * sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+    x = text_batch(seq_len, args.batch, device)
+    methods = [build_method(net, spec) for spec in args.methods]
+    seconds = [math.nan] * len(methods)
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    if not args.no_timing:
+        runs = {spec: timed_step(m, net, x, x) for spec, m in zip(args.methods, methods)}
+        with precision:
+            seconds = list(interleaved_medians(runs, args.repeats, warmup=1, device=device).values())
+    rows = []
+    for spec, method, step in zip(args.methods, methods, seconds):
+        net.zero_grad(set_to_none=True)
+        with precision:
+            _, memory = measure(lambda: method.backward(x, x), module=net, device=device)
+        rows.append({"S": seq_len, "method": parse_method(spec).label, "T": net.T,
+                     "saved MiB": memory.saved_peak_bytes / MiB, "state MiB": state / MiB,
+                     "saved / state": memory.saved_peak_bytes / state,
+                     "cuda peak MiB": None if memory.cuda_peak_bytes is None else memory.cuda_peak_bytes / MiB,
+                     "s/step": step, "tokens/s": args.batch * seq_len / step})
+        print(f"S = {seq_len:5d}  {rows[-1]['method']:10s} saved {rows[-1]['saved MiB']:9.1f} MiB  "
+              f"step {step:8.3f} s", flush=True)
+    net.zero_grad(set_to_none=True)
+    return rows
+
+
+def scaling(rows: list[dict]) -> list[dict]:
+    """Per method: the exponent of saved memory in S and the S where it equals the training state."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        lengths = np.array([r["S"] for r in mine], dtype=float)
+        saved = np.array([r["saved MiB"] for r in mine])
+        slope, intercept = np.polyfit(np.log(lengths), np.log(saved), 1) if len(mine) > 1 else (math.nan, math.nan)
+        state = mine[0]["state MiB"]
+        crossing = math.exp((math.log(state) - intercept) / slope) if len(mine) > 1 else math.nan
+        bp = [r for r in rows if r["method"] == "BP"]
+        out.append({"method": method, "memory exponent in S": slope, "S where saved = state": crossing,
+                    "saved / BP at longest S": mine[-1]["saved MiB"] / bp[-1]["saved MiB"] if bp else math.nan,
+                    "time / BP at longest S": mine[-1]["s/step"] / bp[-1]["s/step"] if bp else math.nan})
+    return out
+
+
+def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
+    with figure(path, 1, 2 if timing else 1, figsize=(11 if timing else 6, 4)) as (fig, axes):
+        axes = np.atleast_1d(axes)
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+            mine = [r for r in rows if r["method"] == method]
+            lengths = [r["S"] for r in mine]
+            axes[0].plot(lengths, [r["saved MiB"] for r in mine], "o-", color=f"C{i}", label=method)
+            if timing:
+                axes[1].plot(lengths, [r["s/step"] for r in mine], "o-", color=f"C{i}", label=method)
+        lengths = sorted({r["S"] for r in rows})
+        axes[0].plot(lengths, [rows[0]["state MiB"]] * len(lengths), "k--",
+                     label="training state (params, grads, Adam)")
+        axes[0].set(xscale="log", yscale="log", xlabel="sequence length S", ylabel="MiB saved for backward",
+                    title=title)
+        axes[0].legend(fontsize=8)
+        if timing:
+            axes[1].set(xscale="log", yscale="log", xlabel="sequence length S", ylabel="seconds per step")
+        for ax in axes:
+            ax.set_xticks(lengths, [str(s) for s in lengths])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.grid(alpha=0.3, which="both")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("results/long-context"))
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--preset", default="tiny", help="gpt2 preset (small: GPT-2 small, ignores the sizes)")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=256, help="256: byte level; 50257: GPT-2's own vocabulary size")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"],
+                   help="sdpa: fused attention, O(S) saved; eager: saved attention weights, O(S²)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-timing", action="store_true", help="memory only (one step per method)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="run the steps under torch.autocast(bfloat16)")
+    p.add_argument("--replot", action="store_true",
+                   help="measure nothing: redraw the plot and tables from OUT/long_context.json")
+    args = p.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "long_context.json").read_text())
+        vars(args).update({k: v for k, v in saved["settings"].items() if k not in ("out", "replot")})
+        rows = saved["rows"]
+    if args.preset == "small":
+        args.layers = args.width = args.heads = None
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if not args.replot:
+        rows = [row for seq_len in args.lengths for row in measure_length(args, seq_len, device)]
+    fits = scaling(rows)
+    T = rows[0]["T"]
+    shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
+    title = (f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, "
+             f"{'bf16 autocast' if args.bf16 else 'fp32'}, {device}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out / "long_context.png", title, timing=not args.no_timing)
+    settings = {k: v for k, v in vars(args).items() if k != "replot"} | {"out": str(args.out)}
+    write_json(args.out / "long_context.json", {"settings": settings,
+                                                "device": str(device), "rows": rows, "fits": fits})
+    columns = ["S", "method", "saved MiB", "saved / state", "s/step", "tokens/s"] + \
+        (["cuda peak MiB"] if device.type == "cuda" else [])
+    text = (f"# Long context: {title}\n\ntraining state (params + grads + Adam moments): "
+            f"{rows[0]['state MiB']:.1f} MiB\n\n{markdown_table(rows, columns)}\n\n"
+            f"{markdown_table(fits, list(fits[0]))}\n\n![long context](long_context.png)\n")
+    (args.out / "long_context.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
