@@ -32,17 +32,9 @@ from torch import nn
 from recede import MPC, BlockNet
 from recede.cost import calibrate, horizon_cost, uniform_ratio
 from recede.memory import measure
+from recede.models.mlp import Residual
 from recede.reports import markdown_table
 from recede.usage import interleaved_medians, keep_freed_memory, timed_step
-
-
-class ResidualLayer(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.relu(self.linear(x))
 
 
 def main() -> None:
@@ -65,7 +57,7 @@ def main() -> None:
     horizons = args.horizons or [h for h in (1, 2, 4, 8, 16, 32) if h <= T]
 
     torch.manual_seed(0)
-    net = BlockNet([ResidualLayer(args.width) for _ in range(T)],
+    net = BlockNet([Residual(args.width, bias=True, activation=True) for _ in range(T)],
                    [nn.Linear(args.width, args.classes) for _ in range(T)], nn.CrossEntropyLoss())
     x, y = torch.randn(args.batch, args.width), torch.randint(0, args.classes, (args.batch,))
     net.check(x, y)

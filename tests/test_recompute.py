@@ -18,18 +18,22 @@ def _grads(net, method, x, y) -> list[torch.Tensor]:
     return [loss] + [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
 
 
+def _assert_same_loss_and_gradients(checkpointed: list, exact: list) -> None:
+    """``[loss, grad, ...]`` of checkpointed BP equal to BP's in float64 (None where BP has none)."""
+    assert checkpointed[0] == pytest.approx(exact[0], rel=1e-12)
+    for g, h in zip(exact[1:], checkpointed[1:]):
+        assert (g is None) == (h is None)
+        if g is not None:
+            torch.testing.assert_close(h, g, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("segments", [None, 1, 2, 5])
 def test_gradient_is_bp_gradient_in_float64(segments) -> None:
     torch.manual_seed(0)
     net = models.build("resmlp", width=6, depth=7).double()
     x, y = torch.randn(16, 1, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
     exact = _grads(net, MPC(net, net.T), x, y)
-    checkpointed = _grads(net, CheckpointedBP(net, segments), x, y)
-    assert checkpointed[0] == pytest.approx(exact[0], rel=1e-12)
-    for g, h in zip(exact[1:], checkpointed[1:]):
-        assert (g is None) == (h is None)
-        if g is not None:
-            torch.testing.assert_close(h, g, rtol=1e-12, atol=1e-14)
+    _assert_same_loss_and_gradients(_grads(net, CheckpointedBP(net, segments), x, y), exact)
 
 
 def test_saved_memory_counts_boundaries_and_one_recomputed_segment() -> None:
@@ -81,9 +85,4 @@ def test_integer_and_pytree_inputs_give_the_bp_gradient(name, float64) -> None:
     net, (x, y) = make(), sample()
     exact = _grads(net, MPC(net, net.T), x, y)
     for segments in range(1, net.T + 1):
-        checkpointed = _grads(net, CheckpointedBP(net, segments), x, y)
-        assert checkpointed[0] == pytest.approx(exact[0], rel=1e-12)
-        for g, h in zip(exact[1:], checkpointed[1:]):
-            assert (g is None) == (h is None)
-            if g is not None:
-                torch.testing.assert_close(h, g, rtol=1e-12, atol=1e-14)
+        _assert_same_loss_and_gradients(_grads(net, CheckpointedBP(net, segments), x, y), exact)
