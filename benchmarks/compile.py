@@ -36,22 +36,7 @@ import recede
 from recede.usage import interleaved_medians, timed_step
 from recede.reports import markdown_table
 
-
-class CausalLayer(nn.Module):
-    """A transformer layer attending to earlier tokens only (GPT-2's causal mask)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
-                                                batch_first=True, norm_first=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
-        return self.layer(x, src_mask=mask, is_causal=True)
-
-
-def per_token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+from models import Causal, per_token_cross_entropy  # benchmarks/models.py, beside this script
 
 
 def resnet50() -> tuple[recede.BlockNet, torch.Tensor, torch.Tensor]:
@@ -63,7 +48,7 @@ def resnet50() -> tuple[recede.BlockNet, torch.Tensor, torch.Tensor]:
 
 def gpt2_stack(layers: int = 12, width: int = 768, heads: int = 12, tokens: int = 64,
                vocab: int = 2048) -> tuple[recede.BlockNet, torch.Tensor, torch.Tensor]:
-    stack = nn.Sequential(*[CausalLayer(width, heads) for _ in range(layers)])
+    stack = nn.Sequential(*[Causal(width, heads) for _ in range(layers)])
     head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))
     net = recede.wrap(stack, head=head, loss_fn=per_token_cross_entropy)
     return net, torch.randn(1, tokens, width), torch.randint(0, vocab, (1, tokens))

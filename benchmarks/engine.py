@@ -57,7 +57,7 @@ def main() -> None:
     horizons = args.horizons or [h for h in (1, 2, 4, 8, 16, 32) if h <= T]
 
     torch.manual_seed(0)
-    net = BlockNet([Residual(args.width, bias=True, activation=True) for _ in range(T)],
+    net = BlockNet([Residual(args.width) for _ in range(T)],
                    [nn.Linear(args.width, args.classes) for _ in range(T)], nn.CrossEntropyLoss())
     x, y = torch.randn(args.batch, args.width), torch.randint(0, args.classes, (args.batch,))
     net.check(x, y)

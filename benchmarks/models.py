@@ -72,19 +72,19 @@ class Causal(nn.Module):
                                                 batch_first=True, norm_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
         return self.layer(x, src_mask=mask, is_causal=True)
+
+
+def per_token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def gpt_small(depth: int = 8, width: int = 256, heads: int = 4, vocab: int = 256, length: int = 128) -> BlockNet:
     """A GPT-2-shaped decoder stack whose blocks are its layers, one LM head shared by every depth."""
     layers = [Causal(width, heads) for _ in range(depth)]
     head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))
-
-    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-
-    return BlockNet([Embedding(vocab, width, length, layers[0]), *layers[1:]], head, loss)
+    return BlockNet([Embedding(vocab, width, length, layers[0]), *layers[1:]], head, per_token_cross_entropy)
 
 
 def workload(name: str, batch: int, resnet50_side: int) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:

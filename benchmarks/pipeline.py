@@ -38,6 +38,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from recede import distributed
 from recede.usage import interleaved_medians
 from recede.blocks import BlockNet
+from recede.models.mlp import Residual
 from recede.memory import SavedTensorMeter
 from recede.pipeline import Pipeline, Plan, even_sizes, simulate
 from recede.plots import figure
@@ -45,15 +46,6 @@ from recede.reports import markdown_table, write_json
 
 CLASSES = 10
 BASELINE = "1F1B-BP"
-
-
-class Residual(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.linear(x))
 
 
 class _LastStage(nn.Module):
@@ -69,7 +61,7 @@ class _LastStage(nn.Module):
 
 def residual_mlp(T: int, width: int, seed: int) -> BlockNet:
     torch.manual_seed(seed)
-    return BlockNet([Residual(width) for _ in range(T)], [nn.Linear(width, CLASSES) for _ in range(T)],
+    return BlockNet([Residual(width, activation=nn.Tanh) for _ in range(T)], [nn.Linear(width, CLASSES) for _ in range(T)],
                     nn.CrossEntropyLoss())
 
 

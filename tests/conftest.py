@@ -15,27 +15,23 @@ torch.set_num_threads(1)
 from torch import nn
 
 from recede import BlockNet
-from recede.models import build
+from recede.models import build, mlp
 
 
-class Residual(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.linear(x))
+def tanh_residual(width: int) -> nn.Module:
+    """``x + tanh(linear(x))``, the tests' residual block."""
+    return mlp.Residual(width, activation=nn.Tanh)
 
 
 def resmlp_independent(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
     """Residual MLP, one linear head per depth, cross-entropy."""
-    return BlockNet([Residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
+    return BlockNet([tanh_residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
                     nn.CrossEntropyLoss())
 
 
 def resmlp_shared(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
     """Residual MLP, one head shared by every depth."""
-    return BlockNet([Residual(width) for _ in range(T)], nn.Linear(width, classes), nn.CrossEntropyLoss())
+    return BlockNet([tanh_residual(width) for _ in range(T)], nn.Linear(width, classes), nn.CrossEntropyLoss())
 
 
 def conv_resnet() -> BlockNet:
@@ -63,7 +59,7 @@ def shared_blocks(width: int = 5, classes: int = 3) -> BlockNet:
     """One Linear used by four blocks (two of them the same module object), independent heads."""
     shared = nn.Linear(width, width)
     first = ResidualWith(shared)
-    blocks = [first, ResidualWith(shared), Residual(width), ResidualWith(shared), first]
+    blocks = [first, ResidualWith(shared), tanh_residual(width), ResidualWith(shared), first]
     return BlockNet(blocks, [nn.Linear(width, classes) for _ in blocks], nn.CrossEntropyLoss())
 
 
@@ -83,7 +79,7 @@ def tied_embedding(vocab: int = 7, width: int = 5, T: int = 5) -> BlockNet:
     """Token ids → embedding (block 0) → residual blocks; one head shared by every depth whose
     output layer is the embedding (tied, as GPT-2's wte and lm_head)."""
     embedding = nn.Embedding(vocab, width)
-    return BlockNet([embedding, *(Residual(width) for _ in range(T - 1))], TiedHead(embedding),
+    return BlockNet([embedding, *(tanh_residual(width) for _ in range(T - 1))], TiedHead(embedding),
                     nn.CrossEntropyLoss())
 
 
@@ -102,7 +98,7 @@ def head_tied_to_block0(width: int = 5, classes: int = 3, T: int = 4) -> BlockNe
     """Independent heads, of which those at depths 1 and 3 use block 0's weight."""
     first = nn.Linear(width, width)
     heads = [Tied(first, classes), nn.Linear(width, classes), Tied(first, classes), nn.Linear(width, classes)]
-    return BlockNet([first, *(Residual(width) for _ in range(T - 1))], heads[:T], nn.CrossEntropyLoss())
+    return BlockNet([first, *(tanh_residual(width) for _ in range(T - 1))], heads[:T], nn.CrossEntropyLoss())
 
 
 class TupleBlock(nn.Module):

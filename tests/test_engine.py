@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import recede
-from conftest import ARCHITECTURES, Residual, resmlp_independent, resmlp_shared, slow_horizon_gradient
+from conftest import ARCHITECTURES, tanh_residual, resmlp_independent, resmlp_shared, slow_horizon_gradient
 from recede import MPC, BlockNet, NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -237,7 +237,7 @@ def test_non_finite_loss_leaves_every_grad_untouched(poison, h):
 
 
 def test_a_head_that_does_not_fit_names_the_block():
-    blocks = [Residual(5), nn.Linear(5, 7), Residual(7)]
+    blocks = [tanh_residual(5), nn.Linear(5, 7), tanh_residual(7)]
     heads = [nn.Linear(5, 3), nn.Linear(5, 3), nn.Linear(7, 3)]  # head 2 expects 5, block 1 gives 7
     net = BlockNet(blocks, heads, nn.CrossEntropyLoss())
     x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))

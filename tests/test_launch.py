@@ -94,7 +94,8 @@ def test_a_hung_rank_ends_the_job_after_the_timeout_in_one_line(tmp_path):
     out = tmp_path / "run"
     run, seconds = _fail_rank_1(out, signal.SIGSTOP, timeout=3)
     line = _one_line(run)
-    assert "recede train: stopped: rank 1 of 2 hung: rank 0 waited --dist-timeout 3 s for it in the " in line
+    # rank 0 names the collective it waited in, or torch aborts it first (SIGABRT) on a busy machine
+    assert "recede train: stopped: rank 1 of 2 hung: rank 0 waited --dist-timeout 3 s for it " in line
     assert f"the last good checkpoint is {out / 'checkpoints' / 'bp.pt'}; resume with: " in line
     assert 3 <= seconds < 3 + 30  # the timeout, then a short grace; torchrun took 30 s more
     checkpoint.read(out / "checkpoints" / "bp.pt")
@@ -160,6 +161,20 @@ def test_a_rank_still_running_after_another_gave_up_on_it_hung(tmp_path):
         ranks[1].process.wait()
     assert str(failure) == ("rank 1 of 2 hung: rank 0 waited --dist-timeout 5 s for it in the "
                             "all-reduce of gradients")
+
+
+def test_a_rank_aborted_while_another_hung_names_the_hung_one(tmp_path):
+    path = tmp_path / "rank0.log"
+    path.write_text("terminate called after throwing an instance of 'c10::DistBackendError'\n")
+    aborted = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"])
+    aborted.wait()
+    ranks = [_Rank(0, aborted, path), _running(tmp_path, 1)]
+    try:
+        failure = _cause(ranks, {0: aborted.returncode, 1: None}, [ranks[1]], timeout=5)
+    finally:
+        ranks[1].process.kill()
+        ranks[1].process.wait()
+    assert str(failure) == "rank 1 of 2 hung: rank 0 waited --dist-timeout 5 s for it and was aborted (SIGABRT)"
 
 
 def test_a_rank_that_printed_its_line_has_ended_even_while_it_tears_down(tmp_path):

@@ -15,7 +15,9 @@ killed, and the root cause is raised as one exception, which the CLI prints as o
   that ends without one of the CLI's lines (a crash) → ``RankFailure("rank 1 of 2 failed
   (exit status 1: <its last line>; its log: <file>)")``, and that log is kept;
 * a rank still running after another gave up waiting for it in a collective (after
-  ``--dist-timeout``) → ``RankFailure("rank 1 of 2 hung: ...")``;
+  ``--dist-timeout``), or after PyTorch aborted the one waiting for it (SIGABRT, which a
+  loaded machine can bring before the waiter's own line) → ``RankFailure("rank 1 of 2 hung:
+  ...")``;
 * a rank's own line: bad input → ``ValueError``, a non-finite loss →
   :class:`~recede.engine.NonFiniteLossError`, a failed write → ``OSError``, an interrupt →
   ``KeyboardInterrupt``.
@@ -162,6 +164,10 @@ def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank],
             return OSError(message)
     for r in ended:
         code = codes[r.rank]
+        if hung and code == -signal.SIGABRT and r.said() is None:  # torch aborted the waiter
+            names = ", ".join(str(h.rank) for h in hung)
+            return RankFailure(f"rank {names} of {world} hung: rank {r.rank} waited --dist-timeout "
+                               f"{timeout:g} s for it and was aborted (SIGABRT)")
         if code is not None and code < 0:
             return RankFailure(f"rank {r.rank} of {world} died (killed by {signal.Signals(-code).name})")
         if r.said() is None:

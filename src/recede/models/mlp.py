@@ -10,6 +10,8 @@ block's output needs none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from recede.blocks import BlockNet
@@ -17,12 +19,13 @@ from recede.models import register
 
 
 class Residual(nn.Module):
-    """``x + act(W x + b)``."""
+    """``x + act(W x + b)``; ``activation`` is a module class (``nn.ReLU``, ``nn.Tanh``) or None."""
 
-    def __init__(self, width: int, bias: bool, activation: bool) -> None:
+    def __init__(self, width: int, bias: bool = True,
+                 activation: Callable[[], nn.Module] | None = nn.ReLU) -> None:
         super().__init__()
         self.linear = nn.Linear(width, width, bias=bias)
-        self.act = nn.ReLU() if activation else nn.Identity()
+        self.act = activation() if activation is not None else nn.Identity()
 
     def forward(self, x):
         return x + self.act(self.linear(x))
@@ -33,7 +36,7 @@ def _layers(in_dim: int, width: int, out_dim: int, depth: int, bias: bool,
     if depth < 2:
         raise ValueError(f"depth must be at least 2 (first and last layer), got {depth}")
     first = nn.Sequential(nn.Linear(in_dim, width, bias=bias), nn.ReLU() if activation else nn.Identity())
-    middle = [Residual(width, bias, activation) for _ in range(depth - 2)]
+    middle = [Residual(width, bias, nn.ReLU if activation else None) for _ in range(depth - 2)]
     return [first, *middle, nn.Linear(width, out_dim, bias=bias)]
 
 

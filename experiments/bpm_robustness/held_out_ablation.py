@@ -1,0 +1,94 @@
+"""What the robust rule's held-out test buys: the rule without it, on the study's tasks.
+
+The robust scalars (:mod:`recede.bp_scalars`) are a = 1 and
+
+    λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖),
+
+λ_start the James–Stein factor of the fresh offset, c_lower the held-out lower bound on what the
+last offset was still worth at the end of its period.  This script trains BP-modified FF with
+λ_start alone ("js-nocap") and with λ_start and the step cap ("js": the rule without its
+held-out test), beside FF, the robust default and Paper B's rule, in two regimes:
+
+* ``paper`` — Paper B's (K = 1 epoch, B' = 0.64 % of K·B), on the study's four hardest cases
+  (the (task, lr) pairs where Paper B's rule lost most or diverged);
+* ``fresh`` — the demo's (K = 0.3 epoch, B' = 160), on the digits ResNet at lr 0.01.
+
+The variants replace :func:`recede.bp_modified.robust_scalars` for the runs that use them;
+every run of a (task, seed) starts from the same weights and data order as the study's
+(:func:`recede.reproduce.bpm_robustness.run_one`).  Prints one line per run and a Markdown table
+(mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
+
+    python experiments/bpm_robustness/held_out_ablation.py [--regimes paper fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+import recede.bp_modified as bp_modified
+from recede import bp_scalars, data
+from recede.reproduce import bpm_robustness as study
+
+CASES = {"paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
+         "fresh": [("digits-resnet", 0.01)]}
+VARIANTS = {"paper": ["FF", "robust", "js", "js-nocap"], "fresh": ["FF", "paper", "robust", "js", "js-nocap"]}
+ROBUST = bp_modified.robust_scalars
+
+
+def without_held_out_test(cap: bool):
+    """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower."""
+    def scalars(m: bp_scalars.BlockMoments, B_prime: int, end: torch.Tensor | None):
+        lam = bp_scalars.fresh_lambda(m, B_prime)
+        if cap:
+            lam = torch.minimum(lam, bp_scalars.step_cap(m))
+        return torch.ones_like(m.hh), lam
+    return scalars
+
+
+def train(spec: dict, task: data.Task, lr: float, seed: int, regime: dict, variant: str) -> float | None:
+    bp_modified.robust_scalars = {"js": without_held_out_test(True),
+                                  "js-nocap": without_held_out_test(False)}.get(variant, ROBUST)
+    if variant == "FF":
+        record = study.run_one(spec, task, "ff", lr, seed, regime)
+    else:
+        record = study.run_one(spec, task, "bpm-ff", lr, seed, regime, "paper" if variant == "paper" else "robust")
+    bp_modified.robust_scalars = ROBUST
+    return record["metric"]
+
+
+def cell(values: list[float | None]) -> str:
+    done = [v for v in values if v is not None]
+    text = "diverged" if not done else f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}" \
+        if len(done) > 1 else f"{done[0]:.4g}"
+    return text + (f" ({len(values) - len(done)} div)" if len(done) < len(values) else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regimes", nargs="+", choices=list(CASES), default=list(CASES))
+    args = parser.parse_args()
+    cfg = study.load_config()
+    torch.set_num_threads(cfg["threads"])
+    rows = []
+    for regime_name in args.regimes:
+        regime = cfg["regime"] | ({"period_epochs": 0.3, "offset_samples": 160} if regime_name == "fresh" else {})
+        for task_name, lr in CASES[regime_name]:
+            spec = cfg["tasks"][task_name]
+            task = data.load(spec["data"], **spec["data_options"])
+            results = {}
+            for variant in VARIANTS[regime_name]:
+                results[variant] = [train(spec, task, lr, seed, regime, variant) for seed in cfg["seeds"]]
+                print(f"{regime_name} {task_name} lr {lr:g} {variant}: {results[variant]}", flush=True)
+            rows.append(f"| {regime_name} | {task_name} | {lr:g} | "
+                        + " | ".join(cell(results.get(v, [])) if v in results else "—"
+                                     for v in VARIANTS["fresh"]) + " |")
+    print("| regime | task | lr | " + " | ".join(VARIANTS["fresh"]) + " |")
+    print("|---" * (3 + len(VARIANTS["fresh"])) + "|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
