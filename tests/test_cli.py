@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from recede.cli import main
@@ -37,6 +38,10 @@ def test_train_writes_table_metrics_plot_report_config_and_checkpoints(tmp_path:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["method"] for r in metrics["rows"]] == ["BP", "BP+ckpt", "MPC(h=2)"]
     assert len(metrics["history"]["BP"]) == 2
+    # the machine it ran on, so that a number can be compared with its own machine's
+    assert metrics["machine"]["torch"] == torch.__version__
+    assert metrics["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert metrics["machine"]["cpu"] and "gpu" not in metrics["machine"]
     # checkpointed BP computes BP's gradient: the same run to the last digit printed
     assert metrics["rows"][0]["train loss"] == pytest.approx(metrics["rows"][1]["train loss"], rel=1e-6)
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

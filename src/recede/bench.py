@@ -19,7 +19,7 @@ from recede import preflight
 from recede.config import int_range
 from recede.cost import predicted_ratio
 from recede.methods import parse_method
-from recede.reports import markdown_table, print_table, write_json
+from recede.reports import machine, markdown_table, print_table, write_json
 from recede.run import Workload, add_workload_options
 from recede.train import make_optimizer
 from recede.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
@@ -68,7 +68,7 @@ def run_bench(args: argparse.Namespace) -> int:
     title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}, {args.clock} clock"
     print_table(rows, columns, title=title)
     out = Path(args.out)
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info})
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device)})
     (out / "report.md").write_text(
         f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "

@@ -25,7 +25,7 @@ from recede.launch import launch
 from recede.methods import MethodSpec
 from recede.pipeline import run as pipeline_run
 from recede.plots import loss_curves
-from recede.reports import markdown_table, print_table, write_json
+from recede.reports import machine, markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
 from recede.run import Workload, add_workload_options, checkpoint_path, identity, run_method
 from recede.selection import add_select_parser
@@ -84,8 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
     title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
     print_table(rows, columns, title=title)
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "history": {
-        r.label: [e.as_dict() for e in r.history] for r in results}})
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
+                                      "history": {r.label: [e.as_dict() for e in r.history] for r in results}})
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"

@@ -39,7 +39,7 @@ from recede.engine import MPC
 from recede.fidelity import block_gradient_vector
 from recede.methods import MethodSpec, parse_method
 from recede.plots import frontier, loss_curves
-from recede.reports import markdown_table, print_table, write_json
+from recede.reports import machine, markdown_table, print_table, write_json
 from recede.run import MethodResult, Workload, add_workload_options, run_method
 from recede.train import batches
 from recede.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
@@ -102,8 +102,8 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
                 title=title)
     frontier(rows, out / "frontier.png", quality, title)
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "history": {
-        r.label: [e.as_dict() for e in r.history] for r in results}})
+    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
+                                      "history": {r.label: [e.as_dict() for e in r.history] for r in results}})
     report = out / "report.md"
     report.write_text(_report(title, rows, columns, quality))
     return report

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,31 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: s
     for row in rows:
         table.add_row(*(fmt(row.get(c)) for c in columns))
     Console().print(table)
+
+
+def machine(device: Any = "cpu") -> dict[str, Any]:
+    """Where a result was measured, for its JSON: versions, the CPU model and the SIMD level
+    torch's kernels use on it, torch's thread count and, on CUDA, the GPU.  Trained numbers
+    of convolutional nets repeat to the last digit on one machine but can differ between CPUs
+    whose kernels round differently, so a result is only comparable with its machine named."""
+    import torch
+
+    from recede import __version__
+
+    cpu = platform.processor() or platform.machine()
+    if sys.platform == "linux":
+        with open("/proc/cpuinfo") as info:
+            fields = dict(line.split(":", 1) for line in info.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "model name" in fields:
+            cpu = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    facts = {"recede": __version__, "torch": torch.__version__, "python": platform.python_version(),
+             "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "threads": torch.get_num_threads()}
+    device = torch.device(device)
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def write_json(path: str | Path, data: Any) -> None:

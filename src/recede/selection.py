@@ -305,7 +305,7 @@ def _parse_horizons(text: str | None, T: int) -> list[int] | None:
 def run_select(args: argparse.Namespace) -> int:
     from recede import preflight
     from recede.config import key_values
-    from recede.reports import markdown_table, print_table, write_json
+    from recede.reports import machine, markdown_table, print_table, write_json
     from recede.train import batches
 
     _check_objective(args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
@@ -325,7 +325,8 @@ def run_select(args: argparse.Namespace) -> int:
     columns = list(rows[0])
     print_table(rows, columns, title=f"{args.model} on {args.data}: {result.choice.message}")
     out = Path(args.out)
-    write_json(out / "selection.json", {"config": args.resolved, "data": task.info, **result.as_dict()})
+    write_json(out / "selection.json", {"config": args.resolved, "data": task.info, "machine": machine(),
+                                        **result.as_dict()})
     (out / "report.md").write_text(f"# Horizon selection: {args.model} on {args.data}\n\n"
                                    f"{result.choice.message}\n\n{markdown_table(rows, columns)}\n")
     if not result.feasible:

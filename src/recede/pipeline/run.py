@@ -27,7 +27,7 @@ from recede.launch import launch
 from recede.methods import MethodSpec, default_offset_samples
 from recede.pipeline.stage import Pipeline
 from recede.plots import loss_curves
-from recede.reports import markdown_table, print_table, write_json
+from recede.reports import machine, markdown_table, print_table, write_json
 from recede.run import Workload, identity, slug
 from recede.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
 
@@ -149,7 +149,7 @@ def _report(results: list[dict], workload: Workload, args: argparse.Namespace, o
              f"stages {stages} × {results[0]['micro-batches']} micro-batches of batch {args.batch_size}")
     rows = [{k: v for k, v in r.items() if k != "history"} for r in results]
     print_table(rows, columns, title=title)
-    write_json(out / "metrics.json", {"rows": rows, "history": {
+    write_json(out / "metrics.json", {"rows": rows, "machine": machine(workload.device), "history": {
         r["method"]: [e.as_dict() for e in r["history"]] for r in results}})
     loss_curves({r["method"]: r["history"] for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(

@@ -34,7 +34,7 @@ from recede.bp_modified import BPModified
 from recede.engine import NonFiniteLossError
 from recede.methods import build_method, default_offset_samples, parse_method
 from recede.plots import figure
-from recede.reports import markdown_table, write_json
+from recede.reports import machine, markdown_table, write_json
 from recede.reproduce import torch_threads
 from recede.train import make_optimizer, train
 
@@ -136,7 +136,7 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
     seconds = sum(r["seconds"] for r in runs.values())
-    write_json(out / "bpm_robustness.json", {"config": cfg, "runs": runs, "summary": summary,
+    write_json(out / "bpm_robustness.json", {"config": cfg, "machine": machine(), "runs": runs, "summary": summary,
                                              "diagnosis": diagnosis, "seconds": seconds})
     plot_results(cfg, summary, out / "results.png")
     plot_diagnosis(cfg, runs, out / "diagnosis.png")

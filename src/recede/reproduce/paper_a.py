@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from recede.reproduce import configs, paper_a_rate, paper_a_selection, paper_a_sweeps, torch_threads
-from recede.reports import write_json
+from recede.reports import machine, write_json
 
 SECTIONS = {"models": paper_a_selection, "sweeps": paper_a_sweeps, "rate": paper_a_rate}
 TITLES = {"models": "M1–M3: Figs. 2, E1, E2, 5 and Theorem 3.4",
@@ -99,6 +99,7 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
     summary: dict = {"config": config, "sections": {}}
     with torch_threads(config.get("threads")):
         summary["threads"] = torch.get_num_threads()
+        summary["machine"] = machine()
         for name in chosen:
             begun = time.perf_counter()
             summary["sections"][name] = SECTIONS[name].run(config, progress) | {"seconds": time.perf_counter() - begun}

@@ -35,7 +35,7 @@ from recede.bp_modified import BPModified
 from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.plots import figure
-from recede.reports import markdown_table, write_json
+from recede.reports import machine, markdown_table, write_json
 from recede.reproduce import configs, torch_threads
 from recede.train import batches, make_optimizer, train
 
@@ -191,7 +191,8 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
                 runs.setdefault(name, {})[seed] = run_one(cfg, task, method, device, progress, seed, **settings)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, runs)
-    write_json(out / "paper_b.json", {"config": cfg, "device": device, "runs": runs, "summary": summary})
+    write_json(out / "paper_b.json", {"config": cfg, "device": device, "machine": machine(device), "runs": runs,
+                                      "summary": summary})
     plot(runs, cfg, out / "paper_b.png")
     report = out / "report.md"
     report.write_text(render(cfg, runs, summary, device))
