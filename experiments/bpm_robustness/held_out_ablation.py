@@ -15,7 +15,7 @@ held-out test), beside FF, the robust default and Paper B's rule, in two regimes
 
 The variants replace :func:`recede.bp_modified.robust_scalars` for the runs that use them;
 every run of a (task, seed) starts from the same weights and data order as the study's
-(:func:`recede.reproduce.bpm_robustness.run_one`).  Prints one line per run and a Markdown table
+(:func:`recede.reproduce.bpm_robustness.run_one`).  Prints the machine, one line per run and a Markdown table
 (mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
 
     python experiments/bpm_robustness/held_out_ablation.py [--regimes paper fresh]
@@ -30,6 +30,7 @@ import torch
 
 import recede.bp_modified as bp_modified
 from recede import bp_scalars, data
+from recede.reports import machine
 from recede.reproduce import bpm_robustness as study
 
 CASES = {"paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
@@ -72,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = study.load_config()
     torch.set_num_threads(cfg["threads"])
+    print(f"machine: {machine()}", flush=True)
     rows = []
     for regime_name in args.regimes:
         regime = cfg["regime"] | ({"period_epochs": 0.3, "offset_samples": 160} if regime_name == "fresh" else {})
