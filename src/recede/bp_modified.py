@@ -19,7 +19,8 @@ the sum of the micro-batch means, their squared norms and cross products), from 
 
 The scalars a, λ come from :mod:`recede.bp_scalars`: ``scaling="robust"`` (the default: a = 1
 and a James–Stein λ weighted by how long the offset persists, measured on held-out samples;
-never worse than the local method in the error of a period's mean update), ``"paper"``
+never worse than the local method in the error of a period's mean update, if the bias's
+course over the period does not depend on λ: not a guarantee on training, docs/paper-b.md), ``"paper"``
 (Paper B's minimiser of the one-step error E(a, λ) of eq. 16 with App. C's factor K and
 SPEC §5's corrections), ``"bias"`` (Paper B Table 3's ablation: λ = 0, a = a_bias) and
 ``"fixed"`` (the caller's a and λ).  From the second refresh on, the last period's estimator

@@ -30,7 +30,10 @@ itself moves the weights),
 
     E_K(λ) − E_K(0) = −2λ P + λ² ‖d̂‖²,     P = mean_k d_k·d̂,
 
-so the best λ is λ* = P/‖d̂‖², and every λ in [0, 2λ*] is no worse than the local method.  At
+so the best λ is λ* = P/‖d̂‖², and every λ in [0, 2λ*] is no worse than the local method in this
+error, for a given course d_0 … d_{K−1}.  Applying the offset changes that course, which the
+evidence below (measured mostly on periods run with λ = 0) does not see; docs/paper-b.md has a
+task where the rule then trained worse than the local method.  At
 the period's start E[d_0·d̂] = ‖d_0‖², estimated without bias by D = ‖d̂‖² − V/B' (V = tr C_h +
 tr C_T − tr C_{h,T}, the per-sample variance of g_T − g_h), which gives
 
