@@ -186,7 +186,8 @@ def test_statistics_are_reported_and_logged(float64, caplog):
 
 def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     """Refresh 1: λ = 0 (nothing tested yet).  Refresh 2, on other samples at the same weights:
-    the last offset is tested on them (cos_held_out, end_bound) and λ = min(λ_start, c_lower₊, ‖ḡ_h‖/‖d̂‖)."""
+    the last offset is tested on them (cos_held_out, end_bound) and λ = min(λ_start, c_lower₊, cap,
+    max(2 λ_1, 0.1 cap)), cap = ‖ḡ_h‖/‖d̂‖: a probe.  Refresh 3: the applied offset still pays, λ grows."""
     torch.manual_seed(9)
     net, data = small_net(), classification_data(512, seed=9)
     batches = micro_batches(data, 8)
@@ -201,14 +202,19 @@ def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     second = method.refresh(batches[32:])
     m, _, _ = block_moments(stats, method._sizes)
     expected = torch.minimum(torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0)),
-                             step_cap(m))
+                             0.1 * step_cap(m))  # λ_1 = 0: at most the probe
     torch.testing.assert_close(method.lam[method.modified], expected)
-    assert max(second.lam) > 0.2  # the weights did not move: the offset persists
+    assert max(second.lam) > 0  # the weights did not move: the offset persists
     # the last estimator was the local gradient (λ = 0), so on the new samples it scores as the local one
     assert second.cos_held_out == pytest.approx(second.cos_local)
     assert second.cos_held_out_all == pytest.approx(second.cos_local_all)
+    probe = method.lam[method.modified].clone()
+    m3, _, _ = block_moments(method.accumulate(batches[:32]), method._sizes)
     third = method.refresh(batches[:32])
     assert third.cos_held_out_all > third.cos_local_all  # an offset that persists helps on held-out samples
+    lam3 = method.lam[method.modified]
+    assert bool((lam3 <= torch.maximum(2 * probe, 0.1 * step_cap(m3)) + 1e-12).all())
+    assert float(lam3.max()) > float(probe.max())  # it grows while the applied offset pays
 
 
 def test_default_scaling_does_not_lose_to_ff_where_paper_b_s_does():

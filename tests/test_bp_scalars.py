@@ -169,16 +169,38 @@ def test_robust_falls_back_to_the_local_method_where_the_offset_cannot_help():
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), B_prime=st.integers(2, 5000),
-       end=st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4))
-def test_robust_scalars_are_bounded(seed, B_prime, end):
-    """a is always 1 (never negative or unbounded); 0 ≤ λ ≤ min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖) ≤ 1."""
+       end=st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4),
+       previous=st.lists(st.floats(0, 1), min_size=4, max_size=4))
+def test_robust_scalars_are_bounded(seed, B_prime, end, previous):
+    """a is always 1 (never negative or unbounded); 0 ≤ λ ≤ min(λ_start, max(0, c_lower), cap,
+    max(2 λ_{r−1}, 0.1 cap)) ≤ 1 with cap = ‖ḡ_h‖/‖d̂‖."""
     m = random_moments(4, seed)
-    a, lam = robust_scalars(m, B_prime, torch.tensor(end, dtype=torch.float64))
+    previous = torch.tensor(previous, dtype=torch.float64)
+    a, lam = robust_scalars(m, B_prime, torch.tensor(end, dtype=torch.float64), previous)
     assert bool((a == 1).all())
     assert bool(((lam >= 0) & (lam <= 1)).all())
     assert bool((lam <= fresh_lambda(m, B_prime) + 1e-15).all())
     assert bool((lam <= torch.tensor(end, dtype=torch.float64).clamp_min(0) + 1e-15).all())
     assert bool((lam <= step_cap(m) + 1e-15).all())
+    assert bool((lam <= torch.maximum(2 * previous, 0.1 * step_cap(m)) + 1e-15).all())
+
+
+def test_robust_lambda_grows_from_a_probe_while_the_applied_offset_pays():
+    """The evidence c_lower comes from a period run with the last λ, so λ starts as a probe (an
+    offset a tenth of the local gradient's length) and at most doubles per refresh up to what
+    λ_start, c_lower and the cap allow; an applied offset that overshot (c_lower ≤ 0) stops it."""
+    g_h = torch.tensor([4.0, 0.0], dtype=torch.float64)
+    g_t = g_h + torch.tensor([0.0, 1.0], dtype=torch.float64)  # d̂ = (0, 1): cap = 4
+    m = BlockMoments((g_h @ g_h)[None], (g_h @ g_t)[None], (g_t @ g_t)[None],
+                     *(torch.zeros(1, dtype=torch.float64) for _ in range(3)))
+    still_pays = torch.full((1,), 0.9, dtype=torch.float64)
+    lam, path = torch.zeros(1, dtype=torch.float64), []
+    for _ in range(4):
+        _, lam = robust_scalars(m, 64, still_pays, lam)
+        path.append(float(lam))
+    assert path == pytest.approx([0.4, 0.8, 0.9, 0.9])  # 0.1 × cap, doubled, then c_lower binds
+    _, lam = robust_scalars(m, 64, torch.full((1,), -0.6, dtype=torch.float64), lam)
+    assert float(lam) == 0
 
 
 def test_robust_lambda_never_increases_the_period_error():
@@ -208,5 +230,5 @@ def test_robust_offset_never_outgrows_the_local_gradient():
     g_t = g_h + torch.tensor([0.0, 1000.0], dtype=torch.float64)
     m = BlockMoments((g_h @ g_h)[None], (g_h @ g_t)[None], (g_t @ g_t)[None],
                      *(torch.zeros(1, dtype=torch.float64) for _ in range(3)))
-    _, lam = robust_scalars(m, 64, torch.ones(1, dtype=torch.float64))
+    _, lam = robust_scalars(m, 64, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     assert float(fresh_lambda(m, 64)) == 1 and float(lam) == pytest.approx(1e-3)

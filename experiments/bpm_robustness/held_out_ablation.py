@@ -18,7 +18,7 @@ every run of a (task, seed) starts from the same weights and data order as the s
 (:func:`recede.reproduce.bpm_robustness.run_one`).  Prints the machine, one line per run and a Markdown table
 (mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
 
-    python experiments/bpm_robustness/held_out_ablation.py [--regimes paper fresh]
+    python experiments/bpm_robustness/held_out_ablation.py [--regimes paper fresh] [--variants FF robust ...]
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def cell(values: list[float | None]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS["fresh"], default=VARIANTS["fresh"],
+                        help="train only these (each regime runs those of its own it has)")
     args = parser.parse_args()
     cfg = study.load_config()
     torch.set_num_threads(cfg["threads"])
@@ -81,7 +83,7 @@ def main() -> None:
             spec = cfg["tasks"][task_name]
             task = data.load(spec["data"], **spec["data_options"])
             results = {}
-            for variant in VARIANTS[regime_name]:
+            for variant in [v for v in VARIANTS[regime_name] if v in args.variants]:
                 results[variant] = [train(spec, task, lr, seed, regime, variant) for seed in cfg["seeds"]]
                 print(f"{regime_name} {task_name} lr {lr:g} {variant}: {results[variant]}", flush=True)
             rows.append(f"| {regime_name} | {task_name} | {lr:g} | "

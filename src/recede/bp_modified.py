@@ -18,9 +18,10 @@ the sum of the micro-batch means, their squared norms and cross products), from 
   ``C_{h,T} = Cov(g_h, g_T) + Cov(g_T, g_h)`` of Paper B eq. 7.
 
 The scalars a, λ come from :mod:`recede.bp_scalars`: ``scaling="robust"`` (the default: a = 1
-and a James–Stein λ weighted by how long the offset persists, measured on held-out samples;
-never worse than the local method in the error of a period's mean update, if the bias's
-course over the period does not depend on λ: not a guarantee on training, docs/paper-b.md), ``"paper"``
+and a James–Stein λ weighted by how long the offset persists, measured on held-out samples,
+grown from a probe only while the applied offset still pays; never worse than the local method
+in the error of a period's mean update, for a given course of the bias: not a guarantee on
+training, docs/paper-b.md), ``"paper"``
 (Paper B's minimiser of the one-step error E(a, λ) of eq. 16 with App. C's factor K and
 SPEC §5's corrections), ``"bias"`` (Paper B Table 3's ablation: λ = 0, a = a_bias) and
 ``"fixed"`` (the caller's a and λ).  From the second refresh on, the last period's estimator
@@ -329,7 +330,7 @@ class BPModified:
         index = torch.tensor(self.modified, dtype=torch.long)
         check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
         if self.scaling == "robust":
-            a, lam = robust_scalars(m, samples, None if check is None else check["end"])
+            a, lam = robust_scalars(m, samples, None if check is None else check["end"], self.lam[index])
         elif self.scaling == "paper":
             a, lam = paper_scalars(m, B, samples, K)
         elif self.scaling == "bias":

@@ -48,7 +48,8 @@ probability 97.5 % (Student's t over the n micro-batch projections (m_T − m_h)
 Bonferroni over the blocks; two micro-batches rarely suffice).  If the projection moves monotonically within a period, λ* lies
 between its start and end values, so
 
-    λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖)     (λ = 0 at the first refresh, with nothing to test)
+    λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖, max(2 λ_{r−1}, 0.1 ‖ḡ_h‖/‖d̂‖))
+                                                     (λ = 0 at the first refresh, with nothing to test)
 
 does not exceed λ* and hence E_K(λ) ≤ E_K(0): the modified update is never further from the
 true gradient over a period than the local method's.  Where the offset goes stale or overshoots
@@ -59,6 +60,14 @@ local one can diverge where the local method does not (M2 at lr 0.03: after an e
 ‖d̂‖ ≈ 1000 ‖ḡ_h‖ on two blocks, λ_start ≈ 0.96 and the run diverged; BP itself diverges
 there).  With λ ‖d̂‖ ≤ ‖ḡ_h‖ the offset at most doubles a block's mean step; lowering λ keeps it
 in [0, λ*].
+
+The last term is a trust region for the evidence.  c_lower was measured on a period run with
+λ_{r−1}, and an applied offset changes the bias's course, which E_K takes as given: an offset
+held for a one-epoch period can overshoot (the residual MLP on the spirals, docs/paper-b.md:
+c_lower = 0.50 on a period run with λ = 0, then −0.60 after one period at λ = 0.32, and
+training fell 24 points behind FF on one seed).  So λ at most doubles from one refresh to the
+next, and a block whose offset was off starts with a probe, an offset at most a tenth as long
+as its local gradient; the next refresh's c_lower then tests the offset under its own action.
 
 ``bias`` — Paper B Table 3's ablation: λ = 0, a = a_bias.  ``fixed`` — the caller's a, λ.
 """
@@ -214,14 +223,22 @@ def step_cap(m: BlockMoments) -> torch.Tensor:
     return torch.where(m.offset_sq > 0, (m.hh / m.offset_sq.clamp_min(1e-300)).sqrt(), torch.zeros_like(m.hh))
 
 
-def robust_scalars(m: BlockMoments, B_prime: int,
-                   end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """a = 1, λ = min(λ_fresh, max(0, c_end), ‖ḡ_h‖/‖d̂‖) (module docstring); λ = 0 at the
-    first refresh.
+GROWTH = 2.0  # λ may at most double from one refresh to the next
+PROBE = 0.1   # a block whose λ was 0 starts with an offset ≤ PROBE × its local gradient's length
 
-    ``end`` is :func:`end_coefficient` of the last offset (None at the first refresh).
+
+def robust_scalars(m: BlockMoments, B_prime: int, end: torch.Tensor | None,
+                   previous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = 1, λ = min(λ_fresh, max(0, c_end), cap, max(GROWTH λ_{r−1}, PROBE cap)) with
+    cap = ‖ḡ_h‖/‖d̂‖ (module docstring); λ = 0 at the first refresh.
+
+    ``end`` is :func:`end_coefficient` of the last offset (None at the first refresh);
+    ``previous`` the blocks' λ of the last refresh (zeros if None).
     """
     if end is None:
         return torch.ones_like(m.hh), torch.zeros_like(m.hh)
-    lam = torch.minimum(torch.minimum(fresh_lambda(m, B_prime), end.clamp_min(0)), step_cap(m))
+    cap = step_cap(m)
+    previous = torch.zeros_like(m.hh) if previous is None else previous.to(m.hh)
+    trust = torch.maximum(GROWTH * previous, PROBE * cap)
+    lam = torch.minimum(torch.minimum(fresh_lambda(m, B_prime), end.clamp_min(0)), torch.minimum(cap, trust))
     return torch.ones_like(m.hh), lam
