@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recede.compare import default_methods, dominated
+from recede.compare import default_methods, dominated, mean_rows, spread_cells
 from recede.demo import demo_methods
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -45,11 +45,23 @@ def test_compare_writes_the_frontier(tmp_path: Path) -> None:
 
 def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
     demo = recede("demo", "--model-opt", "blocks_per_stage=2", "--data-opt", "test_fraction=0.9", "--epochs", "1",
-                  "--no-progress", "--bpm-period", "4", "--bpm-samples", "16",
+                  "--no-progress", "--bpm-period", "4", "--bpm-samples", "16", "--seeds", "2",
                   "--timing-steps", "1", "--cosine-batches", "1", "--out", str(tmp_path / "d"))
     assert demo.returncode == 0, demo.stderr
-    rows = json.loads((tmp_path / "d" / "metrics.json").read_text())["rows"]
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    rows = metrics["rows"]
     assert [r["method"] for r in rows] == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "MPC(h=4)", "FF+BPM"]
+    # two seeds, each trained and measured; the table is their mean ± sd
+    assert metrics["seeds"] == [0, 1] and [run["seed"] for run in metrics["runs"]] == [0, 1]
+    for i, row in enumerate(rows):
+        per_seed = [run["rows"][i]["test acc"] for run in metrics["runs"]]
+        assert row["test acc"] == pytest.approx(sum(per_seed) / 2)
+        assert row["test acc sd"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+    assert rows[2]["test acc sd"] > 0  # FF from two initialisations
+    assert {p.name for p in (tmp_path / "d" / "checkpoints").iterdir()} == {"seed-0", "seed-1"}
+    assert len(list((tmp_path / "d" / "checkpoints" / "seed-1").iterdir())) == 6
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "mean ± sd over seeds 0–1" in report and " ± " in report.split("\n")[4]
     bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--clock", "cpu",
                    "--out", str(tmp_path / "b"))
     assert bench.returncode == 0, bench.stderr
@@ -66,10 +78,10 @@ def test_bpm_time_ratio_covers_its_refreshes(tmp_path: Path) -> None:
                  "--bpm-samples", "16", "--bpm-micro-batch", "4", "--timing-steps", "2",
                  "--cosine-batches", "1", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    rows = {r["method"]: r for r in metrics["rows"]}
+    run = json.loads((tmp_path / "metrics.json").read_text())["runs"][0]
+    rows = {r["method"]: r for r in run["rows"]}
     bp, ff, bpm = rows["BP"], rows["FF"], rows["FF+BPM"]
-    steps = sum(epoch["steps"] for epoch in metrics["history"]["FF+BPM"])
+    steps = sum(epoch["steps"] for epoch in run["history"]["FF+BPM"])
     assert steps == 4 and bpm["refreshes"] == math.ceil(steps / period)  # refreshes at steps 0 and 3
     assert bpm["refreshes/step"] == pytest.approx(bpm["refreshes"] / steps)
     assert bpm["refresh ms"] > 0 and ff["refresh ms"] is None and ff["refreshes"] == 0
@@ -80,6 +92,20 @@ def test_bpm_time_ratio_covers_its_refreshes(tmp_path: Path) -> None:
     assert bpm["model ratio"] is None and ff["model ratio"] > 0
     assert bpm["state MiB"] > ff["state MiB"]  # the offsets, and the refresh's buffers
     assert bpm["saved MiB"] >= ff["saved MiB"]  # peak over step (FF's) and refresh
+
+
+def test_rows_of_several_seeds_are_means_with_their_spread() -> None:
+    runs = [[{"method": "BP", "test acc": 0.9, "memory ratio": 1.0, "model ratio": None, "dominated": "no"},
+             {"method": "FF", "test acc": 0.6, "memory ratio": 0.25, "model ratio": 1.1, "dominated": "no"}],
+            [{"method": "BP", "test acc": 0.8, "memory ratio": 1.0, "model ratio": None, "dominated": "yes"},
+             {"method": "FF", "test acc": 0.7, "memory ratio": 0.25, "model ratio": 1.3, "dominated": "no"}]]
+    bp, ff = mean_rows(runs)
+    assert bp["test acc"] == pytest.approx(0.85) and bp["test acc sd"] == pytest.approx(0.1 / math.sqrt(2))
+    assert bp["model ratio"] is None and "dominated" not in bp  # dominance is decided on the means
+    assert ff["model ratio"] == pytest.approx(1.2) and ff["memory ratio sd"] == 0
+    cells = spread_cells(ff)
+    assert cells["test acc"] == "0.65 ± 0.071" and cells["memory ratio"] == 0.25  # equal in every run: no ±
+    assert mean_rows(runs[:1])[1] == {k: v for k, v in runs[0][1].items() if k != "dominated"}
 
 
 def test_dominated_is_the_pareto_order() -> None:

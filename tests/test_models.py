@@ -206,3 +206,15 @@ def test_resmlp_cross_entropy_classifies():
     assert torch.isfinite(net.loss(x, y))
     with pytest.raises(ValueError, match="loss must be one of"):
         build("resmlp", loss="hinge")
+
+
+def test_a_classification_task_gives_resmlp_cross_entropy_unless_told_otherwise():
+    from recede import data
+
+    spirals = data.load("spirals", n=40, n_test=10)
+    net = build("resmlp", spirals, width=4, depth=3)
+    assert isinstance(net.loss_fn, torch.nn.CrossEntropyLoss)
+    x, y = next(iter(torch.utils.data.DataLoader(spirals.train, batch_size=8)))
+    assert net(x).shape == (8, spirals.output_dim) and torch.isfinite(net.loss(x, y))
+    assert isinstance(build("resmlp", spirals, loss="mse", out_dim=1).loss_fn, torch.nn.MSELoss)
+    assert isinstance(build("resmlp", data.load("trig", n=20, n_test=5)).loss_fn, torch.nn.MSELoss)

@@ -18,15 +18,21 @@ and optimizer), then is measured on the same batch:
   over all block parameters, at the method's own trained weights, averaged over a few batches
   (SPEC §3, Paper A §3.3).
 
-A method is *dominated* when another is no worse on memory, time and quality and strictly
-better on one (Pareto order: memory ↓, time ↓, quality ↑).  The table, the frontier plot and
-the loss curves go to ``--out`` with ``metrics.json`` and ``report.md``.
+With ``--seeds N`` the whole comparison (training and measurement) runs for seeds
+``--seed`` … ``--seed + N − 1``; every number of the table is then the mean ± sample sd over
+those runs (a number without ± was the same in every run), and a method is *dominated* when
+another is no worse on memory, time and quality and strictly better on one, in the means
+(Pareto order: memory ↓, time ↓, quality ↑).  The table, the frontier plot (means, error bars
+one sd) and the loss curves (mean over seeds) go to ``--out`` with ``metrics.json`` (the mean
+rows, and each seed's rows and histories) and ``report.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import dataclasses
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,9 @@ from recede.engine import MPC
 from recede.fidelity import block_gradient_vector
 from recede.methods import MethodSpec, parse_method
 from recede.plots import frontier, loss_curves
-from recede.reports import machine, markdown_table, print_table, write_json
+from recede.reports import fmt, machine, markdown_table, mean_sd, print_table, write_json
 from recede.run import MethodResult, Workload, add_workload_options, run_method
-from recede.train import batches
+from recede.train import EpochRecord, batches
 from recede.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
 
 
@@ -63,6 +69,9 @@ def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
                    help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
     p.add_argument("--cosine-batches", type=int_range(1), default=4,
                    help="batches over which cos θ to the BP gradient is averaged")
+    p.add_argument("--seeds", type=int_range(1), default=1,
+                   help="run the whole comparison for seeds --seed … --seed + N − 1 and report "
+                        "mean ± sd over them (default: %(default)s)")
 
 
 def default_methods(T: int) -> list[str]:
@@ -90,29 +99,83 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     timer = meter(args.timing_steps, 1, workload.device, args.clock)  # a clock unfit for the device fails now
     preflight.start(args)
     out = Path(args.out)
-    results = [run_method(workload, spec, args, out=out) for spec in specs]
-    rows = measure_frontier(workload, specs, results, args, timer)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    runs = []
+    for i, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            print(f"seed {seed} ({i + 1} of {len(seeds)})")
+        run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        results = [run_method(workload, spec, run_args, out=out, per_seed=len(seeds) > 1) for spec in specs]
+        rows = measure_frontier(workload, specs, results, run_args, timer)
+        runs.append({"seed": seed, "rows": rows, "history": {r.label: r.history for r in results}})
+    rows = mean_rows([run["rows"] for run in runs])
+    for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
+        row["dominated"] = "yes" if flag else "no"
     quality = workload.quality
     columns = ["method", "train loss", "test loss"] + workload.metric_columns \
         + ["time ratio", "model ratio", "memory ratio", "state MiB"] \
         + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
         + ["cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
-    title = f"{args.model} on {args.data}, {args.epochs} epochs, {args.clock} clock"
-    print_table(rows, [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")],
+    over = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± sd over seeds {seeds[0]}–{seeds[-1]}"
+    title = f"{args.model} on {args.data}, {args.epochs} epochs, {args.clock} clock{over}"
+    cells = [spread_cells(row) for row in rows]
+    print_table(cells, [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")],
                 title=title)
     frontier(rows, out / "frontier.png", quality, title)
-    loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
-                                      "history": {r.label: [e.as_dict() for e in r.history] for r in results}})
+    loss_curves(mean_histories([run["history"] for run in runs]), out / "loss.png", title)
+    write_json(out / "metrics.json", {
+        "rows": rows, "seeds": seeds, "data": workload.task.info, "machine": machine(workload.device),
+        "runs": [{"seed": run["seed"], "rows": run["rows"],
+                  "history": {label: [e.as_dict() for e in h] for label, h in run["history"].items()}}
+                 for run in runs]})
     report = out / "report.md"
-    report.write_text(_report(title, rows, columns, quality))
+    report.write_text(_report(title, cells, columns, quality, rows, len(seeds)))
     return report
+
+
+def mean_rows(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method: every number the mean of its runs' values, with ``"<name> sd"``
+    the sample sd where there are several runs (None where a run has no value)."""
+    rows = []
+    for per_seed in zip(*runs):
+        row: dict[str, Any] = {"method": per_seed[0]["method"]}
+        for key, value in per_seed[0].items():
+            if key == "method" or key == "dominated":
+                continue
+            values = [r.get(key) for r in per_seed]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                row[key] = value if all(v == value for v in values) else None
+                continue
+            mean, sd = mean_sd(values)
+            row[key] = value if all(v == value for v in values) else mean  # no rounding noise
+            if len(per_seed) > 1:
+                row[f"{key} sd"] = 0.0 if row[key] is value else sd
+        rows.append(row)
+    return rows
+
+
+def spread_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` for a table: ``mean ± sd`` where the runs differed, the value where they agreed."""
+    return {key: f"{fmt(value)} ± {row[key + ' sd']:.2g}" if row.get(f"{key} sd") else value
+            for key, value in row.items()}
+
+
+def mean_histories(histories: Sequence[dict[str, list[EpochRecord]]]) -> dict[str, list[EpochRecord]]:
+    """Per method, each epoch's training loss and test metrics averaged over the runs."""
+    merged = {}
+    for label in histories[0]:
+        epochs = zip(*(h[label] for h in histories))
+        merged[label] = [dataclasses.replace(
+            records[0], train_loss=statistics.fmean(r.train_loss for r in records),
+            test={k: statistics.fmean(r.test[k] for r in records) for k in records[0].test})
+            for records in epochs]
+    return merged
 
 
 def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[MethodResult],
                      args: argparse.Namespace, timer: Meter) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory as paid (ratios to BP), the cost model's
-    ratio, cos θ, dominance.  A BP-modified method's time carries its refreshes at the rate its
+    ratio and cos θ.  A BP-modified method's time carries its refreshes at the rate its
     run made them (``refreshes`` over the steps of its history); ``timer`` times the runs."""
     x, y = workload.batch(args.batch_size)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
@@ -130,8 +193,6 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
             row["tokens/s"] = x.numel() / t.seconds
         row["cos θ"] = _gradient_cosine(r, workload, args)
         rows.append(row)
-    for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
-        row["dominated"] = "yes" if flag else "no"
     return rows
 
 
@@ -173,10 +234,14 @@ def _flat_gradient(method, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return block_gradient_vector(net)
 
 
-def _report(title: str, rows: list[dict[str, Any]], columns: list[str], quality: str) -> str:
+def _report(title: str, cells: list[dict[str, Any]], columns: list[str], quality: str,
+            rows: list[dict[str, Any]], n_seeds: int) -> str:
     beaten = [r["method"] for r in rows if r["dominated"] == "yes"]
     kept = [r["method"] for r in rows if r["dominated"] == "no"]
-    return (f"# Frontier: {title}\n\n{markdown_table(rows, columns)}\n\n"
+    seeds = ("" if n_seeds == 1 else
+             f"Every number is the mean ± sample sd over {n_seeds} runs (seeds), each trained and measured "
+             "on its own; a number without ± was the same in every run. Dominance compares the means. ")
+    return (f"# Frontier: {title}\n\n{markdown_table(cells, columns)}\n\n{seeds}"
             "Ratios are to BP on the same batch. Time is what a step costs as paid: the median "
             "of timed steps (forward + gradient, round-robin across methods) plus, for "
             "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "

@@ -47,7 +47,8 @@ def loss_curves(histories: Mapping[str, Sequence[EpochRecord]], path: str | Path
 def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, title: str = "") -> Path:
     """Two panels: ``quality`` against memory ratio and against step-time ratio (both to BP).
 
-    Dominated methods (``row["dominated"] == "yes"``) are drawn hollow.
+    Dominated methods (``row["dominated"] == "yes"``) are drawn hollow; rows that are means over
+    seeds (``"<column> sd"`` keys) get error bars of one sd.
     """
     path = Path(path)
     with figure(path, 1, 2, layout_rect=(0, 0.04, 1, 1), figsize=(10, 4), sharey=True) as (fig, axes):
@@ -57,6 +58,9 @@ def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, tit
                 colour = f"C{i % 10}"
                 face = "none" if row.get("dominated") == "yes" else colour
                 ax.scatter(row[cost], row[quality], s=60, edgecolors=colour, facecolors=face, zorder=3)
+                if row.get(f"{cost} sd") or row.get(f"{quality} sd"):
+                    ax.errorbar(row[cost], row[quality], xerr=row.get(f"{cost} sd") or None,
+                                yerr=row.get(f"{quality} sd") or None, color=colour, linewidth=1, zorder=2)
                 ax.annotate(row["method"], (row[cost], row[quality]), fontsize=8,
                             xytext=(4, 4), textcoords="offset points")
             ax.set(xlabel=name, title=title if ax is axes[0] else "")

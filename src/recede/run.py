@@ -187,9 +187,10 @@ def slug(spec: MethodSpec | str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(spec if isinstance(spec, str) else spec.label).lower()).strip("-")
 
 
-def checkpoint_path(out: Path, spec: MethodSpec) -> Path:
-    """Where :func:`run_method` keeps the checkpoint of ``spec``'s run."""
-    return out / "checkpoints" / f"{slug(spec)}.pt"
+def checkpoint_path(out: Path, spec: MethodSpec, seed: int | None = None) -> Path:
+    """Where :func:`run_method` keeps the checkpoint of ``spec``'s run (of one ``seed`` of several)."""
+    folder = out / "checkpoints" if seed is None else out / "checkpoints" / f"seed-{seed}"
+    return folder / f"{slug(spec)}.pt"
 
 
 def identity(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,9 +200,10 @@ def identity(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namespace, *,
                out: Path, checkpoint_every: int = 0, resume: bool = False,
-               tensorboard: bool = False) -> MethodResult:
+               tensorboard: bool = False, per_seed: bool = False) -> MethodResult:
     """Train a fresh model (seeded by ``args.seed``) with ``spec``; checkpoint to
-    ``out/checkpoints/<method>.pt`` every ``checkpoint_every`` steps (0: only at the end).
+    ``out/checkpoints/<method>.pt`` (``per_seed``: ``out/checkpoints/seed-<seed>/<method>.pt``)
+    every ``checkpoint_every`` steps (0: only at the end).
 
     With ``resume`` and an existing checkpoint, the run continues from it; the checkpoint must
     come from a run with the same :data:`IDENTITY` options.  A non-finite loss stops the run
@@ -214,7 +216,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
     writes = workload.rank == 0
     optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = checkpoint_path(out, spec)
+    path = checkpoint_path(out, spec, args.seed if per_seed else None)
     run_identity = identity(args) | {"method": spec.label}
     loop, has_checkpoint = LoopState(), resume and path.exists()
     if has_checkpoint:

@@ -49,7 +49,8 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
 
     With a ``task``, the input and output sizes the builder accepts (``in_dim``, ``out_dim``,
     ``in_channels``, ``num_classes``; for a language-model task ``vocab_size`` and the context
-    ``n_positions``) default to the task's; explicit ``options`` win.  Options are checked
+    ``n_positions``) default to the task's, and a builder with a ``loss`` option trains a
+    classification task with cross-entropy; explicit ``options`` win.  Options are checked
     against the builder's parameters and annotations first (:func:`recede.config.check_keywords`):
     an unknown name or a value of the wrong type is a ``ValueError`` naming it.
     """
@@ -60,6 +61,8 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
         if task.kind == "language-model":
             sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}
+        if task.kind == "classification":
+            sizes["loss"] = "cross-entropy"
         options = {**{k: v for k, v in sizes.items() if k in accepted}, **options}
     check_keywords(builder, options, f"model {name!r}")
     return builder(**options)
