@@ -16,6 +16,7 @@ measures, in this one run:
 Timings are medians over interleaved repeats; nothing is asserted: read the ratios.
 
     python benchmarks/bp_modified.py [--steps 100] [--batch 32] [--blocks-per-stage 3] [--device cpu]
+    python benchmarks/bp_modified.py --smoke      # tiny sizes, seconds: checks the script runs
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny ResNet (T = 6) on 8 × 8 inputs, K = 2, one repeat: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batch, args.micro_batch, args.blocks_per_stage = 2, 4, 2, 2
+        args.widths, args.size, args.repeats = "4,4,8", 8, 1
     torch.set_num_threads(args.threads)
     device = args.device
     widths = tuple(int(w) for w in args.widths.split(","))

@@ -8,6 +8,7 @@ step.  The all-reduce moves the same bytes for every horizon, so its share is la
 the local step is cheapest (h = 1).  Nothing is asserted: read the ratios.
 
     python benchmarks/distributed.py [--steps 20] [--batch 256] [--bucket-mb 25]
+    python benchmarks/distributed.py --smoke     # one tiny model, one step: checks the script runs
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from recede.methods import build_method
 from recede.reports import markdown_table
 
 MODELS = {"M2 resmlp 15x10": (15, 10), "resmlp 16x512": (16, 512)}
+SMOKE_MODELS = {"resmlp 4x8": (4, 8)}
 METHODS = ["bp", "mpc:4", "ff"]
 
 
@@ -41,7 +43,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace) -> Non
     torch.set_num_threads(1)
     distributed.init_from_env("gloo")
     rows = []
-    for name, (T, width) in MODELS.items():
+    for name, (T, width) in (SMOKE_MODELS if args.smoke else MODELS).items():
         torch.manual_seed(0)
         net = residual_mlp(T, width)
         x, y = torch.randn(args.batch, width), torch.randn(args.batch, 4)
@@ -71,7 +73,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256, help="per rank")
     parser.add_argument("--bucket-mb", type=float, default=distributed.DEFAULT_BUCKET_MB)
+    parser.add_argument("--smoke", action="store_true",
+                        help="one tiny residual MLP, 1 timed step, batch 8: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batch = 1, 8
     mp.spawn(rank_main, args=(2, distributed.free_port(), args), nprocs=2)
 
 

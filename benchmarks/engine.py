@@ -18,6 +18,7 @@ other jobs on a shared machine do not inflate (with several threads: their summe
 read the ratios.
 
     python benchmarks/engine.py [--T 32] [--width 1024] [--batch 512] [--repeats 5] [--threads 1]
+    python benchmarks/engine.py --smoke          # tiny sizes, one repeat: checks the script runs
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def main() -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (by default freed memory stays in the process)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="T = 4, width 16, batch 8, one repeat: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.T, args.width, args.batch, args.repeats = 4, 16, 8, 1
     kept = not args.default_allocator and keep_freed_memory()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -16,7 +16,8 @@ as a ratio to BP's.  BPM-FF is timed between refreshes: its offset is refreshed 
 warm-up step (B' = 16 samples in micro-batches of 8) and not again.  Writes ``gpu.json`` and ``gpu.md`` to ``--out``.
 
     python benchmarks/gpu.py                 # on a CUDA machine (one command; ~10 min on an H100)
-    python benchmarks/gpu.py --smoke         # tiny models on whatever device is there (CPU: no peaks)
+    python benchmarks/gpu.py --smoke         # tiny models on whatever device is there (CPU: no peaks),
+                                             # bf16 eager only, results in a temporary folder
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,15 +103,22 @@ def measure_group(make: Callable[[], Batch], dtype: torch.dtype | None, compiled
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny models, 1 repeat: checks the script runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, 1 repeat, bf16 eager unless --dtypes/--modes: checks the script runs")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None,
+                        help="default: fp32 and bf16 (bf16 with --smoke)")
+    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=None,
+                        help="default: eager and compiled (eager with --smoke)")
     parser.add_argument("--backend", default=None, help="torch.compile backend (default: inductor; "
                                                         "aot_eager with --smoke)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 1 with --smoke)")
-    parser.add_argument("--out", type=Path, default=Path("results/gpu"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default results/gpu; a new temporary folder with --smoke)")
     args = parser.parse_args(argv)
+    args.dtypes = args.dtypes or (["bf16"] if args.smoke else list(DTYPES))
+    args.modes = args.modes or (["eager"] if args.smoke else ["eager", "compiled"])
+    args.out = args.out or (Path(tempfile.mkdtemp(prefix="gpu-smoke-")) if args.smoke else Path("results/gpu"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         print("benchmarks/gpu.py: no CUDA GPU here; run it on a GPU machine, or with --smoke to check it "

@@ -5,7 +5,7 @@ For each sequence length S (default 256 … 4096) one batch of real text (the pi
 corpus, byte-level) goes through one step of each method: the peak bytes saved for backward
 (``recede.memory.measure``: parameters excluded, de-duplicated by storage; plus the CUDA peak on
 a GPU) and, unless ``--no-timing``, the median step time over interleaved repeats
-(``recede.bench.interleaved_medians``).  The *training state* is what does not depend on S:
+(``recede.usage.interleaved_medians``).  The *training state* is what does not depend on S:
 parameters, their gradients and Adam's two moments, 4 × the trainable parameter bytes.  From a
 least-squares fit of log memory against log S the script prints each method's exponent and the
 length at which its saved activations equal the training state.
@@ -18,6 +18,7 @@ is asserted: read the numbers.
         --lengths 128 256 512 --no-timing      # GPT-2 small's state and activations, memory only
     python benchmarks/long_context.py --preset small --vocab 50257 --lengths 256 512 1024 \\
         --device cuda --bf16                   # on a GPU: GPT-2 small at 1024 in bf16, CUDA peak too
+    python benchmarks/long_context.py --smoke  # tiny sizes, a temporary folder: checks the script runs
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,11 @@ import torch
 from matplotlib.ticker import NullLocator
 
 from recede import data, models
-from recede.bench import interleaved_medians, timed_step
 from recede.memory import measure
 from recede.methods import build_method, parse_method
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
+from recede.usage import interleaved_medians, timed_step
 
 METHODS = ["bp", "ckpt", "ff", "mpc:2", "mpc:3"]
 MiB = 2**20
@@ -122,7 +124,8 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("results/long-context"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default results/long-context; a new temporary folder with --smoke)")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--preset", default="tiny", help="gpt2 preset (small: GPT-2 small, ignores the sizes)")
@@ -140,7 +143,14 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="run the steps under torch.autocast(bfloat16)")
     p.add_argument("--replot", action="store_true",
                    help="measure nothing: redraw the plot and tables from OUT/long_context.json")
+    p.add_argument("--smoke", action="store_true",
+                   help="a GPT-2 of 3 layers × 16 at S = 16 and 32, one repeat: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.lengths, args.layers, args.width, args.heads, args.repeats = [16, 32], 3, 16, 2, 1
+        args.preset = "tiny"
+    args.out = args.out or (Path(tempfile.mkdtemp(prefix="long-context-smoke-")) if args.smoke
+                            else Path("results/long-context"))
     if args.replot:
         saved = json.loads((args.out / "long_context.json").read_text())
         vars(args).update({k: v for k, v in saved["settings"].items() if k not in ("out", "replot")})
