@@ -15,6 +15,7 @@ time relative to BP, cos θ to BP's gradient and tokens/s, and which methods mee
 issue 12: at most half of BP's saved activations within 5 % of BP's bits per byte.
 
     python benchmarks/lm_frontier.py --out results/lm-frontier [--seeds 0 1 2] [--steps 1000]
+    python benchmarks/lm_frontier.py --smoke     # tiny sizes, this file as the corpus, a temporary folder: checks it runs
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 from recede import data
@@ -36,7 +38,8 @@ MEASURES = ["test bits/byte", "memory ratio", "time ratio", "cos θ", "tokens/s"
 def workload_argv(args: argparse.Namespace, seed: int, stride: int) -> list[str]:
     """The model, data and optimizer options every command of one seed shares."""
     model = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads}
-    return ["--model", "gpt2", "--data", "text", "--data-opt", f"seq_len={args.seq_len}",
+    corpus = [] if args.corpus is None else ["--data-opt", f"path={args.corpus}"]
+    return ["--model", "gpt2", "--data", "text", *corpus, "--data-opt", f"seq_len={args.seq_len}",
             "--data-opt", f"stride={stride}", *[a for k, v in model.items() for a in ("--model-opt", f"{k}={v}")],
             "--batch-size", str(args.batch), "--optimizer", "adam", "--lr", str(args.lr), "--threads", "1",
             "--seed", str(seed), "--no-progress"]
@@ -108,7 +111,9 @@ def cell(row: dict, measure: str, digits: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("results/lm-frontier"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default results/lm-frontier; a new temporary folder with --smoke)")
+    p.add_argument("--corpus", default=None, help="a text file or folder (default: the pinned stdlib corpus)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seq-len", type=int, default=512)
@@ -120,9 +125,20 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--bpm-period", type=int, default=200)
     p.add_argument("--bpm-samples", type=int, default=16)
+    p.add_argument("--smoke", action="store_true",
+                   help="one seed, 2 steps of a GPT-2 of 3 layers × 16 on 16-byte windows: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.seeds, args.steps, args.seq_len, args.layers, args.width = [0], 2, 16, 3, 16
+        args.bpm_period, args.bpm_samples = 1, 2
+    args.out = args.out or (Path(tempfile.mkdtemp(prefix="lm-frontier-smoke-")) if args.smoke
+                            else Path("results/lm-frontier"))
+    if args.smoke and args.corpus is None:  # this script's own text: a validation split of ~50 windows
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.corpus = str(args.out / "corpus.txt")
+        Path(args.corpus).write_text(Path(__file__).read_text())
 
-    task = data.load("text", seq_len=args.seq_len)
+    task = data.load("text", seq_len=args.seq_len, **({} if args.corpus is None else {"path": args.corpus}))
     stride = (task.info["train tokens"] - args.seq_len) // (args.steps * args.batch - 1)
     runs = [seed_rows(args, seed, stride) for seed in args.seeds]
     rows = summarise(runs)

@@ -26,6 +26,7 @@ which other jobs on a shared machine do not inflate and which equal wall time on
 asserted: read the ratios.
 
     python benchmarks/models.py [--models resnet62 resnet50 vit-small gpt-small] [--batch 16] [--repeats 7] [--device cpu]
+    python benchmarks/models.py --smoke      # tiny models of each kind: checks the script runs
 """
 
 from __future__ import annotations
@@ -87,28 +88,33 @@ def gpt_small(depth: int = 8, width: int = 256, heads: int = 4, vocab: int = 256
     return BlockNet([Embedding(vocab, width, length, layers[0]), *layers[1:]], head, per_token_cross_entropy)
 
 
-def workload(name: str, batch: int, resnet50_side: int) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:
-    """The model and one batch of random inputs and targets."""
+def workload(name: str, batch: int, resnet50_side: int,
+             smoke: bool = False) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:
+    """The model and one batch of random inputs and targets (``smoke``: a tiny model of the same kind)."""
     if name == "gpt-small":
-        net = gpt_small()
-        x = torch.randint(0, 256, (batch, 128))
-        return net, x, torch.randint(0, 256, (batch, 128))
+        length = 8 if smoke else 128
+        net = gpt_small(depth=3, width=16, heads=2, length=length) if smoke else gpt_small()
+        x = torch.randint(0, 256, (batch, length))
+        return net, x, torch.randint(0, 256, (batch, length))
     if name == "resnet62":
-        net, side = build("resnet62", num_classes=10), 32
+        net, side = build("resnet62", num_classes=10, **({"widths": (4, 4, 8), "blocks_per_stage": 1}
+                                                         if smoke else {})), 8 if smoke else 32
     elif name == "resnet50":
-        net, side = build("resnet50", num_classes=100), resnet50_side
+        net, side = build("resnet50", num_classes=100, **({"layers": (1, 1, 1, 1), "channels": (4, 8, 8, 16)}
+                                                          if smoke else {})), resnet50_side
     else:
-        net, side = build("vit-b16", num_classes=10, img_size=32, patch_size=4, embed_dim=192, depth=12,
-                          num_heads=3), 32
+        shape = dict(img_size=8, embed_dim=16, depth=3, num_heads=2) if smoke else \
+            dict(img_size=32, embed_dim=192, depth=12, num_heads=3)
+        net, side = build("vit-b16", num_classes=10, patch_size=4, **shape), shape["img_size"]
     x = torch.randn(batch, 3, side, side)
     return net, x, torch.randint(0, 10, (batch,))
 
 
 def benchmark(name: str, batch: int, repeats: int, resnet50_side: int, device: torch.device,
-              clock=time.perf_counter) -> list[dict]:
+              clock=time.perf_counter, smoke: bool = False) -> list[dict]:
     """One model: a row per horizon h = 1, 2, 3, 5, T/2, T."""
     torch.manual_seed(0)
-    net, x, y = workload(name, batch, resnet50_side)
+    net, x, y = workload(name, batch, resnet50_side, smoke)
     net, x, y = net.to(device), x.to(device), y.to(device)
     net.check(x, y)
     T = net.T
@@ -153,14 +159,18 @@ def main() -> None:
                         help="CPU seconds of this process or wall seconds (default: cpu on a CPU, wall on CUDA)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (by default freed memory stays in the process)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models of each kind, batch 2, one repeat: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.repeats, args.resnet50_side = 2, 1, 16
     kept = not args.default_allocator and keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
     rows = [row for name in args.models
             for row in benchmark(name, args.batch, args.repeats, args.resnet50_side, device,
-                                 time.process_time if clock == "cpu" else time.perf_counter)]
+                                 time.process_time if clock == "cpu" else time.perf_counter, args.smoke)]
     print(f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock, "
           f"{'freed memory kept (glibc mallopt)' if kept else 'default allocator'}")
     print(markdown_table(rows, list(rows[0])))

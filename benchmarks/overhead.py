@@ -13,6 +13,7 @@ Prints time(engine) / time(floor) for each h, and both relative to BP (``loss.ba
 measured in one run with interleaved medians.  Nothing is asserted.
 
     python benchmarks/overhead.py [--batch 32] [--repeats 30] [--horizons 1 2 5] [--clock cpu|wall]
+    python benchmarks/overhead.py --smoke        # a tiny ResNet, one repeat: checks the script runs
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: this process's CPU seconds (default; a shared machine's other jobs do not "
                              "inflate them with one thread); wall: elapsed time")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a ResNet-62 shrunk to T = 3, batch 4, h = 1 and 2, one repeat: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.repeats, args.horizons = 4, 1, [1, 2]
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = data.load("digits")
-    net = models.build("resnet62", task)
+    net = models.build("resnet62", task, **({"widths": (4, 4, 8), "blocks_per_stage": 1} if args.smoke else {}))
     x, y = next(iter(torch.utils.data.DataLoader(task.train, batch_size=args.batch)))
 
     def run(step):
@@ -81,7 +86,7 @@ def main() -> None:
         engine = MPC(net, h)
         runs[f"engine h={h}"] = run(lambda engine=engine: engine.backward(x, y))
         runs[f"floor h={h}"] = run(lambda h=h: floor_step(net, x, y, h))
-    seconds = interleaved_medians(runs, args.repeats, warmup=3, clock=CLOCKS[args.clock])
+    seconds = interleaved_medians(runs, args.repeats, warmup=1 if args.smoke else 3, clock=CLOCKS[args.clock])
     rows = [{"h": h, "engine / BP": seconds[f"engine h={h}"] / seconds["bp"],
              "floor / BP": seconds[f"floor h={h}"] / seconds["bp"],
              "engine / floor": seconds[f"engine h={h}"] / seconds[f"floor h={h}"]} for h in args.horizons]

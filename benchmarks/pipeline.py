@@ -20,6 +20,7 @@ fewer cores share them, which confounds throughput).
 
     python benchmarks/pipeline.py [--ranks 2 4] [--blocks 8] [--width 256] [--batch 256]
                                   [--repeats 7] [--seeds 3] [--out results/pipeline]
+    python benchmarks/pipeline.py --smoke       # 2 ranks, tiny sizes, a temporary folder: checks it runs
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
@@ -207,8 +209,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="B, cut into M = 4·ranks micro-batches")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", default="results/pipeline")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default results/pipeline; a new temporary folder with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 ranks, T = 4, width 8, batch 16, one seed and repeat: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.ranks, args.blocks, args.width, args.batch, args.repeats, args.seeds = [2], 4, 8, 16, 1, 1
+    args.out = args.out or (tempfile.mkdtemp(prefix="pipeline-smoke-") if args.smoke else "results/pipeline")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, checks = [], {}

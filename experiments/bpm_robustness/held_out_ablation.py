@@ -19,6 +19,7 @@ every run of a (task, seed) starts from the same weights and data order as the s
 (mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
 
     python experiments/bpm_robustness/held_out_ablation.py [--regimes paper fresh] [--variants FF robust ...]
+    python experiments/bpm_robustness/held_out_ablation.py --smoke    # tiny: checks the script runs
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ ROBUST = bp_modified.robust_scalars
 
 
 def without_held_out_test(cap: bool):
-    """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower."""
-    def scalars(m: bp_scalars.BlockMoments, B_prime: int, end: torch.Tensor | None):
+    """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower (and
+    less its limit on λ's growth from the last refresh: ``previous`` is accepted and unused)."""
+    def scalars(m: bp_scalars.BlockMoments, B_prime: int, end: torch.Tensor | None,
+                previous: torch.Tensor | None = None):
         lam = bp_scalars.fresh_lambda(m, B_prime)
         if cap:
             lam = torch.minimum(lam, bp_scalars.step_cap(m))
@@ -72,14 +75,22 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS["fresh"], default=VARIANTS["fresh"],
                         help="train only these (each regime runs those of its own it has)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every variant for one epoch on 128 spirals, seed 0, both regimes: checks the script runs")
     args = parser.parse_args()
     cfg = study.load_config()
+    cases, fresh = CASES, {"period_epochs": 0.3, "offset_samples": 160}
+    if args.smoke:
+        spirals = cfg["tasks"]["spirals"] | {"data_options": {"n": 128, "n_test": 64}, "epochs": 1,
+                                             "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"}}
+        cfg = cfg | {"seeds": [0], "tasks": {"spirals": spirals}}
+        cases, fresh = {regime: [("spirals", 0.03)] for regime in CASES}, {"period_epochs": 0.5, "offset_samples": 16}
     torch.set_num_threads(cfg["threads"])
     print(f"machine: {machine()}", flush=True)
     rows = []
     for regime_name in args.regimes:
-        regime = cfg["regime"] | ({"period_epochs": 0.3, "offset_samples": 160} if regime_name == "fresh" else {})
-        for task_name, lr in CASES[regime_name]:
+        regime = cfg["regime"] | (fresh if regime_name == "fresh" else {})
+        for task_name, lr in cases[regime_name]:
             spec = cfg["tasks"][task_name]
             task = data.load(spec["data"], **spec["data_options"])
             results = {}
