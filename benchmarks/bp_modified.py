@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch.utils.data import TensorDataset
@@ -87,16 +88,16 @@ def main() -> None:
         for _ in range(args.repeats):
             for key, method in (("original", original), ("modified", modified)):
                 net.zero_grad(set_to_none=True)
-                step_times[key].append(timed(lambda: method.backward(x, y), device))
-            refresh_times.append(timed(lambda: modified.refresh(refresh_set), device))
+                step_times[key].append(timed(partial(method.backward, x, y), device))
+            refresh_times.append(timed(partial(modified.refresh, refresh_set), device))
         step_o, step_m = (statistics.median(step_times[k]) for k in ("original", "modified"))
         refresh = statistics.median(refresh_times)
         epoch_o, epoch_m = K * step_o, K * step_m + refresh
 
-        _, mem_o = measure(lambda: original.backward(x, y), net, device)
-        _, mem_m = measure(lambda: modified.backward(x, y), net, device)
-        _, mem_r = measure(lambda: modified.refresh(refresh_set), net, device)
-        _, mem_bp_b = measure(lambda: build_method(net, "bp").backward(*refresh_set[0]), net, device)
+        _, mem_o = measure(partial(original.backward, x, y), net, device)
+        _, mem_m = measure(partial(modified.backward, x, y), net, device)
+        _, mem_r = measure(partial(modified.refresh, refresh_set), net, device)
+        _, mem_bp_b = measure(partial(build_method(net, "bp").backward, *refresh_set[0]), net, device)
         net.zero_grad(set_to_none=True)
         elem = next(net.parameters()).element_size()
         param_bytes = sum(p.numel() for p in net.parameters() if p.requires_grad) * elem

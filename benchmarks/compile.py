@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 import recede
-from recede.usage import interleaved_medians, timed_step
 from recede.reports import markdown_table
+from recede.usage import interleaved_medians, timed_step
 
+# isort: split
 from models import Causal, per_token_cross_entropy  # benchmarks/models.py, beside this script
 
 

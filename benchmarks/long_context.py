@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
     for spec, method, step in zip(args.methods, methods, seconds):
         net.zero_grad(set_to_none=True)
         with precision:
-            _, memory = measure(lambda: method.backward(x, x), module=net, device=device)
+            _, memory = measure(partial(method.backward, x, x), module=net, device=device)
         rows.append({"S": seq_len, "method": parse_method(spec).label, "T": net.T,
                      "saved MiB": memory.saved_peak_bytes / MiB, "state MiB": state / MiB,
                      "saved / state": memory.saved_peak_bytes / state,

@@ -19,6 +19,7 @@ measured in one run with interleaved medians.  Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
@@ -74,9 +75,9 @@ def main() -> None:
     net.eval()  # fixed BatchNorm statistics, so that the two gradients are comparable
     for h in args.horizons:
         grads = []
-        for step in (lambda: MPC(net, h).backward(x, y), lambda: floor_step(net, x, y, h)):
+        for step in (MPC(net, h).backward, partial(floor_step, net, h=h)):
             net.zero_grad(set_to_none=True)
-            step()
+            step(x, y)
             grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
         print(f"h = {h}: max |engine - floor| over all gradients = {float((grads[0] - grads[1]).abs().max()):.2e}")
     net.train()

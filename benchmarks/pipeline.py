@@ -38,13 +38,13 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from recede import distributed
-from recede.usage import interleaved_medians
 from recede.blocks import BlockNet
-from recede.models.mlp import Residual
 from recede.memory import SavedTensorMeter
+from recede.models.mlp import Residual
 from recede.pipeline import Pipeline, Plan, even_sizes, simulate
 from recede.plots import figure
 from recede.reports import markdown_table, write_json
+from recede.usage import interleaved_medians
 
 CLASSES = 10
 BASELINE = "1F1B-BP"

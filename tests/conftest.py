@@ -7,15 +7,15 @@ import os
 
 import pytest
 import torch
+from torch import nn
+
+from recede import BlockNet
+from recede.models import build, mlp
 
 # Tests run two per core under pytest-xdist and start subprocesses of their own: one thread each
 # avoids OpenMP oversubscription, which slows these tiny models tenfold on two cores.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
-from torch import nn
-
-from recede import BlockNet
-from recede.models import build, mlp
 
 
 def tanh_residual(width: int) -> nn.Module:

@@ -13,9 +13,9 @@ import math
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, resmlp_independent
 from torch.utils._pytree import tree_map
 
-from conftest import ARCHITECTURES, resmlp_independent
 from recede import MPC, BPModified, NonFiniteLossError
 from recede.methods import build_method
 
@@ -31,7 +31,7 @@ def _grads(net) -> dict:
 
 
 def _methods(net, x, y):
-    refresh = [(tree_map(lambda t: t[i:i + 4], x), y[i:i + 4]) for i in range(0, 8, 4)]
+    refresh = [(tree_map(lambda t, i=i: t[i:i + 4], x), y[i:i + 4]) for i in range(0, 8, 4)]
     yield "ckpt", build_method(net, "ckpt")
     for h in range(1, net.T + 1):
         yield f"mpc:{h}", MPC(net, h)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import resmlp_independent
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
-from recede import BlockNet, BPModified, MPC
+from recede import MPC, BlockNet, BPModified
 from recede.bp_modified import block_moments
 from recede.bp_scalars import fresh_lambda, step_cap
 from recede.methods import build_method, parse_method
 from recede.models import build
 from recede.reproduce import torch_threads
-
-from conftest import resmlp_independent
 
 
 def small_net(T: int = 5, width: int = 4, classes: int = 3) -> BlockNet:
@@ -247,7 +246,7 @@ def test_trains_under_sgd_momentum_and_adam_on_its_own_schedule(optimizer):
     opt = optimizer(net.parameters())
     x, y = data.tensors
     initial = float(net.loss(x, y).detach())
-    for epoch in range(5):
+    for _ in range(5):
         for xb, yb in zip(x.split(32), y.split(32)):
             opt.zero_grad(set_to_none=True)
             method.backward(xb, yb)

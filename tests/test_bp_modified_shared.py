@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ARCHITECTURES, untie
+
 from recede import BPModified
 
 pytestmark = pytest.mark.usefixtures("float64")

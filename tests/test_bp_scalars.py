@@ -8,8 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recede.bp_scalars import (BlockMoments, end_coefficient, fresh_lambda, offset_signal, one_step_error,
-                               paper_scalars, robust_scalars, step_cap)
+from recede.bp_scalars import (
+    BlockMoments,
+    end_coefficient,
+    fresh_lambda,
+    offset_signal,
+    one_step_error,
+    paper_scalars,
+    robust_scalars,
+    step_cap,
+)
 
 
 def random_moments(n_blocks: int, seed: int) -> BlockMoments:
@@ -76,7 +84,8 @@ def test_paper_scalars_limits():
 def test_paper_scalars_can_choose_a_negative_or_huge_a():
     """The failure the robust rule avoids: a local gradient nearly orthogonal to, or much smaller
     than, the true one gives Paper B's a* < 0 or ≫ 1 (a_bias = ḡ_h·ḡ_T / ‖ḡ_h‖²)."""
-    t = lambda *v: torch.tensor(v, dtype=torch.float64)
+    def t(*v: float) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float64)
     m = BlockMoments(hh=t(1.0, 1e-4), ht=t(-0.5, 0.01), tt=t(1.0, 1.0), tr_h=t(0.1, 1e-4), tr_t=t(50.0, 50.0),
                      tr_ht=t(0.0, 0.0))
     a, _ = paper_scalars(m, 64, 320, 782)
@@ -127,7 +136,8 @@ def micro_batch_moments(means_h: torch.Tensor, means_t: torch.Tensor, b_prime: i
 
 
 def test_end_coefficient_is_a_lower_confidence_bound():
-    f64 = lambda *v: torch.tensor(v, dtype=torch.float64)
+    def f64(*v: float) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float64)
     cross, norm_sq, se = f64(2.0, -1.0, 5.0), f64(4.0, 1.0, 0.0), f64(0.5, 0.1, 1.0)
     got = end_coefficient(cross, norm_sq, se, 20)  # three blocks: level 1 − 0.025/3, t(19) = 2.625
     torch.testing.assert_close(got[:2], (cross[:2] - 2.6251 * se[:2]) / norm_sq[:2], rtol=1e-4, atol=1e-9)
@@ -216,7 +226,8 @@ def test_robust_lambda_never_increases_the_period_error():
         end = (dK @ d0) / (d0 @ d0)  # what this offset is worth at the period's end
         _, lam = robust_scalars(m, 64, end)
         steps = [d0 + (dK - d0) * k / 99 for k in range(100)]
-        error = lambda l: sum(float(((d - l * d0) ** 2).sum()) for d in steps)
+        def error(lam: float, d0: torch.Tensor = d0, steps: list = steps) -> float:
+            return sum(float(((d - lam * d0) ** 2).sum()) for d in steps)
         assert error(float(lam)) <= error(0.0) + 1e-9
         applied += float(lam) > 0
     assert applied > 50  # the offset is used where it helps

@@ -12,9 +12,9 @@ import copy
 
 import pytest
 import torch
+from conftest import ARCHITECTURES
 from torch import nn
 
-from conftest import ARCHITECTURES
 from recede import MPC, BlockNet
 from recede.methods import build_method
 

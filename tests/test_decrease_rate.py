@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import linear_resnet, resmlp_independent
+
 from recede.fidelity import gradient_cosine
 from recede.theory.decrease_rate import decrease_rates, full_batch_run
 

@@ -10,10 +10,16 @@ from torch import nn
 from recede.blocks import BlockNet
 from recede.engine import MPC
 from recede.fidelity import block_gradient_vector
-from recede.theory.deep_linear import (cosines, gaussian_perturbations, horizon_gradients,
-                                       optimal_horizon, smooth_perturbations, theorem_exponent,
-                                       weighted_objective, weights_from)
-
+from recede.theory.deep_linear import (
+    cosines,
+    gaussian_perturbations,
+    horizon_gradients,
+    optimal_horizon,
+    smooth_perturbations,
+    theorem_exponent,
+    weighted_objective,
+    weights_from,
+)
 
 
 def linear_blocknet(W):

@@ -6,15 +6,14 @@ import copy
 import math
 
 import numpy as np
-
 import pytest
 import torch
+from conftest import ARCHITECTURES, resmlp_independent, resmlp_shared, slow_horizon_gradient, tanh_residual
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import recede
-from conftest import ARCHITECTURES, tanh_residual, resmlp_independent, resmlp_shared, slow_horizon_gradient
 from recede import MPC, BlockNet, NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("float64")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import resmlp_independent
+
 from recede import MPC
 from recede.loco import LoCoEq21
 from recede.methods import build_method, parse_method

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import resmlp_independent
 from torch import nn
 
-from conftest import resmlp_independent
 from recede import MPC
 from recede.memory import SavedTensorMeter, measure
 

@@ -17,7 +17,6 @@ pytest.importorskip("peft")
 from recede.models.peft_adapters import adapter_parameters, apply_adapter  # noqa: E402
 from recede.models.weights import load_weights  # noqa: E402
 
-
 TINY_RESNET50 = dict(num_classes=3, layers=(1, 2, 1, 1), channels=(2, 4, 4, 8))
 TINY_VIT = dict(num_classes=3, img_size=8, patch_size=4, embed_dim=8, depth=3, num_heads=2)
 

@@ -27,7 +27,7 @@ def test_expected_loss_and_eq_13_match_simulation():
     p, horizon = problem(1.0), 2.0
     lams = np.array([0.0, p.optimal_lambda(horizon), 1.0])
     simulated = simulate_loss(p, lams, horizon, paths=20_000, dt=5e-3, seed=2)
-    exact = np.array([p.expected_loss(l, horizon) for l in lams])
+    exact = np.array([p.expected_loss(lam, horizon) for lam in lams])
     np.testing.assert_allclose(simulated, exact, rtol=0.04)
     assert p.minimum_loss(horizon) == pytest.approx(exact[1], rel=1e-12)
     assert exact[1] < exact[0] and exact[1] < exact[2]

@@ -11,11 +11,11 @@ import pytest
 import timm
 import torch
 import yaml
+from test_data import _images, _pickle
 
 from recede import data, models
 from recede.cli import main
 from recede.reproduce import configs, paper_b
-from test_data import _images, _pickle
 
 TINY_R50 = {"layers": [1, 1, 1, 1], "channels": [2, 2, 4, 4]}
 PAPER_B = {"optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9}, "batch_size": 64,

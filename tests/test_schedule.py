@@ -11,7 +11,6 @@ from recede.selection import select_horizon
 from recede.train import make_optimizer, train
 
 
-
 def setup(seed=0):
     torch.manual_seed(seed)
     net = models.build("resmlp", depth=6)

@@ -11,15 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import resmlp_independent
 from torch.utils.data import TensorDataset
 
 from recede.memory import MemoryReport
 from recede.methods import build_method
 from recede.train import make_optimizer
-from recede.usage import (REFRESH_BUFFERS, PaidMemory, StepTime, interleaved_medians, kept_state, measure_paid,
-                          meter, refreshes_per_step, step_runs, training_state)
-
-from conftest import resmlp_independent
+from recede.usage import (
+    REFRESH_BUFFERS,
+    PaidMemory,
+    StepTime,
+    interleaved_medians,
+    kept_state,
+    measure_paid,
+    meter,
+    refreshes_per_step,
+    step_runs,
+    training_state,
+)
 
 
 def bpm_ff(net, period: int = 5):

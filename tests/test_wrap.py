@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import recede
-from recede.wrap import Layout, register_family, FAMILIES
+from recede.wrap import FAMILIES, Layout, register_family
 
 
 def _seq() -> nn.Sequential:

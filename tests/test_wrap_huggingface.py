@@ -12,11 +12,11 @@ import copy
 
 import pytest
 import torch
+from conftest import slow_horizon_gradient
 from torch import nn
 
 import recede
 from recede.wrap.huggingface import next_token_loss
-from conftest import slow_horizon_gradient
 
 transformers = pytest.importorskip("transformers")
 

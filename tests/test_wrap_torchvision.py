@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import check_wrap
+from torch import nn
 
 tv = pytest.importorskip("torchvision.models")
 from torchvision.models import convnext, efficientnet, mobilenetv3  # noqa: E402

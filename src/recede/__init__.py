@@ -4,10 +4,10 @@ Each block of a network learns from the loss h blocks ahead: h = 1 is Forward-Fo
 local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
 """
 
-from recede.blocks import BlockNet
-from recede.engine import MPC, NonFiniteLossError, check_horizon
-from recede.bp_modified import BPModified
 from recede import data, memory, models
+from recede.blocks import BlockNet
+from recede.bp_modified import BPModified
+from recede.engine import MPC, NonFiniteLossError, check_horizon
 from recede.fidelity import gradient_cosine
 from recede.selection import select_horizon
 from recede.wrap import wrap

@@ -1,4 +1,5 @@
 import sys
+
 from recede.cli import main
 
 sys.exit(main())

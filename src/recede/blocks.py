@@ -21,9 +21,9 @@ parameter's gradient is their sum; at h = T that is autograd's gradient.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch._functorch.config as functorch_config
@@ -241,7 +241,7 @@ class BlockNet(nn.Module):
         dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(modules))
         keep_compiled_graphs(self.blocks)
 
-    def regroup(self, n_stages: int) -> "BlockNet":
+    def regroup(self, n_stages: int) -> BlockNet:
         """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).
 
         Blocks are split as evenly as ``torch.tensor_split`` splits T items; each stage's head

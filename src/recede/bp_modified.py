@@ -46,8 +46,16 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from recede.blocks import BlockNet, samples_in, to_device
-from recede.bp_scalars import (SCALINGS, BlockMoments, bias_scalars, bias_term, end_coefficient, paper_scalars,
-                               robust_scalars, variance_term)
+from recede.bp_scalars import (
+    SCALINGS,
+    BlockMoments,
+    bias_scalars,
+    bias_term,
+    end_coefficient,
+    paper_scalars,
+    robust_scalars,
+    variance_term,
+)
 from recede.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bp_modified")

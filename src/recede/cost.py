@@ -63,7 +63,7 @@ class BlockCosts:
     def T(self) -> int:
         return len(self.forward)
 
-    def stages(self, n: int) -> "BlockCosts":
+    def stages(self, n: int) -> BlockCosts:
         """The costs of :meth:`recede.BlockNet.regroup`'s ``n`` stages (LoCo's blocks): a stage
         sums its blocks' F, D and B; its weight pass is its first block's W plus the full
         backward of the blocks above it; its head is the head of its last block."""

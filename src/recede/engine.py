@@ -246,7 +246,7 @@ class MPC:
             for j in released:
                 window.pop(j, None)
 
-    def _sweep(self, window: dict[int, "_Graph"], outputs: list[torch.Tensor],
+    def _sweep(self, window: dict[int, _Graph], outputs: list[torch.Tensor],
                cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
                weighted: set[int], released: set[int], uses: Uses, step: StepGradients) -> None:
         """Carry ∂L(x_k) back from block k-1 down to block ``lowest``.

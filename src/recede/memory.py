@@ -77,7 +77,7 @@ class SavedTensorMeter:
     def _unpack(packed: Any) -> torch.Tensor:
         return packed.tensor if isinstance(packed, _Handle) else packed
 
-    def __enter__(self) -> "SavedTensorMeter":
+    def __enter__(self) -> SavedTensorMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         return self

@@ -86,7 +86,7 @@ class Workload:
     world_size: int = 1
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> "Workload":
+    def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> Workload:
         """The workload of the command's options, checked before any training
         (:mod:`recede.preflight`): the device, the data and model options, and that the
         model accepts the data."""

@@ -139,7 +139,7 @@ class LoopState:
         return {**asdict(self), "history": [r.as_dict() for r in self.history]}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "LoopState":
+    def from_state_dict(cls, state: dict) -> LoopState:
         return cls(**{**state, "history": [EpochRecord(**r) for r in state["history"]]})
 
 

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from recede import checkpoint, distributed, preflight
 from recede.config import int_range
 from recede.distributed import RankFailure
-from recede.memory import measure
 from recede.launch import launch
+from recede.memory import measure
 from recede.methods import MethodSpec, default_offset_samples
 from recede.pipeline.stage import Pipeline
 from recede.plots import loss_curves

@@ -23,6 +23,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,12 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
                 for seed in cfg["seeds"]:
                     for method, scaling in [("bp", None), ("ff", None)] + [("bpm-ff", s) for s in cfg["scalings"]]:
                         key = run_key(name, lr, seed, "BP" if method == "bp" else label(scaling))
-                        add(key, lambda: run_one(spec, task, method, lr, seed, cfg["regime"], scaling))
+                        add(key, partial(run_one, spec, task, method, lr, seed, cfg["regime"], scaling))
                     if fresh and fresh["task"] == name and fresh["lr"] == lr:
                         regime = cfg["regime"] | {k: fresh[k] for k in ("period_epochs", "offset_samples")}
                         for scaling in cfg["scalings"]:
                             add(run_key(name, lr, seed, label(scaling, fresh=True)),
-                                lambda: run_one(spec, task, "bpm-ff", lr, seed, regime, scaling))
+                                partial(run_one, spec, task, "bpm-ff", lr, seed, regime, scaling))
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
     seconds = sum(r["seconds"] for r in runs.values())

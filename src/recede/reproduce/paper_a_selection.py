@@ -25,6 +25,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     for name in LOCO:
         net.load_state_dict(init)
         method = build_method(net, LOCO[name])
-        _, report = measure(lambda: method.backward(*probe[0]), module=net)
+        _, report = measure(partial(method.backward, *probe[0]), module=net)
         net.zero_grad(set_to_none=True)
         net.load_state_dict(init)
         runs[name] = fit(name, method) | {"memory": report.saved_peak_bytes}
@@ -158,7 +159,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
         schedule = HorizonSchedule(net, probe, config["schedule"]["every"], objective, goals["eps"],
                                    goals["lam"][cost], cost, goals["c"], default_M0(memory, cost), H)
         result = fit(f"schedule {column_name(objective, cost)}", schedule,
-                     lambda record: schedule.epoch_end(record.epoch))
+                     lambda record, schedule=schedule: schedule.epoch_end(record.epoch))
         per_epoch = schedule.horizons_by_epoch(spec["epochs"])
         schedules.append({"objective": objective, "cost": cost, "horizons": per_epoch,
                           "history": schedule.history, **result,
@@ -193,6 +194,11 @@ def objective_for(r: float, costs: list[float], objective: str, goals: dict, cos
     return -r + goals["lam"][cost] * C
 
 
+def _score(run: dict, goals: dict, objective: str, cost: str, M0: float) -> float | None:
+    """O(a) of one run of Figure 5 under ``objective`` and ``cost``."""
+    return objective_value(run["r"], run["memory"], objective, goals["eps"], goals["lam"][cost], cost, goals["c"], M0)
+
+
 def figure5_scores(results: dict, goals: dict) -> dict:
     """Objective values and Rel(a) per model × Table D3 column, with the best fixed horizon in
     hindsight; also fills each schedule run's objective ``value``."""
@@ -202,8 +208,7 @@ def figure5_scores(results: dict, goals: dict) -> dict:
         for objective, cost in COLUMNS:
             name = column_name(objective, cost)
             M0 = default_M0(memory, cost)
-            score = lambda run: objective_value(run["r"], run["memory"], objective, goals["eps"],
-                                                goals["lam"][cost], cost, goals["c"], M0)
+            score = partial(_score, goals=goals, objective=objective, cost=cost, M0=M0)
             values = {a: score(run) for a, run in algorithm_runs(model, name).items()}
             extra = {a: score(model["runs"][a]) for a in EXTRA_LOCO}
             fixed = {h: score(model["runs"][f"h={h}"]) for h in sorted(memory) if f"h={h}" in model["runs"]}

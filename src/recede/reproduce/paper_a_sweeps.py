@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
         for h in horizons:
             net.load_state_dict(init)
             method = build_method(net, f"mpc:{h}")
-            _, memory = measure(lambda: method.backward(x, y), net, device)
+            _, memory = measure(partial(method.backward, x, y), net, device)
             net.zero_grad(set_to_none=True)
             net.load_state_dict(init)
             opt = entry["optimizer"]

@@ -40,7 +40,7 @@ class HorizonRun:
     losses: list[float]
     cos: list[float]
 
-    def rate(self, bp: "HorizonRun", steps: int) -> float:
+    def rate(self, bp: HorizonRun, steps: int) -> float:
         """r(h) of eq. 14 after ``steps`` steps, against the BP run ``bp`` from the same start."""
         J0 = self.losses[0]
         denominator = math.log(bp.losses[steps] / J0)

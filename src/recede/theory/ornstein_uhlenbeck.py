@@ -95,8 +95,8 @@ def simulate_loss(problem: OUProblem, lams: np.ndarray, horizon: float, paths: i
     rng = np.random.default_rng(seed)
     lams = np.asarray(lams, dtype=float)
     n = len(problem.u0)
-    roots_t = np.stack([np.linalg.cholesky(problem.V + l ** 2 * problem.V_offset + 1e-12 * np.eye(n)).T
-                        for l in lams])  # [L, n, n], transposed: noise = dw @ rootᵀ
+    roots_t = np.stack([np.linalg.cholesky(problem.V + lam ** 2 * problem.V_offset + 1e-12 * np.eye(n)).T
+                        for lam in lams])  # [L, n, n], transposed: noise = dw @ rootᵀ
     target = (1 - lams)[:, None] * problem.u_local[None, :]  # drift pulls towards (1−λ)u_h*
     u = np.broadcast_to(problem.u0, (len(lams), paths, n)).copy()
     step = np.eye(n) - dt * problem.A.T
