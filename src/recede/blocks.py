@@ -119,7 +119,7 @@ class BlockNet(nn.Module):
         if len(self.blocks) == 0:
             raise ValueError("BlockNet needs at least one block; got an empty sequence")
         self.shared_head = isinstance(heads, nn.Module) and not isinstance(heads, nn.ModuleList)
-        if self.shared_head:
+        if isinstance(heads, nn.Module) and not isinstance(heads, nn.ModuleList):
             self.heads = nn.ModuleList([heads])
         else:
             self.heads = nn.ModuleList(heads)

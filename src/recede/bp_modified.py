@@ -179,8 +179,8 @@ class BPModified:
             raise ValueError("scaling='fixed' needs both a and lam (--bpm-a, --bpm-lam), and only it takes them")
         if lam is not None and not 0 <= lam <= 1:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
-        if data is not None and len(data) < offset_samples:
-            raise ValueError(f"data holds {len(data)} samples, fewer than offset_samples = {offset_samples}")
+        if data is not None and len(data) < offset_samples:  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+            raise ValueError(f"data holds {len(data)} samples, fewer than offset_samples = {offset_samples}")  # type: ignore[arg-type]
         self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
         self.scaling, self.fixed = scaling, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
@@ -239,7 +239,7 @@ class BPModified:
         if self.data is None:
             raise ValueError("BPModified has no data to draw from; pass data= or call refresh() yourself")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + refresh_index)
-        chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]
+        chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
         for part in chosen.split(self.micro_batch):
             x, y = default_collate([self.data[int(i)] for i in part])
             yield x, y
@@ -344,7 +344,9 @@ class BPModified:
         elif self.scaling == "bias":
             a, lam = bias_scalars(m)
         else:
-            a, lam = torch.full_like(m.hh, self.fixed[0]), torch.full_like(m.hh, self.fixed[1])
+            fixed_a, fixed_lam = self.fixed
+            assert fixed_a is not None and fixed_lam is not None  # scaling 'fixed' is checked to have both
+            a, lam = torch.full_like(m.hh, fixed_a), torch.full_like(m.hh, fixed_lam)
         offset = mean_t
         for view, h_view, scale in zip(offset.split(self._sizes), mean_h.split(self._sizes), a):
             view.sub_(h_view, alpha=float(scale))
@@ -389,13 +391,13 @@ class BPModified:
             values |= {"cos_held_out": (_cos(check["e_dot"], check["e_sq"], m.tt), 1.0),
                        "end_bound": (check["end"].clamp_min(-1e300), 1.0)}
             totals["cos_held_out_all"] = _cos(check["e_dot"].sum(), check["e_sq"].sum(), m.tt.sum())
-        full = {}
+        full: dict[str, list[float]] = {}
         for name, (tensor, default) in values.items():
             full[name] = [default] * T
             for t, v in zip(self.modified, tensor.tolist()):
                 full[name][t] = v
-        return RefreshStats(self.step, B_prime, b_prime, self.a.tolist(), self.lam.tolist(),
-                            **full, **{k: float(v) for k, v in totals.items()})
+        return RefreshStats(self.step, B_prime, b_prime, self.a.tolist(), self.lam.tolist(),  # keywords: its fields
+                            **full, **{k: float(v) for k, v in totals.items()})  # type: ignore[arg-type]
 
     def _offset_views(self) -> Iterator[list[torch.Tensor]]:
         for chunk, t in zip(self.offset.split(self._sizes), self.modified):

@@ -139,16 +139,14 @@ def paper_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e
     """
     starts = [torch.ones_like(m.hh)] + [_a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K)
                                          for v in (0.0, 0.5, 1.0)]
-    best_a, best_lam, best_e = None, None, None
-    for a in starts:
+    best_a, best_lam = _alternate(starts[0], m, B, B_prime, K, tol, max_iter)
+    best_e = one_step_error(best_a, best_lam, m, B, B_prime, K)
+    for a in starts[1:]:
         a, lam = _alternate(a, m, B, B_prime, K, tol, max_iter)
         e = one_step_error(a, lam, m, B, B_prime, K)
-        if best_e is None:
-            best_a, best_lam, best_e = a, lam, e
-        else:
-            better = e < best_e
-            best_a, best_lam = torch.where(better, a, best_a), torch.where(better, lam, best_lam)
-            best_e = torch.minimum(e, best_e)
+        better = e < best_e
+        best_a, best_lam = torch.where(better, a, best_a), torch.where(better, lam, best_lam)
+        best_e = torch.minimum(e, best_e)
     return best_a, best_lam
 
 

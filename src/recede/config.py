@@ -273,7 +273,7 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
             if many else "one value"
         raise ValueError(f"{where} takes {wanted}, got {value!r}")
     text = value if isinstance(value, str) else str(value)
-    if action.type is None:
+    if not callable(action.type):  # None: the text itself
         value = text
     else:
         try:

@@ -29,8 +29,9 @@ tests use FLOPs, for which the prediction is exact).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -158,7 +159,7 @@ def probes(net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callabl
             out = block(z)
             params = net.block_parameters(t)
             c = torch.randn_like(out)
-            runs[f"F{t}"] = lambda block=block, z=z: block(z)
+            runs[f"F{t}"] = partial(block, z)
             if differentiable:
                 runs[f"D{t}"] = _vjp(out, [z], c)
                 runs[f"B{t}"] = _vjp(out, [z, *params], c)
@@ -166,13 +167,18 @@ def probes(net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callabl
                 runs[f"W{t}"] = _vjp(out, params, c)
             z_k = out.detach().requires_grad_()
             head = [z_k, *(p for p in net.head(t + 1).parameters() if p.requires_grad)]
-            runs[f"H{t + 1}"] = lambda k=t + 1, z_k=z_k, head=head: torch.autograd.grad(
-                net.depth_loss(z_k, y, k), head, allow_unused=True)
+            runs[f"H{t + 1}"] = partial(_head_gradient, net, z_k, y, t + 1, head)
             z = out
     return runs
 
 
-def _vjp(out: torch.Tensor, inputs: list[torch.Tensor], c: torch.Tensor) -> Callable[[], object]:
+def _head_gradient(net: BlockNet, z: torch.Tensor, y: torch.Tensor, k: int,
+                   inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Head k's loss, differentiated with respect to its input and its parameters."""
+    return torch.autograd.grad(net.depth_loss(z, y, k), inputs, allow_unused=True)
+
+
+def _vjp(out: torch.Tensor, inputs: Sequence[torch.Tensor], c: torch.Tensor) -> Callable[[], object]:
     return lambda: torch.autograd.grad(out, inputs, c, retain_graph=True, allow_unused=True)
 
 

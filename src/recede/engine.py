@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ def check_horizon(horizon: object, T: int) -> int:
     else ``ValueError`` naming the range."""
     try:
         scalar = not isinstance(horizon, bool) and not (isinstance(horizon, torch.Tensor) and horizon.dim())
-        h = operator.index(horizon) if scalar else None
+        h = operator.index(cast(SupportsIndex, horizon)) if scalar else None  # TypeError: not an integer
     except TypeError:
         h = None
     if h is None or not 1 <= h <= T:
@@ -178,7 +178,7 @@ class MPC:
         step = StepGradients([{} for _ in range(self.net.T)])
         keep_compiled_graphs([*self.net.blocks, *self.net.heads])
         with torch.enable_grad():
-            if scaling:
+            if scaling and scaler is not None:
                 step.scale = scaler.scale(torch.ones((), device=_device_of(x)))
             if self.horizon == self.net.T and not self.double and not (per_use and uses.shared):
                 self._backprop(x, y, uses, step)
@@ -220,7 +220,8 @@ class MPC:
         net, T, h = self.net, self.net.T, self.horizon
         targets = set(self.target_depths())
         window: dict[int, _Graph] = {}
-        z, z_leaves = x, []
+        z: Any = x
+        z_leaves: list[torch.Tensor] = []
         for t in range(T):
             out = net.run_block(t, z)
             window[t] = _Graph(z_leaves, _grad_leaves(out))

@@ -175,7 +175,9 @@ def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank],
             detail = f": {last}; its log: {r.log}" if last else ""
             return RankFailure(f"rank {r.rank} of {world} failed (exit status {code}{detail})")
     if hung and gave_up:
-        waiter, what = _GAVE_UP.match(gave_up[0]).groups()
+        match = _GAVE_UP.match(gave_up[0])
+        assert match is not None  # gave_up holds the lines _GAVE_UP matched
+        waiter, what = match.groups()
         names = ", ".join(str(r.rank) for r in hung)
         return RankFailure(f"rank {names} of {world} hung: rank {waiter} waited --dist-timeout "
                            f"{timeout:g} s for it in {what}")

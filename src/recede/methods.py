@@ -103,9 +103,10 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
         return CheckpointedBP(net, spec.value)
     horizon, double = {"ff": (1, False), "mpc": (spec.value, False)}.get(spec.kind, (2, spec.double))
     if spec.kind == "loco":
-        if not 2 <= spec.value <= net.T:
+        if spec.value is None or not 2 <= spec.value <= net.T:
             raise ValueError(f"LoCo needs between 2 and T = {net.T} stages, got {spec.value}")
         net = net.regroup(spec.value)
+    assert horizon is not None  # parse_method gives every mpc spec its horizon
     if spec.eq21:
         return LoCoEq21(net)
     if not spec.modified:
@@ -115,7 +116,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
     if period is None:
         if batch_size is None:
             raise ValueError(f"method {spec.label} needs period= or batch_size= (K defaults to one epoch)")
-        period = -(-len(refresh_data) // batch_size)
+        period = -(-len(refresh_data) // batch_size)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
     if offset_samples is None:
         offset_samples = default_offset_samples(period, batch_size or 1, micro_batch)
     return BPModified(net, horizon, period, offset_samples, micro_batch, scaling, a, lam, double,

@@ -46,10 +46,10 @@ REPLACED = RESULTS + ("tensorboard",)
 """What ``--overwrite`` removes when the new run starts (other files are rewritten by it)."""
 
 
-def first_line(err: BaseException) -> str:
+def first_line(err: BaseException | str) -> str:
     """An exception's message as one line (torch's messages often run over several)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return lines[0] if lines else type(err).__name__ if isinstance(err, BaseException) else ""
 
 
 def writes_files() -> bool:
@@ -185,7 +185,7 @@ def load_data(name: str, options: dict[str, Any]) -> data.Task:
         raise
     except Exception as err:  # a value the loader could not use: bad input, named with it
         raise ValueError(f"dataset {_described(name, options)} cannot be loaded: {first_line(err)}") from None
-    if len(task.test) == 0:
+    if len(task.test) == 0:  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
         raise ValueError(f"dataset {_described(name, options)} has an empty test split")
     return task
 

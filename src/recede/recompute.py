@@ -69,7 +69,7 @@ class CheckpointedBP:
                 raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
                                          "no .grad was modified")
             after_forward = [b.clone() for b in recomputed]
-            (scaler.scale(loss) if scaling else loss).backward()
+            (scaler.scale(loss) if scaling and scaler is not None else loss).backward()
         with torch.no_grad():
             for buffer, value in zip(recomputed, after_forward):
                 buffer.copy_(value)

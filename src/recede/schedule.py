@@ -19,6 +19,7 @@ a resumed run continues with the horizon it had.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class HorizonSchedule:
         if not probe:
             raise ValueError("probe is empty; give at least one (x, y) batch to measure cos θ_h on")
         self.net, self.probe, self.every = net, list(probe), every
-        self.options = dict(horizons=horizons, objective=objective, eps=eps, lam=lam, cost=cost,
+        self.options: dict[str, Any] = dict(horizons=horizons, objective=objective, eps=eps, lam=lam, cost=cost,
                             c=c, M0=M0)
         self.history: list[dict] = []
         self.engine: MPC

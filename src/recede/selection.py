@@ -89,7 +89,9 @@ def objective_value(r: float, memory: float, objective: str, eps: float | None =
     _check_objective(objective, eps, lam, cost, c, M0)
     C = float(cost_of(memory, cost, c, M0))
     if objective == "constraint":
+        assert eps is not None  # _check_objective: the constraint objective needs eps
         return C if r >= 1 - eps else None
+    assert lam is not None  # _check_objective: the trade-off objective needs lam
     return -r + lam * C
 
 
@@ -193,6 +195,7 @@ def solve(cos: Mapping[int, float], mem: Mapping[int, float], T: int, objective:
     memory_hat = memory_fit(hs)
     C = cost_of(memory_hat, cost, c, M0)
     if objective == "constraint":
+        assert eps is not None  # _check_objective: the constraint objective needs eps
         feasible_mask = r_hat >= 1 - eps
         value = np.where(feasible_mask, C, np.inf)
         feasible = bool(feasible_mask.any())
@@ -254,6 +257,7 @@ def select_horizon(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.Te
     _check_objective(objective, eps, lam, cost, c, M0)
     hs = default_horizons(net.T) if horizons is None else list(horizons)
     fidelity = gradient_cosine(net, batches, hs)
+    assert fidelity.memory is not None  # gradient_cosine measures memory by default
     choice = solve(fidelity.cos, fidelity.memory, net.T, objective, eps, lam, cost, c, M0)
     return Selection(choice.h, choice.feasible, fidelity, choice)
 

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -67,7 +68,7 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
     ``world_size``, as ``DistributedSampler`` does), so the ranks' i-th batches together are
     the i-th batch of ``world_size × batch_size`` that one process draws.
     """
-    if len(dataset) == 0:
+    if len(dataset) == 0:  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
         raise ValueError("cannot iterate over an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -76,8 +77,9 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if shuffle else None
     if world_size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    n = len(dataset)
-    order = next(iter(DataLoader(range(n), batch_size=n, shuffle=shuffle, generator=generator)))
+    n = len(dataset)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+    order = next(iter(DataLoader(range(n), batch_size=n, shuffle=shuffle,  # type: ignore[arg-type]  # a range is
+                                 generator=generator)))  # a map-style dataset at run time
     total = -(-n // world_size) * world_size
     padded = order.repeat(-(-total // n))[:total]
     return DataLoader(dataset, batch_size=batch_size, sampler=padded[rank::world_size].tolist())
@@ -246,6 +248,6 @@ class _progress:
 
         return advance
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self.bar.__exit__(*exc)

@@ -96,7 +96,7 @@ def timed_step(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return step
 
 
-def step_runs(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+def step_runs(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The parts of a training step to time: ``"step"``, and for a BP-modified method that
     draws its own micro-batches, ``"refresh"`` (one refresh, drawn as in training).  The step
     then never refreshes by itself, so each part is measured alone; run them inside
@@ -247,7 +247,7 @@ def paid_row(spent: StepTime, memory: PaidMemory, bp_time: StepTime, bp_memory: 
            "saved MiB": memory.saved_peak_mib,
            "memory ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
            "state MiB": memory.state_mib, "state ratio": memory.state_bytes / bp_memory.state_bytes}
-    if memory.cuda_peak_bytes is not None:
+    if memory.cuda_peak_bytes is not None and bp_memory.cuda_peak_bytes is not None:
         row["cuda peak MiB"] = memory.cuda_peak_bytes / 2**20
         row["cuda ratio"] = memory.cuda_peak_bytes / bp_memory.cuda_peak_bytes
     return row

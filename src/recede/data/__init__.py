@@ -32,7 +32,7 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)  # provenance written with results
 
     def __post_init__(self) -> None:
-        if len(self.train) == 0:
+        if len(self.train) == 0:  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
             raise ValueError(f"dataset {self.name!r} has an empty training split")
 
     def metrics(self, loss: float) -> dict[str, float]:

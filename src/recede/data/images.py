@@ -104,8 +104,9 @@ def image_transform(dataset: str, size: int | None, normalize: str):
 def _first(dataset: Dataset, n: int | None) -> Dataset:
     if n is None:
         return dataset
-    if not 1 <= n <= len(dataset):
-        raise ValueError(f"train_size must be in [1, {len(dataset)}], got {n}")
+    size = len(dataset)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; these all do
+    if not 1 <= n <= size:
+        raise ValueError(f"train_size must be in [1, {size}], got {n}")
     return Subset(dataset, range(n))
 
 

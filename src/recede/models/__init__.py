@@ -57,7 +57,7 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     builder = _builder(name)
     accepted = inspect.signature(builder).parameters
     if task is not None:
-        sizes = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
+        sizes: dict[str, object] = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
                  "out_dim": task.output_dim, "num_classes": task.output_dim}
         if task.kind == "language-model":
             sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}

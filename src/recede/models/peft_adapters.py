@@ -18,6 +18,8 @@ model.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from recede.blocks import BlockNet
@@ -89,7 +91,7 @@ def _share_replacements(net: BlockNet) -> None:
     from recede.wrap.vision import ModelPart
 
     adapted = {id(m.get_base_layer()): m for m in net.modules() if isinstance(m, BaseTunerLayer)}
-    roots = [net, *{id(m.model): m.model for m in net.modules() if isinstance(m, ModelPart)}.values()]
+    roots: list[Any] = [net, *{id(m.model): m.model for m in net.modules() if isinstance(m, ModelPart)}.values()]
     stale = [(parent, name, adapted[id(child)]) for root in roots for parent in root.modules()
              for name, child in parent.named_children()
              if id(child) in adapted and parent is not adapted[id(child)]]

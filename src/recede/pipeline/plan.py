@@ -170,7 +170,7 @@ class Plan:
 
     def last_user(self) -> dict[int, int]:
         """For each block, the depth of the last chain that needs its graph (then it is freed)."""
-        last = {}
+        last: dict[int, int] = {}
         for c in self.all_chains:
             for j in range(c.lowest, c.depth):
                 last[j] = max(last.get(j, 0), c.depth)

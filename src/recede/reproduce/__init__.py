@@ -15,6 +15,7 @@ import argparse
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.only is not None and args.paper != "paper-a":
         raise ValueError("--only picks sections of paper-a's configuration")
     module = importlib.import_module(PAPERS[args.paper])
-    options = {"weights": configs.parse_weights(args.weights)}
+    options: dict[str, Any] = {"weights": configs.parse_weights(args.weights)}
     if args.preset is not None:
         options["config"] = configs.read_config(args.paper, args.preset)
     if args.only is not None:

@@ -75,7 +75,7 @@ def full_batch_run(net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizon: int
         with torch.no_grad():
             offset = 0
             for p in blocks:
-                p -= lr * scale * g_h[offset:offset + p.numel()].view_as(p)
+                p.sub_(lr * scale * g_h[offset:offset + p.numel()].view_as(p))
                 offset += p.numel()
     with torch.no_grad():
         losses.append(float(net.loss(x, y)))

@@ -113,7 +113,7 @@ def cosines(W: torch.Tensor, Phi: torch.Tensor, horizons: Sequence[int] | None =
     (default 1..T)."""
     T = W.shape[0]
     wanted = set(range(1, T + 1) if horizons is None else horizons)
-    by_h = {h: g.reshape(-1) for h, g in horizon_gradients(W, Phi, wanted | {T})}
+    by_h = {h: g.reshape(-1) for h, g in horizon_gradients(W, Phi, sorted(wanted | {T}))}
     g_T = by_h[T]
     return {h: float(by_h[h] @ g_T / (by_h[h].norm() * g_T.norm())) for h in sorted(wanted)}
 

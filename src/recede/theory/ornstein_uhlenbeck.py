@@ -20,6 +20,7 @@ Euler–Maruyama simulation of eq. 11.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def simulate_loss(problem: OUProblem, lams: np.ndarray, horizon: float, paths: i
 
 
 def simulated_optimal_lambda(problem: OUProblem, horizon: float, lams: np.ndarray | None = None,
-                             **simulation: object) -> float:
+                             **simulation: Any) -> float:
     """λ minimising a quadratic fitted to :func:`simulate_loss` over ``lams`` (E is quadratic in λ)."""
     lams = np.linspace(0, 1, 5) if lams is None else np.asarray(lams)
     c2, c1, _ = np.polyfit(lams, simulate_loss(problem, lams, horizon, **simulation), 2)

@@ -30,6 +30,8 @@ SDPA, ...) is used; SDPA and eager both run in float64 on CPU.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,7 @@ from recede.wrap import Layout, register_family
 CAUSAL_DECODERS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
+def unwrapped(model: nn.Module) -> Any:
     """A peft model's transformers model (``get_peft_model`` injects its adapters in place and
     freezes the base weights), else ``model`` itself."""
     base = getattr(model, "get_base_model", None)
@@ -74,7 +76,7 @@ def _positions(hidden: torch.Tensor) -> torch.Tensor:
 class GPT2Embedding(nn.Module):
     """GPT-2's input stage, ``drop(wte(ids) + wpe(0..S-1))``, with the model's own modules."""
 
-    def __init__(self, transformer: nn.Module) -> None:
+    def __init__(self, transformer: Any) -> None:
         super().__init__()
         self.wte, self.wpe, self.drop = transformer.wte, transformer.wpe, transformer.drop
 
@@ -133,14 +135,14 @@ def _copies(final: nn.Module):
     return lambda i: copy.deepcopy(final)
 
 
-def _lm_layout(embedding: nn.Module, layers: list[nn.Module], final: nn.Module) -> Layout:
+def _lm_layout(embedding: nn.Module, layers: Sequence[nn.Module], final: nn.Module) -> Layout:
     return Layout(units=[nn.Sequential(embedding, layers[0]), *layers[1:]], final_head=final,
                   loss_fn=next_token_loss, independent_head=_copies(final), shareable=True,
                   default_head="shared")
 
 
 @register_family("transformers GPT2LMHeadModel", lambda m: _is(m, "GPT2LMHeadModel"))
-def gpt2(model: nn.Module) -> Layout:
+def gpt2(model: Any) -> Layout:
     """GPT-2: one unit per ``GPT2Block``, token + position embedding with the first;
     ``ln_f`` → tied LM head; the shifted next-token loss."""
     model = unwrapped(model)
@@ -161,7 +163,7 @@ def _sliding(config, index: int) -> bool:
 
 
 @register_family("transformers Llama/Mistral/Qwen ForCausalLM", lambda m: _is(m, *CAUSAL_DECODERS))
-def causal_decoder(model: nn.Module) -> Layout:
+def causal_decoder(model: Any) -> Layout:
     """The Llama layout: one unit per decoder layer, token embedding with the first, rotary
     positions recomputed in each unit; final RMSNorm → LM head; the shifted next-token loss."""
     model = unwrapped(model)
@@ -206,7 +208,7 @@ def _sequence_classification_loss(num_labels: int, problem_type: str | None):
 
 
 @register_family("transformers BertForSequenceClassification", lambda m: _is(m, "BertForSequenceClassification"))
-def bert(model: nn.Module) -> Layout:
+def bert(model: Any) -> Layout:
     """BERT: one unit per ``BertLayer``, embeddings with the first; pooler → dropout →
     classifier; cross-entropy (MSE for one label).  Independent heads by default."""
     model = unwrapped(model)

@@ -25,7 +25,9 @@ blocks; ``head="shared"`` (ViT) is the model's own head at every depth.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,23 +37,23 @@ from recede.wrap.heads import PoolHead, TokenHead
 from recede.wrap.vision import ModelPart, PartFn, vision_layout
 
 
-def _forward_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(x)
 
 
-def _convnext_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _convnext_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.norm_pre(x))
 
 
-def _efficientnet_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _efficientnet_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.bn2(model.conv_head(x)))
 
 
-def _vit_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.norm(x))
 
 
-def _vit_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_embed(model: Any, x: torch.Tensor) -> torch.Tensor:
     """``VisionTransformer.forward_features`` up to its blocks."""
     return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
@@ -89,7 +91,7 @@ def _is_timm(model: nn.Module) -> bool:
 
 
 @register_family("timm", _is_timm)
-def layout(model: nn.Module) -> Layout:
+def layout(model: Any) -> Layout:
     """The trunk's blocks as units, the stem with the first, the model's own head path as the final head."""
     arch_class = _arch_class(model)
     arch = ARCHS[arch_class.__name__]
@@ -99,11 +101,12 @@ def layout(model: nn.Module) -> Layout:
     stem_names = children[:first]
     if arch.stem is not None:
         stem_names += [name for name, _ in model.named_parameters(recurse=False)]
-    pieces = [(ModelPart(model, stem_names, arch.stem), False)]
+    pieces: list[tuple[nn.Module, bool]] = [(ModelPart(model, stem_names, arch.stem), False)]
     for name in arch.trunk:
         pieces += _trunk_pieces(getattr(model, name), family)
     final = ModelPart(model, children[last + 1:], arch.head)
     classes = int(getattr(model, "num_classes", 0) or 0)
+    make: Callable[[int], nn.Module] | None
     if classes == 0:
         make = None
     elif arch.tokens:
@@ -114,11 +117,11 @@ def layout(model: nn.Module) -> Layout:
     return vision_layout(model, family, pieces, final, make)
 
 
-def _arch_class(model: nn.Module) -> type:
+def _arch_class(model: Any) -> type:
     """The timm class in ``model``'s MRO that :data:`ARCHS` describes, if ``forward_features`` is its."""
     for cls in type(model).__mro__:
         if cls.__name__ in ARCHS and cls.__module__.startswith("timm."):
-            if type(model).forward_features is not cls.forward_features:
+            if type(model).forward_features is not getattr(cls, "forward_features", None):
                 raise ValueError(f"timm {type(model).__name__} overrides {cls.__name__}.forward_features; "
                                  "recede.wrap cannot tell its blocks apart")
             return cls
@@ -126,7 +129,7 @@ def _arch_class(model: nn.Module) -> type:
                      f"it splits: {', '.join(ARCHS)}; otherwise build recede.BlockNet(blocks, heads, loss_fn)")
 
 
-def _trunk_pieces(container: nn.Module, family: str) -> list[tuple[nn.Module, bool]]:
+def _trunk_pieces(container: Any, family: str) -> list[tuple[nn.Module, bool]]:
     """A trunk container's blocks: its ``nn.Sequential`` stages flattened, stage modules opened."""
     pieces: list[tuple[nn.Module, bool]] = []
     for module in container.children():

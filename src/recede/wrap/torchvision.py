@@ -20,6 +20,9 @@ linear for the ViT), ``head="stage"`` one per run of equal-width blocks, ``head=
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -37,9 +40,10 @@ def _is_torchvision(model: nn.Module) -> bool:
 
 
 @register_family("torchvision", _is_torchvision)
-def layout(model: nn.Module) -> Layout:
+def layout(model: Any) -> Layout:
     """The model's blocks as units, its stem with the first, its classifier path as the final head."""
     kind = _torchvision_class(model).__name__
+    make: Callable[[int], nn.Module]
     family = f"torchvision {type(model).__name__}"
     if kind == "ResNet":
         stem = ModelPart(model, ["conv1", "bn1", "relu", "maxpool"])
@@ -51,13 +55,13 @@ def layout(model: nn.Module) -> Layout:
                          _vit_embed)
         pieces = [(stem, False)] + [(b, True) for b in model.encoder.layers]
         final = ModelPart(model, ["encoder.ln", "heads"], _vit_head)
-        make = lambda width: TokenHead(width, out_width(model.heads), "token", 1)  # noqa: E731
+        make = lambda width: TokenHead(width, out_width(model.heads), "token", 1)  # type: ignore[arg-type]  # noqa: E731  (its heads end in a Linear: a width)
     else:
         pieces = _vgg_pieces(model.features) if kind == "VGG" else list(_feature_pieces(model.features))
         pooling = ["avgpool"] if hasattr(model, "avgpool") else []  # MobileNetV2 pools functionally
         final = ModelPart(model, [*pooling, "classifier"],
                           _convnext_head if kind == "ConvNeXt" else _pool_classify)
-        make = lambda width: PoolHead(width, out_width(model.classifier))  # noqa: E731
+        make = lambda width: PoolHead(width, out_width(model.classifier))  # type: ignore[arg-type]  # noqa: E731  (ends in a Linear)
     return vision_layout(model, family, pieces, final, make)
 
 
@@ -101,29 +105,29 @@ def _vgg_pieces(features: nn.Sequential) -> list[tuple[nn.Module, bool]]:
     return pieces
 
 
-def _resnet_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _resnet_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     """``ResNet._forward_impl`` after ``layer4``."""
     return model.fc(torch.flatten(model.avgpool(x), 1))
 
 
-def _pool_classify(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _pool_classify(model: Any, x: torch.Tensor) -> torch.Tensor:
     """VGG / MobileNet / EfficientNet after ``features`` (MobileNetV2 pools functionally)."""
     pooled = model.avgpool(x) if hasattr(model, "avgpool") else nn.functional.adaptive_avg_pool2d(x, (1, 1))
     return model.classifier(torch.flatten(pooled, 1))
 
 
-def _convnext_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _convnext_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     """ConvNeXt after ``features``: its classifier flattens after its LayerNorm."""
     return model.classifier(model.avgpool(x))
 
 
-def _vit_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_embed(model: Any, x: torch.Tensor) -> torch.Tensor:
     """``VisionTransformer.forward`` up to the encoder's layers."""
     x = model._process_input(x)
     x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
     return model.encoder.dropout(x + model.encoder.pos_embedding)
 
 
-def _vit_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_head(model: Any, x: torch.Tensor) -> torch.Tensor:
     """``VisionTransformer.forward`` after the encoder's layers: ln, class token, heads."""
     return model.heads(model.encoder.ln(x)[:, 0])

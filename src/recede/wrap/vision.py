@@ -43,6 +43,8 @@ class ModelPart(nn.Module):
             submodules in order.
     """
 
+    model: nn.Module  # the user's model, kept out of the submodules (below)
+
     def __init__(self, model: nn.Module, names: Sequence[str], fn: PartFn | None = None) -> None:
         self.__dict__["model"] = model  # unregistered on purpose; set first: ``training`` reads it
         mode = model.training
@@ -63,7 +65,7 @@ class ModelPart(nn.Module):
         return x
 
     @property
-    def training(self) -> bool:  # type: ignore[override]
+    def training(self) -> bool:
         return self.model.training
 
     @training.setter
@@ -127,10 +129,12 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
 
     def independent(i: int) -> nn.Module:
-        if widths[i] is None:
+        width = widths[i]
+        if width is None:
             raise ValueError(f"{family}: cannot tell the output width of block {i} "
                              f"({type(units[i]).__name__}); pass head=")
-        head = make_head(widths[i])
+        assert make_head is not None  # only offered below when there is one
+        head = make_head(width)
         return head if reference is None else head.to(device=reference.device, dtype=reference.dtype)
 
     runs = [0]
