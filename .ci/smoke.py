@@ -30,6 +30,11 @@ def scripts() -> list[Path]:
     return sorted({p for pattern in PATTERNS for p in ROOT.glob(pattern) if "__pycache__" not in p.parts})
 
 
+def name(script: Path) -> str:
+    """``script`` relative to the tree (as given, if it lies outside)."""
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)
+
+
 def run(script: Path, timeout: float) -> tuple[Path, float, int, str]:
     """``python SCRIPT --smoke`` in a temporary folder: (script, seconds, exit status, output)."""
     env = os.environ | {
@@ -65,20 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     found = [p.resolve() for p in args.scripts] or scripts()
     missing = [p for p in found if "--smoke" not in p.read_text()]
     for p in missing:
-        print(f"FAIL  {p.relative_to(ROOT)} has no --smoke mode (every benchmark and experiment needs one)")
+        print(f"FAIL  {name(p)} has no --smoke mode (every benchmark and experiment needs one)")
     failed = len(missing)
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for script, seconds, status, output in pool.map(
             lambda p: run(p, args.timeout), [p for p in found if p not in missing]
         ):
-            name = script.relative_to(ROOT)
             if status == 0:
-                print(f"ok    {seconds:6.1f} s  {name} --smoke", flush=True)
+                print(f"ok    {seconds:6.1f} s  {name(script)} --smoke", flush=True)
                 continue
             failed += 1
             tail = "\n".join("    " + line for line in output.rstrip().splitlines()[-TAIL:])
-            print(f"FAIL  {seconds:6.1f} s  {name} --smoke exited with {status}:\n{tail}", flush=True)
+            print(f"FAIL  {seconds:6.1f} s  {name(script)} --smoke exited with {status}:\n{tail}", flush=True)
     print(
         f"{len(found) - failed} of {len(found)} smoke runs passed in {time.perf_counter() - start:.0f} s "
         f"({args.jobs} at a time)"

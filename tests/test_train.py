@@ -131,6 +131,7 @@ def test_recede_train_reports_bad_input_without_a_traceback(tmp_path):
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text().splitlines()
-    test_line = next(line.strip() for line in readme[:8] if "pytest" in line)
+    test_line = next(line.strip() for line in readme[:8] if "bash .ci/check" in line)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_line in [line.strip() for line in ci]
+    assert "python -m pytest -n 2" in (ROOT / ".ci" / "check").read_text()  # the checks end with the suite
