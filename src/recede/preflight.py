@@ -29,6 +29,7 @@ Under ``--nproc N`` only rank 0 checks and writes the folder (:func:`writes_file
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import shutil
@@ -112,14 +113,13 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
             raise ValueError(f"--out {shown(str(folder), 120)}: the name {shown(part, 40)} is longer "
                              "than 255 bytes")
     if folder.is_symlink() and not folder.exists():
-        raise ValueError(f"--out {folder} is a dangling symbolic link")
-    folder.stat() if folder.is_symlink() else None  # a symlink loop: OSError (ELOOP) here
+        raise ValueError(f"--out {folder} is {_broken_link(folder)}")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file, not a folder")
     existing = folder.absolute()
     while not existing.exists():
         if existing.is_symlink():
-            raise ValueError(f"--out {folder}: {existing} is a dangling symbolic link")
+            raise ValueError(f"--out {folder}: {existing} is {_broken_link(existing)}")
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"--out {folder}: {existing} is a file, not a folder")
@@ -131,7 +131,7 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
     for name, want_dir in FILES.items():  # what the run writes there must be writable as such
         path = folder / name
         if path.is_symlink() and not path.exists():
-            raise ValueError(f"--out {folder}: {path} is a dangling symbolic link")
+            raise ValueError(f"--out {folder}: {path} is {_broken_link(path)}")
         if path.exists() and path.is_dir() != want_dir:
             raise ValueError(f"--out {folder}: {path} is a {'file' if want_dir else 'folder'}, "
                              f"not a {'folder' if want_dir else 'file'}; remove it or choose another --out")
@@ -140,6 +140,16 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
         resumable = ", --resume to continue it" if resumable else ""
         raise ValueError(f"--out {folder} holds the results of an earlier run ({', '.join(held)}); "
                          f"pass --overwrite to replace them{resumable}, or choose another --out")
+
+
+def _broken_link(path: Path) -> str:
+    """What is wrong with a symbolic link that leads nowhere."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+    return "a dangling symbolic link"
 
 
 def check_same_run(saved: dict[str, Any], identity: dict[str, Any], source: Path | str) -> None:

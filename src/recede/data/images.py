@@ -191,8 +191,7 @@ def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: i
             dataset.classes, dataset.class_to_idx = meta, {c: i for i, c in enumerate(meta)}
             splits[train] = dataset
     except ValueError as err:
-        raise ValueError(f"{name}: {folder} is not in the CIFAR python-pickle format (each batch a "
-                         f"pickled dict with 'data' (N × 3072 uint8) and labels): {err}") from None
+        raise ValueError(f"{name}: {err}") from None
     train, test = splits[True], splits[False]
     side = size or 32
     return Task(name, _first(train, train_size), test, "classification", (3, side, side), len(train.classes))
