@@ -128,7 +128,7 @@ def int_range(low: int, high: int | None = None, *, top: int = MAX_INT) -> Calla
         return value
 
     parse.__name__ = "int"
-    parse.low, parse.high = low, high  # type: ignore[attr-defined]
+    parse.low, parse.high, parse.top = low, high, top  # type: ignore[attr-defined]
     return parse
 
 
@@ -154,6 +154,7 @@ def float_range(low: float, high: float, low_open: bool = False, high_open: bool
         return value
 
     parse.__name__ = "float"
+    parse.low, parse.high, parse.low_open, parse.high_open = low, high, low_open, high_open  # type: ignore[attr-defined]
     return parse
 
 
