@@ -168,10 +168,11 @@ def read(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)  # safetensors: the header's length (8 bytes), then its JSON
     except OSError as err:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {err.strerror or err}") from None
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    safetensors = len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size
+    if not safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip, a pickle
         raise ValueError(f"checkpoint {str(path)!r} is a pickle (a checkpoint of recede before format "
                          f"{FORMAT}, or a foreign file); pickles can run code, so it is not opened: "
                          "train again, or pass --overwrite to replace it")
@@ -226,12 +227,15 @@ def _check_schema(payload: dict[str, Any], path: Path | str) -> None:
         raise ValueError(f"{name}: the lr rule state is not a mapping")
 
 
+_UNCHECKED = object()
+
+
 def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               method: object = None, source: Path | str = "the checkpoint") -> None:
-    """Check that ``payload`` fits ``net`` (the same names and shapes), ``optimizer`` (as many
-    parameter groups and parameters, state of the parameters' shapes) and ``method`` (a
-    method state only for a method that has one); raise one ``ValueError`` naming ``source``
-    otherwise.  Nothing is loaded."""
+               method: object = _UNCHECKED, source: Path | str = "the checkpoint") -> None:
+    """Check that ``payload`` fits ``net`` (the same names and shapes), ``optimizer`` when
+    given (as many parameter groups and parameters, state of the parameters' shapes) and
+    ``method`` when given (a method state only for a method that has one; None: a method
+    without state); raise one ``ValueError`` naming ``source`` otherwise.  Nothing is loaded."""
     name = f"--resume: {source}"
     own = net.state_dict()
     saved = payload["model"]
@@ -256,7 +260,7 @@ def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torc
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
                     raise ValueError(f"{name} does not fit the optimizer ({key} of parameter {index}: "
                                      f"{tuple(value.shape)} vs {tuple(params[index].shape)})")
-    if payload.get("method") is not None and not hasattr(method, "load_state_dict"):
+    if method is not _UNCHECKED and payload.get("method") is not None and not hasattr(method, "load_state_dict"):
         raise ValueError(f"{name} holds a method state but this method has none; was it written by another method?")
     rng = payload["rng"]
     if rng["torch"].shape != torch.get_rng_state().shape:
