@@ -421,3 +421,38 @@ def test_a_checkpoint_whose_header_length_looks_like_a_pickle_reads(tmp_path):
             assert checkpoint.read(path)["config"]["pad"] == "x" * pad
             return
     pytest.fail("no padding gave a header length whose first byte is 0x80")
+
+
+@pytest.mark.slow
+def test_a_killed_stage_ends_in_one_line_with_the_resume_command_which_finishes_the_run(tmp_path):
+    """Rank 1 of ``--pipeline 2`` killed after the first stage checkpoints: one line naming
+    them and the command to resume; that command resumes (the stages agree on step and run)."""
+    import signal
+    import time
+
+    from test_launch import _ranks
+
+    out = tmp_path / "run"
+    run = ["train", "--pipeline", "2", "--model-opt", "depth=3", "--data-opt", "n=3000", "--data-opt",
+           "n_test=20", "--batch-size", "10", "--epochs", "2", "--checkpoint-every", "5", "--no-progress",
+           "--dist-timeout", "60", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "recede", *run], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    stage = out / "checkpoints" / "bp.stage1.pt"
+    deadline = time.monotonic() + 240
+    while not stage.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(_ranks(launcher.pid)[1], signal.SIGKILL)
+    err = launcher.communicate(timeout=180)[1]
+    assert launcher.returncode == 1 and err.count("\n") == 1, err
+    assert "rank 1 of 2 died (killed by SIGKILL)" in err and f"stage checkpoints are in {out / 'checkpoints'}" in err
+    command = err.split("resume with: recede ", 1)[1].split()
+    assert command[-1] == "--resume"
+    resumed = _recede(*command[1:] if command[0] == "recede" else command, env={})
+    assert resumed.returncode in (0, 2), resumed.stderr
+    if resumed.returncode == 2:  # killed between the two stages' saves: refused, naming both
+        assert "the stage checkpoints disagree" in resumed.stderr and resumed.stderr.count("\n") == 1
+    else:
+        steps = {checkpoint.read(out / "checkpoints" / f"bp.stage{r}.pt")["loop"]["global_step"] for r in (0, 1)}
+        assert steps == {2 * 300}
