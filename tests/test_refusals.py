@@ -122,8 +122,8 @@ def test_a_cifar_batch_that_would_run_code_runs_nothing(tmp_path, capfd):
     pytest.importorskip("torchvision")
     marker = tmp_path / "ran"
     _cifar10(tmp_path, {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1], "x": Payload(marker)})
-    with pytest.raises(ValueError, match=r"test_batch is not in the CIFAR python-pickle format: it refers to (io|builtins)\.open, "
-                       "which the CIFAR format never holds"):
+    with pytest.raises(ValueError, match=r"test_batch is not in the CIFAR python-pickle format: "
+                                         r"it refers to (io|builtins)\.open, which the CIFAR format never holds"):
         data.load("cifar10", root=str(tmp_path))
     capfd.readouterr()
     code = main(["train", "--model", "resnet62", "--data", "cifar10", "--data-opt", f"root={tmp_path}",

@@ -140,11 +140,11 @@ def _check_environment() -> None:
     """The environment variables a run reads: a launcher's (:func:`recede.distributed.check_env`)
     and ``OMP_NUM_THREADS`` (an invalid value was taken out of the environment when recede was
     imported, before libgomp could warn about it; see ``recede/__init__.py``)."""
-    import recede
+    from recede._environment import INVALID_OMP_NUM_THREADS
 
-    if recede.INVALID_OMP_NUM_THREADS is not None:
+    if INVALID_OMP_NUM_THREADS is not None:
         raise ValueError(f"the environment variable OMP_NUM_THREADS="
-                         f"{recede.INVALID_OMP_NUM_THREADS[:40]!r} is not a positive integer; "
+                         f"{INVALID_OMP_NUM_THREADS[:40]!r} is not a positive integer; "
                          "unset it or give a number of threads")
     distributed.check_env()
 

@@ -142,7 +142,7 @@ def check_stages_agree(found: list[Path], specs: list[MethodSpec], stages: int, 
                              "one run: pass --overwrite to train afresh")
         ids.add(next(iter(where.values()))[0])
     if len(ids) > 1:
-        raise ValueError(f"--resume: the methods' stage checkpoints come from different runs; "
+        raise ValueError("--resume: the methods' stage checkpoints come from different runs; "
                          "pass --overwrite to train afresh")
     run = next(iter(ids), None)
     return str(run) if run is not None else None
