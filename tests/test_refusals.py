@@ -456,3 +456,19 @@ def test_a_killed_stage_ends_in_one_line_with_the_resume_command_which_finishes_
     else:
         steps = {checkpoint.read(out / "checkpoints" / f"bp.stage{r}.pt")["loop"]["global_step"] for r in (0, 1)}
         assert steps == {2 * 300}
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_the_results_are_written_still_prints_its_line(tmp_path):
+    """An interrupt that lands once ``main`` has returned (the interpreter ending) gets the
+    command's line and status 130, not a traceback."""
+    script = ("import os, signal, sys, time\n"
+              "from recede.cli import main\n"
+              f"sys.argv = ['recede', 'train', *{TINY!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+              "assert main() == 0\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 130 and done.stderr == "recede train: interrupted\n", done.stderr
+    assert (tmp_path / "out" / "metrics.json").exists()
