@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_naming_the_problem(argv, message, tmp_path, capsy
 @pytest.mark.parametrize("flag, value, message", [
     ("--epochs", "0", "argument --epochs: must be an integer ≥ 1, got 0"),
     ("--batch-size", "x", "argument --batch-size: must be an integer ≥ 1, got 'x'"),
-    ("--lr", "-1", "argument --lr: must be a number > 0, got -1"),
+    ("--lr", "-1", "argument --lr: must be a number in [1e-12, 1e+12], got -1"),
     ("--momentum", "1", "argument --momentum: must be a number in [0, 1), got 1"),
     ("--lr-decay", "0", "argument --lr-decay: must be a number in (0, 1], got 0"),
     ("--checkpoint-every", "-2", "argument --checkpoint-every: must be an integer ≥ 0, got -2"),
@@ -117,7 +117,7 @@ def test_bad_option_value_names_option_and_range(flag, value, message, capsys) -
 
 @pytest.mark.parametrize("content, message", [
     ("epochs: 0\n", "option epochs must be an integer ≥ 1, got 0"),
-    ("lr: fast\n", "option lr must be a number > 0, got 'fast'"),
+    ("lr: fast\n", "option lr must be a number in [1e-12, 1e+12], got 'fast'"),
     ("optimizer: lbfgs\n", "option optimizer must be one of sgd, adam, got 'lbfgs'"),
     ("no_progress: 3\n", "option no_progress must be true or false"),
     ("epochs: [1, 2]\n", "option epochs takes one value"),

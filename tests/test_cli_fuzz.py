@@ -15,6 +15,7 @@ the whole fixture folder must be unchanged afterwards.
 from __future__ import annotations
 
 import hashlib
+import math
 import importlib.util
 import os
 import shutil
@@ -55,7 +56,7 @@ WORKLOAD_CONFIG = [  # wrong YAML types for the options of train, compare, bench
     (["--config", "{files}/opt-mapping.yaml"], "option model_opt takes a list of KEY=VALUE items"),
     (["--config", "{files}/epochs-text.yaml"], "option epochs must be an integer ≥ 1, got 'many'"),
     (["--config", "{files}/epochs-list.yaml"], "option epochs takes one value"),
-    (["--config", "{files}/lr-nan.yaml"], "option lr must be a number > 0, got nan"),
+    (["--config", "{files}/lr-nan.yaml"], "option lr must be a number in [1e-12, 1e+12], got nan"),
     (["--config", "{files}/flag-number.yaml"], "option no_progress must be true or false"),
 ]
 SELECT_CONFIG = [
@@ -76,10 +77,10 @@ OPTIONS = [  # option values every workload subcommand checks with argparse
     (["--epochs", "-3"], "argument --epochs: must be an integer ≥ 1, got -3"),
     (["--epochs", "1.5"], "argument --epochs: must be an integer ≥ 1, got '1.5'"),
     (["--batch-size", "0"], "argument --batch-size: must be an integer ≥ 1, got 0"),
-    (["--lr", "0"], "argument --lr: must be a number > 0, got 0"),
-    (["--lr", "nan"], "argument --lr: must be a number > 0, got nan"),
-    (["--lr", "inf"], "argument --lr: must be a number > 0, got inf"),
-    (["--lr", "fast"], "argument --lr: must be a number > 0, got 'fast'"),
+    (["--lr", "0"], "argument --lr: must be a number in [1e-12, 1e+12], got 0"),
+    (["--lr", "nan"], "argument --lr: must be a number in [1e-12, 1e+12], got nan"),
+    (["--lr", "inf"], "argument --lr: must be a number in [1e-12, 1e+12], got inf"),
+    (["--lr", "fast"], "argument --lr: must be a number in [1e-12, 1e+12], got 'fast'"),
     (["--momentum", "1"], "argument --momentum: must be a number in [0, 1), got 1"),
     (["--momentum", "-0.5"], "argument --momentum: must be a number in [0, 1), got -0.5"),
     (["--lr-decay", "0"], "argument --lr-decay: must be a number in (0, 1], got 0"),
@@ -148,15 +149,15 @@ TRAIN = [
     (["--nproc", "0"], "argument --nproc: must be an integer ≥ 1, got 0"),
     (["--nproc", "two"], "argument --nproc: must be an integer ≥ 1, got 'two'"),
     (["--nproc", "2", "--model-opt", "width=abc"], "option width must be an integer"),
-    (["--dist-timeout", "0"], "argument --dist-timeout: must be a number > 0, got 0"),
-    (["--dist-timeout", "inf"], "argument --dist-timeout: must be a number > 0, got inf"),
+    (["--dist-timeout", "0"], "argument --dist-timeout: must be a number in [0.001, 604800], got 0"),
+    (["--dist-timeout", "inf"], "argument --dist-timeout: must be a number in [0.001, 604800], got inf"),
     (["--resume", "always"], "argument --resume: takes no value or 'auto', got 'always'"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
     (["--out", "{good}", "--resume", "--lr", "0.5"], "was written by a different run (lr: 0.01 → 0.5)"),
     (["--out", "{good}", "--resume", "auto", "--model-opt", "depth=4"], "was written by a different run"),
     (["--out", "{new}", "--resume"], "--resume: no checkpoint to resume"),
     (["--out", "{corrupt}", "--resume"], "cannot be read"),
-    (["--out", "{foreign}", "--resume"], "is not a recede checkpoint"),
+    (["--out", "{foreign}", "--resume"], "is a pickle"),
     (["--out", "{bad-config}", "--resume"], "config.yaml is not valid YAML"),
     (["--pipeline", "0"], "argument --pipeline: must be an integer ≥ 1, got 0"),
     (["--pipeline", "2", "--micro-batches", "0"], "argument --micro-batches: must be an integer ≥ 1, got 0"),
@@ -181,10 +182,10 @@ BENCH = [
 SELECT = [
     (["--eps", "2", "--objective", "constraint"], "argument --eps: must be a number in [0, 1], got 2"),
     (["--eps", "nan"], "argument --eps: must be a number in [0, 1], got nan"),
-    (["--lam", "-1"], "argument --lam: must be a number ≥ 0, got -1"),
-    (["--lam", "inf"], "argument --lam: must be a number ≥ 0, got inf"),
-    (["--c", "0"], "argument --c: must be a number > 0, got 0"),
-    (["--M0", "-5"], "argument --M0: must be a number > 0, got -5"),
+    (["--lam", "-1"], "argument --lam: must be a number in [0, 1e+12], got -1"),
+    (["--lam", "inf"], "argument --lam: must be a number in [0, 1e+12], got inf"),
+    (["--c", "0"], "argument --c: must be a number in [1e-12, 1e+12], got 0"),
+    (["--M0", "-5"], "argument --M0: must be a number in [1e-12, 1e+30], got -5"),
     (["--batches", "0"], "argument --batches: must be an integer ≥ 1, got 0"),
     (["--batch-size", "-1"], "argument --batch-size: must be an integer ≥ 1, got -1"),
     (["--objective", "best"], "argument --objective: invalid choice: 'best'"),
@@ -298,8 +299,8 @@ def _id(i: int, argv: list[str]) -> str:
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` with its content's hash (folders: "dir")."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): f"link to {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
+            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -389,3 +390,147 @@ def test_the_table_is_large_and_covers_every_subcommand():
     assert {"train", "compare", "demo", "bench", "select", "reproduce"} <= commands
     assert all(sum(c[0] == name for c, _ in CASES) >= 40 for name in commands - {"trian", "--colour"})
 
+
+
+# -- by property: generated values at and past every bound ------------------------------------
+#
+# The table above lists cases; below, hypothesis generates them.  Every ranged option of every
+# workload subcommand (read from the parser: int_range/float_range types carry their bounds)
+# gets values at and past its bounds, NaN and infinities, text that is not a number, a
+# YAML null, nested lists and long or odd unicode strings (on the command line or in a config
+# file), and --out gets paths of every kind (a file, under a file, a dangling link, a symlink
+# loop, a name over 255 bytes, a non-UTF-8 name, a folder holding config.yaml as a folder).
+# The property: exit status 2, one line on stderr, and the earlier run byte for byte.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from recede.cli import build_parser  # noqa: E402
+from recede.config import subcommands  # noqa: E402
+
+BASES = {"train": TINY, "compare": TINY, "bench": TINY, "demo": DEMO, "select": SELECT_BASE}
+
+
+def _ranged() -> list[tuple[str, str, object]]:
+    """(subcommand, option string, its type) for every option with a numeric range."""
+    subs = subcommands(build_parser())
+    return [(name, action.option_strings[-1], action.type) for name in BASES
+            for action in subs[name]._actions
+            if action.option_strings and hasattr(action.type, "low")]
+
+
+RANGED = _ranged()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except (ValueError, OverflowError):
+        return False
+
+
+def _outside(kind) -> st.SearchStrategy:
+    """Values of an option of type ``kind`` (int_range or float_range) that it must refuse."""
+    words = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
+        lambda t: not _is_number(t) and not t.startswith("-"))
+    if kind.__name__ == "int":
+        ints = st.one_of(st.integers(max_value=kind.low - 1, min_value=kind.low - 10**30),
+                         st.integers(min_value=kind.top + 1, max_value=kind.top + 10**30))
+        floats = st.floats().filter(lambda x: not math.isfinite(x) or x != int(x))  # 2.5, nan, inf
+        return st.one_of(ints.map(str), floats.map(repr), words)
+    below = st.floats(max_value=kind.low, exclude_max=not kind.low_open, allow_nan=False)
+    above = st.floats(min_value=kind.high, exclude_min=not kind.high_open, allow_nan=False) \
+        if kind.high != float("inf") else st.just(float("inf"))
+    return st.one_of(below.map(repr), above.map(repr), st.just("nan"), st.just("-inf"), words)
+
+
+def _yaml_value(kind) -> st.SearchStrategy:
+    """What a config file may hold instead (YAML text): null (for an option that has a value
+    by default), a list, lists nested past the limit, a mapping, a long string."""
+    return st.one_of(st.just("null"), st.lists(st.integers(), min_size=1, max_size=3).map(str),
+                     st.integers(17, 2000).map(lambda depth: "[" * depth + "]" * depth),
+                     st.dictionaries(st.sampled_from("abc"), st.integers(), min_size=1).map(str),
+                     st.integers(4097, 6000).map(lambda n: "x" * n))
+
+
+@st.composite
+def _bad_option(draw) -> tuple[str, list[str], str | None]:
+    """(subcommand, extra argv, config file text or None)."""
+    command, option, kind = draw(st.sampled_from(RANGED))
+    if draw(st.booleans()):
+        return command, [f"{option}={draw(_outside(kind))}"], None
+    key = option.lstrip("-").replace("-", "_")
+    value = draw(_yaml_value(kind))
+    if value == "null" and key in ("bpm_period", "bpm_samples", "micro_batches", "bpm_a", "bpm_lam", "M0",
+                                 "eps", "lam"):
+        value = "not a number"  # null means "not given" for these
+    return command, [], f"{key}: {value}\n"
+
+
+def _odd_folders(root: Path) -> dict[str, Path]:
+    base = root / "odd"
+    if not base.exists():
+        base.mkdir()
+        (base / "file").write_text("x")
+        (base / "loop").symlink_to(base / "loop")
+        (base / "dangling").symlink_to(base / "nowhere")
+        (base / "config-dir" / "config.yaml").mkdir(parents=True)
+        (base / "checkpoints-file").mkdir()
+        (base / "checkpoints-file" / "checkpoints").write_text("x")
+    return {"file": base / "file", "under-file": base / "file" / "sub", "loop": base / "loop",
+            "under-loop": base / "loop" / "sub", "dangling": base / "dangling",
+            "under-dangling": base / "dangling" / "sub", "config-dir": base / "config-dir",
+            "checkpoints-file": base / "checkpoints-file", "long": base / ("n" * 256),
+            "non-utf8": Path(os.fsdecode(bytes(base) + b"/\xff\xfe")), "empty": Path(" ")}
+
+
+def _fuzz(seeded: Path, capfd, command: str, extra: list[str], config: str | None, out: Path | None) -> None:
+    before = _snapshot(seeded)
+    argv = [command, *BASES[command], *extra]
+    if config is not None:
+        path = seeded / "cwd" / "fuzz.yaml"
+        path.write_text(config)
+        argv += ["--config", str(path)]
+        before = _snapshot(seeded)
+    argv += ["--out", str(seeded / "good"), "--overwrite"] if out is None else ["--out", str(out)]
+    threads = torch.get_num_threads()
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        torch.set_num_threads(threads)
+    err = capfd.readouterr().err
+    assert code == 2, (argv[-6:], err)
+    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, f"not one line:\n{err}"
+    assert _snapshot(seeded) == before, f"{argv[-6:]} changed the files of the earlier run"
+
+
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(case=_bad_option())
+def test_generated_option_values_are_refused_in_one_line(case, seeded, capfd, monkeypatch):
+    monkeypatch.chdir(seeded / "cwd")
+    _fuzz(seeded, capfd, *case, None)
+
+
+@FUZZ
+@given(command=st.sampled_from(sorted(BASES)), kind=st.sampled_from(sorted(_odd_folders(Path("/")).keys())),
+       overwrite=st.booleans())
+def test_generated_out_folders_are_refused_in_one_line(command, kind, overwrite, seeded, capfd, monkeypatch):
+    monkeypatch.chdir(seeded / "cwd")
+    out = _odd_folders(seeded)[kind]
+    _fuzz(seeded, capfd, command, ["--overwrite"] if overwrite else [], None, out)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=400, derandomize=False)
+@given(case=_bad_option())
+def test_generated_option_values_are_refused_in_one_line_at_length(case, seeded, capfd, monkeypatch):
+    monkeypatch.chdir(seeded / "cwd")
+    _fuzz(seeded, capfd, *case, None)

@@ -150,6 +150,33 @@ def test_start_replaces_the_earlier_run_and_writes_the_config(tmp_path):
     args = parse_with_config(parser, ["train", "--epochs", "2", "--out", str(run), "--overwrite"])
     args.resolved = resolved(parser, args)
     preflight.start(args)
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]
+    aside = [p.name for p in run.iterdir() if p.name.startswith(".replaced-")]
+    assert sorted(p.name for p in run.iterdir()) == sorted(["config.yaml", "notes.txt", *aside]) and len(aside) == 1
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["epochs"] == 2 and "overwrite" not in saved and "resume" not in saved
+    preflight.commit()  # the run began: the earlier run's files go
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]
+
+
+def test_a_run_refused_after_start_puts_the_earlier_run_back(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "bp.pt").write_bytes(b"old")
+    (run / "config.yaml").write_text("epochs: 1\n")
+    (run / "notes.txt").write_text("mine")
+    parser = build_parser()
+    args = parse_with_config(parser, ["train", "--epochs", "2", "--out", str(run), "--overwrite"])
+    args.resolved = resolved(parser, args)
+    preflight.start(args)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "ff.pt").write_bytes(b"new")
+    assert preflight.rollback()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "notes.txt"]
+    assert (run / "config.yaml").read_text() == "epochs: 1\n"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["bp.pt"]
+    fresh = tmp_path / "a" / "b"  # a run that created its folder (and the one above) removes them
+    args = parse_with_config(parser, ["train", "--out", str(fresh)])
+    args.resolved = resolved(parser, args)
+    preflight.start(args)
+    assert (fresh / "config.yaml").exists() and preflight.rollback()
+    assert not (tmp_path / "a").exists()

@@ -4,6 +4,7 @@ Each block of a network learns from the loss h blocks ahead: h = 1 is Forward-Fo
 local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
 """
 
+import recede._environment  # noqa: F401  (first: it checks OMP_NUM_THREADS before torch loads libgomp)
 from recede import data, memory, models
 from recede.blocks import BlockNet
 from recede.bp_modified import BPModified

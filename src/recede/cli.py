@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from recede import distributed, preflight
 from recede.bench import add_bench_parser
 from recede.compare import add_compare_parser
-from recede.config import Parser, add_config_option, int_range, parse_with_config, resolved, subcommands
+from recede.config import (Parser, add_config_option, bound_options, int_range, parse_with_config, resolved,
+                           subcommands)
 from recede.demo import add_demo_parser
 from recede.engine import NonFiniteLossError
 from recede.launch import launch
@@ -65,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
         preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
     out = Path(args.out)
     preflight.check_resume(out, identity(args), {checkpoint_path(out, s): s.label for s in specs},
-                           args.resume)
+                           args.resume, net=workload.build(args.seed))
     if args.nproc > 1 and not distributed.under_torchrun():
         return _launch(args, out, specs)
     ctx = distributed.init_from_env("gloo", args.dist_timeout)
@@ -123,34 +126,75 @@ def build_parser() -> argparse.ArgumentParser:
     add_select_parser(sub)
     add_config_option(parser)
     preflight.add_overwrite_option(parser)
+    bound_options(parser)  # every counter's range, stated once in recede.config.BOUNDS
     return parser
 
 
 def _fail(command: str, kind: str, err: BaseException, status: int) -> int:
-    print(f"{command}: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"{command}: {kind}: {message[:2000]}", file=sys.stderr)
     return status
 
 
+def _check_environment() -> None:
+    """The environment variables a run reads: a launcher's (:func:`recede.distributed.check_env`)
+    and ``OMP_NUM_THREADS`` (an invalid value was taken out of the environment when recede was
+    imported, before libgomp could warn about it; see ``recede/__init__.py``)."""
+    from recede._environment import INVALID_OMP_NUM_THREADS
+
+    if INVALID_OMP_NUM_THREADS is not None:
+        raise ValueError(f"the environment variable OMP_NUM_THREADS="
+                         f"{INVALID_OMP_NUM_THREADS[:40]!r} is not a positive integer; "
+                         "unset it or give a number of threads")
+    distributed.check_env()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Exit 2 (bad input) comes with one line and, when the run had started (``config.yaml``
+    written, an earlier run moved aside by ``--overwrite``), puts the results folder back as
+    it was (:func:`recede.preflight.rollback`); so does a failed write or an interrupt before
+    the first training step."""
+    entry = argv is None
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     name = next((a for a in argv if a in subcommands(parser)), None)
     command = f"recede {name}" if name else "recede"  # for errors before the parse ends
+    preflight.reset()  # nothing is pending from an earlier call in this process
     try:
+        _check_environment()
         args = parse_with_config(parser, argv)
         args.argv = argv  # recede train --nproc N starts itself again in N processes
         args.resolved = resolved(parser, args)  # what preflight.start writes to config.yaml
         preflight.check_out(args)
-        return args.run(args)
+        status = args.run(args)
+        preflight.commit()
+        return status
     except (ValueError, FileNotFoundError) as err:
+        preflight.rollback()
         return _fail(command, "error", err, 2)
     except (NonFiniteLossError, distributed.RankFailure) as err:
+        preflight.commit()
         return _fail(command, "stopped", err, 1)
-    except OSError as err:  # a write that failed after the run started: disk full, permissions
+    except OSError as err:  # before training: the input's fault (exit 2); after: a failed write
+        if preflight.rollback():
+            return _fail(command, "error", err, 2)
         return _fail(command, "failed", err, 1)
     except KeyboardInterrupt:
+        preflight.rollback()
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if entry:  # an interrupt while the interpreter ends still gets its line, not a traceback
+            signal.signal(signal.SIGINT, _interrupted_at_exit(command))
+
+
+def _interrupted_at_exit(command: str):
+    def handler(signum, frame) -> None:
+        os.write(2, f"{command}: interrupted\n".encode())
+        os._exit(130)
+    return handler
 
 
 if __name__ == "__main__":

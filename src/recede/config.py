@@ -34,6 +34,14 @@ from typing import Any
 import yaml
 
 CONFIG_DEST = "config"
+MAX_DEPTH = 16
+"""The deepest nesting of lists and mappings a YAML value may have (configs, ``--model-opt``)."""
+MAX_STRING = 4096
+"""The longest string an option value may be (a path's limit on Linux)."""
+MAX_YAML_BYTES = 1 << 20
+"""The largest YAML file (config, preset, a results folder's config.yaml) read."""
+MAX_INT = 2**31 - 1
+"""The bound of an integer option that states no smaller one: nothing a run counts comes near it."""
 FOLDER_OPTIONS = ("resume", "overwrite")  # what to do with --out: not saved in config.yaml
 _NOT_OPTIONS = {"help", "command", "run", CONFIG_DEST}
 
@@ -50,23 +58,77 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("the following arguments are required"):
             self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
-def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high] (no upper bound when ``high`` is None)."""
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` on one line: line breaks shown as ``\\n``, cut to ``limit`` characters."""
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a message stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def load_yaml(text: str | bytes, what: str) -> Any:
+    """``text`` read as YAML (``yaml.safe_load``: plain values only) and checked by
+    :func:`check_plain`; any problem is one ``ValueError`` starting with ``what``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"{what} is larger than {MAX_YAML_BYTES // 2**20} MiB")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not a text file") from None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} is not valid YAML: {yaml_problem(err)}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
+    check_plain(value, what)
+    return value
+
+
+def check_plain(value: Any, what: str) -> None:
+    """Refuse a value nested more than :data:`MAX_DEPTH` deep or holding a string (or key)
+    longer than :data:`MAX_STRING`, before anything recurses into it."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, (str, bytes)) and len(item) > MAX_STRING:
+            raise ValueError(f"{what} holds a string of {len(item)} characters (at most {MAX_STRING})")
+
+
+def int_range(low: int, high: int | None = None, *, top: int = MAX_INT) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high].  With ``high`` None the bound is ``top``
+    (:data:`MAX_INT` unless given), which the message names only for a value above it."""
     allowed = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high}]"
+    top = top if high is None else high
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(str(text)) <= 40 else None
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {shown(text)}")
+        if value < low:
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        if value > top:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {top}], got {shown(value, 40)}")
         return value
 
     parse.__name__ = "int"
+    parse.low, parse.high, parse.top = low, high, top  # type: ignore[attr-defined]
     return parse
 
 
@@ -80,9 +142,11 @@ def float_range(low: float, high: float, low_open: bool = False, high_open: bool
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+            value = float(text) if len(str(text)) <= 400 else None
+        except (TypeError, ValueError, OverflowError):
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {shown(text)}")
         below = value <= low if low_open else value < low
         above = value >= high if high_open else value > high
         if below or above or value != value:
@@ -90,6 +154,7 @@ def float_range(low: float, high: float, low_open: bool = False, high_open: bool
         return value
 
     parse.__name__ = "float"
+    parse.low, parse.high, parse.low_open, parse.high_open = low, high, low_open, high_open  # type: ignore[attr-defined]
     return parse
 
 
@@ -102,13 +167,14 @@ def key_values(pairs: Sequence[str], what: str = "option") -> dict[str, Any]:
     as a YAML scalar or list (``widths=[8, 16]``); ``-`` in a key becomes ``_``."""
     out = {}
     for pair in pairs:
-        key, sep, value = str(pair).partition("=")
+        if not isinstance(pair, str):
+            raise ValueError(f"{what} {shown(pair)} is not of the form key=value")
+        key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what} {pair!r} is not of the form key=value")
-        try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{what} {pair!r}: the value is not valid YAML: {yaml_problem(err)}") from None
+            raise ValueError(f"{what} {shown(pair)} is not of the form key=value")
+        if len(pair) > MAX_STRING:
+            raise ValueError(f"{what} {shown(pair, 40)} is longer than {MAX_STRING} characters")
+        out[key.strip().replace("-", "_")] = load_yaml(value, f"{what} {shown(pair, 60)}: the value")
     return out
 
 
@@ -132,7 +198,7 @@ def check_keywords(function: Callable[..., Any], options: dict[str, Any], what: 
     for name, value in options.items():
         hint = hints.get(name, Any)
         if not _fits(value, hint):
-            raise ValueError(f"{what}: option {name} must be {_describe(hint)}, got {value!r}")
+            raise ValueError(f"{what}: option {name} must be {_describe(hint)}, got {shown(value)}")
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -197,6 +263,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         path = pre.parse_known_args(argv[argv.index(name) + 1:])[0].config
         if path is not None:
             defaults = _use_config(subs[name], Path(path))
+        check_repeated(subs[name], argv[argv.index(name) + 1:])
     args = parser.parse_args(argv)
     for dest, default in defaults.items():
         given = getattr(args, dest)
@@ -225,11 +292,10 @@ def config_defaults(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file {name} is not a file")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError:
-        raise ValueError(f"config file {name} is not a text file") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {name} is not valid YAML: {yaml_problem(err)}") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"config file {name} cannot be read: {err.strerror or err}") from None
+    values = load_yaml(raw, f"config file {name}") or {}
     if not isinstance(values, dict):
         raise ValueError(f"config file {name} must be a mapping of option names to values")
     actions = {a.dest: a for a in sub._actions if a.dest not in _NOT_OPTIONS}
@@ -252,10 +318,13 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
     """``value`` converted and checked as argparse would check the flag's text."""
     where = f"config file {str(path)!r}: option {action.dest}"
     if value is None:
-        return None
+        if action.default is None and action.option_strings:
+            return None  # an option whose default is "not given" (e.g. --bpm-period)
+        raise ValueError(f"{where} cannot be null; give a value or leave the key out "
+                         f"(default {action.default!r})")
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ValueError(f"{where} must be true or false, got {shown(value)}")
         return value
     if action.nargs == "?" and isinstance(value, bool):  # a flag with an optional value
         return action.const if value else action.default
@@ -271,7 +340,7 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
         many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
         wanted = (f"a list of {action.metavar} items" if action.metavar else "a list of values") \
             if many else "one value"
-        raise ValueError(f"{where} takes {wanted}, got {value!r}")
+        raise ValueError(f"{where} takes {wanted}, got {shown(value)}")
     text = value if isinstance(value, str) else str(value)
     if not callable(action.type):  # None: the text itself
         value = text
@@ -281,7 +350,7 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
         except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
             raise ValueError(f"{where} {err}") from None
     if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {shown(value)}")
     return value
 
 
@@ -305,3 +374,56 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     raise ValueError("the parser has no subcommands")
+
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    "seed": (0, 2**32 - 1),  # NumPy's seed range; compare's seeds run from --seed on
+    "seeds": (1, 100), "epochs": (1, 100_000), "batch_size": (1, 10_000_000),
+    "timing_steps": (1, 100_000), "repeats": (1, 100_000), "cosine_batches": (1, 100_000),
+    "batches": (1, 100_000), "threads": (0, 4096), "nproc": (1, 256), "pipeline": (1, 256),
+    "micro_batches": (1, 100_000), "checkpoint_every": (0, 1_000_000_000),
+    "bpm_period": (1, 1_000_000_000), "bpm_samples": (2, 1_000_000_000), "bpm_micro_batch": (1, 10_000_000),
+    "lr": (1e-12, 1e12), "bpm_a": (-1e6, 1e6), "c": (1e-12, 1e12), "M0": (1e-12, 1e30), "lam": (0.0, 1e12),
+}
+"""The range of every counter and scale that the options' own types leave open, in one place
+(:func:`bound_options` applies it): a human-sized bound for counts, so that no value runs for
+ever, overflows or trains nothing (an lr of 5e-324).  Integers without an entry stop at
+:data:`MAX_INT`."""
+
+
+def bound_options(parser: argparse.ArgumentParser, bounds: dict[str, tuple[float, float]] = BOUNDS) -> None:
+    """Give every option of ``parser``'s subcommands named in ``bounds`` (by dest) that range,
+    keeping its type (integer or number) and, for a number, whether its ends are open."""
+    for sub in subcommands(parser).values():
+        for action in sub._actions:
+            if action.dest not in bounds or action.type is None:
+                continue
+            low, high = bounds[action.dest]
+            if getattr(action.type, "__name__", "") == "int":
+                action.type = int_range(int(low), top=int(high))
+            elif getattr(action.type, "__name__", "") == "float":
+                action.type = float_range(low, high)
+
+
+ONCE = ("out", CONFIG_DEST)
+"""Options that name a place and may be given once: ``--out a --out b`` would write to b
+without a word about a.  Any other single-valued option given twice takes its last value,
+as argparse does (a script may append an override)."""
+
+
+def check_repeated(sub: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Refuse an option of :data:`ONCE` given twice with different values."""
+    seen: dict[str, list[str]] = {}
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        option, eq, value = token.partition("=")
+        action = sub._option_string_actions.get(option)
+        if action is None or action.dest not in ONCE:
+            continue
+        given = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        seen.setdefault(action.option_strings[-1], []).append(given)
+    for option, values in seen.items():
+        if len(set(values)) > 1:
+            raise ValueError(f"{option} given {len(values)} times ({', '.join(shown(v, 40) for v in values)}); "
+                             "give it once")

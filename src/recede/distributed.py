@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recede.config import int_range, positive_float
+from recede.config import float_range, int_range
 from recede.engine import NonFiniteLossError
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -61,6 +61,35 @@ class Context:
         return self.rank == 0
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""The longest ``--dist-timeout`` (a week); the shortest is a millisecond."""
+
+
+def check_env() -> None:
+    """Refuse, in one line, a launcher environment that is partial or malformed: ``RANK``,
+    ``WORLD_SIZE`` and the launcher's other variables (:data:`_TORCHRUN_ENV`) are either all
+    absent (a single process) or all present with 0 ≤ RANK < WORLD_SIZE and a port in
+    [1, 65535].  A stray ``RANK`` would otherwise make a plain run skip its ``--out`` checks."""
+    present = [name for name in _TORCHRUN_ENV if name in os.environ]
+    if not present:
+        return
+    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise ValueError(f"the environment sets {', '.join(present)} but not {', '.join(missing)}: "
+                         "unset them, or start the processes with torchrun or --nproc (docs/distributed.md)")
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        text = os.environ[name]
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
+            raise ValueError(f"the environment variable {name}={text!r} is not a non-negative integer")
+        values[name] = int(text)
+    if not 1 <= values["WORLD_SIZE"] <= 4096 or values["RANK"] >= values["WORLD_SIZE"]:
+        raise ValueError(f"the environment sets RANK={values['RANK']}, WORLD_SIZE={values['WORLD_SIZE']}: "
+                         "RANK must be in [0, WORLD_SIZE), WORLD_SIZE in [1, 4096]")
+    if not 1 <= values["MASTER_PORT"] <= 65535:
+        raise ValueError(f"the environment sets MASTER_PORT={values['MASTER_PORT']}, not a port in [1, 65535]")
+
+
 def under_torchrun() -> bool:
     """True when torchrun (or an equivalent launcher) set ``WORLD_SIZE`` for this process."""
     return "WORLD_SIZE" in os.environ
@@ -76,8 +105,8 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
     a rank waiting for one that died or hangs raises :class:`RankFailure` after at most that
     long (gloo notices a dead peer's closed connection at once), joining the group included.
     """
-    if timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if not 1e-3 <= timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout must be in [0.001, {MAX_TIMEOUT_S:g}] seconds, got {timeout:g}")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
         backend = dist.get_backend()
@@ -321,5 +350,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int_range(1), default=1,
                         help="data-parallel processes on this machine (gloo; recede.launch starts "
                              "and watches them); --batch-size is per process. See docs/distributed.md")
-    parser.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds a rank waits for the others in a collective before failing")
+    parser.add_argument("--dist-timeout", type=float_range(1e-3, MAX_TIMEOUT_S), default=DEFAULT_TIMEOUT_S,
+                        help="seconds a rank waits for the others in a collective before failing "
+                             "(0.001 to 604800, a week)")

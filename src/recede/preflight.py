@@ -5,9 +5,14 @@ values (argparse and :mod:`recede.config`), the output folder (:func:`check_out`
 (:func:`device`), the data and model options (:func:`load_data`, :func:`build_model`), that the
 model accepts the data (:func:`probe`), the methods, and for ``--resume`` the checkpoints
 (:func:`check_resume`).  A problem is a ``ValueError`` or ``FileNotFoundError`` whose message is
-the one line the command prints (exit status 2).  Then :func:`start` begins the run: it removes
-the earlier run's files when ``--overwrite`` says so and writes ``config.yaml``.  A refused run
-therefore leaves every file of an earlier run as it was.
+the one line the command prints (exit status 2).  Then :func:`start` begins the run: it moves
+the earlier run's files aside when ``--overwrite`` says so and writes ``config.yaml``.  If the
+run is then refused after all (exit status 2 before its first training step), the command
+line calls :func:`rollback`, which removes what the run wrote and puts the earlier run's
+files back; otherwise :func:`commit` deletes them (at the first training step, or when the
+command ends).  A refused run therefore leaves every file of an earlier run as it was.
+An operating-system error on ``--out`` or a file in it (a name too long, a symlink loop, a
+dangling link, ``config.yaml`` being a folder...) is such a refusal, naming the path.
 
 The ``--out`` rules (docs/cli.md):
 
@@ -24,6 +29,7 @@ Under ``--nproc N`` only rank 0 checks and writes the folder (:func:`writes_file
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import shutil
@@ -33,17 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from recede import data, models
 from recede.blocks import BlockNet
-from recede.config import save_resolved, subcommands, yaml_problem
+from recede.config import load_yaml, save_resolved, shown, subcommands
 from recede.methods import MethodSpec, parse_method
 
 RESULTS = ("config.yaml", "metrics.json", "report.md", "checkpoints")
 """What marks a folder as holding a run's results."""
-REPLACED = RESULTS + ("tensorboard",)
-"""What ``--overwrite`` removes when the new run starts (other files are rewritten by it)."""
+REPLACED = RESULTS + ("tensorboard", "loss.png", "frontier.png")
+"""What ``--overwrite`` moves aside when the new run starts (:func:`start`), and deletes once
+it has begun training (:func:`commit`)."""
+FILES = {"config.yaml": False, "metrics.json": False, "report.md": False, "loss.png": False,
+         "checkpoints": True, "tensorboard": True}
+"""What a run writes in ``--out`` (True: a folder): each must be of that kind if it exists."""
 
 
 def first_line(err: BaseException | str) -> str:
@@ -86,10 +95,31 @@ def check_out(args: argparse.Namespace) -> None:
         raise ValueError("--out is empty; name a results folder")
     if folder is None or not writes_files():
         return
+    try:
+        _check_out_folder(folder, resume, overwrite, hasattr(args, "resume"))
+    except OSError as err:  # a name too long, a symlink loop, an unreadable parent...
+        where = err.filename if err.filename is not None else folder
+        raise ValueError(f"--out {shown(str(folder), 200)}: {shown(str(where), 200)}: "
+                         f"{err.strerror or type(err).__name__}") from None
+
+
+def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bool) -> None:
+    try:
+        os.fsencode(str(folder)).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--out {shown(str(folder), 200)} is not valid UTF-8; name the folder in UTF-8") from None
+    for part in folder.absolute().parts:
+        if len(os.fsencode(part)) > 255:
+            raise ValueError(f"--out {shown(str(folder), 120)}: the name {shown(part, 40)} is longer "
+                             "than 255 bytes")
+    if folder.is_symlink() and not folder.exists():
+        raise ValueError(f"--out {folder} is {_broken_link(folder)}")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file, not a folder")
     existing = folder.absolute()
     while not existing.exists():
+        if existing.is_symlink():
+            raise ValueError(f"--out {folder}: {existing} is {_broken_link(existing)}")
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"--out {folder}: {existing} is a file, not a folder")
@@ -98,11 +128,28 @@ def check_out(args: argparse.Namespace) -> None:
             pass
     except OSError as err:
         raise ValueError(f"--out {folder}: cannot write in {existing} ({err.strerror or err})") from None
-    held = [name for name in RESULTS if (folder / name).exists()]
+    for name, want_dir in FILES.items():  # what the run writes there must be writable as such
+        path = folder / name
+        if path.is_symlink() and not path.exists():
+            raise ValueError(f"--out {folder}: {path} is {_broken_link(path)}")
+        if path.exists() and path.is_dir() != want_dir:
+            raise ValueError(f"--out {folder}: {path} is a {'file' if want_dir else 'folder'}, "
+                             f"not a {'folder' if want_dir else 'file'}; remove it or choose another --out")
+    held = [name for name in RESULTS if (folder / name).exists() or (folder / name).is_symlink()]
     if held and not (resume or overwrite):
-        resumable = ", --resume to continue it" if hasattr(args, "resume") else ""
+        resumable = ", --resume to continue it" if resumable else ""
         raise ValueError(f"--out {folder} holds the results of an earlier run ({', '.join(held)}); "
                          f"pass --overwrite to replace them{resumable}, or choose another --out")
+
+
+def _broken_link(path: Path) -> str:
+    """What is wrong with a symbolic link that leads nowhere."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+    return "a dangling symbolic link"
 
 
 def check_same_run(saved: dict[str, Any], identity: dict[str, Any], source: Path | str) -> None:
@@ -110,16 +157,17 @@ def check_same_run(saved: dict[str, Any], identity: dict[str, Any], source: Path
     other values of the options in ``identity``."""
     differ = sorted(k for k in identity if saved.get(k) != identity[k])
     if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} → {identity[k]!r}" for k in differ)
+        detail = ", ".join(f"{k}: {shown(saved.get(k), 60)} → {shown(identity[k], 60)}" for k in differ)
         raise ValueError(f"--resume: {source} was written by a different run ({detail}); "
                          "use the same options or another --out")
 
 
 def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path, str],
-                 mode: bool | str) -> list[Path]:
+                 mode: bool | str, net: torch.nn.Module | None = None) -> list[Path]:
     """For ``--resume`` (``mode`` True) or ``--resume auto``: check that ``folder``'s
     ``config.yaml`` and every existing checkpoint (path → its method's label) were written with
-    the options in ``identity``; return the checkpoints found.  Plain ``--resume`` needs one."""
+    the options in ``identity``, and hold a model of ``net``'s names and shapes when ``net``
+    is given; return the checkpoints found.  Plain ``--resume`` needs one."""
     if not mode or not writes_files():
         return []
     from recede import checkpoint
@@ -127,17 +175,19 @@ def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path,
     config = folder / "config.yaml"
     if config.is_file():
         try:
-            saved = yaml.safe_load(config.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"--resume: {config} is not valid YAML: {yaml_problem(err)}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"--resume: {config} is not a text file") from None
+            raw = config.read_bytes()
+        except OSError as err:
+            raise ValueError(f"--resume: {config} cannot be read ({err.strerror or err})") from None
+        saved = load_yaml(raw, f"--resume: {config}")
         if not isinstance(saved, dict):
             raise ValueError(f"--resume: {config} is not a recede config (a mapping of options)")
         check_same_run(saved, identity, config)
     found = [path for path in checkpoints if path.exists()]
     for path in found:
-        check_same_run(checkpoint.read(path)["config"], identity | {"method": checkpoints[path]}, path)
+        payload = checkpoint.read(path)
+        check_same_run(payload["config"], identity | {"method": checkpoints[path]}, path)
+        if net is not None:
+            checkpoint.check_fits(payload, net=net, source=path)
     if mode is True and not found:
         raise ValueError(f"--resume: no checkpoint to resume in {folder / 'checkpoints'} (looked for "
                          f"{', '.join(p.name for p in checkpoints)}); run without --resume, or with "
@@ -160,8 +210,10 @@ def device(text: str) -> torch.device:
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {shown(text)} is not a device; use cpu, cuda or cuda:N") from None
     if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ValueError(f"--device {text}: there is one CPU device; use cpu")
         return dev
     if dev.type != "cuda":
         raise ValueError(f"--device {text}: recede trains on cpu or cuda, not {dev.type}")
@@ -258,19 +310,92 @@ def require_package(module: str, option: str, extra: str) -> None:
         raise ValueError(f"{option} needs the {module} package: pip install 'recede[{extra}]'")
 
 
+class _Started:
+    """What :func:`start` changed in the results folder, so that :func:`rollback` can undo it."""
+
+    def __init__(self, folder: Path, created: bool, aside: Path | None, config: bytes | None) -> None:
+        self.folder, self.created, self.aside, self.config = folder, created, aside, config
+
+
+_started: _Started | None = None
+_began = False
+
+
+def reset() -> None:
+    """Forget what an earlier command in this process started (the command line calls this
+    first)."""
+    global _started, _began
+    _started, _began = None, False
+
+
 def start(args: argparse.Namespace) -> None:
-    """Begin the run, once everything is checked: on rank 0, ``--overwrite`` removes the
-    earlier run's files (:data:`REPLACED`) and ``config.yaml`` is written with the options
-    that ``recede.cli`` resolved (``args.resolved``)."""
+    """Begin the run, once everything is checked: on rank 0, ``--overwrite`` moves the earlier
+    run's files (:data:`REPLACED`) into a hidden folder ``OUT/.replaced-<pid>`` (deleted by
+    :func:`commit`, put back by :func:`rollback`), and ``config.yaml`` is written with the
+    options that ``recede.cli`` resolved (``args.resolved``)."""
+    global _started, _began
     folder = out_folder(args)
+    _began = False
     if folder is None or not writes_files():
         return
-    if getattr(args, "overwrite", False):
-        for name in REPLACED:
-            path = folder / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+    top, path = None, folder.absolute()
+    while not path.exists() and not path.is_symlink():  # the outermost folder this run creates
+        top, path = path, path.parent
+    created = top is not None
+    aside, config = None, None
+    if not created and (folder / "config.yaml").is_file():
+        config = (folder / "config.yaml").read_bytes()
+    if getattr(args, "overwrite", False) and not created:
+        moving = [name for name in REPLACED if (folder / name).exists() or (folder / name).is_symlink()]
+        if moving:
+            aside = folder / f".replaced-{os.getpid()}"
+            aside.mkdir()
+            for name in moving:
+                os.replace(folder / name, aside / name)
+    _started = _Started(top if created else folder, created, aside, config)
     folder.mkdir(parents=True, exist_ok=True)
     save_resolved(args.command, args.resolved, folder)
+
+
+def commit() -> None:
+    """The run has begun (its first training step) or ended: delete the earlier run's files
+    that :func:`start` moved aside.  Does nothing when there are none, and the second time."""
+    global _started, _began
+    started, _started, _began = _started, None, True
+    if started is not None and started.aside is not None:
+        shutil.rmtree(started.aside, ignore_errors=True)
+
+
+def rollback() -> bool:
+    """The run was refused before training: remove what :func:`start` and the run wrote in
+    the results folder (:data:`REPLACED`), put the earlier run's files back, and remove the
+    folder if the run created it.  Does nothing when :func:`start` did not run or
+    :func:`commit` already did.  Returns False once training has begun (:func:`commit`)."""
+    global _started
+    started, _started = _started, None
+    if started is None:
+        return not _began
+    folder = started.folder
+    if started.created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    for name in REPLACED:
+        path = folder / name
+        old = None if started.aside is None else started.aside / name
+        if old is not None and (old.exists() or old.is_symlink()):
+            _remove(path)
+            os.replace(started.aside / name, path)
+        elif name == "config.yaml" and started.config is not None:
+            path.write_bytes(started.config)
+        elif started.aside is not None or name == "config.yaml":
+            _remove(path)  # written by the refused run
+    if started.aside is not None:
+        shutil.rmtree(started.aside, ignore_errors=True)
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -234,6 +234,7 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
         has_checkpoint = True
 
     def on_step(epoch: int, step: int, loss: float) -> None:
+        preflight.commit()  # training has begun: the earlier run --overwrite moved aside goes now
         if writer is not None:
             writer.add_scalar("loss/train_step", loss, loop.global_step)
         if checkpoint_every and loop.global_step % checkpoint_every == 0:

@@ -5,6 +5,11 @@ Offline (nothing to download): scikit-learn's bundled digits and MNIST-1D genera
 only when these loaders run): CIFAR-10 and CIFAR-100 in their python-pickle format (Paper A
 M3, Paper B §6) and Tiny-ImageNet (Paper B Table 2).  Paper B's transform is resize to
 224 × 224 then normalise, without augmentation (``size=224``); the default keeps the native size.
+
+The CIFAR files are pickles, read with a restricted unpickler (:func:`read_cifar_batch`) that
+builds only dicts, lists, strings, bytes, numbers and NumPy arrays and refuses any other
+global in one line, so a data folder cannot run code (torchvision's loader would unpickle
+anything).
 """
 
 from __future__ import annotations
@@ -110,6 +115,53 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
     return Subset(dataset, range(n))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what the CIFAR python format holds: dicts, lists, strings,
+    bytes, numbers and NumPy arrays.  Any other global (a function, a class) is refused, so
+    a batch file cannot run code when it is read."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which the CIFAR format never holds "
+                                         "(a pickle that could run code); it was not loaded")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One file of the CIFAR python format, read with :class:`_CifarUnpickler`: a dict whose
+    ``data`` is an N × 3072 uint8 array; raises ``ValueError`` naming the file otherwise."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, RecursionError, OverflowError) as err:
+        raise ValueError(f"{path} is not in the CIFAR python-pickle format: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} is not in the CIFAR python-pickle format (not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _cifar_split(folder: Path, files: list[str], key: str) -> tuple[np.ndarray, list[int]]:
+    images, labels = [], []
+    for name in files:
+        entry = read_cifar_batch(folder / name)
+        data, targets = entry.get("data"), entry.get(key, entry.get("labels"))
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{folder / name} is not in the CIFAR python-pickle format (each batch a pickled dict "
+                             "with 'data' (N × 3072 uint8) and labels)")
+        if isinstance(targets, np.ndarray) and targets.dtype.kind in "iu":
+            targets = targets.tolist()
+        if not isinstance(targets, list) or len(targets) != len(data) or \
+                not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+            raise ValueError(f"{folder / name}: the labels are not a list of {len(data)} integers")
+        images.append(data)
+        labels.extend(targets)
+    return np.vstack(images).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1)), labels
+
+
 def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: int | None) -> Task:
     from torchvision import datasets
 
@@ -121,20 +173,27 @@ def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: i
         raise FileNotFoundError(
             f"{name}: expected the python-pickle folder {folder} holding {files} "
             f"(the extracted {official.filename}); missing: {missing}. Nothing is downloaded.")
-    # The files were checked above; the subclass skips torchvision's md5 check so copies
-    # and reduced folders in the same format load too.
-    unverified = type(official.__name__, (official,), {
-        "train_list": [[f, None] for f, _ in official.train_list],
-        "test_list": [[f, None] for f, _ in official.test_list],
-        "meta": {**official.meta, "md5": None}})
-    transform = image_transform(name, size, normalize)
+    # The files are read here (no md5 check, so copies and reduced folders in the same format
+    # load too) with an unpickler that refuses anything but the format's plain contents; the
+    # datasets are torchvision's, filled without running its pickle.load.
+    key = "labels" if name == "cifar10" else "fine_labels"
     try:
-        train = unverified(str(Path(root).expanduser()), train=True, transform=transform, download=False)
-        test = unverified(str(Path(root).expanduser()), train=False, transform=transform, download=False)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{name}: {folder} is not in the CIFAR python-pickle format (each batch a "
-                         f"pickled dict with 'data' (N × 3072 uint8) and labels): "
-                         f"{type(err).__name__}: {err}") from err
+        meta = read_cifar_batch(folder / official.meta["filename"]).get(official.meta["key"])
+        if not isinstance(meta, list) or not all(isinstance(c, str) for c in meta):
+            raise ValueError(f"{folder / official.meta['filename']} has no list of class names "
+                             f"({official.meta['key']!r})")
+        splits = {}
+        for train, listed in ((True, official.train_list), (False, official.test_list)):
+            dataset = official.__new__(official)
+            datasets.VisionDataset.__init__(dataset, str(Path(root).expanduser()),
+                                            transform=image_transform(name, size, normalize))
+            dataset.train = train
+            dataset.data, dataset.targets = _cifar_split(folder, [f for f, _ in listed], key)
+            dataset.classes, dataset.class_to_idx = meta, {c: i for i, c in enumerate(meta)}
+            splits[train] = dataset
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    train, test = splits[True], splits[False]
     side = size or 32
     return Task(name, _first(train, train_size), test, "classification", (3, side, side), len(train.classes))
 

@@ -14,7 +14,10 @@ ends the others with one line naming the failed transfer
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+import uuid
 from pathlib import Path
 
 import torch.distributed as dist
@@ -52,17 +55,34 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
     if args.tensorboard:
         raise ValueError("--tensorboard is not available with --pipeline")
+    micro = args.micro_batches or 4 * args.pipeline
+    if micro > args.batch_size:
+        raise ValueError(f"--micro-batches {micro} is more than the batch of {args.batch_size} samples"
+                         + ("" if args.micro_batches else f" (the default is 4 · --pipeline {args.pipeline})"))
     out = Path(args.out)
     if not distributed.under_torchrun():
-        Workload.from_args(args)  # bad input: one line from here, before any rank starts
-        preflight.check_resume(out, identity(args), {_stage_path(out, s, r): s.label for s in specs
-                                                     for r in range(args.pipeline)}, args.resume)
-        return launch(args.argv, args.pipeline, args.dist_timeout)
+        workload = Workload.from_args(args)  # bad input: one line from here, before any rank starts
+        _check_stages(workload.build(args.seed).T, specs, args)
+        paths = {_stage_path(out, s, r): s.label for s in specs for r in range(args.pipeline)}
+        found = preflight.check_resume(out, identity(args) | {"pipeline": args.pipeline}, paths, args.resume)
+        run_id = check_stages_agree(found, specs, args.pipeline, out, _identity(args, micro))
+        os.environ[RUN_ID] = run_id or uuid.uuid4().hex
+        try:
+            return launch(args.argv, args.pipeline, args.dist_timeout)
+        except RankFailure as err:
+            kept = [path for path in paths if path.exists()]
+            if not kept:
+                raise RankFailure(f"{err}; no checkpoint was written") from None
+            again = args.argv if "--resume" in args.argv else \
+                [a for a in args.argv if a != "--overwrite"] + ["--resume"]
+            raise RankFailure(f"{err}; the stage checkpoints are in {out / 'checkpoints'}; "
+                              f"resume with: recede {shlex.join(again)}") from None
     try:
         ctx = distributed.init_from_env("gloo", args.dist_timeout)
         if ctx.world_size != args.pipeline:
             raise ValueError(f"--pipeline {args.pipeline} but torchrun started {ctx.world_size} processes")
         workload = Workload.from_args(args)  # every rank: the whole data set, the same batches
+        _check_stages(workload.build(args.seed).T, specs, args)
         preflight.start(args)
         results = [_train_stage(workload, spec, args, out, ctx.rank) for spec in specs]
     except (RankFailure, dist.DistError) as err:
@@ -74,15 +94,65 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_ID = "RECEDE_RUN_ID"
+"""The environment variable by which the launcher gives every stage the run's id."""
+
+
+def _identity(args: argparse.Namespace, micro: int) -> dict:
+    return identity(args) | {"pipeline": args.pipeline, "micro_batches": micro}
+
+
+def _check_stages(T: int, specs: list[MethodSpec], args: argparse.Namespace) -> None:
+    """Every method's horizon in [1, T] and no more stages than blocks: checked before any
+    rank starts (and again by each rank, before it writes anything)."""
+    if args.pipeline > T:
+        raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {T} blocks")
+    for spec in specs:
+        horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.value)
+        if not 1 <= horizon <= T:
+            raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {T}]")
+
+
+def check_stages_agree(found: list[Path], specs: list[MethodSpec], stages: int, out: Path,
+                       expected: dict) -> str | None:
+    """For ``--resume``: the stage checkpoints of each method must all exist, have been
+    written with the options in ``expected`` (the micro-batches included), come from one run
+    (the same run id) and stand at the same step; one line naming them otherwise (a crash
+    between two ranks' saves leaves stages from different steps).  Returns the run id (None
+    when there is nothing to resume)."""
+    if not found:
+        return None
+    ids = set()
+    for spec in specs:
+        paths = [_stage_path(out, spec, r) for r in range(stages)]
+        have = [p for p in paths if p in found]
+        if not have:
+            continue
+        if len(have) < stages:
+            lacking = ", ".join(p.name for p in paths if p not in have)
+            raise ValueError(f"--resume: {spec.label} has checkpoints of some stages only ({lacking} missing); "
+                             "pass --overwrite to train afresh")
+        read = {p: checkpoint.read(p) for p in paths}
+        for p, payload in read.items():
+            preflight.check_same_run(payload["config"], expected | {"method": spec.label}, p)
+        where = {p: (r["config"].get("run_id"), r["loop"]["global_step"]) for p, r in read.items()}
+        if len(set(where.values())) > 1:
+            detail = ", ".join(f"{p.name} at step {step} of run {str(run)[:8]}" for p, (run, step) in where.items())
+            raise ValueError(f"--resume: the stage checkpoints disagree ({detail}); they cannot resume "
+                             "one run: pass --overwrite to train afresh")
+        ids.add(next(iter(where.values()))[0])
+    if len(ids) > 1:
+        raise ValueError("--resume: the methods' stage checkpoints come from different runs; "
+                         "pass --overwrite to train afresh")
+    run = next(iter(ids), None)
+    return str(run) if run is not None else None
+
+
 def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace, out: Path,
                  rank: int) -> dict:
     """Train this rank's stage of a fresh model with ``spec``; return its row for the report."""
     net = workload.build(args.seed)
     horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.value)
-    if not 1 <= horizon <= net.T:
-        raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {net.T}]")
-    if args.pipeline > net.T:
-        raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {net.T} blocks")
     micro = args.micro_batches or 4 * args.pipeline
     x, y = workload.batch(args.batch_size)
     pipe = Pipeline(net, horizon, micro, sample=x[:-(-len(x) // micro)], device=workload.device)
@@ -95,20 +165,22 @@ def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace,
     optimizer = make_optimizer(pipe.parameters(), args.optimizer, args.lr, args.momentum)
     lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
     path = _stage_path(out, spec, rank)
-    run_identity = identity(args) | {
-        "method": spec.label, "pipeline": args.pipeline, "micro_batches": micro, "stages": pipe.sizes}
+    run_identity = _identity(args, micro) | {"method": spec.label, "stages": pipe.sizes}
+    run_id = os.environ.get(RUN_ID, "")
     loop = LoopState()
     if args.resume and path.exists():
         payload = checkpoint.read(path)
-        preflight.check_same_run(payload["config"], run_identity, path)
+        preflight.check_same_run(payload["config"], run_identity | {"run_id": run_id}, path)
         loop = checkpoint.restore(payload, net=pipe.stage, optimizer=optimizer, lr_rule=lr_rule,
                                   method=method if spec.modified else None)
 
     def save(finished: bool = False) -> None:
         checkpoint.save(path, net=pipe.stage, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method if spec.modified else None, config=run_identity, finished=finished)
+                        method=method if spec.modified else None, config=run_identity | {"run_id": run_id},
+                        finished=finished)
 
     def on_step(epoch: int, step: int, loss: float) -> None:
+        preflight.commit()
         if args.checkpoint_every and loop.global_step % args.checkpoint_every == 0:
             save()
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from recede import data, models
+from recede.config import load_yaml
 
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 REQUIRED = "required"  # model_options.weights placeholder: the paper's pretrained start
@@ -48,7 +48,11 @@ def read_config(paper: str, preset: str) -> dict:
                                     f"{', '.join(presets(paper)) or 'none (run from a source checkout of recede)'}")
     elif not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    config = yaml.safe_load(path.read_text())
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"preset {path} cannot be read ({err.strerror or err})") from None
+    config = load_yaml(raw, f"preset {path}")
     if not isinstance(config, dict):
         raise ValueError(f"{path} does not hold a mapping of settings")
     return config
