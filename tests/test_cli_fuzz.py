@@ -15,8 +15,8 @@ the whole fixture folder must be unchanged afterwards.
 from __future__ import annotations
 
 import hashlib
-import math
 import importlib.util
+import math
 import os
 import shutil
 import subprocess

@@ -281,6 +281,9 @@ def restore(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torch.o
     if lr_rule is not None and payload["lr_rule"] is not None:
         lr_rule.load_state_dict(payload["lr_rule"])
     if payload["method"] is not None:
+        if not hasattr(method, "load_state_dict"):  # checked before start; kept for callers of restore alone
+            raise ValueError("the checkpoint holds a method state but this method has none; "
+                             "was it written by another method?")
         method.load_state_dict(payload["method"])
     set_rng_state(payload["rng"])
     return loop

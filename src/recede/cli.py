@@ -20,8 +20,7 @@ from pathlib import Path
 from recede import distributed, preflight
 from recede.bench import add_bench_parser
 from recede.compare import add_compare_parser
-from recede.config import (Parser, add_config_option, bound_options, int_range, parse_with_config, resolved,
-                           subcommands)
+from recede.config import Parser, add_config_option, bound_options, int_range, parse_with_config, resolved, subcommands
 from recede.demo import add_demo_parser
 from recede.engine import NonFiniteLossError
 from recede.launch import launch

@@ -137,9 +137,9 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
                              f"not a {'folder' if want_dir else 'file'}; remove it or choose another --out")
     held = [name for name in RESULTS if (folder / name).exists() or (folder / name).is_symlink()]
     if held and not (resume or overwrite):
-        resumable = ", --resume to continue it" if resumable else ""
+        hint = ", --resume to continue it" if resumable else ""
         raise ValueError(f"--out {folder} holds the results of an earlier run ({', '.join(held)}); "
-                         f"pass --overwrite to replace them{resumable}, or choose another --out")
+                         f"pass --overwrite to replace them{hint}, or choose another --out")
 
 
 def _broken_link(path: Path) -> str:
@@ -352,7 +352,7 @@ def start(args: argparse.Namespace) -> None:
             aside.mkdir()
             for name in moving:
                 os.replace(folder / name, aside / name)
-    _started = _Started(top if created else folder, created, aside, config)
+    _started = _Started(top if top is not None else folder, created, aside, config)
     folder.mkdir(parents=True, exist_ok=True)
     save_resolved(args.command, args.resolved, folder)
 
@@ -384,7 +384,7 @@ def rollback() -> bool:
         old = None if started.aside is None else started.aside / name
         if old is not None and (old.exists() or old.is_symlink()):
             _remove(path)
-            os.replace(started.aside / name, path)
+            os.replace(old, path)
         elif name == "config.yaml" and started.config is not None:
             path.write_bytes(started.config)
         elif started.aside is not None or name == "config.yaml":
