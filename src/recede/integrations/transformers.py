@@ -30,7 +30,7 @@ checkpoints and resume carry them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -50,7 +50,7 @@ def batch_to_xy(inputs: dict[str, Any]) -> tuple[Any, Any]:
 
     An ``attention_mask`` of ones and ``token_type_ids`` of zeros are what the wrapped model
     computes anyway; anything else is refused in one line."""
-    if not isinstance(inputs, dict):
+    if not isinstance(inputs, Mapping):
         raise ValueError(f"RecedeTrainer: a batch must be a dict of tensors, got {type(inputs).__name__}; "
                          "pass inputs=lambda batch: (x, y)")
     mask = inputs.get("attention_mask")
