@@ -8,8 +8,8 @@ from torch import nn
 
 L = pytest.importorskip("lightning")
 
-import recede  # noqa: E402
-from recede.integrations.lightning import RecedeModule  # noqa: E402
+import recede
+from recede.integrations.lightning import RecedeModule
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import (BertConfig, BertForSequenceClassification, DataCollatorForLanguageModeling,  # noqa: E402
+from transformers import (BertConfig, BertForSequenceClassification, DataCollatorForLanguageModeling,
                           GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Trainer, TrainingArguments)
 
-from recede.integrations.transformers import RecedeTrainer, batch_to_xy  # noqa: E402
+from recede.integrations.transformers import RecedeTrainer, batch_to_xy
 
 VOCAB, SEQ = 64, 16
 

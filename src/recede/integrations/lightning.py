@@ -26,7 +26,7 @@ own features work as follows:
   schedulers are in Lightning's checkpoints; ``fit(ckpt_path=...)`` resumes;
 * **refused** in one line: strategies other than one device (the engine's gradients bypass
   DDP's hooks; use :mod:`recede.integrations.accelerate` or ``recede train --nproc`` for data
-  parallel), and several optimizers.
+  parallel), and several optimizers, ``ReduceLROnPlateau`` (step it yourself).
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ class RecedeModule(L.LightningModule):
         if strategy != "SingleDeviceStrategy":
             raise ValueError(f"RecedeModule: the {strategy} strategy is not supported (the engine's "
                              "gradients bypass its hooks); train on one device")
+        if any(config.reduce_on_plateau for config in self.trainer.lr_scheduler_configs):
+            raise ValueError("RecedeModule: ReduceLROnPlateau is not stepped for you; step it in "
+                             "on_validation_epoch_end with the metric it monitors")
         if self.trainer.accumulate_grad_batches != 1:  # Lightning refuses this itself; say what to do
             raise ValueError("RecedeModule: pass accumulate= to the module, not accumulate_grad_batches")
 
@@ -119,11 +122,11 @@ class RecedeModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         for config in self.trainer.lr_scheduler_configs:
             if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
-                config.scheduler.step()
+                config.scheduler.step()  # type: ignore[call-arg]
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """``val_loss``: the model's own loss L(x_T)."""
         x, y = self.batch_to_xy(batch)
-        loss = self.recede_net.loss(x, y)
+        loss = self.recede_net.loss(x, y)  # type: ignore[operator]
         self.log("val_loss", loss, prog_bar=True)
         return loss

@@ -114,14 +114,16 @@ class RecedeTrainer(Trainer):
         data = None if bp_modified is None or "data" in bp_modified else _Pairs(self)
         self.recede_method = build_method(self.recede_net, horizon, bp_modified, data)
         hf = unwrapped(model)
-        self._recede_lm_loss = getattr(hf, "loss_function", None) if _is_causal_lm(hf) else None
+        self._recede_lm_loss: Callable[..., torch.Tensor] | None = \
+            getattr(hf, "loss_function", None) if _is_causal_lm(hf) else None
+        self._recede_vocab = getattr(getattr(hf, "config", None), "vocab_size", None)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         """The stock step's division and precision, with the engine's backward."""
         model.train()
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
-            self.optimizer.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()  # type: ignore[union-attr]
         inputs = self._prepare_inputs(inputs)
         x, y = self.recede_inputs(inputs)
         by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None
@@ -129,10 +131,14 @@ class RecedeTrainer(Trainer):
         divisor = 1 if scaled else self.current_gradient_accumulation_steps
         net = self.recede_net
         family_loss = net.loss_fn
-        if self._recede_lm_loss is not None:
-            vocab = unwrapped(self.model).config.vocab_size
+        lm_loss, vocab = self._recede_lm_loss, self._recede_vocab
+        if lm_loss is not None:
             extra = {"num_items_in_batch": num_items_in_batch} if by_items else {}
-            net.loss_fn = lambda logits, labels: self._recede_lm_loss(logits, labels, vocab_size=vocab, **extra)
+
+            def model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                return lm_loss(logits, labels, vocab_size=vocab, **extra)
+
+            net.loss_fn = model_loss
         try:
             with self.accelerator.autocast():
                 loss = weighted_backward(self.recede_method, x, y, divisor, self.accelerator.scaler)
@@ -151,11 +157,12 @@ class _Pairs(torch.utils.data.Dataset):
 
     def __init__(self, trainer: RecedeTrainer) -> None:
         self.trainer = trainer
+        self.dataset: Any = trainer.train_dataset
 
     def __len__(self) -> int:
-        return len(self.trainer.train_dataset)
+        return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
-        batch = self.trainer.data_collator([self.trainer.train_dataset[i]])
+        batch = self.trainer.data_collator([self.dataset[i]])
         x, y = self.trainer.recede_inputs(batch)
         return x[0], y[0]
