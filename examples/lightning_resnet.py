@@ -23,14 +23,14 @@ val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[1200:], y[120
 
 class Digits(RecedeModule):
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=0.02, momentum=0.9)
 
 
 module = Digits(torchvision.models.resnet18(num_classes=10), horizon=2, clip_grad_norm=5.0)
-trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,   # precision="bf16-mixed" works too
+trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False,   # precision="bf16-mixed" works too
                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
 trainer.fit(module, train, val)
-with torch.no_grad():
-    accuracy = (module(x[1200:]).argmax(1) == y[1200:]).float().mean()
-print(f"val loss {float(trainer.callback_metrics['val_loss']):.3f}, val accuracy {float(accuracy):.3f}")
 print(memory_against_bp(module.recede_net, x[:32], y[:32], horizon=2))
+with torch.no_grad():
+    accuracy = (module.eval()(x[1200:]).argmax(1) == y[1200:]).float().mean()
+print(f"val loss {float(trainer.callback_metrics['val_loss']):.3f}, val accuracy {float(accuracy):.3f}")
