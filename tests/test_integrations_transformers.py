@@ -163,3 +163,19 @@ def test_refusals_are_one_line(tmp_path) -> None:
                             data_collator=collator(), horizon=2)
     with pytest.raises(ValueError, match="padded batch"):
         trainer.train()
+
+
+def test_a_torchvision_model_trains_from_pixel_values(tmp_path) -> None:
+    """Any model recede.wrap accepts: a torchvision ResNet, batches of pixel_values and labels
+    (``remove_unused_columns=False``: its forward names neither)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    g = torch.Generator().manual_seed(3)
+    data = [{"pixel_values": torch.randn(3, 16, 16, generator=g), "labels": i % 4} for i in range(16)]
+    before = copy.deepcopy(model.layer1[0].conv1.weight)
+    trainer = RecedeTrainer(model=model, args=arguments(tmp_path, max_steps=2, remove_unused_columns=False),
+                            train_dataset=data, horizon=2)
+    trainer.train()
+    assert len(losses(trainer)) == 2 and not torch.equal(before, model.layer1[0].conv1.weight)
+    assert len(model.recede_heads) == 7  # new pool → linear heads at depths 1-7, trained with the model
