@@ -66,8 +66,9 @@ def run_bench(args: argparse.Namespace) -> int:
     columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
         + (["tokens/s"] if tokens is not None else [])
     title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}, {args.clock} clock"
-    print_table(rows, columns, title=title)
     out = Path(args.out)
+    print_table(rows, columns, title=title, essential=["method", "time ratio", "memory ratio"],
+                report=out / "report.md")
     write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device)})
     (out / "report.md").write_text(
         f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"

@@ -112,15 +112,13 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
     for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
         row["dominated"] = "yes" if flag else "no"
     quality = workload.quality
-    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
-        + ["time ratio", "model ratio", "memory ratio", "state MiB"] \
-        + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
-        + ["cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
+    columns = frontier_columns(workload.metric_columns, workload.device.type == "cuda")
     over = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± sd over seeds {seeds[0]}–{seeds[-1]}"
     title = f"{args.model} on {args.data}, {args.epochs} epochs, {args.clock} clock{over}"
     cells = [spread_cells(row) for row in rows]
-    print_table(cells, [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")],
-                title=title)
+    report = out / "report.md"
+    print_table(rows, terminal_columns(columns), title=title,
+                essential=essential_columns(workload.metric_columns), report=report)
     frontier(rows, out / "frontier.png", quality, title)
     loss_curves(mean_histories([run["history"] for run in runs]), out / "loss.png", title)
     write_json(out / "metrics.json", {
@@ -128,9 +126,28 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
         "runs": [{"seed": run["seed"], "rows": run["rows"],
                   "history": {label: [e.as_dict() for e in h] for label, h in run["history"].items()}}
                  for run in runs]})
-    report = out / "report.md"
     report.write_text(_report(title, cells, columns, quality, rows, len(seeds)))
     return report
+
+
+def frontier_columns(metric_columns: Sequence[str], cuda: bool) -> list[str]:
+    """Every column of the frontier table (report.md), in order."""
+    return ["method", "train loss", "test loss", *metric_columns,
+            "time ratio", "model ratio", "memory ratio", "state MiB",
+            *(["cuda peak MiB", "cuda ratio"] if cuda else []),
+            "cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
+
+
+def terminal_columns(columns: Sequence[str]) -> list[str]:
+    """The frontier columns offered to the terminal (the report has them all), in order."""
+    return [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")]
+
+
+def essential_columns(metric_columns: Sequence[str]) -> list[str]:
+    """The columns a terminal always shows: the method, its quality (accuracy, or an LM's bits
+    per byte), time and memory (ratios to BP); the rest is shown as far as the width allows."""
+    quality = [c for c in metric_columns if c in ("test acc", "test bits/byte")] or ["test loss"]
+    return ["method", *quality, "time ratio", "memory ratio"]
 
 
 def mean_rows(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
