@@ -57,6 +57,11 @@ class Layout:
         default_head: what ``head="auto"`` means for this family.
         stage_head: ``stage_head(i)`` is the head shared by the units of ``units[i]``'s stage
             (the final head for the last stage); ``None``: ``head="stage"`` is refused.
+        earlier_shared: the head ``head="shared"`` uses at depths below T when that is not the
+            final head (a split model's final head is the rest of its forward, which only the
+            last depth can run).
+        own_final: the final head is the layout's own whatever ``head=`` gives for the earlier
+            depths (the generic path, :mod:`recede.wrap.generic`).
     """
 
     units: list[nn.Module]
@@ -66,6 +71,8 @@ class Layout:
     shareable: bool = False
     default_head: str = "independent"
     stage_head: Callable[[int], nn.Module] | None = None
+    earlier_shared: nn.Module | None = None
+    own_final: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,31 +109,47 @@ def family_of(model: nn.Module) -> Family:
                      "recede.BlockNet(blocks, heads, loss_fn) from your modules")
 
 
-def wrap(model: nn.Module, *, blocks: int | None = None,
+def wrap(model: nn.Module, *, blocks: int | str | Sequence[str] | None = None,
          head: str | nn.Module | Sequence[nn.Module] = "auto", loss_fn: LossFn | None = None,
          **options: object) -> BlockNet:
     """``model`` as a BlockNet of its own modules (see the module docstring).
 
     Args:
-        model: an ``nn.Sequential``, or a model of a registered family.
-        blocks: group the family's units into this many blocks of consecutive units
-            (``torch.tensor_split`` sizes); ``None``: one block per unit.
+        model: an ``nn.Sequential``, a model of a registered family, or any model with
+            ``blocks`` named.
+        blocks: an int groups the family's units into this many blocks of consecutive units
+            (``torch.tensor_split`` sizes); ``None``: one block per unit.  A module name
+            (``"model.layers"``: its children are the blocks) or a list of module names takes
+            the generic path (:mod:`recede.wrap.generic`): the model's own forward, cut after
+            each named block.
         head: ``"auto"``, ``"independent"``, ``"shared"``, ``"stage"``, one module for every
-            depth, or one module per block (``heads[k-1]`` reads the output of block k-1).
+            depth, or a list with one module per block (``heads[k-1]`` reads the output of
+            block k-1); the list's last item may be ``None`` (or left out) for the model's own
+            final head.
         loss_fn: replaces the family's loss.
         options: passed to the family's layout function.
     """
-    family = family_of(model)
-    accepted = list(inspect.signature(family.layout).parameters)[1:]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{family.name} models have no wrap option(s) {unknown}; they take {accepted}")
-    layout = family.layout(model, **options)
+    if isinstance(blocks, str) or (isinstance(blocks, (list, tuple)) and not isinstance(blocks, bool)):
+        from recede.wrap.generic import generic_layout
+
+        family = Family("recede.wrap(blocks=...)", lambda m: True, generic_layout)
+        layout, blocks = _layout(family, model, {**options, "blocks": blocks}), None
+    else:
+        family = family_of(model)
+        layout = _layout(family, model, options)
     groups = _group(layout.units, blocks)
     loss_fn = loss_fn if loss_fn is not None else layout.loss_fn
     if loss_fn is None:
         raise ValueError(f"{family.name} models have no loss of their own: pass loss_fn=")
     return BlockNet([_chain(g) for g in groups], _heads(layout, groups, head, family.name), loss_fn)
+
+
+def _layout(family: Family, model: nn.Module, options: dict) -> Layout:
+    accepted = list(inspect.signature(family.layout).parameters)[1:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{family.name} models have no wrap option(s) {unknown}; they take {accepted}")
+    return family.layout(model, **options)
 
 
 def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
@@ -148,18 +171,29 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
            family: str) -> nn.Module | list[nn.Module]:
     """The BlockNet's heads: one shared module or one per block, the last being the final head."""
     final = layout.final_head if layout.final_head is not None else nn.Identity()
+    T = len(groups)
     if isinstance(head, nn.Module):
-        return head
+        return [head] * (T - 1) + [final] if layout.own_final else head
     if not isinstance(head, str):
         heads = list(head)
-        if len(heads) != len(groups) or not all(isinstance(h, nn.Module) for h in heads):
-            raise ValueError(f"head= as a sequence needs one nn.Module per block ({len(groups)}), "
-                             f"got {len(heads)} item(s)")
+        if len(heads) == T - 1 or (len(heads) == T and heads[-1] is None):
+            heads = heads[:T - 1] + [final]
+        bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
+        if len(heads) != T or bad:
+            got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
+            raise ValueError(f"head= as a list needs an nn.Module for each of the {T - 1} earlier depths "
+                             f"(heads[k-1] reads block k-1's output), then the final head or None for the "
+                             f"model's own; got {got}")
+        if layout.own_final and heads[-1] is not final:
+            raise ValueError(f"{family}: the final head is the rest of the model's forward; end head= "
+                             "with None (or leave the last one out)")
         return heads
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {HEAD_CHOICES}, an nn.Module or a list of them, got {head!r}")
     head = layout.default_head if head == "auto" else head
     if head == "shared":
+        if layout.earlier_shared is not None:
+            return [layout.earlier_shared] * (T - 1) + [final]
         if not layout.shareable:
             raise ValueError(f"{family} models cannot share the final head across depths (their "
                              "widths differ); use head='independent' or give heads")
@@ -179,3 +213,4 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
 
 
 from recede.wrap import huggingface, sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)
+from recede.wrap import huggingface_layers  # noqa: E402,F401  (after the named transformers families)
