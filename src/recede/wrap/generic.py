@@ -29,6 +29,7 @@ in one line for the same reason: the split would not be the model.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import weakref
@@ -329,25 +330,29 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
 
 def generic_layout(model: nn.Module, blocks: str | Sequence[str],
                    call: Callable[[nn.Module, Any], Any] | None = None,
-                   output: Callable[[Any], Any] | None = None) -> Layout:
-    """``recede.wrap(model, blocks=...)``: the split units, the rest of the forward as the final
-    head, and for earlier depths a :class:`~recede.wrap.heads.FeatureHead` (pool → linear) from
-    the block's output width (what the next unit's first layer takes, else what the block's last
-    layer gives) to the model's (its last layer's), where both can be read."""
+                   output: Callable[[Any], Any] | None = None, example: Any = None) -> Layout:
+    """``recede.wrap(model, blocks=..., example=x)``: the split units, the rest of the forward as
+    the final head, and for earlier depths a :class:`~recede.wrap.heads.FeatureHead` (pool →
+    linear) from the block's output width to the model's (its last layer's) number of outputs.
+
+    The widths are read from one shape-only forward of ``example`` (a batch, or any tensor of
+    its shape; run on fake tensors, so nothing is computed), else guessed from the layers: what
+    the next block's first layer takes, else what the block's last layer gives."""
     from recede.wrap import Layout
     from recede.wrap.heads import FeatureHead
     from recede.wrap.vision import out_width
 
-    units, tail, _ = split_units(model, blocks, call, output)
+    units, tail, split = split_units(model, blocks, call, output)
+    probed = probe(split, example) if example is not None else [None] * len(units)
     classes = out_width(model)
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
 
     def independent(i: int) -> nn.Module:
-        width = in_width(units[i + 1]) or out_width(units[i].block)
+        width, axis = probed[i] or (in_width(units[i + 1]) or out_width(units[i].block), None)
         if width is None or classes is None:
             raise ValueError(f"recede.wrap(blocks=...): cannot tell the output width of block {i} "
-                             f"({type(units[i].block).__name__}) or of the model; pass head=")
-        head = FeatureHead(width, classes)
+                             f"({type(units[i].block).__name__}) or of the model; pass head= or example=")
+        head = FeatureHead(width, classes, axis)
         return head if reference is None else head.to(device=reference.device, dtype=reference.dtype)
 
     return Layout(units=list(units), final_head=tail, loss_fn=None, independent_head=independent,
@@ -369,3 +374,40 @@ def in_width(module: nn.Module) -> int | None:
             if isinstance(shape, tuple) and shape:
                 return int(shape[-1])
     return None
+
+
+def probe(split: Split, example: Any) -> list[tuple[int, int] | None]:
+    """``(width, channel axis)`` of each block's output, from one forward of ``example`` on fake
+    tensors (shapes only; the model's train/eval modes are restored); ``None`` where unknown."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._pytree import tree_map
+
+    found: list[tuple[int, int] | None] = [None] * len(split.blocks)
+
+    def record(i: int, out: Any) -> None:
+        t = out if isinstance(out, torch.Tensor) else next(
+            (leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)), None)
+        if t is None or t.dim() < 2:
+            return
+        shape = tuple(t.shape)
+        channels_last = t.dim() in (2, 3) or (t.dim() == 4 and shape[1] == shape[2] != shape[3])
+        found[i] = (int(shape[-1]), -1) if channels_last else (int(shape[1]), 1)
+
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: record(i, o)) for i, b in enumerate(split.blocks)]
+    modes = [(m, m.training) for m in split.model.modules()]
+    logger = logging.getLogger("torch._subclasses.fake_tensor")  # it logs the failure we handle
+    level, logger.level = logger.level, logging.CRITICAL
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+            split.model.eval()
+            fake = tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t, example)
+            split.call(split.model, fake)
+    except Exception:  # noqa: BLE001  (a model fake tensors cannot run: fall back to the layers)
+        return [None] * len(split.blocks)
+    finally:
+        logger.setLevel(level)
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes:
+            module.training = training
+    return found

@@ -53,19 +53,20 @@ class FeatureHead(nn.Module):
 
     A block's output may be an ``(N, C, H, W)`` map, an ``(N, H, W, C)`` map (Swin), ``(N, L,
     C)`` tokens or ``(N, C)`` features: the channel axis is the last one if its size is
-    ``width``, else axis 1.  The head of an earlier depth where recede cannot know the layout
+    ``width``, else axis 1 (``axis``: -1 or 1, when known).  The head of an earlier depth where recede cannot know the layout
     (the generic path, recede.wrap(model, blocks=...)).
     """
 
-    def __init__(self, width: int, num_classes: int) -> None:
+    def __init__(self, width: int, num_classes: int, axis: int | None = None) -> None:
         super().__init__()
         self.fc = nn.Linear(width, num_classes)
-        self.width = width
+        self.width, self.axis = width, axis
 
     def forward(self, x: torch.Tensor | tuple) -> torch.Tensor:
         x = x if isinstance(x, torch.Tensor) else x[0]  # a layer's output tuple: its hidden states
         if x.dim() > 2:
-            x = x if x.shape[-1] == self.width else x.movedim(1, -1)
+            last = self.axis == -1 if self.axis is not None else x.shape[-1] == self.width
+            x = x if last else x.movedim(1, -1)
             x = x.flatten(1, -2).mean(dim=1)
         return self.fc(x)
 
