@@ -18,8 +18,9 @@ So Paper A eq. 1's chain is the model's own computation, cut at the named blocks
 autocast, which are per thread, follow the caller at every hand-over.
 
 Each unit holds (for ``net.parameters()``, ``.to()``, ``.train()``) its block and the model's
-modules registered between the previous block and this one; the final head holds those
-registered after the last block.  The first time a unit runs with gradients, recede checks in
+modules registered between the previous block and this one (whole subtrees that hold no
+block); the final head holds those registered after the last block; ``.train()`` and
+``.eval()`` also switch the model and the containers of its blocks.  The first time a unit runs with gradients, recede checks in
 its autograd graph that every parameter it used is one it holds, and otherwise says which
 parameter lies elsewhere (then build the BlockNet by hand, docs/models.md).  A block that is
 called twice, out of order or not at all, or that receives a gradient-carrying tensor other
@@ -151,6 +152,7 @@ class Split:
         self.output = output or prediction
         self.index = {id(b): i for i, b in enumerate(blocks)}
         self.workers: dict[int, _Run] = {}
+        self.ancestors: list[nn.Module] = [model]  # the model and the containers of its blocks
         self.run: _Run | None = None
         ref = weakref.ref(self)
         for block in blocks:
@@ -256,6 +258,14 @@ class _Part(nn.Module):
             else:
                 self.add_module(key, value)
 
+    def train(self, mode: bool = True) -> _Part:
+        """Switch what this unit holds, and the model and the containers of its blocks (whose
+        own code may read ``self.training``)."""
+        super().train(mode)
+        for module in self.split.ancestors:
+            module.training = mode
+        return self
+
     def _check(self, x: Any, out: Any) -> None:
         """Every parameter this unit's graph used must be one it holds (first run with grad)."""
         self.checked = True
@@ -309,21 +319,25 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
     names, modules = resolve_blocks(model, blocks)
     split = Split(model, names, modules, call, output)
     inside = {id(m) for b in modules for m in b.modules()}
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    ancestors = {id(model): model}
+    for block in modules:
+        node = parents.get(id(block))
+        while node is not None and id(node) not in ancestors:
+            ancestors[id(node)] = node
+            node = parents.get(id(node))
+    split.ancestors = list(ancestors.values())
     riders: list[list[tuple[str, nn.Module | nn.Parameter]]] = [[] for _ in range(len(modules) + 1)]
-    segment = 0
+    segment, taken = 0, set()
     for name, module in model.named_modules():
         if id(module) in split.index:
             segment = split.index[id(module)] + 1
-            continue
-        if id(module) in inside:
-            continue
-        own = list(module.named_parameters(recurse=False)) or list(module.named_buffers(recurse=False))
-        if not own:
-            continue
-        if module is model:  # the model's own parameters (a class token): with the first unit
-            riders[0] += [(n, p) for n, p in model.named_parameters(recurse=False)]
-            continue
-        riders[min(segment, len(modules))].append((name, module))
+        elif id(module) in ancestors:  # a container of blocks: its own parameters only (a class token)
+            riders[min(segment, len(modules))] += [(f"{name}.{n}" if name else n, p)
+                                                  for n, p in module.named_parameters(recurse=False)]
+        elif id(module) not in inside and id(module) not in taken and id(parents.get(id(module))) in ancestors:
+            riders[min(segment, len(modules))].append((name, module))  # a whole subtree without blocks
+            taken.update(id(m) for m in module.modules())
     units = [Unit(split, t, riders[t]) for t in range(len(modules))]
     return units, Tail(split, len(modules), riders[-1]), split
 
