@@ -231,7 +231,7 @@ class SequenceClassificationLoss:
         if kind == "single_label_classification":
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         if kind == "multi_label_classification":
-            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+            return F.binary_cross_entropy_with_logits(logits, labels)
         raise ValueError(f"recede.wrap: unknown problem_type {kind!r} in the model's config")
 
 
