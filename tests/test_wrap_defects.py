@@ -114,8 +114,8 @@ def test_compiled_blocks_have_static_shapes_by_default():
     symbolic = []
 
     def recording(gm, example_inputs):
-        symbolic.append(any(isinstance(s, torch.SymInt) for t in example_inputs if isinstance(t, torch.Tensor)
-                            for s in t.shape))
+        inputs = [*example_inputs, *(n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder")]
+        symbolic.append(any(isinstance(s, torch.SymInt) for t in inputs if isinstance(t, torch.Tensor) for s in t.shape))
         return gm.forward
 
     net = _shapes_net()
@@ -124,6 +124,13 @@ def test_compiled_blocks_have_static_shapes_by_default():
     recede.MPC(net, 2).backward(x, y)
     recede.MPC(net, 2).backward(torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1]))  # another batch size
     assert symbolic and not any(symbolic)
+    torch._dynamo.reset()
+    symbolic.clear()
+    net = _shapes_net()
+    net.compile(backend=recording, dynamic=None)  # what Dynamo does unasked: sizes become symbolic
+    recede.MPC(net, 2).backward(x, y)
+    recede.MPC(net, 2).backward(torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1]))
+    assert any(symbolic)
     torch._dynamo.reset()
 
 
