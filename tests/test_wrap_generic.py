@@ -7,7 +7,9 @@ t + h per block, :func:`slow_split_gradient`); what cannot be split is refused i
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +173,50 @@ def test_what_cannot_be_split_is_refused_in_one_line(float64, make, blocks, mess
 def test_a_generic_split_needs_a_loss():
     with pytest.raises(ValueError, match=r"recede.wrap\(blocks=...\) models have no loss of their own"):
         recede.wrap(Outside(), blocks="layers", head=nn.Linear(6, 3))
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+MARKED = re.compile(r"<!-- test: (?P<name>[\w.-]+) -->\s*\n```python\n(?P<code>.*?)\n```", re.S)
+
+
+@pytest.mark.parametrize("name", ["manual-decoder-lm", "manual-vision"])
+def test_the_manual_recipes_in_docs_run_and_are_exact(name):
+    """docs/models.md's BlockNet recipes run as written (the LM one asserts h = T is autograd)."""
+    pytest.importorskip("transformers" if "lm" in name else "torchvision")
+    code = {m["name"]: m["code"] for m in MARKED.finditer(DOCS.read_text())}[name]
+    exec(compile(code, f"docs/models.md[{name}]", "exec"), {"__name__": f"docs_{name}"})
+
+
+class HeadFirst(Outside):
+    """Registers its classifier before its blocks: registration order is not the forward's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        out = self.out
+        del self.out
+        layers = self.layers
+        del self.layers
+        self.out, self.layers = out, layers
+
+
+def test_an_example_places_the_models_modules_by_where_the_forward_calls_them(float64):
+    model, (x, y) = HeadFirst().double(), batch()
+    assert [n for n, _ in model.named_children()].index("out") < [n for n, _ in model.named_children()].index("layers")
+    with pytest.raises(ValueError, match=r"the final head of HeadFirst uses parameter\(s\) \['norm.bias'"):
+        recede.MPC(recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=nn.Linear(6, 3)), 1
+                   ).backward(x, y)
+    net = recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), example=x)
+    assert net.head(net.T).out is model.out and not hasattr(net.blocks[0], "out")
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for h in (1, net.T):
+        model.zero_grad()
+        recede.MPC(net, h).backward(x, y)
+        if h == 1:
+            reference = slow_split_gradient(net, x, y, h)
+            for t in range(net.T):
+                for p in net.block_parameters(t):
+                    torch.testing.assert_close(p.grad, reference[p], rtol=1e-10, atol=1e-12)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-12, atol=1e-14, msg=n)

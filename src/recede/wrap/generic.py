@@ -153,6 +153,7 @@ class Split:
         self.index = {id(b): i for i, b in enumerate(blocks)}
         self.workers: dict[int, _Run] = {}
         self.ancestors: list[nn.Module] = [model]  # the model and the containers of its blocks
+        self.widths: list[tuple[int, int] | None] = [None] * len(blocks)  # from a probe, if any
         self.run: _Run | None = None
         ref = weakref.ref(self)
         for block in blocks:
@@ -314,8 +315,14 @@ class Tail(_Part):
 
 
 def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[nn.Module, Any], Any] | None = None,
-                output: Callable[[Any], Any] | None = None) -> tuple[list[Unit], Tail, Split]:
-    """The units and final head of ``model`` cut at ``blocks`` (see the module docstring)."""
+                output: Callable[[Any], Any] | None = None, example: Any = None
+                ) -> tuple[list[Unit], Tail, Split]:
+    """The units and final head of ``model`` cut at ``blocks`` (see the module docstring).
+
+    Each block-free subtree of the model rides with the unit it is registered in (between the
+    previous block and the next); with ``example``, with the unit(s) whose part of the forward
+    calls it, read from one shape-only forward (:func:`probe`; ``split.widths`` then holds
+    each block's output width and channel axis)."""
     names, modules = resolve_blocks(model, blocks)
     split = Split(model, names, modules, call, output)
     inside = {id(m) for b in modules for m in b.modules()}
@@ -328,6 +335,7 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
             node = parents.get(id(node))
     split.ancestors = list(ancestors.values())
     riders: list[list[tuple[str, nn.Module | nn.Parameter]]] = [[] for _ in range(len(modules) + 1)]
+    roots: list[tuple[str, nn.Module, int]] = []  # block-free subtrees and their registration segment
     segment, taken = 0, set()
     for name, module in model.named_modules():
         if id(module) in split.index:
@@ -336,8 +344,13 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
             riders[min(segment, len(modules))] += [(f"{name}.{n}" if name else n, p)
                                                   for n, p in module.named_parameters(recurse=False)]
         elif id(module) not in inside and id(module) not in taken and id(parents.get(id(module))) in ancestors:
-            riders[min(segment, len(modules))].append((name, module))  # a whole subtree without blocks
+            roots.append((name, module, min(segment, len(modules))))
             taken.update(id(m) for m in module.modules())
+    split.widths, used = probe(split, example, [m for _, m, _ in roots]) if example is not None else (
+        [None] * len(modules), [set() for _ in roots])
+    for (name, module, registered), calls in zip(roots, used):
+        for where in sorted(calls) or [registered]:
+            riders[where].append((name, module))
     units = [Unit(split, t, riders[t]) for t in range(len(modules))]
     return units, Tail(split, len(modules), riders[-1]), split
 
@@ -356,8 +369,8 @@ def generic_layout(model: nn.Module, blocks: str | Sequence[str],
     from recede.wrap.heads import FeatureHead
     from recede.wrap.vision import out_width
 
-    units, tail, split = split_units(model, blocks, call, output)
-    probed = probe(split, example) if example is not None else [None] * len(units)
+    units, tail, split = split_units(model, blocks, call, output, example)
+    probed = split.widths
     classes = out_width(model)
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
 
@@ -390,15 +403,21 @@ def in_width(module: nn.Module) -> int | None:
     return None
 
 
-def probe(split: Split, example: Any) -> list[tuple[int, int] | None]:
-    """``(width, channel axis)`` of each block's output, from one forward of ``example`` on fake
-    tensors (shapes only; the model's train/eval modes are restored); ``None`` where unknown."""
+def probe(split: Split, example: Any, roots: list[nn.Module]
+          ) -> tuple[list[tuple[int, int] | None], list[set[int]]]:
+    """One forward of ``example`` on fake tensors (shapes only; the model's train/eval modes are
+    restored): ``(width, channel axis)`` of each block's output (``None`` where unknown), and
+    for each of ``roots`` the units whose part of the forward calls it (0: before block 0,
+    t: after block t-1, T: the final head; empty if never called as a module)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._pytree import tree_map
 
     found: list[tuple[int, int] | None] = [None] * len(split.blocks)
+    used: list[set[int]] = [set() for _ in roots]
+    done = [0]  # blocks run so far
 
     def record(i: int, out: Any) -> None:
+        done[0] = i + 1
         t = out if isinstance(out, torch.Tensor) else next(
             (leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)), None)
         if t is None or t.dim() < 2:
@@ -408,6 +427,7 @@ def probe(split: Split, example: Any) -> list[tuple[int, int] | None]:
         found[i] = (int(shape[-1]), -1) if channels_last else (int(shape[1]), 1)
 
     hooks = [b.register_forward_hook(lambda m, a, o, i=i: record(i, o)) for i, b in enumerate(split.blocks)]
+    hooks += [r.register_forward_pre_hook(lambda m, a, j=j: used[j].add(done[0])) for j, r in enumerate(roots)]
     modes = [(m, m.training) for m in split.model.modules()]
     logger = logging.getLogger("torch._subclasses.fake_tensor")  # it logs the failure we handle
     level, logger.level = logger.level, logging.CRITICAL
@@ -417,11 +437,11 @@ def probe(split: Split, example: Any) -> list[tuple[int, int] | None]:
             fake = tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t, example)
             split.call(split.model, fake)
     except Exception:  # noqa: BLE001  (a model fake tensors cannot run: fall back to the layers)
-        return [None] * len(split.blocks)
+        return [None] * len(split.blocks), [set() for _ in roots]
     finally:
         logger.setLevel(level)
         for hook in hooks:
             hook.remove()
         for module, training in modes:
             module.training = training
-    return found
+    return found, used
