@@ -176,6 +176,13 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
         return [head] * (T - 1) + [final] if layout.own_final else head
     if not isinstance(head, str):
         heads = list(head)
+        bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
+        if layout.final_head is None:  # no final head of its own (nn.Sequential): one per block
+            if len(heads) != T or bad:
+                got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
+                raise ValueError(f"head= as a list needs one nn.Module per block ({T}), the last being the "
+                                 f"final head ({family} models have none of their own); got {got}")
+            return heads
         if len(heads) == T - 1 or (len(heads) == T and heads[-1] is None):
             heads = heads[:T - 1] + [final]
         bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
