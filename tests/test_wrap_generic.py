@@ -220,3 +220,41 @@ def test_an_example_places_the_models_modules_by_where_the_forward_calls_them(fl
                     torch.testing.assert_close(p.grad, reference[p], rtol=1e-10, atol=1e-12)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-12, atol=1e-14, msg=n)
+
+
+def test_compiling_a_split_model_compiles_its_blocks(float64):
+    torch._dynamo.reset()
+    model, (x, y) = Outside().double(), batch()
+    twin = Outside().double()
+    twin.load_state_dict(model.state_dict())
+    heads = [nn.Linear(6, 3) for _ in range(3)]
+    net = recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=[*heads, None])
+    eager = recede.wrap(twin, blocks="layers", loss_fn=nn.CrossEntropyLoss(),
+                        head=[*(nn.Linear(6, 3) for _ in range(3)), None])
+    for mine, theirs in zip(heads, eager.heads):
+        theirs.load_state_dict(mine.state_dict())
+    net.compile(backend="aot_eager")
+    assert all(recede.blocks.is_compiled(model.layers[t]) for t in range(4))
+    for h in (2, 4):
+        model.zero_grad(set_to_none=True)
+        twin.zero_grad(set_to_none=True)
+        recede.MPC(net, h).backward(x, y)
+        recede.MPC(eager, h).backward(x, y)
+        for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=f"h={h} {n}")
+    torch._dynamo.reset()
+
+
+def test_a_deep_copy_is_a_split_of_the_copied_model(float64):
+    import copy
+
+    model, (x, y) = Outside().double(), batch()
+    net = recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=nn.Linear(6, 3))
+    twin = copy.deepcopy(net)
+    assert twin.blocks[1].block is not model.layers[1]
+    torch.testing.assert_close(twin(x), net(x), rtol=0, atol=0)
+    with torch.no_grad():
+        twin.blocks[0].block.linear.weight.add_(1.0)
+    assert not torch.equal(twin(x), net(x))
+    recede.MPC(twin, 2).backward(x, y)
+    assert model.layers[0].linear.weight.grad is None

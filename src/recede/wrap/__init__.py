@@ -23,6 +23,11 @@ A family registers itself with :func:`register_family`, giving a predicate on th
 function ``layout(model, **options) -> Layout``; the first family whose predicate accepts the
 model is used.  Predicates look at class names and modules, so no family imports its library
 (torchvision, timm, transformers) until it is used.
+
+Models of those libraries that no named layout describes are read by structure (one
+``ModuleList`` of transformer layers, torchvision block classes, timm's ``blocks``/``stages``)
+and, like any model whose blocks the user names (``wrap(model, blocks="model.layers")``), run
+their own forward cut after each block (:mod:`recede.wrap.generic`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ in one line for the same reason: the split would not be the model.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -156,8 +157,20 @@ class Split:
         self.widths: list[tuple[int, int] | None] = [None] * len(blocks)  # from a probe, if any
         self.run: _Run | None = None
         ref = weakref.ref(self)
-        for block in blocks:
-            block.register_forward_hook(lambda module, args, out, ref=ref: _hook(ref, module, args, out))
+        self.handles = [block.register_forward_hook(lambda module, args, out, ref=ref: _hook(ref, module, args, out))
+                        for block in blocks]
+
+    def __deepcopy__(self, memo: dict) -> Split:
+        """A split of the copied model (``copy.deepcopy(net)``), hooked to its own blocks."""
+        model = copy.deepcopy(self.model, memo)
+        blocks = [copy.deepcopy(b, memo) for b in self.blocks]
+        for block, handle in zip(blocks, self.handles):
+            block._forward_hooks.pop(handle.id, None)  # the copied hook would serve this split
+        new = Split(model, self.names, blocks, self.call, self.output)
+        memo[id(self)] = new
+        new.ancestors = [copy.deepcopy(a, memo) for a in self.ancestors]
+        new.widths = list(self.widths)
+        return new
 
     def start(self, x: Any) -> Any:
         """Unit 0: a fresh forward of ``x``, run up to block 0's output."""
@@ -258,6 +271,16 @@ class _Part(nn.Module):
                 self.register_parameter(key, value)
             else:
                 self.add_module(key, value)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Compile the block in place (the model's own code around it runs as it is); the
+        hand-over between threads is not something to compile."""
+        from recede.blocks import keep_compiled_graphs
+
+        block = getattr(self, "block", None)
+        if block is not None:
+            block.compile(*args, **kwargs)
+            keep_compiled_graphs([block])
 
     def train(self, mode: bool = True) -> _Part:
         """Switch what this unit holds, and the model and the containers of its blocks (whose
