@@ -215,6 +215,7 @@ class Split:
             self.run.cancel()
 
 
+@torch.compiler.disable  # thread hand-over: not for Dynamo to trace when the block is compiled
 def _hook(ref: weakref.ref, module: nn.Module, args: tuple, out: Any) -> Any:
     """A block's forward hook: in a split's worker thread, hand its output over and wait for the
     next unit's input; anywhere else, do nothing."""
