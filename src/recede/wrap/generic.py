@@ -360,7 +360,7 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
     split.ancestors = list(ancestors.values())
     riders: list[list[tuple[str, nn.Module | nn.Parameter]]] = [[] for _ in range(len(modules) + 1)]
     roots: list[tuple[str, nn.Module, int]] = []  # block-free subtrees and their registration segment
-    segment, taken = 0, set()
+    segment, taken = 0, set[int]()
     for name, module in model.named_modules():
         if id(module) in split.index:
             segment = split.index[id(module)] + 1
