@@ -18,14 +18,16 @@ So Paper A eq. 1's chain is the model's own computation, cut at the named blocks
 autocast, which are per thread, follow the caller at every hand-over.
 
 Each unit holds (for ``net.parameters()``, ``.to()``, ``.train()``) its block and the model's
-modules registered between the previous block and this one (whole subtrees that hold no
-block); the final head holds those registered after the last block; ``.train()`` and
-``.eval()`` also switch the model and the containers of its blocks.  The first time a unit runs with gradients, recede checks in
-its autograd graph that every parameter it used is one it holds, and otherwise says which
-parameter lies elsewhere (then build the BlockNet by hand, docs/models.md).  A block that is
-called twice, out of order or not at all, or that receives a gradient-carrying tensor other
-than its input from outside (a value computed by an earlier block and passed along), is refused
-in one line for the same reason: the split would not be the model.
+block-free subtrees registered between the previous block and this one, or, given an
+``example`` batch, those its part of the forward calls (one shape-only forward on fake
+tensors tells); the final head holds the rest; ``.train()`` and ``.eval()`` also switch the
+model and the containers of its blocks.  The first time a unit runs with gradients, recede
+checks in its autograd graph that every parameter it used is one it holds; a parameter used
+elsewhere, which is also how a gradient-carrying value passed around a block is caught, and a
+block called twice, out of order or not at all are refused in one line: the split would not
+be the model (build the BlockNet by hand then, docs/models.md).  Its blocks run only in order
+within one forward, so nothing can call one alone (``recede.cost``'s calibration, pipeline
+stages).
 """
 
 from __future__ import annotations
