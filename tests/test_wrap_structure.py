@@ -181,3 +181,14 @@ def test_the_named_llama_family_passes_no_deprecated_argument(float64):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         recede.MPC(net, 1).backward(x, x)
+
+
+def test_layers_group_into_fewer_blocks(float64):
+    model, x = DECODERS["gemma2"]().double(), ids()
+    net = recede.wrap(model, blocks=2)
+    assert net.T == 2 and [len(b) if isinstance(b, nn.Sequential) else 1 for b in net.blocks] == [2, 1]
+    got = engine_grads(model, net, 2, x, x)
+    model.zero_grad()
+    next_token_loss(model(x).logits, x).backward()
+    assert_same(got, grads(model), rtol=1e-10, atol=1e-12)
+    recede.MPC(net, 1).backward(x, x)
