@@ -192,3 +192,20 @@ def test_layers_group_into_fewer_blocks(float64):
     next_token_loss(model(x).logits, x).backward()
     assert_same(got, grads(model), rtol=1e-10, atol=1e-12)
     recede.MPC(net, 1).backward(x, x)
+
+
+def test_a_peft_model_of_a_structural_family_trains_its_adapters(float64):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(DECODERS["gemma"]().double(),
+                                peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # LoRA's B starts at zero: move it so the adapters change the output
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    net, x = recede.wrap(model), ids()
+    got = engine_grads(model, net, net.T, x, x)
+    model.zero_grad()
+    model(input_ids=x, labels=x).loss.backward()  # transformers' float32 loss
+    want = grads(model)
+    assert set(want) == {n for n, p in model.named_parameters() if p.requires_grad} and all("lora_" in n for n in want)
+    assert_same(got, want, rtol=1e-5, atol=1e-7)
