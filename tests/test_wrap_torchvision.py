@@ -109,7 +109,7 @@ class Overridden(tv.ResNet):
 
 
 @pytest.mark.parametrize("model, message", [
-    (lambda: tv.SqueezeNet(num_classes=3), r"does not support torchvision SqueezeNet; torchvision models it splits: ResNet"),
+    (lambda: tv.SqueezeNet(num_classes=3), r"found no blocks in torchvision SqueezeNet; name them with blocks="),
     (lambda: Overridden(tv.resnet.BasicBlock, [1, 1, 1, 1]), "Overridden overrides ResNet.forward"),
 ])
 def test_unsupported_models_are_named(model, message):

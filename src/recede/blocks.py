@@ -49,6 +49,45 @@ def describe(tree: Any) -> str:
     return f"{type(tree).__name__} of [{'; '.join(parts)}{more}]"
 
 
+def compiler_failed(module: nn.Module, what: str, z: Any, err: BaseException) -> None:
+    """Raise a ``RuntimeError`` naming torch.compile if ``err`` came from compiling a compiled
+    ``module`` (a Dynamo exception, or raised inside Dynamo or Inductor), so that it is not
+    reported as the input's fault; otherwise return."""
+    if not is_compiled(module):
+        return
+    dynamo = getattr(getattr(torch, "_dynamo", None), "exc", None)
+    compiler = dynamo is not None and isinstance(err, dynamo.TorchDynamoException)
+    tb = err.__traceback__
+    while tb is not None and not compiler:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        compiler = "/torch/_inductor/" in name or ("/torch/_dynamo/" in name and not name.endswith("eval_frame.py"))
+        tb = tb.tb_next
+    if compiler:
+        inner = getattr(err, "inner_exception", None) or err
+        first = (str(inner).strip().splitlines() or [""])[0]
+        raise RuntimeError(f"torch.compile failed on {what} ({type(module).__name__}) given a {describe(z)}: "
+                           f"{type(inner).__name__}: {first}; this is the compiler's error: try another "
+                           "backend or mode, or run without compiling") from err
+
+
+def reentrant_checkpoint(out: Any, z: Any) -> bool:
+    """Whether the graph from ``z`` to ``out`` holds a ``torch.utils.checkpoint(use_reentrant=True)``
+    (whose backward ``torch.autograd.grad`` refuses, and which gives no gradient to its weights
+    when its input does not require one)."""
+    stop = {t.grad_fn for t in tree_leaves(z) if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+    todo = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set = set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stop:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            return True
+        todo.extend(f for f, _ in node.next_functions if f is not None)
+    return False
+
+
 def samples_in(batch: Any) -> int:
     """The number of samples in a batch: the leading size of its first tensor (0 if none)."""
     first = next((t for t in tree_leaves(batch) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
@@ -156,14 +195,27 @@ class BlockNet(nn.Module):
         return Uses(blocks, heads, len({id(p) for p in uses}) < len(uses))
 
     def run_block(self, t: int, z: Any) -> Any:
-        """``f_t(z)``; an input the block does not fit raises ``ValueError`` naming block and input."""
+        """``f_t(z)``; an input the block does not fit raises ``ValueError`` naming block and input
+        (a compiled block's compiler error is named as one, :func:`compiler_failed`)."""
         try:
-            return self.blocks[t](z)
+            out = self.blocks[t](z)
         except torch.OutOfMemoryError:
             raise
         except _MISFIT as err:
+            compiler_failed(self.blocks[t], f"block {t}", z, err)
             raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) failed on its input, "
                              f"a {describe(z)}: {err}") from err
+        key = (t, self.blocks[t].training)
+        checked = self.__dict__.setdefault("_checked", set())  # (block, training) already looked at
+        if torch.is_grad_enabled() and key not in checked:
+            if reentrant_checkpoint(out, z):
+                raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) uses torch.utils.checkpoint with "
+                                 "use_reentrant=True, which cannot give the input-only gradients receding "
+                                 "horizons take; use use_reentrant=False (Hugging Face: model."
+                                 "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': "
+                                 "False}))")
+            checked.add(key)
+        return out
 
     def depth_loss(self, x_k: Any, y: Any, k: int) -> torch.Tensor:
         """``L(x_k) = loss_fn(head_k(x_k), y)``; a head or loss that does not fit is named."""
@@ -172,6 +224,7 @@ class BlockNet(nn.Module):
         except torch.OutOfMemoryError:
             raise
         except _MISFIT as err:
+            compiler_failed(self.head(k), f"the head at depth {k}", x_k, err)
             raise ValueError(f"the head at depth {k} does not accept the output of block {k - 1} "
                              f"(a {describe(x_k)}): {err}") from err
         try:
@@ -228,12 +281,15 @@ class BlockNet(nn.Module):
         ``forward`` (``torch.compile(net)``) would leave the training step eager.  Turns off
         AOTAutograd's donated buffers for the process (:func:`keep_compiled_graphs`).
 
-        Blocks of one class share a code object, so Dynamo counts every block of another shape
+        ``dynamic`` defaults to ``False``: blocks of one class but different shapes would
+        otherwise make Dynamo mark their sizes dynamic, which some backends cannot compile
+        (inductor on timm's ConvNeXt).  Blocks of one class share a code object, so Dynamo counts every block of another shape
         (and every train/eval switch) as a recompile of it; past ``recompile_limit`` (8 by
         default) it would run the rest eagerly without a word.  The limit is raised for the
         process to twice the number of modules compiled, if lower.
         """
         modules = list({id(m): m for m in [*self.blocks, *self.heads]}.values())
+        kwargs.setdefault("dynamic", False)
         for module in modules:
             module.compile(*args, **kwargs)
         from torch._dynamo import config as dynamo  # imported by compile() above

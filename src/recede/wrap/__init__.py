@@ -23,6 +23,11 @@ A family registers itself with :func:`register_family`, giving a predicate on th
 function ``layout(model, **options) -> Layout``; the first family whose predicate accepts the
 model is used.  Predicates look at class names and modules, so no family imports its library
 (torchvision, timm, transformers) until it is used.
+
+Models of those libraries that no named layout describes are read by structure (one
+``ModuleList`` of transformer layers, torchvision block classes, timm's ``blocks``/``stages``)
+and, like any model whose blocks the user names (``wrap(model, blocks="model.layers")``), run
+their own forward cut after each block (:mod:`recede.wrap.generic`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,6 +63,11 @@ class Layout:
         default_head: what ``head="auto"`` means for this family.
         stage_head: ``stage_head(i)`` is the head shared by the units of ``units[i]``'s stage
             (the final head for the last stage); ``None``: ``head="stage"`` is refused.
+        earlier_shared: the head ``head="shared"`` uses at depths below T when that is not the
+            final head (a split model's final head is the rest of its forward, which only the
+            last depth can run).
+        own_final: the final head is the layout's own whatever ``head=`` gives for the earlier
+            depths (the generic path, :mod:`recede.wrap.generic`).
     """
 
     units: list[nn.Module]
@@ -66,6 +77,8 @@ class Layout:
     shareable: bool = False
     default_head: str = "independent"
     stage_head: Callable[[int], nn.Module] | None = None
+    earlier_shared: nn.Module | None = None
+    own_final: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,31 +115,47 @@ def family_of(model: nn.Module) -> Family:
                      "recede.BlockNet(blocks, heads, loss_fn) from your modules")
 
 
-def wrap(model: nn.Module, *, blocks: int | None = None,
+def wrap(model: nn.Module, *, blocks: int | str | Sequence[str] | None = None,
          head: str | nn.Module | Sequence[nn.Module] = "auto", loss_fn: LossFn | None = None,
          **options: object) -> BlockNet:
     """``model`` as a BlockNet of its own modules (see the module docstring).
 
     Args:
-        model: an ``nn.Sequential``, or a model of a registered family.
-        blocks: group the family's units into this many blocks of consecutive units
-            (``torch.tensor_split`` sizes); ``None``: one block per unit.
+        model: an ``nn.Sequential``, a model of a registered family, or any model with
+            ``blocks`` named.
+        blocks: an int groups the family's units into this many blocks of consecutive units
+            (``torch.tensor_split`` sizes); ``None``: one block per unit.  A module name
+            (``"model.layers"``: its children are the blocks) or a list of module names takes
+            the generic path (:mod:`recede.wrap.generic`): the model's own forward, cut after
+            each named block.
         head: ``"auto"``, ``"independent"``, ``"shared"``, ``"stage"``, one module for every
-            depth, or one module per block (``heads[k-1]`` reads the output of block k-1).
+            depth, or a list with one module per block (``heads[k-1]`` reads the output of
+            block k-1); the list's last item may be ``None`` (or left out) for the model's own
+            final head.
         loss_fn: replaces the family's loss.
         options: passed to the family's layout function.
     """
-    family = family_of(model)
-    accepted = list(inspect.signature(family.layout).parameters)[1:]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{family.name} models have no wrap option(s) {unknown}; they take {accepted}")
-    layout = family.layout(model, **options)
-    groups = _group(layout.units, blocks)
+    if isinstance(blocks, str) or (isinstance(blocks, (list, tuple)) and not isinstance(blocks, bool)):
+        from recede.wrap.generic import generic_layout
+
+        family = Family("recede.wrap(blocks=...)", lambda m: True, generic_layout)
+        layout, count = _layout(family, model, {**options, "blocks": blocks}), None
+    else:
+        family = family_of(model)
+        layout, count = _layout(family, model, options), cast("int | None", blocks)  # _group checks it
+    groups = _group(layout.units, count)
     loss_fn = loss_fn if loss_fn is not None else layout.loss_fn
     if loss_fn is None:
         raise ValueError(f"{family.name} models have no loss of their own: pass loss_fn=")
     return BlockNet([_chain(g) for g in groups], _heads(layout, groups, head, family.name), loss_fn)
+
+
+def _layout(family: Family, model: nn.Module, options: dict) -> Layout:
+    accepted = list(inspect.signature(family.layout).parameters)[1:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{family.name} models have no wrap option(s) {unknown}; they take {accepted}")
+    return family.layout(model, **options)
 
 
 def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
@@ -148,18 +177,36 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
            family: str) -> nn.Module | list[nn.Module]:
     """The BlockNet's heads: one shared module or one per block, the last being the final head."""
     final = layout.final_head if layout.final_head is not None else nn.Identity()
+    T = len(groups)
     if isinstance(head, nn.Module):
-        return head
+        return [head] * (T - 1) + [final] if layout.own_final else head
     if not isinstance(head, str):
         heads = list(head)
-        if len(heads) != len(groups) or not all(isinstance(h, nn.Module) for h in heads):
-            raise ValueError(f"head= as a sequence needs one nn.Module per block ({len(groups)}), "
-                             f"got {len(heads)} item(s)")
+        bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
+        if layout.final_head is None:  # no final head of its own (nn.Sequential): one per block
+            if len(heads) != T or bad:
+                got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
+                raise ValueError(f"head= as a list needs one nn.Module per block ({T}), the last being the "
+                                 f"final head ({family} models have none of their own); got {got}")
+            return heads
+        if len(heads) == T - 1 or (len(heads) == T and heads[-1] is None):
+            heads = heads[:T - 1] + [final]
+        bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
+        if len(heads) != T or bad:
+            got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
+            raise ValueError(f"head= as a list needs an nn.Module for each of the {T - 1} earlier depths "
+                             f"(heads[k-1] reads block k-1's output), then the final head or None for the "
+                             f"model's own; got {got}")
+        if layout.own_final and heads[-1] is not final:
+            raise ValueError(f"{family}: the final head is the rest of the model's forward; end head= "
+                             "with None (or leave the last one out)")
         return heads
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {HEAD_CHOICES}, an nn.Module or a list of them, got {head!r}")
     head = layout.default_head if head == "auto" else head
     if head == "shared":
+        if layout.earlier_shared is not None:
+            return [layout.earlier_shared] * (T - 1) + [final]
         if not layout.shareable:
             raise ValueError(f"{family} models cannot share the final head across depths (their "
                              "widths differ); use head='independent' or give heads")
@@ -178,4 +225,10 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
     return [layout.independent_head(end - 1) for end in ends[:-1]] + [final]
 
 
-from recede.wrap import huggingface, sequential, timm, torchvision  # noqa: E402,F401  (registration side effect)
+from recede.wrap import (  # noqa: E402,F401  (registration side effect)
+    huggingface,
+    huggingface_layers,  # noqa: E402,F401  (after the named transformers families)
+    sequential,
+    timm,
+    torchvision,
+)

@@ -14,8 +14,8 @@ not copied):
 * **final head** — the model's own path to its prediction: final norm → LM head (GPT-2:
   ``ln_f`` and the LM head tied to the token embedding), BERT's pooler → dropout → classifier.
 * **loss** — the model's own: the shifted next-token cross-entropy of a causal LM
-  (:func:`next_token_loss`, what ``model(ids, labels=ids).loss`` computes) and cross-entropy
-  (or MSE for one label) on BERT's pooled output.  So the data are ``x = ids`` (B, S) and, for
+  (:func:`next_token_loss`, what ``model(ids, labels=ids).loss`` computes) and, on BERT's
+  pooled output, cross-entropy, MSE or multi-label BCE, chosen as transformers chooses it.  So the data are ``x = ids`` (B, S) and, for
   an LM, ``y = ids`` as well.
 * **heads at earlier depths** (Paper B App. A) — ``"shared"``: the final head at every depth
   (for an LM: the final norm and the tied LM head; the LM default); ``"independent"``: a copy
@@ -69,6 +69,12 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
                            ignore_index=ignore_index)
 
 
+def first(state: torch.Tensor | tuple) -> torch.Tensor:
+    """The hidden states in a layer's output: the tensor itself, or the first item of the tuple
+    some layers return (Falcon's ``(hidden, attention)``)."""
+    return state if isinstance(state, torch.Tensor) else state[0]
+
+
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
 
@@ -113,21 +119,22 @@ class CausalLayer(nn.Module):
 
         positions = _positions(hidden)
         make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
-        mask = make_mask(config=self.config, inputs_embeds=hidden, attention_mask=None,
-                         past_key_values=None, position_ids=positions)
+        mask = make_mask(config=self.config, inputs_embeds=hidden, attention_mask=None, cache=None,
+                         position_ids=positions)
         extra = {} if self.rotary is None else {"position_embeddings": self.rotary(hidden, positions)}
         return self.layer(hidden, attention_mask=mask, position_ids=positions, **extra)
 
 
 class NormAndHead(nn.Module):
-    """``head(norm(x))``: an LM's final norm and (tied) LM head."""
+    """``head(norm(x))``: an LM's final norm and (tied) LM head (``x``: hidden states, or a layer's
+    output tuple whose first item they are)."""
 
     def __init__(self, norm: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.norm, self.head = norm, head
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(hidden))
+    def forward(self, hidden: torch.Tensor | tuple) -> torch.Tensor:
+        return self.head(self.norm(first(hidden)))
 
 
 def _copies(final: nn.Module):
@@ -198,19 +205,43 @@ class BertClassifierHead(nn.Module):
         return self.classifier(self.dropout(self.pooler(hidden)))
 
 
-def _sequence_classification_loss(num_labels: int, problem_type: str | None):
-    """``BertForSequenceClassification``'s loss: MSE for one label, else cross-entropy."""
-    if problem_type == "multi_label_classification":
-        raise ValueError("recede.wrap: multi-label BERT is not supported; pass loss_fn=")
-    if num_labels == 1 or problem_type == "regression":
-        return lambda logits, y: F.mse_loss(logits.squeeze(), y.squeeze())
-    return nn.CrossEntropyLoss()
+class SequenceClassificationLoss:
+    """The loss of a transformers ``*ForSequenceClassification`` model given ``labels``.
+
+    ``config.problem_type`` if set; otherwise, as transformers infers it per call: regression
+    for one label, single-label cross-entropy for integer labels, multi-label BCE-with-logits
+    for float (multi-hot) labels.
+    """
+
+    def __init__(self, num_labels: int, problem_type: str | None) -> None:
+        self.num_labels, self.problem_type = num_labels, problem_type
+
+    def kind(self, labels: torch.Tensor) -> str:
+        if self.problem_type is not None:
+            return self.problem_type
+        if self.num_labels == 1:
+            return "regression"
+        integer = labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8)
+        return "single_label_classification" if integer else "multi_label_classification"
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        kind = self.kind(labels)
+        if kind == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze())
+            return F.mse_loss(logits, labels)
+        if kind == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if kind == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        raise ValueError(f"recede.wrap: unknown problem_type {kind!r} in the model's config")
 
 
 @register_family("transformers BertForSequenceClassification", lambda m: _is(m, "BertForSequenceClassification"))
 def bert(model: Any) -> Layout:
     """BERT: one unit per ``BertLayer``, embeddings with the first; pooler → dropout →
-    classifier; cross-entropy (MSE for one label).  Independent heads by default."""
+    classifier; the model's own loss (:class:`SequenceClassificationLoss`).  Independent heads
+    by default."""
     model = unwrapped(model)
     config = model.config
     if config.is_decoder:
@@ -218,5 +249,5 @@ def bert(model: Any) -> Layout:
     layers = [BertLayerUnit(layer, config) for layer in model.bert.encoder.layer]
     final = BertClassifierHead(model.bert.pooler, model.dropout, model.classifier)
     return Layout(units=[nn.Sequential(model.bert.embeddings, layers[0]), *layers[1:]], final_head=final,
-                  loss_fn=_sequence_classification_loss(config.num_labels, config.problem_type),
+                  loss_fn=SequenceClassificationLoss(config.num_labels, config.problem_type),
                   independent_head=_copies(final), shareable=True, default_head="independent")

@@ -16,6 +16,10 @@ architectures (:data:`ARCHS`); subclasses are accepted when they keep ``forward_
   (the model's own ``_pos_embed``) → patch_drop → norm_pre ride with the first block; the final
   head is norm → the model's ``forward_head`` (token, average or attention pooling).
 
+Other timm models (MobileViT, BEiT, LeViT, RegNet, EfficientViT, EVA...) are read by timm's
+``blocks`` / ``stages`` conventions and run their own forward, cut at their blocks
+(:mod:`recede.wrap.vision_structure`).
+
 Earlier depths get pool → linear heads (transformers: LayerNorm → the model's token or average
 pooling over the non-prefix tokens → linear); ``head="stage"`` shares one per run of equal-width
 blocks; ``head="shared"`` (ViT) is the model's own head at every depth.
@@ -35,6 +39,7 @@ from torch import nn
 from recede.wrap import Layout, register_family
 from recede.wrap.heads import PoolHead, TokenHead
 from recede.wrap.vision import ModelPart, PartFn, vision_layout
+from recede.wrap.vision_structure import structural_layout, timm_blocks
 
 
 def _forward_head(model: Any, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +98,11 @@ def _is_timm(model: nn.Module) -> bool:
 @register_family("timm", _is_timm)
 def layout(model: Any) -> Layout:
     """The trunk's blocks as units, the stem with the first, the model's own head path as the final head."""
-    arch_class = _arch_class(model)
-    arch = ARCHS[arch_class.__name__]
     family = f"timm {type(model).__name__}"
+    arch_class = _arch_class(model)
+    if arch_class is None:  # MobileViT, BEiT, LeViT, RegNet, EfficientViT, EVA...: cut its own forward
+        return structural_layout(model, family, timm_blocks(model))
+    arch = ARCHS[arch_class.__name__]
     children = [name for name, _ in model.named_children()]
     first, last = children.index(arch.trunk[0]), children.index(arch.trunk[-1])
     stem_names = children[:first]
@@ -117,16 +124,16 @@ def layout(model: Any) -> Layout:
     return vision_layout(model, family, pieces, final, make)
 
 
-def _arch_class(model: Any) -> type:
-    """The timm class in ``model``'s MRO that :data:`ARCHS` describes, if ``forward_features`` is its."""
+def _arch_class(model: Any) -> type | None:
+    """The timm class in ``model``'s MRO that :data:`ARCHS` describes, if ``forward_features`` is
+    its; ``None`` for another timm model (read by structure)."""
     for cls in type(model).__mro__:
         if cls.__name__ in ARCHS and cls.__module__.startswith("timm."):
             if type(model).forward_features is not getattr(cls, "forward_features", None):
                 raise ValueError(f"timm {type(model).__name__} overrides {cls.__name__}.forward_features; "
                                  "recede.wrap cannot tell its blocks apart")
             return cls
-    raise ValueError(f"recede.wrap does not support timm {type(model).__name__}; timm architectures "
-                     f"it splits: {', '.join(ARCHS)}; otherwise build recede.BlockNet(blocks, heads, loss_fn)")
+    return None
 
 
 def _trunk_pieces(container: Any, family: str) -> list[tuple[nn.Module, bool]]:

@@ -8,8 +8,14 @@ ConvNeXt and ViT as chains of their own blocks (Paper A eq. 1).
 * MobileNet v2/v3, EfficientNet, ConvNeXt: one unit per inverted residual / MBConv / CNBlock of
   ``features``; the stem and ConvNeXt's downsampling layers ride with the next block, the
   final 1×1 convolution opens the final head (pool → flatten → classifier).
+* A replaced classifier (``model.fc = nn.Sequential(nn.Dropout(.2), nn.Linear(512, 10))``, a
+  user's module, ``nn.Identity()`` with ``loss_fn=``) is the final head as it is; earlier heads
+  give as many outputs as it does (:func:`outputs`).
 * ViT: one unit per encoder block; patch projection, class token, position embedding and
   dropout ride with the first.  Final head: encoder.ln → class token → heads.
+
+Other torchvision classifiers (Swin, RegNet, DenseNet, ShuffleNet) are read by structure and
+run their own forward, cut at their blocks (:mod:`recede.wrap.vision_structure`).
 
 Earlier depths get pool → linear heads (:mod:`recede.wrap.heads`; LayerNorm, class token,
 linear for the ViT), ``head="stage"`` one per run of equal-width blocks, ``head="shared"``
@@ -29,6 +35,7 @@ from torch import nn
 from recede.wrap import Layout, register_family
 from recede.wrap.heads import PoolHead, TokenHead
 from recede.wrap.vision import ModelPart, out_width, vision_layout
+from recede.wrap.vision_structure import structural_layout, torchvision_blocks
 
 BLOCKS = ("BasicBlock", "Bottleneck", "InvertedResidual", "MBConv", "FusedMBConv", "CNBlock")
 FEATURE_MODELS = ("VGG", "MobileNetV2", "MobileNetV3", "EfficientNet", "ConvNeXt")
@@ -42,31 +49,52 @@ def _is_torchvision(model: nn.Module) -> bool:
 @register_family("torchvision", _is_torchvision)
 def layout(model: Any) -> Layout:
     """The model's blocks as units, its stem with the first, its classifier path as the final head."""
-    kind = _torchvision_class(model).__name__
-    make: Callable[[int], nn.Module]
     family = f"torchvision {type(model).__name__}"
+    cls = _torchvision_class(model)
+    if cls is None:  # Swin, RegNet, DenseNet, ShuffleNet...: the model's own forward, cut at its blocks
+        return structural_layout(model, family, torchvision_blocks(model))
+    kind = cls.__name__
+    make: Callable[[int], nn.Module]
     if kind == "ResNet":
         stem = ModelPart(model, ["conv1", "bn1", "relu", "maxpool"])
         pieces = [(stem, False)] + [(b, True) for s in (1, 2, 3, 4) for b in getattr(model, f"layer{s}")]
         final = ModelPart(model, ["avgpool", "fc"], _resnet_head)
-        make = lambda width: PoolHead(width, model.fc.out_features)  # noqa: E731
+        make = lambda width: PoolHead(width, outputs(model.fc, model.layer4[-1]))  # noqa: E731
     elif kind == "VisionTransformer":
         stem = ModelPart(model, ["conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout"],
                          _vit_embed)
         pieces = [(stem, False)] + [(b, True) for b in model.encoder.layers]
         final = ModelPart(model, ["encoder.ln", "heads"], _vit_head)
-        make = lambda width: TokenHead(width, out_width(model.heads), "token", 1)  # type: ignore[arg-type]  # noqa: E731  (its heads end in a Linear: a width)
+        make = lambda width: TokenHead(width, outputs(model.heads, model.encoder.ln), "token", 1)  # noqa: E731
     else:
         pieces = _vgg_pieces(model.features) if kind == "VGG" else list(_feature_pieces(model.features))
         pooling = ["avgpool"] if hasattr(model, "avgpool") else []  # MobileNetV2 pools functionally
         final = ModelPart(model, [*pooling, "classifier"],
                           _convnext_head if kind == "ConvNeXt" else _pool_classify)
-        make = lambda width: PoolHead(width, out_width(model.classifier))  # type: ignore[arg-type]  # noqa: E731  (ends in a Linear)
+        make = lambda width: PoolHead(width, outputs(model.classifier, model.features))  # noqa: E731
     return vision_layout(model, family, pieces, final, make)
 
 
-def _torchvision_class(model: nn.Module) -> type:
-    """The supported torchvision class in ``model``'s MRO, if ``model`` keeps its forward."""
+def outputs(classifier: nn.Module, trunk: nn.Module) -> int:
+    """How many outputs the model's (possibly replaced) classifier gives, for earlier heads.
+
+    Its last layer declaring a width (``nn.Sequential(nn.Dropout(p), nn.Linear(512, 10))``, a
+    user's module ending in a linear layer); a classifier without parameters (``nn.Identity()``,
+    to train on features with ``loss_fn=``) gives the trunk's width.
+    """
+    width = out_width(classifier)
+    if width is None and not any(True for _ in classifier.parameters()):
+        width = out_width(trunk)
+    if width is None:
+        raise ValueError(f"recede.wrap: cannot tell how many outputs the classifier "
+                         f"({type(classifier).__name__}) gives, to size the heads of earlier depths; "
+                         "pass head= (one module shared by every depth, or one per block)")
+    return width
+
+
+def _torchvision_class(model: nn.Module) -> type | None:
+    """The supported torchvision class in ``model``'s MRO, if ``model`` keeps its forward;
+    ``None`` for another torchvision model (read by structure)."""
     for cls in type(model).__mro__:
         if cls.__name__ in SUPPORTED and cls.__module__.startswith("torchvision.models."):
             for method in ("forward", "_forward_impl"):
@@ -74,9 +102,7 @@ def _torchvision_class(model: nn.Module) -> type:
                     raise ValueError(f"torchvision {type(model).__name__} overrides {cls.__name__}.{method}; "
                                      "recede.wrap cannot tell its blocks apart")
             return cls
-    raise ValueError(f"recede.wrap does not support torchvision {type(model).__name__}; torchvision "
-                     f"models it splits: {', '.join(SUPPORTED)}; otherwise build "
-                     "recede.BlockNet(blocks, heads, loss_fn)")
+    return None
 
 
 def _feature_pieces(features: nn.Sequential):
