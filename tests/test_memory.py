@@ -111,6 +111,7 @@ def test_allocation_peak_sees_a_tensor_allocated_and_freed_inside_the_call():
     assert report.saved_peak_bytes == 0  # the meter sees nothing saved for backward
 
 
+@pytest.mark.slow
 def test_resident_peak_agrees_with_the_allocation_events():
     """The independent check, in a fresh process where glibc returns freed memory at once."""
     import subprocess
