@@ -223,6 +223,8 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None, help="override every configuration's batch size")
+    p.add_argument("--width", type=int, default=None, help="override the GPT-2 configurations' width")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true",
                    help="tiny configurations, two timed rounds, all in this process (no fresh processes): "
@@ -232,6 +234,9 @@ def main() -> None:
     p.add_argument("--timing", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args()
     configs = SMOKE if args.smoke else CONFIGS
+    for key in ("batch", "width"):
+        if getattr(args, key) is not None:
+            configs = {name: {**config, key: getattr(args, key)} for name, config in configs.items()}
     device = torch.device(args.device)
     torch.set_num_threads(1) if device.type == "cpu" else None
     if args.worker:
@@ -243,7 +248,8 @@ def main() -> None:
         print(json.dumps(timing(args.timing, args.methods, configs, device, args.repeats)))
         return
     chosen = args.configs or list(configs)
-    common = ["--device", args.device] + (["--smoke"] if args.smoke else [])
+    common = ["--device", args.device] + (["--smoke"] if args.smoke else []) \
+        + [f for key in ("batch", "width") if getattr(args, key) is not None for f in (f"--{key}", str(getattr(args, key)))]
     repeats = 2 if args.smoke else args.repeats
     start = time.perf_counter()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -255,7 +261,11 @@ def main() -> None:
         methods = [m for m in args.methods if m != "hf-gc" or configs[name]["family"] == "gpt2"]
         order = methods[:]
         random.Random(0).shuffle(order)  # memory processes in a shuffled order too
-        memory = {m: _child(["--worker", name, m, *common], args.smoke) for m in order}
+        memory = {}
+        for m in order:
+            memory[m] = _child(["--worker", name, m, *common], args.smoke)
+            print(f"  {name} {m}: real {memory[m]['real'] / MiB:.1f} MiB ({time.perf_counter() - start:.0f} s)",
+                  file=sys.stderr, flush=True)
         seconds = _child(["--timing", name, "--repeats", str(repeats), "--methods", *methods, *common], args.smoke)
         bp_mem, bp_time = memory["bp"], seconds["bp"]
         rows = []
