@@ -46,7 +46,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     or (under torchrun) train this rank's stage."""
     specs = preflight.methods(args.method or ["bp"])
     for spec in specs:
-        if spec.kind not in ("bp", "ff", "mpc"):
+        if spec.kind not in ("bp", "ff", "mpc") or spec.recompute:
             raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
     if args.nproc > 1:
         raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
