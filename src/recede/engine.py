@@ -305,6 +305,7 @@ class MPC:
         graph = window[j]
         if graph.outputs:
             return
+        assert graph.rng is not None, "only a recomputing window frees graphs"
         with replaying(graph.rng, [self.net.blocks[j]]):
             graph.outputs = _grad_leaves(self.net.run_block(j, graph.input))
 

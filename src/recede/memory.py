@@ -147,7 +147,7 @@ def allocation_peak(fn: Callable[[], Any], device: torch.device | str | None = N
     finally:
         with _quiet_stderr():
             prof.__exit__(None, None, None)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     live = peak = 0
     for _, nbytes in events:
