@@ -54,7 +54,12 @@ from typing import Any
 import torch
 
 from recede import models
-from recede.memory import SavedTensorMeter, allocation_peak, resident_peak, return_freed_memory
+from recede.memory import (
+    SavedTensorMeter,
+    allocation_peak,
+    resident_peak,
+    return_freed_memory,
+)
 from recede.methods import build_method
 from recede.reports import markdown_table
 from recede.usage import interleaved_medians, keep_freed_memory
@@ -105,7 +110,10 @@ class SelectiveCheckpoint:
         self.net = net
 
     def backward(self, x: Any, y: Any) -> float:
-        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+        from torch.utils.checkpoint import (
+            checkpoint,
+            create_selective_checkpoint_contexts,
+        )
 
         net, z = self.net, x
         for t in range(net.T - 1):
@@ -208,7 +216,7 @@ def _child(argv: list[str], in_process: bool = False) -> Any:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                           os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -252,8 +260,10 @@ def main() -> None:
         + [f for key in ("batch", "width") if getattr(args, key) is not None for f in (f"--{key}", str(getattr(args, key)))]
     repeats = 2 if args.smoke else args.repeats
     start = time.perf_counter()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "?") if os.path.exists("/proc/cpuinfo") else "?"
+    cpu = "?"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu}), "
           f"torch {torch.__version__}, one thread on a CPU", flush=True)
     all_rows = []
