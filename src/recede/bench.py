@@ -4,9 +4,11 @@ For each method, on one batch of the chosen data: the step time as the user pays
 median of ``backward`` (one forward + the method's gradient) over rounds that time every
 method in turn, plus for a BP-modified method its refresh amortised over the K steps of its
 period (:mod:`recede.usage`) — its ratio to BP, the ratio the layer-aware cost model predicts
-(:mod:`recede.cost`, calibrated in the same rounds on this model), the peak bytes saved for
-backward over step and refresh, and the whole training state (parameters, gradients,
-optimizer state, offsets, saved activations; CUDA peak on a GPU).  The numbers are ratios
+(:mod:`recede.cost`, calibrated in the same rounds on this model), the real peak memory of a
+step (parameters, buffers and optimizer state plus the peak bytes the step allocates,
+:func:`recede.memory.allocation_peak`) and its ratio to BP's, and beside it the breakdown: the
+peak bytes saved for backward over step and refresh, the gradients and the optimizer state
+(CUDA peak on a GPU).  The numbers are ratios
 measured in one run on one machine, not targets.
 """
 
@@ -25,7 +27,7 @@ from recede.train import make_optimizer
 from recede.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
 
 COLUMNS = ["method", "ms/step", "step ms", "refresh ms", "time ratio", "model ratio",
-           "saved MiB", "memory ratio", "state MiB"]
+           "memory ratio", "real MiB", "saved MiB", "grads MiB", "optimizer MiB"]
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,8 +76,10 @@ def run_bench(args: argparse.Namespace) -> int:
         f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "
         "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
-        "(recede.cost) calibrated on this model in the same rounds.  saved MiB: peak of tensors "
-        "saved for backward over step and refresh.  state MiB: parameters, gradients, optimizer "
-        "state, offsets and the peak of saved activations (with a refresh's buffers).\n")
+        "(recede.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
+        "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
+        "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
+        "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "
+        "gradients and the optimizer's state.\n")
     print(f"results written to {out}/")
     return 0

@@ -11,9 +11,12 @@ and optimizer), then is measured on the same batch:
   its run made (the run's history: refreshes / steps); beside it the ratio the layer-aware cost
   model predicts (:mod:`recede.cost`, calibrated in the same rounds) and the run's own mean
   ms/step (optimizer steps and data loading included);
-* memory / BP — peak bytes saved for backward over a step and a refresh (:mod:`recede.memory`),
-  the whole training state (parameters, gradients, optimizer state, offsets, saved
-  activations), and CUDA peak allocated bytes on a GPU;
+* memory / BP — the real peak of a step (and of a refresh): parameters, buffers and optimizer
+  state plus the peak bytes the step allocates (:func:`recede.memory.allocation_peak`: the
+  profiler's allocation events on a CPU, the allocator's statistics on CUDA), so activations,
+  gradients, backward temporaries, heads and recomputation all count; beside it, as a
+  breakdown, the peak bytes saved for backward (``saved MiB``, :mod:`recede.memory`'s meter),
+  the gradients and optimizer state, and CUDA peak allocated bytes on a GPU;
 * cos θ — ``⟨g, g_T⟩ / (‖g‖ ‖g_T‖)`` between the method's gradient and the true (BP) gradient
   over all block parameters, at the method's own trained weights, averaged over a few batches
   (SPEC §3, Paper A §3.3).
@@ -133,14 +136,14 @@ def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = def
 def frontier_columns(metric_columns: Sequence[str], cuda: bool) -> list[str]:
     """Every column of the frontier table (report.md), in order."""
     return ["method", "train loss", "test loss", *metric_columns,
-            "time ratio", "model ratio", "memory ratio", "state MiB",
+            "time ratio", "model ratio", "memory ratio", "real MiB", "saved MiB", "state MiB",
             *(["cuda peak MiB", "cuda ratio"] if cuda else []),
-            "cos θ", "ms/step", "refresh ms", "run ms/step", "saved MiB", "dominated"]
+            "cos θ", "ms/step", "refresh ms", "run ms/step", "dominated"]
 
 
 def terminal_columns(columns: Sequence[str]) -> list[str]:
     """The frontier columns offered to the terminal (the report has them all), in order."""
-    return [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "saved MiB")]
+    return [c for c in columns if c not in ("train loss", "refresh ms", "run ms/step", "state MiB")]
 
 
 def essential_columns(metric_columns: Sequence[str]) -> list[str]:
@@ -264,8 +267,11 @@ def _report(title: str, cells: list[dict[str, Any]], columns: list[str], quality
             "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "
             "run; model ratio is the layer-aware cost model's prediction (recede.cost); run "
             "ms/step is the run's own mean (optimizer steps and data loading included). Memory "
-            "is the peak of tensors saved for backward over a step and a refresh; state MiB adds "
-            "parameters, gradients, optimizer state and offsets. cos θ is the cosine between "
+            "(memory ratio, real MiB) is the real peak of a step or a refresh: parameters, buffers, "
+            "optimizer state and offsets plus the peak bytes the step allocated (activations, "
+            "gradients, temporaries, recomputation); saved MiB, its activation part, is the peak "
+            "of tensors saved for backward; state MiB adds parameters, gradients, optimizer state "
+            "and offsets to it. cos θ is the cosine between "
             "each method's gradient and BP's over all block parameters, at the method's trained "
             "weights.\n\n"
             f"**On the frontier** (memory ↓, time ↓, {quality} "

@@ -18,8 +18,7 @@ through blocks k−1 … k−h+1 (one D each) and takes block k−h's weights (W
 also takes block k−h+1's, which then needs its input-VJP too: B); the final sweep from x_T takes
 B for blocks T−h+1 … T−1 and W for block T−h, whose input gradient nobody needs.  So BP is
 Σ F_t + W_0 + Σ_{t≥1} B_t + H_T, and a method's predicted ratio is its sum over BP's.
-Checkpointed BP (:mod:`recede.recompute`) adds a second forward of every segment but the last,
-and its re-entrant segments take the input gradient of block 0 as well (B_0 for W_0).
+Checkpointed BP (:mod:`recede.recompute`) adds a second forward of every segment but the last.
 
 The passes are measured on the model itself, so the model needs no layer count; ``meter`` can
 be wall time (:func:`recede.usage.interleaved_medians`) or any other additive measure (the
@@ -113,10 +112,22 @@ def passes(T: int, horizon: int, double: bool = False) -> Passes:
     return Passes(tuple(W), tuple(B), tuple(D), tuple(range(first, T + 1)))
 
 
-def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False) -> float:
-    """Predicted cost of one :class:`recede.MPC` step: Σ F_t plus the counted W, B, D and heads."""
+def recomputed_forwards(T: int, horizon: int, double: bool = False) -> tuple[int, ...]:
+    """How many times ``MPC(..., recompute=True)`` recomputes each block's forward: once for
+    every sweep that passes through it, but the first sweep of block t when it is target t + 1's
+    (that sweep uses the graph of the forward itself)."""
+    first = horizon - 1 if double else horizon
+    targets = range(first, T + 1)
+    sweeps = [sum(1 for k in targets if max(k - horizon, 0) <= t < k) for t in range(T)]
+    return tuple(max(n - (1 if t + 1 in targets else 0), 0) for t, n in enumerate(sweeps))
+
+
+def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False, recompute: bool = False) -> float:
+    """Predicted cost of one :class:`recede.MPC` step: Σ F_t plus the counted W, B, D and heads
+    (and, with ``recompute``, the recomputed forwards)."""
     n = passes(costs.T, horizon, double)
-    return (sum(costs.forward) + sum(c * w for c, w in zip(costs.weight_grad, n.weight_grad))
+    extra = recomputed_forwards(costs.T, horizon, double) if recompute else (0,) * costs.T
+    return (sum(costs.forward) + sum(c * e for c, e in zip(costs.forward, extra)) + sum(c * w for c, w in zip(costs.weight_grad, n.weight_grad))
             + sum(c * b for c, b in zip(costs.backward, n.backward))
             + sum(c * d for c, d in zip(costs.input_vjp, n.input_vjp))
             + sum(costs.head[k - 1] for k in n.heads))
@@ -139,7 +150,7 @@ def predicted_ratio(costs: BlockCosts, method: object) -> float | None:
         return checkpointed_cost(costs, method.segments) / bp
     if isinstance(method, MPC):
         view = costs if method.net.T == costs.T else costs.stages(method.net.T)
-        return horizon_cost(view, method.horizon, method.double) / bp
+        return horizon_cost(view, method.horizon, method.double, getattr(method, "recompute", False)) / bp
     return None
 
 

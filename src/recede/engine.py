@@ -22,7 +22,20 @@ h = 1 is Forward-Forward / local-loss training (Paper A eq. 4), h = T is back-pr
   ``loss.backward()``'s work).
 
 Nothing is recomputed and no whole graph is kept (Paper A App. E.1 warns that a kept graph
-costs O(h(T-h+1)) memory).  Heads are trained by their own depth's loss: the head at depth k
+costs O(h(T-h+1)) memory).
+
+``recompute=True`` trades time for memory below even per-block checkpointing's floor.  The
+window keeps only the inputs of its h blocks (the boundaries x_{k-h} … x_{k-1}; x_k is the
+output being produced), not their graphs: a block's graph is built by its forward, used by the
+sweep of the first target that needs it and freed, and each later sweep that passes through
+the block rebuilds it from the kept input (:mod:`recede.replay`: same random draws, BatchNorm
+statistics updated once), uses it once and frees it before the next block down is rebuilt.  At
+any time the step holds h + 1 boundaries plus one block's graph (and a head's).  A block takes
+part in the sweeps of the targets k with k-h ≤ t < k, at most h of them, and its forward runs
+once per sweep and no more: the first sweep uses the graph of the forward itself, so at most
+h - 1 forwards per block are recomputed (none at h = 1, where the method is already local; at
+h = T the only sweep is the final one and the method is per-block checkpointing: every block
+but the last runs twice).  The gradients are exactly those of ``recompute=False``.  Heads are trained by their own depth's loss: the head at depth k
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
 gradients of every depth it is evaluated at.  A parameter used in several places gets the sum
@@ -53,6 +66,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from recede.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
+from recede.replay import RngState, capture, replaying
 
 Grads = dict[nn.Parameter, torch.Tensor]
 
@@ -134,14 +148,18 @@ class MPC:
         net: the block network.
         horizon: h in [1, T]; 1 is FF / local losses, T is exact BP.
         double: LoCo's "double" rule (Paper A eq. 20); requires h ≥ 2.
+        recompute: keep only the window's block inputs and rebuild each block's graph when a
+            sweep needs it (see the module docstring): less memory, up to h - 1 extra forwards
+            per block, the same gradients.
     """
 
-    def __init__(self, net: BlockNet, horizon: int, double: bool = False) -> None:
+    def __init__(self, net: BlockNet, horizon: int, double: bool = False, recompute: bool = False) -> None:
         self.net = check_net(net, "MPC")
         self.horizon = check_horizon(horizon, net.T)
         if double and self.horizon < 2:
             raise ValueError("double=True sums the gradients of horizons h-1 and h and needs horizon >= 2")
         self.double = double
+        self.recompute = bool(recompute)
         self._losses: dict[int, torch.Tensor] = {}
 
     @property
@@ -180,7 +198,7 @@ class MPC:
         with torch.enable_grad():
             if scaling and scaler is not None:
                 step.scale = scaler.scale(torch.ones((), device=_device_of(x)))
-            if self.horizon == self.net.T and not self.double and not (per_use and uses.shared):
+            if self.horizon == self.net.T and not (self.double or self.recompute or (per_use and uses.shared)):
                 self._backprop(x, y, uses, step)
             else:
                 self._receding(x, y, uses, step)
@@ -223,11 +241,14 @@ class MPC:
         z: Any = x
         z_leaves: list[torch.Tensor] = []
         for t in range(T):
+            rng = capture(z) if self.recompute else None
             out = net.run_block(t, z)
-            window[t] = _Graph(z_leaves, _grad_leaves(out))
+            window[t] = _Graph(z_leaves, _grad_leaves(out), z if self.recompute else None, rng)
             z, z_leaves = _detached(out)
             k = t + 1
             if k not in targets:
+                if self.recompute:
+                    window[t].outputs = []  # free the graph now; a sweep rebuilds it
                 continue
             if k == T:
                 lowest = max(T - h, 0)
@@ -246,6 +267,10 @@ class MPC:
                 self._sweep(window, outputs, cotangents, [], k, lowest, weighted, released, uses, step)
             for j in released:
                 window.pop(j, None)
+            if self.recompute:
+                del out
+                for graph in window.values():
+                    graph.outputs = []  # the sweep freed what it used; drop what it did not reach
 
     def _sweep(self, window: dict[int, _Graph], outputs: list[torch.Tensor],
                cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
@@ -255,7 +280,9 @@ class MPC:
         ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
         block k-1, whose ``head`` parameters then take their gradient in that call); each block in
         ``weighted`` takes its weight gradient; the call that uses a block in ``released`` for
-        the last time frees its graph, the others are retained for later targets.
+        the last time frees its graph, the others are retained for later targets.  With
+        ``recompute`` every call frees the graph it used, and block j-1's graph is rebuilt
+        (:meth:`_rebuild`) only after block j's is freed.
         """
         for j in range(k - 1, lowest - 1, -1):
             carry = window[j].inputs if j > lowest else []
@@ -263,20 +290,37 @@ class MPC:
             wanted = [*carry, *params, *head]
             if not wanted or not outputs:
                 return
-            grads = torch.autograd.grad(outputs, wanted, cotangents, retain_graph=j not in released,
+            grads = torch.autograd.grad(outputs, wanted, cotangents,
+                                        retain_graph=j not in released and not self.recompute,
                                         allow_unused=True)
             _accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
             _accumulate(step.heads, head, grads[len(carry) + len(params):])
-            head = []
+            head, outputs = [], []
+            if carry and self.recompute:
+                window[j].outputs = []
+                self._rebuild(window, j - 1)
             outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+
+    def _rebuild(self, window: dict[int, _Graph], j: int) -> None:
+        """Recompute block j's graph from its kept input, replaying its first forward."""
+        graph = window[j]
+        if graph.outputs:
+            return
+        assert graph.rng is not None, "only a recomputing window frees graphs"
+        with replaying(graph.rng, [self.net.blocks[j]]):
+            graph.outputs = _grad_leaves(self.net.run_block(j, graph.input))
 
 
 @dataclass
 class _Graph:
-    """One block's graph in the window: the grad-carrying leaves of its detached input and of its output."""
+    """One block's graph in the window: the grad-carrying leaves of its detached input and of
+    its output; with recomputation also the input itself and the generator states its forward
+    drew from (``outputs`` is empty while the graph is freed)."""
 
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor]
+    input: Any = None
+    rng: RngState | None = None
 
 
 def _grad_leaves(tree: Any) -> list[torch.Tensor]:

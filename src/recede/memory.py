@@ -1,6 +1,19 @@
-"""Memory accounting: bytes of tensors saved for backward, and CUDA peak allocation.
+"""Memory accounting: the real peak of a step, and the bytes of tensors saved for backward.
 
-Paper A eq. 11 models memory as ``M(h) = a·h + b``; SPEC §3 asks for two measurements:
+Paper A eq. 11 models memory as ``M(h) = a·h + b``; SPEC §3 asks for measurements.  The
+headline is what a step really allocates; the saved-tensor meter is its breakdown:
+
+* :func:`allocation_peak` — the peak bytes a call allocates above what was allocated when it
+  began: on CUDA ``max_memory_allocated`` (and ``max_memory_reserved``); on the CPU the running
+  sum of ``torch.profiler``'s allocation and free events (every allocation through PyTorch's CPU
+  allocator, in time order), whose maximum is the peak.  It sees everything a step allocates —
+  activations, gradients, backward temporaries, the heads' work, what checkpointing recomputes
+  — and is independent of how the C library's ``malloc`` keeps or returns freed memory.
+* :func:`resident_peak` — an independent check on Linux: the rise of the process's resident
+  set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over a call, after
+  :func:`return_freed_memory` has told glibc to hand freed blocks back to the system at once.
+  Without that, glibc keeps freed memory and the resident set only grows (what a CPU user sees
+  in ``top``: after a large step, a small one looks as large).
 
 * :class:`SavedTensorMeter` — bytes held by tensors that autograd saves for backward, counted
   through ``torch.autograd.graph.saved_tensors_hooks`` and de-duplicated by storage, so a
@@ -12,13 +25,18 @@ Paper A eq. 11 models memory as ``M(h) = a·h + b``; SPEC §3 asks for two measu
 * :func:`cuda_peaks` — ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` around a
   call, on a GPU (:func:`measure` reports the first).
 
-:func:`measure` runs a callable under both and returns a :class:`MemoryReport`.
+:func:`measure` runs a callable under the meter (and, with ``real=True``, under
+:func:`allocation_peak`) and returns a :class:`MemoryReport`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,25 +106,126 @@ class SavedTensorMeter:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Peak bytes saved for backward during a call, and CUDA peak allocated bytes (or None)."""
+    """Peak bytes saved for backward during a call, CUDA peak allocated bytes (or None), and
+    (when measured) the peak bytes the call allocated above its start (:func:`allocation_peak`)."""
 
     saved_peak_bytes: int
     cuda_peak_bytes: int | None
+    allocated_peak_bytes: int | None = None
 
     @property
     def saved_peak_mib(self) -> float:
         return self.saved_peak_bytes / 2**20
 
 
+def allocation_peak(fn: Callable[[], Any], device: torch.device | str | None = None) -> tuple[Any, int]:
+    """Run ``fn()``: its result, and the peak bytes it allocated on ``device`` (CPU by default)
+    above the bytes allocated when it began.
+
+    On CUDA this is ``max_memory_allocated`` minus ``memory_allocated`` at the start.  On the CPU
+    it is the maximum of the running sum of the allocation (+) and free (−) events that
+    ``torch.profiler`` records with ``profile_memory=True``, taken in time order; a tensor that
+    existed before the call and is freed inside it counts −, so the peak is never below 0.
+    Memory that libraries allocate outside PyTorch's allocator (a BLAS's own workspace) is not
+    seen; :func:`resident_peak` sees it.  The profiler's first use in a process takes a few
+    seconds to start; later calls add little.
+    """
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result, max(0, torch.cuda.max_memory_allocated(device) - start)
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        prof.__enter__()
+    try:
+        result = fn()
+    finally:
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return result, peak
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for the body: the profiler's C++ side logs every start and stop
+    (and, without a GPU, a failed device query) there, which would litter every CLI run."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def return_freed_memory(threshold: int = 2**16) -> bool:
+    """Make glibc's ``malloc`` give freed memory back to the system at once: blocks of at least
+    ``threshold`` bytes are mapped on their own (``M_MMAP_THRESHOLD``) and unmapped when freed,
+    and free memory at the top of the heap is trimmed beyond ``threshold`` (``M_TRIM_THRESHOLD``).
+    The environment variables ``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536`` do
+    the same for a whole process.  The resident set then follows what is allocated.  Returns
+    False, changing nothing, where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, threshold))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def resident_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn()``: its result, and how far the process's resident set rose above its size at
+    the start (bytes; Linux only, ``OSError`` elsewhere).  Call :func:`return_freed_memory`
+    first (once per process, before the model is built), or memory glibc kept from an earlier
+    call hides this one's."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        raise OSError("resident_peak needs Linux's /proc/self/clear_refs")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark VmHWM to the current resident set
+    start = _status_kib("VmRSS")
+    result = fn()
+    return result, max(0, _status_kib("VmHWM") - start) * 1024
+
+
 def measure(fn: Callable[[], Any], module: torch.nn.Module | None = None,
-            device: torch.device | str | None = None) -> tuple[Any, MemoryReport]:
+            device: torch.device | str | None = None, real: bool = False) -> tuple[Any, MemoryReport]:
     """Run ``fn()`` and return its result with the memory it used.
 
     Args:
         fn: the call to measure (e.g. ``lambda: engine.backward(x, y)``).
         module: its parameters and buffers are excluded from the saved-tensor count.
         device: when a CUDA device, its peak allocated bytes during the call are reported too.
+        real: also measure the peak bytes allocated above the start (:func:`allocation_peak`).
     """
+    if real:
+        (result, report), peak = allocation_peak(lambda: measure(fn, module, device), device)
+        return result, MemoryReport(report.saved_peak_bytes, report.cuda_peak_bytes, peak)
     exclude = [*module.parameters(), *module.buffers()] if module is not None else []
     on_cuda = device is not None and torch.device(device).type == "cuda"
     if on_cuda:

@@ -9,8 +9,10 @@
 ``loco-double:N``   LoCo with the double gradient of Paper A eq. 20 (block 0 too)
 ``loco-eq21:N``     LoCo's double gradient as eq. 21 writes it: block 0 learns from L(x_2)
                     only (:mod:`recede.loco`)
-``ckpt[:S]``        BP with activation checkpointing in S segments (default round(√T));
-                    :mod:`recede.recompute`
+``mpc-rc:H``        horizon H recomputing its window's graphs from kept block inputs
+                    (``MPC(net, H, recompute=True)``: less memory, the same gradients)
+``ckpt[:S]``        BP with activation checkpointing in S segments (default T, every block
+                    checkpointed, as users of ``torch.utils.checkpoint`` do); :mod:`recede.recompute`
 ``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bp_modified.BPModified`)
 ``bpm-mpc:H``       BP-modified horizon H
 ``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
@@ -49,13 +51,14 @@ class MethodSpec:
     double: bool = False
     modified: bool = False  # Paper B's BP-modified local loss
     eq21: bool = False  # LoCo's trajectory loss of Paper A eq. 21 (double, block 0 from L(x_2) only)
+    recompute: bool = False  # MPC(..., recompute=True)
 
     @property
     def label(self) -> str:
         if self.kind in ("bp", "ff"):
             base = self.kind.upper()
         elif self.kind == "mpc":
-            base = f"MPC(h={self.value})"
+            base = f"MPC(h={self.value})" + ("+rc" if self.recompute else "")
         elif self.kind == "ckpt":
             base = "BP+ckpt" + (f"({self.value})" if self.value is not None else "")
         else:
@@ -64,26 +67,30 @@ class MethodSpec:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``bp``, ``ff``, ``mpc:H``, ``loco:N``, ``loco-double:N``, ``loco-eq21:N``, ``ckpt``,
-    ``ckpt:S``, or a local method (ff, mpc, loco, loco-double) prefixed with ``bpm-``."""
+    """Parse ``bp``, ``ff``, ``mpc:H``, ``mpc-rc:H``, ``loco:N``, ``loco-double:N``,
+    ``loco-eq21:N``, ``ckpt``, ``ckpt:S``, or a local method (ff, mpc, loco, loco-double)
+    prefixed with ``bpm-``."""
     name, _, arg = text.strip().lower().partition(":")
     if name.startswith("bpm-"):
         base = parse_method(text.strip()[4:])
-        if base.kind in ("bp", "ckpt") or base.modified or base.eq21:
+        if base.kind in ("bp", "ckpt") or base.modified or base.eq21 or base.recompute:
             raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                             "loco-double:N), not bp, ckpt or loco-eq21")
+                             "loco-double:N), not bp, ckpt, mpc-rc or loco-eq21")
         return MethodSpec(base.kind, base.value, base.double, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
-    if name in ("mpc", "loco", "loco-double", "loco-eq21", "ckpt") and arg:
+    if name in ("mpc", "mpc-rc", "loco", "loco-double", "loco-eq21", "ckpt") and arg:
         try:
             value = int(arg)
         except ValueError:
             raise ValueError(f"method {text!r}: {arg!r} is not an integer") from None
         if name in ("mpc", "ckpt"):
             return MethodSpec(name, value)
+        if name == "mpc-rc":
+            return MethodSpec("mpc", value, recompute=True)
         return MethodSpec("loco", value, double=name != "loco", eq21=name == "loco-eq21")
-    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, loco:N, loco-double:N, loco-eq21:N or ckpt[:S], "
+    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N "
+                     "or ckpt[:S], "
                      "the local ones optionally prefixed with bpm-")
 
 
@@ -110,7 +117,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
     if spec.eq21:
         return LoCoEq21(net)
     if not spec.modified:
-        return MPC(net, horizon, double=double)
+        return MPC(net, horizon, double=double, recompute=spec.recompute)
     if refresh_data is None:
         raise ValueError(f"method {spec.label} needs refresh_data=, the dataset its offsets are drawn from")
     if period is None:

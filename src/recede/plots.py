@@ -52,7 +52,7 @@ def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, tit
     """
     path = Path(path)
     with figure(path, 1, 2, layout_rect=(0, 0.04, 1, 1), figsize=(10, 4), sharey=True) as (fig, axes):
-        for ax, cost, name in ((axes[0], "memory ratio", "saved-activation memory / BP"),
+        for ax, cost, name in ((axes[0], "memory ratio", "real peak memory / BP"),
                                (axes[1], "time ratio", "time per step / BP (refreshes included)")):
             for i, row in enumerate(rows):
                 colour = f"C{i % 10}"

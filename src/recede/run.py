@@ -176,7 +176,9 @@ class MethodResult:
             extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
         return {"method": self.label, "train loss": self.final.train_loss,
                 "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
-                **extra, "ms/step": self.ms_per_step, "saved MiB": self.memory.saved_peak_mib,
+                **extra, "ms/step": self.ms_per_step,
+                "real MiB": None if self.memory.real_peak_bytes is None else self.memory.real_peak_bytes / 2**20,
+                "saved MiB": self.memory.saved_peak_mib,
                 "state MiB": self.memory.state_mib,
                 "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
                 else self.memory.cuda_peak_bytes / 2**20}

@@ -5,8 +5,12 @@
   micro-batches, each one local and one BP pass) timed on its own and amortised over the
   refreshes per step of the run (:class:`StepTime`).  The median step alone would drop the
   refreshes, which on small models cost more than the steps between them.
-* **Memory** — the peak of tensors saved for backward over the step and the refresh
-  (:mod:`recede.memory`), and on CUDA the peak allocated bytes of either (:class:`PaidMemory`).
+* **Memory** — the real peak of the step and of the refresh (:class:`PaidMemory`): what was
+  allocated when it began (parameters, buffers, optimizer state, offsets) plus the peak bytes it
+  allocated above that (:func:`recede.memory.allocation_peak`: CUDA's allocator statistics, or
+  the profiler's allocation events on a CPU) — activations, gradients, backward temporaries,
+  heads, recomputation all included.  Beside it, as a breakdown, the peak of tensors saved for
+  backward (:mod:`recede.memory`'s meter), and on CUDA the peak allocated bytes.
 * **Training state** — parameters, gradients, optimizer state, the method's own tensors
   (BP-modified: the offsets; during a refresh also two running sums and two micro-batch mean
   gradients, each offset-sized) and the peak of saved activations.
@@ -172,6 +176,18 @@ class PaidMemory:
         return max(peaks) if peaks else None
 
     @property
+    def real_peak_bytes(self) -> int | None:
+        """What the step (or the refresh, whichever is larger) really holds at its peak: the
+        persistent state (parameters, buffers, optimizer state, offsets) plus the peak bytes it
+        allocated above it; None if not measured."""
+        peaks = [r.allocated_peak_bytes for r in (self.step, self.refresh)
+                 if r is not None and r.allocated_peak_bytes is not None]
+        if not peaks:
+            return None
+        s = self.state
+        return s["parameters"] + s.get("buffers", 0) + s["optimizer"] + s["offsets"] + max(peaks)
+
+    @property
     def state_bytes(self) -> int:
         """Parameters, gradients, optimizer state and offsets, plus the larger of the step's
         saved activations and the refresh's (with its running buffers)."""
@@ -189,19 +205,21 @@ def measure_paid(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  optimizer: torch.optim.Optimizer | None = None,
                  device: torch.device | str | None = None) -> PaidMemory:
     """Measure one step on ``(x, y)`` and, for a BP-modified method, one refresh (each under
-    :func:`recede.memory.measure`), and count the training state; ``.grad`` ends cleared and
-    the method's offsets as they were."""
+    :func:`recede.memory.measure` with its real peak), and count the training state; ``.grad``
+    is cleared before (so the step allocates its gradients itself) and after, and the method's
+    offsets end as they were."""
+    net.zero_grad(set_to_none=True)
     with kept_state([method]):
         runs = step_runs(method, net, x, y)
-        _, step = measure(runs["step"], module=net, device=device)
-        refresh = measure(runs["refresh"], module=net, device=device)[1] if "refresh" in runs else None
+        _, step = measure(runs["step"], module=net, device=device, real=True)
+        refresh = measure(runs["refresh"], module=net, device=device, real=True)[1] if "refresh" in runs else None
     net.zero_grad(set_to_none=True)
     return PaidMemory(step, refresh, training_state(method, net, optimizer))
 
 
 def training_state(method, net: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Bytes of the parameters, their gradients (trainable ones), the optimizer's state, the
-    method's offsets and the buffers a refresh adds while it runs."""
+    method's offsets, the buffers a refresh adds while it runs, and the module's buffers."""
     def nbytes(tensors: Iterable[torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -211,7 +229,7 @@ def training_state(method, net: torch.nn.Module, optimizer: torch.optim.Optimize
     offsets = nbytes([method.offset]) if isinstance(method, BPModified) else 0
     return {"parameters": nbytes(params), "gradients": nbytes(p for p in params if p.requires_grad),
             "optimizer": nbytes(optimizer_state), "offsets": offsets,
-            "refresh buffers": REFRESH_BUFFERS * offsets}
+            "refresh buffers": REFRESH_BUFFERS * offsets, "buffers": nbytes(net.buffers())}
 
 
 def meter(repeats: int, warmup: int, device: torch.device, clock: str = "wall") -> Meter:
@@ -240,12 +258,22 @@ def time_methods(methods: Sequence, nets: Sequence[torch.nn.Module], x: torch.Te
 
 
 def paid_row(spent: StepTime, memory: PaidMemory, bp_time: StepTime, bp_memory: PaidMemory) -> dict[str, Any]:
-    """The time and memory columns of a method's row in ``bench`` and ``compare``, ratios to BP."""
+    """The time and memory columns of a method's row in ``bench`` and ``compare``, ratios to BP.
+
+    ``memory ratio`` is the real peak's (``real MiB``, :attr:`PaidMemory.real_peak_bytes`);
+    the breakdown beside it: ``saved MiB`` (activations saved for backward, peak), ``saved
+    ratio``, ``grads MiB`` and ``optimizer MiB`` (the optimizer's state), and ``state MiB``
+    (their sum with parameters and offsets, the meter's model of memory)."""
+    real, bp_real = memory.real_peak_bytes, bp_memory.real_peak_bytes
     row = {"ms/step": 1000 * spent.seconds, "step ms": 1000 * spent.step,
            "refresh ms": None if spent.refresh is None else 1000 * spent.refresh,
            "refreshes/step": spent.refreshes_per_step, "time ratio": spent.seconds / bp_time.seconds,
+           "real MiB": None if real is None else real / 2**20,
+           "memory ratio": real / bp_real if real is not None and bp_real else
+           memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
            "saved MiB": memory.saved_peak_mib,
-           "memory ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
+           "saved ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes if bp_memory.saved_peak_bytes else None,
+           "grads MiB": memory.state["gradients"] / 2**20, "optimizer MiB": memory.state["optimizer"] / 2**20,
            "state MiB": memory.state_mib, "state ratio": memory.state_bytes / bp_memory.state_bytes}
     if memory.cuda_peak_bytes is not None and bp_memory.cuda_peak_bytes is not None:
         row["cuda peak MiB"] = memory.cuda_peak_bytes / 2**20

@@ -49,7 +49,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     or (under torchrun) train this rank's stage."""
     specs = preflight.methods(args.method or ["bp"])
     for spec in specs:
-        if spec.kind not in ("bp", "ff", "mpc"):
+        if spec.kind not in ("bp", "ff", "mpc") or spec.recompute:
             raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
     if args.nproc > 1:
         raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
@@ -195,18 +195,21 @@ def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace,
                     device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
                     progress=rank == 0 and not args.no_progress, description=spec.label)
     save(finished=True)
-    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device)
+    optimizer.zero_grad(set_to_none=True)
+    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device, real=True)
     optimizer.zero_grad(set_to_none=True)
     saved = [None] * args.pipeline
-    dist.all_gather_object(saved, (memory.saved_peak_bytes, pipe.last_timing.idle_fraction))
+    dist.all_gather_object(saved, (memory.saved_peak_bytes, pipe.last_timing.idle_fraction,
+                                   memory.allocated_peak_bytes))
     final = history[-1]
     steps = sum(r.steps for r in history)
     return {"method": spec.label, "history": history, "train loss": final.train_loss,
             "test loss": final.test.get("loss"), "test acc": final.test.get("accuracy"),
             "ms/step": 1000 * sum(r.seconds for r in history) / steps, "stages": pipe.sizes,
             "micro-batches": micro,
-            "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _ in saved),
-            "idle per stage": " / ".join(f"{i:.2f}" for _, i in saved)}
+            "real MiB per stage": " / ".join(f"{r / 2**20:.3g}" for _, _, r in saved),
+            "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _, _ in saved),
+            "idle per stage": " / ".join(f"{i:.2f}" for _, i, _ in saved)}
 
 
 def _stage_path(out: Path, spec: MethodSpec, rank: int) -> Path:
@@ -215,7 +218,7 @@ def _stage_path(out: Path, spec: MethodSpec, rank: int) -> Path:
 
 def _report(results: list[dict], workload: Workload, args: argparse.Namespace, out: Path) -> None:
     columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
-        + ["ms/step", "saved MiB per stage", "idle per stage"]
+        + ["ms/step", "real MiB per stage", "saved MiB per stage", "idle per stage"]
     stages = results[0]["stages"]
     title = (f"{args.model} on {args.data}, {args.epochs} epochs, pipeline of {args.pipeline} "
              f"stages {stages} × {results[0]['micro-batches']} micro-batches of batch {args.batch_size}")
@@ -226,8 +229,10 @@ def _report(results: list[dict], workload: Workload, args: argparse.Namespace, o
     loss_curves({r["method"]: r["history"] for r in results}, out / "loss.png", title)
     (out / "report.md").write_text(
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step is the mean wall time of a training step over the run; saved MiB per stage is "
-        "each rank's peak of tensors saved for backward in one step (recede.memory); idle is "
+        "ms/step is the mean wall time of a training step over the run; real MiB per stage is the "
+        "peak bytes each rank allocated in one step above its start (activations, gradients, "
+        "received tensors; recede.memory.allocation_peak); saved MiB per stage is each rank's "
+        "peak of tensors saved for backward in one step (recede.memory); idle is "
         "the share of that step each rank spent waiting for its neighbours.\n\n"
         "![loss curves](loss.png)\n")
     print(f"results written to {out}/")
