@@ -19,7 +19,7 @@ in name and shape, except the model's keys that match an ``--init-skip`` glob pa
 are ignored.  A mismatch is one line naming the keys (sorted, the first of each kind first).
 
 :data:`PRESETS` name the source tasks of docs/finetune.md: digits 0-4 as the source and 5-9 as
-the target, so the target's classes are never seen in pretraining.
+the target, so the target's classes are never seen in pretraining; for the LM, the stdlib corpus.
 """
 
 from __future__ import annotations
@@ -49,9 +49,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                                               "num_heads=4"],
             "data": "digits", "data_opt": ["classes=[0, 1, 2, 3, 4]"], "epochs": 20,
             "batch_size": 32, "optimizer": "adam", "lr": 0.002, "momentum": 0.0},
+    "llama": {"model": "llama", "model_opt": ["n_layer=2", "hidden_size=64", "n_head=4", "n_kv_head=2",
+                                              "intermediate_size=128"],
+              "data": "text", "data_opt": ["seq_len=64", "stride=2048"], "epochs": 3,
+              "batch_size": 16, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
 }
 """Source checkpoints of docs/finetune.md (``--preset NAME``): reduced ResNet-62 and ViT-B/16
-pretrained on digits 0-4.  Flags given with ``--preset`` override its values."""
+pretrained on digits 0-4, and a 2-layer Llama-layout LM on the standard library's source
+(``text``: bytes, 64-byte windows every 2 048 bytes).  Flags given with ``--preset`` override
+its values."""
 
 _DEFAULTS: dict[str, Any] = {"model_opt": [], "data_opt": [], "epochs": 5, "batch_size": 32,
                              "optimizer": "sgd", "lr": 0.01, "momentum": 0.0}
