@@ -14,6 +14,7 @@ from test_models import TINY
 
 from recede import models, pretrain
 from recede.cli import build_parser, main
+from recede.config import parse_with_config
 from recede.run import Workload
 
 TINY_SOURCE = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
@@ -64,6 +65,8 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
     again, said = _pretrain(tmp_path / "a", capsys)
     assert again == first and said.startswith("reusing ") and "no training" in said
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([first.name, first.with_suffix(".json").name])
+    with pytest.raises(AssertionError, match="trained again"):  # --overwrite: train and write again
+        main(["pretrain", *TINY_SOURCE, "--out", str(tmp_path / "a"), "--overwrite"])
 
 
 def test_the_hash_covers_every_setting():
@@ -196,3 +199,17 @@ def test_digits_classes_are_the_named_digits_relabelled_and_disjoint():
     assert len(source.test) + len(data.load("digits", classes=(5, 6, 7, 8, 9)).test) == len(full.test)
     with pytest.raises(ValueError, match="distinct digits"):
         data.load("digits", classes=(1, 1))
+
+
+def test_init_from_a_yaml_config(tmp_path, capsys):
+    source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(source), str(path))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"init: {path}\ninit_skip: ['heads.1.*']\n")
+    args = parse_with_config(build_parser(), ["train", *TARGET, "--config", str(config)])
+    assert args.init == str(path) and args.init_skip == ["heads.1.*"]
+    net = Workload.from_args(args).build(3)
+    assert "fresh (--init-skip): heads.1.fc.weight, heads.1.fc.bias" in capsys.readouterr().out
+    for key, value in source.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value) != key.startswith("heads.1."), key

@@ -8,7 +8,8 @@ digits) of the settings that determine the weights (:func:`settings`): model and
 data and its options, epochs, batch size, optimizer, lr, momentum, seed, and
 :data:`FORMAT_VERSION`.  Training is seeded and its data order fixed, so the same settings give
 the same bytes on one machine and thread count; a second call with the same settings finds the
-file (its SHA-256 checked against the sidecar) and trains nothing.
+file (its SHA-256 checked against the sidecar) and trains nothing; ``--overwrite`` trains and
+writes it again.
 
 ``--init FILE`` (``train``, ``compare``, ``demo``; :class:`recede.run.Workload`) loads such a
 file, or a user's own ``.safetensors`` or weights-only ``.pt`` state dict, into every fresh
@@ -149,9 +150,10 @@ def tensors_to_save(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False) -> tuple[Path, bool]:
-    """Write the checkpoint of ``values`` (:func:`settings`) in ``folder`` unless it is cached;
-    return its path and whether it was reused.  The data and model are checked first
+def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
+             reuse: bool = True) -> tuple[Path, bool]:
+    """Write the checkpoint of ``values`` (:func:`settings`) in ``folder`` unless it is cached
+    (and ``reuse``); return its path and whether it was reused.  The data and model are checked first
     (:mod:`recede.preflight`); nothing is written before they are, and the files appear whole
     (written aside, then renamed)."""
     from safetensors.torch import save_file
@@ -165,7 +167,7 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False) ->
     device = torch.device("cpu")
     net = preflight.build_model(values["model"], task, values["model_options"], device)
     preflight.probe(net, task, device, f"model {values['model']!r}")
-    hit = cached(folder, values)
+    hit = cached(folder, values) if reuse else None
     if hit is not None:
         return hit, True
     started = time.perf_counter()
@@ -208,7 +210,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     values = settings(args)
     started = time.perf_counter()
-    path, reused = pretrain(values, Path(args.out), progress=not args.no_progress)
+    path, reused = pretrain(values, Path(args.out), progress=not args.no_progress,
+                            reuse=not getattr(args, "overwrite", False))
     if reused:
         print(f"reusing {path} (cached: same settings, hash {content_hash(values)[:16]}; no training)")
     else:
