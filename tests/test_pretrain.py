@@ -213,3 +213,10 @@ def test_init_from_a_yaml_config(tmp_path, capsys):
     assert "fresh (--init-skip): heads.1.fc.weight, heads.1.fc.bias" in capsys.readouterr().out
     for key, value in source.state_dict().items():
         assert torch.equal(net.state_dict()[key], value) != key.startswith("heads.1."), key
+
+
+def test_a_run_without_init_has_the_identity_of_a_run_written_before_init_existed():
+    from recede.run import identity
+
+    args = build_parser().parse_args(["train", *TARGET])
+    assert identity(args)["init"] is None and identity(args)["init_skip"] is None  # saved.get() of an old config

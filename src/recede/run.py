@@ -60,7 +60,7 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
                    help="start every run from this state dict (a `recede pretrain` checkpoint, or "
                         "your own .safetensors or weights-only .pt); names and shapes must match "
                         "the model except --init-skip (docs/finetune.md)")
-    p.add_argument("--init-skip", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",  # None: a run before --init resumes
                    help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
                         "their fresh initialisation (repeatable)")
     bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
