@@ -1,4 +1,4 @@
-"""The ``recede`` command line: train, compare, demo, bench, reproduce (and select).
+"""The ``recede`` command line: train, compare, demo, bench, reproduce, pretrain (and select).
 
 Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`), checks everything it was
 given before it writes anything (:mod:`recede.preflight`), then starts the run: it writes its
@@ -27,6 +27,7 @@ from recede.launch import launch
 from recede.methods import MethodSpec
 from recede.pipeline import run as pipeline_run
 from recede.plots import loss_curves
+from recede.pretrain import add_pretrain_parser
 from recede.reports import machine, markdown_table, print_table, write_json
 from recede.reproduce import add_reproduce_parser
 from recede.run import Workload, add_workload_options, checkpoint_path, identity, run_method
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_reproduce_parser(sub)
     add_select_parser(sub)
+    add_pretrain_parser(sub)
     add_config_option(parser)
     preflight.add_overwrite_option(parser)
     bound_options(parser)  # every counter's range, stated once in recede.config.BOUNDS

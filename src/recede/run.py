@@ -30,7 +30,7 @@ from recede.usage import PaidMemory, measure_paid
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
             "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling",
-            "bpm_a", "bpm_lam")
+            "bpm_a", "bpm_lam", "init", "init_skip")
 
 
 def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
@@ -56,6 +56,13 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
                    help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
     p.add_argument("--out", default=out, help="results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--init", default=None, metavar="FILE",
+                   help="start every run from this state dict (a `recede pretrain` checkpoint, or "
+                        "your own .safetensors or weights-only .pt); names and shapes must match "
+                        "the model except --init-skip (docs/finetune.md)")
+    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",  # None: a run before --init resumes
+                   help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
+                        "their fresh initialisation (repeatable)")
     bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
     bpm.add_argument("--bpm-period", type=int_range(1), default=None, metavar="K",
                      help="steps between offset refreshes (default: one epoch)")
@@ -84,6 +91,8 @@ class Workload:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    init: str | None = None  # --init: the state dict every fresh model starts from
+    init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> Workload:
@@ -96,8 +105,15 @@ class Workload:
         task = preflight.load_data(args.data, key_values(args.data_opt, "--data-opt"))
         options = key_values(args.model_opt, "--model-opt")
         net = preflight.build_model(args.model, task, options, device)
+        init, skip = getattr(args, "init", None), tuple(getattr(args, "init_skip", None) or ())
+        if init is not None or skip:
+            from recede.pretrain import describe_init, load_init
+
+            load_init(net, init, skip)  # a file that does not fit stops here, before anything is written
+            if rank == 0:
+                print(describe_init(net, init, skip))
         preflight.probe(net, task, device, f"model {args.model!r}")
-        return cls(task, args.model, options, device, rank, world_size)
+        return cls(task, args.model, options, device, rank, world_size, init, skip)
 
     def method(self, net, spec: MethodSpec, args: argparse.Namespace):
         """The method object that trains ``net`` by ``spec`` on this workload at
@@ -136,7 +152,12 @@ class Workload:
 
     def build(self, seed: int):
         torch.manual_seed(seed)
-        return models.build(self.model, self.task, **self.model_options).to(self.device)
+        net = models.build(self.model, self.task, **self.model_options).to(self.device)
+        if self.init is not None:
+            from recede.pretrain import load_init
+
+            load_init(net, self.init, self.init_skip)
+        return net
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first (unshuffled) training batch, on the device."""

@@ -26,11 +26,15 @@ from recede.data import Task, register
 
 
 @register("digits")
-def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: int = 0) -> Task:
+def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: int = 0,
+           classes: tuple[int, ...] | None = None, train_size: int | None = None) -> Task:
     """scikit-learn's bundled 8×8 digits (1 797 images, 10 classes), standardised.
 
     ``size=32, channels=3`` resizes bilinearly and repeats the channel, the input shape of the
-    CIFAR models (the offline stand-in for CIFAR-10 in Paper A's M3).
+    CIFAR models (the offline stand-in for CIFAR-10 in Paper A's M3).  ``classes`` keeps only
+    those digits, labelled 0, 1, ... in the order given (``[0, 1, 2, 3, 4]`` and
+    ``[5, 6, 7, 8, 9]`` are a source and a target task for fine-tuning, docs/finetune.md);
+    ``train_size`` keeps the first n training images.
     """
     from sklearn.datasets import load_digits
 
@@ -40,6 +44,9 @@ def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: i
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if classes is not None and (not classes or len(set(classes)) != len(classes)
+                                or not all(0 <= c <= 9 for c in classes)):
+        raise ValueError(f"classes must be distinct digits 0-9, got {list(classes)}")
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if size != 8:
@@ -49,8 +56,18 @@ def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: i
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(y)))
     test_idx, train_idx = perm[:n_test], perm[n_test:]
+    n_classes = 10
+    if classes is not None:  # the standardisation and split above are those of all ten digits
+        relabel = torch.full((10,), -1, dtype=torch.long)
+        relabel[list(classes)] = torch.arange(len(classes))
+        y, n_classes = relabel[y], len(classes)
+        test_idx, train_idx = test_idx[y[test_idx] >= 0], train_idx[y[train_idx] >= 0]
+    if train_size is not None:
+        if not 1 <= train_size <= len(train_idx):
+            raise ValueError(f"train_size must be in [1, {len(train_idx)}], got {train_size}")
+        train_idx = train_idx[:train_size]
     return Task("digits", TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx]),
-                "classification", (channels, size, size), 10)
+                "classification", (channels, size, size), n_classes)
 
 
 @register("mnist1d")

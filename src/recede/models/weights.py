@@ -8,7 +8,9 @@ internet, so weights come from a file the user supplies: a PyTorch/timm state di
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -41,24 +43,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None) -> nn.Module:
-    """Load a local state dict into ``model`` (a timm or Hugging Face model), strictly except for
-    the classifier; a tied weight stored once (under either of its names) loads both.
+def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None,
+                 skip: Sequence[str] = ()) -> nn.Module:
+    """Load a local state dict into ``model`` (a timm or Hugging Face model, or a registry
+    :class:`~recede.blocks.BlockNet` for ``--init``), strictly except for the classifier and
+    ``skip``; a tied weight stored once (under either of its names) loads both.
 
     Every key must match the model's names and shapes, except that the classifier's entries
     (``classifier``, default timm's ``pretrained_cfg["classifier"]``, e.g. ``fc`` or ``head``)
     are skipped when their shape differs, as when ImageNet weights (1000 classes) start a
-    CIFAR-100 fine-tune: that classifier keeps its fresh initialisation.
+    CIFAR-100 fine-tune: that classifier keeps its fresh initialisation.  The model's keys that
+    match a glob pattern of ``skip`` (``fnmatch``, e.g. ``heads.*``) are not loaded either,
+    whether the file has them or not (new heads keep their fresh initialisation), and the
+    file's keys that match are ignored; each pattern
+    must match at least one key of the model.
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: keys are missing or unexpected, or shapes differ; the message lists them.
+        ValueError: keys are missing or unexpected, or shapes differ; the message lists them
+            (the first of each kind first), on one line.
     """
     state = read_state_dict(path)
     own = model.state_dict()
+    for pattern in skip:
+        if not any(fnmatch.fnmatchcase(k, pattern) for k in own):
+            raise ValueError(f"skip pattern {pattern!r} matches no parameter or buffer of "
+                             f"{type(model).__name__} (its first keys: {', '.join(list(own)[:3])})")
     prefix = classifier or getattr(model, "pretrained_cfg", {}).get("classifier")
     skipped = [k for k in state if prefix and k.startswith(prefix + ".") and k in own
                and state[k].shape != own[k].shape]
+    skipped += [k for k in {**own, **state} if skipped_by(k, skip)]
     state = {k: v for k, v in state.items() if k not in skipped}
     missing = sorted(set(own) - set(state) - set(skipped) - _tied_aliases(own, state))
     unexpected = sorted(set(state) - set(own))
@@ -72,6 +86,11 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
         raise ValueError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     return model
+
+
+def skipped_by(key: str, skip: Sequence[str]) -> bool:
+    """Whether ``key`` matches one of the glob patterns ``skip`` (:func:`load_weights`)."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in skip)
 
 
 def _tied_aliases(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> set[str]:

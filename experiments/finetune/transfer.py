@@ -1,0 +1,83 @@
+"""Does a ``recede pretrain`` source checkpoint transfer?  BP fine-tuned from it vs BP from random
+weights on the target task, per model, over seeds (docs/finetune.md).
+
+ResNet and ViT: source digits 0-4 (``recede pretrain --preset resnet|vit``), target digits 5-9
+(the first ``--train-size`` training images), the same model and optimizer; ``--init-skip
+'heads.*'``: every head (the final classifier included) starts fresh, the blocks start from the
+checkpoint.  Llama-layout LM: source the standard library's source (``--preset llama``), target
+an English text (``--lm-target``, default the GPL-3 text Debian ships; skipped if absent), the
+whole model from the checkpoint (same byte vocabulary, the head tied to the embedding).
+Prints, per model, the pretraining call's time and the target's test accuracy or bits per byte
+(mean ± sd over seeds).
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/transfer.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from recede.cli import build_parser, main
+from recede.pretrain import PRESETS, checkpoint_name, settings
+
+TARGET = {"resnet": ["--lr", "0.01", "--momentum", "0.9"], "vit": ["--optimizer", "adam", "--lr", "0.001"],
+          "llama": ["--optimizer", "adam", "--lr", "0.001"]}
+
+
+def quality(args: list[str], column: str) -> float:
+    """``recede train ARGS``'s final ``column`` (test acc, test bits/byte)."""
+    with tempfile.TemporaryDirectory() as out:
+        status = main(["train", *args, "--out", out, "--no-progress", "--lr-decay", "1"])
+        if status:
+            sys.exit(f"recede train {' '.join(args)} failed ({status})")
+        return float(json.loads((Path(out) / "metrics.json").read_text())["rows"][0][column])
+
+
+def main_(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one seed, one epoch, seconds")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-size", type=int, default=50)
+    parser.add_argument("--lm-target", default="/usr/share/common-licenses/GPL-3")
+    parser.add_argument("--cache", default="results/pretrained")
+    args = parser.parse_args(argv)
+    seeds, epochs = (1, 1) if args.smoke else (args.seeds, args.epochs)
+    presets = ["resnet", "vit"] + (["llama"] if Path(args.lm_target).is_file() else [])
+    for preset in presets:
+        pre = ["pretrain", "--preset", preset, "--out", args.cache, "--no-progress"]
+        if args.smoke:
+            pre += ["--epochs", "1"]
+        started = time.perf_counter()
+        if main(pre):
+            sys.exit(f"recede {' '.join(pre)} failed")
+        seconds = time.perf_counter() - started
+        written = Path(args.cache) / f"{checkpoint_name(settings(build_parser().parse_args(pre)))}.safetensors"
+        spec = PRESETS[preset]
+        common = ["--model", spec["model"], *[f"--model-opt={o}" for o in spec["model_opt"]],
+                  "--epochs", str(epochs), "--batch-size", str(spec["batch_size"]), *TARGET[preset]]
+        if preset == "llama":
+            common += ["--data", "text", "--data-opt", f"path={args.lm_target}", "--data-opt", "seq_len=64"]
+            column, init = "test bits/byte", ["--init", str(written)]
+        else:
+            common += ["--data", "digits", "--data-opt", "classes=[5, 6, 7, 8, 9]",
+                       "--data-opt", f"train_size={args.train_size}"]
+            column, init = "test acc", ["--init", str(written), "--init-skip", "heads.*"]
+        rows: dict[str, list[float]] = {"fine-tuned": [], "random": []}
+        for seed in range(seeds):
+            rows["fine-tuned"].append(quality([*common, "--seed", str(seed), *init], column))
+            rows["random"].append(quality([*common, "--seed", str(seed)], column))
+        for label, values in rows.items():
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"RESULT {preset} {label}: {column} {statistics.mean(values):.3f} ± {sd:.3f} "
+                  f"over {len(values)} seeds {[round(v, 3) for v in values]}; pretrain call {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main_()

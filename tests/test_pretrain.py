@@ -1,0 +1,222 @@
+"""``recede pretrain`` (deterministic, cached by a content hash) and ``--init`` (loads into every
+registry model; a mismatch, a pickle or a typo is one line and writes nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_models import TINY
+
+from recede import models, pretrain
+from recede.cli import build_parser, main
+from recede.config import parse_with_config
+from recede.run import Workload
+
+TINY_SOURCE = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
+               "--data", "digits", "--data-opt", "classes=[0, 1, 2]", "--data-opt", "train_size=40",
+               "--epochs", "1", "--batch-size", "16", "--no-progress", "--threads", "1"]
+TARGET = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
+          "--data", "digits", "--data-opt", "classes=[7, 8]", "--data-opt", "train_size=20",
+          "--epochs", "1", "--batch-size", "10", "--no-progress"]
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``: code that ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _one_line(capfd) -> str:
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _pretrain(out: Path, capsys) -> tuple[Path, str]:
+    assert main(["pretrain", *TINY_SOURCE, "--out", str(out)]) == 0
+    files = sorted(out.glob("*.safetensors"))
+    assert len(files) == 1
+    return files[0], capsys.readouterr().out
+
+
+def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
+    first, said = _pretrain(tmp_path / "a", capsys)
+    assert said.startswith("wrote ")
+    second, _ = _pretrain(tmp_path / "b", capsys)
+    assert first.name == second.name and first.read_bytes() == second.read_bytes()
+    meta = json.loads(first.with_suffix(".json").read_text())
+    assert meta["settings"]["model"] == "resnet62" and meta["settings"]["data_options"] == {"classes": [0, 1, 2],
+                                                                                            "train_size": 40}
+    assert meta["hash"].startswith(first.stem.rsplit("-", 1)[1]) and meta["pretrain_seconds"] > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached checkpoint was trained again")
+
+    monkeypatch.setattr("recede.train.train", no_training)
+    again, said = _pretrain(tmp_path / "a", capsys)
+    assert again == first and said.startswith("reusing ") and "no training" in said
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([first.name, first.with_suffix(".json").name])
+    with pytest.raises(AssertionError, match="trained again"):  # --overwrite: train and write again
+        main(["pretrain", *TINY_SOURCE, "--out", str(tmp_path / "a"), "--overwrite"])
+
+
+def test_the_hash_covers_every_setting():
+    base = pretrain.settings(build_parser().parse_args(["pretrain", *TINY_SOURCE]))
+    for flags in (["--seed", "1"], ["--lr", "0.02"], ["--epochs", "2"], ["--data-opt", "classes=[0, 1]"],
+                  ["--model-opt", "widths=[2, 4]"], ["--optimizer", "adam"]):
+        other = pretrain.settings(build_parser().parse_args(["pretrain", *TINY_SOURCE, *flags]))
+        assert pretrain.content_hash(other) != pretrain.content_hash(base), flags
+    assert pretrain.content_hash({**base, "format_version": 2}) != pretrain.content_hash(base)
+
+
+def test_a_damaged_cache_entry_is_trained_again(tmp_path, capsys):
+    first, _ = _pretrain(tmp_path, capsys)
+    good = first.read_bytes()
+    first.write_bytes(good[:-4] + b"\0\0\0\0")
+    again, said = _pretrain(tmp_path, capsys)
+    assert said.startswith("wrote ") and again.read_bytes() == good
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_init_loads_into_every_registry_model(tmp_path, name):
+    options, _, _ = TINY[name]
+    torch.manual_seed(0)
+    source = models.build(name, **options())
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(source), str(path))
+    torch.manual_seed(1)
+    fresh = models.build(name, **options())
+    assert any(not torch.equal(a, b) for a, b in zip(source.state_dict().values(), fresh.state_dict().values()))
+    pretrain.load_init(fresh, str(path))
+    for (key, a), b in zip(source.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_a_user_state_dict_starts_every_run_of_the_workload_and_skip_keeps_heads_fresh(tmp_path, capsys):
+    args = build_parser().parse_args(["train", *TARGET])
+    torch.manual_seed(5)
+    source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
+    path = tmp_path / "mine.pt"
+    torch.save(source.state_dict(), path)  # a user's own weights-only .pt works like a safetensors file
+    args.init, args.init_skip = str(path), ["heads.*"]
+    workload = Workload.from_args(args)
+    assert "heads.1.fc.weight" in capsys.readouterr().out
+    a, b = workload.build(0).state_dict(), workload.build(1).state_dict()
+    for key, value in source.state_dict().items():
+        if key.startswith("heads."):
+            assert not torch.equal(a[key], b[key]), key  # fresh, seeded
+        else:
+            assert torch.equal(a[key], value) and torch.equal(b[key], value), key
+
+
+def test_init_from_a_pretrained_checkpoint_through_the_command_line(tmp_path, capsys):
+    file, _ = _pretrain(tmp_path / "cache", capsys)
+    # the source has 3 classes, the target 2: the final heads differ, so they must be named
+    assert main(["train", *TARGET, "--init", str(file), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    assert main(["train", *TARGET, "--init", str(file), "--init-skip", "heads.*",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "tensors loaded; fresh (--init-skip): heads.0.fc.weight" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_a_mismatch_is_one_line_naming_the_key_and_writes_nothing(tmp_path, capfd, command):
+    wrong = models.build("resnet62", num_classes=2, widths=(2, 4), blocks_per_stage=1, in_channels=1)
+    path = tmp_path / "wrong.safetensors"
+    save_file(pretrain.tensors_to_save(wrong), str(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier")
+    extra = ["--methods", "bp", "ff"] if command == "compare" else []
+    assert main([command, *TARGET, *extra, "--init", str(path), "--out", str(out)]) == 2
+    line = _one_line(capfd)
+    assert f"recede {command}: error: --init: weights in {path} do not fit BlockNet" in line
+    assert "shape mismatch: blocks.0.0.0.weight: file (2, 1, 3, 3)" not in line  # widths (2, 4) vs (2, 3)
+    assert "blocks.1.0.0.weight: file (4, 2, 3, 3) vs model (3, 2, 3, 3)" in line
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_pickle_given_to_init_is_refused_and_runs_nothing(tmp_path, capfd):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"blocks.0.0.0.weight": torch.zeros(2, 1, 3, 3), "evil": Payload(marker)}, path)
+    assert main(["train", *TARGET, "--init", str(path), "--out", str(tmp_path / "out")]) == 2
+    line = _one_line(capfd)
+    assert "--init: " in line and "cannot be read as a state dict" in line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--init-skip", "heads.*"], "--init-skip needs --init FILE"),
+    (["--init", "MISSING", "--init-skip", "head.*"], "not found"),
+    (["--init", "SOURCE", "--init-skip", "nothing.*"], "--init-skip 'nothing.*' matches no parameter"),
+])
+def test_init_refusals_are_one_line(tmp_path, capfd, flags, expected):
+    source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(source), str(path))
+    flags = [str(path) if f == "SOURCE" else str(tmp_path / "missing.pt") if f == "MISSING" else f for f in flags]
+    assert main(["train", *TARGET, *flags, "--out", str(tmp_path / "out")]) == 2
+    assert expected in _one_line(capfd)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_refuses_without_a_model_and_writes_nothing(tmp_path, capfd):
+    assert main(["pretrain", "--out", str(tmp_path / "cache")]) == 2
+    assert "give --preset" in _one_line(capfd)
+    assert main(["pretrain", *TINY_SOURCE, "--model-opt", "widths=[0]", "--out", str(tmp_path / "cache")]) == 2
+    _one_line(capfd)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_presets_name_registry_models_and_offline_data():
+    for name in pretrain.PRESETS:
+        values = pretrain.settings(argparse.Namespace(**{**vars(build_parser().parse_args(
+            ["pretrain", "--preset", name])), "preset": name}))
+        models.check_options(values["model"], values["model_options"])
+        assert values["data"] == "text" if name == "llama" else values["data_options"]["classes"] == [0, 1, 2, 3, 4]
+
+
+def test_digits_classes_are_the_named_digits_relabelled_and_disjoint():
+    from recede import data
+
+    full, source, target = data.load("digits"), data.load("digits", classes=(0, 1, 2, 3, 4)), \
+        data.load("digits", classes=(9, 5), train_size=30)
+    assert source.output_dim == 5 and target.output_dim == 2 and len(target.train) == 30
+    xs, ys = full.test.tensors
+    for x, y in zip(*target.test.tensors):  # the same images as the full split, 9 → 0 and 5 → 1
+        match = (xs == x).flatten(1).all(1)
+        assert int(ys[match][0]) == (9, 5)[int(y)]
+    assert len(source.test) + len(data.load("digits", classes=(5, 6, 7, 8, 9)).test) == len(full.test)
+    with pytest.raises(ValueError, match="distinct digits"):
+        data.load("digits", classes=(1, 1))
+
+
+def test_init_from_a_yaml_config(tmp_path, capsys):
+    source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(source), str(path))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"init: {path}\ninit_skip: ['heads.1.*']\n")
+    args = parse_with_config(build_parser(), ["train", *TARGET, "--config", str(config)])
+    assert args.init == str(path) and args.init_skip == ["heads.1.*"]
+    net = Workload.from_args(args).build(3)
+    assert "fresh (--init-skip): heads.1.fc.weight, heads.1.fc.bias" in capsys.readouterr().out
+    for key, value in source.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value) != key.startswith("heads.1."), key
+
+
+def test_a_run_without_init_has_the_identity_of_a_run_written_before_init_existed():
+    from recede.run import identity
+
+    args = build_parser().parse_args(["train", *TARGET])
+    assert identity(args)["init"] is None and identity(args)["init_skip"] is None  # saved.get() of an old config
