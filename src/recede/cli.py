@@ -83,11 +83,11 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     rows = [r.row() for r in results]
     columns = ["method", "train loss", "test loss"] + workload.metric_columns \
-        + ["ms/step", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
+        + ["ms/step", "real MiB", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
     ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
     title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
     print_table(rows, columns, title=title, report=out / "report.md",
-                essential=["method", *(workload.metric_columns[:1] or ["test loss"]), "ms/step", "saved MiB"])
+                essential=["method", *(workload.metric_columns[:1] or ["test loss"]), "ms/step", "real MiB"])
     write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
                                       "history": {r.label: [e.as_dict() for e in r.history] for r in results}})
     loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
