@@ -177,3 +177,12 @@ def test_a_reentrant_checkpoint_is_refused_in_one_line_and_the_other_kind_works(
         block.reentrant = False
     recede.MPC(net, h).backward(x, y)
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_a_block_that_changes_its_input_in_place_is_named() -> None:
+    """A block whose first operation is in place (a bare nn.ReLU(inplace=True), as named
+    through blocks=[...]) gets one line saying so, not torch's leaf-variable error."""
+    net = recede.BlockNet([nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)], nn.Identity(),
+                          nn.functional.mse_loss)
+    with pytest.raises(ValueError, match=r"block 1 \(ReLU\) changes its input in place"):
+        recede.MPC(net, 2).backward(torch.randn(3, 4), torch.randn(3, 2))

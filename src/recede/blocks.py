@@ -203,6 +203,11 @@ class BlockNet(nn.Module):
             raise
         except _MISFIT as err:
             compiler_failed(self.blocks[t], f"block {t}", z, err)
+            if "leaf Variable that requires grad is being used in an in-place operation" in str(err):
+                raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) changes its input in place "
+                                 "(e.g. nn.ReLU(inplace=True) as its first module); each block reads its "
+                                 "input as a separate leaf tensor, which must not be modified: make that "
+                                 "operation out-of-place, or make it part of the block before") from err
             raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) failed on its input, "
                              f"a {describe(z)}: {err}") from err
         key = (t, self.blocks[t].training)
