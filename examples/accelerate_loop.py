@@ -39,4 +39,4 @@ net.eval()
 with torch.no_grad():
     accuracy = (net(x[1200:]).argmax(1) == y[1200:]).float().mean()
 accelerator.print(f"test accuracy {float(accuracy):.3f}")
-accelerator.print(memory_against_bp(accelerator.unwrap_model(net), x[:32], y[:32], horizon=2))
+accelerator.print(memory_against_bp(accelerator.unwrap_model(net), x[:32].clone(), y[:32], horizon=2))

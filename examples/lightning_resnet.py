@@ -30,7 +30,7 @@ module = Digits(torchvision.models.resnet18(num_classes=10), horizon=2, clip_gra
 trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False,   # precision="bf16-mixed" works too
                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
 trainer.fit(module, train, val)
-print(memory_against_bp(module.recede_net, x[:32], y[:32], horizon=2))
+print(memory_against_bp(module.recede_net, x[:32].clone(), y[:32], horizon=2))
 with torch.no_grad():
     accuracy = (module.eval()(x[1200:]).argmax(1) == y[1200:]).float().mean()
 print(f"val loss {float(trainer.callback_metrics['val_loss']):.3f}, val accuracy {float(accuracy):.3f}")

@@ -72,5 +72,6 @@ def test_memory_against_bp_changes_nothing() -> None:
     rng = torch.random.get_rng_state()
     saved = memory_against_bp(a, x, y, horizon=1)
     assert 0 < saved.method_bytes < saved.bp_bytes and "of BP" in str(saved)
+    assert 0 < saved.method_saved_bytes < saved.bp_saved_bytes <= saved.bp_bytes
     assert all(torch.equal(b, c) for b, c in zip(a.buffers(), buffers))
     assert torch.equal(torch.random.get_rng_state(), rng) and all(p.grad is None for p in a.parameters())

@@ -94,41 +94,52 @@ def build_method(net: BlockNet, horizon: int | None, bp_modified: dict[str, Any]
 
 @dataclass(frozen=True)
 class MemorySaved:
-    """Peak bytes saved for backward by one step of a method and of BP on the same batch."""
+    """One step of a method and one BP step on the same batch: the real peak each allocated
+    (:func:`recede.memory.allocation_peak`) and, as its activations' part, the peak bytes of
+    tensors saved for backward."""
 
     method_bytes: int
     bp_bytes: int
     horizon: int
     T: int
+    method_saved_bytes: int
+    bp_saved_bytes: int
 
     @property
     def ratio(self) -> float:
+        """The method's real peak over BP's."""
         return self.method_bytes / self.bp_bytes
 
     def __str__(self) -> str:
         mib = 2**20
-        return (f"saved activations, one step: horizon {self.horizon} of T = {self.T} "
+        return (f"real peak of one step: horizon {self.horizon} of T = {self.T} "
                 f"{self.method_bytes / mib:.2f} MiB, BP {self.bp_bytes / mib:.2f} MiB "
-                f"({self.ratio:.2f} of BP, {1 - self.ratio:.0%} saved)")
+                f"({self.ratio:.2f} of BP, {1 - self.ratio:.0%} saved); saved activations "
+                f"{self.method_saved_bytes / mib:.2f} against {self.bp_saved_bytes / mib:.2f} MiB")
 
 
 def memory_against_bp(net: BlockNet, x: Any, y: Any, horizon: int) -> MemorySaved:
-    """Peak bytes of tensors saved for backward (:func:`recede.memory.measure`) by one
-    horizon-``horizon`` step and one BP step on ``(x, y)``.  Nothing is changed: no ``.grad``
-    is written, and buffers (BatchNorm statistics) and the RNG are restored afterwards."""
+    """The real peak (:func:`recede.memory.measure` with ``real=True``) and the saved-tensor
+    peak of one horizon-``horizon`` step and one BP step on ``(x, y)``, each after a warm-up
+    step.  Nothing is changed: no ``.grad`` is written, and buffers (BatchNorm statistics) and
+    the RNG are restored afterwards.  Pass a batch that owns its storage (``x[:32].clone()``,
+    not a slice of a whole data set): the saved-tensor meter counts a saved view's whole
+    storage."""
     buffers = [(b, b.clone()) for b in net.buffers()]
     rng = torch.random.get_rng_state()
-    peaks = []
+    real, saved = [], []
     try:
         for engine in (MPC(net, horizon), MPC(net, net.T)):
-            _, report = measure(partial(engine.gradients, x, y), module=net)
-            peaks.append(report.saved_peak_bytes)
+            engine.gradients(x, y)  # warm-up: the first call allocates what later calls reuse
+            _, report = measure(partial(engine.gradients, x, y), module=net, real=True)
+            real.append(report.allocated_peak_bytes or 0)
+            saved.append(report.saved_peak_bytes)
     finally:
         torch.random.set_rng_state(rng)
         with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-    return MemorySaved(peaks[0], peaks[1], horizon, net.T)
+            for b, kept in buffers:
+                b.copy_(kept)
+    return MemorySaved(real[0], real[1], horizon, net.T, saved[0], saved[1])
 
 
 def new_head_modules(net: BlockNet, model: torch.nn.Module) -> list[torch.nn.Module]:
