@@ -190,12 +190,14 @@ def _add(grads: dict, p, g) -> None:
     grads[p] = grads[p] + g if p in grads else g
 
 
-def slow_horizon_gradient(net: BlockNet, x, y, h: int, heads: bool = False) -> dict:
+def slow_horizon_gradient(net: BlockNet, x, y, h: int, heads: bool = False, copy_uses: bool = True) -> dict:
     """g_h by definition, the slow way: for each block t of the untied net, a fresh full forward to
     x_{min(t+h,T)} and autograd for its own copy of its parameters; each original parameter gets
     the sum over its uses.  With ``heads``, every head also gets ∇L(x_k) at each depth k some
-    block learns from (k ≥ h), so the result is the whole step's gradient."""
-    untied, origin = untie(net)
+    block learns from (k ≥ h), so the result is the whole step's gradient.  ``copy_uses=False``
+    runs ``net`` itself, for a split model (``recede.wrap(blocks=...)``: its units share the
+    model's forward, so they cannot be copied one by one; each parameter there sits in one unit)."""
+    untied, origin = untie(net) if copy_uses else (net, {p: p for p in net.parameters()})
     grads: dict = {}
     for t in range(untied.T):
         params = untied.block_parameters(t)
@@ -219,6 +221,20 @@ def slow_horizon_gradient(net: BlockNet, x, y, h: int, heads: bool = False) -> d
                     if g is not None:
                         _add(grads, origin[p], g)
     return grads
+
+
+def assert_blocks_get_g_h(net: BlockNet, x, y, horizons=None, rtol: float = 1e-9, copy_uses: bool = False) -> None:
+    """For each h (default: every h), one MPC(net, h) step gives every block's parameters g_h,
+    as :func:`slow_horizon_gradient` computes it (``copy_uses=False``: for split models)."""
+    import recede
+
+    for h in range(1, net.T + 1) if horizons is None else horizons:
+        net.zero_grad(set_to_none=True)
+        recede.MPC(net, h).backward(x, y)
+        reference = slow_horizon_gradient(net, x, y, h, copy_uses=copy_uses)
+        for t in range(net.T):
+            for p in net.block_parameters(t):
+                torch.testing.assert_close(p.grad, reference[p], rtol=rtol, atol=1e-12)
 
 
 def check_wrap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, horizons: str = "all",

@@ -2,7 +2,7 @@
 
 At h = T the engine must give plain autograd's gradient of ``loss_fn(model(x), y)``; at every h
 each block's gradient must be g_h by definition (a fresh forward of the split model to depth
-t + h per block, :func:`slow_split_gradient`); what cannot be split is refused in one line.
+t + h per block, :func:`conftest.slow_horizon_gradient` on the net itself); what cannot be split is refused in one line.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_blocks_get_g_h
 from torch import nn
 
 import recede
@@ -52,22 +53,6 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
 
 
-def slow_split_gradient(net: recede.BlockNet, x, y, h: int) -> dict:
-    """g_h(u_t) by definition for a split model whose parameters each sit in one unit: a fresh
-    forward to depth k = min(t + h, T) for each block t, autograd for block t's parameters."""
-    grads = {}
-    for t in range(net.T):
-        params = net.block_parameters(t)
-        k = min(t + h, net.T)
-        z = x
-        for j in range(k):
-            z = net.blocks[j](z)
-        for p, g in zip(params, torch.autograd.grad(net.depth_loss(z, y, k), params, allow_unused=True)):
-            if g is not None:
-                grads[p] = g
-    return grads
-
-
 def test_h_T_is_plain_autograd_and_every_h_is_g_h(float64):
     torch.manual_seed(0)
     model, (x, y) = Outside().double(), batch()
@@ -83,13 +68,7 @@ def test_h_T_is_plain_autograd_and_every_h_is_g_h(float64):
     recede.MPC(net, net.T).backward(x, y)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-12, atol=1e-14, msg=n)
-    for h in range(1, net.T + 1):
-        net.zero_grad(set_to_none=True)
-        recede.MPC(net, h).backward(x, y)
-        reference = slow_split_gradient(net, x, y, h)
-        for t in range(net.T):
-            for p in net.block_parameters(t):
-                torch.testing.assert_close(p.grad, reference[p], rtol=1e-10, atol=1e-12)
+    assert_blocks_get_g_h(net, x, y, rtol=1e-10)
 
 
 def test_blocks_as_a_list_of_names_and_grouping_by_the_caller(float64):
@@ -210,14 +189,7 @@ def test_an_example_places_the_models_modules_by_where_the_forward_calls_them(fl
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
-    for h in (1, net.T):
-        model.zero_grad()
-        recede.MPC(net, h).backward(x, y)
-        if h == 1:
-            reference = slow_split_gradient(net, x, y, h)
-            for t in range(net.T):
-                for p in net.block_parameters(t):
-                    torch.testing.assert_close(p.grad, reference[p], rtol=1e-10, atol=1e-12)
+    assert_blocks_get_g_h(net, x, y, horizons=(1, net.T), rtol=1e-10)  # h = T last: its .grad stays
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-12, atol=1e-14, msg=n)
 

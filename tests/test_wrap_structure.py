@@ -1,7 +1,7 @@
 """recede.wrap by structure: transformers models whose layers are one ModuleList (float64).
 
 Each family is checked at h = T against the model's own ``loss.backward()`` and, at every h,
-against g_h by definition (:func:`test_wrap_generic.slow_split_gradient`, with untied LM heads
+against g_h by definition (:func:`conftest.slow_horizon_gradient`, with untied LM heads
 and independent heads so that each parameter has one use).
 """
 
@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from test_wrap_generic import slow_split_gradient
+from conftest import assert_blocks_get_g_h
 from torch import nn
 
 import recede
@@ -85,13 +85,7 @@ def _every_h(name: str) -> None:
     torch.manual_seed(0)
     model, x = DECODERS[name](tie_word_embeddings=False).double(), ids()
     net = recede.wrap(model, head="independent")
-    for h in range(1, net.T + 1):
-        model.zero_grad(set_to_none=True)
-        recede.MPC(net, h).backward(x, x)
-        reference = slow_split_gradient(net, x, x, h)
-        for t in range(net.T):
-            for p in net.block_parameters(t):
-                torch.testing.assert_close(p.grad, reference[p], rtol=1e-9, atol=1e-12)
+    assert_blocks_get_g_h(net, x, x)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -145,13 +139,7 @@ def test_an_encoder_every_h_is_g_h(float64):
     model, x, y = _encoder("roberta", num_labels=3).double(), ids(), LABELS["single"]
     net = recede.wrap(model)
     assert type(net.head(1)).__name__ == "SequenceHead" and net.head(1).token == "first"
-    for h in range(1, net.T + 1):
-        model.zero_grad(set_to_none=True)
-        recede.MPC(net, h).backward(x, y)
-        reference = slow_split_gradient(net, x, y, h)
-        for t in range(net.T):
-            for p in net.block_parameters(t):
-                torch.testing.assert_close(p.grad, reference[p], rtol=1e-9, atol=1e-12)
+    assert_blocks_get_g_h(net, x, y)
 
 
 def test_a_bare_decoder_model_takes_the_users_loss_and_heads(float64):

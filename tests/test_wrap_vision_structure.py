@@ -3,15 +3,14 @@ timm models read by their ``blocks``/``stages`` conventions, cut by the generic 
 
 ``check_wrap`` (conftest) asserts that the net is the model bit for bit, that every h runs and
 that h = T is plain autograd on ``cross_entropy(model(x), y)``; a slow per-use reference checks
-every h on one model of each library (:func:`test_wrap_generic.slow_split_gradient`).
+every h on one model of each library (:func:`conftest.slow_horizon_gradient`).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import check_wrap
-from test_wrap_generic import slow_split_gradient
+from conftest import assert_blocks_get_g_h, check_wrap
 from torch import nn
 
 import recede
@@ -83,13 +82,7 @@ def test_every_h_is_g_h(name):
     torch.manual_seed(0)
     model = make().double()
     net, (x, y) = recede.wrap(model), _batch(side)
-    for h in range(1, net.T + 1):
-        net.zero_grad(set_to_none=True)
-        recede.MPC(net, h).backward(x, y)
-        reference = slow_split_gradient(net, x, y, h)
-        for t in range(net.T):
-            for p in net.block_parameters(t):
-                torch.testing.assert_close(p.grad, reference[p], rtol=1e-9, atol=1e-12)
+    assert_blocks_get_g_h(net, x, y)
 
 
 def test_the_blocks_and_the_earlier_heads_are_read_from_the_structure():
