@@ -248,7 +248,8 @@ class MPC:
             k = t + 1
             if k not in targets:
                 if self.recompute:
-                    window[t].outputs = []  # free the graph now; a sweep rebuilds it
+                    window[t].outputs = []  # free the graph now (out holds it too); a sweep rebuilds it
+                    del out
                 continue
             if k == T:
                 lowest = max(T - h, 0)
