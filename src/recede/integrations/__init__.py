@@ -28,6 +28,7 @@ from recede.blocks import BlockNet
 from recede.bp_modified import BPModified
 from recede.engine import MPC, NonFiniteLossError, write_grads
 from recede.memory import measure
+from recede.replay import capture, replaying
 
 
 class LossWeight:
@@ -125,20 +126,14 @@ def memory_against_bp(net: BlockNet, x: Any, y: Any, horizon: int) -> MemorySave
     the RNG are restored afterwards.  Pass a batch that owns its storage (``x[:32].clone()``,
     not a slice of a whole data set): the saved-tensor meter counts a saved view's whole
     storage."""
-    buffers = [(b, b.clone()) for b in net.buffers()]
-    rng = torch.random.get_rng_state()
+    device = next(net.parameters()).device  # CUDA peaks on a GPU, profiler events on the CPU
     real, saved = [], []
-    try:
+    with replaying(capture(x), [net]):  # every generator (CUDA's too) and buffer back as it was
         for engine in (MPC(net, horizon), MPC(net, net.T)):
             engine.gradients(x, y)  # warm-up: the first call allocates what later calls reuse
-            _, report = measure(partial(engine.gradients, x, y), module=net, real=True)
+            _, report = measure(partial(engine.gradients, x, y), module=net, device=device, real=True)
             real.append(report.allocated_peak_bytes or 0)
             saved.append(report.saved_peak_bytes)
-    finally:
-        torch.random.set_rng_state(rng)
-        with torch.no_grad():
-            for b, kept in buffers:
-                b.copy_(kept)
     return MemorySaved(real[0], real[1], horizon, net.T, saved[0], saved[1])
 
 
