@@ -68,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
         preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
     out = Path(args.out)
     preflight.check_resume(out, identity(args), {checkpoint_path(out, s): s.label for s in specs},
-                           args.resume, net=workload.build(args.seed))
+                           args.resume, net=workload.build(args.seed) if args.resume else None)  # a build only to compare
     if args.nproc > 1 and not distributed.under_torchrun():
         return _launch(args, out, specs)
     ctx = distributed.init_from_env("gloo", args.dist_timeout)

@@ -30,7 +30,6 @@ GPT-2, Llama, Mistral, Qwen2/3 and BERT classifiers keep their own families
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +39,7 @@ from torch import nn
 from recede.wrap import Layout, register_family
 from recede.wrap.generic import RECIPE, split_units
 from recede.wrap.heads import SequenceHead
-from recede.wrap.huggingface import NormAndHead, SequenceClassificationLoss, next_token_loss, unwrapped
+from recede.wrap.huggingface import NormAndHead, SequenceClassificationLoss, _copies, next_token_loss, unwrapped
 
 
 def _is_transformers(model: Any) -> bool:
@@ -109,7 +108,7 @@ def by_structure(model: Any) -> Layout:
         loss: Any = next_token_loss
         if norm is not None and lm_head is not None:
             shared = NormAndHead(norm, lm_head)
-        independent = None if shared is None else (lambda i: copy.deepcopy(shared))
+        independent = None if shared is None else _copies(shared)
         default = "shared" if shared is not None else "independent"
     elif name.endswith("ForSequenceClassification"):
         loss = SequenceClassificationLoss(config.num_labels, config.problem_type)
