@@ -29,11 +29,11 @@ from functools import partial
 import torch
 from torch.utils.data import TensorDataset
 
-from recede.bp_modified import BPModified
-from recede.memory import measure
+from recede.bpm.estimator import BPModified
+from recede.measure.memory import measure
 from recede.methods import build_method, default_offset_samples
 from recede.models import build
-from recede.reports import markdown_table
+from recede.runs.reports import markdown_table
 
 
 def timed(fn, device: str) -> float:

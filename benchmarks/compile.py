@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 import recede
-from recede.reports import markdown_table
-from recede.usage import interleaved_medians, timed_step
+from recede.measure.usage import interleaved_medians, timed_step
+from recede.runs.reports import markdown_table
 
 # isort: split
 from models import Causal, per_token_cross_entropy  # benchmarks/models.py, beside this script

@@ -1,5 +1,5 @@
 """What a CPU user sees: the allocation peak of a step against the resident set, with glibc's
-default ``malloc`` and with freed memory returned (``recede.memory.return_freed_memory``).
+default ``malloc`` and with freed memory returned (``recede.measure.memory.return_freed_memory``).
 
 One process, a residual MLP (width 256, 16 blocks, batch 2048, one thread), steps FF, BP, FF,
 FF; for each, the peak bytes allocated (profiler events), the rise of the resident set over the
@@ -19,7 +19,7 @@ from functools import partial
 import torch
 
 from recede import models
-from recede.memory import allocation_peak, resident_peak, return_freed_memory
+from recede.measure.memory import allocation_peak, resident_peak, return_freed_memory
 from recede.methods import build_method
 
 

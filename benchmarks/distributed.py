@@ -22,10 +22,10 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from recede import distributed
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.methods import build_method
-from recede.reports import markdown_table
+from recede.parallel import data_parallel as distributed
+from recede.runs.reports import markdown_table
 
 MODELS = {"M2 resmlp 15x10": (15, 10), "resmlp 16x512": (16, 512)}
 SMOKE_MODELS = {"resmlp 4x8": (4, 8)}

@@ -4,7 +4,7 @@ A T = 32 residual MLP (width 1024, batch 512, a linear head per depth) on the CP
 horizon h the script prints, measured in this one run:
 
 * the step time (forward + gradients) as a ratio to plain autograd BP on the same model,
-* the layer-aware cost model's ratio beside it (:mod:`recede.cost`: each block's forward,
+* the layer-aware cost model's ratio beside it (:mod:`recede.measure.cost`: each block's forward,
   input-VJP, weight-gradient and full backward and each head, timed in the same rounds), and
   Paper A's uniform count ``(2 + ((T-h)(h-1) + h) / T) / 3``, which one-layer blocks like these
   should also follow,
@@ -14,7 +14,7 @@ Timings are medians over interleaved repeats, so slow drift of a shared machine 
 configuration alike; by default they are this process's CPU seconds (``--clock cpu``), which
 other jobs on a shared machine do not inflate (with several threads: their summed CPU time);
 ``--clock wall`` times wall seconds.  glibc's malloc keeps freed memory
-(:func:`recede.usage.keep_freed_memory`) unless ``--default-allocator``.  Nothing is asserted:
+(:func:`recede.measure.usage.keep_freed_memory`) unless ``--default-allocator``.  Nothing is asserted:
 read the ratios.
 
     python benchmarks/engine.py [--T 32] [--width 1024] [--batch 512] [--repeats 5] [--threads 1]
@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from recede import MPC, BlockNet
-from recede.cost import calibrate, horizon_cost, uniform_ratio
-from recede.memory import measure
+from recede.measure.cost import calibrate, horizon_cost, uniform_ratio
+from recede.measure.memory import measure
+from recede.measure.usage import interleaved_medians, keep_freed_memory, timed_step
 from recede.models.mlp import Residual
-from recede.reports import markdown_table
-from recede.usage import interleaved_medians, keep_freed_memory, timed_step
+from recede.runs.reports import markdown_table
 
 
 def main() -> None:

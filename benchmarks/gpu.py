@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 import recede
-from recede.memory import cuda_peaks
+from recede.measure.memory import cuda_peaks
+from recede.measure.usage import interleaved_medians, timed_step
 from recede.methods import build_method, parse_method
-from recede.reports import markdown_table, write_json
-from recede.usage import interleaved_medians, timed_step
+from recede.runs.reports import markdown_table, write_json
 
 METHODS = ("bp", "ckpt", "ff", "mpc:2", "mpc:5", "bpm-ff")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from recede import data
 from recede.cli import main as recede_main
-from recede.plots import figure
-from recede.reports import markdown_table, write_json
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, write_json
 
 METHODS = ["bp", "ff", "mpc:2", "mpc:3", "loco:3", "bpm-ff"]
 MEASURES = ["test bits/byte", "memory ratio", "time ratio", "cos θ", "tokens/s", "saved MiB"]

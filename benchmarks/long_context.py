@@ -3,9 +3,9 @@ MPC(h) on a GPT-2, and where activations overtake the training state.
 
 For each sequence length S (default 256 … 4096) one batch of real text (the pinned stdlib
 corpus, byte-level) goes through one step of each method: the peak bytes saved for backward
-(``recede.memory.measure``: parameters excluded, de-duplicated by storage; plus the CUDA peak on
+(``recede.measure.memory.measure``: parameters excluded, de-duplicated by storage; plus the CUDA peak on
 a GPU) and, unless ``--no-timing``, the median step time over interleaved repeats
-(``recede.usage.interleaved_medians``).  The *training state* is what does not depend on S:
+(``recede.measure.usage.interleaved_medians``).  The *training state* is what does not depend on S:
 parameters, their gradients and Adam's two moments, 4 × the trainable parameter bytes.  From a
 least-squares fit of log memory against log S the script prints each method's exponent and the
 length at which its saved activations equal the training state.
@@ -35,11 +35,11 @@ import torch
 from matplotlib.ticker import NullLocator
 
 from recede import data, models
-from recede.memory import measure
+from recede.measure.memory import measure
+from recede.measure.usage import interleaved_medians, timed_step
 from recede.methods import build_method, parse_method
-from recede.plots import figure
-from recede.reports import markdown_table, write_json
-from recede.usage import interleaved_medians, timed_step
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, write_json
 
 METHODS = ["bp", "ckpt", "ff", "mpc:2", "mpc:3"]
 MiB = 2**20

@@ -13,7 +13,7 @@ Models (``--models``):
 
 For each horizon h the script prints, from one run: the step time (forward + all gradients) as
 a ratio to plain autograd BP on the same model; the layer-aware cost model's ratio
-(:mod:`recede.cost`: per-block forward, input-VJP, weight-gradient and full backward, and the
+(:mod:`recede.measure.cost`: per-block forward, input-VJP, weight-gradient and full backward, and the
 heads, timed in the same interleaved rounds as the steps); time / model (target: within 1.10);
 Paper A's uniform count (SPEC §2), which treats every block as one layer; the bytes saved for
 backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full tune, ViT-B/16
@@ -21,7 +21,7 @@ LoRA: whole-GPU peak memory and s/epoch over BP's).  Timings are medians over in
 repeats; on a CPU they are by default this process's CPU seconds on one thread (``--clock cpu``),
 which other jobs on a shared machine do not inflate and which equal wall time on an idle one;
 ``--clock wall`` times wall seconds.  glibc's malloc is told to keep freed memory
-(:func:`recede.usage.keep_freed_memory`, as the CUDA caching allocator does) unless
+(:func:`recede.measure.usage.keep_freed_memory`, as the CUDA caching allocator does) unless
 ``--default-allocator``: otherwise a step's time depends on the step before it.  Nothing is
 asserted: read the ratios.
 
@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 from recede import MPC, BlockNet
-from recede.cost import calibrate, horizon_cost, uniform_ratio
-from recede.memory import measure
+from recede.measure.cost import calibrate, horizon_cost, uniform_ratio
+from recede.measure.memory import measure
+from recede.measure.usage import interleaved_medians, keep_freed_memory, timed_step
 from recede.models import build
-from recede.reports import markdown_table
-from recede.usage import interleaved_medians, keep_freed_memory, timed_step
+from recede.runs.reports import markdown_table
 
 # Paper B Tables 4 and 5, ratios to BP: (memory, time) by horizon.
 PAPER_B = {

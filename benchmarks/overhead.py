@@ -24,8 +24,8 @@ from functools import partial
 import torch
 
 from recede import MPC, data, models
-from recede.reports import markdown_table
-from recede.usage import CLOCKS, interleaved_medians, keep_freed_memory
+from recede.measure.usage import CLOCKS, interleaved_medians, keep_freed_memory
+from recede.runs.reports import markdown_table
 
 
 def floor_step(net, x, y, h: int) -> None:

@@ -3,16 +3,16 @@
 S gloo ranks on this machine's CPU hold the same stage split of a residual MLP (T blocks of
 ``x + tanh(Wx + b)``, a linear head per depth, cross-entropy).  Each step is one batch of B
 samples in M = 4·S micro-batches.  Per S and per seed, every rank times, interleaved round by
-round so that load changes hit every method alike (``recede.usage.interleaved_medians``; each
+round so that load changes hit every method alike (``recede.measure.usage.interleaved_medians``; each
 timed step ends with a barrier, so it is the pipeline's makespan):
 
-* ``recede.pipeline.Pipeline`` with h = 1, 2, T/2 and T,
+* ``recede.parallel.pipeline.Pipeline`` with h = 1, 2, T/2 and T,
 * BP with ``ScheduleGPipe`` and ``Schedule1F1B`` of ``torch.distributed.pipelining``,
 
 and measures each rank's real peak of one step: the bytes it allocates above its start
-(``recede.memory.allocation_peak``: activations, gradients, received tensors, temporaries;
+(``recede.measure.memory.allocation_peak``: activations, gradients, received tensors, temporaries;
 the parameters, the same for every method, are left out) and, as the activation part, the
-peak saved-activation bytes (``recede.memory``'s saved-tensor meter, parameters and the
+peak saved-activation bytes (``recede.measure.memory``'s saved-tensor meter, parameters and the
 input batch excluded).  Printed and written to ``--out`` (JSON, Markdown, PNG): throughput
 (samples/s), each rank's real peak and the largest rank's as ratios to 1F1B-BP's (mean ± std
 over seeds; the saved-tensor ratios beside them), the pipeline's idle fraction measured per rank (1 − compute
@@ -40,14 +40,14 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from recede import distributed
-from recede.blocks import BlockNet
-from recede.memory import SavedTensorMeter, allocation_peak
+from recede.core.blocks import BlockNet
+from recede.measure.memory import SavedTensorMeter, allocation_peak
+from recede.measure.usage import interleaved_medians
 from recede.models.mlp import Residual
-from recede.pipeline import Pipeline, Plan, even_sizes, simulate
-from recede.plots import figure
-from recede.reports import markdown_table, write_json
-from recede.usage import interleaved_medians
+from recede.parallel import data_parallel as distributed
+from recede.parallel.pipeline import Pipeline, Plan, even_sizes, simulate
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, write_json
 
 CLASSES = 10
 BASELINE = "1F1B-BP"

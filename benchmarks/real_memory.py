@@ -4,18 +4,18 @@ For every configuration and method, a fresh Python process builds the model (sam
 warm-up step, then measures one step three ways:
 
 * **real** — the peak bytes the step allocates above its start, from ``torch.profiler``'s
-  allocation events (:func:`recede.memory.allocation_peak`; on CUDA ``max_memory_allocated``,
+  allocation events (:func:`recede.measure.memory.allocation_peak`; on CUDA ``max_memory_allocated``,
   and ``max_memory_reserved`` beside it), plus the parameters and buffers the process holds: the
   headline figure, reported as a ratio to BP's;
 * **resident** — an independent check: the rise of the process's resident-set high-water mark
-  over the step (:func:`recede.memory.resident_peak`), with glibc told to return freed memory at
-  once (:func:`recede.memory.return_freed_memory`); ``rss/real`` is the step's resident rise
+  over the step (:func:`recede.measure.memory.resident_peak`), with glibc told to return freed memory at
+  once (:func:`recede.measure.memory.return_freed_memory`); ``rss/real`` is the step's resident rise
   over its allocation peak (CPU only);
-* **saved** — the saved-tensor meter (:mod:`recede.memory`), the activation part of the
+* **saved** — the saved-tensor meter (:mod:`recede.measure.memory`), the activation part of the
   breakdown; ``grads`` is the bytes of the gradients every method ends the step with.
 
 Time is measured separately, in one fresh process per configuration that builds every method
-and times their steps round-robin in shuffled order (:func:`recede.usage.interleaved_medians`,
+and times their steps round-robin in shuffled order (:func:`recede.measure.usage.interleaved_medians`,
 one warm-up round, the median of ``--repeats`` ≥ 5 rounds), so a change in the machine's load
 hits all methods alike; on a CPU the clock is this process's CPU seconds (one thread), which
 other jobs on a shared machine do not inflate.  Nothing is asserted: read the ratios.  ``--smoke`` measures in this process instead (tiny configurations; a check
@@ -54,15 +54,15 @@ from typing import Any
 import torch
 
 from recede import models
-from recede.memory import (
+from recede.measure.memory import (
     SavedTensorMeter,
     allocation_peak,
     resident_peak,
     return_freed_memory,
 )
+from recede.measure.usage import interleaved_medians, keep_freed_memory
 from recede.methods import build_method
-from recede.reports import markdown_table
-from recede.usage import interleaved_medians, keep_freed_memory
+from recede.runs.reports import markdown_table
 
 MiB = 2**20
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -9,8 +9,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
 from recede import MPC, BlockNet, BPModified
-from recede.bp_modified import block_moments
-from recede.bp_scalars import fresh_lambda, step_cap
+from recede.bpm.estimator import block_moments
+from recede.bpm.scalars import fresh_lambda, step_cap
 from recede.methods import build_method, parse_method
 from recede.models import build
 from recede.reproduce import torch_threads
@@ -174,7 +174,7 @@ def test_statistics_are_reported_and_logged(float64, caplog):
     torch.manual_seed(6)
     net, data = small_net(), classification_data(64)
     method = BPModified(net, 1, 4, 64, 8, scaling="paper", batch_size=16)
-    with caplog.at_level("INFO", logger="recede.bp_modified"):
+    with caplog.at_level("INFO", logger="recede.bpm.estimator"):
         stats = method.refresh(micro_batches(data, 8))
     assert "refresh 1" in caplog.text
     assert len(stats.a) == len(stats.lam) == len(stats.bias) == len(stats.variance) == net.T

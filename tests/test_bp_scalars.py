@@ -1,4 +1,4 @@
-"""The scalars of the BP-modified loss (recede.bp_scalars): Paper B's minimiser of E(a, λ) and the
+"""The scalars of the BP-modified loss (recede.bpm.scalars): Paper B's minimiser of E(a, λ) and the
 robust rule (a = 1, λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖))."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recede.bp_scalars import (
+from recede.bpm.scalars import (
     BlockMoments,
     end_coefficient,
     fresh_lambda,
@@ -126,7 +126,7 @@ def test_james_stein_offset_has_less_error_than_the_raw_offset(float64):
 
 
 def micro_batch_moments(means_h: torch.Tensor, means_t: torch.Tensor, b_prime: int) -> BlockMoments:
-    """Moments as recede.bp_modified.block_moments forms them from micro-batch means."""
+    """Moments as recede.bpm.estimator.block_moments forms them from micro-batch means."""
     n = len(means_h)
     mh, mt = means_h.mean(0), means_t.mean(0)
     hh, ht, tt = mh @ mh, mh @ mt, mt @ mt

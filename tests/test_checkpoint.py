@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recede import checkpoint
 from recede.cli import main
-from recede.train import LoopState
+from recede.runs import checkpoint
+from recede.runs.train import LoopState
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--model", "resmlp", "--model-opt", "depth=4", "--data", "trig", "--data-opt", "n=1500",

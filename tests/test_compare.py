@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from recede.compare import default_methods, dominated, mean_rows, spread_cells
-from recede.demo import demo_methods
+from recede.runs.compare import default_methods, dominated, mean_rows, spread_cells
+from recede.runs.demo import demo_methods
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--model-opt", "depth=6", "--data-opt", "n=80", "--data-opt", "n_test=20",

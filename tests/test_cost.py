@@ -12,7 +12,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from recede import MPC, BlockNet
-from recede.cost import BlockCosts, calibrate, checkpointed_cost, horizon_cost, passes, predicted_ratio, uniform_ratio
+from recede.measure.cost import (
+    BlockCosts,
+    calibrate,
+    checkpointed_cost,
+    horizon_cost,
+    passes,
+    predicted_ratio,
+    uniform_ratio,
+)
 from recede.methods import build_method
 from recede.models import build
 

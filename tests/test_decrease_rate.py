@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import linear_resnet, resmlp_independent
 
-from recede.fidelity import gradient_cosine
+from recede.measure.fidelity import gradient_cosine
 from recede.theory.decrease_rate import decrease_rates, full_batch_run
 
 pytestmark = pytest.mark.usefixtures("float64")

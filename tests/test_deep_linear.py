@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
-from recede.fidelity import block_gradient_vector
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
+from recede.measure.fidelity import block_gradient_vector
 from recede.theory.deep_linear import (
     cosines,
     gaussian_perturbations,

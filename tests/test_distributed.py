@@ -1,4 +1,4 @@
-"""Data-parallel training (recede.distributed): 2 CPU ranks with gloo on loopback.
+"""Data-parallel training (recede.parallel.data_parallel): 2 CPU ranks with gloo on loopback.
 
 The multi-process tests fork two processes (spawn where there is no fork) that join a gloo
 group on 127.0.0.1; each writes what it computed to a file that the test compares with a
@@ -21,11 +21,11 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from recede import distributed
-from recede.blocks import BlockNet
-from recede.distributed import DataParallel, RankFailure, buckets
+from recede.core.blocks import BlockNet
 from recede.methods import build_method
-from recede.train import LossIncreaseDecay, batches, train
+from recede.parallel import data_parallel as distributed
+from recede.parallel.data_parallel import DataParallel, RankFailure, buckets
+from recede.runs.train import LossIncreaseDecay, batches, train
 
 WORLD = 2
 B = 5  # per-rank batch
@@ -59,7 +59,7 @@ def _method(net: BlockNet, spec: str):
 def _caller_refreshed(net: BlockNet, rank: int, world: int):
     """BP-modified MPC(h=2) refreshed by the caller: rank r of ``world`` passes every
     world-th of 4 micro-batches of 2 samples (B = 10, the global batch)."""
-    from recede.bp_modified import BPModified
+    from recede.bpm.estimator import BPModified
 
     method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B,
                         scaling="paper")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recede import models
-from recede.fidelity import gradient_cosine
+from recede.measure.fidelity import gradient_cosine
 
 
 def reference_gradient(net, h, x, y):

@@ -17,9 +17,9 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 import recede
-from recede.distributed import free_port
-from recede.engine import write_grads
+from recede.core.engine import write_grads
 from recede.integrations.accelerate import AcceleratedEngine
+from recede.parallel.data_parallel import free_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

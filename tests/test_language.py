@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recede import data
-from recede.engine import MPC
+from recede.core.engine import MPC
 from recede.models import build
 
 pytest.importorskip("transformers")

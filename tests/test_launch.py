@@ -1,4 +1,4 @@
-"""recede.launch: `recede train --nproc 2` ends in one line when a rank dies or hangs.
+"""recede.parallel.launch: `recede train --nproc 2` ends in one line when a rank dies or hangs.
 
 Two end-to-end runs kill (SIGKILL) or stop (SIGSTOP, a hang) rank 1 after the first checkpoint
 and time the launcher until it exits; the classification of every other ending is tested on
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from recede import checkpoint
-from recede.distributed import RankFailure
-from recede.engine import NonFiniteLossError
-from recede.launch import _cause, _Rank
+from recede.core.engine import NonFiniteLossError
+from recede.parallel.data_parallel import RankFailure
+from recede.parallel.launch import _cause, _Rank
+from recede.runs import checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 RUN = ["train", "--nproc", "2", "--model-opt", "depth=3", "--data-opt", "n=40000", "--data-opt", "n_test=20",

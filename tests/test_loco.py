@@ -7,7 +7,7 @@ import torch
 from conftest import resmlp_independent
 
 from recede import MPC
-from recede.loco import LoCoEq21
+from recede.core.loco import LoCoEq21
 from recede.methods import build_method, parse_method
 
 pytestmark = pytest.mark.usefixtures("float64")

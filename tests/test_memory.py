@@ -8,7 +8,7 @@ from conftest import resmlp_independent
 from torch import nn
 
 from recede import MPC
-from recede.memory import SavedTensorMeter, measure
+from recede.measure.memory import SavedTensorMeter, measure
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -77,7 +77,7 @@ def test_no_graph_outlives_the_call(h):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_peaks_see_a_tensor_made_and_freed_inside_the_call():
-    from recede.memory import cuda_peaks
+    from recede.measure.memory import cuda_peaks
 
     size = 64 * 2**20
     result, allocated, reserved = cuda_peaks(lambda: torch.empty(size, dtype=torch.uint8, device="cuda").numel(), "cuda")
@@ -98,7 +98,7 @@ def _transient(size: int) -> torch.Tensor:
 
 
 def test_allocation_peak_sees_a_tensor_allocated_and_freed_inside_the_call():
-    from recede.memory import allocation_peak
+    from recede.measure.memory import allocation_peak
 
     kept = torch.ones(MiB)  # allocated before the call and freed inside it: never below 0
     result, peak = allocation_peak(lambda: _transient(64 * MiB))
@@ -118,7 +118,7 @@ def test_resident_peak_agrees_with_the_allocation_events():
     import sys
 
     code = ("import torch\n"
-            "from recede.memory import allocation_peak, resident_peak, return_freed_memory\n"
+            "from recede.measure.memory import allocation_peak, resident_peak, return_freed_memory\n"
             "assert return_freed_memory()\n"
             "from tests_transient import step\n"
             "step(); allocation_peak(step)\n"  # warm up (the profiler's first start allocates)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from recede.engine import MPC
+from recede.core.engine import MPC
 from recede.methods import build_method
 from recede.models import available, build
 

@@ -1,4 +1,4 @@
-"""Pipeline-parallel receding-horizon training (recede.pipeline): gloo ranks on loopback.
+"""Pipeline-parallel receding-horizon training (recede.parallel.pipeline): gloo ranks on loopback.
 
 The multi-process tests fork 2 or 3 processes onto a gloo group on 127.0.0.1 (as
 tests/test_distributed.py does); each rank writes the gradients of its own stage to a file,
@@ -22,16 +22,16 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from recede import distributed
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.checkpoint import read, restore, save
+from recede.bpm.estimator import BPModified
 from recede.cli import main
-from recede.distributed import RankFailure
-from recede.engine import MPC, NonFiniteLossError
-from recede.pipeline import Pipeline, Plan, balanced_sizes, even_sizes, simulate
-from recede.pipeline.plan import chains
-from recede.train import LoopState
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC, NonFiniteLossError
+from recede.parallel import data_parallel as distributed
+from recede.parallel.data_parallel import RankFailure
+from recede.parallel.pipeline import Pipeline, Plan, balanced_sizes, even_sizes, simulate
+from recede.parallel.pipeline.plan import chains
+from recede.runs.checkpoint import read, restore, save
+from recede.runs.train import LoopState
 
 T, B, M = 6, 7, 3  # 7 samples in micro-batches of 3, 2, 2: the weights n_m / B matter
 SIZES = {2: (2, 4), 3: (1, 2, 3)}  # uneven, and a one-block stage that chains pass through

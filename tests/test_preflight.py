@@ -1,4 +1,4 @@
-"""recede.preflight: checks that write nothing and change nothing, then the start of a run."""
+"""recede.runs.preflight: checks that write nothing and change nothing, then the start of a run."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 
-from recede import data, models, preflight
+from recede import data, models
 from recede.cli import build_parser, main
 from recede.config import check_keywords, parse_with_config, resolved
 from recede.methods import parse_method
-from recede.run import Workload, run_method
+from recede.runs import preflight
+from recede.runs.run import Workload, run_method
 
 CPU = torch.device("cpu")
 

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import save_file
 from test_models import TINY
 
-from recede import models, pretrain
+from recede import models
 from recede.cli import build_parser, main
 from recede.config import parse_with_config
-from recede.run import Workload
+from recede.runs import pretrain
+from recede.runs.run import Workload
 
 TINY_SOURCE = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
                "--data", "digits", "--data-opt", "classes=[0, 1, 2]", "--data-opt", "train_size=40",
@@ -61,7 +62,7 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached checkpoint was trained again")
 
-    monkeypatch.setattr("recede.train.train", no_training)
+    monkeypatch.setattr("recede.runs.train.train", no_training)
     again, said = _pretrain(tmp_path / "a", capsys)
     assert again == first and said.startswith("reusing ") and "no training" in said
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([first.name, first.with_suffix(".json").name])
@@ -216,7 +217,7 @@ def test_init_from_a_yaml_config(tmp_path, capsys):
 
 
 def test_a_run_without_init_has_the_identity_of_a_run_written_before_init_existed():
-    from recede.run import identity
+    from recede.runs.run import identity
 
     args = build_parser().parse_args(["train", *TARGET])
     assert identity(args)["init"] is None and identity(args)["init_skip"] is None  # saved.get() of an old config

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from recede import models
-from recede.engine import MPC, NonFiniteLossError
-from recede.memory import measure
+from recede.core.engine import MPC, NonFiniteLossError
+from recede.core.recompute import CheckpointedBP
+from recede.measure.memory import measure
 from recede.methods import build_method, parse_method
-from recede.recompute import CheckpointedBP
 
 
 def _grads(net, method, x, y) -> list[torch.Tensor]:
@@ -142,7 +142,7 @@ def _counted_dropout_net(T: int = 5, width: int = 6):
 
 
 def test_dropout_is_replayed_and_each_forward_runs_only_as_often_as_it_must(float64) -> None:
-    from recede.cost import recomputed_forwards
+    from recede.measure.cost import recomputed_forwards
 
     torch.manual_seed(0)
     net = _counted_dropout_net()
@@ -192,7 +192,7 @@ def test_real_peaks_order_bp_checkpointing_and_recomputing_horizons() -> None:
     """The real peak (allocation events) at a size where activations dominate: per-block
     checkpointing and MPC(2) with recomputation hold less than BP, and MPC(2) with
     recomputation less than MPC(2) (measured: 11.1, 7.1, 4.7, 4.2 MiB)."""
-    from recede.memory import allocation_peak
+    from recede.measure.memory import allocation_peak
 
     torch.manual_seed(0)
     net = models.build("resmlp", width=128, depth=12)

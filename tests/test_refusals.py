@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from recede import checkpoint, data
+from recede import data
 from recede.cli import build_parser, main
 from recede.config import parse_with_config
 from recede.models.weights import read_state_dict
-from recede.pipeline.run import _identity
-from recede.run import identity
-from recede.train import LoopState
+from recede.parallel.pipeline.run import _identity
+from recede.runs import checkpoint
+from recede.runs.run import identity
+from recede.runs.train import LoopState
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
@@ -316,7 +317,7 @@ def test_an_invalid_omp_num_threads_is_one_line(good, tmp_path):
 
 
 def test_rank_values_are_checked(monkeypatch):
-    from recede import distributed
+    from recede.parallel import data_parallel as distributed
 
     launcher = {"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
     for name, value in launcher.items():

@@ -1,4 +1,4 @@
-"""recede.run's BP-modified options (--bpm-scaling, --bpm-a, --bpm-lam) for train, compare and demo."""
+"""recede.runs.run's BP-modified options (--bpm-scaling, --bpm-a, --bpm-lam) for train, compare and demo."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 
 import pytest
 
-from recede.bp_modified import BPModified
+from recede.bpm.estimator import BPModified
 from recede.cli import main
 from recede.methods import parse_method
-from recede.run import Workload, add_workload_options
+from recede.runs.run import Workload, add_workload_options
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from recede import models
-from recede.engine import MPC
-from recede.fidelity import block_gradient_vector
-from recede.schedule import HorizonSchedule
-from recede.selection import select_horizon
-from recede.train import make_optimizer, train
+from recede.core.engine import MPC
+from recede.horizon.schedule import HorizonSchedule
+from recede.horizon.selection import select_horizon
+from recede.measure.fidelity import block_gradient_vector
+from recede.runs.train import make_optimizer, train
 
 
 def setup(seed=0):

@@ -10,7 +10,7 @@ import torch
 
 from recede import models
 from recede.cli import main
-from recede.selection import InfeasibleWarning, choose, objective_value, relative_scores, select_horizon, solve
+from recede.horizon.selection import InfeasibleWarning, choose, objective_value, relative_scores, select_horizon, solve
 
 
 def brute_force(cos, mem, T, objective, eps, lam, cost, c, M0):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from recede.compare import essential_columns, frontier_columns, mean_rows, terminal_columns
-from recede.reports import fit_columns, pm, print_table
+from recede.runs.compare import essential_columns, frontier_columns, mean_rows, terminal_columns
+from recede.runs.reports import fit_columns, pm, print_table
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -12,7 +12,7 @@ import torch
 
 from recede import data, models
 from recede.methods import build_method, parse_method
-from recede.train import LossIncreaseDecay, batches, make_optimizer, train
+from recede.runs.train import LossIncreaseDecay, batches, make_optimizer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

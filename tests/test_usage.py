@@ -14,10 +14,8 @@ import torch
 from conftest import resmlp_independent
 from torch.utils.data import TensorDataset
 
-from recede.memory import MemoryReport
-from recede.methods import build_method
-from recede.train import make_optimizer
-from recede.usage import (
+from recede.measure.memory import MemoryReport
+from recede.measure.usage import (
     REFRESH_BUFFERS,
     PaidMemory,
     StepTime,
@@ -29,6 +27,8 @@ from recede.usage import (
     step_runs,
     training_state,
 )
+from recede.methods import build_method
+from recede.runs.train import make_optimizer
 
 
 def bpm_ff(net, period: int = 5):
@@ -131,7 +131,7 @@ def test_paid_memory_takes_the_larger_peak() -> None:
 
 KEEP_CHECK = """
 import sys, torch
-from recede.usage import keep_freed_memory
+from recede.measure.usage import keep_freed_memory
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 kept = sys.argv[1] == 'keep' and keep_freed_memory()

@@ -206,7 +206,7 @@ def test_compiling_a_split_model_compiles_its_blocks(float64):
     for mine, theirs in zip(heads, eager.heads):
         theirs.load_state_dict(mine.state_dict())
     net.compile(backend="aot_eager")
-    assert all(recede.blocks.is_compiled(model.layers[t]) for t in range(4))
+    assert all(recede.core.blocks.is_compiled(model.layers[t]) for t in range(4))
     for h in (2, 4):
         model.zero_grad(set_to_none=True)
         twin.zero_grad(set_to_none=True)

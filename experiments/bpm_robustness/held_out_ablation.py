@@ -1,6 +1,6 @@
 """What the robust rule's held-out test buys: the rule without it, on the study's tasks.
 
-The robust scalars (:mod:`recede.bp_scalars`) are a = 1 and
+The robust scalars (:mod:`recede.bpm.scalars`) are a = 1 and
 
     λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖),
 
@@ -13,7 +13,7 @@ held-out test), beside FF, the robust default and Paper B's rule, in two regimes
   (the (task, lr) pairs where Paper B's rule lost most or diverged);
 * ``fresh`` — the demo's (K = 0.3 epoch, B' = 160), on the digits ResNet at lr 0.01.
 
-The variants replace :func:`recede.bp_modified.robust_scalars` for the runs that use them;
+The variants replace :func:`recede.bpm.estimator.robust_scalars` for the runs that use them;
 every run of a (task, seed) starts from the same weights and data order as the study's
 (:func:`recede.reproduce.bpm_robustness.run_one`).  Prints the machine, one line per run and a Markdown table
 (mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
@@ -29,10 +29,11 @@ import statistics
 
 import torch
 
-import recede.bp_modified as bp_modified
-from recede import bp_scalars, data
-from recede.reports import machine
+import recede.bpm.estimator as bp_modified
+from recede import data
+from recede.bpm import scalars as bp_scalars
 from recede.reproduce import bpm_robustness as study
+from recede.runs.reports import machine
 
 CASES = {"paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
          "fresh": [("digits-resnet", 0.01)]}

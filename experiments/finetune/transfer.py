@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from recede.cli import build_parser, main
-from recede.pretrain import PRESETS, checkpoint_name, settings
+from recede.runs.pretrain import PRESETS, checkpoint_name, settings
 
 TARGET = {"resnet": ["--lr", "0.01", "--momentum", "0.9"], "vit": ["--optimizer", "adam", "--lr", "0.001"],
           "llama": ["--optimizer", "adam", "--lr", "0.001"]}

@@ -5,12 +5,13 @@ local-loss training, h = T is exact back-propagation (Paper A, SPEC §2).
 """
 
 import recede._environment  # noqa: F401  (first: it checks OMP_NUM_THREADS before torch loads libgomp)
-from recede import data, memory, models
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.engine import MPC, NonFiniteLossError, check_horizon
-from recede.fidelity import gradient_cosine
-from recede.selection import select_horizon
+from recede import data, models
+from recede.bpm.estimator import BPModified
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC, NonFiniteLossError, check_horizon
+from recede.horizon.selection import select_horizon
+from recede.measure import memory
+from recede.measure.fidelity import gradient_cosine
 from recede.wrap import wrap
 
 __all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "data", "memory",

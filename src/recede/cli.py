@@ -1,7 +1,7 @@
 """The ``recede`` command line: train, compare, demo, bench, reproduce, pretrain (and select).
 
 Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`), checks everything it was
-given before it writes anything (:mod:`recede.preflight`), then starts the run: it writes its
+given before it writes anything (:mod:`recede.runs.preflight`), then starts the run: it writes its
 resolved options to ``config.yaml`` in its ``--out`` folder and works.  Bad input ends with one
 line naming the problem and exit status 2, never a traceback; a run that fails (a non-finite
 loss, a rank that dies or hangs) ends with one line and status 1; an interrupt with 130.
@@ -17,21 +17,22 @@ import signal
 import sys
 from pathlib import Path
 
-from recede import distributed, preflight
-from recede.bench import add_bench_parser
-from recede.compare import add_compare_parser
 from recede.config import Parser, add_config_option, bound_options, int_range, parse_with_config, resolved, subcommands
-from recede.demo import add_demo_parser
-from recede.engine import NonFiniteLossError
-from recede.launch import launch
+from recede.core.engine import NonFiniteLossError
+from recede.horizon.selection import add_select_parser
 from recede.methods import MethodSpec
-from recede.pipeline import run as pipeline_run
-from recede.plots import loss_curves
-from recede.pretrain import add_pretrain_parser
-from recede.reports import machine, markdown_table, print_table, write_json
+from recede.parallel import data_parallel as distributed
+from recede.parallel.launch import launch
+from recede.parallel.pipeline import run as pipeline_run
 from recede.reproduce import add_reproduce_parser
-from recede.run import Workload, add_workload_options, checkpoint_path, identity, run_method
-from recede.selection import add_select_parser
+from recede.runs import preflight
+from recede.runs.bench import add_bench_parser
+from recede.runs.compare import add_compare_parser
+from recede.runs.demo import add_demo_parser
+from recede.runs.plots import loss_curves
+from recede.runs.pretrain import add_pretrain_parser
+from recede.runs.reports import machine, markdown_table, print_table, write_json
+from recede.runs.run import Workload, add_workload_options, checkpoint_path, identity, run_method
 
 
 def _resume_mode(text: str) -> str:
@@ -94,14 +95,14 @@ def run_train(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step is the mean wall time of a training step over the run (refreshes included); saved "
-        "MiB is the peak of tensors saved for backward over a step and a refresh (recede.memory); "
+        "MiB is the peak of tensors saved for backward over a step and a refresh (recede.measure.memory); "
         "state MiB adds parameters, gradients, optimizer state and offsets.\n\n![loss curves](loss.png)\n")
     print(f"results written to {out}/")
     return 0
 
 
 def _launch(args: argparse.Namespace, out: Path, specs: list[MethodSpec]) -> int:
-    """``recede train --nproc N``: run the ranks (:func:`recede.launch.launch`); when one
+    """``recede train --nproc N``: run the ranks (:func:`recede.parallel.launch.launch`); when one
     fails, say which checkpoints are left and the command that resumes from them."""
     try:
         return launch(args.argv, args.nproc, args.dist_timeout)
@@ -139,7 +140,7 @@ def _fail(command: str, kind: str, err: BaseException, status: int) -> int:
 
 
 def _check_environment() -> None:
-    """The environment variables a run reads: a launcher's (:func:`recede.distributed.check_env`)
+    """The environment variables a run reads: a launcher's (:func:`recede.parallel.data_parallel.check_env`)
     and ``OMP_NUM_THREADS`` (an invalid value was taken out of the environment when recede was
     imported, before libgomp could warn about it; see ``recede/__init__.py``)."""
     from recede._environment import INVALID_OMP_NUM_THREADS
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit 2 (bad input) comes with one line and, when the run had started (``config.yaml``
     written, an earlier run moved aside by ``--overwrite``), puts the results folder back as
-    it was (:func:`recede.preflight.rollback`); so does a failed write or an interrupt before
+    it was (:func:`recede.runs.preflight.rollback`); so does a failed write or an interrupt before
     the first training step."""
     entry = argv is None
     parser = build_parser()

@@ -8,12 +8,12 @@
                     (Paper A Remark 3.1, App. B, the "split loss" form)
 ``loco-double:N``   LoCo with the double gradient of Paper A eq. 20 (block 0 too)
 ``loco-eq21:N``     LoCo's double gradient as eq. 21 writes it: block 0 learns from L(x_2)
-                    only (:mod:`recede.loco`)
+                    only (:mod:`recede.core.loco`)
 ``mpc-rc:H``        horizon H recomputing its window's graphs from kept block inputs
                     (``MPC(net, H, recompute=True)``: less memory, the same gradients)
 ``ckpt[:S]``        BP with activation checkpointing in S segments (default T, every block
-                    checkpointed, as users of ``torch.utils.checkpoint`` do); :mod:`recede.recompute`
-``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bp_modified.BPModified`)
+                    checkpointed, as users of ``torch.utils.checkpoint`` do); :mod:`recede.core.recompute`
+``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bpm.estimator.BPModified`)
 ``bpm-mpc:H``       BP-modified horizon H
 ``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
 ==================  =================================================================
@@ -23,7 +23,7 @@ keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
 ``micro_batch`` (b', default 8), ``scaling`` (``robust``/``paper``/``bias``/``fixed``,
-:mod:`recede.bp_scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
+:mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
 Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
 final loss, so a training loop treats them all alike.
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.engine import MPC
-from recede.loco import LoCoEq21
-from recede.recompute import CheckpointedBP
+from recede.bpm.estimator import BPModified
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
+from recede.core.loco import LoCoEq21
+from recede.core.recompute import CheckpointedBP
 
 
 @dataclass(frozen=True)

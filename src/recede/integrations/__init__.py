@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.engine import MPC, NonFiniteLossError, write_grads
-from recede.memory import measure
-from recede.replay import capture, replaying
+from recede.bpm.estimator import BPModified
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC, NonFiniteLossError, write_grads
+from recede.core.replay import capture, replaying
+from recede.measure.memory import measure
 
 
 class LossWeight:
@@ -96,7 +96,7 @@ def build_method(net: BlockNet, horizon: int | None, bp_modified: dict[str, Any]
 @dataclass(frozen=True)
 class MemorySaved:
     """One step of a method and one BP step on the same batch: the real peak each allocated
-    (:func:`recede.memory.allocation_peak`) and, as its activations' part, the peak bytes of
+    (:func:`recede.measure.memory.allocation_peak`) and, as its activations' part, the peak bytes of
     tensors saved for backward."""
 
     method_bytes: int
@@ -120,7 +120,7 @@ class MemorySaved:
 
 
 def memory_against_bp(net: BlockNet, x: Any, y: Any, horizon: int) -> MemorySaved:
-    """The real peak (:func:`recede.memory.measure` with ``real=True``) and the saved-tensor
+    """The real peak (:func:`recede.measure.memory.measure` with ``real=True``) and the saved-tensor
     peak of one horizon-``horizon`` step and one BP step on ``(x, y)``, each after a warm-up
     step.  Nothing is changed: no ``.grad`` is written, and buffers (BatchNorm statistics) and
     the RNG are restored afterwards.  Pass a batch that owns its storage (``x[:32].clone()``,

@@ -19,7 +19,7 @@ What it does with the accelerator's features:
   accelerator's GradScaler scales the losses (``opt.step()`` unscales and skips overflowed
   steps, ``accelerator.clip_grad_norm_`` works);
 * **data parallel** (``MULTI_CPU``/``MULTI_GPU``, DDP) — the engine bypasses DDP's hooks, so
-  the gradients are averaged over the processes by :class:`recede.distributed.DataParallel`'s
+  the gradients are averaged over the processes by :class:`recede.parallel.data_parallel.DataParallel`'s
   bucketed all-reduce when ``sync_gradients`` (once per accumulated step); BP-modified's
   refresh statistics are summed over the processes.  N processes of batch B step exactly as
   one process of batch N·B (``tests/test_integrations_accelerate.py``, 2 CPU processes on
@@ -37,10 +37,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recede.blocks import BlockNet
-from recede.distributed import DataParallel
-from recede.engine import NonFiniteLossError
+from recede.core.blocks import BlockNet
+from recede.core.engine import NonFiniteLossError
 from recede.integrations import build_method, weighted_backward
+from recede.parallel.data_parallel import DataParallel
 
 REFUSED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
 

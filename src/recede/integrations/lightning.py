@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from recede.blocks import BlockNet, LossFn
+from recede.core.blocks import BlockNet, LossFn
 from recede.integrations import build_method, new_head_modules, weighted_backward
 from recede.wrap import wrap
 

@@ -1,6 +1,6 @@
 """Model registry: ``build(name, **options) -> BlockNet``.
 
-Each entry is a function that returns a :class:`~recede.blocks.BlockNet` whose blocks are the
+Each entry is a function that returns a :class:`~recede.core.blocks.BlockNet` whose blocks are the
 units the horizon counts.  Register a new one with :func:`register`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 
-from recede.blocks import BlockNet
 from recede.config import check_keywords
+from recede.core.blocks import BlockNet
 from recede.data import Task
 
 _REGISTRY: dict[str, Callable[..., BlockNet]] = {}

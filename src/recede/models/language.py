@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.models import register
 
 GPT2_PRESETS = {"tiny": dict(n_layer=4, n_embd=128, n_head=4), "small": dict(n_layer=12, n_embd=768, n_head=12)}

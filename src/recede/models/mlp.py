@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.models import register
 
 

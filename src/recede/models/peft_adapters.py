@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 
 ADAPTERS = ("lora", "lokr")
 ATTENTION_PROJECTIONS = ("qkv", "c_attn", "q_proj", "k_proj", "v_proj", "query", "key", "value")

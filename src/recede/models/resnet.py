@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.models import register
 from recede.wrap.heads import PoolHead
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from recede.blocks import BlockNet, LossFn
+from recede.core.blocks import BlockNet, LossFn
 from recede.models import register
 
 

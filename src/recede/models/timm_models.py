@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.models import register
 
 

@@ -46,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None,
                  skip: Sequence[str] = ()) -> nn.Module:
     """Load a local state dict into ``model`` (a timm or Hugging Face model, or a registry
-    :class:`~recede.blocks.BlockNet` for ``--init``), strictly except for the classifier and
+    :class:`~recede.core.blocks.BlockNet` for ``--init``), strictly except for the classifier and
     ``skip``; a tied weight stored once (under either of its names) loads both.
 
     Every key must match the model's names and shapes, except that the classifier's entries

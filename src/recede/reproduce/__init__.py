@@ -3,7 +3,7 @@ robustness study of the BP-modified loss (``bpm-robustness``).
 
 Each paper module has ``run(out, full, progress, data_root, config=None, weights=None,
 on_checked=None) -> Path`` that checks its configuration, data folders and weights files,
-calls ``on_checked()`` (the command line writes ``config.yaml`` there, :func:`recede.preflight.start`),
+calls ``on_checked()`` (the command line writes ``config.yaml`` there, :func:`recede.runs.preflight.start`),
 then writes JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.
 A refused run therefore writes nothing.  A configuration is a preset of ``experiments/paper_a`` /
 ``paper_b`` (:mod:`recede.reproduce.configs`).
@@ -46,8 +46,8 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from recede import preflight
     from recede.reproduce import configs
+    from recede.runs import preflight
 
     if args.full and args.preset is not None:
         raise ValueError("--full is the preset 'full'; give --full or --preset, not both")

@@ -1,12 +1,12 @@
 """``recede reproduce bpm-robustness``: does BP-modified FF ever do worse than plain FF?
 
 For every task × learning rate × seed of ``experiments/bpm_robustness/cpu.yaml`` it trains BP,
-FF and BP-modified FF with each configured scaling (:mod:`recede.bp_scalars`: ``paper`` is
+FF and BP-modified FF with each configured scaling (:mod:`recede.bpm.scalars`: ``paper`` is
 Paper B's estimator as printed with SPEC §5's corrections, ``robust`` recede's default), all
 from the same initial weights and data order, in Paper B's regime (K = one epoch, B' ≈ 0.64 %
 of K·B, b' = 8; at least two micro-batches).  One more regime, labelled as such, repeats the
 BP-modified runs of one task with fresher offsets.  BP-modified runs keep every refresh's
-:class:`~recede.bp_modified.RefreshStats` (a, λ, the error terms, in-sample and held-out
+:class:`~recede.bpm.estimator.RefreshStats` (a, λ, the error terms, in-sample and held-out
 cosines), from which the report diagnoses why a rule loses.
 
 Writes ``bpm_robustness.json`` after every run, and a study started again on the same folder
@@ -31,13 +31,13 @@ import torch
 import yaml
 
 from recede import data, models
-from recede.bp_modified import BPModified
-from recede.engine import NonFiniteLossError
+from recede.bpm.estimator import BPModified
+from recede.core.engine import NonFiniteLossError
 from recede.methods import build_method, default_offset_samples, parse_method
-from recede.plots import figure
-from recede.reports import machine, markdown_table, write_json
 from recede.reproduce import torch_threads
-from recede.train import make_optimizer, train
+from recede.runs.plots import figure
+from recede.runs.reports import machine, markdown_table, write_json
+from recede.runs.train import make_optimizer, train
 
 CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "bpm_robustness"
 

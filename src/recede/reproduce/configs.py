@@ -122,11 +122,11 @@ def apply_sources(entries: Mapping[str, dict], data_root: str | None,
 
 def check_sources(entries: Mapping[str, dict], who: str) -> None:
     """Read every entry's data and build every model once, its weights file loaded
-    (:func:`recede.preflight.load_data`, :func:`recede.preflight.build_model`).
+    (:func:`recede.runs.preflight.load_data`, :func:`recede.runs.preflight.build_model`).
 
     Raises ``FileNotFoundError``/``ValueError`` prefixed with ``who`` and the entry's label.
     """
-    from recede import preflight
+    from recede.runs import preflight
 
     tasks: dict[str, data.Task] = {}
     for label, entry in entries.items():

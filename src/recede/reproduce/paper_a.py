@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from recede.reports import machine, write_json
 from recede.reproduce import configs, paper_a_rate, paper_a_selection, paper_a_sweeps, torch_threads
+from recede.runs.reports import machine, write_json
 
 SECTIONS = {"models": paper_a_selection, "sweeps": paper_a_sweeps, "rate": paper_a_rate}
 TITLES = {"models": "M1–M3: Figs. 2, E1, E2, 5 and Theorem 3.4",

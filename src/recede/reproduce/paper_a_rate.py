@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from recede import data, models
-from recede.plots import figure
-from recede.reports import markdown_table, mean_spread
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, mean_spread
 from recede.theory.decrease_rate import HorizonRun, decrease_rates
 
 ESTIMATORS = {"rescaled": True, "plain": False}

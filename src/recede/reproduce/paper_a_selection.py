@@ -4,7 +4,7 @@ For each seed of the config and each model of its ``models`` section (Paper A Ap
 
 1. At initialisation, measure cos θ_h and M(h) for every h = 1..T on a few probe batches
    (:func:`recede.gradient_cosine`); Algorithm 1 sees only the subset H of them and picks ĥ*
-   for each Table D3 column: O1/O2 × linear/ladder cost (:func:`recede.selection.solve`).
+   for each Table D3 column: O1/O2 × linear/ladder cost (:func:`recede.horizon.selection.solve`).
 2. Train from the same initial weights and data order with every fixed horizon (or the
    config's ``train_horizons`` plus every selected one) (Fig. E2), LoCo3 and LoCo5
    (App. D.1), their double variants (eq. 20) and eq. 21's form, with Paper A's SGD and
@@ -12,7 +12,7 @@ For each seed of the config and each model of its ``models`` section (Paper A Ap
 3. Score each algorithm a by ``r(a) = ln(J_a/J_0) / ln(J_BP/J_0)`` (eq. 14, J the training loss
    after the last epoch) and its memory M(a) (saved-for-backward bytes), turn that into the
    objective value of each column and into ``Rel(a)`` (eq. 19; infeasible = 1.5) for Fig. 5.
-4. Beyond the paper: a :class:`recede.schedule.HorizonSchedule` run per configured objective,
+4. Beyond the paper: a :class:`recede.horizon.schedule.HorizonSchedule` run per configured objective,
    compared with the best fixed horizon in hindsight on that same objective.  Its cost is the
    epoch-average of C(M(h_e)) — pay-per-use, each epoch pays for the memory it used.
 
@@ -35,13 +35,8 @@ import torch
 from torch.utils.data import Subset
 
 from recede import data, models
-from recede.fidelity import gradient_cosine
-from recede.memory import measure
-from recede.methods import build_method
-from recede.plots import figure
-from recede.reports import markdown_table, mean_spread
-from recede.schedule import HorizonSchedule
-from recede.selection import (
+from recede.horizon.schedule import HorizonSchedule
+from recede.horizon.selection import (
     COSTS,
     OBJECTIVES,
     cost_of,
@@ -51,8 +46,13 @@ from recede.selection import (
     relative_scores,
     solve,
 )
+from recede.measure.fidelity import gradient_cosine
+from recede.measure.memory import measure
+from recede.methods import build_method
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, mean_spread
+from recede.runs.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
 from recede.theory.deep_linear import theorem_exponent
-from recede.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
 
 COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
 LABEL = {"constraint": "O1", "weighted": "O2", "linear": "C1", "ladder": "C2"}

@@ -30,12 +30,12 @@ from torch import nn
 from torch.utils.data import Subset
 
 from recede import data, models
-from recede.memory import measure
+from recede.measure.memory import measure
 from recede.methods import build_method
 from recede.models.peft_adapters import apply_adapter
-from recede.plots import figure
-from recede.reports import markdown_table, mean_sd, mean_spread
-from recede.train import LossIncreaseDecay, batches, make_optimizer, train
+from recede.runs.plots import figure
+from recede.runs.reports import markdown_table, mean_sd, mean_spread
+from recede.runs.train import LossIncreaseDecay, batches, make_optimizer, train
 
 ADAPTER_OPTIONS = ("adapter", "adapter_rank", "adapter_alpha")
 KEYS = ("model", "data", "optimizer", "batch_size", "epochs", "snapshot_epochs")

@@ -31,13 +31,13 @@ import torch
 import yaml
 
 from recede import data, models
-from recede.bp_modified import BPModified
-from recede.memory import measure
+from recede.bpm.estimator import BPModified
+from recede.measure.memory import measure
 from recede.methods import build_method, parse_method
-from recede.plots import figure
-from recede.reports import machine, markdown_table, write_json
 from recede.reproduce import configs, torch_threads
-from recede.train import batches, make_optimizer, train
+from recede.runs.plots import figure
+from recede.runs.reports import machine, markdown_table, write_json
+from recede.runs.train import batches, make_optimizer, train
 
 CONFIGS = configs.preset_folder("paper-b")
 CONFIG_KEYS = ("model", "model_options", "data", "data_options", "optimizer", "epochs", "batch_size",

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
-from recede.fidelity import block_gradient_vector
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
+from recede.measure.fidelity import block_gradient_vector
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``recede.wrap(model)``: a user's model as a :class:`~recede.blocks.BlockNet`, held, not copied.
+"""``recede.wrap(model)``: a user's model as a :class:`~recede.core.blocks.BlockNet`, held, not copied.
 
 Paper A eq. 1 reads a network as T blocks ``x_{t+1} = f_t(x_t, u_t)`` and asks for a loss that
 accepts every block's output (SPEC §1).  A model family knows how its own model splits into
@@ -40,7 +40,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from recede.blocks import BlockNet, LossFn
+from recede.core.blocks import BlockNet, LossFn
 
 HEAD_CHOICES = ("auto", "independent", "shared", "stage")
 

@@ -26,7 +26,7 @@ checks in its autograd graph that every parameter it used is one it holds; a par
 elsewhere, which is also how a gradient-carrying value passed around a block is caught, and a
 block called twice, out of order or not at all are refused in one line: the split would not
 be the model (build the BlockNet by hand then, docs/models.md).  Its blocks run only in order
-within one forward, so nothing can call one alone (``recede.cost``'s calibration, pipeline
+within one forward, so nothing can call one alone (``recede.measure.cost``'s calibration, pipeline
 stages).
 """
 
@@ -281,7 +281,7 @@ class _Part(nn.Module):
     def compile(self, *args: Any, **kwargs: Any) -> None:
         """Compile the block in place (the model's own code around it runs as it is); the
         hand-over between threads is not something to compile."""
-        from recede.blocks import keep_compiled_graphs
+        from recede.core.blocks import keep_compiled_graphs
 
         block = getattr(self, "block", None)
         if block is not None:

@@ -3,7 +3,7 @@
 :func:`launch` starts ``python -m recede ARGV`` N times with the environment ``torchrun`` gives
 its workers (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` =
 127.0.0.1, ``MASTER_PORT``; ``OMP_NUM_THREADS=1`` unless set), so
-:func:`recede.distributed.init_from_env` joins them into one gloo group.  Rank 0's standard
+:func:`recede.parallel.data_parallel.init_from_env` joins them into one gloo group.  Rank 0's standard
 output goes to the terminal; every rank's standard error goes to a file.  When all ranks exit
 with status 0, rank 0's standard error (warnings) is passed on.  A rank has failed when it exits
 with another status, or as soon as its stderr ends with the CLI's closing line or a traceback
@@ -19,7 +19,7 @@ killed, and the root cause is raised as one exception, which the CLI prints as o
   loaded machine can bring before the waiter's own line) → ``RankFailure("rank 1 of 2 hung:
   ...")``;
 * a rank's own line: bad input → ``ValueError``, a non-finite loss →
-  :class:`~recede.engine.NonFiniteLossError`, a failed write → ``OSError``, an interrupt →
+  :class:`~recede.core.engine.NonFiniteLossError`, a failed write → ``OSError``, an interrupt →
   ``KeyboardInterrupt``.
 
 On Linux the ranks die with the launcher (``PR_SET_PDEATHSIG``), so killing it leaves no rank
@@ -40,8 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recede.distributed import RankFailure, free_port
-from recede.engine import NonFiniteLossError
+from recede.core.engine import NonFiniteLossError
+from recede.parallel.data_parallel import RankFailure, free_port
 
 GRACE_S = 0.5
 """After a rank fails, how long the others may take to end on their own before they are killed."""

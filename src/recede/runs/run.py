@@ -2,8 +2,8 @@
 are made of.
 
 :func:`run_method` builds the model and the method, trains, checkpoints every N steps and at
-the end (:mod:`recede.checkpoint`), resumes from the last checkpoint when asked, logs to
-TensorBoard when asked, and measures the memory a step costs (:func:`recede.usage.measure_paid`:
+the end (:mod:`recede.runs.checkpoint`), resumes from the last checkpoint when asked, logs to
+TensorBoard when asked, and measures the memory a step costs (:func:`recede.measure.usage.measure_paid`:
 saved activations over step and refresh, the whole training state, CUDA peak on a GPU).
 :func:`add_workload_options` declares the options every such command shares.
 """
@@ -19,13 +19,16 @@ from typing import Any
 
 import torch
 
-from recede import checkpoint, data, distributed, models, preflight
-from recede.bp_scalars import SCALINGS
+from recede import data, models
+from recede.runs import checkpoint
+from recede.parallel import data_parallel as distributed
+from recede.runs import preflight
+from recede.bpm.scalars import SCALINGS
 from recede.config import float_range, int_range, key_values, positive_float
-from recede.engine import NonFiniteLossError
+from recede.core.engine import NonFiniteLossError
 from recede.methods import MethodSpec, build_method, parse_method
-from recede.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
-from recede.usage import PaidMemory, measure_paid
+from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
+from recede.measure.usage import PaidMemory, measure_paid
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
@@ -83,7 +86,7 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
 @dataclass
 class Workload:
     """A task, how to build a fresh model for it, and this process's rank among ``world_size``
-    data-parallel processes (:mod:`recede.distributed`)."""
+    data-parallel processes (:mod:`recede.parallel.data_parallel`)."""
 
     task: data.Task
     model: str
@@ -97,7 +100,7 @@ class Workload:
     @classmethod
     def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> Workload:
         """The workload of the command's options, checked before any training
-        (:mod:`recede.preflight`): the device, the data and model options, and that the
+        (:mod:`recede.runs.preflight`): the device, the data and model options, and that the
         model accepts the data."""
         device = preflight.device(args.device)
         if args.threads:
@@ -107,7 +110,7 @@ class Workload:
         net = preflight.build_model(args.model, task, options, device)
         init, skip = getattr(args, "init", None), tuple(getattr(args, "init_skip", None) or ())
         if init is not None or skip:
-            from recede.pretrain import describe_init, load_init
+            from recede.runs.pretrain import describe_init, load_init
 
             load_init(net, init, skip)  # a file that does not fit stops here, before anything is written
             if rank == 0:
@@ -154,7 +157,7 @@ class Workload:
         torch.manual_seed(seed)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
-            from recede.pretrain import load_init
+            from recede.runs.pretrain import load_init
 
             load_init(net, self.init, self.init_skip)
         return net

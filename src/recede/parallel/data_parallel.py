@@ -9,10 +9,10 @@ BP-modified's gradient ĝ = a·mean_B[g_h] + λ·Δ (Paper B eq. 5) is affine in
 the same way once every rank holds the same a, λ and Δ; :class:`DataParallel` makes sure of that
 by summing the refresh's sufficient statistics across ranks (``reduce_statistics``).
 
-Around that, what a launcher needs (``torchrun``, or :mod:`recede.launch` for ``recede train
+Around that, what a launcher needs (``torchrun``, or :mod:`recede.parallel.launch` for ``recede train
 --nproc N``): :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a collective timeout so
 that a rank that dies or hangs makes the others raise :class:`RankFailure` instead of waiting
-forever), and :func:`is_main` for the rank that writes checkpoints, logs and reports.  The data are sharded by :func:`recede.train.batches` with
+forever), and :func:`is_main` for the rank that writes checkpoints, logs and reports.  The data are sharded by :func:`recede.runs.train.batches` with
 ``rank``/``world_size``: every rank takes its share of the single-process epoch order (as
 torch's ``DistributedSampler`` would), so W ranks of batch B see exactly the batches that one
 process of batch W·B sees.  See ``docs/distributed.md``.
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recede.config import float_range, int_range
-from recede.engine import NonFiniteLossError
+from recede.core.engine import NonFiniteLossError
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_BUCKET_MB = 25.0
@@ -228,12 +228,12 @@ class DataParallel:
 
     ``backward`` returns the **mean of the ranks' losses** L(x_T) (the loss of the W·B batch),
     so epoch losses and Paper A's lr × 0.9 rule agree on every rank.  If any rank's loss is not
-    finite, every rank raises :class:`~recede.engine.NonFiniteLossError` and no gradient is
+    finite, every rank raises :class:`~recede.core.engine.NonFiniteLossError` and no gradient is
     reduced.  With ``broadcast_buffers`` (as DDP) rank 0's buffers, e.g. BatchNorm running
     statistics, are copied to all ranks before each step.
 
     A wrapped method that has a ``reduce_statistics(stats) -> stats`` hook
-    (:class:`recede.bp_modified.BPModified`'s refresh, Paper B Algorithm 1) gets one that sums
+    (:class:`recede.bpm.estimator.BPModified`'s refresh, Paper B Algorithm 1) gets one that sums
     the statistics across ranks, so the means and covariance traces, hence a, λ and the offset
     Δ, are those of all ranks' samples together and the same everywhere.  When it draws its
     own refresh micro-batches, the ranks share them out (B' is per refresh, not per rank), and
@@ -348,7 +348,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
     parser.add_argument("--nproc", type=int_range(1), default=1,
-                        help="data-parallel processes on this machine (gloo; recede.launch starts "
+                        help="data-parallel processes on this machine (gloo; recede.parallel.launch starts "
                              "and watches them); --batch-size is per process. See docs/distributed.md")
     parser.add_argument("--dist-timeout", type=float_range(1e-3, MAX_TIMEOUT_S), default=DEFAULT_TIMEOUT_S,
                         help="seconds a rank waits for the others in a collective before failing "

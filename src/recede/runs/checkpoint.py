@@ -4,7 +4,7 @@ A checkpoint holds everything the next step depends on: the model's parameters a
 the optimizer (momentum, Adam moments, current lr), the lr rule (Paper A App. D.2 remembers the
 previous epoch's loss), the method's own state when it has one (``state_dict()`` /
 ``load_state_dict()``: a horizon schedule, the BP-modified offsets, a and λ and their step
-counter of Paper B Algorithm 1), the loop's position (:class:`~recede.train.LoopState`: epoch,
+counter of Paper B Algorithm 1), the loop's position (:class:`~recede.runs.train.LoopState`: epoch,
 batches done, the epoch's running loss, finished epochs) and the torch, NumPy and Python RNG
 states.  The shuffle of each epoch is seeded by (seed, epoch), so restoring all of this and
 skipping the batches already done replays the uninterrupted run exactly.
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recede.train import LoopState, LossIncreaseDecay
+from recede.runs.train import LoopState, LossIncreaseDecay
 
 FORMAT = 2
 """2: safetensors with a JSON header (this module); 1: a ``torch.save`` pickle (refused)."""

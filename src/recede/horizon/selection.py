@@ -1,6 +1,6 @@
 """Horizon selection: Paper A §4, Algorithm 1 and Table D3, with SPEC §4's corrections.
 
-Given cos θ_h and M(h) measured on a subset H of horizons (:mod:`recede.fidelity`):
+Given cos θ_h and M(h) measured on a subset H of horizons (:mod:`recede.measure.fidelity`):
 
 1. fit ``cos θ̂_h`` by a degree-3 polynomial and ``M̂(h)`` by a degree-1 polynomial over H
    (Paper A eqs. 15–16; the degree drops to ``len(H) - 1`` when H has fewer points);
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recede.blocks import BlockNet
-from recede.fidelity import Fidelity, gradient_cosine
+from recede.core.blocks import BlockNet
+from recede.measure.fidelity import Fidelity, gradient_cosine
 
 OBJECTIVES = ("constraint", "weighted")
 COSTS = ("linear", "ladder")
@@ -293,7 +293,7 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
 
 def _parse_horizons(text: str | None, T: int) -> list[int] | None:
     """``--horizons 1,5,10`` → [1, 5, 10], each in [1, T]."""
-    from recede.engine import check_horizon
+    from recede.core.engine import check_horizon
 
     if text is None:
         return None
@@ -307,10 +307,10 @@ def _parse_horizons(text: str | None, T: int) -> list[int] | None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from recede import preflight
     from recede.config import key_values
-    from recede.reports import machine, markdown_table, print_table, write_json
-    from recede.train import batches
+    from recede.runs import preflight
+    from recede.runs.reports import machine, markdown_table, print_table, write_json
+    from recede.runs.train import batches
 
     _check_objective(args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
     cpu = torch.device("cpu")

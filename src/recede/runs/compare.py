@@ -5,17 +5,17 @@ and optimizer), then is measured on the same batch:
 
 * quality — final test loss, and test accuracy for classification (bits per byte, perplexity
   and tokens/s for a language model);
-* time / BP — what a step costs as the user pays it (:mod:`recede.usage`): the median wall
+* time / BP — what a step costs as the user pays it (:mod:`recede.measure.usage`): the median wall
   time of ``backward`` (forward + gradient) over steps timed round-robin across the methods,
   plus for a BP-modified method one refresh (timed on its own) times the refreshes per step
   its run made (the run's history: refreshes / steps); beside it the ratio the layer-aware cost
-  model predicts (:mod:`recede.cost`, calibrated in the same rounds) and the run's own mean
+  model predicts (:mod:`recede.measure.cost`, calibrated in the same rounds) and the run's own mean
   ms/step (optimizer steps and data loading included);
 * memory / BP — the real peak of a step (and of a refresh): parameters, buffers and optimizer
-  state plus the peak bytes the step allocates (:func:`recede.memory.allocation_peak`: the
+  state plus the peak bytes the step allocates (:func:`recede.measure.memory.allocation_peak`: the
   profiler's allocation events on a CPU, the allocator's statistics on CUDA), so activations,
   gradients, backward temporaries, heads and recomputation all count; beside it, as a
-  breakdown, the peak bytes saved for backward (``saved MiB``, :mod:`recede.memory`'s meter),
+  breakdown, the peak bytes saved for backward (``saved MiB``, :mod:`recede.measure.memory`'s meter),
   the gradients and optimizer state, and CUDA peak allocated bytes on a GPU;
 * cos θ — ``⟨g, g_T⟩ / (‖g‖ ‖g_T‖)`` between the method's gradient and the true (BP) gradient
   over all block parameters, at the method's own trained weights, averaged over a few batches
@@ -41,17 +41,17 @@ from typing import Any
 
 import torch
 
-from recede import preflight
+from recede.runs import preflight
 from recede.config import int_range
-from recede.cost import Meter, predicted_ratio
-from recede.engine import MPC
-from recede.fidelity import block_gradient_vector
+from recede.measure.cost import Meter, predicted_ratio
+from recede.core.engine import MPC
+from recede.measure.fidelity import block_gradient_vector
 from recede.methods import MethodSpec, parse_method
-from recede.plots import frontier, loss_curves
-from recede.reports import fmt, machine, markdown_table, mean_sd, print_table, write_json
-from recede.run import MethodResult, Workload, add_workload_options, run_method
-from recede.train import EpochRecord, batches
-from recede.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
+from recede.runs.plots import frontier, loss_curves
+from recede.runs.reports import fmt, machine, markdown_table, mean_sd, print_table, write_json
+from recede.runs.run import MethodResult, Workload, add_workload_options, run_method
+from recede.runs.train import EpochRecord, batches
+from recede.measure.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -265,7 +265,7 @@ def _report(title: str, cells: list[dict[str, Any]], columns: list[str], quality
             "Ratios are to BP on the same batch. Time is what a step costs as paid: the median "
             "of timed steps (forward + gradient, round-robin across methods) plus, for "
             "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "
-            "run; model ratio is the layer-aware cost model's prediction (recede.cost); run "
+            "run; model ratio is the layer-aware cost model's prediction (recede.measure.cost); run "
             "ms/step is the run's own mean (optimizer steps and data loading included). Memory "
             "(memory ratio, real MiB) is the real peak of a step or a refresh: parameters, buffers, "
             "optimizer state and offsets plus the peak bytes the step allocated (activations, "

@@ -7,10 +7,10 @@
   refreshes, which on small models cost more than the steps between them.
 * **Memory** — the real peak of the step and of the refresh (:class:`PaidMemory`): what was
   allocated when it began (parameters, buffers, optimizer state, offsets) plus the peak bytes it
-  allocated above that (:func:`recede.memory.allocation_peak`: CUDA's allocator statistics, or
+  allocated above that (:func:`recede.measure.memory.allocation_peak`: CUDA's allocator statistics, or
   the profiler's allocation events on a CPU) — activations, gradients, backward temporaries,
   heads, recomputation all included.  Beside it, as a breakdown, the peak of tensors saved for
-  backward (:mod:`recede.memory`'s meter), and on CUDA the peak allocated bytes.
+  backward (:mod:`recede.measure.memory`'s meter), and on CUDA the peak allocated bytes.
 * **Training state** — parameters, gradients, optimizer state, the method's own tensors
   (BP-modified: the offsets; during a refresh also two running sums and two micro-batch mean
   gradients, each offset-sized) and the peak of saved activations.
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.cost import BlockCosts, Meter, calibrate
-from recede.memory import MemoryReport, measure
+from recede.bpm.estimator import BPModified
+from recede.core.blocks import BlockNet
+from recede.measure.cost import BlockCosts, Meter, calibrate
+from recede.measure.memory import MemoryReport, measure
 
 # what --clock names: wall seconds, or this process's CPU seconds (all its threads), which other
 # jobs on a shared CPU do not inflate and which equal wall seconds for one thread on an idle CPU
@@ -205,7 +205,7 @@ def measure_paid(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  optimizer: torch.optim.Optimizer | None = None,
                  device: torch.device | str | None = None) -> PaidMemory:
     """Measure one step on ``(x, y)`` and, for a BP-modified method, one refresh (each under
-    :func:`recede.memory.measure` with its real peak), and count the training state; ``.grad``
+    :func:`recede.measure.memory.measure` with its real peak), and count the training state; ``.grad``
     is cleared before (so the step allocates its gradients itself) and after, and the method's
     offsets end as they were."""
     net.zero_grad(set_to_none=True)
@@ -246,7 +246,7 @@ def time_methods(methods: Sequence, nets: Sequence[torch.nn.Module], x: torch.Te
                  rates: Sequence[float], timer: Meter, model_net: BlockNet) -> tuple[list[StepTime], BlockCosts]:
     """Time each method's step (and refresh) on ``(x, y)`` with ``timer``, amortising refreshes
     at ``rates`` (refreshes per step), in the same call as the passes of the layer-aware cost
-    model on ``model_net`` (:func:`recede.cost.calibrate`); offsets are left as they were."""
+    model on ``model_net`` (:func:`recede.measure.cost.calibrate`); offsets are left as they were."""
     with kept_state(methods):
         runs = {f"{i}/{part}": run for i, (m, net) in enumerate(zip(methods, nets))
                 for part, run in step_runs(m, net, x, y).items()}

@@ -18,10 +18,10 @@ mask.  A recomputed forward would update BatchNorm running statistics a second t
 use of ``torch.utils.checkpoint`` does); the buffers of the recomputed segments are put back to
 their values after the first forward, so the model ends each step exactly as BP leaves it.
 
-Memory: what the saved-tensor meter (:class:`recede.memory.SavedTensorMeter`) counts of a
+Memory: what the saved-tensor meter (:class:`recede.measure.memory.SavedTensorMeter`) counts of a
 checkpointed step depends on how the checkpoint's own saved-tensor hooks nest with it (on a
 GPT-2 of 16 layers it read 46 MiB where the step allocated 52); the real peak
-(:func:`recede.memory.allocation_peak`) sees everything the step holds and is the figure to
+(:func:`recede.measure.memory.allocation_peak`) sees everything the step holds and is the figure to
 compare (``benchmarks/real_memory.py``).
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from recede.blocks import BlockNet
-from recede.engine import NonFiniteLossError, check_net
+from recede.core.blocks import BlockNet
+from recede.core.engine import NonFiniteLossError, check_net
 
 
 class CheckpointedBP:

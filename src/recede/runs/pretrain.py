@@ -11,7 +11,7 @@ the same bytes on one machine and thread count; a second call with the same sett
 file (its SHA-256 checked against the sidecar) and trains nothing; ``--overwrite`` trains and
 writes it again.
 
-``--init FILE`` (``train``, ``compare``, ``demo``; :class:`recede.run.Workload`) loads such a
+``--init FILE`` (``train``, ``compare``, ``demo``; :class:`recede.runs.run.Workload`) loads such a
 file, or a user's own ``.safetensors`` or weights-only ``.pt`` state dict, into every fresh
 model before training (:func:`load_init`, through :func:`recede.models.weights.load_weights`,
 the loader behind ``--weights``).  The rule: every key of the model and of the file must agree
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from recede import preflight
+from recede.runs import preflight
 from recede.config import float_range, int_range, key_values, positive_float
 
 FORMAT_VERSION = 1
@@ -154,14 +154,14 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
              reuse: bool = True) -> tuple[Path, bool]:
     """Write the checkpoint of ``values`` (:func:`settings`) in ``folder`` unless it is cached
     (and ``reuse``); return its path and whether it was reused.  The data and model are checked first
-    (:mod:`recede.preflight`); nothing is written before they are, and the files appear whole
+    (:mod:`recede.runs.preflight`); nothing is written before they are, and the files appear whole
     (written aside, then renamed)."""
     from safetensors.torch import save_file
 
     from recede import models
     from recede.methods import build_method
-    from recede.reports import machine
-    from recede.train import evaluate, make_optimizer, train
+    from recede.runs.reports import machine
+    from recede.runs.train import evaluate, make_optimizer, train
 
     task = preflight.load_data(values["data"], values["data_options"])
     device = torch.device("cpu")

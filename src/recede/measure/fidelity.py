@@ -7,7 +7,7 @@ g_T by the angle between them, over all block parameters ``u_0 … u_{T-1}``:
 
 computed per batch and averaged over batches (Algorithm 1 lines 7–12).  Lines 1–3 measure the
 memory M(h) of each horizon; here it is the peak of bytes saved for backward
-(:func:`recede.memory.measure`, SPEC §3), taken on the first batch during the same backward
+(:func:`recede.measure.memory.measure`, SPEC §3), taken on the first batch during the same backward
 that produces g_h, so it costs nothing extra.
 
 Each g_h comes from :class:`recede.MPC` (one forward per horizon and batch, O(h) activations);
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.engine import MPC, check_horizon
-from recede.memory import measure
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC, check_horizon
+from recede.measure.memory import measure
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recede.train import EpochRecord
+from recede.runs.train import EpochRecord
 
 
 @contextmanager

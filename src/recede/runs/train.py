@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recede.blocks import BlockNet, samples_in, to_device
-from recede.engine import NonFiniteLossError
+from recede.core.blocks import BlockNet, samples_in, to_device
+from recede.core.engine import NonFiniteLossError
 
 
 class LossIncreaseDecay:
@@ -161,9 +161,9 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
     resumed from a saved state skips the batches of the current epoch already done: the shuffle
     of epoch e depends only on (seed, e), so it continues exactly where it stopped.
     ``rank``/``world_size``: train on this rank's shard of each epoch (see :func:`batches`),
-    with ``method`` wrapped in :class:`recede.distributed.DataParallel`.  ``metrics`` derives
+    with ``method`` wrapped in :class:`recede.parallel.data_parallel.DataParallel`.  ``metrics`` derives
     further test metrics from the test loss (:func:`evaluate`).
-    A non-finite loss raises :class:`~recede.engine.NonFiniteLossError` naming the step, before
+    A non-finite loss raises :class:`~recede.core.engine.NonFiniteLossError` naming the step, before
     the optimizer touches the parameters.  Returns the records of every epoch of the run.
     """
     if epochs < 1:

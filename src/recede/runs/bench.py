@@ -3,10 +3,10 @@
 For each method, on one batch of the chosen data: the step time as the user pays it — the
 median of ``backward`` (one forward + the method's gradient) over rounds that time every
 method in turn, plus for a BP-modified method its refresh amortised over the K steps of its
-period (:mod:`recede.usage`) — its ratio to BP, the ratio the layer-aware cost model predicts
-(:mod:`recede.cost`, calibrated in the same rounds on this model), the real peak memory of a
+period (:mod:`recede.measure.usage`) — its ratio to BP, the ratio the layer-aware cost model predicts
+(:mod:`recede.measure.cost`, calibrated in the same rounds on this model), the real peak memory of a
 step (parameters, buffers and optimizer state plus the peak bytes the step allocates,
-:func:`recede.memory.allocation_peak`) and its ratio to BP's, and beside it the breakdown: the
+:func:`recede.measure.memory.allocation_peak`) and its ratio to BP's, and beside it the breakdown: the
 peak bytes saved for backward over step and refresh, the gradients and the optimizer state
 (CUDA peak on a GPU).  The numbers are ratios
 measured in one run on one machine, not targets.
@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recede import preflight
+from recede.runs import preflight
 from recede.config import int_range
-from recede.cost import predicted_ratio
+from recede.measure.cost import predicted_ratio
 from recede.methods import parse_method
-from recede.reports import machine, markdown_table, print_table, write_json
-from recede.run import Workload, add_workload_options
-from recede.train import make_optimizer
-from recede.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
+from recede.runs.reports import machine, markdown_table, print_table, write_json
+from recede.runs.run import Workload, add_workload_options
+from recede.runs.train import make_optimizer
+from recede.measure.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
 
 COLUMNS = ["method", "ms/step", "step ms", "refresh ms", "time ratio", "model ratio",
            "memory ratio", "real MiB", "saved MiB", "grads MiB", "optimizer MiB"]
@@ -76,7 +76,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "
         "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
-        "(recede.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
+        "(recede.measure.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
         "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
         "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
         "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "

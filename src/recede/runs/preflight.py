@@ -21,7 +21,7 @@ The ``--out`` rules (docs/cli.md):
   (``train``: continue that run) or ``--overwrite`` (replace it) says so;
 * ``--resume`` needs a checkpoint of at least one of the methods, ``--resume auto`` resumes if
   one exists and starts afresh otherwise; both refuse a checkpoint or a ``config.yaml``
-  written with other options (:data:`recede.run.IDENTITY`).
+  written with other options (:data:`recede.runs.run.IDENTITY`).
 
 Under ``--nproc N`` only rank 0 checks and writes the folder (:func:`writes_files`).
 """
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from recede import data, models
-from recede.blocks import BlockNet
+from recede.core.blocks import BlockNet
 from recede.config import load_yaml, save_resolved, shown, subcommands
 from recede.methods import MethodSpec, parse_method
 
@@ -170,7 +170,7 @@ def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path,
     is given; return the checkpoints found.  Plain ``--resume`` needs one."""
     if not mode or not writes_files():
         return []
-    from recede import checkpoint
+    from recede.runs import checkpoint
 
     config = folder / "config.yaml"
     if config.is_file():
@@ -267,11 +267,11 @@ def build_model(name: str, task: data.Task, options: dict[str, Any], device: tor
 
 def probe(net: BlockNet, task: data.Task, device: torch.device, what: str = "the model") -> None:
     """Check that ``net`` accepts ``task``: two training samples through every block, head and
-    the loss by :meth:`BlockNet.check <recede.blocks.BlockNet.check>`, which has no side
+    the loss by :meth:`BlockNet.check <recede.core.blocks.BlockNet.check>`, which has no side
     effects (eval mode, no gradients; buffers, RNG state and modes as before).  A loss that
     warns about mismatched sizes (PyTorch's losses broadcast with a warning) does not fit
     either.  The batch is drawn inside a forked RNG too (a DataLoader draws a seed)."""
-    from recede.train import batches
+    from recede.runs.train import batches
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             warnings.catch_warnings(record=True) as caught:

@@ -18,10 +18,10 @@ through blocks k−1 … k−h+1 (one D each) and takes block k−h's weights (W
 also takes block k−h+1's, which then needs its input-VJP too: B); the final sweep from x_T takes
 B for blocks T−h+1 … T−1 and W for block T−h, whose input gradient nobody needs.  So BP is
 Σ F_t + W_0 + Σ_{t≥1} B_t + H_T, and a method's predicted ratio is its sum over BP's.
-Checkpointed BP (:mod:`recede.recompute`) adds a second forward of every segment but the last.
+Checkpointed BP (:mod:`recede.core.recompute`) adds a second forward of every segment but the last.
 
 The passes are measured on the model itself, so the model needs no layer count; ``meter`` can
-be wall time (:func:`recede.usage.interleaved_medians`) or any other additive measure (the
+be wall time (:func:`recede.measure.usage.interleaved_medians`) or any other additive measure (the
 tests use FLOPs, for which the prediction is exact).
 """
 
@@ -34,9 +34,9 @@ from functools import partial
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
-from recede.recompute import CheckpointedBP
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
+from recede.core.recompute import CheckpointedBP
 
 Runs = Mapping[str, Callable[[], object]]
 Meter = Callable[[Runs], Mapping[str, float]]
@@ -134,7 +134,7 @@ def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False, recomput
 
 
 def checkpointed_cost(costs: BlockCosts, segments: int) -> float:
-    """Predicted cost of a :class:`recede.recompute.CheckpointedBP` step with ``segments``
+    """Predicted cost of a :class:`recede.core.recompute.CheckpointedBP` step with ``segments``
     segments: every forward once, every segment but the last once more, B for every block but
     block 0, which differentiates only its weights (the input is data), and the final head."""
     last = torch.arange(costs.T).tensor_split(segments)[-1].tolist()
@@ -197,7 +197,7 @@ def calibrate(net: BlockNet, x: torch.Tensor, y: torch.Tensor, meter: Meter,
               alongside: Runs | None = None) -> tuple[BlockCosts, dict[str, float]]:
     """Measure every pass of :func:`probes` on ``(x, y)`` with ``meter``; return the block costs
     and the meter's values of the ``alongside`` runs, measured in the same call (with
-    :func:`recede.usage.interleaved_medians`, in the same rounds, so machine load hits the
+    :func:`recede.measure.usage.interleaved_medians`, in the same rounds, so machine load hits the
     model and the methods it predicts alike).  The passes run on a copy of ``net``, so neither
     its buffers (BatchNorm statistics) change nor do the runs' changes to them reach the graphs
     the passes keep."""

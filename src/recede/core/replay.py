@@ -15,7 +15,7 @@ must leave no trace of having run twice.  Two things would differ (as in
   training mode BatchNorm normalises by the batch's own statistics, so the running statistics
   do not change what the recomputation computes.)
 
-This module is part of the core (:mod:`recede.engine` uses it) and imports nothing of recede.
+This module is part of the core (:mod:`recede.core.engine` uses it) and imports nothing of recede.
 """
 
 from __future__ import annotations

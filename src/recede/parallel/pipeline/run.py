@@ -1,14 +1,14 @@
 """``recede train --pipeline N``: train each method as an N-stage receding-horizon pipeline.
 
 The command checks its input, then starts itself again as N processes with
-:func:`recede.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the
+:func:`recede.parallel.launch.launch` (gloo, loopback, as ``--nproc`` does).  Every rank builds the
 same model and iterates the same batches; rank r trains its stage with an optimizer over its
 own parameters, checkpoints it to ``OUT/checkpoints/<method>.stage<r>.pt`` (every
 ``--checkpoint-every`` steps and at the end) and resumes from it with ``--resume``.  After each
 epoch the stages' parameters are gathered so that rank 0 can evaluate the whole model; rank 0
 writes the table, ``metrics.json``, ``loss.png`` and ``report.md``.  A rank that dies or hangs
 ends the others with one line naming the failed transfer
-(:class:`~recede.distributed.RankFailure`) and exit status 1.
+(:class:`~recede.parallel.data_parallel.RankFailure`) and exit status 1.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from recede import checkpoint, distributed, preflight
 from recede.config import int_range
-from recede.distributed import RankFailure
-from recede.launch import launch
-from recede.memory import measure
+from recede.measure.memory import measure
 from recede.methods import MethodSpec, default_offset_samples
-from recede.pipeline.stage import Pipeline
-from recede.plots import loss_curves
-from recede.reports import machine, markdown_table, print_table, write_json
-from recede.run import Workload, identity, slug
-from recede.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
+from recede.parallel import data_parallel as distributed
+from recede.parallel.data_parallel import RankFailure
+from recede.parallel.launch import launch
+from recede.parallel.pipeline.stage import Pipeline
+from recede.runs import checkpoint, preflight
+from recede.runs.plots import loss_curves
+from recede.runs.reports import machine, markdown_table, print_table, write_json
+from recede.runs.run import Workload, identity, slug
+from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    """``recede train --pipeline N``: check the input and launch (:func:`recede.launch.launch`),
+    """``recede train --pipeline N``: check the input and launch (:func:`recede.parallel.launch.launch`),
     or (under torchrun) train this rank's stage."""
     specs = preflight.methods(args.method or ["bp"])
     for spec in specs:
@@ -231,8 +232,8 @@ def _report(results: list[dict], workload: Workload, args: argparse.Namespace, o
         f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
         "ms/step is the mean wall time of a training step over the run; real MiB per stage is the "
         "peak bytes each rank allocated in one step above its start (activations, gradients, "
-        "received tensors; recede.memory.allocation_peak); saved MiB per stage is each rank's "
-        "peak of tensors saved for backward in one step (recede.memory); idle is "
+        "received tensors; recede.measure.memory.allocation_peak); saved MiB per stage is each rank's "
+        "peak of tensors saved for backward in one step (recede.measure.memory); idle is "
         "the share of that step each rank spent waiting for its neighbours.\n\n"
         "![loss curves](loss.png)\n")
     print(f"results written to {out}/")

@@ -19,8 +19,8 @@ the head at depth 1, which eq. 21 never evaluates (L(x_1) is in no block's loss)
 
 from __future__ import annotations
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
 
 
 class LoCoEq21(MPC):

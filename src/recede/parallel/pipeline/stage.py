@@ -1,8 +1,8 @@
 """One rank's stage of a receding-horizon pipeline: :class:`Pipeline`.
 
-Every rank builds the same :class:`~recede.blocks.BlockNet` (same seed) and wraps it; rank r
+Every rank builds the same :class:`~recede.core.blocks.BlockNet` (same seed) and wraps it; rank r
 keeps blocks [a_r, b_r) and the heads of depths (a_r, b_r] on its device and runs the
-schedule of :mod:`recede.pipeline.plan`: a step of M micro-batches streams activations
+schedule of :mod:`recede.parallel.pipeline.plan`: a step of M micro-batches streams activations
 forward and, where the horizon spans a stage boundary, stacked cotangents back, with
 ``torch.distributed`` point-to-point operations (gloo on CPUs, NCCL on GPUs).  Each rank
 fills ``.grad`` of its own blocks and heads only, so it steps an optimizer over
@@ -12,13 +12,13 @@ Exactness (SPEC §8): every loss is a batch mean, so the loss of micro-batch m e
 weight n_m / B and the sum over micro-batches of each chain's gradient is the whole batch's
 g_h(u_t) = ∇_{u_t} L(x_{min(t+h, T)}) (Paper A eq. 9).  The gradients are written into
 ``.grad`` only after an all-reduce of the losses has shown them finite on every rank
-(otherwise every rank raises :class:`~recede.engine.NonFiniteLossError`, nothing written).
+(otherwise every rank raises :class:`~recede.core.engine.NonFiniteLossError`, nothing written).
 A parameter used on several ranks (a head shared by every depth, an embedding tied to the
 final head) gets the sum of its uses' gradients, all-reduced among all ranks, SPEC §1.
 
 A peer that dies or hangs makes a receive, the step's closing all-reduce or a send fail
 within the process group's timeout; that is raised as
-:class:`~recede.distributed.RankFailure` naming the operation and the peer.
+:class:`~recede.parallel.data_parallel.RankFailure` naming the operation and the peer.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recede.blocks import BlockNet
-from recede.bp_modified import BPModified
-from recede.distributed import RankFailure
-from recede.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
-from recede.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
+from recede.bpm.estimator import BPModified
+from recede.core.blocks import BlockNet
+from recede.core.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
+from recede.parallel.data_parallel import RankFailure
+from recede.parallel.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HEADER = 10  # dtype code, ndim, up to 8 sizes
@@ -94,7 +94,7 @@ def _unique(params: Iterator[nn.Parameter]) -> list[nn.Parameter]:
 class Pipeline:
     """Receding-horizon gradients of a :class:`BlockNet` split across the ranks of a group.
 
-    >>> ctx = recede.distributed.init_from_env()                     # under torchrun
+    >>> ctx = recede.parallel.data_parallel.init_from_env()                     # under torchrun
     >>> pipe = Pipeline(build_net(seed=0), horizon=1, micro_batches=16, sample=x0)
     >>> opt = torch.optim.SGD(pipe.parameters(), lr=0.1)             # this stage's only
     >>> for x, y in loader:                                           # the same batches on every rank
@@ -204,7 +204,7 @@ class Pipeline:
         Its refreshes run each micro-batch of b' samples through this pipeline and through one
         of horizon T on the same split, so every rank gets g̃_h and g̃_T of its own blocks and
         forms their a, λ and Δ (they are per block, SPEC §5).  ``options`` are those of
-        :class:`~recede.bp_modified.BPModified` (``scaling``, ``data``, ``batch_size``, ``seed`` ...).
+        :class:`~recede.bpm.estimator.BPModified` (``scaling``, ``data``, ``batch_size``, ``seed`` ...).
         Every rank must call ``refresh`` with the same micro-batches (``data=`` draws them alike).
         """
         exact = Pipeline(self.net, self.T, self.micro_batches, sizes=self.sizes, device=self.device)
@@ -246,7 +246,7 @@ class Pipeline:
         Uses are always kept apart (``per_use`` is accepted for the engine's signature).  The
         returned object's ``total()`` sums the parameters shared between ranks over the ranks,
         a collective: call it once per step on every rank.  Raises
-        :class:`~recede.engine.NonFiniteLossError` on every rank when a loss is not finite.
+        :class:`~recede.core.engine.NonFiniteLossError` on every rank when a loss is not finite.
         """
         if scaler is not None and scaler.is_enabled():
             raise ValueError("the pipeline does not support a GradScaler yet; train it in float32 or bfloat16")
@@ -469,7 +469,7 @@ class Pipeline:
 
 @dataclass
 class _StageGradients(StepGradients):
-    """A stage's :class:`~recede.engine.StepGradients`; ``total()`` adds the other ranks' uses
+    """A stage's :class:`~recede.core.engine.StepGradients`; ``total()`` adds the other ranks' uses
     of shared parameters (a collective)."""
 
     stage: Pipeline | None = None

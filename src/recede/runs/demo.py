@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from recede.compare import add_compare_options, compare
-from recede.run import add_workload_options
+from recede.runs.compare import add_compare_options, compare
+from recede.runs.run import add_workload_options
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:

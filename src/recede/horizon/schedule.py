@@ -4,7 +4,7 @@ Paper A §5.1 and App. E.2 observe that cos θ_h of a fixed horizon falls as tra
 a small horizon is nearly exact early and poor late.  A horizon fixed before training (Paper A
 §4) cannot follow that; :class:`HorizonSchedule` re-measures cos θ_h and M(h) on a fixed probe
 set every ``every`` epochs and re-selects h under the same objective and cost
-(:func:`recede.selection.select_horizon`).  It is a training method like the others
+(:func:`recede.horizon.selection.select_horizon`).  It is a training method like the others
 (``backward(x, y) -> float``): between selections it delegates to an :class:`recede.MPC` at the
 current horizon.
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from recede.blocks import BlockNet
-from recede.engine import MPC
-from recede.selection import select_horizon
+from recede.core.blocks import BlockNet
+from recede.core.engine import MPC
+from recede.horizon.selection import select_horizon
 
 
 class HorizonSchedule:

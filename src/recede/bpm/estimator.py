@@ -17,7 +17,7 @@ the sum of the micro-batch means, their squared norms and cross products), from 
   ``tr C_{h,T} = 2 b' · (Σ m_h,i·m_T,i − n m̄_h·m̄_T) / (n − 1)`` for the two-sided
   ``C_{h,T} = Cov(g_h, g_T) + Cov(g_T, g_h)`` of Paper B eq. 7.
 
-The scalars a, λ come from :mod:`recede.bp_scalars`: ``scaling="robust"`` (the default: a = 1
+The scalars a, λ come from :mod:`recede.bpm.scalars`: ``scaling="robust"`` (the default: a = 1
 and a James–Stein λ weighted by how long the offset persists, measured on held-out samples,
 grown from a probe only while the applied offset still pays; never worse than the local method
 in the error of a period's mean update, for a given course of the bias: not a guarantee on
@@ -45,8 +45,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from recede.blocks import BlockNet, samples_in, to_device
-from recede.bp_scalars import (
+from recede.bpm.scalars import (
     SCALINGS,
     BlockMoments,
     bias_scalars,
@@ -56,9 +55,10 @@ from recede.bp_scalars import (
     robust_scalars,
     variance_term,
 )
-from recede.engine import MPC, write_grads
+from recede.core.blocks import BlockNet, samples_in, to_device
+from recede.core.engine import MPC, write_grads
 
-log = logging.getLogger("recede.bp_modified")
+log = logging.getLogger("recede.bpm.estimator")
 
 def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
@@ -104,7 +104,7 @@ class RefreshStats:
     on this refresh's independent samples (held out from it): ``cos_held_out`` is cos(ĝ_end, ḡ_T)
     for ĝ_end = a ḡ_h + λ Δ with the last a, λ, Δ (compare with ``cos_local``), and
     ``end_bound`` the lower confidence bound on the best multiplier of the last offset at the
-    end of its period (:func:`recede.bp_scalars.end_coefficient`).  Exact blocks show a = 1,
+    end of its period (:func:`recede.bpm.scalars.end_coefficient`).  Exact blocks show a = 1,
     λ = 0, zero bias, cos = 1.
     """
 
@@ -146,7 +146,7 @@ class BPModified:
         offset_samples: B', samples per refresh (a multiple of ``micro_batch``, ≥ 2 micro-batches).
         micro_batch: b', samples per micro-batch of the refresh.
         scaling: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias) or ``"fixed"``
-            (needs a, lam); :mod:`recede.bp_scalars`.
+            (needs a, lam); :mod:`recede.bpm.scalars`.
         a, lam: the fixed scalars for ``scaling="fixed"``.
         double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
         data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
@@ -369,7 +369,7 @@ class BPModified:
         Per block: ``e_dot``, ``e_sq`` — ĝ_end·ḡ_T and ‖ĝ_end‖² for ĝ_end = a ḡ_h + λ Δ, the
         estimator of the last period at its end (mean over this refresh's samples); ``end`` —
         the lower confidence bound on the best multiplier of Δ at the period's end, from the n
-        micro-batch projections (m_T − m_h)·Δ (:func:`recede.bp_scalars.end_coefficient`).
+        micro-batch projections (m_T − m_h)·Δ (:func:`recede.bpm.scalars.end_coefficient`).
         """
         a, lam = self.a[index].to(m.hh), self.lam[index].to(m.hh)
         dh, dt, dd = (_blockwise_dot(self.offset, v, self._sizes) for v in (mean_h, mean_t, self.offset))

@@ -1,6 +1,6 @@
 """The horizon engine: g_h for every block in one forward pass with O(h) saved activations.
 
-For a :class:`~recede.blocks.BlockNet` of T blocks, Paper A eq. 9 with Remark 3.2 (and Paper B
+For a :class:`~recede.core.blocks.BlockNet` of T blocks, Paper A eq. 9 with Remark 3.2 (and Paper B
 eq. 4) defines the horizon-h gradient of block t as
 
     g_h(u_t) = ∇_{u_t} L(x_{min(t+h, T)}),        h ∈ {1, …, T}.
@@ -28,7 +28,7 @@ costs O(h(T-h+1)) memory).
 window keeps only the inputs of its h blocks (the boundaries x_{k-h} … x_{k-1}; x_k is the
 output being produced), not their graphs: a block's graph is built by its forward, used by the
 sweep of the first target that needs it and freed, and each later sweep that passes through
-the block rebuilds it from the kept input (:mod:`recede.replay`: same random draws, BatchNorm
+the block rebuilds it from the kept input (:mod:`recede.core.replay`: same random draws, BatchNorm
 statistics updated once), uses it once and frees it before the next block down is rebuilt.  At
 any time the step holds h + 1 boundaries plus one block's graph (and a head's).  A block takes
 part in the sweeps of the targets k with k-h ≤ t < k, at most h of them, and its forward runs
@@ -39,7 +39,7 @@ but the last runs twice).  The gradients are exactly those of ``recompute=False`
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
 gradients of every depth it is evaluated at.  A parameter used in several places gets the sum
-over its uses (SPEC §1, :class:`~recede.blocks.Uses`): each block's and each head's autograd
+over its uses (SPEC §1, :class:`~recede.core.blocks.Uses`): each block's and each head's autograd
 call sees only its own use.
 
 ``double=True`` is LoCo's rule (Paper A App. B, eq. 20): block t receives
@@ -65,8 +65,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from recede.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
-from recede.replay import RngState, capture, replaying
+from recede.core.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
+from recede.core.replay import RngState, capture, replaying
 
 Grads = dict[nn.Parameter, torch.Tensor]
 

@@ -1,0 +1,1 @@
+"""BP-modified local loss (Paper B): the estimator and the rules for its scalars."""

@@ -1,0 +1,1 @@
+"""The receding-horizon core: blocks, the MPC engine, recomputation, LoCo groups."""

@@ -1,0 +1,1 @@
+"""Choosing the horizon: Algorithm 1 (selection) and horizon schedules."""

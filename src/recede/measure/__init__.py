@@ -1,0 +1,1 @@
+"""Measurements: memory, the time-cost model, memory/time as paid, gradient fidelity."""

@@ -1,0 +1,1 @@
+"""Parallel training: data parallel ranks, the launcher, the horizon pipeline."""
