@@ -138,13 +138,19 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
             history = train(net, method, train_set, optimizer, epochs=entry["epochs"], batch_size=entry["batch_size"],
                             test_set=task.test, seed=seed, lr_rule=LossIncreaseDecay(optimizer), classification=True,
                             device=device, progress=progress, description=f"{key} seed {seed} h={h}")
+            if chosen is not None:
+                J = evaluate(net, train_set, device=device, classification=True)["loss"]
+            buffers = [b.detach().clone() for b in net.buffers()]  # the measured step's forward moves BatchNorm's
             paid = measure_paid(method, net, x, y, optimizer, device)  # after training: the optimizer's state exists
+            with torch.no_grad():
+                for b, kept in zip(net.buffers(), buffers):
+                    b.copy_(kept)
             runs[h] = {"train_loss": [r.train_loss for r in history],
                        "test_accuracy": [100 * r.test["accuracy"] for r in history],
                        "saved_bytes": paid.saved_peak_bytes, "cuda_peak_bytes": paid.cuda_peak_bytes,
                        "real_bytes": paid.real_peak_bytes}
             if chosen is not None:
-                runs[h]["J"] = evaluate(net, train_set, device=device, classification=True)["loss"]
+                runs[h]["J"] = J
         per_seed[seed] = {"T": T, "runs": runs} | ({"selection": chosen} if chosen is not None else {})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     return {"entry": entry, "n_train": len(train_set), "n_test": len(task.test), "trainable": trainable,
