@@ -72,7 +72,8 @@ def check(label: str, entry: dict) -> None:
                                  ("a pretrain section", entry.get("pretrain")), ("init", entry.get("init")))
               if given]
     if len(starts) > 1:
-        raise ValueError(f"{label}: give one of a weights file, a pretrain section and init, not {' and '.join(starts)}")
+        raise ValueError(f"{label}: give either a weights file or a pretrain section or init, "
+                         f"not {' and '.join(starts)}")
     if entry.get("init_skip") and not entry.get("init"):
         raise ValueError(f"{label}: init_skip needs init")
     bad = [e for e in entry["snapshot_epochs"] if not 1 <= e <= entry["epochs"]]
