@@ -48,6 +48,7 @@ def test_init_loads_the_file_into_every_sweep_start_and_skip_keeps_heads_fresh(t
             assert torch.equal(nets[0].state_dict()[key], value) and torch.equal(nets[1].state_dict()[key], value), key
 
 
+@pytest.mark.slow  # ~5 s alone, 17 s on the shared CPU: the profiler's first start and 2 × T runs
 def test_reproduce_with_init_runs_the_sweeps_and_algorithm_1_from_the_checkpoint(tmp_path):
     _source(tmp_path / "src.safetensors")
     config = copy.deepcopy(CONFIG)
