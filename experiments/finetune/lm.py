@@ -11,7 +11,7 @@ bits per byte, saved (activations kept for backward) and real (the step's whole 
 and time per step as paid (``--clock cpu``: this process's CPU seconds, steady on a shared
 CPU), each mean ± sd over the seeds; the full reports are under ``--out``.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/lm.py            # ~10 min, 2 shared cores
+    PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/lm.py            # ~1 h on 2 shared cores
     PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/lm.py --smoke    # seconds
 """
 

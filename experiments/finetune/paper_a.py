@@ -7,7 +7,7 @@ are fine-tuned on digits 5-9 with every horizon h = 1..T, 3 seeds: test accuracy
 memory of a step per h (Fig. 3), training-loss snapshots (Fig. 4), and Algorithm 1's ĥ at the
 start against every fixed h.  The report, figures and results.json go to ``--out``.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/paper_a.py           # ~15 min, 2 shared cores
+    PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/paper_a.py           # ~10 min on 2 shared cores
     PYTHONPATH=src OMP_NUM_THREADS=1 python experiments/finetune/paper_a.py --smoke   # seconds
 
 ``--smoke``: one seed, one epoch on 20 images, each model started from a fresh model of the
