@@ -102,6 +102,36 @@ def test_init_loads_into_every_registry_model(tmp_path, name):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize("name", ["vit-b16", "llama"])
+def test_init_loads_a_plain_checkpoint_into_a_model_with_adapters(tmp_path, name):
+    """A model built with ``adapter=lora`` takes its base model's file: ``X.weight`` goes to
+    ``X.base_layer.weight``, the LoRA tensors keep their (seeded) initialisation; a base weight
+    of the wrong shape is still one line."""
+    options, _, _ = TINY[name]
+    torch.manual_seed(0)
+    source = models.build(name, **options())
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(source), str(path))
+    torch.manual_seed(1)
+    adapted = models.build(name, **options(), adapter="lora", adapter_rank=1, adapter_alpha=4.0)
+    lora = {k: v.clone() for k, v in adapted.state_dict().items() if ".lora_" in k}
+    assert lora
+    pretrain.load_init(adapted, str(path))
+    loaded = adapted.state_dict()
+    wrapped = [k for k in loaded if ".base_layer." in k]
+    assert wrapped
+    for key, value in source.state_dict().items():
+        mine = key if key in loaded else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        torch.testing.assert_close(loaded[mine], value, rtol=0, atol=0, msg=key)
+    for key, value in lora.items():
+        assert torch.equal(loaded[key], value), key
+    bad = {k: (v[:-1] if k == next(iter(source.state_dict())) else v) for k, v in pretrain.tensors_to_save(source).items()}
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"^--init: weights in .* do not fit") as err:
+        pretrain.load_init(adapted, str(tmp_path / "bad.safetensors"))
+    assert "\n" not in str(err.value)
+
+
 def test_a_user_state_dict_starts_every_run_of_the_workload_and_skip_keeps_heads_fresh(tmp_path, capsys):
     args = build_parser().parse_args(["train", *TARGET])
     torch.manual_seed(5)

@@ -189,7 +189,7 @@ def test_paper_a_sweep_from_a_weights_file_by_preset_path(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["reproduce", "paper-a", "--preset", "nope"], "paper-a has no preset 'nope'; available: cpu, full"),
+    (["reproduce", "paper-a", "--preset", "nope"], "paper-a has no preset 'nope'; available: cpu, finetune-cpu, full"),
     (["reproduce", "paper-a", "--full", "--preset", "cpu"], "give --full or --preset"),
     (["reproduce", "paper-b", "--only", "rate"], "--only picks sections of paper-a"),
     (["reproduce", "paper-a", "--only", "fig9"], "--only takes models, sweeps, rate"),

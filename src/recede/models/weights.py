@@ -57,13 +57,16 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
     whether the file has them or not (new heads keep their fresh initialisation), and the
     file's keys that match are ignored; each pattern
     must match at least one key of the model.
+    A model with peft adapters (``adapter=lora``/``lokr``) takes the weights of its base model:
+    the file's ``X.weight`` loads into the wrapped ``X.base_layer.weight``, and the adapter's own
+    tensors (``lora_*``, ``lokr_*``) keep their initialisation when the file has none of them.
 
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: keys are missing or unexpected, or shapes differ; the message lists them
             (the first of each kind first), on one line.
     """
-    state = read_state_dict(path)
+    state = _onto_adapters(read_state_dict(path), model.state_dict())
     own = model.state_dict()
     for pattern in skip:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in own):
@@ -86,6 +89,22 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
         raise ValueError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     return model
+
+
+ADAPTER_MARKS = (".lora_", ".lokr_")
+"""A key holding one of these is an adapter's own tensor (peft's names)."""
+
+
+def _onto_adapters(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` of a model without adapters, renamed onto ``own``'s adapted names (``X.w`` →
+    ``X.base_layer.w``), with ``own``'s adapter tensors added as they are; ``state`` unchanged
+    when ``own`` has no adapters or ``state`` already has adapter tensors (a file of an adapted model)."""
+    adapters = [k for k in own if any(m in k for m in ADAPTER_MARKS)]
+    if not adapters or any(any(m in k for m in ADAPTER_MARKS) for k in state):
+        return state
+    plain = {k.replace(".base_layer.", "."): k for k in own if ".base_layer." in k}
+    renamed = {plain.get(k, k): v for k, v in state.items()}
+    return renamed | {k: own[k] for k in adapters}
 
 
 def skipped_by(key: str, skip: Sequence[str]) -> bool:

@@ -38,6 +38,12 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", action="append", default=None, metavar="[MODEL=]FILE",
                    help="a local pretrained state dict for the entries of MODEL (resnet50, vit-b16) or, "
                         "without MODEL, for every entry that starts from pretrained weights; repeatable")
+    p.add_argument("--init", action="append", default=None, metavar="[MODEL=]FILE",
+                   help="paper-a: start the sweeps' entries of MODEL (or, without MODEL, every entry) from "
+                        "this state dict, a `recede pretrain` checkpoint or your own (docs/finetune.md); repeatable")
+    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",
+                   help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep their "
+                        "fresh initialisation (repeatable)")
     p.add_argument("--only", default=None, metavar="SECTIONS",
                    help="paper-a: run only these sections of the configuration, comma-separated "
                         "(models: Figs. 2/5/E1/E2; sweeps: Figs. 3-4; rate: Theorem C.8)")
@@ -59,6 +65,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
         options["config"] = configs.read_config(args.paper, args.preset)
     if args.only is not None:
         options["only"] = [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.init is not None or args.init_skip is not None:
+        if args.paper != "paper-a":
+            raise ValueError(f"--init starts paper-a's studies; {args.paper} takes --weights for its pretrained models")
+        options["init"] = configs.parse_weights(args.init, "--init")
+        options["init_skip"] = args.init_skip
     report = module.run(preflight.out_folder(args), full=args.full, progress=not args.no_progress,
                         data_root=args.data_root, on_checked=lambda: preflight.start(args), **options)
     print(f"report written to {report}")

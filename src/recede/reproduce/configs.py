@@ -9,9 +9,13 @@ and its data (``model``, ``model_options``, ``data``, ``data_options``).  Before
   read from a folder, and ``--weights [MODEL=]FILE`` the ``weights`` option of every entry of
   that model; an entry whose ``model_options.weights`` is ``required`` (the paper starts from
   pretrained weights) and gets no file stops the run with one line saying what to give;
+* :func:`apply_init`: ``--init [MODEL=]FILE`` and ``--init-skip PATTERN`` become the ``init``
+  and ``init_skip`` keys of the entries that take them (a preset may give them too);
+  ``init: pretrained:NAME`` is the ``recede pretrain --preset NAME`` checkpoint, written to
+  (or reused from) ``results/pretrained`` (:func:`resolve_init`);
 * :func:`check_sources`: every data folder is read and every model built once (its weights
-  file loaded), so a missing folder or a weights file that does not fit stops the run with
-  one line before hours of training, not after.
+  file or ``init`` state dict loaded), so a missing folder or a weights file that does not fit
+  stops the run with one line before hours of training, not after.
 """
 
 from __future__ import annotations
@@ -58,16 +62,16 @@ def read_config(paper: str, preset: str) -> dict:
     return config
 
 
-def parse_weights(values: Sequence[str] | None) -> dict[str | None, str]:
-    """``--weights`` values: ``MODEL=FILE`` (MODEL a registered model) or a bare ``FILE`` (key None)."""
+def parse_weights(values: Sequence[str] | None, flag: str = "--weights") -> dict[str | None, str]:
+    """``--weights`` (or ``flag``) values: ``MODEL=FILE`` (MODEL a registered model) or a bare ``FILE`` (key None)."""
     out: dict[str | None, str] = {}
     for value in values or []:
         name, sep, file = value.partition("=")
         key, file = (name, file) if sep and name in models.available() else (None, value)
         if not file:
-            raise ValueError(f"--weights {value!r}: give FILE or MODEL=FILE")
+            raise ValueError(f"{flag} {value!r}: give FILE or MODEL=FILE")
         if key in out:
-            raise ValueError(f"--weights given twice for {key or 'every model'}")
+            raise ValueError(f"{flag} given twice for {key or 'every model'}")
         out[key] = file
     return out
 
@@ -120,6 +124,55 @@ def apply_sources(entries: Mapping[str, dict], data_root: str | None,
                              f"{entry['model']}=FILE (a local timm state dict; nothing is downloaded)")
 
 
+PRETRAINED = "pretrained:"  # init: pretrained:NAME, a recede pretrain --preset NAME checkpoint
+
+
+def apply_init(entries: Mapping[str, dict], init: Mapping[str | None, str],
+               skip: Sequence[str] | None, who: str) -> None:
+    """Put ``--init`` files (:func:`parse_weights`'s form: ``MODEL=FILE`` or a bare ``FILE``) and
+    ``--init-skip`` patterns into ``entries`` (in place, the entries that take an ``init``);
+    they replace the preset's ``init``/``init_skip``.
+
+    Raises:
+        ValueError: ``--init-skip`` without ``--init``; a file for a model no entry uses; a bare
+            file for entries of different models.
+    """
+    if skip and not init:
+        raise ValueError(f"{who}: --init-skip needs --init FILE")
+    for model, file in init.items():
+        takers = [e for e in entries.values() if model is None or e["model"] == model]
+        names = sorted({e["model"] for e in takers})
+        if model is None and len(names) > 1:
+            raise ValueError(f"{who}: --init {file}: the entries are {', '.join(names)}, which cannot "
+                             "share one state dict; give " + " ".join(f"--init {n}=FILE" for n in names))
+        if not takers:
+            raise ValueError(f"{who}: --init {model}={file}: no entry of this configuration is {model!r}"
+                             if model else f"{who}: --init {file}: no entry of this configuration takes --init")
+        for entry in takers:
+            entry["init"] = file
+            if skip is not None:
+                entry["init_skip"] = list(skip)
+
+
+def resolve_init(entries: Mapping[str, dict], who: str, folder: str | Path = "results/pretrained") -> None:
+    """Replace every ``init: pretrained:NAME`` by the path of ``recede pretrain --preset NAME``'s
+    checkpoint in ``folder``, training it (with BP, deterministically, a minute or less) unless
+    it is cached there (:func:`recede.runs.pretrain.pretrain`)."""
+    from recede.cli import build_parser
+    from recede.runs import pretrain
+
+    for label, entry in entries.items():
+        init = entry.get("init")
+        if not (isinstance(init, str) and init.startswith(PRETRAINED)):
+            continue
+        name = init[len(PRETRAINED):]
+        if name not in pretrain.PRESETS:
+            raise ValueError(f"{who}: {label}: init {init!r}: no pretrain preset {name!r} "
+                             f"(one of {', '.join(sorted(pretrain.PRESETS))})")
+        values = pretrain.settings(build_parser().parse_args(["pretrain", "--preset", name]))
+        entry["init"] = str(pretrain.pretrain(values, Path(folder))[0])
+
+
 def check_sources(entries: Mapping[str, dict], who: str) -> None:
     """Read every entry's data and build every model once, its weights file loaded
     (:func:`recede.runs.preflight.load_data`, :func:`recede.runs.preflight.build_model`).
@@ -135,7 +188,11 @@ def check_sources(entries: Mapping[str, dict], who: str) -> None:
         try:
             if key not in tasks:
                 tasks[key] = preflight.load_data(entry["data"], options)
-            preflight.build_model(entry["model"], tasks[key], entry.get("model_options") or {}, torch.device("cpu"))
+            net = preflight.build_model(entry["model"], tasks[key], entry.get("model_options") or {}, torch.device("cpu"))
+            if entry.get("init"):
+                from recede.runs.pretrain import load_init
+
+                load_init(net, entry["init"], entry.get("init_skip") or ())
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{who}: {label}: {err}") from None
         except ValueError as err:

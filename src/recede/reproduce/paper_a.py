@@ -69,27 +69,39 @@ def check_config(config: dict) -> None:
         missing += [f"models.{key}.{k}" for key, e in config["models"].items() for k in MODEL_KEYS if k not in e]
         if missing:
             raise ValueError(f"paper-a: missing setting(s) {missing}")
+    for label, entry in entries(config).items():
+        if not label.startswith("sweeps.") and ("init" in entry or "init_skip" in entry):
+            raise ValueError(f"paper-a: {label}: init is read by the sweeps section only")
     for label, entry in paper_a_sweeps.entries(config).items():
         paper_a_sweeps.check(label, entry)
+        if entry.get("select"):
+            missing = [k for k in ("probe_batches", "subset_size", "objectives") if k not in config]
+            if missing:
+                raise ValueError(f"paper-a: {label}: select needs the setting(s) {missing}")
     for label, workload in paper_a_rate.entries(config).items():
         paper_a_rate.check(label, workload, config["rate"].get("steps"))
 
 
 def run(out: Path, full: bool = False, progress: bool = True, config: dict | None = None,
         data_root: str | None = None, weights: dict[str | None, str] | None = None,
-        only: list[str] | None = None, on_checked: Callable[[], None] | None = None) -> Path:
+        only: list[str] | None = None, on_checked: Callable[[], None] | None = None,
+        init: dict[str | None, str] | None = None, init_skip: list[str] | None = None) -> Path:
     """Check the configuration and its data and weights, run its sections, return ``report.md``.
 
     ``data_root``: the folder the CIFAR/Tiny-ImageNet entries read; ``weights``: from
-    :func:`recede.reproduce.configs.parse_weights`; ``on_checked`` is called once everything is
-    checked, before anything is written.
+    :func:`recede.reproduce.configs.parse_weights`; ``init``/``init_skip``: ``--init`` (the same
+    form) and ``--init-skip``, for the sweeps' entries (:func:`recede.reproduce.configs.apply_init`);
+    ``on_checked`` is called once everything is checked, before anything is written.
     """
     config = config if config is not None else load_config(full)
     chosen = sections(config, only)
     check_config(config)
     picked = {label: e for label, e in entries(config).items() if label.split(".")[0] in chosen}
     configs.apply_sources(picked, data_root, weights or {}, "paper-a")
-    check_config(config)  # again: a --weights file must not meet a pretrain section
+    if init or init_skip:
+        configs.apply_init({k: e for k, e in picked.items() if k.startswith("sweeps.")}, init or {}, init_skip, "paper-a")
+    check_config(config)  # again: a --weights file must not meet a pretrain section, nor --init
+    configs.resolve_init(picked, "paper-a")
     configs.check_sources(picked, "paper-a")
     if on_checked is not None:
         on_checked()

@@ -13,14 +13,31 @@ saved for backward in one step (and the CUDA peak on a GPU).  The start is eithe
 ``pretrain`` section (CPU scale, where no pretrained weights exist), the model trained by BP on
 the first ``pretrain.samples`` training images, its final classifier then re-initialised (as a
 1000-class ImageNet classifier is replaced for CIFAR-100) and the adapter, if any, added; the
-horizons then train on the remaining images.
+horizons then train on the remaining images.  Or, with an ``init`` entry (a ``recede pretrain``
+checkpoint, ``--init`` of ``reproduce``), the start is the model built with the seed and that
+file loaded into it (:func:`recede.runs.pretrain.load_init`; ``init_skip`` globs keep their fresh
+initialisation, e.g. ``heads.*``): the fine-tuning regime of docs/finetune.md.  An adapter in
+``model_options`` (``adapter: lora``) takes the plain checkpoint into its wrapped layers.
+
+Memory: M(h) is measured after the horizon's training, on its first batch, as
+``recede compare`` pays it (:func:`recede.measure.usage.measure_paid`): the real peak of a step
+(parameters, buffers, gradients, optimizer state plus the peak bytes the step allocated) and,
+as its activation part, the peak of bytes saved for backward.
+
+``select: true`` adds Algorithm 1 (Paper A §4) at the start: cos θ_h and M(h) on
+``probe_batches`` batches, the subset H of ``subset_size`` horizons, and the choice ĥ for each
+objective × cost column of the config's ``objectives`` (:func:`recede.horizon.selection.solve`); each
+fixed h is then scored on the same objective by its loss-decrease rate r(h) = ln(J_h/J_0) /
+ln(J_T/J_0) (eq. 14, J the training loss over the training set), so ĥ is compared with every
+fixed h in hindsight.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +47,14 @@ from torch import nn
 from torch.utils.data import Subset
 
 from recede import data, models
-from recede.measure.memory import measure
+from recede.horizon.selection import COSTS, OBJECTIVES, default_horizons, default_M0, objective_value, solve
+from recede.measure.fidelity import gradient_cosine
+from recede.measure.usage import measure_paid
 from recede.methods import build_method
 from recede.models.peft_adapters import apply_adapter
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, mean_sd, mean_spread
-from recede.runs.train import LossIncreaseDecay, batches, make_optimizer, train
+from recede.runs.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
 
 ADAPTER_OPTIONS = ("adapter", "adapter_rank", "adapter_alpha")
 KEYS = ("model", "data", "optimizer", "batch_size", "epochs", "snapshot_epochs")
@@ -49,8 +68,14 @@ def check(label: str, entry: dict) -> None:
     horizons = entry.get("horizons", "all")
     if horizons != "all" and (not isinstance(horizons, list) or not all(isinstance(h, int) and h >= 1 for h in horizons)):
         raise ValueError(f"{label}: horizons must be 'all' or a list of integers >= 1, got {horizons!r}")
-    if entry.get("pretrain") and (entry.get("model_options") or {}).get("weights"):
-        raise ValueError(f"{label}: give either a weights file or a pretrain section, not both")
+    starts = [k for k, given in (("a weights file", (entry.get("model_options") or {}).get("weights")),
+                                 ("a pretrain section", entry.get("pretrain")), ("init", entry.get("init")))
+              if given]
+    if len(starts) > 1:
+        raise ValueError(f"{label}: give either a weights file or a pretrain section or init, "
+                         f"not {' and '.join(starts)}")
+    if entry.get("init_skip") and not entry.get("init"):
+        raise ValueError(f"{label}: init_skip needs init")
     bad = [e for e in entry["snapshot_epochs"] if not 1 <= e <= entry["epochs"]]
     if bad:
         raise ValueError(f"{label}: snapshot_epochs {bad} outside 1..{entry['epochs']}")
@@ -59,11 +84,32 @@ def check(label: str, entry: dict) -> None:
 def run(config: dict, progress: bool) -> dict:
     """Every seed × horizon of every entry of ``config["sweeps"]``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"device": device, "models": {key: run_entry(key, entry, config["seeds"], device, progress)
+    return {"device": device, "models": {key: run_entry(key, entry, config["seeds"], device, progress, config)
                                          for key, entry in config["sweeps"].items()}}
 
 
-def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bool) -> dict:
+COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
+
+
+def select(net: nn.Module, probe: list, config: dict) -> dict:
+    """Algorithm 1 at ``net``'s current weights: every horizon's cos θ_h and M(h) measured, the
+    subset H seen, ĥ per objective × cost column (named ``O1-C1`` ... as in Table D3)."""
+    T = net.T
+    fid = gradient_cosine(net, probe, list(range(1, T + 1)))
+    H = default_horizons(T, config["subset_size"])
+    goals, chosen = config["objectives"], {}
+    for objective, cost in COLUMNS:
+        choice = solve({h: fid.cos[h] for h in H}, {h: fid.memory[h] for h in H}, T, objective, goals["eps"],
+                       goals["lam"][cost], cost, goals["c"], default_M0(fid.memory, cost))
+        chosen[column_name(objective, cost)] = {"h": choice.h, "feasible": choice.feasible}
+    return {"cos": fid.cos, "memory": fid.memory, "H": H, "chosen": chosen}
+
+
+def column_name(objective: str, cost: str) -> str:
+    return {"constraint": "O1", "weighted": "O2"}[objective] + "-" + {"linear": "C1", "ladder": "C2"}[cost]
+
+
+def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bool, config: dict | None = None) -> dict:
     started = time.perf_counter()
     task = data.load(entry["data"], **entry.get("data_options", {}))
     pretrain = entry.get("pretrain")
@@ -77,22 +123,36 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
         horizons = list(range(1, T + 1)) if entry.get("horizons", "all") == "all" else sorted(set(entry["horizons"]) | {T})
         x, y = next(iter(batches(train_set, entry["batch_size"])))
         x, y = x.to(device), y.to(device)
+        chosen = None
+        if entry.get("select"):
+            probe = [(a.to(device), b.to(device)) for a, b in
+                     islice(batches(train_set, entry["batch_size"], True, seed + 1), config["probe_batches"])]
+            chosen = select(net, probe, config) | {"J0": evaluate(net, train_set, device=device, classification=True)["loss"]}
+            net.load_state_dict(init)
+            horizons = sorted(set(horizons) | {c["h"] for c in chosen["chosen"].values()})
         runs = {}
         for h in horizons:
             net.load_state_dict(init)
             method = build_method(net, f"mpc:{h}")
-            _, memory = measure(partial(method.backward, x, y), net, device)
-            net.zero_grad(set_to_none=True)
-            net.load_state_dict(init)
             opt = entry["optimizer"]
             optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
             history = train(net, method, train_set, optimizer, epochs=entry["epochs"], batch_size=entry["batch_size"],
                             test_set=task.test, seed=seed, lr_rule=LossIncreaseDecay(optimizer), classification=True,
                             device=device, progress=progress, description=f"{key} seed {seed} h={h}")
+            if chosen is not None:
+                J = evaluate(net, train_set, device=device, classification=True)["loss"]
+            buffers = [b.detach().clone() for b in net.buffers()]  # the measured step's forward moves BatchNorm's
+            paid = measure_paid(method, net, x, y, optimizer, device)  # after training: the optimizer's state exists
+            with torch.no_grad():
+                for b, kept in zip(net.buffers(), buffers):
+                    b.copy_(kept)
             runs[h] = {"train_loss": [r.train_loss for r in history],
                        "test_accuracy": [100 * r.test["accuracy"] for r in history],
-                       "saved_bytes": memory.saved_peak_bytes, "cuda_peak_bytes": memory.cuda_peak_bytes}
-        per_seed[seed] = {"T": T, "runs": runs}
+                       "saved_bytes": paid.saved_peak_bytes, "cuda_peak_bytes": paid.cuda_peak_bytes,
+                       "real_bytes": paid.real_peak_bytes}
+            if chosen is not None:
+                runs[h]["J"] = J
+        per_seed[seed] = {"T": T, "runs": runs} | ({"selection": chosen} if chosen is not None else {})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     return {"entry": entry, "n_train": len(train_set), "n_test": len(task.test), "trainable": trainable,
             "seeds": per_seed, "seconds": time.perf_counter() - started}
@@ -102,6 +162,12 @@ def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, 
     """The network every horizon of this seed starts from (see the module docstring)."""
     options = dict(entry.get("model_options") or {})
     pretrain = entry.get("pretrain")
+    if entry.get("init"):
+        from recede.runs.pretrain import load_init
+
+        net = models.build(entry["model"], task, **options)
+        load_init(net, entry["init"], entry.get("init_skip") or ())
+        return net.to(device)
     if not pretrain:
         return models.build(entry["model"], task, **options).to(device)
     adapter = {k: options.pop(k) for k in ADAPTER_OPTIONS if k in options}
@@ -135,9 +201,15 @@ def horizons_of(model: dict) -> list[int]:
 
 
 def memory_of(model: dict, h: int) -> float:
-    """M(h) in MiB: the CUDA peak where measured, else the saved-for-backward peak."""
-    run = _get(_runs(model)[0], h)
-    return (run["cuda_peak_bytes"] or run["saved_bytes"]) / 2**20
+    """M(h) in MiB: the real peak of a step where measured, else the CUDA peak, else the
+    saved-for-backward peak (results written before real peaks were measured)."""
+    return float(np.mean([(run.get("real_bytes") or run["cuda_peak_bytes"] or run["saved_bytes"]) / 2**20
+                          for run in (_get(r, h) for r in _runs(model))]))
+
+
+def saved_of(model: dict, h: int) -> float:
+    """The saved-for-backward peak of M(h)'s step in MiB."""
+    return _get(_runs(model)[0], h)["saved_bytes"] / 2**20
 
 
 def linear_r2(xs: list[float], ys: list[float]) -> float:
@@ -177,12 +249,16 @@ def plot(result: dict, out: Path) -> list[str]:
 def render(result: dict, config: dict) -> list[str]:
     """The Markdown of Figs. 3–4, mean ± sd over the seeds."""
     lines = [f"Device {result['device']}; seeds {', '.join(map(str, config['seeds']))}; every number is "
-             "mean ± sd over the seeds.  Memory: CUDA peak of one step where measured, else the peak of "
-             "bytes saved for backward (the same for every seed).", "", "### Settings", ""]
+             "mean ± sd over the seeds.  Memory: the real peak of one step (parameters, buffers, gradients, "
+             "optimizer state and the peak bytes the step allocated; mean over seeds) where measured, else the "
+             "CUDA peak, else the peak of bytes saved for backward; saved MiB is that last, the activations.",
+             "", "### Settings", ""]
     rows = []
     for key, model in result["models"].items():
         e = model["entry"]
         start_ = ("weights file" if (e.get("model_options") or {}).get("weights") else
+                  f"init {Path(str(e['init'])).name}" + (f" (fresh: {', '.join(e.get('init_skip') or [])})"
+                                                       if e.get("init_skip") else "") if e.get("init") else
                   f"BP on {e['pretrain']['samples']} images, {e['pretrain']['epochs']} epochs" if e.get("pretrain")
                   else "random")
         rows.append({"model": key, "net": e["model"], "options": _short(e.get("model_options")),
@@ -199,7 +275,7 @@ def render(result: dict, config: dict) -> list[str]:
         snaps = model["entry"]["snapshot_epochs"]
         rows = []
         for h in hs:
-            row = {"h": h, "memory MiB": memory_of(model, h),
+            row = {"h": h, "memory MiB": memory_of(model, h), "saved MiB": saved_of(model, h),
                    "test acc %": mean_spread([_get(r, h)["test_accuracy"][-1] for r in _runs(model)])}
             for epoch in snaps:
                 row[f"loss @ epoch {epoch}"] = mean_spread([_get(r, h)["train_loss"][epoch - 1] for r in _runs(model)])
@@ -227,7 +303,72 @@ def render(result: dict, config: dict) -> list[str]:
               "snapshot epoch: " + "; ".join(
                   f"{k} {mean_spread(first)} → {mean_spread(last)} ({_verdict(np.mean(last) > np.mean(first))})"
                   for k, *_, first, last in verdicts) + ".", ""]
+    chosen = {k: m for k, m in result["models"].items() if all("selection" in s for s in m["seeds"].values())}
+    if chosen:
+        lines += ["### Algorithm 1's horizon against every fixed h", "",
+                  "Algorithm 1 runs once per seed at the start (cos θ_h and M(h) on "
+                  f"{config['probe_batches']} batches, the subset H), picks ĥ per column; every fixed h is then "
+                  "scored on the same objective by its measured r(h) = ln(J_h/J_0)/ln(J_T/J_0) (J: training loss "
+                  "over the training set after the last epoch) and the M(h) Algorithm 1 measured. *best h*: the "
+                  "fixed h with the best objective in hindsight, per seed; *rank*: ĥ's place among the T fixed "
+                  "horizons (1 = best; ties share the better place); O1 infeasible (r < 1 − ε) counts as worst.", ""]
+        for key, model in chosen.items():
+            lines += [f"**{key}** (H = {next(iter(model['seeds'].values()))['selection']['H']}):", "",
+                      *selection_table(model, config), ""]
     return lines
+
+
+def scores(seed: dict, config: dict, objective: str, cost: str) -> dict[int, float]:
+    """Every fixed h's objective value in one seed (infeasible: +inf), by :func:`recede.horizon.selection.objective_value`."""
+    sel, runs = seed["selection"], seed["runs"]
+    memory = {int(h): m for h, m in sel["memory"].items()}
+    T = seed["T"]
+    J0, JT = sel["J0"], _get(runs, T)["J"]
+    goals = config["objectives"]
+    out = {}
+    for h in sorted(int(k) for k in runs):
+        r = math.log(_get(runs, h)["J"] / J0) / math.log(JT / J0) if JT != J0 else float("nan")
+        value = objective_value(r, memory[h], objective, goals["eps"], goals["lam"][cost], cost, goals["c"],
+                                default_M0(memory, cost))
+        out[h] = math.inf if value is None else value
+    return out
+
+
+def rates(seed: dict) -> dict[int, float]:
+    """r(h) of every fixed h in one seed (eq. 14)."""
+    J0, JT = seed["selection"]["J0"], _get(seed["runs"], seed["T"])["J"]
+    return {int(h): math.log(_get(seed["runs"], h)["J"] / J0) / math.log(JT / J0) for h in seed["runs"]}
+
+
+def selection_table(model: dict, config: dict) -> list[str]:
+    """Markdown: per Table D3 column, ĥ, the best fixed h in hindsight, ĥ's rank and the test
+    accuracies of both; then r(h) and the start's cos θ_h per h."""
+    seeds = list(model["seeds"].values())
+    rows = []
+    for objective, cost in COLUMNS:
+        name = column_name(objective, cost)
+        picked, best, rank, acc_picked, acc_best, feasible = [], [], [], [], [], []
+        for seed in seeds:
+            values = scores(seed, config, objective, cost)
+            h = seed["selection"]["chosen"][name]["h"]
+            top = min(values, key=lambda k: (values[k], k))
+            picked.append(h)
+            best.append(top)
+            rank.append(1 + sum(v < values[h] for v in values.values()))
+            acc_picked.append(_get(seed["runs"], h)["test_accuracy"][-1])
+            acc_best.append(_get(seed["runs"], top)["test_accuracy"][-1])
+            feasible.append(seed["selection"]["chosen"][name]["feasible"])
+        rows.append({"column": name, "ĥ per seed": ", ".join(map(str, picked)),
+                     "best fixed h per seed": ", ".join(map(str, best)),
+                     f"rank of ĥ (of {seeds[0]['T']})": mean_spread(rank, 2),
+                     "test acc % at ĥ": mean_spread(acc_picked), "test acc % at best h": mean_spread(acc_best),
+                     "predicted feasible": f"{sum(feasible)}/{len(feasible)}"})
+    lines = [markdown_table(rows, list(rows[0])), ""]
+    hs = sorted(int(h) for h in seeds[0]["runs"])
+    per_h = [{"h": h, "cos θ_h at start": mean_spread([float(s["selection"]["cos"][h] if h in s["selection"]["cos"]
+                                                               else s["selection"]["cos"][str(h)]) for s in seeds], 3),
+              "r(h)": mean_spread([rates(s)[h] for s in seeds], 3)} for h in hs]
+    return lines + [markdown_table(per_h, list(per_h[0]))]
 
 
 def _spearman(xs: list[float], ys: list[float]) -> float:
