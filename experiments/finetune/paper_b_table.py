@@ -29,6 +29,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,8 @@ def part_table(args, out: Path) -> None:
             accs = []
             for seed in range(args.seeds):
                 key = f"{column}/{label(method, scaling)}/seed{seed}"
-                r = store.get(key, lambda: run_one(column, method, scaling, seed, task=task, checkpoint=ckpt,
-                                                   lr=args.lr, epochs=args.epochs))
+                r = store.get(key, partial(run_one, column, method, scaling, seed, task=task, checkpoint=ckpt,
+                                           lr=args.lr, epochs=args.epochs))
                 accs.append(r["acc"])
             results[(method, scaling)] = accs
         bp = mean_sd(results[("bp", None)])[0]
@@ -248,8 +249,8 @@ def part_sweep(args, out: Path) -> None:
     store = Store(out / f"paper_b_sweep_{column}_lr{args.lr:g}.json", meta)
     task = target_task(args.train_size)
     ckpt = source_checkpoint(COLUMNS[column]["preset"], args.cache, args.smoke)
-    base = {m: [store.get(f"{m}/seed{s}", lambda: run_one(column, m, None, s, task=task, checkpoint=ckpt,
-                                                           lr=args.lr, epochs=args.epochs))["acc"]
+    base = {m: [store.get(f"{m}/seed{s}", partial(run_one, column, m, None, s, task=task, checkpoint=ckpt,
+                                                   lr=args.lr, epochs=args.epochs))["acc"]
                 for s in range(args.seeds)] for m in ("bp", "ff")}
     rows = [{"K (epochs)": "-", "B'": "-", "method": "BP", "test acc": pm(base["bp"])},
             {"K (epochs)": "-", "B'": "-", "method": "FF", "test acc": pm(base["ff"])}]
@@ -258,8 +259,8 @@ def part_sweep(args, out: Path) -> None:
         for k in periods:
             for b in samples:
                 accs = [store.get(f"{scaling}/K{k:g}/B{b}/seed{s}",
-                                  lambda: run_one(column, "ff", scaling, s, task=task, checkpoint=ckpt, lr=args.lr,
-                                                  epochs=args.epochs, period_epochs=k, offset_samples=b))["acc"]
+                                  partial(run_one, column, "ff", scaling, s, task=task, checkpoint=ckpt, lr=args.lr,
+                                          epochs=args.epochs, period_epochs=k, offset_samples=b))["acc"]
                         for s in range(args.seeds)]
                 grid[scaling][(k, b)] = mean_sd(accs)[0]
                 rows.append({"K (epochs)": f"{k:g}", "B'": b, "method": f"FF+BPM({scaling})", "test acc": pm(accs),
