@@ -151,22 +151,32 @@ def ablated_robust(kind: str):
         test = torch.full_like(m.hh, torch.inf) if end is None else end.clamp_min(0)
         if kind == "no-test":
             lam = torch.minimum(fresh, torch.minimum(cap, trust))
-        elif kind == "no-trust":
+        elif kind in ("no-trust", "point-no-trust"):
             lam = torch.minimum(torch.minimum(fresh, test), cap) if end is not None else torch.zeros_like(m.hh)
-        else:  # james-stein
+        elif kind == "james-stein":
             lam = fresh
+        else:
+            return ROBUST(m, B_prime, end, previous)
         return torch.ones_like(m.hh), lam
     return rule
 
 
+def point_estimate(cross, norm_sq, se, n, alpha=0.025):
+    """:func:`recede.bp_scalars.end_coefficient` at t = 0: c's point estimate, no confidence bound."""
+    return torch.where(norm_sq > 0, cross / norm_sq.clamp_min(1e-300), torch.full_like(cross, -torch.inf))
+
+
 @contextmanager
-def robust_rule(rule):
-    saved = bp_modified_module.robust_scalars
+def robust_rule(rule, point: bool = False):
+    """Run with ``rule`` as the robust scalars (and, with ``point``, c's point estimate as its bound)."""
+    saved = bp_modified_module.robust_scalars, bp_modified_module.end_coefficient
     bp_modified_module.robust_scalars = rule
+    if point:
+        bp_modified_module.end_coefficient = point_estimate
     try:
         yield
     finally:
-        bp_modified_module.robust_scalars = saved
+        bp_modified_module.robust_scalars, bp_modified_module.end_coefficient = saved
 
 
 # -- study ---------------------------------------------------------------------------------------
@@ -178,7 +188,8 @@ def arms(args, task, checkpoint: str) -> list[tuple[str, str, str | None, dict[s
     out += [("warmup", m, s, {"before": head_warmup(task.train, 1, args.lr, 0)}, None) for m, s in plain]
     out += [("reuse", m, s, {"init_hook": reuse_final_head(checkpoint)}, None) for m, s in plain]
     out += [("drift", "ff", s, {"method_factory": drift_factory(args.drift)}, None) for s in ("paper", "robust")]
-    out += [(f"ablate:{k}", "ff", "robust", {}, ablated_robust(k)) for k in ("no-test", "no-trust", "james-stein")]
+    out += [(f"ablate:{k}", "ff", "robust", {}, ablated_robust(k))
+            for k in ("no-test", "no-trust", "james-stein", "point", "point-no-trust")]
     if args.smoke:
         keep = {("base", "ff", None), ("base", "ff", "paper"), ("warmup", "ff", "paper"), ("reuse", "ff", "paper"),
                 ("drift", "ff", "paper"), ("ablate:no-test", "ff", "robust")}
@@ -233,14 +244,25 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"part": "rule", "column": args.column, "lr": args.lr, "epochs": args.epochs, "seeds": args.seeds,
             "train_size": args.train_size, "drift": args.drift}
     store = Store(out / f"paper_b_rule_{args.column}_lr{args.lr:g}.json", meta)
+    table = out / f"paper_b_table_lr{args.lr:g}.json"
+    if table.is_file():  # the base arm's runs are Table 1's, where its settings are these
+        import json
+
+        saved = json.loads(table.read_text())
+        if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == \
+                {"lr": args.lr, "epochs": args.epochs, "seeds": args.seeds, "train_size": args.train_size}:
+            for key, run in saved["runs"].items():
+                column, name, seed = key.split("/")
+                if column == args.column and name in ("BP", "FF", "FF+BPM(paper)", "FF+BPM(robust)"):
+                    store.runs.setdefault(f"base/{name}/{seed}", run)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for arm, method, scaling, kwargs, rule in arms(args, task, checkpoint):
         if args.arm and arm not in args.arm and arm.split(":")[0] not in args.arm:
             continue
         name = "BP" if method == "bp" else "FF" if scaling is None else f"FF+BPM({scaling})"
         for seed in range(args.seeds):
-            def make(seed=seed, method=method, scaling=scaling, kwargs=kwargs, rule=rule):
-                with robust_rule(rule or ROBUST):
+            def make(seed=seed, method=method, scaling=scaling, kwargs=kwargs, rule=rule, arm=arm):
+                with robust_rule(rule or ROBUST, point=arm.startswith("ablate:point")):
                     r = run_one(args.column, method, scaling, seed, task=task, checkpoint=checkpoint, lr=args.lr,
                                 epochs=args.epochs, **kwargs)
                 return r
