@@ -202,7 +202,8 @@ def part_table(args, out: Path) -> None:
     for column in columns:
         spec = COLUMNS[column]
         ckpt = source_checkpoint(spec["preset"], args.cache, args.smoke)
-        locals_ = spec["locals"][:1] if args.smoke else spec["locals"]
+        locals_ = spec["locals"][:1] if args.smoke else [m for m in spec["locals"]
+                                                         if not args.local or m.split(":")[0] in args.local]
         scalings = [None, "paper", "robust"]
         results: dict[tuple[str, str | None], list[float]] = {}
         for method, scaling in [("bp", None)] + [(m, s) for m in locals_ for s in scalings]:
@@ -252,7 +253,7 @@ def part_sweep(args, out: Path) -> None:
     """Appendix D.2: FF+BPM over K and B' on the full column (``--sweep-scaling``, default paper)."""
     column = (args.column or ["full"])[0]
     periods = [1.0] if args.smoke else [0.5, 1.0, 2.0]
-    samples = [16] if args.smoke else [16, 64, 160]
+    samples = [16] if args.smoke else [16, 64]
     meta = {"part": "sweep", "column": column, "lr": args.lr, "epochs": args.epochs, "seeds": args.seeds,
             "train_size": args.train_size}
     store = Store(out / f"paper_b_sweep_{column}_lr{args.lr:g}.json", meta)
@@ -348,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="one seed, one epoch, FF only, on 64 images: seconds")
     p.add_argument("--part", choices=["table", "sweep", "cost", "all"], default="all")
     p.add_argument("--column", action="append", choices=list(COLUMNS), help="repeatable; default all")
+    p.add_argument("--local", action="append", choices=["ff", "loco", "mpc"],
+                   help="Table 1's local methods to run (repeatable; default all three)")
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
