@@ -250,7 +250,8 @@ def part_table(args, out: Path) -> None:
 
 
 def part_sweep(args, out: Path) -> None:
-    """Appendix D.2: FF+BPM over K and B' on the full column (``--sweep-scaling``, default paper)."""
+    """Appendix D.2: FF+BPM over K and B' on the full column (``--sweep-scaling``): Paper B's
+    scalars on K ∈ {0.5, 1, 2} epochs × B' ∈ {16, 64}, the robust rule on K = 1 × B' ∈ {16, 64, 160}."""
     column = (args.column or ["full"])[0]
     periods = [1.0] if args.smoke else [0.5, 1.0, 2.0]
     samples = [16] if args.smoke else [16, 64]
@@ -263,9 +264,12 @@ def part_sweep(args, out: Path) -> None:
         if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == \
                 {k: meta[k] for k in ("lr", "epochs", "seeds", "train_size")}:
             for s in range(args.seeds):
-                for m, name in (("bp", "BP"), ("ff", "FF")):
-                    if f"{column}/{name}/seed{s}" in saved["runs"]:
-                        store.runs.setdefault(f"{m}/seed{s}", saved["runs"][f"{column}/{name}/seed{s}"])
+                for m, name in (("bp", "BP"), ("ff", "FF"), ("paper", "FF+BPM(paper)"), ("robust", "FF+BPM(robust)")):
+                    run = saved["runs"].get(f"{column}/{name}/seed{s}")
+                    if run is None:
+                        continue
+                    key = f"{m}/seed{s}" if m in ("bp", "ff") else f"{m}/K1/B{run['offset_samples']}/seed{s}"
+                    store.runs.setdefault(key, run)
     task = target_task(args.train_size)
     ckpt = source_checkpoint(COLUMNS[column]["preset"], args.cache, args.smoke)
     base = {m: [store.get(f"{m}/seed{s}", partial(run_one, column, m, None, s, task=task, checkpoint=ckpt,
@@ -273,18 +277,19 @@ def part_sweep(args, out: Path) -> None:
                 for s in range(args.seeds)] for m in ("bp", "ff")}
     rows = [{"K (epochs)": "-", "B'": "-", "method": "BP", "test acc": pm(base["bp"])},
             {"K (epochs)": "-", "B'": "-", "method": "FF", "test acc": pm(base["ff"])}]
-    scalings = args.sweep_scaling or ["paper"]
+    scalings = args.sweep_scaling or ["paper", "robust"]
     grid: dict[str, dict[tuple[float, int], float]] = {s: {} for s in scalings}
-    for scaling in scalings:
-        for k in periods:
-            for b in samples:
-                accs = [store.get(f"{scaling}/K{k:g}/B{b}/seed{s}",
-                                  partial(run_one, column, "ff", scaling, s, task=task, checkpoint=ckpt, lr=args.lr,
-                                          epochs=args.epochs, period_epochs=k, offset_samples=b))["acc"]
-                        for s in range(args.seeds)]
-                grid[scaling][(k, b)] = mean_sd(accs)[0]
-                rows.append({"K (epochs)": f"{k:g}", "B'": b, "method": f"FF+BPM({scaling})", "test acc": pm(accs),
-                             "gap recovered": f"{100 * gap_recovered(mean_sd(base['ff'])[0], mean_sd(accs)[0], mean_sd(base['bp'])[0]):.0f} %"})
+    for scaling in scalings:  # robust: only K = 1 epoch, over B' (its held-out test needs micro-batches)
+        configs = [(k, b) for k in periods for b in samples] if scaling == "paper" else \
+            [(1.0, b) for b in ([16] if args.smoke else [16, 64, 160])]
+        for k, b in configs:
+            accs = [store.get(f"{scaling}/K{k:g}/B{b}/seed{s}",
+                              partial(run_one, column, "ff", scaling, s, task=task, checkpoint=ckpt, lr=args.lr,
+                                      epochs=args.epochs, period_epochs=k, offset_samples=b))["acc"]
+                    for s in range(args.seeds)]
+            grid[scaling][(k, b)] = mean_sd(accs)[0]
+            rows.append({"K (epochs)": f"{k:g}", "B'": b, "method": f"FF+BPM({scaling})", "test acc": pm(accs),
+                         "gap recovered": f"{100 * gap_recovered(mean_sd(base['ff'])[0], mean_sd(accs)[0], mean_sd(base['bp'])[0]):.0f} %"})
     text = (f"Appendix D.2 sweep, {column} column, lr {args.lr:g}, {args.epochs} epochs, {args.seeds} seeds\n\n"
             + markdown_table(rows, ["method", "K (epochs)", "B'", "test acc", "gap recovered"]))
     (out / f"paper_b_sweep_{column}_lr{args.lr:g}.md").write_text(text + "\n")
@@ -292,12 +297,13 @@ def part_sweep(args, out: Path) -> None:
     with figure(out / f"paper_b_sweep_{column}_lr{args.lr:g}.png", 1, len(scalings), figsize=(5 * len(scalings), 4),
                 squeeze=False) as (fig, axes):
         for ax, scaling in zip(axes[0], scalings):
-            for b in samples:
-                ax.plot(periods, [grid[scaling][(k, b)] for k in periods], marker="o", label=f"B' = {b}")
+            for k in sorted({k for k, _ in grid[scaling]}):
+                bs = sorted(b for kk, b in grid[scaling] if kk == k)
+                ax.plot(bs, [grid[scaling][(k, b)] for b in bs], marker="o", label=f"K = {k:g} epoch")
             ax.axhline(mean_sd(base["bp"])[0], color="k", ls="--", label="BP")
             ax.axhline(mean_sd(base["ff"])[0], color="C7", ls=":", label="FF")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("K (epochs)")
+            ax.set_xlabel("B' (samples per refresh)")
             ax.set_ylabel("test accuracy")
             ax.set_title(f"FF+BPM({scaling})")
             ax.legend(fontsize=7)
@@ -355,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sweep-scaling", action="append", choices=["paper", "robust"],
-                   help="scalings of the K × B' sweep (repeatable; default paper, as in Paper B App. D.2)")
+                   help="scalings of the K × B' sweep (repeatable; default both)")
     p.add_argument("--train-size", type=int, default=None, help="first N target training images (default all 722)")
     p.add_argument("--cache", default="results/pretrained")
     p.add_argument("--out", default="results/finetune-paper-b")
