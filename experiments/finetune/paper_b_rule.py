@@ -221,6 +221,68 @@ def period_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+SCRATCH_CASES = [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)]
+"""docs/paper-b.md's from-scratch study (experiments/bpm_robustness/cpu.yaml): the four (task, lr) cases
+where Paper B's rule lost most or diverged and the rule without its held-out test lost
+(experiments/bpm_robustness/held_out_ablation.py)."""
+
+
+def from_scratch(args, out: Path) -> None:
+    """FF against robust-rule variants (``--scratch-variant``) on :data:`SCRATCH_CASES`, from random weights,
+    Paper B's regime, seeds 0-2, the study's weights and data order (its ``run_one``)."""
+    import json
+
+    from recede import data
+    from recede.reproduce import bpm_robustness as study
+
+    cfg = study.load_config()
+    cases = SCRATCH_CASES
+    if args.smoke:
+        spirals = cfg["tasks"]["spirals"] | {"data_options": {"n": 128, "n_test": 64}, "epochs": 1,
+                                             "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"}}
+        cfg = cfg | {"seeds": [0], "tasks": {"spirals": spirals}}
+        cases = [("spirals", 0.03)]
+    path = out / "paper_b_rule_from_scratch.json"
+    runs = json.loads(path.read_text()) if path.is_file() and not args.smoke else {}
+    rows = []
+    for task_name, lr in cases:
+        spec = cfg["tasks"][task_name]
+        task = data.load(spec["data"], **spec["data_options"])
+        row: dict[str, Any] = {"task": task_name, "lr": lr}
+        values: dict[str, list[float | None]] = {}
+        for variant in ["FF"] + args.scratch_variant:
+            for seed in cfg["seeds"]:
+                key = f"{task_name}/{lr:g}/{variant}/seed{seed}"
+                if key not in runs:
+                    with robust_rule(ablated_robust(variant) if variant != "FF" else ROBUST,
+                                     point=variant.startswith("point")):
+                        r = study.run_one(spec, task, "ff" if variant == "FF" else "bpm-ff", lr, seed, cfg["regime"],
+                                          None if variant == "FF" else "robust")
+                    runs[key] = {k: r[k] for k in ("metric", "curve", "diverged", "seconds")}
+                    path.write_text(json.dumps(runs, indent=1))
+                    print(f"{key}: {runs[key]['metric']} ({runs[key]['seconds']:.1f} s)", flush=True)
+                values.setdefault(variant, []).append(runs[key]["metric"])
+        sign = -1 if task_name == "m2" else 1  # m2: test MSE, lower is better
+        for variant, vals in values.items():
+            done = [v for v in vals if v is not None]
+            row[variant] = (f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}" if len(done) > 1 else
+                            f"{done[0]:.4g}" if done else "diverged") + (
+                f" ({len(vals) - len(done)} div)" if len(done) < len(vals) else "")
+            if variant != "FF":
+                diffs = [sign * (v - f) for v, f in zip(vals, values["FF"]) if v is not None and f is not None]
+                se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+                worse = len(diffs) < len(vals) or (diffs and statistics.mean(diffs) < -se)
+                row[f"{variant} − FF"] = (f"{statistics.mean(diffs):+.3g} ± {se:.2g}" if diffs else "n/a") + (
+                    " (worse)" if worse else " (not worse)")
+        rows.append(row)
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    text = ("From scratch (docs/paper-b.md's study, Paper B's regime), the robust rule's variants against FF; "
+            "'− FF' paired mean ± standard error, positive = better (m2: MSE, sign flipped)\n\n"
+            + markdown_table(rows, cols))
+    (out / "paper_b_rule_from_scratch.md").write_text(text + "\n")
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="one seed, one epoch, a few arms, 64 images: seconds")
@@ -231,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--drift", type=float, default=0.05, help="relative head movement that triggers a refresh")
     p.add_argument("--arm", action="append", help="run only these arms (base, warmup, reuse, drift, ablate:...)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="instead: the robust variants against FF on docs/paper-b.md's from-scratch study's hard cases")
+    p.add_argument("--scratch-variant", action="append", default=None,
+                   choices=["point", "point-no-trust", "no-test", "no-trust", "james-stein"])
     p.add_argument("--cache", default="results/pretrained")
     p.add_argument("--out", default="results/finetune-paper-b")
     args = p.parse_args(argv)
@@ -239,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.epochs, args.train_size = 1, 1, 64
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.scratch_variant = args.scratch_variant or ["point-no-trust"]
+    if args.from_scratch or args.smoke:
+        from_scratch(args, out)
+        if args.from_scratch:
+            return
     task = target_task(args.train_size)
     checkpoint = source_checkpoint(COLUMNS[args.column]["preset"], args.cache, args.smoke)
     meta = {"part": "rule", "column": args.column, "lr": args.lr, "epochs": args.epochs, "seeds": args.seeds,
