@@ -189,6 +189,13 @@ class Store:
         return self.runs[key]
 
 
+def paired(values: list[float], reference: list[float]) -> str:
+    """Mean ± standard error of the per-seed differences ``values − reference``."""
+    diffs = [v - r for v, r in zip(values, reference)]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.3f} ± {se:.3f}"
+
+
 def gap_recovered(plain: float, modified: float, bp: float) -> float:
     """Share of the local method's gap to BP that BP-modification closes (nan without a gap)."""
     return (modified - plain) / (bp - plain) if bp - plain > 1e-9 else float("nan")
@@ -227,6 +234,7 @@ def part_table(args, out: Path) -> None:
             if scaling is not None and (method, None) in results:
                 plain = mean_sd(results[(method, None)])[0]
                 row["gap recovered"] = f"{100 * gap_recovered(plain, mean_sd(accs)[0], bp):.0f} %"
+                row["− plain (paired)"] = paired(accs, results[(method, None)])
             if kind is None:
                 row["Paper B (%)"] = f"{paper['BP']:.2f}"
             elif scaling != "robust":
@@ -236,7 +244,7 @@ def part_table(args, out: Path) -> None:
             rows.append(row)
     text = (f"Paper B Table 1 at CPU scale, lr {args.lr:g}, {args.epochs} epochs, seeds 0-{args.seeds - 1}, "
             f"digits 5-9 from a digits 0-4 source; {PAPER_B_SOURCE} beside\n\n" + markdown_table(rows, ["column", "method", "test acc", "gap recovered",
-                                                                       "Paper B (%)"]))
+                                                                       "− plain (paired)", "Paper B (%)"]))
     (out / f"paper_b_table_lr{args.lr:g}.md").write_text(text + "\n")
     print(text)
     with figure(out / f"paper_b_table_lr{args.lr:g}.png", 1, len(columns), figsize=(5 * len(columns), 4)) as (fig, axes):
