@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import resmlp_independent
+from conftest import resmlp_independent, slow_horizon_gradient
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
@@ -214,6 +214,36 @@ def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     lam3 = method.lam[method.modified]
     assert bool((lam3 <= torch.maximum(2 * probe, 0.1 * step_cap(m3)) + 1e-12).all())
     assert float(lam3.max()) > float(probe.max())  # it grows while the applied offset pays
+
+
+def test_staleness_and_robust_bounds_are_reported_against_a_plain_reference(float64):
+    """end_point = (ḡ_T − ḡ_h)·Δ/‖Δ‖² on the new refresh's samples for the last offset Δ, with ḡ_h,
+    ḡ_T the means of per-micro-batch autograd gradients (slow_horizon_gradient); lam_fresh and
+    step_cap are the robust rule's λ_fresh = (1 − V/(B'‖d̂‖²))₊ and ‖ḡ_h‖/‖d̂‖ from the same means."""
+    torch.manual_seed(4)
+    net, data = small_net(), classification_data(128, seed=4)
+    batches = micro_batches(data, 8)
+    method = BPModified(net, 1, 10, 64, 8, scaling="paper", batch_size=16)
+    method.refresh(batches[:8])
+    offset = [d.clone() for d in method.offset.split(method._sizes)]
+    second = method.refresh(batches[8:])
+    assert second.end_point is not None and second.lam_fresh is not None and second.step_cap is not None
+    for i, t in enumerate(method.modified):
+        params = net.block_parameters(t)
+        per_batch = []
+        for x, y in batches[8:]:
+            g_h, g_t = (slow_horizon_gradient(net, x, y, h) for h in (1, net.T))
+            per_batch.append((torch.cat([g_h[p].reshape(-1) for p in params]),
+                              torch.cat([g_t[p].reshape(-1) for p in params])))
+        mean_h = sum(h for h, _ in per_batch) / len(per_batch)
+        mean_t = sum(g for _, g in per_batch) / len(per_batch)
+        d = mean_t - mean_h
+        assert second.end_point[t] == pytest.approx(float(d @ offset[i] / (offset[i] @ offset[i])), rel=1e-9)
+        diffs = torch.stack([g - h for h, g in per_batch])
+        V = 8 * float(((diffs - d) ** 2).sum()) / (len(per_batch) - 1)  # per-sample trace: b' × var of the means
+        assert second.lam_fresh[t] == pytest.approx(max(0.0, 1 - V / (64 * float(d @ d))), rel=1e-9, abs=1e-12)
+        assert second.step_cap[t] == pytest.approx(float(mean_h.norm() / d.norm()), rel=1e-9)
+    assert second.end_point[net.T - 1] == 1.0 and second.lam_fresh[net.T - 1] == 0.0  # the exact last block
 
 
 def test_default_scaling_does_not_lose_to_ff_where_paper_b_s_does():

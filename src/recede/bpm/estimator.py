@@ -51,8 +51,10 @@ from recede.bpm.scalars import (
     bias_scalars,
     bias_term,
     end_coefficient,
+    fresh_lambda,
     paper_scalars,
     robust_scalars,
+    step_cap,
     variance_term,
 )
 from recede.core.blocks import BlockNet, samples_in, to_device
@@ -104,8 +106,11 @@ class RefreshStats:
     on this refresh's independent samples (held out from it): ``cos_held_out`` is cos(ĝ_end, ḡ_T)
     for ĝ_end = a ḡ_h + λ Δ with the last a, λ, Δ (compare with ``cos_local``), and
     ``end_bound`` the lower confidence bound on the best multiplier of the last offset at the
-    end of its period (:func:`recede.bpm.scalars.end_coefficient`).  Exact blocks show a = 1,
-    λ = 0, zero bias, cos = 1.
+    end of its period (:func:`recede.bpm.scalars.end_coefficient`), ``end_point`` its point
+    estimate c = d̂_r·Δ/‖Δ‖² (1: the last offset was still whole at the period's end; 0: stale).
+    ``lam_fresh`` and ``step_cap`` are the robust rule's James–Stein factor and step cap
+    (:func:`recede.bpm.scalars.fresh_lambda`, :func:`recede.bpm.scalars.step_cap`) whatever the
+    scaling, to show which bound set λ.  Exact blocks show a = 1, λ = 0, zero bias, cos = 1.
     """
 
     step: int
@@ -122,6 +127,9 @@ class RefreshStats:
     cos_held_out: list[float] | None = None
     end_bound: list[float] | None = None
     cos_held_out_all: float | None = None
+    end_point: list[float] | None = None
+    lam_fresh: list[float] | None = None
+    step_cap: list[float] | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -376,7 +384,8 @@ class BPModified:
         n = float(stats["count"])
         spread = ((stats["proj_sq"] - stats["proj"] ** 2 / n) / (n - 1)).clamp_min(0)
         return {"e_dot": a * m.ht + lam * dt, "e_sq": (a * a * m.hh + 2 * a * lam * dh + lam * lam * dd).clamp_min(0),
-                "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n))}
+                "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n)),
+                "end_point": torch.where(dd > 0, (dt - dh) / dd.clamp_min(1e-300), torch.zeros_like(dd))}
 
     def _report(self, m: BlockMoments, a: torch.Tensor, lam: torch.Tensor, B: int, B_prime: int,
                 K: int, b_prime: int, check: dict[str, torch.Tensor] | None) -> RefreshStats:
@@ -385,11 +394,12 @@ class BPModified:
         dot = w * m.ht + lam * m.tt
         norm2 = (w * w * m.hh + 2 * w * lam * m.ht + lam * lam * m.tt).clamp_min(0)
         values = {"bias": (bias_term(a, lam, m), 0.0), "variance": (variance_term(a, lam, m, B, B_prime, K), 0.0),
-                  "cos": (_cos(dot, norm2, m.tt), 1.0), "cos_local": (_cos(m.ht, m.hh, m.tt), 1.0)}
+                  "cos": (_cos(dot, norm2, m.tt), 1.0), "cos_local": (_cos(m.ht, m.hh, m.tt), 1.0),
+                  "lam_fresh": (fresh_lambda(m, B_prime), 0.0), "step_cap": (step_cap(m), 0.0)}
         totals = {"cos_all": _cos(dot.sum(), norm2.sum(), m.tt.sum()), "cos_local_all": _cos(m.ht.sum(), m.hh.sum(), m.tt.sum())}
         if check is not None:
             values |= {"cos_held_out": (_cos(check["e_dot"], check["e_sq"], m.tt), 1.0),
-                       "end_bound": (check["end"].clamp_min(-1e300), 1.0)}
+                       "end_bound": (check["end"].clamp_min(-1e300), 1.0), "end_point": (check["end_point"], 1.0)}
             totals["cos_held_out_all"] = _cos(check["e_dot"].sum(), check["e_sq"].sum(), m.tt.sum())
         full: dict[str, list[float]] = {}
         for name, (tensor, default) in values.items():
