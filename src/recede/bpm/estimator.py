@@ -56,6 +56,7 @@ from recede.bpm.scalars import (
     variance_term,
 )
 from recede.core.blocks import BlockNet, samples_in, to_device
+from recede.core.chains import exact
 from recede.core.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bpm.estimator")
@@ -184,8 +185,7 @@ class BPModified:
         self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
         self.scaling, self.fixed = scaling, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
-        reach = horizon - 1 if double else horizon
-        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if t + reach < net.T]
+        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if not exact(t, net.T, horizon, double)]
         self.params = {t: net.block_parameters(t) for t in self.modified}
         self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
         trainable = [p for p in net.parameters() if p.requires_grad]

@@ -101,6 +101,16 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
 
 
+def even_groups(n: int, groups: int) -> list[range]:
+    """``n`` consecutive indices in ``groups`` groups as equal as ``torch.tensor_split`` makes
+    them (the first ``n % groups`` groups one longer); a group may be empty when n < groups."""
+    if groups < 1:
+        raise ValueError(f"cannot split {n} items into {groups} groups")
+    size, extra = divmod(n, groups)
+    bounds = [r * size + min(r, extra) for r in range(groups + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 @dataclass(frozen=True)
 class Uses:
     """The trainable parameters of one step, per use (SPEC §1).
@@ -310,10 +320,8 @@ class BlockNet(nn.Module):
         """
         if not 1 <= n_stages <= self.T:
             raise ValueError(f"n_stages must be in [1, {self.T}], got {n_stages}")
-        bounds = [len(part) for part in torch.arange(self.T).tensor_split(n_stages)]
-        stages, heads, end = [], [], 0
-        for size in bounds:
-            stages.append(nn.Sequential(*self.blocks[end:end + size]))
-            end += size
-            heads.append(self.head(end))
+        stages, heads = [], []
+        for group in even_groups(self.T, n_stages):
+            stages.append(nn.Sequential(*self.blocks[group.start:group.stop]))
+            heads.append(self.head(group.stop))
         return BlockNet(stages, heads[0] if self.shared_head else heads, self.loss_fn)

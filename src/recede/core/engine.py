@@ -66,6 +66,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from recede.core.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
+from recede.core.chains import Chain, chains
 from recede.core.replay import RngState, capture, replaying
 
 Grads = dict[nn.Parameter, torch.Tensor]
@@ -167,10 +168,13 @@ class MPC:
         """L(x_k) of the last step for each evaluated depth k (unscaled)."""
         return {k: float(v) for k, v in self._losses.items()}
 
+    def chains(self) -> list[Chain]:
+        """The chains of one step (:func:`recede.core.chains.chains`: the horizon rule)."""
+        return chains(self.net.T, self.horizon, self.double)
+
     def target_depths(self) -> list[int]:
         """The depths k whose loss L(x_k) some block learns from."""
-        first = self.horizon - 1 if self.double else self.horizon
-        return list(range(first, self.net.T + 1))
+        return [c.depth for c in self.chains()]
 
     def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Forward ``x`` once, accumulate g_h into ``.grad`` and return the final loss L(x_T).
@@ -235,8 +239,8 @@ class MPC:
 
     def _receding(self, x: Any, y: Any, uses: Uses, step: StepGradients) -> None:
         """h < T (or per-use h = T): a sliding window of h block graphs."""
-        net, T, h = self.net, self.net.T, self.horizon
-        targets = set(self.target_depths())
+        net, T = self.net, self.net.T
+        targets = {c.depth: c for c in self.chains()}
         window: dict[int, _Graph] = {}
         z: Any = x
         z_leaves: list[torch.Tensor] = []
@@ -251,12 +255,7 @@ class MPC:
                     window[t].outputs = []  # free the graph now (out holds it too); a sweep rebuilds it
                     del out
                 continue
-            if k == T:
-                lowest = max(T - h, 0)
-                weighted = released = set(range(lowest, T))
-            else:
-                weighted = {k - h} | ({k - h + 1} if self.double else set())
-                lowest, released = max(min(weighted), 0), {k - h}
+            lowest, weighted, released = targets[k].lowest, targets[k].weighted, targets[k].released
             head = uses.heads[k - 1]
             if _disjoint(head, uses.blocks[t]):  # head k and block k-1 in one autograd call
                 self._sweep(window, [self._loss(out, y, k, step)], None, head, k, lowest, weighted,
@@ -275,7 +274,7 @@ class MPC:
 
     def _sweep(self, window: dict[int, _Graph], outputs: list[torch.Tensor],
                cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
-               weighted: set[int], released: set[int], uses: Uses, step: StepGradients) -> None:
+               weighted: frozenset[int], released: frozenset[int], uses: Uses, step: StepGradients) -> None:
         """Carry ∂L(x_k) back from block k-1 down to block ``lowest``.
 
         ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with

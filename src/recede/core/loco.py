@@ -20,6 +20,7 @@ the head at depth 1, which eq. 21 never evaluates (L(x_1) is in no block's loss)
 from __future__ import annotations
 
 from recede.core.blocks import BlockNet
+from recede.core.chains import Chain
 from recede.core.engine import MPC
 
 
@@ -34,6 +35,8 @@ class LoCoEq21(MPC):
             raise ValueError(f"LoCo (eq. 21) needs at least 2 stages, got T = {net.T}")
         super().__init__(net, 2, double=True)
 
-    def target_depths(self) -> list[int]:
-        """Depths 2 … T: L(x_1) is no block's target under eq. 21."""
-        return list(range(2, self.net.T + 1))
+    def chains(self) -> list[Chain]:
+        """The double rule's chains of depths 2 … T: L(x_1) is no block's target under eq. 21
+        (dropping its chain leaves block 0 learning from L(x_2) alone; no block's graph was
+        last used by it, since block 0's is used by depth 2's too)."""
+        return [c for c in super().chains() if c.depth != 1]

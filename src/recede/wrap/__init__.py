@@ -37,10 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import torch
 from torch import nn
 
-from recede.core.blocks import BlockNet, LossFn
+from recede.core.blocks import BlockNet, LossFn, even_groups
 
 HEAD_CHOICES = ("auto", "independent", "shared", "stage")
 
@@ -166,7 +165,7 @@ def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
     if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(units):
         raise ValueError(f"blocks must be an integer in [1, {len(units)}] (the model has "
                          f"{len(units)} units), got {blocks!r}")
-    return [[units[int(i)] for i in part] for part in torch.arange(len(units)).tensor_split(blocks)]
+    return [units[group.start:group.stop] for group in even_groups(len(units), blocks)]
 
 
 def _chain(group: list[nn.Module]) -> nn.Module:
