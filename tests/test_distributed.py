@@ -288,17 +288,18 @@ def test_single_process_wrapper_is_the_method(monkeypatch):
     assert wrapped.sum_statistics(stats) is stats and torch.equal(stats["sum"], torch.ones(3))
 
 
-def test_reduce_statistics_hook_is_installed():
-    class WithStatistics:
+def test_share_refreshes_hook_is_called():
+    class WithRefreshes:
         def __init__(self, net):
-            self.net = net
+            self.net, self.workers = net, None
 
-        def reduce_statistics(self, stats):
-            return stats
+        def share_refreshes(self, workers):
+            self.workers = workers
 
-    method = WithStatistics(_net(seed=0))
+    method = WithRefreshes(_net(seed=0))
     wrapped = DataParallel(method)
-    assert method.reduce_statistics == wrapped.sum_statistics
+    assert method.workers is wrapped and wrapped.world_size == 1
+    assert list(wrapped.share(iter([1, 2, 3]))) == [1, 2, 3]
     with pytest.raises(ValueError, match="tensors"):
         wrapped.sum_statistics({"count": 3})
 

@@ -25,8 +25,8 @@ keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from
 ``micro_batch`` (b', default 8), ``scaling`` (``robust``/``paper``/``bias``/``fixed``,
 :mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
-Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
-final loss, so a training loop treats them all alike.
+Every method object is a :class:`recede.core.method.Method`: ``backward(x, y, *, scaler=None)
+-> float`` fills ``.grad`` and returns the final loss, so a training loop treats them all alike.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from recede.bpm.estimator import BPModified
 from recede.core.blocks import BlockNet
 from recede.core.engine import MPC
 from recede.core.loco import LoCoEq21
+from recede.core.method import Method
 from recede.core.recompute import CheckpointedBP
 
 
@@ -98,7 +99,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
                  batch_size: int | None = None, period: int | None = None,
                  offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "robust",
                  a: float | None = None, lam: float | None = None,
-                 seed: int = 0) -> MPC | LoCoEq21 | BPModified | CheckpointedBP:
+                 seed: int = 0) -> Method:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
 
     The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
