@@ -39,6 +39,7 @@ from torch import nn
 from recede.config import float_range, int_range
 from recede.core.engine import NonFiniteLossError
 from recede.core.method import Method
+from recede.parallel.state import RankState, current
 
 T = TypeVar("T")
 
@@ -52,18 +53,12 @@ class RankFailure(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Context:
-    """Where this process stands: its rank among ``world_size`` and the device it computes on."""
+class Context(RankState):
+    """Where this process stands (its :class:`~recede.parallel.state.RankState`) and the device
+    it computes on."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str | None  # None: a single process, no process group
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: a single process, no process group
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -136,8 +131,9 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
 
 
 def is_main() -> bool:
-    """True on rank 0, or when there is no process group: the process that writes files."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """True on rank 0, or when there is no process group: the process that writes files
+    (:func:`recede.parallel.state.current`)."""
+    return current().is_main
 
 
 def shutdown() -> None:
@@ -154,8 +150,7 @@ def _collective(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        rank, world = dist.get_rank(), dist.get_world_size()
-        raise RankFailure(f"rank {rank} of {world}: {what} failed: another rank died, hung past "
+        raise RankFailure(f"{current()}: {what} failed: another rank died, hung past "
                           f"the collective timeout, or ran a different collective ({err})") from err
 
 
@@ -259,7 +254,7 @@ class DataParallel:
         self.method, self.module = method, net
         self.cap_bytes = max(1, int(bucket_mb * 2**20))
         self.broadcast_buffers = broadcast_buffers
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.world_size = current().world_size
         self.params = [p for p in net.parameters() if p.requires_grad]
         share_refreshes = getattr(method, "share_refreshes", None)
         if callable(share_refreshes):  # BP-modified: one refresh over all ranks (recede.bpm.workers)
@@ -273,7 +268,7 @@ class DataParallel:
         every world_size-th, so the ranks split the B' samples of a single-process refresh."""
         if self.world_size == 1:
             return micro_batches
-        return itertools.islice(micro_batches, dist.get_rank(), None, self.world_size)
+        return itertools.islice(micro_batches, current().rank, None, self.world_size)
 
     def __getattr__(self, name: str):
         if name == "method":

@@ -39,6 +39,7 @@ from recede.core.blocks import BlockNet
 from recede.core.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
 from recede.parallel.data_parallel import RankFailure
 from recede.parallel.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
+from recede.parallel.state import current
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HEADER = 10  # dtype code, ndim, up to 8 sizes
@@ -64,7 +65,7 @@ def _peer(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        raise RankFailure(f"rank {dist.get_rank()} of {dist.get_world_size()}: {what} failed: "
+        raise RankFailure(f"{current()}: {what} failed: "
                           f"the peer died or hung past the timeout ({str(err).splitlines()[0]})") from err
 
 
@@ -124,9 +125,8 @@ class Pipeline:
         if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
             raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
         check_horizon(horizon, net.T)
-        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.distributed else 0
-        stages = dist.get_world_size() if self.distributed else 1
+        state = current()
+        self.distributed, self.rank, stages = state.distributed, state.rank, state.world_size
         if stages > net.T:
             raise ValueError(f"a pipeline of {stages} ranks needs at least {stages} blocks; the net has T = {net.T}")
         sizes = list(sizes) if sizes is not None else self._default_sizes(net, stages, sample)
