@@ -49,7 +49,14 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 
 class RankFailure(RuntimeError):
-    """A collective failed: another rank died, hung past the timeout, or diverged."""
+    """A collective failed: another rank died, hung past the timeout, or diverged.
+
+    ``operation``: the collective or message this rank waited in when it gave up (``None``
+    when the failure is not a wait, e.g. the launcher's verdict on a dead rank)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
         except (RuntimeError, TimeoutError) as err:  # a rank that never came: name it as a collective would
             raise RankFailure(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: joining the "
                               f"process group failed: another rank died or hung before joining "
-                              f"({' '.join(str(err).split())})") from err
+                              f"({' '.join(str(err).split())})", operation="joining the process group") from err
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
@@ -151,7 +158,7 @@ def _collective(what: str) -> Iterator[None]:
         if isinstance(err, RankFailure):
             raise
         raise RankFailure(f"{current()}: {what} failed: another rank died, hung past "
-                          f"the collective timeout, or ran a different collective ({err})") from err
+                          f"the collective timeout, or ran a different collective ({err})", operation=what) from err
 
 
 def buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[torch.Tensor]]:

@@ -66,7 +66,7 @@ def _peer(what: str) -> Iterator[None]:
         if isinstance(err, RankFailure):
             raise
         raise RankFailure(f"{current()}: {what} failed: "
-                          f"the peer died or hung past the timeout ({str(err).splitlines()[0]})") from err
+                          f"the peer died or hung past the timeout ({str(err).splitlines()[0]})", operation=what) from err
 
 
 def forward_times(net: BlockNet, x: torch.Tensor, repeats: int = 3) -> list[float]:
