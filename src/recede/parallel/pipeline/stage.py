@@ -23,7 +23,6 @@ within the process group's timeout; that is raised as
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from torch import nn
 
 from recede.bpm.estimator import BPModified
 from recede.core.blocks import BlockNet
-from recede.core.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
+from recede.core.engine import StepGradients, check_horizon, write_grads
 from recede.parallel.data_parallel import RankFailure
 from recede.parallel.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
 from recede.parallel.state import current
@@ -447,9 +446,7 @@ class Pipeline:
                 dist.all_reduce(table)
         values, evaluated = table.cpu()
         losses = {k + 1: v for k, (v, e) in enumerate(zip(values, evaluated)) if e}
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; no .grad was modified")
+        StepGradients([], losses=losses).check_finite()  # the engine's check, on every rank's losses
         self.last_losses = {k: float(v) for k, v in losses.items()}
         return losses
 
