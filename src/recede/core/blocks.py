@@ -312,16 +312,17 @@ class BlockNet(nn.Module):
         dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(modules))
         keep_compiled_graphs(self.blocks)
 
-    def regroup(self, n_stages: int) -> BlockNet:
-        """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).
+    def regroup(self, groups: int) -> BlockNet:
+        """The same modules as ``groups`` groups of consecutive blocks (LoCo's blocks).
 
-        Blocks are split as evenly as ``torch.tensor_split`` splits T items; each stage's head
-        is the head of its last block.  Parameters are shared with ``self``, not copied.
+        Blocks are split as evenly as ``torch.tensor_split`` splits T items (:func:`even_groups`);
+        each group's head is the head of its last block.  Parameters are shared with ``self``,
+        not copied.
         """
-        if not 1 <= n_stages <= self.T:
-            raise ValueError(f"n_stages must be in [1, {self.T}], got {n_stages}")
-        stages, heads = [], []
-        for group in even_groups(self.T, n_stages):
-            stages.append(nn.Sequential(*self.blocks[group.start:group.stop]))
+        if not 1 <= groups <= self.T:
+            raise ValueError(f"groups must be in [1, {self.T}], got {groups}")
+        merged, heads = [], []
+        for group in even_groups(self.T, groups):
+            merged.append(nn.Sequential(*self.blocks[group.start:group.stop]))
             heads.append(self.head(group.stop))
-        return BlockNet(stages, heads[0] if self.shared_head else heads, self.loss_fn)
+        return BlockNet(merged, heads[0] if self.shared_head else heads, self.loss_fn)

@@ -43,8 +43,8 @@ over its uses (SPEC §1, :class:`~recede.core.blocks.Uses`): each block's and ea
 call sees only its own use.
 
 ``double=True`` is LoCo's rule (Paper A App. B, eq. 20): block t receives
-``∇L(x_{t+h-1}) + ∇L(x_{t+h})`` (distinct depths only, capped at T); with h = 2 and stages as
-blocks this is LoCo.
+``∇L(x_{t+h-1}) + ∇L(x_{t+h})`` (distinct depths only, capped at T); with h = 2 and LoCo's groups
+(:meth:`~recede.core.blocks.BlockNet.regroup`) as blocks this is LoCo.
 
 Gradients are accumulated into ``.grad`` (added to what is there, as ``loss.backward()`` does)
 only after every loss of the step has been checked finite, so a NaN or infinite loss raises

@@ -1,7 +1,7 @@
 """LoCo's double gradient as Paper A App. B eq. 21 writes it (``loco-eq21:N``).
 
 Paper A realises LoCo's double gradient (eq. 20, ``∇L(x_{t+1}) + ∇L(x_{t+2})`` for the middle
-stages t = 1 … T−2) inside the MPC framework by the trajectory loss of eq. 21,
+groups t = 1 … T−2) inside the MPC framework by the trajectory loss of eq. 21,
 
     l(t, x_t, u_t) = 0 for t = 0,        l(t, x_t, u_t) = L(x_{t+1}) for t > 0,
 
@@ -27,12 +27,12 @@ from recede.core.engine import MPC
 class LoCoEq21(MPC):
     """Horizon 2 with LoCo's double gradient, block 0 learning from L(x_2) only (Paper A eq. 21).
 
-    ``net``'s blocks are LoCo's stages (``net.regroup(N)`` for ``loco-eq21:N``); T ≥ 2.
+    ``net``'s blocks are LoCo's groups (``net.regroup(N)`` for ``loco-eq21:N``); T ≥ 2.
     """
 
     def __init__(self, net: BlockNet) -> None:
         if net.T < 2:
-            raise ValueError(f"LoCo (eq. 21) needs at least 2 stages, got T = {net.T}")
+            raise ValueError(f"LoCo (eq. 21) needs at least 2 groups, got T = {net.T}")
         super().__init__(net, 2, double=True)
 
     def chains(self) -> list[Chain]:

@@ -64,8 +64,8 @@ class BlockCosts:
     def T(self) -> int:
         return len(self.forward)
 
-    def stages(self, n: int) -> BlockCosts:
-        """The costs of :meth:`recede.BlockNet.regroup`'s ``n`` stages (LoCo's blocks): a stage
+    def groups(self, n: int) -> BlockCosts:
+        """The costs of :meth:`recede.BlockNet.regroup`'s ``n`` groups (LoCo's blocks): a group
         sums its blocks' F, D and B; its weight pass is its first block's W plus the full
         backward of the blocks above it; its head is the head of its last block."""
         bounds = [list(group) for group in even_groups(self.T, n)]
@@ -132,7 +132,7 @@ def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False, recomput
             + sum(costs.head[k - 1] for k in n.heads))
 
 
-def checkpointed_cost(costs: BlockCosts, segments: int) -> float:
+def recomputed_bp_cost(costs: BlockCosts, segments: int) -> float:
     """Predicted cost of a :class:`recede.core.recompute.CheckpointedBP` step with ``segments``
     segments: every forward once, every segment but the last once more, B for every block but
     block 0, which differentiates only its weights (the input is data), and the final head."""
@@ -146,9 +146,9 @@ def predicted_ratio(costs: BlockCosts, method: object) -> float | None:
     BP-modified method, whose refresh is measured, not modelled)."""
     bp = horizon_cost(costs, costs.T)
     if isinstance(method, CheckpointedBP):
-        return checkpointed_cost(costs, method.segments) / bp
+        return recomputed_bp_cost(costs, method.segments) / bp
     if isinstance(method, MPC):
-        view = costs if method.net.T == costs.T else costs.stages(method.net.T)
+        view = costs if method.net.T == costs.T else costs.groups(method.net.T)
         return horizon_cost(view, method.horizon, method.double, getattr(method, "recompute", False)) / bp
     return None
 
