@@ -13,7 +13,7 @@ from recede.core.chains import chains, exact, targets
 def _cases(max_T: int = 7):
     for T in range(1, max_T + 1):
         for h in range(1, T + 1):
-            for double in ([False, True] if h >= 2 else [False]):
+            for double in [False, True] if h >= 2 else [False]:
                 yield T, h, double
 
 
@@ -22,7 +22,7 @@ def test_targets_are_the_definition():
     assert targets(0, 5, 2) == (2,)
     assert targets(4, 5, 2) == (5,)
     assert targets(1, 5, 2, double=True) == (2, 3)
-    assert targets(4, 5, 2, double=True) == (5,)       # both capped at T: one depth
+    assert targets(4, 5, 2, double=True) == (5,)  # both capped at T: one depth
     assert targets(3, 5, 2, double=True) == (4, 5)
     with pytest.raises(ValueError, match="block 5"):
         targets(5, 5, 2)
@@ -47,10 +47,17 @@ def test_chains_follow_the_definition():
 
 def test_chains_known_values():
     """Written out by hand: T = 4, h = 2 (and LoCo's double rule), h = T (one backward), h = 1."""
-    assert [(c.depth, c.lowest, sorted(c.weighted), sorted(c.released)) for c in chains(4, 2)] == \
-        [(2, 0, [0], [0]), (3, 1, [1], [1]), (4, 2, [2, 3], [2, 3])]
-    assert [(c.depth, c.lowest, sorted(c.weighted)) for c in chains(4, 2, double=True)] == \
-        [(1, 0, [0]), (2, 0, [0, 1]), (3, 1, [1, 2]), (4, 2, [2, 3])]
+    assert [(c.depth, c.lowest, sorted(c.weighted), sorted(c.released)) for c in chains(4, 2)] == [
+        (2, 0, [0], [0]),
+        (3, 1, [1], [1]),
+        (4, 2, [2, 3], [2, 3]),
+    ]
+    assert [(c.depth, c.lowest, sorted(c.weighted)) for c in chains(4, 2, double=True)] == [
+        (1, 0, [0]),
+        (2, 0, [0, 1]),
+        (3, 1, [1, 2]),
+        (4, 2, [2, 3]),
+    ]
     assert [(c.depth, c.lowest, sorted(c.weighted)) for c in chains(4, 4)] == [(4, 0, [0, 1, 2, 3])]
     assert [(c.depth, c.lowest, sorted(c.weighted)) for c in chains(3, 1)] == [(1, 0, [0]), (2, 1, [1]), (3, 2, [2])]
 

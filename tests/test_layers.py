@@ -19,16 +19,30 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, int] = {
     # 0: the core and plain helpers: no recede import above them
-    "core": 0, "keywords": 0, "_environment": 0,
+    "core": 0,
+    "keywords": 0,
+    "_environment": 0,
     # 1: algorithms on the core: BP-modified, measurement and the time model, horizon selection, theory
-    "bpm": 1, "measure": 1, "horizon": 1, "theory": 1,
+    "bpm": 1,
+    "measure": 1,
+    "horizon": 1,
+    "theory": 1,
     # 2: what is trained: model families, datasets, wrapping, methods by name
-    "models": 2, "data": 2, "wrap": 2, "methods": 2,
+    "models": 2,
+    "data": 2,
+    "wrap": 2,
+    "methods": 2,
     # 3: the run layer: training loops, results folders, processes
-    "runs": 3, "parallel": 3,
+    "runs": 3,
+    "parallel": 3,
     # 4: front-ends: the command line and its configuration files, paper reproductions,
     # other frameworks' integrations, and the package's own namespace (recede.MPC, ...)
-    "cli": 4, "config": 4, "reproduce": 4, "integrations": 4, "__main__": 4, "__init__": 4,
+    "cli": 4,
+    "config": 4,
+    "reproduce": 4,
+    "integrations": 4,
+    "__main__": 4,
+    "__init__": 4,
 }
 LIBRARY = 3
 """Layers 0..LIBRARY are library code: no argparse, no yaml."""
@@ -36,12 +50,12 @@ COMMAND_LINE = {"argparse", "yaml"}
 
 KNOWN: set[tuple[str, str]] = {
     # (module, what it imports that the rules forbid); the run-path refactor removes these
-    ("recede.horizon.selection", "argparse"),          # the `recede select` command
+    ("recede.horizon.selection", "argparse"),  # the `recede select` command
     ("recede.horizon.selection", "recede.config"),
     ("recede.horizon.selection", "recede.runs"),
-    ("recede.parallel.data_parallel", "argparse"),     # the --nproc/--dist-timeout flags
+    ("recede.parallel.data_parallel", "argparse"),  # the --nproc/--dist-timeout flags
     ("recede.parallel.data_parallel", "recede.config"),
-    ("recede.parallel.pipeline.run", "argparse"),      # the pipeline command
+    ("recede.parallel.pipeline.run", "argparse"),  # the pipeline command
     ("recede.parallel.pipeline.run", "recede.config"),
     ("recede.runs.bench", "argparse"),
     ("recede.runs.bench", "recede.config"),
@@ -83,8 +97,9 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}: relative import; recede uses absolute imports"
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -128,17 +143,22 @@ def test_the_core_imports_nothing_above_it():
     BP-modified's inputs never depend on the run layer, the CLI or the reproductions)."""
     modules = _modules()
     for module in (m for m in modules if m.startswith("recede.core")):
-        above = {n for n in _imports(modules[module], modules) if n.startswith("recede.") and not n.startswith("recede.core")}
+        above = {
+            n for n in _imports(modules[module], modules) if n.startswith("recede.") and not n.startswith("recede.core")
+        }
         assert not above, f"{module} imports {sorted(above)}"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import argparse\n", {("recede.core.x", "argparse")}),
-    ("def f():\n    import yaml\n", {("recede.core.x", "yaml")}),
-    ("from recede.runs import train\n", {("recede.core.x", "recede.runs")}),
-    ("from recede import methods\n", {("recede.core.x", "recede.methods")}),
-    ("from recede.core.blocks import BlockNet\nimport torch\n", set()),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import argparse\n", {("recede.core.x", "argparse")}),
+        ("def f():\n    import yaml\n", {("recede.core.x", "yaml")}),
+        ("from recede.runs import train\n", {("recede.core.x", "recede.runs")}),
+        ("from recede import methods\n", {("recede.core.x", "recede.methods")}),
+        ("from recede.core.blocks import BlockNet\nimport torch\n", set()),
+    ],
+)
 def test_the_checker_catches_a_forbidden_import(tmp_path, monkeypatch, source, expected):
     """The checker itself: a core module with each kind of forbidden import is reported."""
     fake = tmp_path / "recede" / "core"

@@ -22,7 +22,6 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-
 def check_keywords(function: Callable[..., Any], options: dict[str, Any], what: str) -> None:
     """Check ``options`` against ``function``'s parameters before calling it: no unknown
     names, every required one given, and each value of its annotated type (an ``int`` option
@@ -75,9 +74,14 @@ def _describe(hint: Any, plural: bool = False) -> str:
         return " or ".join(_describe(a, plural) for a in args)
     if origin in (tuple, list, Sequence):
         return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
-    names = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
-             str: ("a string", "strings"), bool: ("true or false", "booleans"),
-             type(None): ("null", "nulls"), Any: ("any value", "values")}
+    names = {
+        int: ("an integer", "integers"),
+        float: ("a finite number", "finite numbers"),
+        str: ("a string", "strings"),
+        bool: ("true or false", "booleans"),
+        type(None): ("null", "nulls"),
+        Any: ("any value", "values"),
+    }
     if hint in names:
         return names[hint][plural]
     name = getattr(hint, "__name__", str(hint))

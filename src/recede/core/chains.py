@@ -54,6 +54,7 @@ def chains(T: int, horizon: int, double: bool = False) -> list[Chain]:
             learners.setdefault(k, set()).add(t)
     spans = sorted((k, min(blocks)) for k, blocks in learners.items())
     last = {j: k for k, lowest in spans for j in range(lowest, k)}  # the deepest chain through j
-    return [Chain(k, lowest, frozenset(learners[k]), frozenset(j for j in range(lowest, k) if last[j] == k))
-            for k, lowest in spans]
-
+    return [
+        Chain(k, lowest, frozenset(learners[k]), frozenset(j for j in range(lowest, k) if last[j] == k))
+        for k, lowest in spans
+    ]
