@@ -58,6 +58,7 @@ Frozen parameters (``requires_grad=False``) receive nothing.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex, cast
 
@@ -122,7 +123,7 @@ class StepGradients:
         """Every parameter's gradient: the sum over its uses."""
         out: Grads = {}
         for grads in (*self.blocks, self.heads):
-            _accumulate(out, grads.keys(), grads.values())
+            accumulate(out, grads.keys(), grads.values())
         return out
 
     def check_finite(self) -> None:
@@ -234,20 +235,20 @@ class MPC:
             return
         grads = dict(zip(params, torch.autograd.grad(loss, params, allow_unused=True)))
         for t, block in enumerate(uses.blocks):
-            _accumulate(step.blocks[t], block, [grads.pop(p, None) for p in block])
-        _accumulate(step.heads, uses.heads[-1], [grads.pop(p, None) for p in uses.heads[-1]])
+            accumulate(step.blocks[t], block, [grads.pop(p, None) for p in block])
+        accumulate(step.heads, uses.heads[-1], [grads.pop(p, None) for p in uses.heads[-1]])
 
     def _receding(self, x: Any, y: Any, uses: Uses, step: StepGradients) -> None:
         """h < T (or per-use h = T): a sliding window of h block graphs."""
         net, T = self.net, self.net.T
         targets = {c.depth: c for c in self.chains()}
-        window: dict[int, _Graph] = {}
+        window: dict[int, Graph] = {}
         z: Any = x
         z_leaves: list[torch.Tensor] = []
         for t in range(T):
             rng = capture(z) if self.recompute else None
             out = net.run_block(t, z)
-            window[t] = _Graph(z_leaves, _grad_leaves(out), z if self.recompute else None, rng)
+            window[t] = Graph(z_leaves, _grad_leaves(out), z if self.recompute else None, rng)
             z, z_leaves = _detached(out)
             k = t + 1
             if k not in targets:
@@ -262,7 +263,7 @@ class MPC:
                             released, uses, step)
             else:  # a parameter tied between them: keep the head's use apart
                 grads = torch.autograd.grad(self._loss(z, y, k, step), [*z_leaves, *head], allow_unused=True)
-                _accumulate(step.heads, head, grads[len(z_leaves):])
+                accumulate(step.heads, head, grads[len(z_leaves):])
                 outputs, cotangents = _pairs(window[t].outputs, grads[:len(z_leaves)])
                 self._sweep(window, outputs, cotangents, [], k, lowest, weighted, released, uses, step)
             for j in released:
@@ -272,36 +273,16 @@ class MPC:
                 for graph in window.values():
                     graph.outputs = []  # the sweep freed what it used; drop what it did not reach
 
-    def _sweep(self, window: dict[int, _Graph], outputs: list[torch.Tensor],
+    def _sweep(self, window: dict[int, Graph], outputs: list[torch.Tensor],
                cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
                weighted: frozenset[int], released: frozenset[int], uses: Uses, step: StepGradients) -> None:
-        """Carry ∂L(x_k) back from block k-1 down to block ``lowest``.
-
-        ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
-        block k-1, whose ``head`` parameters then take their gradient in that call); each block in
-        ``weighted`` takes its weight gradient; the call that uses a block in ``released`` for
-        the last time frees its graph, the others are retained for later targets.  With
+        """Carry ∂L(x_k) back from block k-1 down to block ``lowest`` (:func:`sweep`); with
         ``recompute`` every call frees the graph it used, and block j-1's graph is rebuilt
-        (:meth:`_rebuild`) only after block j's is freed.
-        """
-        for j in range(k - 1, lowest - 1, -1):
-            carry = window[j].inputs if j > lowest else []
-            params = uses.blocks[j] if j in weighted else []
-            wanted = [*carry, *params, *head]
-            if not wanted or not outputs:
-                return
-            grads = torch.autograd.grad(outputs, wanted, cotangents,
-                                        retain_graph=j not in released and not self.recompute,
-                                        allow_unused=True)
-            _accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
-            _accumulate(step.heads, head, grads[len(carry) + len(params):])
-            head, outputs = [], []
-            if carry and self.recompute:
-                window[j].outputs = []
-                self._rebuild(window, j - 1)
-            outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+        (:meth:`_rebuild`) only after block j's is freed."""
+        sweep(window, outputs, cotangents, head, k, lowest, lowest, weighted, released, uses.blocks, step,
+              rebuild=(lambda j: self._rebuild(window, j)) if self.recompute else None)
 
-    def _rebuild(self, window: dict[int, _Graph], j: int) -> None:
+    def _rebuild(self, window: dict[int, Graph], j: int) -> None:
         """Recompute block j's graph from its kept input, replaying its first forward."""
         graph = window[j]
         if graph.outputs:
@@ -312,8 +293,8 @@ class MPC:
 
 
 @dataclass
-class _Graph:
-    """One block's graph in the window: the grad-carrying leaves of its detached input and of
+class Graph:
+    """One block's graph in a window: the grad-carrying leaves of its detached input and of
     its output; with recomputation also the input itself and the generator states its forward
     drew from (``outputs`` is empty while the graph is freed)."""
 
@@ -321,6 +302,44 @@ class _Graph:
     outputs: list[torch.Tensor]
     input: Any = None
     rng: RngState | None = None
+
+
+
+def sweep(window: Mapping[int, Graph], outputs: list[torch.Tensor], cotangents: list[torch.Tensor] | None,
+          head: list[nn.Parameter], top: int, bottom: int, lowest: int, weighted: frozenset[int],
+          released: frozenset[int], block_params: Sequence[list[nn.Parameter]] | Mapping[int, list[nn.Parameter]],
+          step: StepGradients, rebuild: Callable[[int], None] | None = None) -> list[torch.Tensor | None]:
+    """Carry a chain's cotangent back from block ``top``-1 down to block ``bottom`` (≥ the
+    chain's ``lowest`` block) through the graphs of ``window``; return the cotangents at the
+    inputs of block ``bottom`` when the chain goes on below it (``bottom > lowest``), else [].
+
+    ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
+    block k-1, whose ``head`` parameters then take their gradient in that call).  Each block
+    in ``weighted`` adds its weight gradient (``block_params[j]``) into ``step.blocks[j]``;
+    the call that uses a block in ``released`` for the last time frees its graph, the others
+    are retained for later chains.  With ``rebuild`` (recomputation) every call frees the
+    graph it used and ``rebuild(j - 1)`` rebuilds the next one down only then.  The sweep
+    stops early when nothing below depends on the cotangent (an unused output); the returned
+    list is then empty.  The engine's :class:`MPC` and the pipeline's stages both run it.
+    """
+    for j in range(top - 1, bottom - 1, -1):
+        carry = window[j].inputs if j > lowest else []
+        params = block_params[j] if j in weighted else []
+        wanted = [*carry, *params, *head]
+        if not wanted or not outputs:
+            return []
+        grads = torch.autograd.grad(outputs, wanted, cotangents,
+                                    retain_graph=j not in released and rebuild is None, allow_unused=True)
+        accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
+        accumulate(step.heads, head, grads[len(carry) + len(params):])
+        head, outputs = [], []
+        if j == bottom:
+            return list(grads[:len(carry)])
+        if carry and rebuild is not None:
+            window[j].outputs = []
+            rebuild(j - 1)
+        outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+    return []
 
 
 def _grad_leaves(tree: Any) -> list[torch.Tensor]:
@@ -368,7 +387,8 @@ def _device_of(x: Any) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _accumulate(grads: Grads, params, values) -> None:
+def accumulate(grads: Grads, params, values) -> None:
+    """Add each gradient of ``values`` (None: no gradient) to ``grads[p]``, out of place."""
     for p, g in zip(params, values):
         if g is None:
             continue
