@@ -24,7 +24,7 @@ h = 1 is Forward-Forward / local-loss training (Paper A eq. 4), h = T is back-pr
 Nothing is recomputed and no whole graph is kept (Paper A App. E.1 warns that a kept graph
 costs O(h(T-h+1)) memory).
 
-``recompute=True`` trades time for memory below even per-block checkpointing's floor.  The
+``recompute=True`` trades time for memory below even per-block recomputation's floor (``ckpt``).  The
 window keeps only the inputs of its h blocks (the boundaries x_{k-h} … x_{k-1}; x_k is the
 output being produced), not their graphs: a block's graph is built by its forward, used by the
 sweep of the first target that needs it and freed, and each later sweep that passes through
@@ -34,7 +34,7 @@ any time the step holds h + 1 boundaries plus one block's graph (and a head's). 
 part in the sweeps of the targets k with k-h ≤ t < k, at most h of them, and its forward runs
 once per sweep and no more: the first sweep uses the graph of the forward itself, so at most
 h - 1 forwards per block are recomputed (none at h = 1, where the method is already local; at
-h = T the only sweep is the final one and the method is per-block checkpointing: every block
+h = T the only sweep is the final one and the method is per-block recomputation (``ckpt``): every block
 but the last runs twice).  The gradients are exactly those of ``recompute=False``.  Heads are trained by their own depth's loss: the head at depth k
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
