@@ -345,3 +345,33 @@ def test_bpm_method_names_build_bp_modified_engines():
         build_method(net, "bpm-mpc:2")
     with pytest.raises(ValueError, match="not bp"):
         parse_method("bpm-bp")
+
+
+def test_a_rule_function_replaces_the_named_rule(float64):
+    """``scaling=`` takes an a/λ rule in the robust rule's form: the robust rule itself passed as
+    a function gives the named rule's scalars, and another function's a and λ are used as given."""
+    from recede.bpm.scalars import robust_scalars
+
+    torch.manual_seed(6)
+    net, data = small_net(), classification_data(64)
+    named = BPModified(net, 1, 4, 64, 8, batch_size=16)
+    given = BPModified(net, 1, 4, 64, 8, scaling=robust_scalars, batch_size=16)
+    for _ in range(2):  # the second refresh passes the held-out check to the rule
+        named.refresh(micro_batches(data, 8))
+        given.refresh(micro_batches(data, 8))
+    torch.testing.assert_close(given.a, named.a)
+    torch.testing.assert_close(given.lam, named.lam)
+    seen = []
+
+    def half(m, B_prime, end, previous):
+        seen.append((B_prime, end is None))
+        return torch.full_like(m.hh, 2.0), torch.full_like(m.hh, 0.5)
+
+    custom = BPModified(net, 1, 4, 64, 8, scaling=half, batch_size=16)
+    custom.refresh(micro_batches(data, 8))
+    custom.refresh(micro_batches(data, 8))
+    assert seen == [(64, True), (64, False)]
+    assert custom.a[custom.modified].tolist() == [2.0] * len(custom.modified)
+    assert custom.lam[custom.modified].tolist() == [0.5] * len(custom.modified)
+    with pytest.raises(ValueError, match="unknown scaling"):
+        BPModified(net, 1, 4, 64, 8, scaling="nope")

@@ -84,7 +84,7 @@ def test_config_positional_and_null_options(tmp_path: Path) -> None:
                                   "resnet50, resnet62, sequential, vit-b16"),
     (["train", "--data", "cifar"], "unknown dataset 'cifar'; available: "),
     (["train", "--method", "mpc:99", *TINY], "horizon must be an integer in [1, 3]"),
-    (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 stages, got 9"),
+    (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 groups, got 9"),
     (["train", "--method", "ckpt:0", *TINY], "checkpoint segments must be an integer in [1, 3]"),
     (["train", "--method", "sgd", *TINY], "unknown method 'sgd'"),
     (["train", "--model-opt", "depth", *TINY], "--model-opt 'depth' is not of the form key=value"),

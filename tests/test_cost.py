@@ -15,10 +15,10 @@ from recede import MPC, BlockNet
 from recede.measure.cost import (
     BlockCosts,
     calibrate,
-    checkpointed_cost,
     horizon_cost,
     passes,
     predicted_ratio,
+    recomputed_bp_cost,
     uniform_ratio,
 )
 from recede.methods import build_method
@@ -109,8 +109,8 @@ def test_costs_add_up() -> None:
     assert horizon_cost(costs, 3) == 6 + 100 + 2000 + 3000 + 9
     assert horizon_cost(costs, 1) == 6 + 600 + 24
     assert horizon_cost(costs, 2) == 6 + 100 + 20 + 200 + 3000 + 8 + 9  # target 2: D1 W0; final: W1 B2
-    assert checkpointed_cost(costs, 2) == 6 + (1 + 2) + 6000 - 10 + 9  # segments [0, 1], [2]; no D0
-    stages = costs.stages(2)  # [0, 1], [2]
+    assert recomputed_bp_cost(costs, 2) == 6 + (1 + 2) + 6000 - 10 + 9  # segments [0, 1], [2]; no D0
+    stages = costs.groups(2)  # [0, 1], [2]
     assert stages.forward == (3, 3) and stages.input_vjp == (30, 30) and stages.backward == (3000, 3000)
     assert stages.weight_grad == (100 + 2000, 300) and stages.head == (8, 9)
 

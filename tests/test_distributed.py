@@ -269,6 +269,17 @@ def test_buckets_keep_one_dtype_and_the_cap():
     assert [[t.numel() for t in g] for g in groups] == [[10, 20], [100], [5], [3, 2]]
 
 
+def test_rank_state_is_the_one_answer():
+    """One object says which rank this is: the process group's, or rank 0 of 1 outside one;
+    the Context that joining returns is such a state."""
+    from recede.parallel.state import RankState, current
+
+    assert current() == RankState(0, 1, 0) and current().is_main and not current().distributed
+    assert str(RankState(2, 4, 0)) == "rank 2 of 4" and not RankState(2, 4, 0).is_main
+    ctx = distributed.Context(1, 2, 1, torch.device("cpu"), "gloo")
+    assert isinstance(ctx, RankState) and ctx.distributed and not ctx.is_main
+
+
 def test_single_process_wrapper_is_the_method(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ctx = distributed.init_from_env("gloo")
@@ -288,17 +299,18 @@ def test_single_process_wrapper_is_the_method(monkeypatch):
     assert wrapped.sum_statistics(stats) is stats and torch.equal(stats["sum"], torch.ones(3))
 
 
-def test_reduce_statistics_hook_is_installed():
-    class WithStatistics:
+def test_share_refreshes_hook_is_called():
+    class WithRefreshes:
         def __init__(self, net):
-            self.net = net
+            self.net, self.workers = net, None
 
-        def reduce_statistics(self, stats):
-            return stats
+        def share_refreshes(self, workers):
+            self.workers = workers
 
-    method = WithStatistics(_net(seed=0))
+    method = WithRefreshes(_net(seed=0))
     wrapped = DataParallel(method)
-    assert method.reduce_statistics == wrapped.sum_statistics
+    assert method.workers is wrapped and wrapped.world_size == 1
+    assert list(wrapped.share(iter([1, 2, 3]))) == [1, 2, 3]
     with pytest.raises(ValueError, match="tensors"):
         wrapped.sum_statistics({"count": 3})
 

@@ -260,7 +260,7 @@ def test_blocknet_validates_its_parts():
         BlockNet([], nn.Identity(), nn.MSELoss())
     with pytest.raises(ValueError, match="3 blocks but 2 heads"):
         BlockNet([nn.Identity()] * 3, [nn.Identity()] * 2, nn.MSELoss())
-    with pytest.raises(ValueError, match=r"n_stages must be in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"groups must be in \[1, 3\]"):
         resmlp_independent(T=3).regroup(4)
 
 

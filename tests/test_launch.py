@@ -18,7 +18,7 @@ import pytest
 
 from recede.core.engine import NonFiniteLossError
 from recede.parallel.data_parallel import RankFailure
-from recede.parallel.launch import _cause, _Rank
+from recede.parallel.launch import REPORT_ENV, _cause, _Rank, report_failure
 from recede.runs import checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -115,10 +115,20 @@ def test_the_message_s_resume_command_finishes_the_run(tmp_path):
     assert checkpoint.read(out / "checkpoints" / "bp.pt")["finished"]
 
 
-def _ended(tmp_path: Path, rank: int, code: int, log: str) -> _Rank:
-    """A stand-in rank that wrote ``log`` to its stderr file and exited with ``code``."""
+def _report(tmp_path: Path, rank: int, kind: str, err: BaseException | None, monkeypatch) -> None:
+    """Write rank ``rank``'s failure report as the rank itself would (report_failure)."""
+    monkeypatch.setenv(REPORT_ENV, str(tmp_path / f"rank{rank}.json"))
+    report_failure(kind, err)
+    monkeypatch.delenv(REPORT_ENV)
+
+
+def _ended(tmp_path: Path, rank: int, code: int, log: str, report=None, monkeypatch=None) -> _Rank:
+    """A stand-in rank that wrote ``log`` to its stderr file, its failure ``report`` (kind,
+    exception) if any, and exited with ``code``."""
     path = tmp_path / f"rank{rank}.log"
     path.write_text(log)
+    if report is not None:
+        _report(tmp_path, rank, *report, monkeypatch)
     process = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({code})"])
     process.wait()
     return _Rank(rank, process, path)
@@ -131,28 +141,32 @@ def _running(tmp_path: Path, rank: int, log: str = "") -> _Rank:
     return _Rank(rank, process, path)
 
 
-GAVE_UP = ("recede train: stopped: rank 0 of 2: the all-reduce of gradients failed: another rank died, "
-           "hung past the collective timeout, or ran a different collective (Timed out)\n")
+GAVE_UP = ("stopped", RankFailure("rank 0 of 2: the all-reduce of gradients failed: another rank died, hung "
+                                  "past the collective timeout, or ran a different collective (Timed out)",
+                                  operation="the all-reduce of gradients"))
 
 
 @pytest.mark.parametrize("ending, expected, message", [
-    ((2, "recede train: error: --device cuda:1: this machine has 1 CUDA device(s)\n"), ValueError,
+    ((2, "", ("error", ValueError("--device cuda:1: this machine has 1 CUDA device(s)"))), ValueError,
      "--device cuda:1: this machine has 1 CUDA device(s)"),
-    ((1, "warning\nrecede train: stopped: BP: step 7: non-finite loss\n"), NonFiniteLossError,
+    ((1, "warning\n", ("stopped", NonFiniteLossError("BP: step 7: non-finite loss"))), NonFiniteLossError,
      "BP: step 7: non-finite loss"),
-    ((130, "recede train: interrupted\n"), KeyboardInterrupt, ""),
+    ((1, "", ("failed", OSError("no space left on device"))), OSError, "no space left on device"),
+    ((130, "", ("interrupted", None)), KeyboardInterrupt, ""),
     ((1, "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"), RankFailure,
      "rank 1 of 2 failed (exit status 1: RuntimeError: boom; its log: "),
     ((3, ""), RankFailure, "rank 1 of 2 failed (exit status 3)"),
+    ((1, "recede train: stopped: BP: step 7: non-finite loss\n"), RankFailure,  # a line is not a report
+     "rank 1 of 2 failed (exit status 1: recede train: stopped: BP: step 7: non-finite loss"),
 ])
-def test_each_ending_of_a_rank_is_named(tmp_path, ending, expected, message):
-    ranks = [_ended(tmp_path, 0, 1, GAVE_UP), _ended(tmp_path, 1, *ending)]
+def test_each_ending_of_a_rank_is_named(tmp_path, ending, expected, message, monkeypatch):
+    ranks = [_ended(tmp_path, 0, 1, "", GAVE_UP, monkeypatch), _ended(tmp_path, 1, *ending, monkeypatch=monkeypatch)]
     failure = _cause(ranks, {r.rank: r.process.returncode for r in ranks}, [], timeout=5)
     assert type(failure) is expected and message in str(failure)
 
 
-def test_a_rank_still_running_after_another_gave_up_on_it_hung(tmp_path):
-    ranks = [_ended(tmp_path, 0, 1, GAVE_UP), _running(tmp_path, 1)]
+def test_a_rank_still_running_after_another_gave_up_on_it_hung(tmp_path, monkeypatch):
+    ranks = [_ended(tmp_path, 0, 1, "", GAVE_UP, monkeypatch), _running(tmp_path, 1)]
     try:
         assert not ranks[1].done() and ranks[0].done() and ranks[0].failed()
         failure = _cause(ranks, {0: 1, 1: None}, [ranks[1]], timeout=5)
@@ -177,9 +191,11 @@ def test_a_rank_aborted_while_another_hung_names_the_hung_one(tmp_path):
     assert str(failure) == "rank 1 of 2 hung: rank 0 waited --dist-timeout 5 s for it and was aborted (SIGABRT)"
 
 
-def test_a_rank_that_printed_its_line_has_ended_even_while_it_tears_down(tmp_path):
-    rank = _running(tmp_path, 1, "recede train: stopped: BP: step 3: non-finite loss\n")
+def test_a_rank_that_reported_has_ended_even_while_it_tears_down(tmp_path, monkeypatch):
+    rank = _running(tmp_path, 1)
     try:
+        assert not rank.done() and not rank.failed()
+        _report(tmp_path, 1, "stopped", NonFiniteLossError("BP: step 3: non-finite loss"), monkeypatch)
         assert rank.done() and rank.failed()
     finally:
         rank.process.kill()

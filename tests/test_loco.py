@@ -77,5 +77,5 @@ def test_loco_eq21_by_name_runs_on_stages():
     assert max((got[p] - want[p]).abs().max().item() for p in want) < 1e-12
     with pytest.raises(ValueError, match="loco-eq21"):
         parse_method("bpm-loco-eq21:3")
-    with pytest.raises(ValueError, match="at least 2 stages"):
+    with pytest.raises(ValueError, match="at least 2 groups"):
         LoCoEq21(resmlp_independent(T=1))

@@ -91,7 +91,7 @@ def test_method_names():
     net = models.build("resmlp", depth=4)
     with pytest.raises(ValueError, match=r"horizon must be an integer in \[1, 4\]"):
         build_method(net, "mpc:9")
-    with pytest.raises(ValueError, match="LoCo needs between 2 and T = 4 stages"):
+    with pytest.raises(ValueError, match="LoCo needs between 2 and T = 4 groups"):
         build_method(net, "loco:9")
 
 

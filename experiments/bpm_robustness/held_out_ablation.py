@@ -13,7 +13,8 @@ held-out test), beside FF, the robust default and Paper B's rule, in two regimes
   (the (task, lr) pairs where Paper B's rule lost most or diverged);
 * ``fresh`` — the demo's (K = 0.3 epoch, B' = 160), on the digits ResNet at lr 0.01.
 
-The variants replace :func:`recede.bpm.estimator.robust_scalars` for the runs that use them;
+The variants are a/λ rules passed to BP-modified in place of the robust one (``scaling=`` takes
+a :data:`recede.bpm.estimator.Rule`);
 every run of a (task, seed) starts from the same weights and data order as the study's
 (:func:`recede.reproduce.bpm_robustness.run_one`).  Prints the machine, one line per run and a Markdown table
 (mean ± sample sd over seeds 0, 1, 2; "div" counts diverged runs).
@@ -29,19 +30,18 @@ import statistics
 
 import torch
 
-import recede.bpm.estimator as bp_modified
 from recede import data
 from recede.bpm import scalars as bp_scalars
+from recede.bpm.estimator import Rule
 from recede.reproduce import bpm_robustness as study
 from recede.runs.reports import machine
 
 CASES = {"paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
          "fresh": [("digits-resnet", 0.01)]}
 VARIANTS = {"paper": ["FF", "robust", "js", "js-nocap"], "fresh": ["FF", "paper", "robust", "js", "js-nocap"]}
-ROBUST = bp_modified.robust_scalars
 
 
-def without_held_out_test(cap: bool):
+def without_held_out_test(cap: bool) -> Rule:
     """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower (and
     less its limit on λ's growth from the last refresh: ``previous`` is accepted and unused)."""
     def scalars(m: bp_scalars.BlockMoments, B_prime: int, end: torch.Tensor | None,
@@ -54,13 +54,11 @@ def without_held_out_test(cap: bool):
 
 
 def train(spec: dict, task: data.Task, lr: float, seed: int, regime: dict, variant: str) -> float | None:
-    bp_modified.robust_scalars = {"js": without_held_out_test(True),
-                                  "js-nocap": without_held_out_test(False)}.get(variant, ROBUST)
+    rules = {"js": without_held_out_test(True), "js-nocap": without_held_out_test(False)}
     if variant == "FF":
         record = study.run_one(spec, task, "ff", lr, seed, regime)
     else:
-        record = study.run_one(spec, task, "bpm-ff", lr, seed, regime, "paper" if variant == "paper" else "robust")
-    bp_modified.robust_scalars = ROBUST
+        record = study.run_one(spec, task, "bpm-ff", lr, seed, regime, rules.get(variant, variant))
     return record["metric"]
 
 

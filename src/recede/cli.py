@@ -22,7 +22,7 @@ from recede.core.engine import NonFiniteLossError
 from recede.horizon.selection import add_select_parser
 from recede.methods import MethodSpec
 from recede.parallel import data_parallel as distributed
-from recede.parallel.launch import launch
+from recede.parallel.launch import launch, report_failure
 from recede.parallel.pipeline import run as pipeline_run
 from recede.reproduce import add_reproduce_parser
 from recede.runs import preflight
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(command: str, kind: str, err: BaseException, status: int) -> int:
     message = " ".join(str(err).split()) or type(err).__name__
+    report_failure(kind, err)  # for recede.parallel.launch, when this is one of its ranks
     print(f"{command}: {kind}: {message[:2000]}", file=sys.stderr)
     return status
 
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(command, "failed", err, 1)
     except KeyboardInterrupt:
         preflight.rollback()
+        report_failure("interrupted", None)
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
     finally:

@@ -4,15 +4,15 @@
 ``bp``              exact back-propagation (horizon T)
 ``ff``              Forward-Forward / local losses (horizon 1)
 ``mpc:H``           horizon H (Paper A eq. 9)
-``loco:N``          LoCo: the T blocks regrouped into N equal stages, horizon 2
+``loco:N``          LoCo: the T blocks regrouped into N equal groups, horizon 2
                     (Paper A Remark 3.1, App. B, the "split loss" form)
 ``loco-double:N``   LoCo with the double gradient of Paper A eq. 20 (block 0 too)
 ``loco-eq21:N``     LoCo's double gradient as eq. 21 writes it: block 0 learns from L(x_2)
                     only (:mod:`recede.core.loco`)
 ``mpc-rc:H``        horizon H recomputing its window's graphs from kept block inputs
                     (``MPC(net, H, recompute=True)``: less memory, the same gradients)
-``ckpt[:S]``        BP with activation checkpointing in S segments (default T, every block
-                    checkpointed, as users of ``torch.utils.checkpoint`` do); :mod:`recede.core.recompute`
+``ckpt[:S]``        BP recomputing activations in S segments (``torch.utils.checkpoint``;
+                    default T, every block its own segment, as its users do); :mod:`recede.core.recompute`
 ``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bpm.estimator.BPModified`)
 ``bpm-mpc:H``       BP-modified horizon H
 ``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
@@ -22,15 +22,16 @@
 keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from; required),
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
-``micro_batch`` (b', default 8), ``scaling`` (``robust``/``paper``/``bias``/``fixed``,
+``micro_batch`` (b', default 8), ``scaling`` (the a/λ rule: ``robust``/``paper``/``bias``/``fixed``,
 :mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
 
-Every method object has ``backward(x, y) -> float`` that fills ``.grad`` and returns the
-final loss, so a training loop treats them all alike.
+Every method object is a :class:`recede.core.method.Method`: ``backward(x, y, *, scaler=None)
+-> float`` fills ``.grad`` and returns the final loss, so a training loop treats them all alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -39,6 +40,7 @@ from recede.bpm.estimator import BPModified
 from recede.core.blocks import BlockNet
 from recede.core.engine import MPC
 from recede.core.loco import LoCoEq21
+from recede.core.method import Method
 from recede.core.recompute import CheckpointedBP
 
 
@@ -47,22 +49,29 @@ class MethodSpec:
     """A parsed method name."""
 
     kind: str  # "bp", "ff", "mpc", "loco", "ckpt"
-    value: int | None = None  # horizon for mpc, stages for loco, segments for ckpt
+    horizon: int | None = None  # mpc:H's H
+    groups: int | None = None  # loco:N's N, the groups of consecutive blocks
+    segments: int | None = None  # ckpt:S's S (None: T)
     double: bool = False
     modified: bool = False  # Paper B's BP-modified local loss
     eq21: bool = False  # LoCo's trajectory loss of Paper A eq. 21 (double, block 0 from L(x_2) only)
     recompute: bool = False  # MPC(..., recompute=True)
 
     @property
+    def value(self) -> int | None:
+        """The number after the colon, whichever it is (for callers that predate the split)."""
+        return self.horizon if self.kind == "mpc" else self.groups if self.kind == "loco" else self.segments
+
+    @property
     def label(self) -> str:
         if self.kind in ("bp", "ff"):
             base = self.kind.upper()
         elif self.kind == "mpc":
-            base = f"MPC(h={self.value})" + ("+rc" if self.recompute else "")
+            base = f"MPC(h={self.horizon})" + ("+rc" if self.recompute else "")
         elif self.kind == "ckpt":
-            base = "BP+ckpt" + (f"({self.value})" if self.value is not None else "")
+            base = "BP+ckpt" + (f"({self.segments})" if self.segments is not None else "")
         else:
-            base = f"LoCo{self.value}" + ("-eq21" if self.eq21 else "-double" if self.double else "")
+            base = f"LoCo{self.groups}" + ("-eq21" if self.eq21 else "-double" if self.double else "")
         return f"{base}+BPM" if self.modified else base
 
 
@@ -76,7 +85,7 @@ def parse_method(text: str) -> MethodSpec:
         if base.kind in ("bp", "ckpt") or base.modified or base.eq21 or base.recompute:
             raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
                              "loco-double:N), not bp, ckpt, mpc-rc or loco-eq21")
-        return MethodSpec(base.kind, base.value, base.double, modified=True)
+        return dataclasses.replace(base, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
     if name in ("mpc", "mpc-rc", "loco", "loco-double", "loco-eq21", "ckpt") and arg:
@@ -84,11 +93,11 @@ def parse_method(text: str) -> MethodSpec:
             value = int(arg)
         except ValueError:
             raise ValueError(f"method {text!r}: {arg!r} is not an integer") from None
-        if name in ("mpc", "ckpt"):
-            return MethodSpec(name, value)
-        if name == "mpc-rc":
-            return MethodSpec("mpc", value, recompute=True)
-        return MethodSpec("loco", value, double=name != "loco", eq21=name == "loco-eq21")
+        if name == "ckpt":
+            return MethodSpec(name, segments=value)
+        if name in ("mpc", "mpc-rc"):
+            return MethodSpec("mpc", horizon=value, recompute=name == "mpc-rc")
+        return MethodSpec("loco", groups=value, double=name != "loco", eq21=name == "loco-eq21")
     raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N "
                      "or ckpt[:S], "
                      "the local ones optionally prefixed with bpm-")
@@ -98,7 +107,7 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
                  batch_size: int | None = None, period: int | None = None,
                  offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "robust",
                  a: float | None = None, lam: float | None = None,
-                 seed: int = 0) -> MPC | LoCoEq21 | BPModified | CheckpointedBP:
+                 seed: int = 0) -> Method:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
 
     The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
@@ -107,12 +116,12 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
     if spec.kind == "bp":
         return MPC(net, net.T)
     if spec.kind == "ckpt":
-        return CheckpointedBP(net, spec.value)
-    horizon, double = {"ff": (1, False), "mpc": (spec.value, False)}.get(spec.kind, (2, spec.double))
+        return CheckpointedBP(net, spec.segments)
+    horizon, double = {"ff": (1, False), "mpc": (spec.horizon, False)}.get(spec.kind, (2, spec.double))
     if spec.kind == "loco":
-        if spec.value is None or not 2 <= spec.value <= net.T:
-            raise ValueError(f"LoCo needs between 2 and T = {net.T} stages, got {spec.value}")
-        net = net.regroup(spec.value)
+        if spec.groups is None or not 2 <= spec.groups <= net.T:
+            raise ValueError(f"LoCo needs between 2 and T = {net.T} groups, got {spec.groups}")
+        net = net.regroup(spec.groups)
     assert horizon is not None  # parse_method gives every mpc spec its horizon
     if spec.eq21:
         return LoCoEq21(net)

@@ -30,15 +30,16 @@ Blocks whose horizon reaches T already receive g_T: a = 1, λ = 0, no offset.  H
 trained as :class:`recede.MPC` trains them (each by its own depth's loss), without offset.
 
 Data-parallel training: every entry of the statistics dict is a *sum* over micro-batches
-(``count``, ``samples``, the vector sums and the per-block sums of squares and products), so a
-subclass whose :meth:`BPModified.reduce_statistics` all-reduces each tensor with SUM turns
-the per-rank statistics into those of all ranks' samples before any mean or trace is formed.
+(``count``, ``samples``, the vector sums and the per-block sums of squares and products), so
+a :class:`~recede.bpm.workers.Workers` strategy that all-reduces each tensor with SUM
+(:meth:`BPModified.share_refreshes`) turns the per-rank statistics into those of all ranks'
+samples before any mean or trace is formed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +58,16 @@ from recede.bpm.scalars import (
     step_cap,
     variance_term,
 )
+from recede.bpm.workers import SingleProcess, Workers
 from recede.core.blocks import BlockNet, samples_in, to_device
+from recede.core.chains import exact
 from recede.core.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bpm.estimator")
+
+Rule = Callable[[BlockMoments, int, "torch.Tensor | None", torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""An a/λ rule in the robust rule's form: (moments, B', the held-out end-of-period check or
+None at the first refresh, the blocks' previous λ) → (a, λ) per modified block."""
 
 def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
@@ -153,8 +160,9 @@ class BPModified:
         period: K, the number of ``backward`` calls between refreshes (also the K of E).
         offset_samples: B', samples per refresh (a multiple of ``micro_batch``, ≥ 2 micro-batches).
         micro_batch: b', samples per micro-batch of the refresh.
-        scaling: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias) or ``"fixed"``
-            (needs a, lam); :mod:`recede.bpm.scalars`.
+        scaling: the rule for a and λ: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias)
+            or ``"fixed"`` (needs a, lam), :mod:`recede.bpm.scalars`; or a :data:`Rule`, a
+            function called as the robust rule is (a study's variant of it).
         a, lam: the fixed scalars for ``scaling="fixed"``.
         double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
         data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
@@ -168,7 +176,7 @@ class BPModified:
     """
 
     def __init__(self, net: BlockNet, horizon: int, period: int, offset_samples: int,
-                 micro_batch: int, scaling: str = "robust", a: float | None = None,
+                 micro_batch: int, scaling: str | Rule = "robust", a: float | None = None,
                  lam: float | None = None, double: bool = False, data: Dataset | None = None,
                  batch_size: int | None = None, seed: int = 0, engines: tuple | None = None,
                  blocks: Iterable[int] | None = None) -> None:
@@ -181,7 +189,7 @@ class BPModified:
         if offset_samples % micro_batch or offset_samples < 2 * micro_batch:
             raise ValueError(f"offset_samples (B' = {offset_samples}) must be a multiple of "
                              f"micro_batch (b' = {micro_batch}) and hold at least two micro-batches")
-        if scaling not in SCALINGS:
+        if not callable(scaling) and scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; use one of {', '.join(SCALINGS)}")
         if (scaling == "fixed") != (a is not None and lam is not None):
             raise ValueError("scaling='fixed' needs both a and lam (--bpm-a, --bpm-lam), and only it takes them")
@@ -192,8 +200,7 @@ class BPModified:
         self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
         self.scaling, self.fixed = scaling, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
-        reach = horizon - 1 if double else horizon
-        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if t + reach < net.T]
+        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if not exact(t, net.T, horizon, double)]
         self.params = {t: net.block_parameters(t) for t in self.modified}
         self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
         trainable = [p for p in net.parameters() if p.requires_grad]
@@ -205,6 +212,7 @@ class BPModified:
         self.refreshes = 0
         self._refresh_due = False
         self.last_stats: RefreshStats | None = None
+        self.workers: Workers = SingleProcess()
 
     @property
     def last_losses(self) -> dict[int, float]:
@@ -221,7 +229,7 @@ class BPModified:
         the next step).  With an enabled ``scaler`` the gradients are scaled as
         :meth:`recede.MPC.backward` scales them, offsets included.
         """
-        self.batch_size = self.batch_size or samples_in(x)
+        self.batch_size = self.batch_size or samples_in(x) * self.workers.world_size
         if self.data is not None and self.step % self.period == 0:
             self._refresh_due = True
         if self._refresh_due:
@@ -243,14 +251,18 @@ class BPModified:
     # -- refresh -------------------------------------------------------------------------
 
     def draw(self, refresh_index: int) -> Iterator[tuple[Any, Any]]:
-        """The micro-batches of refresh ``refresh_index``: B' distinct samples of ``data``."""
+        """The micro-batches of refresh ``refresh_index``: B' distinct samples of ``data`` (this
+        process's share of them, :meth:`share_refreshes`)."""
         if self.data is None:
             raise ValueError("BPModified has no data to draw from; pass data= or call refresh() yourself")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + refresh_index)
         chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
-        for part in chosen.split(self.micro_batch):
-            x, y = default_collate([self.data[int(i)] for i in part])
-            yield x, y
+        return self.workers.share(self._collate(part) for part in chosen.split(self.micro_batch))
+
+    def _collate(self, part: torch.Tensor) -> tuple[Any, Any]:
+        assert self.data is not None
+        x, y = default_collate([self.data[int(i)] for i in part])
+        return x, y
 
     def refresh(self, micro_batches: Iterable[tuple[Any, Any]], *,
                 scaler: torch.amp.GradScaler | None = None) -> RefreshStats | None:
@@ -314,13 +326,19 @@ class BPModified:
                     b.copy_(saved)
         return stats
 
-    def reduce_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Combine the refresh statistics across workers before they are used (identity here).
+    def share_refreshes(self, workers: Workers) -> None:
+        """Make each refresh one refresh over ``workers`` (data-parallel processes): statistics
+        summed over them, the micro-batches :meth:`draw` gives split among them, and an unset B
+        (Paper B eq. 16) the global batch, ``workers.world_size`` times the local one."""
+        self.workers = workers
 
-        Every tensor in ``stats`` is a sum over micro-batches, so a data-parallel subclass
-        all-reduces each one with SUM (in place or returning new tensors) and returns the dict.
+    def reduce_statistics(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Combine the refresh statistics across workers before they are used.
+
+        Every tensor in ``stats`` is a sum over micro-batches, so ``self.workers`` (or a
+        subclass) all-reduces each one with SUM (in place or returning new tensors).
         """
-        return stats
+        return self.workers.sum_statistics(stats)
 
     def _flat_gradient(self, engine: MPC, x: Any, y: Any,
                        scaler: torch.amp.GradScaler | None) -> torch.Tensor | None:
@@ -345,7 +363,9 @@ class BPModified:
             raise ValueError("BPModified needs the training batch size B: pass batch_size= or call backward() first")
         index = torch.tensor(self.modified, dtype=torch.long)
         check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
-        if self.scaling == "robust":
+        if callable(self.scaling):
+            a, lam = self.scaling(m, samples, None if check is None else check["end"], self.lam[index])
+        elif self.scaling == "robust":
             a, lam = robust_scalars(m, samples, None if check is None else check["end"], self.lam[index])
         elif self.scaling == "paper":
             a, lam = paper_scalars(m, B, samples, K)

@@ -101,6 +101,16 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
 
 
+def even_groups(n: int, groups: int) -> list[range]:
+    """``n`` consecutive indices in ``groups`` groups as equal as ``torch.tensor_split`` makes
+    them (the first ``n % groups`` groups one longer); a group may be empty when n < groups."""
+    if groups < 1:
+        raise ValueError(f"cannot split {n} items into {groups} groups")
+    size, extra = divmod(n, groups)
+    bounds = [r * size + min(r, extra) for r in range(groups + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 @dataclass(frozen=True)
 class Uses:
     """The trainable parameters of one step, per use (SPEC §1).
@@ -302,18 +312,17 @@ class BlockNet(nn.Module):
         dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(modules))
         keep_compiled_graphs(self.blocks)
 
-    def regroup(self, n_stages: int) -> BlockNet:
-        """The same modules as ``n_stages`` stages of consecutive blocks (LoCo's blocks).
+    def regroup(self, groups: int) -> BlockNet:
+        """The same modules as ``groups`` groups of consecutive blocks (LoCo's blocks).
 
-        Blocks are split as evenly as ``torch.tensor_split`` splits T items; each stage's head
-        is the head of its last block.  Parameters are shared with ``self``, not copied.
+        Blocks are split as evenly as ``torch.tensor_split`` splits T items (:func:`even_groups`);
+        each group's head is the head of its last block.  Parameters are shared with ``self``,
+        not copied.
         """
-        if not 1 <= n_stages <= self.T:
-            raise ValueError(f"n_stages must be in [1, {self.T}], got {n_stages}")
-        bounds = [len(part) for part in torch.arange(self.T).tensor_split(n_stages)]
-        stages, heads, end = [], [], 0
-        for size in bounds:
-            stages.append(nn.Sequential(*self.blocks[end:end + size]))
-            end += size
-            heads.append(self.head(end))
-        return BlockNet(stages, heads[0] if self.shared_head else heads, self.loss_fn)
+        if not 1 <= groups <= self.T:
+            raise ValueError(f"groups must be in [1, {self.T}], got {groups}")
+        merged, heads = [], []
+        for group in even_groups(self.T, groups):
+            merged.append(nn.Sequential(*self.blocks[group.start:group.stop]))
+            heads.append(self.head(group.stop))
+        return BlockNet(merged, heads[0] if self.shared_head else heads, self.loss_fn)

@@ -24,7 +24,7 @@ h = 1 is Forward-Forward / local-loss training (Paper A eq. 4), h = T is back-pr
 Nothing is recomputed and no whole graph is kept (Paper A App. E.1 warns that a kept graph
 costs O(h(T-h+1)) memory).
 
-``recompute=True`` trades time for memory below even per-block checkpointing's floor.  The
+``recompute=True`` trades time for memory below even per-block recomputation's floor (``ckpt``).  The
 window keeps only the inputs of its h blocks (the boundaries x_{k-h} … x_{k-1}; x_k is the
 output being produced), not their graphs: a block's graph is built by its forward, used by the
 sweep of the first target that needs it and freed, and each later sweep that passes through
@@ -34,7 +34,7 @@ any time the step holds h + 1 boundaries plus one block's graph (and a head's). 
 part in the sweeps of the targets k with k-h ≤ t < k, at most h of them, and its forward runs
 once per sweep and no more: the first sweep uses the graph of the forward itself, so at most
 h - 1 forwards per block are recomputed (none at h = 1, where the method is already local; at
-h = T the only sweep is the final one and the method is per-block checkpointing: every block
+h = T the only sweep is the final one and the method is per-block recomputation (``ckpt``): every block
 but the last runs twice).  The gradients are exactly those of ``recompute=False``.  Heads are trained by their own depth's loss: the head at depth k
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
@@ -43,8 +43,8 @@ over its uses (SPEC §1, :class:`~recede.core.blocks.Uses`): each block's and ea
 call sees only its own use.
 
 ``double=True`` is LoCo's rule (Paper A App. B, eq. 20): block t receives
-``∇L(x_{t+h-1}) + ∇L(x_{t+h})`` (distinct depths only, capped at T); with h = 2 and stages as
-blocks this is LoCo.
+``∇L(x_{t+h-1}) + ∇L(x_{t+h})`` (distinct depths only, capped at T); with h = 2 and LoCo's groups
+(:meth:`~recede.core.blocks.BlockNet.regroup`) as blocks this is LoCo.
 
 Gradients are accumulated into ``.grad`` (added to what is there, as ``loss.backward()`` does)
 only after every loss of the step has been checked finite, so a NaN or infinite loss raises
@@ -58,6 +58,7 @@ Frozen parameters (``requires_grad=False``) receive nothing.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex, cast
 
@@ -66,6 +67,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from recede.core.blocks import BlockNet, Uses, describe, keep_compiled_graphs, samples_in
+from recede.core.chains import Chain, chains
 from recede.core.replay import RngState, capture, replaying
 
 Grads = dict[nn.Parameter, torch.Tensor]
@@ -121,7 +123,7 @@ class StepGradients:
         """Every parameter's gradient: the sum over its uses."""
         out: Grads = {}
         for grads in (*self.blocks, self.heads):
-            _accumulate(out, grads.keys(), grads.values())
+            accumulate(out, grads.keys(), grads.values())
         return out
 
     def check_finite(self) -> None:
@@ -167,10 +169,13 @@ class MPC:
         """L(x_k) of the last step for each evaluated depth k (unscaled)."""
         return {k: float(v) for k, v in self._losses.items()}
 
+    def chains(self) -> list[Chain]:
+        """The chains of one step (:func:`recede.core.chains.chains`: the horizon rule)."""
+        return chains(self.net.T, self.horizon, self.double)
+
     def target_depths(self) -> list[int]:
         """The depths k whose loss L(x_k) some block learns from."""
-        first = self.horizon - 1 if self.double else self.horizon
-        return list(range(first, self.net.T + 1))
+        return [c.depth for c in self.chains()]
 
     def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Forward ``x`` once, accumulate g_h into ``.grad`` and return the final loss L(x_T).
@@ -230,20 +235,20 @@ class MPC:
             return
         grads = dict(zip(params, torch.autograd.grad(loss, params, allow_unused=True)))
         for t, block in enumerate(uses.blocks):
-            _accumulate(step.blocks[t], block, [grads.pop(p, None) for p in block])
-        _accumulate(step.heads, uses.heads[-1], [grads.pop(p, None) for p in uses.heads[-1]])
+            accumulate(step.blocks[t], block, [grads.pop(p, None) for p in block])
+        accumulate(step.heads, uses.heads[-1], [grads.pop(p, None) for p in uses.heads[-1]])
 
     def _receding(self, x: Any, y: Any, uses: Uses, step: StepGradients) -> None:
         """h < T (or per-use h = T): a sliding window of h block graphs."""
-        net, T, h = self.net, self.net.T, self.horizon
-        targets = set(self.target_depths())
-        window: dict[int, _Graph] = {}
+        net, T = self.net, self.net.T
+        targets = {c.depth: c for c in self.chains()}
+        window: dict[int, Graph] = {}
         z: Any = x
         z_leaves: list[torch.Tensor] = []
         for t in range(T):
             rng = capture(z) if self.recompute else None
             out = net.run_block(t, z)
-            window[t] = _Graph(z_leaves, _grad_leaves(out), z if self.recompute else None, rng)
+            window[t] = Graph(z_leaves, _grad_leaves(out), z if self.recompute else None, rng)
             z, z_leaves = _detached(out)
             k = t + 1
             if k not in targets:
@@ -251,19 +256,14 @@ class MPC:
                     window[t].outputs = []  # free the graph now (out holds it too); a sweep rebuilds it
                     del out
                 continue
-            if k == T:
-                lowest = max(T - h, 0)
-                weighted = released = set(range(lowest, T))
-            else:
-                weighted = {k - h} | ({k - h + 1} if self.double else set())
-                lowest, released = max(min(weighted), 0), {k - h}
+            lowest, weighted, released = targets[k].lowest, targets[k].weighted, targets[k].released
             head = uses.heads[k - 1]
             if _disjoint(head, uses.blocks[t]):  # head k and block k-1 in one autograd call
                 self._sweep(window, [self._loss(out, y, k, step)], None, head, k, lowest, weighted,
                             released, uses, step)
             else:  # a parameter tied between them: keep the head's use apart
                 grads = torch.autograd.grad(self._loss(z, y, k, step), [*z_leaves, *head], allow_unused=True)
-                _accumulate(step.heads, head, grads[len(z_leaves):])
+                accumulate(step.heads, head, grads[len(z_leaves):])
                 outputs, cotangents = _pairs(window[t].outputs, grads[:len(z_leaves)])
                 self._sweep(window, outputs, cotangents, [], k, lowest, weighted, released, uses, step)
             for j in released:
@@ -273,36 +273,16 @@ class MPC:
                 for graph in window.values():
                     graph.outputs = []  # the sweep freed what it used; drop what it did not reach
 
-    def _sweep(self, window: dict[int, _Graph], outputs: list[torch.Tensor],
+    def _sweep(self, window: dict[int, Graph], outputs: list[torch.Tensor],
                cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
-               weighted: set[int], released: set[int], uses: Uses, step: StepGradients) -> None:
-        """Carry ∂L(x_k) back from block k-1 down to block ``lowest``.
-
-        ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
-        block k-1, whose ``head`` parameters then take their gradient in that call); each block in
-        ``weighted`` takes its weight gradient; the call that uses a block in ``released`` for
-        the last time frees its graph, the others are retained for later targets.  With
+               weighted: frozenset[int], released: frozenset[int], uses: Uses, step: StepGradients) -> None:
+        """Carry ∂L(x_k) back from block k-1 down to block ``lowest`` (:func:`sweep`); with
         ``recompute`` every call frees the graph it used, and block j-1's graph is rebuilt
-        (:meth:`_rebuild`) only after block j's is freed.
-        """
-        for j in range(k - 1, lowest - 1, -1):
-            carry = window[j].inputs if j > lowest else []
-            params = uses.blocks[j] if j in weighted else []
-            wanted = [*carry, *params, *head]
-            if not wanted or not outputs:
-                return
-            grads = torch.autograd.grad(outputs, wanted, cotangents,
-                                        retain_graph=j not in released and not self.recompute,
-                                        allow_unused=True)
-            _accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
-            _accumulate(step.heads, head, grads[len(carry) + len(params):])
-            head, outputs = [], []
-            if carry and self.recompute:
-                window[j].outputs = []
-                self._rebuild(window, j - 1)
-            outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+        (:meth:`_rebuild`) only after block j's is freed."""
+        sweep(window, outputs, cotangents, head, k, lowest, lowest, weighted, released, uses.blocks, step,
+              rebuild=(lambda j: self._rebuild(window, j)) if self.recompute else None)
 
-    def _rebuild(self, window: dict[int, _Graph], j: int) -> None:
+    def _rebuild(self, window: dict[int, Graph], j: int) -> None:
         """Recompute block j's graph from its kept input, replaying its first forward."""
         graph = window[j]
         if graph.outputs:
@@ -313,8 +293,8 @@ class MPC:
 
 
 @dataclass
-class _Graph:
-    """One block's graph in the window: the grad-carrying leaves of its detached input and of
+class Graph:
+    """One block's graph in a window: the grad-carrying leaves of its detached input and of
     its output; with recomputation also the input itself and the generator states its forward
     drew from (``outputs`` is empty while the graph is freed)."""
 
@@ -322,6 +302,44 @@ class _Graph:
     outputs: list[torch.Tensor]
     input: Any = None
     rng: RngState | None = None
+
+
+
+def sweep(window: Mapping[int, Graph], outputs: list[torch.Tensor], cotangents: list[torch.Tensor] | None,
+          head: list[nn.Parameter], top: int, bottom: int, lowest: int, weighted: frozenset[int],
+          released: frozenset[int], block_params: Sequence[list[nn.Parameter]] | Mapping[int, list[nn.Parameter]],
+          step: StepGradients, rebuild: Callable[[int], None] | None = None) -> list[torch.Tensor | None]:
+    """Carry a chain's cotangent back from block ``top``-1 down to block ``bottom`` (≥ the
+    chain's ``lowest`` block) through the graphs of ``window``; return the cotangents at the
+    inputs of block ``bottom`` when the chain goes on below it (``bottom > lowest``), else [].
+
+    ``outputs``/``cotangents`` start the first call (the loss itself when head k is fused with
+    block k-1, whose ``head`` parameters then take their gradient in that call).  Each block
+    in ``weighted`` adds its weight gradient (``block_params[j]``) into ``step.blocks[j]``;
+    the call that uses a block in ``released`` for the last time frees its graph, the others
+    are retained for later chains.  With ``rebuild`` (recomputation) every call frees the
+    graph it used and ``rebuild(j - 1)`` rebuilds the next one down only then.  The sweep
+    stops early when nothing below depends on the cotangent (an unused output); the returned
+    list is then empty.  The engine's :class:`MPC` and the pipeline's stages both run it.
+    """
+    for j in range(top - 1, bottom - 1, -1):
+        carry = window[j].inputs if j > lowest else []
+        params = block_params[j] if j in weighted else []
+        wanted = [*carry, *params, *head]
+        if not wanted or not outputs:
+            return []
+        grads = torch.autograd.grad(outputs, wanted, cotangents,
+                                    retain_graph=j not in released and rebuild is None, allow_unused=True)
+        accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
+        accumulate(step.heads, head, grads[len(carry) + len(params):])
+        head, outputs = [], []
+        if j == bottom:
+            return list(grads[:len(carry)])
+        if carry and rebuild is not None:
+            window[j].outputs = []
+            rebuild(j - 1)
+        outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+    return []
 
 
 def _grad_leaves(tree: Any) -> list[torch.Tensor]:
@@ -369,7 +387,8 @@ def _device_of(x: Any) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _accumulate(grads: Grads, params, values) -> None:
+def accumulate(grads: Grads, params, values) -> None:
+    """Add each gradient of ``values`` (None: no gradient) to ``grads[p]``, out of place."""
     for p, g in zip(params, values):
         if g is None:
             continue

@@ -1,7 +1,7 @@
 """LoCo's double gradient as Paper A App. B eq. 21 writes it (``loco-eq21:N``).
 
 Paper A realises LoCo's double gradient (eq. 20, ``∇L(x_{t+1}) + ∇L(x_{t+2})`` for the middle
-stages t = 1 … T−2) inside the MPC framework by the trajectory loss of eq. 21,
+groups t = 1 … T−2) inside the MPC framework by the trajectory loss of eq. 21,
 
     l(t, x_t, u_t) = 0 for t = 0,        l(t, x_t, u_t) = L(x_{t+1}) for t > 0,
 
@@ -20,20 +20,23 @@ the head at depth 1, which eq. 21 never evaluates (L(x_1) is in no block's loss)
 from __future__ import annotations
 
 from recede.core.blocks import BlockNet
+from recede.core.chains import Chain
 from recede.core.engine import MPC
 
 
 class LoCoEq21(MPC):
     """Horizon 2 with LoCo's double gradient, block 0 learning from L(x_2) only (Paper A eq. 21).
 
-    ``net``'s blocks are LoCo's stages (``net.regroup(N)`` for ``loco-eq21:N``); T ≥ 2.
+    ``net``'s blocks are LoCo's groups (``net.regroup(N)`` for ``loco-eq21:N``); T ≥ 2.
     """
 
     def __init__(self, net: BlockNet) -> None:
         if net.T < 2:
-            raise ValueError(f"LoCo (eq. 21) needs at least 2 stages, got T = {net.T}")
+            raise ValueError(f"LoCo (eq. 21) needs at least 2 groups, got T = {net.T}")
         super().__init__(net, 2, double=True)
 
-    def target_depths(self) -> list[int]:
-        """Depths 2 … T: L(x_1) is no block's target under eq. 21."""
-        return list(range(2, self.net.T + 1))
+    def chains(self) -> list[Chain]:
+        """The double rule's chains of depths 2 … T: L(x_1) is no block's target under eq. 21
+        (dropping its chain leaves block 0 learning from L(x_2) alone; no block's graph was
+        last used by it, since block 0's is used by depth 2's too)."""
+        return [c for c in super().chains() if c.depth != 1]

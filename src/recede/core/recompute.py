@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from recede.core.blocks import BlockNet
+from recede.core.blocks import BlockNet, even_groups
 from recede.core.engine import NonFiniteLossError, check_net
 
 
@@ -52,7 +52,7 @@ class CheckpointedBP:
                              f"(T = {net.T} blocks), got {segments!r}")
         self.net = net
         self.segments = segments
-        self._stages = [[int(t) for t in part] for part in torch.arange(net.T).tensor_split(segments)]
+        self._segments = [list(group) for group in even_groups(net.T, segments)]
 
     def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Forward with checkpoints, accumulate BP's gradient into ``.grad``, return L(x_T).
@@ -61,14 +61,14 @@ class CheckpointedBP:
         is left to ``scaler.step`` (see :meth:`recede.MPC.backward`).
         """
         net = self.net
-        recomputed = list(dict.fromkeys(b for stage in self._stages[:-1] for t in stage
+        recomputed = list(dict.fromkeys(b for segment in self._segments[:-1] for t in segment
                                         for b in net.blocks[t].buffers()))
         scaling = scaler is not None and scaler.is_enabled()
         with torch.enable_grad():
             z = x
-            for stage in self._stages[:-1]:
-                z = checkpoint(self._run, stage, z, use_reentrant=False, preserve_rng_state=True)
-            loss = net.depth_loss(self._run(self._stages[-1], z), y, net.T)
+            for segment in self._segments[:-1]:
+                z = checkpoint(self._run, segment, z, use_reentrant=False, preserve_rng_state=True)
+            loss = net.depth_loss(self._run(self._segments[-1], z), y, net.T)
             if not scaling and not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
                                          "no .grad was modified")
@@ -79,7 +79,7 @@ class CheckpointedBP:
                 buffer.copy_(value)
         return float(loss.detach())
 
-    def _run(self, stage: list[int], z: Any) -> Any:
-        for t in stage:
+    def _run(self, segment: list[int], z: Any) -> Any:
+        for t in segment:
             z = self.net.run_block(t, z)
         return z

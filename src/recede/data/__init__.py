@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from recede.config import check_keywords
+from recede.keywords import check_keywords
 
 
 @dataclass
@@ -75,7 +75,7 @@ def loader_options(name: str) -> list[str]:
 
 def check_options(name: str, options: Mapping[str, object]) -> None:
     """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
-    loader's parameters and annotations (:func:`recede.config.check_keywords`)."""
+    loader's parameters and annotations (:func:`recede.keywords.check_keywords`)."""
     check_keywords(_loader(name), dict(options), f"dataset {name!r}")
 
 

@@ -6,16 +6,18 @@ Given cos θ_h and M(h) measured on a subset H of horizons (:mod:`recede.measure
    (Paper A eqs. 15–16; the degree drops to ``len(H) - 1`` when H has fewer points);
 2. ``r̂(h) = cos² θ̂_h`` (eq. 14) — the fitted cosine is clipped to [0, 1] first, since a
    negative cosine does not decrease the loss and a cosine above 1 does not exist;
-3. cost ``C(M) = c·M/M0`` (``"linear"``) or ``c·⌈M/M0⌉`` (``"ladder"``); by default
+3. memory cost ``C(M) = c·M/M0`` (``"linear"``) or ``c·⌈M/M0⌉`` (``"ladder"``); by default
    ``M0 = max_h M(h)`` for linear and ``0.3·max_h M(h)`` for ladder (Table D3 footnote);
 4. brute force over h = 1..T:
 
-   * O1 ``"constraint"`` (eq. 17): the smallest cost subject to ``r̂(h) ≥ 1 − ε``.
+   * O1 ``"constraint"`` (eq. 17): the smallest memory cost subject to ``r̂(h) ≥ 1 − ε``.
      **Correction** (SPEC §4): eq. 17 prints "max C"; the text and Algorithm 1 minimise.
      Ties in cost (the ladder's steps) go to the larger r̂, then the smaller h.  If no h is
      feasible, :func:`solve` reports ``feasible=False`` and falls back to h = T, and
      :func:`choose` also emits an :class:`InfeasibleWarning`.
-   * O2 ``"weighted"`` (eq. 18): ``argmin_h −r̂(h) + λ·C(M̂(h))``.
+   * O2 ``"weighted"`` (eq. 18): ``argmin_h −r̂(h) + λ·C(M̂(h))``.  This λ, the O2 weight on
+     the memory cost, is unrelated to BP-modified's λ (docs/glossary.md); the keyword ``lam``
+     and the flag ``--lam`` keep the paper's letter.
      **Correction** (SPEC §4): eq. 18 prints "max"; Algorithm 1 line 17 takes argmin.
 
 :func:`relative_scores` is eq. 19's ``Rel(a)`` with infeasible runs scored 1.5 (Fig. 5).
@@ -70,8 +72,9 @@ def default_M0(mem: Mapping[int, float], cost: str) -> float:
     return peak if cost == "linear" else LADDER_M0_FRACTION * peak
 
 
-def cost_of(memory: np.ndarray | float, cost: str, c: float, M0: float) -> np.ndarray:
-    """``C(M) = c·M/M0`` (linear) or ``c·⌈M/M0⌉`` (ladder), Paper A §4."""
+def memory_cost(memory: np.ndarray | float, cost: str, c: float, M0: float) -> np.ndarray:
+    """The memory cost ``C(M) = c·M/M0`` (``cost="linear"``) or ``c·⌈M/M0⌉`` (``"ladder"``),
+    Paper A §4 (not the time model of :mod:`recede.measure.cost`)."""
     ratio = np.asarray(memory, dtype=float) / M0
     if cost == "linear":
         return c * ratio
@@ -79,15 +82,19 @@ def cost_of(memory: np.ndarray | float, cost: str, c: float, M0: float) -> np.nd
     return c * np.ceil(ratio - 1e-9)
 
 
+
+cost_of = memory_cost  # the old name (recede.reproduce.paper_a_selection still uses it)
+
 def objective_value(r: float, memory: float, objective: str, eps: float | None = None,
                     lam: float | None = None, cost: str = "linear", c: float = 1.0,
                     M0: float = 1.0) -> float | None:
     """O(a) of a run with loss-decrease rate ``r`` (eq. 14) and memory ``memory``.
 
-    O1: the cost ``C(M)``, or None when ``r < 1 − ε`` (infeasible).  O2: ``−r + λ·C(M)``.
+    O1: the memory cost ``C(M)``, or None when ``r < 1 − ε`` (infeasible).  O2: ``−r + λ·C(M)``
+    (``lam`` = λ, O2's weight).
     """
     _check_objective(objective, eps, lam, cost, c, M0)
-    C = float(cost_of(memory, cost, c, M0))
+    C = float(memory_cost(memory, cost, c, M0))
     if objective == "constraint":
         assert eps is not None  # _check_objective: the constraint objective needs eps
         return C if r >= 1 - eps else None
@@ -193,7 +200,7 @@ def solve(cos: Mapping[int, float], mem: Mapping[int, float], T: int, objective:
     cos_hat = cos_fit(hs)
     r_hat = np.clip(cos_hat, 0.0, 1.0) ** 2
     memory_hat = memory_fit(hs)
-    C = cost_of(memory_hat, cost, c, M0)
+    C = memory_cost(memory_hat, cost, c, M0)
     if objective == "constraint":
         assert eps is not None  # _check_objective: the constraint objective needs eps
         feasible_mask = r_hat >= 1 - eps

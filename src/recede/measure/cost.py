@@ -34,7 +34,8 @@ from functools import partial
 
 import torch
 
-from recede.core.blocks import BlockNet
+from recede.core.blocks import BlockNet, even_groups
+from recede.core.chains import chains
 from recede.core.engine import MPC
 from recede.core.recompute import CheckpointedBP
 
@@ -63,11 +64,11 @@ class BlockCosts:
     def T(self) -> int:
         return len(self.forward)
 
-    def stages(self, n: int) -> BlockCosts:
-        """The costs of :meth:`recede.BlockNet.regroup`'s ``n`` stages (LoCo's blocks): a stage
+    def groups(self, n: int) -> BlockCosts:
+        """The costs of :meth:`recede.BlockNet.regroup`'s ``n`` groups (LoCo's blocks): a group
         sums its blocks' F, D and B; its weight pass is its first block's W plus the full
         backward of the blocks above it; its head is the head of its last block."""
-        bounds = [part.tolist() for part in torch.arange(self.T).tensor_split(n)]
+        bounds = [list(group) for group in even_groups(self.T, n)]
 
         def total(values: tuple[float, ...], part: list[int]) -> float:
             return sum(values[t] for t in part)
@@ -98,27 +99,25 @@ def passes(T: int, horizon: int, double: bool = False) -> Passes:
     the lowest takes W.  At k = T every block of the window T−h … T−1 learns from x_T.
     """
     W, B, D = [0] * T, [0] * T, [0] * T
-    first = horizon - 1 if double else horizon
-    for k in range(first, T + 1):
-        lowest = max(k - horizon, 0)
-        learners = range(lowest, T) if k == T else {k - horizon, k - horizon + 1} if double else {k - horizon}
-        for j in range(lowest, k):
-            if j == lowest:
+    steps = chains(T, horizon, double)
+    for chain in steps:
+        for j in range(chain.lowest, chain.depth):
+            if j == chain.lowest:
                 W[j] += 1
-            elif j in learners:
+            elif j in chain.weighted:
                 B[j] += 1
             else:
                 D[j] += 1
-    return Passes(tuple(W), tuple(B), tuple(D), tuple(range(first, T + 1)))
+    return Passes(tuple(W), tuple(B), tuple(D), tuple(c.depth for c in steps))
 
 
 def recomputed_forwards(T: int, horizon: int, double: bool = False) -> tuple[int, ...]:
     """How many times ``MPC(..., recompute=True)`` recomputes each block's forward: once for
     every sweep that passes through it, but the first sweep of block t when it is target t + 1's
     (that sweep uses the graph of the forward itself)."""
-    first = horizon - 1 if double else horizon
-    targets = range(first, T + 1)
-    sweeps = [sum(1 for k in targets if max(k - horizon, 0) <= t < k) for t in range(T)]
+    steps = chains(T, horizon, double)
+    targets = {c.depth for c in steps}
+    sweeps = [sum(1 for c in steps if c.lowest <= t < c.depth) for t in range(T)]
     return tuple(max(n - (1 if t + 1 in targets else 0), 0) for t, n in enumerate(sweeps))
 
 
@@ -133,11 +132,11 @@ def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False, recomput
             + sum(costs.head[k - 1] for k in n.heads))
 
 
-def checkpointed_cost(costs: BlockCosts, segments: int) -> float:
+def recomputed_bp_cost(costs: BlockCosts, segments: int) -> float:
     """Predicted cost of a :class:`recede.core.recompute.CheckpointedBP` step with ``segments``
     segments: every forward once, every segment but the last once more, B for every block but
     block 0, which differentiates only its weights (the input is data), and the final head."""
-    last = torch.arange(costs.T).tensor_split(segments)[-1].tolist()
+    last = even_groups(costs.T, segments)[-1]
     return (2 * sum(costs.forward) - sum(costs.forward[t] for t in last)
             + sum(costs.backward) - costs.input_vjp[0] + costs.head[-1])
 
@@ -147,9 +146,9 @@ def predicted_ratio(costs: BlockCosts, method: object) -> float | None:
     BP-modified method, whose refresh is measured, not modelled)."""
     bp = horizon_cost(costs, costs.T)
     if isinstance(method, CheckpointedBP):
-        return checkpointed_cost(costs, method.segments) / bp
+        return recomputed_bp_cost(costs, method.segments) / bp
     if isinstance(method, MPC):
-        view = costs if method.net.T == costs.T else costs.stages(method.net.T)
+        view = costs if method.net.T == costs.T else costs.groups(method.net.T)
         return horizon_cost(view, method.horizon, method.double, getattr(method, "recompute", False)) / bp
     return None
 

@@ -7,7 +7,7 @@ headline is what a step really allocates; the saved-tensor meter is its breakdow
   began: on CUDA ``max_memory_allocated`` (and ``max_memory_reserved``); on the CPU the running
   sum of ``torch.profiler``'s allocation and free events (every allocation through PyTorch's CPU
   allocator, in time order), whose maximum is the peak.  It sees everything a step allocates —
-  activations, gradients, backward temporaries, the heads' work, what checkpointing recomputes
+  activations, gradients, backward temporaries, the heads' work, what recomputation (``ckpt``) recomputes
   — and is independent of how the C library's ``malloc`` keeps or returns freed memory.
 * :func:`resident_peak` — an independent check on Linux: the rise of the process's resident
   set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over a call, after

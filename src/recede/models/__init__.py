@@ -9,9 +9,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 
-from recede.config import check_keywords
 from recede.core.blocks import BlockNet
 from recede.data import Task
+from recede.keywords import check_keywords
 
 _REGISTRY: dict[str, Callable[..., BlockNet]] = {}
 
@@ -39,7 +39,7 @@ def _builder(name: str) -> Callable[..., BlockNet]:
 
 def check_options(name: str, options: Mapping[str, object]) -> None:
     """``ValueError`` naming the problem unless ``name`` is registered and ``options`` fit its
-    builder's parameters and annotations (:func:`recede.config.check_keywords`), without
+    builder's parameters and annotations (:func:`recede.keywords.check_keywords`), without
     building it."""
     check_keywords(_builder(name), dict(options), f"model {name!r}")
 
@@ -51,7 +51,7 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     ``in_channels``, ``num_classes``; for a language-model task ``vocab_size`` and the context
     ``n_positions``) default to the task's, and a builder with a ``loss`` option trains a
     classification task with cross-entropy; explicit ``options`` win.  Options are checked
-    against the builder's parameters and annotations first (:func:`recede.config.check_keywords`):
+    against the builder's parameters and annotations first (:func:`recede.keywords.check_keywords`):
     an unknown name or a value of the wrong type is a ``ValueError`` naming it.
     """
     builder = _builder(name)

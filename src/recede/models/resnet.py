@@ -5,7 +5,7 @@ A stem convolution, then three stages of ``blocks_per_stage`` two-convolution re
 stages 2 and 3 a strided convolution halves height and width.  The stem and the transition
 convolutions travel with the first residual block of their stage, so T = 3 × blocks_per_stage
 (30 for ResNet-62: 60 convolutions in blocks, plus stem and classifier).  Every depth has a
-global-average-pool → linear head; ``head="stage"`` shares one head among the blocks of a
+global-average-pool → linear head; ``head="group"`` (old name ``"stage"``) shares one head among the blocks of a
 stage (their widths agree), ``"independent"`` gives each depth its own.
 """
 
@@ -40,8 +40,9 @@ class ConvResBlock(nn.Module):
 def resnet62(num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64),
              blocks_per_stage: int = 10, head: str = "independent") -> BlockNet:
     """ResNet-62 (Paper A Table D1); ``widths`` and ``blocks_per_stage`` shrink it for tests."""
-    if head not in ("independent", "stage"):
-        raise ValueError(f"head must be 'independent' or 'stage', got {head!r}")
+    head = {"stage": "group"}.get(head, head)  # "stage": the old name
+    if head not in ("independent", "group"):
+        raise ValueError(f"head must be 'independent' or 'group', got {head!r}")
     if blocks_per_stage < 1 or not widths:
         raise ValueError("resnet62 needs at least one stage and one block per stage")
     blocks: list[nn.Module] = []
@@ -49,10 +50,10 @@ def resnet62(num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...
     c_prev = in_channels
     for s, c in enumerate(widths):
         entry = conv_bn_relu(c_prev, c, stride=1 if s == 0 else 2)
-        stage_head = PoolHead(c, num_classes)
+        group_head = PoolHead(c, num_classes)
         for b in range(blocks_per_stage):
             block = ConvResBlock(c)
             blocks.append(nn.Sequential(entry, block) if b == 0 else block)
-            heads.append(stage_head if head == "stage" else PoolHead(c, num_classes))
+            heads.append(group_head if head == "group" else PoolHead(c, num_classes))
         c_prev = c
     return BlockNet(blocks, heads, nn.CrossEntropyLoss())

@@ -7,7 +7,8 @@ g_h(u_t) = ∇_{u_t} L(x_{min(t+h,T)}) (Paper A eq. 9, Paper B eq. 4) is linear 
 losses, so the mean over ranks of g_h on B samples each is g_h on the W·B samples together.
 BP-modified's gradient ĝ = a·mean_B[g_h] + λ·Δ (Paper B eq. 5) is affine in g_h, so it averages
 the same way once every rank holds the same a, λ and Δ; :class:`DataParallel` makes sure of that
-by summing the refresh's sufficient statistics across ranks (``reduce_statistics``).
+by summing the refresh's sufficient statistics across ranks (it is BP-modified's
+:class:`~recede.bpm.workers.Workers` strategy).
 
 Around that, what a launcher needs (``torchrun``, or :mod:`recede.parallel.launch` for ``recede train
 --nproc N``): :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a collective timeout so
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +38,10 @@ from torch import nn
 
 from recede.config import float_range, int_range
 from recede.core.engine import NonFiniteLossError
+from recede.core.method import Method
+from recede.parallel.state import RankState, current
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_BUCKET_MB = 25.0
@@ -43,22 +49,23 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 
 class RankFailure(RuntimeError):
-    """A collective failed: another rank died, hung past the timeout, or diverged."""
+    """A collective failed: another rank died, hung past the timeout, or diverged.
+
+    ``operation``: the collective or message this rank waited in when it gave up (``None``
+    when the failure is not a wait, e.g. the launcher's verdict on a dead rank)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 @dataclass(frozen=True)
-class Context:
-    """Where this process stands: its rank among ``world_size`` and the device it computes on."""
+class Context(RankState):
+    """Where this process stands (its :class:`~recede.parallel.state.RankState`) and the device
+    it computes on."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str | None  # None: a single process, no process group
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: a single process, no process group
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -124,15 +131,16 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
         except (RuntimeError, TimeoutError) as err:  # a rank that never came: name it as a collective would
             raise RankFailure(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: joining the "
                               f"process group failed: another rank died or hung before joining "
-                              f"({' '.join(str(err).split())})") from err
+                              f"({' '.join(str(err).split())})", operation="joining the process group") from err
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
 def is_main() -> bool:
-    """True on rank 0, or when there is no process group: the process that writes files."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """True on rank 0, or when there is no process group: the process that writes files
+    (:func:`recede.parallel.state.current`)."""
+    return current().is_main
 
 
 def shutdown() -> None:
@@ -149,9 +157,8 @@ def _collective(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        rank, world = dist.get_rank(), dist.get_world_size()
-        raise RankFailure(f"rank {rank} of {world}: {what} failed: another rank died, hung past "
-                          f"the collective timeout, or ran a different collective ({err})") from err
+        raise RankFailure(f"{current()}: {what} failed: another rank died, hung past "
+                          f"the collective timeout, or ran a different collective ({err})", operation=what) from err
 
 
 def buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[torch.Tensor]]:
@@ -232,17 +239,18 @@ class DataParallel:
     reduced.  With ``broadcast_buffers`` (as DDP) rank 0's buffers, e.g. BatchNorm running
     statistics, are copied to all ranks before each step.
 
-    A wrapped method that has a ``reduce_statistics(stats) -> stats`` hook
-    (:class:`recede.bpm.estimator.BPModified`'s refresh, Paper B Algorithm 1) gets one that sums
-    the statistics across ranks, so the means and covariance traces, hence a, λ and the offset
+    A wrapped method with a ``share_refreshes(workers)`` hook
+    (:class:`recede.bpm.estimator.BPModified`'s refresh, Paper B Algorithm 1) gets this wrapper
+    as its :class:`~recede.bpm.workers.Workers`: the refresh statistics are summed across ranks
+    (:meth:`sum_statistics`), so the means and covariance traces, hence a, λ and the offset
     Δ, are those of all ranks' samples together and the same everywhere.  When it draws its
-    own refresh micro-batches, the ranks share them out (B' is per refresh, not per rank), and
-    an unset ``batch_size`` (the B of Paper B eq. 16) becomes the global batch W × B.  So W
-    ranks of batch B reproduce one process of batch W·B, refreshes included.  Other
+    own refresh micro-batches, the ranks share them out (:meth:`share`; B' is per refresh, not
+    per rank), and an unset ``batch_size`` (the B of Paper B eq. 16) becomes the global batch
+    W × B.  So W ranks of batch B reproduce one process of batch W·B, refreshes included.  Other
     attributes (``net``, ``last_losses``, ``horizon``...) are the wrapped method's.
     """
 
-    def __init__(self, method, module: nn.Module | None = None,
+    def __init__(self, method: Method, module: nn.Module | None = None,
                  bucket_mb: float = DEFAULT_BUCKET_MB, broadcast_buffers: bool = True) -> None:
         net = getattr(method, "net", None) if module is None else module
         if not isinstance(net, nn.Module):
@@ -253,24 +261,21 @@ class DataParallel:
         self.method, self.module = method, net
         self.cap_bytes = max(1, int(bucket_mb * 2**20))
         self.broadcast_buffers = broadcast_buffers
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.world_size = current().world_size
         self.params = [p for p in net.parameters() if p.requires_grad]
-        if hasattr(method, "reduce_statistics"):
-            self._share_refreshes(method)
+        share_refreshes = getattr(method, "share_refreshes", None)
+        if callable(share_refreshes):  # BP-modified: one refresh over all ranks (recede.bpm.workers)
+            share_refreshes(self)
         if self.world_size > 1:
             _broadcast_([*net.parameters(), *net.buffers()], self.cap_bytes,
                         "broadcasting rank 0's parameters")
 
-    def _share_refreshes(self, method) -> None:
-        """Make BP-modified's refresh (Paper B Algorithm 1) one refresh over all ranks: its
-        statistics are summed across ranks, and when it draws its own micro-batches
-        (``draw(refresh_index)``, the same on every rank) each rank takes every
-        world_size-th of them, so the ranks split the B' samples of a single-process refresh."""
-        method.reduce_statistics = self.sum_statistics
-        draw = getattr(method, "draw", None)
-        if callable(draw) and self.world_size > 1:
-            rank, world = dist.get_rank(), self.world_size
-            method.draw = lambda index: itertools.islice(draw(index), rank, None, world)
+    def share(self, micro_batches: Iterator[T]) -> Iterator[T]:
+        """This rank's part of a refresh's micro-batches (the same sequence on every rank):
+        every world_size-th, so the ranks split the B' samples of a single-process refresh."""
+        if self.world_size == 1:
+            return micro_batches
+        return itertools.islice(micro_batches, current().rank, None, self.world_size)
 
     def __getattr__(self, name: str):
         if name == "method":
@@ -285,8 +290,6 @@ class DataParallel:
         through the all-reduce, so every rank's ``scaler.step`` skips the same step."""
         if self.world_size == 1:
             return self.method.backward(x, y, scaler=scaler)
-        if getattr(self.method, "batch_size", 0) is None:  # BP-modified's B: the global batch
-            self.method.batch_size = self.world_size * len(x)
         buffers = list(self.module.buffers())
         if self.broadcast_buffers and buffers:
             _broadcast_(buffers, self.cap_bytes, "broadcasting rank 0's buffers")

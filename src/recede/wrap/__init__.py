@@ -14,7 +14,8 @@ such a chain; this package asks it for a :class:`Layout` and turns that into a B
 
 ``wrap(model, blocks=N)`` groups consecutive units into N blocks (block granularity is the
 user's choice, SPEC §2).  ``head`` is ``"auto"`` (the family's default), ``"independent"``,
-``"shared"``, ``"stage"`` (one head per stage, where the family has stages), one module shared
+``"shared"``, ``"group"`` (one head per group of consecutive units of equal width, where the
+family has such groups; ``"stage"`` is its old name), one module shared
 by every depth, or one module per block.  Every module of the
 BlockNet is the model's own or a new head: stepping an optimizer on ``net.parameters()`` trains
 the user's model.
@@ -37,12 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import torch
 from torch import nn
 
-from recede.core.blocks import BlockNet, LossFn
+from recede.core.blocks import BlockNet, LossFn, even_groups
 
-HEAD_CHOICES = ("auto", "independent", "shared", "stage")
+HEAD_CHOICES = ("auto", "independent", "shared", "group")
+HEAD_ALIASES = {"stage": "group"}
+"""Old names of head choices, still accepted (``"stage"`` was a model's run of equal-width units,
+not a pipeline stage)."""
 
 
 @dataclass
@@ -61,8 +64,9 @@ class Layout:
         shareable: the final head accepts the output of every unit (equal widths), so
             ``head="shared"`` is allowed.
         default_head: what ``head="auto"`` means for this family.
-        stage_head: ``stage_head(i)`` is the head shared by the units of ``units[i]``'s stage
-            (the final head for the last stage); ``None``: ``head="stage"`` is refused.
+        group_head: ``group_head(i)`` is the head shared by the units of ``units[i]``'s group
+            of equal width (the final head for the last group); ``None``: ``head="group"`` is
+            refused.
         earlier_shared: the head ``head="shared"`` uses at depths below T when that is not the
             final head (a split model's final head is the rest of its forward, which only the
             last depth can run).
@@ -76,7 +80,7 @@ class Layout:
     independent_head: Callable[[int], nn.Module] | None = None
     shareable: bool = False
     default_head: str = "independent"
-    stage_head: Callable[[int], nn.Module] | None = None
+    group_head: Callable[[int], nn.Module] | None = None
     earlier_shared: nn.Module | None = None
     own_final: bool = False
 
@@ -128,7 +132,7 @@ def wrap(model: nn.Module, *, blocks: int | str | Sequence[str] | None = None,
             (``"model.layers"``: its children are the blocks) or a list of module names takes
             the generic path (:mod:`recede.wrap.generic`): the model's own forward, cut after
             each named block.
-        head: ``"auto"``, ``"independent"``, ``"shared"``, ``"stage"``, one module for every
+        head: ``"auto"``, ``"independent"``, ``"shared"``, ``"group"``, one module for every
             depth, or a list with one module per block (``heads[k-1]`` reads the output of
             block k-1); the list's last item may be ``None`` (or left out) for the model's own
             final head.
@@ -166,7 +170,7 @@ def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
     if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(units):
         raise ValueError(f"blocks must be an integer in [1, {len(units)}] (the model has "
                          f"{len(units)} units), got {blocks!r}")
-    return [[units[int(i)] for i in part] for part in torch.arange(len(units)).tensor_split(blocks)]
+    return [units[group.start:group.stop] for group in even_groups(len(units), blocks)]
 
 
 def _chain(group: list[nn.Module]) -> nn.Module:
@@ -201,6 +205,7 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
             raise ValueError(f"{family}: the final head is the rest of the model's forward; end head= "
                              "with None (or leave the last one out)")
         return heads
+    head = HEAD_ALIASES.get(head, head) if isinstance(head, str) else head
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {HEAD_CHOICES}, an nn.Module or a list of them, got {head!r}")
     head = layout.default_head if head == "auto" else head
@@ -212,11 +217,11 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
                              "widths differ); use head='independent' or give heads")
         return final
     ends = [sum(len(g) for g in groups[:i + 1]) for i in range(len(groups))]
-    if head == "stage":
-        if layout.stage_head is None:
-            raise ValueError(f"{family} models have no stages to share heads within; use "
+    if head == "group":
+        if layout.group_head is None:
+            raise ValueError(f"{family} models have no groups of equal width to share heads within; use "
                              "head='independent' or give heads")
-        return [layout.stage_head(end - 1) for end in ends[:-1]] + [final]
+        return [layout.group_head(end - 1) for end in ends[:-1]] + [final]
     if layout.independent_head is None:
         if len(groups) == 1:
             return [final]

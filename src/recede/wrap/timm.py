@@ -21,7 +21,7 @@ Other timm models (MobileViT, BEiT, LeViT, RegNet, EfficientViT, EVA...) are rea
 (:mod:`recede.wrap.vision_structure`).
 
 Earlier depths get pool → linear heads (transformers: LayerNorm → the model's token or average
-pooling over the non-prefix tokens → linear); ``head="stage"`` shares one per run of equal-width
+pooling over the non-prefix tokens → linear); ``head="group"`` shares one per run of equal-width
 blocks; ``head="shared"`` (ViT) is the model's own head at every depth.
 
 >>> net = recede.wrap(timm.create_model("vit_small_patch16_224", pretrained=False), head="shared")

@@ -18,7 +18,7 @@ Other torchvision classifiers (Swin, RegNet, DenseNet, ShuffleNet) are read by s
 run their own forward, cut at their blocks (:mod:`recede.wrap.vision_structure`).
 
 Earlier depths get pool → linear heads (:mod:`recede.wrap.heads`; LayerNorm, class token,
-linear for the ViT), ``head="stage"`` one per run of equal-width blocks, ``head="shared"``
+linear for the ViT), ``head="group"`` one per run of equal-width blocks, ``head="shared"``
 (ViT only) the model's own head at every depth.
 
 >>> net = recede.wrap(torchvision.models.resnet18(num_classes=10))          # T = 8

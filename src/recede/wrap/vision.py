@@ -9,7 +9,7 @@ final 1×1 convolution); :func:`vision_layout` turns them into Paper A's chain o
 * the final head is the model's own classifier path, so that at h = T the gradients are plain
   autograd's on ``model(x)`` with cross-entropy;
 * earlier depths get a fresh pool → linear head of the unit's output width (Paper B App. A),
-  or, with ``head="stage"``, one head per run of consecutive units of equal width (a ResNet
+  or, with ``head="group"``, one head per run of consecutive units of equal width (a ResNet
   stage), the last run using the final head; ``head="shared"`` is allowed when every unit has
   the final head's width (a ViT).
 
@@ -142,7 +142,7 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
         runs.append(runs[-1] + (width != before or width is None))
     per_run: dict[int, nn.Module] = {}
 
-    def stage(i: int) -> nn.Module:
+    def group(i: int) -> nn.Module:
         if runs[i] == runs[-1]:
             return final
         if runs[i] not in per_run:
@@ -152,7 +152,7 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
     return Layout(units=units, final_head=final, loss_fn=nn.CrossEntropyLoss(),
                   independent_head=independent if make_head is not None else None,
                   shareable=runs[-1] == 0 and widths[0] is not None,
-                  stage_head=stage if make_head is not None else None)
+                  group_head=group if make_head is not None else None)
 
 
 def _check_placed(model: nn.Module, modules: list[nn.Module], family: str) -> None:

@@ -35,35 +35,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from recede.core.blocks import even_groups
+from recede.core.chains import Chain, chains
 
-@dataclass(frozen=True)
-class Chain:
-    """The cotangent of depth ``depth``: carried back to block ``lowest``, weight gradients at
-    ``weighted`` (block k-h, the final sweep's every block, or LoCo's pair)."""
-
-    depth: int
-    lowest: int
-    weighted: frozenset[int]
-
-
-def chains(T: int, horizon: int, double: bool = False) -> list[Chain]:
-    """The chains of one horizon step, by increasing depth (as :class:`recede.MPC` runs them)."""
-    first = horizon - 1 if double else horizon
-    out = []
-    for k in range(first, T + 1):
-        if k == T:
-            lowest = max(T - horizon, 0)
-            weighted = frozenset(range(lowest, T))
-        else:
-            weighted = frozenset(j for j in (k - horizon, k - horizon + 1)[:1 + double] if j >= 0)
-            lowest = min(weighted)
-        out.append(Chain(k, lowest, weighted))
-    return out
+__all__ = ["Chain", "Op", "Plan", "Simulation", "balanced_sizes", "bp_bubble", "chains", "diagram",
+           "even_sizes", "simulate"]
 
 
 def even_sizes(T: int, stages: int) -> list[int]:
     """T blocks in ``stages`` stages as equal as ``torch.tensor_split`` makes them."""
-    return [T // stages + (1 if r < T % stages else 0) for r in range(stages)]
+    return [len(group) for group in even_groups(T, stages)]
 
 
 def balanced_sizes(times: list[float], stages: int) -> list[int]:
@@ -170,11 +151,7 @@ class Plan:
 
     def last_user(self) -> dict[int, int]:
         """For each block, the depth of the last chain that needs its graph (then it is freed)."""
-        last: dict[int, int] = {}
-        for c in self.all_chains:
-            for j in range(c.lowest, c.depth):
-                last[j] = max(last.get(j, 0), c.depth)
-        return last
+        return {j: c.depth for c in self.all_chains for j in c.released}
 
     def schedule(self, micro_batches: int) -> list[Op]:
         """Every rank's operations in the global order (see the module docstring)."""

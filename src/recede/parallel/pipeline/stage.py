@@ -23,7 +23,6 @@ within the process group's timeout; that is raised as
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,9 +35,10 @@ from torch import nn
 
 from recede.bpm.estimator import BPModified
 from recede.core.blocks import BlockNet
-from recede.core.engine import NonFiniteLossError, StepGradients, check_horizon, write_grads
+from recede.core.engine import Graph, StepGradients, accumulate, check_horizon, sweep, write_grads
 from recede.parallel.data_parallel import RankFailure
 from recede.parallel.pipeline.plan import Chain, Plan, balanced_sizes, even_sizes
+from recede.parallel.state import current
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HEADER = 10  # dtype code, ndim, up to 8 sizes
@@ -64,8 +64,8 @@ def _peer(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        raise RankFailure(f"rank {dist.get_rank()} of {dist.get_world_size()}: {what} failed: "
-                          f"the peer died or hung past the timeout ({str(err).splitlines()[0]})") from err
+        raise RankFailure(f"{current()}: {what} failed: "
+                          f"the peer died or hung past the timeout ({str(err).splitlines()[0]})", operation=what) from err
 
 
 def forward_times(net: BlockNet, x: torch.Tensor, repeats: int = 3) -> list[float]:
@@ -124,9 +124,8 @@ class Pipeline:
         if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
             raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
         check_horizon(horizon, net.T)
-        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.distributed else 0
-        stages = dist.get_world_size() if self.distributed else 1
+        state = current()
+        self.distributed, self.rank, stages = state.distributed, state.rank, state.world_size
         if stages > net.T:
             raise ValueError(f"a pipeline of {stages} ranks needs at least {stages} blocks; the net has T = {net.T}")
         sizes = list(sizes) if sizes is not None else self._default_sizes(net, stages, sample)
@@ -149,7 +148,6 @@ class Pipeline:
         self.head_params = {k: _unique(net.head(k).parameters()) for k in depths}
         self.shared = self._shared_parameters()
         self._forward_links, self._backward_links = self._links(timeout)
-        self.last_user = self.plan.last_user()
         self._local = {c.depth: c for c in self.plan.local(self.rank)}
         self._up, self._down = self.plan.up(self.rank), self.plan.down(self.rank)
         self._down_in_forward = bool(self._down) and self.plan.sends_in_forward(self.rank)
@@ -291,7 +289,7 @@ class Pipeline:
         outgoing = self._outgoing[m] = []
         for t in range(self.a, self.b):
             out = self.net.run_block(t, z)
-            window[t] = (z, out)
+            window[t] = Graph([z] if z.requires_grad else [], [out] if out.requires_grad else [])
             z = out.detach().requires_grad_()
             if t == self.b - 1 and self.rank < self.plan.stages - 1:
                 self._busy += time.perf_counter() - tick
@@ -330,30 +328,24 @@ class Pipeline:
         self._losses.setdefault(k, []).append(loss.detach() * weight)
         params = self.head_params[k]
         out = torch.autograd.grad(loss * weight, [z_k, *params], allow_unused=True)
-        _accumulate(self._step.heads, params, out[1:])
+        accumulate(self._step.heads, params, out[1:])
         return out[0] if out[0] is not None else torch.zeros_like(z_k)
 
-    def _carry(self, window: dict, chain: Chain, c: torch.Tensor, top: int) -> torch.Tensor:
-        """Carry ``c`` from x_top down this stage's part of ``chain``; weight gradients where
-        the chain owes them; free each block graph after its last chain.  Returns the
-        cotangent at x_{a_r} (meaningful when the chain goes on below this stage)."""
-        for j in range(top - 1, max(chain.lowest, self.a) - 1, -1):
-            z, out = window[j]
-            want_input = j > chain.lowest
-            params = self.block_params[j] if j in chain.weighted else []
-            inputs = ([z] if want_input else []) + params
-            release = self.last_user[j] == chain.depth
-            if inputs and out.requires_grad:
-                grads = torch.autograd.grad(out, inputs, c, retain_graph=not release, allow_unused=True)
-                if want_input:
-                    c = grads[0] if grads[0] is not None else torch.zeros_like(z)
-                    grads = grads[1:]
-                _accumulate(self._step.blocks[j], params, grads)
-            elif want_input:
-                c = torch.zeros_like(z)
-            if release:
-                del window[j]
-        return c
+    def _carry(self, window: dict[int, Graph], chain: Chain, c: torch.Tensor, top: int) -> torch.Tensor:
+        """Carry ``c`` from x_top down this stage's part of ``chain`` with the engine's
+        :func:`~recede.core.engine.sweep`: weight gradients where the chain owes them, each
+        block graph freed after its last chain.  Returns the cotangent at x_{a_r} (zeros where
+        nothing reached it; meaningful when the chain goes on below this stage)."""
+        bottom = max(chain.lowest, self.a)
+        below = window[bottom].inputs if bottom > chain.lowest else []
+        outputs = window[top - 1].outputs
+        grads = sweep(window, outputs, [c] if outputs else None, [], top, bottom, chain.lowest, chain.weighted,
+                      chain.released, self.block_params, self._step)
+        for j in chain.released & set(range(bottom, top)):
+            del window[j]
+        if not below:
+            return c
+        return grads[0] if grads and grads[0] is not None else torch.zeros_like(below[0])
 
     # -- messages ----------------------------------------------------------------------------
     #
@@ -447,9 +439,7 @@ class Pipeline:
                 dist.all_reduce(table)
         values, evaluated = table.cpu()
         losses = {k + 1: v for k, (v, e) in enumerate(zip(values, evaluated)) if e}
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; no .grad was modified")
+        StepGradients([], losses=losses).check_finite()  # the engine's check, on every rank's losses
         self.last_losses = {k: float(v) for k, v in losses.items()}
         return losses
 
@@ -479,15 +469,3 @@ class _StageGradients(StepGradients):
         self.stage.sum_shared(grads)
         return grads
 
-
-def _accumulate(into: dict[nn.Parameter, torch.Tensor], params: list[nn.Parameter],
-                values: Sequence[torch.Tensor | None]) -> None:
-    """Sum gradients in place into this step's buffers (a copy first: autograd may hand out a
-    tensor that is also the cotangent being carried)."""
-    for p, g in zip(params, values):
-        if g is None:
-            continue
-        if p in into:
-            into[p].add_(g)
-        else:
-            into[p] = g.clone()
