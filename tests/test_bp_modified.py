@@ -348,14 +348,16 @@ def test_bpm_method_names_build_bp_modified_engines():
 
 
 def test_a_rule_function_replaces_the_named_rule(float64):
-    """``scaling=`` takes an a/λ rule in the robust rule's form: the robust rule itself passed as
-    a function gives the named rule's scalars, and another function's a and λ are used as given."""
+    """``scaling=`` takes an a/λ rule (:data:`recede.bpm.estimator.Rule`): the robust rule passed as
+    such a function gives the named rule's scalars, and another function's a and λ are used as given."""
     from recede.bpm.scalars import robust_scalars
 
     torch.manual_seed(6)
     net, data = small_net(), classification_data(64)
     named = BPModified(net, 1, 4, 64, 8, batch_size=16)
-    given = BPModified(net, 1, 4, 64, 8, scaling=robust_scalars, batch_size=16)
+    given = BPModified(net, 1, 4, 64, 8, batch_size=16,
+                       scaling=lambda m, B_prime, check, previous: robust_scalars(
+                           m, B_prime, None if check is None else check["end"], previous))
     for _ in range(2):  # the second refresh passes the held-out check to the rule
         named.refresh(micro_batches(data, 8))
         given.refresh(micro_batches(data, 8))
@@ -363,8 +365,8 @@ def test_a_rule_function_replaces_the_named_rule(float64):
     torch.testing.assert_close(given.lam, named.lam)
     seen = []
 
-    def half(m, B_prime, end, previous):
-        seen.append((B_prime, end is None))
+    def half(m, B_prime, check, previous):
+        seen.append((B_prime, check is None))
         return torch.full_like(m.hh, 2.0), torch.full_like(m.hh, 0.5)
 
     custom = BPModified(net, 1, 4, 64, 8, scaling=half, batch_size=16)

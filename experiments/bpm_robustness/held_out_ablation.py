@@ -44,7 +44,7 @@ VARIANTS = {"paper": ["FF", "robust", "js", "js-nocap"], "fresh": ["FF", "paper"
 def without_held_out_test(cap: bool) -> Rule:
     """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower (and
     less its limit on λ's growth from the last refresh: ``previous`` is accepted and unused)."""
-    def scalars(m: bp_scalars.BlockMoments, B_prime: int, end: torch.Tensor | None,
+    def scalars(m: bp_scalars.BlockMoments, B_prime: int, check: dict[str, torch.Tensor] | None,
                 previous: torch.Tensor | None = None):
         lam = bp_scalars.fresh_lambda(m, B_prime)
         if cap:

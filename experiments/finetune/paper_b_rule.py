@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +36,22 @@ import torch
 from paper_b_table import (
     BATCH,
     COLUMNS,
+    MICRO,
+    SHARE,
     Store,
     gap_recovered,
-    make_method,
     mean_sd,
+    period_of,
     pm,
     run_one,
     source_checkpoint,
     target_task,
 )
 
-import recede.bpm.estimator as bp_modified_module
 from recede.bpm import scalars as bp_scalars
 from recede.bpm.estimator import BPModified
 from recede.core.engine import MPC
+from recede.methods import default_offset_samples
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table
 from recede.runs.train import batches, make_optimizer
@@ -130,20 +131,27 @@ class DriftRefresh(BPModified):
 
 
 def drift_factory(threshold: float):
-    def make(net, method, scaling, task, seed, period_epochs=1.0, offset_samples=None):
-        engine = make_method(net, method, scaling, task, seed, period_epochs, offset_samples)
-        engine.__class__ = DriftRefresh
+    def make(net, method, scaling, task, seed, period_epochs=1.0, offset_samples=None, rule=None):
+        assert method == "ff" and rule is None, "the drift arm is FF's"
+        period = period_of(task, period_epochs)
+        samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
+        engine = DriftRefresh(net, 1, period, samples, MICRO, scaling or "robust", data=task.train,
+                              batch_size=BATCH, seed=seed)
         engine.threshold = threshold
         return engine
     return make
 
 
-ROBUST = bp_scalars.robust_scalars
+def robust(m, B_prime, check, previous=None):
+    """The robust rule as a :data:`recede.bpm.estimator.Rule` (it reads the check's lower bound)."""
+    return bp_scalars.robust_scalars(m, B_prime, None if check is None else check["end"], previous)
 
 
 def ablated_robust(kind: str):
-    """The robust rule without one of its bounds (module docstring's ``ablate`` arm)."""
-    def rule(m, B_prime, end, previous=None):
+    """The robust rule without one of its bounds (module docstring's ``ablate`` arm); the
+    ``point`` kinds test the last offset at c's point estimate instead of its lower bound."""
+    def rule(m, B_prime, check, previous=None):
+        end = None if check is None else check["end_point" if kind.startswith("point") else "end"]
         cap = bp_scalars.step_cap(m)
         fresh = bp_scalars.fresh_lambda(m, B_prime)
         prev = torch.zeros_like(m.hh) if previous is None else previous.to(m.hh)
@@ -156,27 +164,9 @@ def ablated_robust(kind: str):
         elif kind == "james-stein":
             lam = fresh
         else:
-            return ROBUST(m, B_prime, end, previous)
+            return bp_scalars.robust_scalars(m, B_prime, end, previous)
         return torch.ones_like(m.hh), lam
     return rule
-
-
-def point_estimate(cross, norm_sq, se, n, alpha=0.025):
-    """:func:`recede.bpm.scalars.end_coefficient` at t = 0: c's point estimate, no confidence bound."""
-    return torch.where(norm_sq > 0, cross / norm_sq.clamp_min(1e-300), torch.full_like(cross, -torch.inf))
-
-
-@contextmanager
-def robust_rule(rule, point: bool = False):
-    """Run with ``rule`` as the robust scalars (and, with ``point``, c's point estimate as its bound)."""
-    saved = bp_modified_module.robust_scalars, bp_modified_module.end_coefficient
-    bp_modified_module.robust_scalars = rule
-    if point:
-        bp_modified_module.end_coefficient = point_estimate
-    try:
-        yield
-    finally:
-        bp_modified_module.robust_scalars, bp_modified_module.end_coefficient = saved
 
 
 # -- study ---------------------------------------------------------------------------------------
@@ -254,10 +244,8 @@ def from_scratch(args, out: Path) -> None:
             for seed in cfg["seeds"]:
                 key = f"{task_name}/{lr:g}/{variant}/seed{seed}"
                 if key not in runs:
-                    with robust_rule(ablated_robust(variant) if variant != "FF" else ROBUST,
-                                     point=variant.startswith("point")):
-                        r = study.run_one(spec, task, "ff" if variant == "FF" else "bpm-ff", lr, seed, cfg["regime"],
-                                          None if variant == "FF" else "robust")
+                    r = study.run_one(spec, task, "ff" if variant == "FF" else "bpm-ff", lr, seed, cfg["regime"],
+                                      None if variant == "FF" else ablated_robust(variant))
                     runs[key] = {k: r[k] for k in ("metric", "curve", "diverged", "seconds")}
                     path.write_text(json.dumps(runs, indent=1))
                     print(f"{key}: {runs[key]['metric']} ({runs[key]['seconds']:.1f} s)", flush=True)
@@ -333,10 +321,8 @@ def main(argv: list[str] | None = None) -> None:
         name = "BP" if method == "bp" else "FF" if scaling is None else f"FF+BPM({scaling})"
         for seed in range(args.seeds):
             def make(seed=seed, method=method, scaling=scaling, kwargs=kwargs, rule=rule, arm=arm):
-                with robust_rule(rule or ROBUST, point=arm.startswith("ablate:point")):
-                    r = run_one(args.column, method, scaling, seed, task=task, checkpoint=checkpoint, lr=args.lr,
-                                epochs=args.epochs, **kwargs)
-                return r
+                return run_one(args.column, method, scaling, seed, task=task, checkpoint=checkpoint,
+                               lr=args.lr, epochs=args.epochs, rule=rule, **kwargs)
             results.setdefault(arm, {}).setdefault(name, []).append(store.get(f"{arm}/{name}/seed{seed}", make))
     base = results.get("base", {})
     rows = []

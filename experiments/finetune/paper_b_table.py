@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from recede import models
-from recede.bpm.estimator import BPModified
+from recede.bpm.estimator import BPModified, Rule
 from recede.cli import build_parser
 from recede.cli import main as recede_main
 from recede.core.engine import NonFiniteLossError
@@ -112,26 +112,29 @@ def period_of(task, period_epochs: float) -> int:
 
 
 def make_method(net, method: str, scaling: str | None, task, seed: int, period_epochs: float = 1.0,
-                offset_samples: int | None = None):
+                offset_samples: int | None = None, rule: Rule | None = None):
+    """The method's engine; a BP-modified one (``scaling`` given) takes ``rule`` in place of the
+    named rule when one is given (a study's variant, paper_b_rule.py)."""
     period = period_of(task, period_epochs)
     samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
     return build_method(net, parse_method(method if scaling is None else f"bpm-{method}"),
                         refresh_data=task.train, batch_size=BATCH, period=period, offset_samples=samples,
-                        micro_batch=MICRO, scaling=scaling or "robust", seed=seed)
+                        micro_batch=MICRO, scaling=rule or scaling or "robust", seed=seed)
 
 
 def run_one(column: str, method: str, scaling: str | None, seed: int, *, task, checkpoint: str, lr: float,
             epochs: int, period_epochs: float = 1.0, offset_samples: int | None = None,
             init_hook: Callable[[torch.nn.Module], None] | None = None,
             before: Callable[[Any, Any, torch.optim.Optimizer], None] | None = None,
-            method_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+            method_factory: Callable[..., Any] | None = None, rule: Rule | None = None) -> dict[str, Any]:
     """Fine-tune one network; its test accuracy per epoch, refresh statistics and wall time.
 
     ``init_hook(net)`` runs after the checkpoint is loaded (before adapters); ``before(net,
     method, optimizer)`` after the method is built and before training (e.g. a head warm-up);
-    ``method_factory`` replaces :func:`make_method` (same arguments)."""
+    ``method_factory`` replaces :func:`make_method` (same arguments); ``rule`` replaces the named
+    a/λ rule of a BP-modified method (the record keeps ``scaling``'s name)."""
     net = build_net(column, task, checkpoint, seed, init_hook)
-    engine = (method_factory or make_method)(net, method, scaling, task, seed, period_epochs, offset_samples)
+    engine = (method_factory or make_method)(net, method, scaling, task, seed, period_epochs, offset_samples, rule)
     optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], "sgd", lr, 0.9)
     refreshes: list[dict[str, Any]] = []
     seen = [0]

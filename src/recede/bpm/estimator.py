@@ -65,9 +65,12 @@ from recede.core.engine import MPC, write_grads
 
 log = logging.getLogger("recede.bpm.estimator")
 
-Rule = Callable[[BlockMoments, int, "torch.Tensor | None", torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""An a/λ rule in the robust rule's form: (moments, B', the held-out end-of-period check or
-None at the first refresh, the blocks' previous λ) → (a, λ) per modified block."""
+Rule = Callable[[BlockMoments, int, "dict[str, torch.Tensor] | None", torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""An a/λ rule: (moments, B', the held-out check of the last offset or None at the first
+refresh, the blocks' previous λ) → (a, λ) per modified block.  The check is the dict of
+:meth:`BPModified._held_out`: ``end`` the lower confidence bound on the last offset's best
+multiplier c at its period's end (what the robust rule reads), ``end_point`` c's point
+estimate, ``e_dot`` and ``e_sq``."""
 
 def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
@@ -162,7 +165,7 @@ class BPModified:
         micro_batch: b', samples per micro-batch of the refresh.
         scaling: the rule for a and λ: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias)
             or ``"fixed"`` (needs a, lam), :mod:`recede.bpm.scalars`; or a :data:`Rule`, a
-            function called as the robust rule is (a study's variant of it).
+            function given the moments and the held-out check (a study's variant of a rule).
         a, lam: the fixed scalars for ``scaling="fixed"``.
         double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
         data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
@@ -364,7 +367,7 @@ class BPModified:
         index = torch.tensor(self.modified, dtype=torch.long)
         check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
         if callable(self.scaling):
-            a, lam = self.scaling(m, samples, None if check is None else check["end"], self.lam[index])
+            a, lam = self.scaling(m, samples, check, self.lam[index])
         elif self.scaling == "robust":
             a, lam = robust_scalars(m, samples, None if check is None else check["end"], self.lam[index])
         elif self.scaling == "paper":
