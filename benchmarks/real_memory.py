@@ -31,10 +31,11 @@ activations, dropout, residual adds — is recomputed).  For GPT-2 also ``hf-gc`
 transformers runs it.
 
 Configurations: ``gpt2-6`` and ``gpt2-16`` (the registry's ``gpt2``, 6 or 16 layers of width
-256, 4 heads, sequences of 2048 byte tokens, batch 2), ``resnet50`` (timm's ResNet-50, T = 16,
+256, 4 heads, sequences of 2048 byte tokens, batch 2), ``gpt2-16-4k`` (the same at 4096
+tokens: the long-context configuration), ``resnet50`` (timm's ResNet-50, T = 16,
 160 × 160, batch 16).  ``--smoke`` runs tiny versions of both families in seconds.
 
-    python benchmarks/real_memory.py [--configs gpt2-6 gpt2-16 resnet50] [--repeats 5] [--smoke]
+    python benchmarks/real_memory.py [--configs gpt2-6 gpt2-16 gpt2-16-4k resnet50] [--repeats 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ MiB = 2**20
 CONFIGS: dict[str, dict[str, Any]] = {
     "gpt2-6": dict(family="gpt2", layers=6, width=256, heads=4, seq=2048, batch=2),
     "gpt2-16": dict(family="gpt2", layers=16, width=256, heads=4, seq=2048, batch=2),
+    "gpt2-16-4k": dict(family="gpt2", layers=16, width=256, heads=4, seq=4096, batch=2),
     "resnet50": dict(family="resnet50", side=160, batch=16, classes=100),
 }
 SMOKE: dict[str, dict[str, Any]] = {
