@@ -60,7 +60,7 @@ def mixed_depth_net(T: int = 7, width: int = 6, shared_head: bool = False) -> Bl
 
 
 METHODS = ["bp", "ff", "mpc:2", "mpc:3", "mpc:6", "loco:3", "loco:7", "loco-double:2", "loco-double:3",
-           "ckpt", "ckpt:1", "ckpt:7"]
+           "ckpt", "ckpt:1", "ckpt:7", "mpc-rc:1", "mpc-rc:2", "mpc-rc:3", "mpc-rc:6", "mpc-rc:7"]
 
 
 @pytest.mark.parametrize("shared_head", [False, True])
@@ -70,7 +70,8 @@ def test_predicted_flops_equal_what_the_engine_spends(shared_head: bool) -> None
     x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
     costs, _ = calibrate(net, x, y, flop_meter)
     bp = horizon_cost(costs, net.T)
-    methods = [build_method(net, m) for m in METHODS] + [MPC(net, h, double=True) for h in range(2, net.T + 1)]
+    methods = [build_method(net, m) for m in METHODS] + [MPC(net, h, double=True, recompute=rc)
+                                                          for h in range(2, net.T + 1) for rc in (False, True)]
     for method in methods:
         method.backward(x, y)  # first step out of the way (head checks)
         spent = flops(partial(method.backward, x, y))
@@ -83,9 +84,11 @@ def test_predicted_flops_on_a_conv_resnet() -> None:
     x, y = torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,))
     costs, _ = calibrate(net, x, y, flop_meter)
     for h in range(1, net.T + 1):
-        method = MPC(net, h)
-        method.backward(x, y)
-        assert horizon_cost(costs, h) == pytest.approx(flops(partial(method.backward, x, y)), rel=1e-12)
+        for recompute in (False, True):
+            method = MPC(net, h, recompute=recompute)
+            method.backward(x, y)
+            assert horizon_cost(costs, h, recompute=recompute) == pytest.approx(
+                flops(partial(method.backward, x, y)), rel=1e-12), (h, recompute)
 
 
 def test_pass_counts_by_hand() -> None:
