@@ -10,7 +10,6 @@ loss, a rank that dies or hangs) ends with one line and status 1; an interrupt w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import signal
@@ -29,10 +28,9 @@ from recede.runs import preflight
 from recede.runs.bench import add_bench_parser
 from recede.runs.compare import add_compare_parser
 from recede.runs.demo import add_demo_parser
-from recede.runs.plots import loss_curves
 from recede.runs.pretrain import add_pretrain_parser
-from recede.runs.reports import machine, markdown_table, print_table, write_json
-from recede.runs.run import Workload, add_workload_options, checkpoint_path, identity, run_method
+from recede.runs.config import RunConfig
+from recede.runs.run import add_workload_options, check, checkpoint_path, run
 
 
 def _resume_mode(text: str) -> str:
@@ -60,44 +58,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``recede train``: the options as a :class:`~recede.runs.config.RunConfig`, checked
+    (:func:`recede.runs.run.check`), then run (:func:`recede.runs.run.run`) in this process,
+    in ``--nproc`` data-parallel ranks, or as a ``--pipeline``."""
     if args.pipeline > 1:
         return pipeline_run.run_pipeline(args)
-    specs = preflight.methods(args.method or ["bp"])
-    workload = Workload.from_args(args)
-    workload.check_methods(specs, args)
-    if args.tensorboard:
-        preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
-    out = Path(args.out)
-    preflight.check_resume(out, identity(args), {checkpoint_path(out, s): s.label for s in specs},
-                           args.resume, net=workload.build(args.seed) if args.resume else None)  # a build only to compare
+    config = RunConfig.from_options(vars(args))
+    checked = check(config)
     if args.nproc > 1 and not distributed.under_torchrun():
-        return _launch(args, out, specs)
-    ctx = distributed.init_from_env("gloo", args.dist_timeout)
-    if args.nproc > 1 and args.nproc != ctx.world_size:
-        raise ValueError(f"--nproc {args.nproc} but torchrun started {ctx.world_size} processes")
-    workload = dataclasses.replace(workload, rank=ctx.rank, world_size=ctx.world_size)
-    preflight.start(args)
-    results = [run_method(workload, spec, args, out=out, checkpoint_every=args.checkpoint_every,
-                          resume=bool(args.resume), tensorboard=args.tensorboard) for spec in specs]
-    distributed.shutdown()
-    if not ctx.is_main:
-        return 0
-    rows = [r.row() for r in results]
-    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
-        + ["ms/step", "real MiB", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
-    ranks = f", {ctx.world_size} ranks × batch {args.batch_size}" if ctx.world_size > 1 else ""
-    title = f"{args.model} on {args.data}, {args.epochs} epochs{ranks}"
-    print_table(rows, columns, title=title, report=out / "report.md",
-                essential=["method", *(workload.metric_columns[:1] or ["test loss"]), "ms/step", "real MiB"])
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
-                                      "history": {r.label: [e.as_dict() for e in r.history] for r in results}})
-    loss_curves({r.label: r.history for r in results}, out / "loss.png", title)
-    (out / "report.md").write_text(
-        f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step is the mean wall time of a training step over the run (refreshes included); saved "
-        "MiB is the peak of tensors saved for backward over a step and a refresh (recede.measure.memory); "
-        "state MiB adds parameters, gradients, optimizer state and offsets.\n\n![loss curves](loss.png)\n")
-    print(f"results written to {out}/")
+        return _launch(args, Path(args.out), checked.specs)
+    run(config, checked=checked, on_start=lambda: preflight.start(args))
     return 0
 
 

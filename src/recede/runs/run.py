@@ -11,8 +11,10 @@ saved activations over step and refresh, the whole training state, CUDA peak on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ from recede.config import float_range, int_range, key_values, positive_float
 from recede.core.engine import NonFiniteLossError
 from recede.methods import MethodSpec, build_method, parse_method
 from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
-from recede.measure.usage import PaidMemory, measure_paid
+from recede.measure.usage import PaidMemory, measure_paid, meter
+from recede.runs.config import RunConfig
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
@@ -86,7 +89,9 @@ def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", d
 @dataclass
 class Workload:
     """A task, how to build a fresh model for it, and this process's rank among ``world_size``
-    data-parallel processes (:mod:`recede.parallel.data_parallel`)."""
+    data-parallel processes (:mod:`recede.parallel.data_parallel`).  ``net``: the model built
+    once when the workload was checked (:meth:`from_config`), kept for the checks that need a
+    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones."""
 
     task: data.Task
     model: str
@@ -96,43 +101,57 @@ class Workload:
     world_size: int = 1
     init: str | None = None  # --init: the state dict every fresh model starts from
     init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
+    net: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> Workload:
-        """The workload of the command's options, checked before any training
-        (:mod:`recede.runs.preflight`): the device, the data and model options, and that the
-        model accepts the data."""
-        device = preflight.device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        task = preflight.load_data(args.data, key_values(args.data_opt, "--data-opt"))
-        options = key_values(args.model_opt, "--model-opt")
-        net = preflight.build_model(args.model, task, options, device)
-        init, skip = getattr(args, "init", None), tuple(getattr(args, "init_skip", None) or ())
+    def from_config(cls, config: RunConfig, rank: int = 0, world_size: int = 1) -> Workload:
+        """The workload of ``config``, checked before any training (:mod:`recede.runs.preflight`):
+        the device, the data and model options, and that the model accepts the data.  The
+        model is built here once (:attr:`net`)."""
+        w = config.workload
+        device = preflight.device(config.loop.device)
+        if config.loop.threads:
+            torch.set_num_threads(config.loop.threads)
+        task = preflight.load_data(w.data, dict(w.data_options))
+        options = dict(w.model_options)
+        net = preflight.build_model(w.model, task, options, device)
+        init, skip = w.init, tuple(w.init_skip)
         if init is not None or skip:
             from recede.runs.pretrain import describe_init, load_init
 
             load_init(net, init, skip)  # a file that does not fit stops here, before anything is written
             if rank == 0:
                 print(describe_init(net, init, skip))
-        preflight.probe(net, task, device, f"model {args.model!r}")
-        return cls(task, args.model, options, device, rank, world_size, init, skip)
+        preflight.probe(net, task, device, f"model {w.model!r}")
+        return cls(task, w.model, options, device, rank, world_size, init, skip, net)
 
-    def method(self, net, spec: MethodSpec, args: argparse.Namespace):
-        """The method object that trains ``net`` by ``spec`` on this workload at
-        ``args.batch_size`` per process; ``bpm-`` methods draw their offsets from the training
-        set with the ``--bpm-*`` settings, B being the global batch."""
+    @classmethod
+    def from_args(cls, args: Any, rank: int = 0, world_size: int = 1) -> Workload:
+        """The workload of a command's parsed options (:meth:`RunConfig.from_options`)."""
+        return cls.from_config(RunConfig.from_options(vars(args)), rank, world_size)
+
+    def method(self, net, spec: MethodSpec, config: RunConfig | Any, seed: int | None = None):
+        """The method object that trains ``net`` by ``spec`` on this workload at the config's
+        batch size per process; ``bpm-`` methods draw their offsets from the training set with
+        the config's BP-modified settings, B being the global batch."""
+        config = config if isinstance(config, RunConfig) else RunConfig.from_options(vars(config))
+        b = config.bpm
         return build_method(net, spec, refresh_data=self.task.train,
-                            batch_size=args.batch_size * self.world_size, period=args.bpm_period,
-                            offset_samples=args.bpm_samples, micro_batch=args.bpm_micro_batch,
-                            scaling=args.bpm_scaling, a=args.bpm_a, lam=args.bpm_lam, seed=args.seed)
+                            batch_size=config.loop.batch_size * self.world_size, period=b.period,
+                            offset_samples=b.samples, micro_batch=b.micro_batch, scaling=b.scaling,
+                            a=b.a, lam=b.lam, seed=config.loop.seed if seed is None else seed)
 
-    def check_methods(self, specs: list[MethodSpec], args: argparse.Namespace) -> None:
-        """Build each method once on a model, so a horizon or stage count outside [1, T]
-        fails before any training."""
-        net = self.build(0)
+    def check_methods(self, specs: list[MethodSpec], config: RunConfig | Any) -> None:
+        """Build each method once on the checked model, so a horizon or stage count outside
+        [1, T] fails before any training."""
+        net = self.net if self.net is not None else self.build(0)
         for spec in specs:
-            self.method(net, spec, args)
+            self.method(net, spec, config)
+
+    @property
+    def T(self) -> int:
+        """The number of blocks of the workload's model."""
+        return (self.net if self.net is not None else self.build(0)).T
 
     @property
     def classification(self) -> bool:
@@ -174,11 +193,12 @@ class MethodResult:
 
     label: str
     history: list[EpochRecord]
-    memory: PaidMemory
+    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own measurement)
     net: torch.nn.Module = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
     tokens_per_step: int | None = None  # a language model's tokens per training step
+    fixed_row: dict[str, Any] | None = None  # a pipeline stage's row (its own measurement)
 
     @property
     def final(self) -> EpochRecord:
@@ -195,6 +215,9 @@ class MethodResult:
         return 1000 * sum(r.seconds for r in self.history) / self.steps
 
     def row(self) -> dict[str, Any]:
+        if self.fixed_row is not None:
+            return dict(self.fixed_row)
+        assert self.memory is not None  # every run but a pipeline stage's measures it
         extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
         if self.tokens_per_step is not None:
             extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
@@ -219,54 +242,122 @@ def checkpoint_path(out: Path, spec: MethodSpec, seed: int | None = None) -> Pat
     return folder / f"{slug(spec)}.pt"
 
 
-def identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The :data:`IDENTITY` options of a command: a checkpoint resumes only a run that agrees."""
-    return {k: getattr(args, k) for k in IDENTITY}
+def identity(args: Any) -> dict[str, Any]:
+    """The :data:`IDENTITY` options of a command's parsed options (:meth:`RunConfig.identity`):
+    a checkpoint resumes only a run that agrees."""
+    return RunConfig.from_options(vars(args)).identity()
 
 
-def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namespace, *,
-               out: Path, checkpoint_every: int = 0, resume: bool = False,
-               tensorboard: bool = False, per_seed: bool = False) -> MethodResult:
-    """Train a fresh model (seeded by ``args.seed``) with ``spec``; checkpoint to
-    ``out/checkpoints/<method>.pt`` (``per_seed``: ``out/checkpoints/seed-<seed>/<method>.pt``)
-    every ``checkpoint_every`` steps (0: only at the end).
+def run_method(workload: Workload, spec: MethodSpec | str, args: Any, *, out: Path,
+               checkpoint_every: int = 0, resume: bool = False, tensorboard: bool = False,
+               per_seed: bool = False) -> MethodResult:
+    """:func:`train_method` for a command's parsed options ``args``."""
+    config = RunConfig.from_options(vars(args))
+    loop = dataclasses.replace(config.loop, checkpoint_every=checkpoint_every, resume=resume)
+    output = dataclasses.replace(config.output, tensorboard=tensorboard)
+    config = dataclasses.replace(config, loop=loop, output=output)
+    return train_method(workload, spec, config, out=out, per_seed=per_seed)
 
-    With ``resume`` and an existing checkpoint, the run continues from it; the checkpoint must
-    come from a run with the same :data:`IDENTITY` options.  A non-finite loss stops the run
-    with the step number; the last checkpoint written stays the good one.
+
+@dataclass
+class Setup:
+    """How one method trains one fresh model: ``method`` (what the loop calls ``backward`` on),
+    the ``module`` whose state a checkpoint holds and the ``parameters`` the optimizer steps,
+    the checkpoint ``path`` (None: none) and its ``identity``, the test set evaluated after
+    each epoch (None: ``on_epoch`` evaluates), the data shard (``rank`` of ``world_size``), and
+    ``finish(history, optimizer) -> MethodResult`` that measures the trained method.
+    :func:`plain_setup` is a process's (or a data-parallel rank's);
+    :func:`recede.parallel.pipeline.run.stage_setup` a pipeline stage's."""
+
+    method: Any
+    module: torch.nn.Module
+    parameters: Any
+    path: Path | None
+    identity: dict[str, Any]
+    finish: Callable[[list[EpochRecord], torch.optim.Optimizer], MethodResult]
+    checkpoint_method: Any = None
+    test_set: Any = None
+    on_epoch: Callable[[EpochRecord], None] | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
+def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: torch.nn.Module,
+                out: Path | None, per_seed: bool) -> Setup:
+    """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
+    method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
+    training by :func:`recede.measure.usage.measure_paid`."""
+    batch_size = config.loop.batch_size
+    local = workload.method(net, spec, config)  # the method itself, measured on this rank below
+    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
+
+    def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
+        x, y = workload.batch(batch_size)
+        memory = measure_paid(local, net, x, y, optimizer, workload.device)
+        optimizer.zero_grad(set_to_none=True)
+        return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
+                            workload.tokens(batch_size * workload.world_size))
+
+    return Setup(method, net, net.parameters(),
+                 None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
+                 config.identity() | {"method": spec.label}, finish, checkpoint_method=method,
+                 test_set=workload.task.test, rank=workload.rank, world_size=workload.world_size)
+
+
+def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
+                 out: Path | None, per_seed: bool = False) -> MethodResult:
+    """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
+    optimizer, train — the one place a run does this (a pipeline stage's method and
+    measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
+    from :func:`plain_setup`).  Checkpoint to ``out/checkpoints/<method>.pt`` (``per_seed``:
+    ``out/checkpoints/seed-<seed>/<method>.pt``) every ``config.loop.checkpoint_every`` steps
+    (0: only at the end; ``out`` None: never).
+
+    With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
+    checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
+    stops the run with the step number; the last checkpoint written stays the good one.
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
-    net = workload.build(args.seed)
-    local = workload.method(net, spec, args)  # the method itself, measured on this rank below
-    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
-    writes = workload.rank == 0
-    optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
-    lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = checkpoint_path(out, spec, args.seed if per_seed else None)
-    run_identity = identity(args) | {"method": spec.label}
-    loop, has_checkpoint = LoopState(), resume and path.exists()
+    lp, opt = config.loop, config.optimizer
+    net = workload.build(lp.seed)
+    if config.parallel.pipeline > 1:
+        from recede.parallel.pipeline.run import stage_setup
+
+        setup = stage_setup(workload, spec, config, net, out)
+    else:
+        setup = plain_setup(workload, spec, config, net, out, per_seed)
+    writes = (workload.rank == 0 or config.parallel.pipeline > 1) and setup.path is not None
+    optimizer = make_optimizer(setup.parameters, opt.name, opt.lr, opt.momentum)
+    lr_rule = LossIncreaseDecay(optimizer, opt.lr_decay)
+    path = setup.path
+    loop, has_checkpoint = LoopState(), bool(lp.resume) and path is not None and path.exists()
     if has_checkpoint:
+        assert path is not None
         payload = checkpoint.read(path)
-        preflight.check_same_run(payload["config"], run_identity, path)
-        loop = checkpoint.restore(payload, net=net, optimizer=optimizer, lr_rule=lr_rule, method=method)
-    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) if tensorboard and writes else None
+        preflight.check_same_run(payload["config"], setup.identity, path)
+        loop = checkpoint.restore(payload, net=setup.module, optimizer=optimizer, lr_rule=lr_rule,
+                                  method=setup.checkpoint_method)
+    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) \
+        if config.output.tensorboard and writes and out is not None else None
 
     def save(finished: bool = False) -> None:
         nonlocal has_checkpoint
-        if not writes:
+        if not writes or path is None:
             return
-        checkpoint.save(path, net=net, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method, config=run_identity, finished=finished)
+        checkpoint.save(path, net=setup.module, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
+                        method=setup.checkpoint_method, config=setup.identity, finished=finished)
         has_checkpoint = True
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         preflight.commit()  # training has begun: the earlier run --overwrite moved aside goes now
         if writer is not None:
             writer.add_scalar("loss/train_step", loss, loop.global_step)
-        if checkpoint_every and loop.global_step % checkpoint_every == 0:
+        if lp.checkpoint_every and loop.global_step % lp.checkpoint_every == 0:
             save()
 
     def on_epoch(record: EpochRecord) -> None:
+        if setup.on_epoch is not None:
+            setup.on_epoch(record)
         if writer is not None:
             writer.add_scalar("loss/train_epoch", record.train_loss, record.epoch + 1)
             writer.add_scalar("lr", record.lr, record.epoch + 1)
@@ -274,12 +365,12 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
                 writer.add_scalar(f"test/{name}", value, record.epoch + 1)
 
     try:
-        history = train(net, method, workload.task.train, optimizer, epochs=args.epochs,
-                        batch_size=args.batch_size, test_set=workload.task.test, seed=args.seed,
+        history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
+                        batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
                         lr_rule=lr_rule, classification=workload.classification,
                         device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
-                        progress=writes and not args.no_progress, description=spec.label,
-                        rank=workload.rank, world_size=workload.world_size, metrics=workload.task.metrics)
+                        progress=workload.rank == 0 and config.output.progress, description=spec.label,
+                        rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
         kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
@@ -287,12 +378,110 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
         if writer is not None:
             writer.close()
     save(finished=True)
-    x, y = workload.batch(args.batch_size)
-    memory = measure_paid(local, net, x, y, optimizer, workload.device)
-    optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
-                        workload.tokens(args.batch_size * workload.world_size))
+    return setup.finish(history, optimizer)
 
+
+@dataclass
+class Checked:
+    """A run's input, checked and nothing written (:func:`check`): the workload (its model
+    built once), the methods, and the timer of a frontier measurement."""
+
+    config: RunConfig
+    workload: Workload
+    specs: list[MethodSpec]
+    timer: Any = None
+
+
+def check(config: RunConfig, default_methods: Callable[[int], list[str]] | None = None) -> Checked:
+    """Check everything ``config`` asks for before anything is written: its values, the
+    workload (built once), the methods (``config.methods``, else ``default_methods(T)``, else
+    BP; a frontier adds BP, every ratio's reference), the clock, TensorBoard, the results
+    folder and, to resume, its checkpoints.  Raises the one-line ``ValueError`` of a refusal."""
+    config.validate()
+    if config.output.out is not None:
+        preflight.check_folder(Path(config.output.out), config.loop.resume, config.output.overwrite, True)
+    workload = Workload.from_config(config)
+    names = config.methods or (default_methods(workload.T) if default_methods is not None else ["bp"])
+    specs = preflight.methods(names)
+    if config.measure.frontier and not any(s.kind == "bp" for s in specs):
+        specs.insert(0, parse_method("bp"))  # every ratio is to BP
+    workload.check_methods(specs, config)
+    timer = None
+    if config.measure.frontier:  # a clock unfit for the device fails now
+        timer = meter(config.measure.timing_steps, 1, workload.device, config.measure.clock)
+    if config.output.tensorboard:
+        preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
+    if config.output.out is not None and config.loop.resume and config.parallel.pipeline == 1:  # stages: their own
+        out, per_seed = Path(config.output.out), config.loop.seeds > 1
+        paths = {checkpoint_path(out, s, seed if per_seed else None): s.label for s in specs for seed in config.seeds}
+        preflight.check_resume(out, config.identity(), paths, config.loop.resume, net=workload.net)
+    return Checked(config, workload, specs, timer)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced: the table's rows (a mean over the seeds for several), each
+    seed's rows and method results, and the report's path (None when nothing was written)."""
+
+    rows: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    report: Path | None = None
+
+
+def run(config: RunConfig, *, default_methods: Callable[[int], list[str]] | None = None,
+        on_start: Callable[[], None] | None = None, checked: Checked | None = None) -> RunResult:
+    """Run ``config``: check it (:func:`check`, the workload built once), start the results
+    folder (``on_start``; by default :func:`recede.runs.preflight.start_folder` writes the
+    config's options to ``config.yaml``), train every method from every seed
+    (:func:`train_method`), measure time and memory as paid, and write the results folder
+    (:func:`recede.runs.results.write_results`): ``report.md``, ``metrics.json``, ``loss.png``
+    (and ``frontier.png`` for a frontier).  Under torchrun each rank trains its shard; rank 0
+    writes.  A refusal before training leaves an earlier run's folder as it was."""
+    try:
+        return _run(config, default_methods, on_start, checked)
+    except (ValueError, FileNotFoundError, KeyboardInterrupt):
+        preflight.rollback()
+        raise
+
+
+def _run(config: RunConfig, default_methods: Callable[[int], list[str]] | None,
+         on_start: Callable[[], None] | None, checked: Checked | None) -> RunResult:
+    checked = checked or check(config, default_methods)
+    workload, specs = checked.workload, checked.specs
+    ctx = distributed.init_from_env("gloo", config.parallel.dist_timeout)
+    stages = config.parallel.pipeline
+    if config.parallel.nproc > 1 and config.parallel.nproc != ctx.world_size:
+        raise ValueError(f"--nproc {config.parallel.nproc} but torchrun started {ctx.world_size} processes")
+    if stages > 1 and ctx.world_size != stages:
+        raise ValueError(f"--pipeline {stages} but torchrun started {ctx.world_size} processes")
+    # a pipeline's ranks are its stages, each iterating the whole data set; else data-parallel shards
+    workload = dataclasses.replace(workload, rank=ctx.rank, world_size=1 if stages > 1 else ctx.world_size)
+    out = None if config.output.out is None else Path(config.output.out)
+    if on_start is not None:
+        on_start()
+    elif out is not None:
+        preflight.start_folder(out, config.output.overwrite, "run", config.options())
+    runs = []
+    for i, seed in enumerate(config.seeds):
+        if config.loop.seeds > 1:
+            print(f"seed {seed} ({i + 1} of {config.loop.seeds})")
+        seeded = config.with_seed(seed)
+        results = [train_method(workload, spec, seeded, out=out, per_seed=config.loop.seeds > 1) for spec in specs]
+        if config.measure.frontier:
+            from recede.runs.compare import measure_frontier
+
+            rows = measure_frontier(workload, specs, results, seeded, checked.timer)
+        else:
+            rows = [r.row() for r in results]
+        runs.append({"seed": seed, "rows": rows, "results": results})
+    distributed.shutdown()
+    if not ctx.is_main:
+        return RunResult([], runs)
+    from recede.runs import results as written
+
+    rows, report = written.report_run(config, workload, runs, ctx.world_size, out)
+    preflight.commit()
+    return RunResult(rows, runs, report)
 
 
 def _tensorboard_writer(folder: Path):
