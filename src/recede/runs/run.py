@@ -126,6 +126,15 @@ class Workload:
         return cls(task, w.model, options, device, rank, world_size, init, skip, net)
 
     @classmethod
+    def of(cls, task: data.Task, model: str, model_options: dict[str, Any], device: torch.device | str) -> Workload:
+        """The workload of a task already loaded (a study's, shared by its runs), its model
+        built once for the checks (inside a forked RNG: the caller's random state is kept)."""
+        workload = cls(task, model, dict(model_options), torch.device(device))
+        with torch.random.fork_rng(devices=[workload.device] if workload.device.type == "cuda" else []):
+            workload.net = workload.build(0)
+        return workload
+
+    @classmethod
     def from_args(cls, args: Any, rank: int = 0, world_size: int = 1) -> Workload:
         """The workload of a command's parsed options (:meth:`RunConfig.from_options`)."""
         return cls.from_config(RunConfig.from_options(vars(args)), rank, world_size)
@@ -392,15 +401,17 @@ class Checked:
     timer: Any = None
 
 
-def check(config: RunConfig, default_methods: Callable[[int], list[str]] | None = None) -> Checked:
+def check(config: RunConfig, default_methods: Callable[[int], list[str]] | None = None,
+          workload: Workload | None = None) -> Checked:
     """Check everything ``config`` asks for before anything is written: its values, the
     workload (built once), the methods (``config.methods``, else ``default_methods(T)``, else
     BP; a frontier adds BP, every ratio's reference), the clock, TensorBoard, the results
-    folder and, to resume, its checkpoints.  Raises the one-line ``ValueError`` of a refusal."""
+    folder and, to resume, its checkpoints.  A study whose runs share a workload passes it
+    (:meth:`Workload.of`).  Raises the one-line ``ValueError`` of a refusal."""
     config.validate()
     if config.output.out is not None:
         preflight.check_folder(Path(config.output.out), config.loop.resume, config.output.overwrite, True)
-    workload = Workload.from_config(config)
+    workload = workload if workload is not None else Workload.from_config(config)
     names = config.methods or (default_methods(workload.T) if default_methods is not None else ["bp"])
     specs = preflight.methods(names)
     if config.measure.frontier and not any(s.kind == "bp" for s in specs):
@@ -429,24 +440,26 @@ class RunResult:
 
 
 def run(config: RunConfig, *, default_methods: Callable[[int], list[str]] | None = None,
-        on_start: Callable[[], None] | None = None, checked: Checked | None = None) -> RunResult:
+        on_start: Callable[[], None] | None = None, checked: Checked | None = None,
+        workload: Workload | None = None) -> RunResult:
     """Run ``config``: check it (:func:`check`, the workload built once), start the results
     folder (``on_start``; by default :func:`recede.runs.preflight.start_folder` writes the
     config's options to ``config.yaml``), train every method from every seed
     (:func:`train_method`), measure time and memory as paid, and write the results folder
     (:func:`recede.runs.results.write_results`): ``report.md``, ``metrics.json``, ``loss.png``
     (and ``frontier.png`` for a frontier).  Under torchrun each rank trains its shard; rank 0
-    writes.  A refusal before training leaves an earlier run's folder as it was."""
+    writes.  A refusal before training leaves an earlier run's folder as it was.  ``checked``:
+    what :func:`check` returned for ``config`` (the command line checks before it launches
+    ranks); ``workload``: a study's shared workload (:meth:`Workload.of`)."""
     try:
-        return _run(config, default_methods, on_start, checked)
+        return _run(config, default_methods, on_start, checked or check(config, default_methods, workload))
     except (ValueError, FileNotFoundError, KeyboardInterrupt):
         preflight.rollback()
         raise
 
 
 def _run(config: RunConfig, default_methods: Callable[[int], list[str]] | None,
-         on_start: Callable[[], None] | None, checked: Checked | None) -> RunResult:
-    checked = checked or check(config, default_methods)
+         on_start: Callable[[], None] | None, checked: Checked) -> RunResult:
     workload, specs = checked.workload, checked.specs
     ctx = distributed.init_from_env("gloo", config.parallel.dist_timeout)
     stages = config.parallel.pipeline
