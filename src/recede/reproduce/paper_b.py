@@ -33,10 +33,10 @@ from recede.bpm.estimator import BPModified
 from recede.measure.memory import measure
 from recede.methods import epoch_steps, parse_method
 from recede.reproduce import configs, torch_threads
+from recede.runs import run as run_layer
+from recede.runs.config import BPMConfig, LoopConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import machine, markdown_table, write_json
-from recede.runs.config import BPMConfig, LoopConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
-from recede.runs import run as run_layer
 from recede.runs.run import Workload
 
 CONFIGS = configs.preset_folder("paper-b")

@@ -32,49 +32,22 @@ rows, and each seed's rows and histories) and ``report.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from recede.runs import preflight
-from recede.config import int_range
-from recede.measure.cost import Meter, predicted_ratio
 from recede.core.engine import MPC
+from recede.measure.cost import Meter, predicted_ratio
 from recede.measure.fidelity import block_gradient_vector
-from recede.methods import MethodSpec, parse_method
+from recede.measure.usage import paid_row, refreshes_per_step, time_methods
+from recede.methods import MethodSpec
 from recede.runs.config import RunConfig
 from recede.runs.reports import fmt, mean_sd
-from recede.runs.run import MethodResult, Workload, add_workload_options, run
+from recede.runs.run import MethodResult, Workload
 from recede.runs.train import EpochRecord, batches
-from recede.measure.usage import CLOCKS, paid_row, refreshes_per_step, time_methods
-
-
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="BP, checkpointed BP, FF, LoCo, horizons, BP-modified: "
-                                       "one table and plot of memory, time and accuracy")
-    add_workload_options(p, epochs=3, out="results/compare")
-    add_compare_options(p, "bp ckpt ff loco:3, mpc at T/4, T/2, 3T/4")
-    p.set_defaults(run=run_compare)
-
-
-def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
-    """The options of the measurement that ``compare`` and ``demo`` share."""
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help=f"methods to compare (default: {defaults}, bpm-ff)")
-    p.add_argument("--timing-steps", type=int_range(1), default=10,
-                   help="steps (and refreshes) timed per method (the median is reported)")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
-    p.add_argument("--cosine-batches", type=int_range(1), default=4,
-                   help="batches over which cos θ to the BP gradient is averaged")
-    p.add_argument("--seeds", type=int_range(1), default=1,
-                   help="run the whole comparison for seeds --seed … --seed + N − 1 and report "
-                        "mean ± sd over them (default: %(default)s)")
 
 
 def default_methods(T: int) -> list[str]:
@@ -82,21 +55,6 @@ def default_methods(T: int) -> list[str]:
     names = ["bp", "ckpt", "ff", "loco:3"] if T >= 3 else ["bp", "ckpt", "ff"]
     names += [f"mpc:{h}" for h in sorted({max(2, round(T * q)) for q in (0.25, 0.5, 0.75)}) if h < T]
     return names + ["bpm-ff"]
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    report = compare(args)
-    print(f"report written to {report}")
-    return 0
-
-
-def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = default_methods) -> Path:
-    """Train and measure every method (``args.methods``, else ``defaults(T)``) by
-    :func:`recede.runs.run.run` with the frontier measurement; return the report's path."""
-    config = RunConfig.from_options(vars(args) | {"frontier": True})
-    result = run(config, default_methods=defaults, on_start=lambda: preflight.start(args))
-    assert result.report is not None
-    return result.report
 
 
 def frontier_columns(metric_columns: Sequence[str], cuda: bool) -> list[str]:
@@ -132,7 +90,7 @@ def mean_rows(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 row[key] = value if all(v == value for v in values) else None
                 continue
-            mean, sd = mean_sd(values)
+            mean, sd = mean_sd(values)  # type: ignore[misc]  # numbers only: mean_sd returns a pair
             row[key] = value if all(v == value for v in values) else mean  # no rounding noise
             if len(per_seed) > 1:
                 row[f"{key} sd"] = 0.0 if row[key] is value else sd
@@ -169,10 +127,12 @@ def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[
     times, costs = time_methods([r.method for r in results], [r.net for r in results], x, y, rates, timer,
                                 results[bp].net)
     rows = []
+    bp_memory = results[bp].memory
     for r, t in zip(results, times):
+        assert r.memory is not None and bp_memory is not None  # measured by every run of a frontier
         row = r.row()
         row["run ms/step"] = row.pop("ms/step")
-        row |= paid_row(t, r.memory, times[bp], results[bp].memory)
+        row |= paid_row(t, r.memory, times[bp], bp_memory)
         row["refreshes"] = r.refreshes
         row["model ratio"] = predicted_ratio(costs, r.method)
         if r.tokens_per_step is not None:

@@ -181,7 +181,7 @@ class RunConfig:
                 model_options=key_values(o.get("model_opt") or [], "--model-opt"),
                 data_options=key_values(o.get("data_opt") or [], "--data-opt"),
                 init=o.get("init"), init_skip=list(o.get("init_skip") or [])),
-            methods=list(methods) if methods is not None else None,  # type: ignore[arg-type]
+            methods=list(methods) if methods is not None else None,
             optimizer=OptimizerConfig(get("optimizer", "sgd"), get("lr", 0.01), get("momentum", 0.0),
                                       get("lr_decay", 0.9)),
             bpm=BPMConfig(o.get("bpm_period"), o.get("bpm_samples"), get("bpm_micro_batch", 8),
@@ -229,7 +229,7 @@ class RunConfig:
             raise ValueError(f"run config: unknown key(s) {', '.join(unknown)}; it takes: {', '.join(parts)}")
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
-            default = getattr(cls(), name)
+            default: Any = getattr(cls(), name)
             if dataclasses.is_dataclass(default):
                 if not isinstance(value, dict):
                     raise ValueError(f"run config: {name} must be a mapping, got {shown(value)}")
@@ -238,7 +238,7 @@ class RunConfig:
                 if bad:
                     raise ValueError(f"run config: {name} has no field(s) {', '.join(bad)}; "
                                      f"it takes: {', '.join(sorted(fields))}")
-                kwargs[name] = dataclasses.replace(default, **value)
+                kwargs[name] = dataclasses.replace(default, **value)  # type: ignore[type-var]  # a part, checked above
             else:
                 kwargs[name] = value
         return cls(**kwargs).validate()
@@ -255,9 +255,9 @@ class RunConfig:
             _string(where, value)
         if w.init is not None:
             _string("workload.init", w.init)
-        for where, value in (("workload.model_options", w.model_options), ("workload.data_options", w.data_options)):
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise ValueError(f"{where} must be a mapping of option names to values, got {shown(value)}")
+        for where, options in (("workload.model_options", w.model_options), ("workload.data_options", w.data_options)):
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise ValueError(f"{where} must be a mapping of option names to values, got {shown(options)}")
         if not isinstance(w.init_skip, (list, tuple)) or not all(isinstance(s, str) for s in w.init_skip):
             raise ValueError(f"workload.init_skip must be a list of glob patterns, got {shown(w.init_skip)}")
         if self.methods is not None and (not isinstance(self.methods, (list, tuple)) or not self.methods
@@ -281,7 +281,7 @@ class RunConfig:
             raise ValueError(f"measure.frontier must be true or false, got {shown(m.frontier)}")
         _integer("measure.timing_steps", m.timing_steps, *BOUNDS["timing_steps"])
         _integer("measure.cosine_batches", m.cosine_batches, *BOUNDS["cosine_batches"])
-        _choice("measure.clock", m.clock, CLOCKS)
+        _choice("measure.clock", m.clock, tuple(CLOCKS))
         if out.out is not None:
             _string("output.out", out.out)
             if not out.out.strip():

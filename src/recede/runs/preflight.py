@@ -28,7 +28,6 @@ Under ``--nproc N`` only rank 0 checks and writes the folder (:func:`writes_file
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib.util
 import os
@@ -41,8 +40,8 @@ from typing import Any
 import torch
 
 from recede import data, models
+from recede.config import key_values, load_yaml, save_resolved, shown
 from recede.core.blocks import BlockNet
-from recede.config import key_values, load_yaml, save_resolved, shown, subcommands
 from recede.methods import MethodSpec, parse_method
 
 RESULTS = ("config.yaml", "metrics.json", "report.md", "checkpoints")
@@ -66,17 +65,7 @@ def writes_files() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
-    """Give every subcommand of ``parser`` that has ``--out`` an ``--overwrite`` flag."""
-    for sub in subcommands(parser).values():
-        if any(action.dest == "out" for action in sub._actions):
-            sub.add_argument("--overwrite", action="store_true",
-                             help="replace the results of an earlier run in --out (its config, "
-                                  "metrics, report, checkpoints and logs are removed when this "
-                                  "run starts)")
-
-
-def out_folder(args: argparse.Namespace) -> Path | None:
+def out_folder(args: Any) -> Path | None:
     """The command's results folder: ``--out``, or ``results/PAPER`` for ``reproduce``."""
     out = getattr(args, "out", None)
     if out is None and getattr(args, "paper", None):

@@ -64,11 +64,11 @@ def report_run(config: RunConfig, workload: Workload, runs: list[dict[str, Any]]
     if config.measure.frontier:
         return _report_frontier(config, workload, runs, out)
     if config.parallel.pipeline > 1:
-        from recede.parallel.pipeline.run import report
+        from recede.parallel.pipeline.run import report as pipeline_report
 
         rows = runs[0]["rows"]
         histories = {r.label: r.history for r in runs[0]["results"]}
-        return rows, None if out is None else report(config, workload, rows, histories, out)
+        return rows, None if out is None else pipeline_report(config, workload, rows, histories, out)
     rows = runs[0]["rows"] if len(runs) == 1 else _mean_rows(runs)
     if out is None:
         return rows, None

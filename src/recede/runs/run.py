@@ -1,18 +1,18 @@
-"""One training run of one method on one workload: the unit ``train``, ``compare`` and ``demo``
-are made of.
+"""One run path: :func:`run` takes a :class:`~recede.runs.config.RunConfig` and does what
+``recede train``, ``compare``, ``demo``, the pipeline and the ``reproduce`` studies all do.
 
-:func:`run_method` builds the model and the method, trains, checkpoints every N steps and at
-the end (:mod:`recede.runs.checkpoint`), resumes from the last checkpoint when asked, logs to
-TensorBoard when asked, and measures the memory a step costs (:func:`recede.measure.usage.measure_paid`:
-saved activations over step and refresh, the whole training state, CUDA peak on a GPU).
-:func:`add_workload_options` declares the options every such command shares.
+:func:`check` checks everything the config asks for before anything is written (the workload's
+model built once, :class:`Workload`).  :func:`run` then starts the results folder, trains every
+method from every seed (:func:`train_method`, the one place that builds a model, its method, an
+optimizer and trains: checkpoints every N steps and at the end, :mod:`recede.runs.checkpoint`;
+resume; TensorBoard), measures what a step costs as paid (:func:`recede.measure.usage.measure_paid`,
+and with ``measure.frontier`` the comparison of :mod:`recede.runs.compare`), and writes the
+results folder (:mod:`recede.runs.results`).  From Python: ``recede.run(recede.RunConfig(...))``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,68 +22,19 @@ from typing import Any
 import torch
 
 from recede import data, models
-from recede.runs import checkpoint
-from recede.parallel import data_parallel as distributed
-from recede.runs import preflight
-from recede.bpm.scalars import SCALINGS
-from recede.config import float_range, int_range, key_values, positive_float
+from recede.core.blocks import BlockNet
 from recede.core.engine import NonFiniteLossError
-from recede.methods import MethodSpec, build_method, parse_method
-from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
 from recede.measure.usage import PaidMemory, measure_paid, meter
+from recede.methods import MethodSpec, build_method, parse_method
+from recede.parallel import data_parallel as distributed
+from recede.runs import checkpoint, preflight
 from recede.runs.config import RunConfig
+from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
             "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling",
             "bpm_a", "bpm_lam", "init", "init_skip")
-
-
-def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
-                         epochs: int = 5, batch_size: int = 100, lr: float = 0.01,
-                         out: str = "results/train") -> None:
-    """The model, data, optimizer and output options shared by train, compare and demo."""
-    p.add_argument("--model", default=model, help=f"one of: {', '.join(models.available())}")
-    p.add_argument("--data", default=data_name, help=f"one of: {', '.join(data.available())}")
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="model builder option, e.g. width=32 (repeatable)")
-    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. n=2000 (repeatable)")
-    p.add_argument("--epochs", type=int_range(1), default=epochs)
-    p.add_argument("--batch-size", type=int_range(1), default=batch_size)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=positive_float, default=lr)
-    p.add_argument("--momentum", type=float_range(0.0, 1.0, high_open=True), default=0.0)
-    p.add_argument("--lr-decay", type=float_range(0.0, 1.0, low_open=True), default=0.9,
-                   help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
-    p.add_argument("--seed", type=int_range(0), default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int_range(0), default=0,
-                   help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
-    p.add_argument("--out", default=out, help="results folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--init", default=None, metavar="FILE",
-                   help="start every run from this state dict (a `recede pretrain` checkpoint, or "
-                        "your own .safetensors or weights-only .pt); names and shapes must match "
-                        "the model except --init-skip (docs/finetune.md)")
-    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",  # None: a run before --init resumes
-                   help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
-                        "their fresh initialisation (repeatable)")
-    bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
-    bpm.add_argument("--bpm-period", type=int_range(1), default=None, metavar="K",
-                     help="steps between offset refreshes (default: one epoch)")
-    bpm.add_argument("--bpm-samples", type=int_range(2), default=None, metavar="B'",
-                     help="samples per refresh (default: 1%% of K·B, at least two micro-batches)")
-    bpm.add_argument("--bpm-micro-batch", type=int_range(1), default=8, metavar="b'",
-                     help="micro-batch size of a refresh (its memory is BP's on b' samples)")
-    bpm.add_argument("--bpm-scaling", default="robust", choices=list(SCALINGS),
-                     help="robust (default: a = 1, λ only where a held-out test says the offset pays; lost to the local "
-                          "method in none of the study's 15 cases but can elsewhere, docs/paper-b.md), paper (Paper B eqs. 16-19 "
-                          "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)")
-    bpm.add_argument("--bpm-a", type=float_range(-math.inf, math.inf, True, True), default=None, metavar="A",
-                     help="the fixed scale a of the local gradient (with --bpm-scaling fixed)")
-    bpm.add_argument("--bpm-lam", type=float_range(0.0, 1.0), default=None, metavar="λ",
-                     help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)")
 
 
 @dataclass
@@ -181,7 +132,7 @@ class Workload:
         """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
         return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
 
-    def build(self, seed: int):
+    def build(self, seed: int) -> BlockNet:
         torch.manual_seed(seed)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
@@ -203,7 +154,7 @@ class MethodResult:
     label: str
     history: list[EpochRecord]
     memory: PaidMemory | None  # None: a pipeline stage (its row holds its own measurement)
-    net: torch.nn.Module = field(repr=False)
+    net: BlockNet = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
     tokens_per_step: int | None = None  # a language model's tokens per training step
@@ -291,7 +242,7 @@ class Setup:
     world_size: int = 1
 
 
-def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: torch.nn.Module,
+def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: BlockNet,
                 out: Path | None, per_seed: bool) -> Setup:
     """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
     method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after

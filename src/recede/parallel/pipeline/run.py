@@ -13,101 +13,40 @@ ends the others with one line naming the failed transfer
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
-import sys
-import uuid
 from pathlib import Path
-
-import torch.distributed as dist
-
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from recede.config import int_range
 from recede.core.blocks import BlockNet
 from recede.measure.memory import measure
 from recede.methods import MethodSpec, default_offset_samples, epoch_steps
-from recede.parallel import data_parallel as distributed
-from recede.parallel.data_parallel import RankFailure
-from recede.parallel.launch import launch
 from recede.parallel.pipeline.stage import Pipeline
 from recede.runs import checkpoint, preflight
 from recede.runs.config import RunConfig
 from recede.runs.reports import machine
 from recede.runs.results import plain_histories, write_results
-from recede.runs.run import MethodResult, Setup, Workload, check, identity, run, slug
+from recede.runs.run import MethodResult, Setup, Workload, identity, slug
 from recede.runs.train import EpochRecord, evaluate
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--pipeline N`` and ``--micro-batches M`` for ``recede train``."""
-    parser.add_argument("--pipeline", type=int_range(1), default=1, metavar="N",
-                        help="split the model into N stages on N processes (torchrun, gloo) and "
-                             "train them as a receding-horizon pipeline; see docs/pipeline.md")
-    parser.add_argument("--micro-batches", type=int_range(1), default=None, metavar="M",
-                        help="micro-batches per step with --pipeline (default 4·N)")
-
-
-def run_pipeline(args: argparse.Namespace) -> int:
-    """``recede train --pipeline N``: check the input and launch (:func:`recede.parallel.launch.launch`),
-    or (under torchrun) train this rank's stage."""
-    specs = preflight.methods(args.method or ["bp"])
-    for spec in specs:
-        if spec.kind not in ("bp", "ff", "mpc") or spec.recompute:
-            raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
-    if args.nproc > 1:
-        raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
-    if args.tensorboard:
-        raise ValueError("--tensorboard is not available with --pipeline")
-    micro = args.micro_batches or 4 * args.pipeline
-    if micro > args.batch_size:
-        raise ValueError(f"--micro-batches {micro} is more than the batch of {args.batch_size} samples"
-                         + ("" if args.micro_batches else f" (the default is 4 · --pipeline {args.pipeline})"))
-    out = Path(args.out)
-    if not distributed.under_torchrun():
-        workload = Workload.from_args(args)  # bad input: one line from here, before any rank starts
-        _check_stages(workload.T, specs, args)
-        paths = {_stage_path(out, s, r): s.label for s in specs for r in range(args.pipeline)}
-        found = preflight.check_resume(out, identity(args) | {"pipeline": args.pipeline}, paths, args.resume)
-        run_id = check_stages_agree(found, specs, args.pipeline, out, _identity(args, micro))
-        os.environ[RUN_ID] = run_id or uuid.uuid4().hex
-        try:
-            return launch(args.argv, args.pipeline, args.dist_timeout)
-        except RankFailure as err:
-            kept = [path for path in paths if path.exists()]
-            if not kept:
-                raise RankFailure(f"{err}; no checkpoint was written") from None
-            again = args.argv if "--resume" in args.argv else \
-                [a for a in args.argv if a != "--overwrite"] + ["--resume"]
-            raise RankFailure(f"{err}; the stage checkpoints are in {out / 'checkpoints'}; "
-                              f"resume with: recede {shlex.join(again)}") from None
-    try:
-        config = RunConfig.from_options(vars(args))
-        run(config, checked=check(config), on_start=lambda: preflight.start(args))
-    except (RankFailure, dist.DistError) as err:
-        print(f"recede train: stopped: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    return 0
-
 
 RUN_ID = "RECEDE_RUN_ID"
 """The environment variable by which the launcher gives every stage the run's id."""
 
 
-def _identity(args: argparse.Namespace, micro: int) -> dict:
+def _identity(args: Any, micro: int) -> dict:
     return identity(args) | {"pipeline": args.pipeline, "micro_batches": micro}
 
 
-def _check_stages(T: int, specs: list[MethodSpec], args: argparse.Namespace) -> None:
+def _check_stages(T: int, specs: list[MethodSpec], args: Any) -> None:
     """Every method's horizon in [1, T] and no more stages than blocks: checked before any
     rank starts (and again by each rank, before it writes anything)."""
     if args.pipeline > T:
         raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {T} blocks")
     for spec in specs:
         horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.value)
+        assert horizon is not None  # parse_method gives every mpc spec its horizon
         if not 1 <= horizon <= T:
             raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {T}]")
 
@@ -156,6 +95,7 @@ def stage_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
     stage's memory and idle share into this method's row."""
     stages, batch_size, seed = config.parallel.pipeline, config.loop.batch_size, config.loop.seed
     horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.value)
+    assert horizon is not None  # parse_method gives every mpc spec its horizon
     micro = config.parallel.micro_batches or 4 * stages
     x, y = workload.batch(batch_size)
     pipe = Pipeline(net, horizon, micro, sample=x[:-(-len(x) // micro)], device=workload.device)

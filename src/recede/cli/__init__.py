@@ -1,5 +1,10 @@
 """The ``recede`` command line: train, compare, demo, bench, reproduce, pretrain (and select).
 
+One module per command (:mod:`recede.cli.train`, ...) declares its options and turns them into
+the library's calls (a :class:`~recede.runs.config.RunConfig` for :func:`recede.runs.run.run`);
+:mod:`recede.cli.options` holds the option helpers they share.  No library module imports this
+package or argparse.
+
 Every subcommand takes ``--config FILE.yaml`` (:mod:`recede.config`), checks everything it was
 given before it writes anything (:mod:`recede.runs.preflight`), then starts the run: it writes its
 resolved options to ``config.yaml`` in its ``--out`` folder and works.  Bad input ends with one
@@ -11,80 +16,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
-from pathlib import Path
 
-from recede.config import Parser, add_config_option, bound_options, int_range, parse_with_config, resolved, subcommands
+from recede.cli.bench import add_bench_parser
+from recede.cli.compare import add_compare_parser
+from recede.cli.demo import add_demo_parser
+from recede.cli.options import (
+    Parser,
+    add_config_option,
+    add_overwrite_option,
+    bound_options,
+    parse_with_config,
+    resolved,
+    subcommands,
+)
+from recede.cli.pretrain import add_pretrain_parser
+from recede.cli.reproduce import add_reproduce_parser
+from recede.cli.select import add_select_parser
+from recede.cli.train import add_train_parser
 from recede.core.engine import NonFiniteLossError
-from recede.horizon.selection import add_select_parser
-from recede.methods import MethodSpec
 from recede.parallel import data_parallel as distributed
-from recede.parallel.launch import launch
-from recede.parallel.pipeline import run as pipeline_run
-from recede.reproduce import add_reproduce_parser
 from recede.runs import preflight
-from recede.runs.bench import add_bench_parser
-from recede.runs.compare import add_compare_parser
-from recede.runs.demo import add_demo_parser
-from recede.runs.pretrain import add_pretrain_parser
-from recede.runs.config import RunConfig
-from recede.runs.run import add_workload_options, check, checkpoint_path, run
-
-
-def _resume_mode(text: str) -> str:
-    if text != "auto":
-        raise argparse.ArgumentTypeError(f"takes no value or 'auto', got {text!r}")
-    return text
-
-
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model with one or more methods and compare them")
-    add_workload_options(p)
-    p.add_argument("--method", action="append", default=None,
-                   help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], or bpm-<local method> "
-                        "(Paper B); repeat to compare (default: bp)")
-    p.add_argument("--checkpoint-every", type=int_range(0), default=0, metavar="N",
-                   help="also checkpoint every N steps (always at the end); 0: only at the end")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
-                   help="continue the run in --out from its checkpoints (same options required); "
-                        "--resume auto: resume if a checkpoint exists, else start afresh")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="log to OUT/tensorboard (needs the tensorboard extra)")
-    distributed.add_arguments(p)
-    pipeline_run.add_arguments(p)
-    p.set_defaults(run=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``recede train``: the options as a :class:`~recede.runs.config.RunConfig`, checked
-    (:func:`recede.runs.run.check`), then run (:func:`recede.runs.run.run`) in this process,
-    in ``--nproc`` data-parallel ranks, or as a ``--pipeline``."""
-    if args.pipeline > 1:
-        return pipeline_run.run_pipeline(args)
-    config = RunConfig.from_options(vars(args))
-    checked = check(config)
-    if args.nproc > 1 and not distributed.under_torchrun():
-        return _launch(args, Path(args.out), checked.specs)
-    run(config, checked=checked, on_start=lambda: preflight.start(args))
-    return 0
-
-
-def _launch(args: argparse.Namespace, out: Path, specs: list[MethodSpec]) -> int:
-    """``recede train --nproc N``: run the ranks (:func:`recede.parallel.launch.launch`); when one
-    fails, say which checkpoints are left and the command that resumes from them."""
-    try:
-        return launch(args.argv, args.nproc, args.dist_timeout)
-    except distributed.RankFailure as err:
-        kept = [path for path in (checkpoint_path(out, s) for s in specs) if path.exists()]
-        if not kept:
-            raise distributed.RankFailure(f"{err}; no checkpoint was written") from None
-        again = args.argv if "--resume" in args.argv else \
-            [a for a in args.argv if a != "--overwrite"] + ["--resume"]
-        raise distributed.RankFailure(
-            f"{err}; the last good checkpoint{'s are' if len(kept) > 1 else ' is'} "
-            f"{', '.join(map(str, kept))}; resume with: recede {shlex.join(again)}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_select_parser(sub)
     add_pretrain_parser(sub)
     add_config_option(parser)
-    preflight.add_overwrite_option(parser)
+    add_overwrite_option(parser)
     bound_options(parser)  # every counter's range, stated once in recede.config.BOUNDS
     return parser
 
