@@ -68,7 +68,7 @@ def test_config_file_sets_options_and_flags_win(tmp_path: Path, capsys) -> None:
 
 def test_config_positional_and_null_options(tmp_path: Path) -> None:
     from recede.cli import build_parser
-    from recede.config import parse_with_config
+    from recede.cli.options import parse_with_config
 
     config = tmp_path / "r.yaml"
     config.write_text("paper: paper-a\nfull: true\n")
@@ -153,7 +153,7 @@ def test_errors_are_not_tracebacks_in_a_subprocess(tmp_path: Path) -> None:
 
 def test_flags_replace_the_config_file_s_lists(tmp_path: Path) -> None:
     from recede.cli import build_parser
-    from recede.config import parse_with_config
+    from recede.cli.options import parse_with_config
 
     config = tmp_path / "run.yaml"
     config.write_text("method: [mpc:4]\nmodel_opt: [depth=3, width=5]\n")

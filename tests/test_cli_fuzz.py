@@ -406,7 +406,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from recede.cli import build_parser  # noqa: E402
-from recede.config import subcommands  # noqa: E402
+from recede.cli.options import subcommands  # noqa: E402
 
 BASES = {"train": TINY, "compare": TINY, "bench": TINY, "demo": DEMO, "select": SELECT_BASE}
 

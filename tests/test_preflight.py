@@ -13,7 +13,8 @@ import yaml
 
 from recede import data, models
 from recede.cli import build_parser, main
-from recede.config import check_keywords, parse_with_config, resolved
+from recede.cli.options import parse_with_config, resolved
+from recede.keywords import check_keywords
 from recede.methods import parse_method
 from recede.runs import preflight
 from recede.runs.run import Workload, run_method

@@ -14,7 +14,7 @@ from test_models import TINY
 
 from recede import models
 from recede.cli import build_parser, main
-from recede.config import parse_with_config
+from recede.cli.options import parse_with_config
 from recede.runs import pretrain
 from recede.runs.run import Workload
 

@@ -19,7 +19,7 @@ import torch
 
 from recede import data
 from recede.cli import build_parser, main
-from recede.config import parse_with_config
+from recede.cli.options import parse_with_config
 from recede.models.weights import read_state_dict
 from recede.parallel.pipeline.run import _identity
 from recede.runs import checkpoint

@@ -8,8 +8,9 @@ import pytest
 
 from recede.bpm.estimator import BPModified
 from recede.cli import main
+from recede.cli.options import add_workload_options
 from recede.methods import parse_method
-from recede.runs.run import Workload, add_workload_options
+from recede.runs.run import Workload
 
 
 def parse(*argv: str) -> argparse.Namespace:

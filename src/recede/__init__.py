@@ -14,6 +14,19 @@ from recede.measure import memory
 from recede.measure.fidelity import gradient_cosine
 from recede.wrap import wrap
 
-__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "check_horizon", "data", "memory",
-           "models", "gradient_cosine", "select_horizon", "wrap"]
+__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "RunConfig", "check_horizon", "data",
+           "memory", "models", "gradient_cosine", "run", "select_horizon", "wrap"]
+
+
+def __getattr__(name: str):
+    """``recede.run`` and ``recede.RunConfig`` (the run layer, loaded on first use)."""
+    if name == "run":
+        from recede.runs.run import run
+
+        return run
+    if name == "RunConfig":
+        from recede.runs.config import RunConfig
+
+        return RunConfig
+    raise AttributeError(f"module 'recede' has no attribute {name!r}")
 __version__ = "0.1.0"

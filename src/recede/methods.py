@@ -132,11 +132,17 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
     if period is None:
         if batch_size is None:
             raise ValueError(f"method {spec.label} needs period= or batch_size= (K defaults to one epoch)")
-        period = -(-len(refresh_data) // batch_size)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+        period = epoch_steps(refresh_data, batch_size)
     if offset_samples is None:
         offset_samples = default_offset_samples(period, batch_size or 1, micro_batch)
     return BPModified(net, horizon, period, offset_samples, micro_batch, scaling, a, lam, double,
                       data=refresh_data, batch_size=batch_size, seed=seed)
+
+
+def epoch_steps(dataset: Dataset, batch_size: int) -> int:
+    """The steps of one epoch of ``dataset`` at ``batch_size`` (the last batch may be short):
+    a BP-modified method's default period K, "one epoch"."""
+    return -(-len(dataset) // batch_size)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
 
 
 def default_offset_samples(period: int, batch_size: int, micro_batch: int, share: float = 0.01) -> int:

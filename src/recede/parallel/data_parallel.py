@@ -21,7 +21,6 @@ process of batch W·B sees.  See ``docs/distributed.md``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import os
@@ -36,7 +35,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recede.config import float_range, int_range
 from recede.core.engine import NonFiniteLossError
 from recede.core.method import Method
 from recede.parallel.state import RankState, current
@@ -348,11 +346,3 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
-    parser.add_argument("--nproc", type=int_range(1), default=1,
-                        help="data-parallel processes on this machine (gloo; recede.parallel.launch starts "
-                             "and watches them); --batch-size is per process. See docs/distributed.md")
-    parser.add_argument("--dist-timeout", type=float_range(1e-3, MAX_TIMEOUT_S), default=DEFAULT_TIMEOUT_S,
-                        help="seconds a rank waits for the others in a collective before failing "
-                             "(0.001 to 604800, a week)")

@@ -21,23 +21,23 @@ Writes ``paper_b.json``, ``paper_b.png`` and ``report.md`` (our numbers beside P
 
 from __future__ import annotations
 
-import math
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from recede import data, models
+from recede import data
 from recede.bpm.estimator import BPModified
 from recede.measure.memory import measure
-from recede.methods import build_method, parse_method
+from recede.methods import epoch_steps, parse_method
 from recede.reproduce import configs, torch_threads
+from recede.runs import run as run_layer
+from recede.runs.config import BPMConfig, LoopConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import machine, markdown_table, write_json
-from recede.runs.train import batches, make_optimizer, train
+from recede.runs.run import Workload
 
 CONFIGS = configs.preset_folder("paper-b")
 CONFIG_KEYS = ("model", "model_options", "data", "data_options", "optimizer", "epochs", "batch_size",
@@ -69,34 +69,41 @@ def _family(label: str) -> str:
     return label.replace("LoCo3", "LoCo").replace("LoCo4", "LoCo")
 
 
-def run_one(cfg: dict, task: data.Task, method: str, device: str, progress: bool, seed: int,
+def run_config(cfg: dict, method: str, device: str, progress: bool, seed: int, period: int,
+               settings: dict) -> RunConfig:
+    """One run of the study: ``method`` from the initial weights of ``seed``, no lr decay, BP-modified
+    refreshed every ``period`` steps with ``settings`` (offset samples, micro-batch, scaling);
+    nothing written (the study renders all runs together)."""
+    opt = cfg["optimizer"]
+    return RunConfig(
+        workload=WorkloadConfig(cfg["model"], cfg["data"], dict(cfg["model_options"]), dict(cfg["data_options"])),
+        methods=[method],
+        optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), lr_decay=1.0),
+        bpm=BPMConfig(period=period, samples=settings["offset_samples"], micro_batch=settings["micro_batch"],
+                      scaling=settings["scaling"]),
+        loop=LoopConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=seed, device=device),
+        output=OutputConfig(out=None, progress=progress))
+
+
+def run_one(cfg: dict, task: data.Task | Workload, method: str, device: str, progress: bool, seed: int,
             **bpm: object) -> dict:
-    """Train one method from the initial weights of ``seed``; return its record."""
-    torch.manual_seed(seed)
-    net = models.build(cfg["model"], task, **cfg["model_options"]).to(device)
+    """Train one method from the initial weights of ``seed`` (:func:`recede.runs.run.run`);
+    return its record."""
+    workload = task if isinstance(task, Workload) else Workload.of(task, cfg["model"], cfg["model_options"], device)
     spec = parse_method(method)
     B = cfg["batch_size"]
-    steps_per_epoch = math.ceil(len(task.train) / B)
     settings = {**cfg["bpm"], **bpm}
-    period = max(1, round(settings["period_epochs"] * steps_per_epoch))
-    engine = build_method(net, spec, refresh_data=task.train, batch_size=B, period=period,
-                          offset_samples=settings["offset_samples"], micro_batch=settings["micro_batch"],
-                          scaling=settings["scaling"], seed=seed)
-    opt = cfg["optimizer"]
-    optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-    start = time.perf_counter()
-    history = train(net, engine, task.train, optimizer, epochs=cfg["epochs"], batch_size=B,
-                    test_set=task.test, seed=seed, classification=True, device=device,
-                    progress=progress, description=f"{spec.label} seed {seed}")
-    seconds = time.perf_counter() - start
-    x, y = next(iter(batches(task.train, B)))
-    x, y = x.to(device), y.to(device)
+    period = max(1, round(settings["period_epochs"] * epoch_steps(workload.task.train, B)))
+    result = run_layer.run(run_config(cfg, method, device, progress, seed, period, settings), workload=workload)
+    trained = result.runs[0]["results"][0]
+    net, engine, history = trained.net, trained.method, trained.history
+    x, y = workload.batch(B)
     _, step_memory = measure(lambda: engine.backward(x, y), net, device)
     record = {"method": method, "seed": seed, "settings": settings if spec.modified else None,
               "period": period if spec.modified else None,
               "accuracy": [100 * r.test["accuracy"] for r in history],
               "train_loss": [r.train_loss for r in history],
-              "seconds_per_epoch": seconds / cfg["epochs"],
+              "seconds_per_epoch": sum(r.seconds for r in history) / cfg["epochs"],
               "step_saved_mib": step_memory.saved_peak_mib, "step_cuda_mib": _mib(step_memory.cuda_peak_bytes)}
     if isinstance(engine, BPModified):
         refresh = list(engine.draw(0))
@@ -185,10 +192,11 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     device = "cuda" if cfg.get("device", "auto" if full else "cpu") == "auto" and torch.cuda.is_available() else "cpu"
     runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):
-        task = data.load(cfg["data"], **cfg["data_options"])
+        workload = Workload.of(data.load(cfg["data"], **cfg["data_options"]), cfg["model"], cfg["model_options"],
+                               device)  # built once, shared by every run
         for seed in cfg["seeds"]:
             for name, method, settings in plan(cfg):
-                runs.setdefault(name, {})[seed] = run_one(cfg, task, method, device, progress, seed, **settings)
+                runs.setdefault(name, {})[seed] = run_one(cfg, workload, method, device, progress, seed, **settings)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, runs)
     write_json(out / "paper_b.json", {"config": cfg, "device": device, "machine": machine(device), "runs": runs,

@@ -14,72 +14,63 @@ measured in one run on one machine, not targets.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from recede.runs import preflight
-from recede.config import int_range
-from recede.measure.cost import predicted_ratio
+from recede.measure.cost import Meter, predicted_ratio
+from recede.measure.usage import measure_paid, paid_row, refreshes_per_step, time_methods
 from recede.methods import parse_method
-from recede.runs.reports import machine, markdown_table, print_table, write_json
-from recede.runs.run import Workload, add_workload_options
+from recede.runs.reports import machine
+from recede.runs.results import write_results
+from recede.runs.run import Checked
 from recede.runs.train import make_optimizer
-from recede.measure.usage import CLOCKS, measure_paid, meter, paid_row, refreshes_per_step, time_methods
 
 COLUMNS = ["method", "ms/step", "step ms", "refresh ms", "time ratio", "model ratio",
            "memory ratio", "real MiB", "saved MiB", "grads MiB", "optimizer MiB"]
 
 
-def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="time and memory of one step per method (no training)")
-    add_workload_options(p, out="results/bench")
-    p.add_argument("--methods", nargs="+", default=["bp", "ckpt", "ff", "mpc:2", "mpc:4"],
-                   metavar="METHOD")
-    p.add_argument("--repeats", type=int_range(1), default=10, help="timed steps per method")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
-    p.set_defaults(run=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    workload = Workload.from_args(args)
-    specs = preflight.methods(args.methods)
+def bench(checked: Checked, timer: Meter) -> Path | None:
+    """Time (``timer``) and measure one step of each method of ``checked`` (BP added: every
+    ratio is to BP's) on one batch of a fresh model, without training; write the results
+    folder."""
+    config, workload, specs = checked.config, checked.workload, list(checked.specs)
     if not any(s.kind == "bp" for s in specs):
         specs.insert(0, parse_method("bp"))
-    timer = meter(args.repeats, 2, workload.device, args.clock)
-    net = workload.build(args.seed)
-    x, y = workload.batch(args.batch_size)
-    methods = [workload.method(net, spec, args) for spec in specs]
-    preflight.start(args)
+    clock = config.measure.clock
+    batch_size = config.loop.batch_size
+    net = workload.build(config.loop.seed)
+    x, y = workload.batch(batch_size)
+    methods = [workload.method(net, spec, config) for spec in specs]
     times, costs = time_methods(methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods],
                                 timer, net)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
-    optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
+    opt = config.optimizer
+    optimizer = make_optimizer(net.parameters(), opt.name, opt.lr, opt.momentum)
     methods[bp].backward(x, y)
     optimizer.step()  # the optimizer's state exists from its first step on
     memories = [measure_paid(m, net, x, y, optimizer, workload.device) for m in methods]
     rows = [{"method": spec.label, **paid_row(t, mem, times[bp], memories[bp]),
              "model ratio": predicted_ratio(costs, m)}
             for spec, m, t, mem in zip(specs, methods, times, memories)]
-    tokens = workload.tokens(args.batch_size)
+    tokens = workload.tokens(batch_size)
     if tokens is not None:
         for row, t in zip(rows, times):
             row["tokens/s"] = tokens / t.seconds
     columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
         + (["tokens/s"] if tokens is not None else [])
-    title = f"{args.model} (T = {net.T}), batch {args.batch_size}, {workload.device}, {args.clock} clock"
-    out = Path(args.out)
-    print_table(rows, columns, title=title, essential=["method", "time ratio", "memory ratio"],
-                report=out / "report.md")
-    write_json(out / "metrics.json", {"rows": rows, "data": workload.task.info, "machine": machine(workload.device)})
-    (out / "report.md").write_text(
-        f"# Step benchmark: {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "
-        "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
-        "(recede.measure.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
-        "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
-        "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
-        "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "
-        "gradients and the optimizer's state.\n")
+    if config.output.out is None:
+        return None
+    title = f"{config.workload.model} (T = {net.T}), batch {batch_size}, {workload.device}, {clock} clock"
+    out = Path(config.output.out)
+    report = write_results(
+        out, title=title, heading=f"Step benchmark: {title}", rows=rows, columns=columns,
+        essential=["method", "time ratio", "memory ratio"],
+        metrics={"rows": rows, "data": workload.task.info, "machine": machine(workload.device)},
+        notes="ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "
+              "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
+              "(recede.measure.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
+              "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
+              "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
+              "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "
+              "gradients and the optimizer's state.")
     print(f"results written to {out}/")
-    return 0
+    return report

@@ -32,49 +32,22 @@ rows, and each seed's rows and histories) and ``report.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from recede.runs import preflight
-from recede.config import int_range
-from recede.measure.cost import Meter, predicted_ratio
 from recede.core.engine import MPC
+from recede.measure.cost import Meter, predicted_ratio
 from recede.measure.fidelity import block_gradient_vector
-from recede.methods import MethodSpec, parse_method
-from recede.runs.plots import frontier, loss_curves
-from recede.runs.reports import fmt, machine, markdown_table, mean_sd, print_table, write_json
-from recede.runs.run import MethodResult, Workload, add_workload_options, run_method
+from recede.measure.usage import paid_row, refreshes_per_step, time_methods
+from recede.methods import MethodSpec
+from recede.runs.config import RunConfig
+from recede.runs.reports import fmt, mean_sd
+from recede.runs.run import MethodResult, Workload
 from recede.runs.train import EpochRecord, batches
-from recede.measure.usage import CLOCKS, meter, paid_row, refreshes_per_step, time_methods
-
-
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="BP, checkpointed BP, FF, LoCo, horizons, BP-modified: "
-                                       "one table and plot of memory, time and accuracy")
-    add_workload_options(p, epochs=3, out="results/compare")
-    add_compare_options(p, "bp ckpt ff loco:3, mpc at T/4, T/2, 3T/4")
-    p.set_defaults(run=run_compare)
-
-
-def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
-    """The options of the measurement that ``compare`` and ``demo`` share."""
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help=f"methods to compare (default: {defaults}, bpm-ff)")
-    p.add_argument("--timing-steps", type=int_range(1), default=10,
-                   help="steps (and refreshes) timed per method (the median is reported)")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
-    p.add_argument("--cosine-batches", type=int_range(1), default=4,
-                   help="batches over which cos θ to the BP gradient is averaged")
-    p.add_argument("--seeds", type=int_range(1), default=1,
-                   help="run the whole comparison for seeds --seed … --seed + N − 1 and report "
-                        "mean ± sd over them (default: %(default)s)")
 
 
 def default_methods(T: int) -> list[str]:
@@ -82,55 +55,6 @@ def default_methods(T: int) -> list[str]:
     names = ["bp", "ckpt", "ff", "loco:3"] if T >= 3 else ["bp", "ckpt", "ff"]
     names += [f"mpc:{h}" for h in sorted({max(2, round(T * q)) for q in (0.25, 0.5, 0.75)}) if h < T]
     return names + ["bpm-ff"]
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    report = compare(args)
-    print(f"report written to {report}")
-    return 0
-
-
-def compare(args: argparse.Namespace, defaults: Callable[[int], list[str]] = default_methods) -> Path:
-    """Train and measure every method (``args.methods``, else ``defaults(T)``); write the
-    table, plots, JSON and report to ``args.out``; return the report's path."""
-    workload = Workload.from_args(args)
-    T = workload.build(args.seed).T
-    specs = preflight.methods(args.methods or defaults(T))
-    if not any(s.kind == "bp" for s in specs):
-        specs.insert(0, parse_method("bp"))  # every ratio is to BP
-    workload.check_methods(specs, args)
-    timer = meter(args.timing_steps, 1, workload.device, args.clock)  # a clock unfit for the device fails now
-    preflight.start(args)
-    out = Path(args.out)
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    runs = []
-    for i, seed in enumerate(seeds):
-        if len(seeds) > 1:
-            print(f"seed {seed} ({i + 1} of {len(seeds)})")
-        run_args = argparse.Namespace(**{**vars(args), "seed": seed})
-        results = [run_method(workload, spec, run_args, out=out, per_seed=len(seeds) > 1) for spec in specs]
-        rows = measure_frontier(workload, specs, results, run_args, timer)
-        runs.append({"seed": seed, "rows": rows, "history": {r.label: r.history for r in results}})
-    rows = mean_rows([run["rows"] for run in runs])
-    for row, flag in zip(rows, dominated(rows, workload.quality, higher_is_better=workload.classification)):
-        row["dominated"] = "yes" if flag else "no"
-    quality = workload.quality
-    columns = frontier_columns(workload.metric_columns, workload.device.type == "cuda")
-    over = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± sd over seeds {seeds[0]}–{seeds[-1]}"
-    title = f"{args.model} on {args.data}, {args.epochs} epochs, {args.clock} clock{over}"
-    cells = [spread_cells(row) for row in rows]
-    report = out / "report.md"
-    print_table(rows, terminal_columns(columns), title=title,
-                essential=essential_columns(workload.metric_columns), report=report)
-    frontier(rows, out / "frontier.png", quality, title)
-    loss_curves(mean_histories([run["history"] for run in runs]), out / "loss.png", title)
-    write_json(out / "metrics.json", {
-        "rows": rows, "seeds": seeds, "data": workload.task.info, "machine": machine(workload.device),
-        "runs": [{"seed": run["seed"], "rows": run["rows"],
-                  "history": {label: [e.as_dict() for e in h] for label, h in run["history"].items()}}
-                 for run in runs]})
-    report.write_text(_report(title, cells, columns, quality, rows, len(seeds)))
-    return report
 
 
 def frontier_columns(metric_columns: Sequence[str], cuda: bool) -> list[str]:
@@ -166,7 +90,7 @@ def mean_rows(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 row[key] = value if all(v == value for v in values) else None
                 continue
-            mean, sd = mean_sd(values)
+            mean, sd = mean_sd(values)  # type: ignore[misc]  # numbers only: mean_sd returns a pair
             row[key] = value if all(v == value for v in values) else mean  # no rounding noise
             if len(per_seed) > 1:
                 row[f"{key} sd"] = 0.0 if row[key] is value else sd
@@ -193,25 +117,27 @@ def mean_histories(histories: Sequence[dict[str, list[EpochRecord]]]) -> dict[st
 
 
 def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[MethodResult],
-                     args: argparse.Namespace, timer: Meter) -> list[dict[str, Any]]:
+                     config: RunConfig, timer: Meter) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory as paid (ratios to BP), the cost model's
     ratio and cos θ.  A BP-modified method's time carries its refreshes at the rate its
     run made them (``refreshes`` over the steps of its history); ``timer`` times the runs."""
-    x, y = workload.batch(args.batch_size)
+    x, y = workload.batch(config.loop.batch_size)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     rates = [refreshes_per_step(r.method, r.steps, r.refreshes) for r in results]
     times, costs = time_methods([r.method for r in results], [r.net for r in results], x, y, rates, timer,
                                 results[bp].net)
     rows = []
+    bp_memory = results[bp].memory
     for r, t in zip(results, times):
+        assert r.memory is not None and bp_memory is not None  # measured by every run of a frontier
         row = r.row()
         row["run ms/step"] = row.pop("ms/step")
-        row |= paid_row(t, r.memory, times[bp], results[bp].memory)
+        row |= paid_row(t, r.memory, times[bp], bp_memory)
         row["refreshes"] = r.refreshes
         row["model ratio"] = predicted_ratio(costs, r.method)
         if r.tokens_per_step is not None:
             row["tokens/s"] = x.numel() / t.seconds
-        row["cos θ"] = _gradient_cosine(r, workload, args)
+        row["cos θ"] = _gradient_cosine(r, workload, config.loop.batch_size, config.measure.cosine_batches)
         rows.append(row)
     return rows
 
@@ -231,14 +157,14 @@ def dominated(rows: list[dict[str, Any]], quality: str, higher_is_better: bool) 
     return flags
 
 
-def _gradient_cosine(result: MethodResult, workload: Workload, args: argparse.Namespace) -> float:
-    """Mean over ``args.cosine_batches`` training batches of cos θ between the method's
+def _gradient_cosine(result: MethodResult, workload: Workload, batch_size: int, cosine_batches: int) -> float:
+    """Mean over ``cosine_batches`` training batches of cos θ between the method's
     gradient and BP's, both flattened over every block parameter, at the trained weights."""
     net, method = result.net, result.method
     exact = MPC(net, net.T)
     total, count = 0.0, 0
-    for x, y in batches(workload.task.train, args.batch_size):
-        if count == args.cosine_batches:
+    for x, y in batches(workload.task.train, batch_size):
+        if count == cosine_batches:
             break
         x, y = x.to(workload.device), y.to(workload.device)
         g_method, g_exact = (_flat_gradient(m, net, x, y) for m in (method, exact))
@@ -254,14 +180,14 @@ def _flat_gradient(method, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return block_gradient_vector(net)
 
 
-def _report(title: str, cells: list[dict[str, Any]], columns: list[str], quality: str,
-            rows: list[dict[str, Any]], n_seeds: int) -> str:
+def notes(rows: list[dict[str, Any]], quality: str, n_seeds: int) -> str:
+    """What the frontier table's columns measure, and which methods are on the frontier."""
     beaten = [r["method"] for r in rows if r["dominated"] == "yes"]
     kept = [r["method"] for r in rows if r["dominated"] == "no"]
     seeds = ("" if n_seeds == 1 else
              f"Every number is the mean ± sample sd over {n_seeds} runs (seeds), each trained and measured "
              "on its own; a number without ± was the same in every run. Dominance compares the means. ")
-    return (f"# Frontier: {title}\n\n{markdown_table(cells, columns)}\n\n{seeds}"
+    return (f"{seeds}"
             "Ratios are to BP on the same batch. Time is what a step costs as paid: the median "
             "of timed steps (forward + gradient, round-robin across methods) plus, for "
             "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "
@@ -276,5 +202,4 @@ def _report(title: str, cells: list[dict[str, Any]], columns: list[str], quality
             "weights.\n\n"
             f"**On the frontier** (memory ↓, time ↓, {quality} "
             f"{'↑' if 'acc' in quality else '↓'}): {', '.join(kept)}.\n\n"
-            f"**Dominated**: {', '.join(beaten) if beaten else 'none'}.\n\n"
-            "![frontier](frontier.png)\n\n![loss curves](loss.png)\n")
+            f"**Dominated**: {', '.join(beaten) if beaten else 'none'}.")

@@ -28,7 +28,6 @@ Under ``--nproc N`` only rank 0 checks and writes the folder (:func:`writes_file
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib.util
 import os
@@ -41,8 +40,9 @@ from typing import Any
 import torch
 
 from recede import data, models
+from recede.config import key_values, load_yaml, save_resolved
 from recede.core.blocks import BlockNet
-from recede.config import load_yaml, save_resolved, shown, subcommands
+from recede.keywords import shown
 from recede.methods import MethodSpec, parse_method
 
 RESULTS = ("config.yaml", "metrics.json", "report.md", "checkpoints")
@@ -66,17 +66,7 @@ def writes_files() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
-    """Give every subcommand of ``parser`` that has ``--out`` an ``--overwrite`` flag."""
-    for sub in subcommands(parser).values():
-        if any(action.dest == "out" for action in sub._actions):
-            sub.add_argument("--overwrite", action="store_true",
-                             help="replace the results of an earlier run in --out (its config, "
-                                  "metrics, report, checkpoints and logs are removed when this "
-                                  "run starts)")
-
-
-def out_folder(args: argparse.Namespace) -> Path | None:
+def out_folder(args: Any) -> Path | None:
     """The command's results folder: ``--out``, or ``results/PAPER`` for ``reproduce``."""
     out = getattr(args, "out", None)
     if out is None and getattr(args, "paper", None):
@@ -84,8 +74,9 @@ def out_folder(args: argparse.Namespace) -> Path | None:
     return None if out is None else Path(out)
 
 
-def check_out(args: argparse.Namespace) -> None:
-    """Apply the ``--out`` rules of the module docstring without writing anything."""
+def check_out(args: Any) -> None:
+    """Apply the ``--out`` rules of the module docstring to a command's options without
+    writing anything."""
     folder = out_folder(args)
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
@@ -93,10 +84,19 @@ def check_out(args: argparse.Namespace) -> None:
                          "or replace it")
     if getattr(args, "out", None) is not None and not str(args.out).strip():
         raise ValueError("--out is empty; name a results folder")
+    check_folder(folder, resume, overwrite, hasattr(args, "resume"))
+
+
+def check_folder(folder: Path | None, resume: bool | str, overwrite: bool, resumable: bool) -> None:
+    """Apply the ``--out`` rules of the module docstring to ``folder`` (None: no folder)
+    without writing anything; ``resumable``: the run could continue an earlier one."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, "
+                         "or replace it")
     if folder is None or not writes_files():
         return
     try:
-        _check_out_folder(folder, resume, overwrite, hasattr(args, "resume"))
+        _check_out_folder(folder, bool(resume), overwrite, resumable)
     except OSError as err:  # a name too long, a symlink loop, an unreadable parent...
         where = err.filename if err.filename is not None else folder
         raise ValueError(f"--out {shown(str(folder), 200)}: {shown(str(where), 200)}: "
@@ -181,7 +181,7 @@ def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path,
         saved = load_yaml(raw, f"--resume: {config}")
         if not isinstance(saved, dict):
             raise ValueError(f"--resume: {config} is not a recede config (a mapping of options)")
-        check_same_run(saved, identity, config)
+        check_same_run(_typed_options(saved), identity, config)
     found = [path for path in checkpoints if path.exists()]
     for path in found:
         payload = checkpoint.read(path)
@@ -193,6 +193,21 @@ def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path,
                          f"{', '.join(p.name for p in checkpoints)}); run without --resume, or with "
                          "--resume auto to resume only if one exists")
     return found
+
+
+def _typed_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.yaml``'s options with ``model_opt``/``data_opt`` read into mappings, as
+    :meth:`recede.runs.config.RunConfig.identity` holds them."""
+    out = dict(saved)
+    for key, flag in (("model_opt", "--model-opt"), ("data_opt", "--data-opt")):
+        if isinstance(out.get(key), list):
+            try:
+                out[key] = key_values(out[key], flag)
+            except ValueError:
+                pass  # not ours: compared as written, so it differs
+        elif out.get(key) is None:
+            out[key] = {}
+    return out
 
 
 def methods(names: list[str]) -> list[MethodSpec]:
@@ -328,13 +343,20 @@ def reset() -> None:
     _started, _began = None, False
 
 
-def start(args: argparse.Namespace) -> None:
-    """Begin the run, once everything is checked: on rank 0, ``--overwrite`` moves the earlier
+def start(args: Any) -> None:
+    """:func:`start_folder` for a command's options: ``config.yaml`` gets the options that
+    ``recede.cli`` resolved (``args.resolved``)."""
+    folder = out_folder(args)
+    if folder is not None:
+        start_folder(folder, getattr(args, "overwrite", False), args.command, args.resolved)
+
+
+def start_folder(folder: Path, overwrite: bool, command: str, options: dict[str, Any]) -> None:
+    """Begin the run, once everything is checked: on rank 0, ``overwrite`` moves the earlier
     run's files (:data:`REPLACED`) into a hidden folder ``OUT/.replaced-<pid>`` (deleted by
     :func:`commit`, put back by :func:`rollback`), and ``config.yaml`` is written with the
-    options that ``recede.cli`` resolved (``args.resolved``)."""
+    run's ``options``."""
     global _started, _began
-    folder = out_folder(args)
     _began = False
     if folder is None or not writes_files():
         return
@@ -345,7 +367,7 @@ def start(args: argparse.Namespace) -> None:
     aside, config = None, None
     if not created and (folder / "config.yaml").is_file():
         config = (folder / "config.yaml").read_bytes()
-    if getattr(args, "overwrite", False) and not created:
+    if overwrite and not created:
         moving = [name for name in REPLACED if (folder / name).exists() or (folder / name).is_symlink()]
         if moving:
             aside = folder / f".replaced-{os.getpid()}"
@@ -354,7 +376,7 @@ def start(args: argparse.Namespace) -> None:
                 os.replace(folder / name, aside / name)
     _started = _Started(top if top is not None else folder, created, aside, config)
     folder.mkdir(parents=True, exist_ok=True)
-    save_resolved(args.command, args.resolved, folder)
+    save_resolved(command, options, folder)
 
 
 def commit() -> None:

@@ -1,18 +1,20 @@
-"""One training run of one method on one workload: the unit ``train``, ``compare`` and ``demo``
-are made of.
+"""One run path: :func:`run` takes a :class:`~recede.runs.config.RunConfig` and does what
+``recede train``, ``compare``, ``demo``, the pipeline and the ``reproduce`` studies all do.
 
-:func:`run_method` builds the model and the method, trains, checkpoints every N steps and at
-the end (:mod:`recede.runs.checkpoint`), resumes from the last checkpoint when asked, logs to
-TensorBoard when asked, and measures the memory a step costs (:func:`recede.measure.usage.measure_paid`:
-saved activations over step and refresh, the whole training state, CUDA peak on a GPU).
-:func:`add_workload_options` declares the options every such command shares.
+:func:`check` checks everything the config asks for before anything is written (the workload's
+model built once, :class:`Workload`).  :func:`run` then starts the results folder, trains every
+method from every seed (:func:`train_method`, the one place that builds a model, its method, an
+optimizer and trains: checkpoints every N steps and at the end, :mod:`recede.runs.checkpoint`;
+resume; TensorBoard), measures what a step costs as paid (:func:`recede.measure.usage.measure_paid`,
+and with ``measure.frontier`` the comparison of :mod:`recede.runs.compare`), and writes the
+results folder (:mod:`recede.runs.results`).  From Python: ``recede.run(recede.RunConfig(...))``.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
+import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,14 @@ from typing import Any
 import torch
 
 from recede import data, models
-from recede.runs import checkpoint
-from recede.parallel import data_parallel as distributed
-from recede.runs import preflight
-from recede.bpm.scalars import SCALINGS
-from recede.config import float_range, int_range, key_values, positive_float
+from recede.core.blocks import BlockNet
 from recede.core.engine import NonFiniteLossError
+from recede.measure.usage import PaidMemory, measure_paid, meter
 from recede.methods import MethodSpec, build_method, parse_method
+from recede.parallel import data_parallel as distributed
+from recede.runs import checkpoint, preflight
+from recede.runs.config import RunConfig
 from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
-from recede.measure.usage import PaidMemory, measure_paid
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
 IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
@@ -36,57 +37,12 @@ IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer",
             "bpm_a", "bpm_lam", "init", "init_skip")
 
 
-def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
-                         epochs: int = 5, batch_size: int = 100, lr: float = 0.01,
-                         out: str = "results/train") -> None:
-    """The model, data, optimizer and output options shared by train, compare and demo."""
-    p.add_argument("--model", default=model, help=f"one of: {', '.join(models.available())}")
-    p.add_argument("--data", default=data_name, help=f"one of: {', '.join(data.available())}")
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="model builder option, e.g. width=32 (repeatable)")
-    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. n=2000 (repeatable)")
-    p.add_argument("--epochs", type=int_range(1), default=epochs)
-    p.add_argument("--batch-size", type=int_range(1), default=batch_size)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=positive_float, default=lr)
-    p.add_argument("--momentum", type=float_range(0.0, 1.0, high_open=True), default=0.0)
-    p.add_argument("--lr-decay", type=float_range(0.0, 1.0, low_open=True), default=0.9,
-                   help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
-    p.add_argument("--seed", type=int_range(0), default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int_range(0), default=0,
-                   help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
-    p.add_argument("--out", default=out, help="results folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--init", default=None, metavar="FILE",
-                   help="start every run from this state dict (a `recede pretrain` checkpoint, or "
-                        "your own .safetensors or weights-only .pt); names and shapes must match "
-                        "the model except --init-skip (docs/finetune.md)")
-    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",  # None: a run before --init resumes
-                   help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
-                        "their fresh initialisation (repeatable)")
-    bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
-    bpm.add_argument("--bpm-period", type=int_range(1), default=None, metavar="K",
-                     help="steps between offset refreshes (default: one epoch)")
-    bpm.add_argument("--bpm-samples", type=int_range(2), default=None, metavar="B'",
-                     help="samples per refresh (default: 1%% of K·B, at least two micro-batches)")
-    bpm.add_argument("--bpm-micro-batch", type=int_range(1), default=8, metavar="b'",
-                     help="micro-batch size of a refresh (its memory is BP's on b' samples)")
-    bpm.add_argument("--bpm-scaling", default="robust", choices=list(SCALINGS),
-                     help="robust (default: a = 1, λ only where a held-out test says the offset pays; lost to the local "
-                          "method in none of the study's 15 cases but can elsewhere, docs/paper-b.md), paper (Paper B eqs. 16-19 "
-                          "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)")
-    bpm.add_argument("--bpm-a", type=float_range(-math.inf, math.inf, True, True), default=None, metavar="A",
-                     help="the fixed scale a of the local gradient (with --bpm-scaling fixed)")
-    bpm.add_argument("--bpm-lam", type=float_range(0.0, 1.0), default=None, metavar="λ",
-                     help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)")
-
-
 @dataclass
 class Workload:
     """A task, how to build a fresh model for it, and this process's rank among ``world_size``
-    data-parallel processes (:mod:`recede.parallel.data_parallel`)."""
+    data-parallel processes (:mod:`recede.parallel.data_parallel`).  ``net``: the model built
+    once when the workload was checked (:meth:`from_config`), kept for the checks that need a
+    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones."""
 
     task: data.Task
     model: str
@@ -96,43 +52,66 @@ class Workload:
     world_size: int = 1
     init: str | None = None  # --init: the state dict every fresh model starts from
     init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
+    net: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> Workload:
-        """The workload of the command's options, checked before any training
-        (:mod:`recede.runs.preflight`): the device, the data and model options, and that the
-        model accepts the data."""
-        device = preflight.device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        task = preflight.load_data(args.data, key_values(args.data_opt, "--data-opt"))
-        options = key_values(args.model_opt, "--model-opt")
-        net = preflight.build_model(args.model, task, options, device)
-        init, skip = getattr(args, "init", None), tuple(getattr(args, "init_skip", None) or ())
+    def from_config(cls, config: RunConfig, rank: int = 0, world_size: int = 1) -> Workload:
+        """The workload of ``config``, checked before any training (:mod:`recede.runs.preflight`):
+        the device, the data and model options, and that the model accepts the data.  The
+        model is built here once (:attr:`net`)."""
+        w = config.workload
+        device = preflight.device(config.loop.device)
+        if config.loop.threads:
+            torch.set_num_threads(config.loop.threads)
+        task = preflight.load_data(w.data, dict(w.data_options))
+        options = dict(w.model_options)
+        net = preflight.build_model(w.model, task, options, device)
+        init, skip = w.init, tuple(w.init_skip)
         if init is not None or skip:
             from recede.runs.pretrain import describe_init, load_init
 
             load_init(net, init, skip)  # a file that does not fit stops here, before anything is written
             if rank == 0:
                 print(describe_init(net, init, skip))
-        preflight.probe(net, task, device, f"model {args.model!r}")
-        return cls(task, args.model, options, device, rank, world_size, init, skip)
+        preflight.probe(net, task, device, f"model {w.model!r}")
+        return cls(task, w.model, options, device, rank, world_size, init, skip, net)
 
-    def method(self, net, spec: MethodSpec, args: argparse.Namespace):
-        """The method object that trains ``net`` by ``spec`` on this workload at
-        ``args.batch_size`` per process; ``bpm-`` methods draw their offsets from the training
-        set with the ``--bpm-*`` settings, B being the global batch."""
+    @classmethod
+    def of(cls, task: data.Task, model: str, model_options: dict[str, Any], device: torch.device | str) -> Workload:
+        """The workload of a task already loaded (a study's, shared by its runs), its model
+        built once for the checks (inside a forked RNG: the caller's random state is kept)."""
+        workload = cls(task, model, dict(model_options), torch.device(device))
+        with torch.random.fork_rng(devices=[workload.device] if workload.device.type == "cuda" else []):
+            workload.net = workload.build(0)
+        return workload
+
+    @classmethod
+    def from_args(cls, args: Any, rank: int = 0, world_size: int = 1) -> Workload:
+        """The workload of a command's parsed options (:meth:`RunConfig.from_options`)."""
+        return cls.from_config(RunConfig.from_options(vars(args)), rank, world_size)
+
+    def method(self, net, spec: MethodSpec, config: RunConfig | Any, seed: int | None = None):
+        """The method object that trains ``net`` by ``spec`` on this workload at the config's
+        batch size per process; ``bpm-`` methods draw their offsets from the training set with
+        the config's BP-modified settings, B being the global batch."""
+        config = config if isinstance(config, RunConfig) else RunConfig.from_options(vars(config))
+        b = config.bpm
         return build_method(net, spec, refresh_data=self.task.train,
-                            batch_size=args.batch_size * self.world_size, period=args.bpm_period,
-                            offset_samples=args.bpm_samples, micro_batch=args.bpm_micro_batch,
-                            scaling=args.bpm_scaling, a=args.bpm_a, lam=args.bpm_lam, seed=args.seed)
+                            batch_size=config.loop.batch_size * self.world_size, period=b.period,
+                            offset_samples=b.samples, micro_batch=b.micro_batch, scaling=b.scaling,
+                            a=b.a, lam=b.lam, seed=config.loop.seed if seed is None else seed)
 
-    def check_methods(self, specs: list[MethodSpec], args: argparse.Namespace) -> None:
-        """Build each method once on a model, so a horizon or stage count outside [1, T]
-        fails before any training."""
-        net = self.build(0)
+    def check_methods(self, specs: list[MethodSpec], config: RunConfig | Any) -> None:
+        """Build each method once on the checked model, so a horizon or stage count outside
+        [1, T] fails before any training."""
+        net = self.net if self.net is not None else self.build(0)
         for spec in specs:
-            self.method(net, spec, args)
+            self.method(net, spec, config)
+
+    @property
+    def T(self) -> int:
+        """The number of blocks of the workload's model."""
+        return (self.net if self.net is not None else self.build(0)).T
 
     @property
     def classification(self) -> bool:
@@ -153,7 +132,7 @@ class Workload:
         """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
         return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
 
-    def build(self, seed: int):
+    def build(self, seed: int) -> BlockNet:
         torch.manual_seed(seed)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
@@ -174,11 +153,12 @@ class MethodResult:
 
     label: str
     history: list[EpochRecord]
-    memory: PaidMemory
-    net: torch.nn.Module = field(repr=False)
+    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own measurement)
+    net: BlockNet = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
     tokens_per_step: int | None = None  # a language model's tokens per training step
+    fixed_row: dict[str, Any] | None = None  # a pipeline stage's row (its own measurement)
 
     @property
     def final(self) -> EpochRecord:
@@ -195,6 +175,9 @@ class MethodResult:
         return 1000 * sum(r.seconds for r in self.history) / self.steps
 
     def row(self) -> dict[str, Any]:
+        if self.fixed_row is not None:
+            return dict(self.fixed_row)
+        assert self.memory is not None  # every run but a pipeline stage's measures it
         extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
         if self.tokens_per_step is not None:
             extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
@@ -219,54 +202,122 @@ def checkpoint_path(out: Path, spec: MethodSpec, seed: int | None = None) -> Pat
     return folder / f"{slug(spec)}.pt"
 
 
-def identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The :data:`IDENTITY` options of a command: a checkpoint resumes only a run that agrees."""
-    return {k: getattr(args, k) for k in IDENTITY}
+def identity(args: Any) -> dict[str, Any]:
+    """The :data:`IDENTITY` options of a command's parsed options (:meth:`RunConfig.identity`):
+    a checkpoint resumes only a run that agrees."""
+    return RunConfig.from_options(vars(args)).identity()
 
 
-def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namespace, *,
-               out: Path, checkpoint_every: int = 0, resume: bool = False,
-               tensorboard: bool = False, per_seed: bool = False) -> MethodResult:
-    """Train a fresh model (seeded by ``args.seed``) with ``spec``; checkpoint to
-    ``out/checkpoints/<method>.pt`` (``per_seed``: ``out/checkpoints/seed-<seed>/<method>.pt``)
-    every ``checkpoint_every`` steps (0: only at the end).
+def run_method(workload: Workload, spec: MethodSpec | str, args: Any, *, out: Path,
+               checkpoint_every: int = 0, resume: bool = False, tensorboard: bool = False,
+               per_seed: bool = False) -> MethodResult:
+    """:func:`train_method` for a command's parsed options ``args``."""
+    config = RunConfig.from_options(vars(args))
+    loop = dataclasses.replace(config.loop, checkpoint_every=checkpoint_every, resume=resume)
+    output = dataclasses.replace(config.output, tensorboard=tensorboard)
+    config = dataclasses.replace(config, loop=loop, output=output)
+    return train_method(workload, spec, config, out=out, per_seed=per_seed)
 
-    With ``resume`` and an existing checkpoint, the run continues from it; the checkpoint must
-    come from a run with the same :data:`IDENTITY` options.  A non-finite loss stops the run
-    with the step number; the last checkpoint written stays the good one.
+
+@dataclass
+class Setup:
+    """How one method trains one fresh model: ``method`` (what the loop calls ``backward`` on),
+    the ``module`` whose state a checkpoint holds and the ``parameters`` the optimizer steps,
+    the checkpoint ``path`` (None: none) and its ``identity``, the test set evaluated after
+    each epoch (None: ``on_epoch`` evaluates), the data shard (``rank`` of ``world_size``), and
+    ``finish(history, optimizer) -> MethodResult`` that measures the trained method.
+    :func:`plain_setup` is a process's (or a data-parallel rank's);
+    :func:`recede.parallel.pipeline.run.stage_setup` a pipeline stage's."""
+
+    method: Any
+    module: torch.nn.Module
+    parameters: Any
+    path: Path | None
+    identity: dict[str, Any]
+    finish: Callable[[list[EpochRecord], torch.optim.Optimizer], MethodResult]
+    checkpoint_method: Any = None
+    test_set: Any = None
+    on_epoch: Callable[[EpochRecord], None] | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
+def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: BlockNet,
+                out: Path | None, per_seed: bool) -> Setup:
+    """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
+    method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
+    training by :func:`recede.measure.usage.measure_paid`."""
+    batch_size = config.loop.batch_size
+    local = workload.method(net, spec, config)  # the method itself, measured on this rank below
+    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
+
+    def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
+        x, y = workload.batch(batch_size)
+        memory = measure_paid(local, net, x, y, optimizer, workload.device)
+        optimizer.zero_grad(set_to_none=True)
+        return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
+                            workload.tokens(batch_size * workload.world_size))
+
+    return Setup(method, net, net.parameters(),
+                 None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
+                 config.identity() | {"method": spec.label}, finish, checkpoint_method=method,
+                 test_set=workload.task.test, rank=workload.rank, world_size=workload.world_size)
+
+
+def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
+                 out: Path | None, per_seed: bool = False) -> MethodResult:
+    """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
+    optimizer, train — the one place a run does this (a pipeline stage's method and
+    measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
+    from :func:`plain_setup`).  Checkpoint to ``out/checkpoints/<method>.pt`` (``per_seed``:
+    ``out/checkpoints/seed-<seed>/<method>.pt``) every ``config.loop.checkpoint_every`` steps
+    (0: only at the end; ``out`` None: never).
+
+    With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
+    checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
+    stops the run with the step number; the last checkpoint written stays the good one.
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
-    net = workload.build(args.seed)
-    local = workload.method(net, spec, args)  # the method itself, measured on this rank below
-    method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
-    writes = workload.rank == 0
-    optimizer = make_optimizer(net.parameters(), args.optimizer, args.lr, args.momentum)
-    lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = checkpoint_path(out, spec, args.seed if per_seed else None)
-    run_identity = identity(args) | {"method": spec.label}
-    loop, has_checkpoint = LoopState(), resume and path.exists()
+    lp, opt = config.loop, config.optimizer
+    net = workload.build(lp.seed)
+    if config.parallel.pipeline > 1:
+        from recede.parallel.pipeline.run import stage_setup
+
+        setup = stage_setup(workload, spec, config, net, out)
+    else:
+        setup = plain_setup(workload, spec, config, net, out, per_seed)
+    writes = (workload.rank == 0 or config.parallel.pipeline > 1) and setup.path is not None
+    optimizer = make_optimizer(setup.parameters, opt.name, opt.lr, opt.momentum)
+    lr_rule = LossIncreaseDecay(optimizer, opt.lr_decay)
+    path = setup.path
+    loop, has_checkpoint = LoopState(), bool(lp.resume) and path is not None and path.exists()
     if has_checkpoint:
+        assert path is not None
         payload = checkpoint.read(path)
-        preflight.check_same_run(payload["config"], run_identity, path)
-        loop = checkpoint.restore(payload, net=net, optimizer=optimizer, lr_rule=lr_rule, method=method)
-    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) if tensorboard and writes else None
+        preflight.check_same_run(payload["config"], setup.identity, path)
+        loop = checkpoint.restore(payload, net=setup.module, optimizer=optimizer, lr_rule=lr_rule,
+                                  method=setup.checkpoint_method)
+    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) \
+        if config.output.tensorboard and writes and out is not None else None
 
     def save(finished: bool = False) -> None:
         nonlocal has_checkpoint
-        if not writes:
+        if not writes or path is None:
             return
-        checkpoint.save(path, net=net, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method, config=run_identity, finished=finished)
+        checkpoint.save(path, net=setup.module, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
+                        method=setup.checkpoint_method, config=setup.identity, finished=finished)
         has_checkpoint = True
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         preflight.commit()  # training has begun: the earlier run --overwrite moved aside goes now
         if writer is not None:
             writer.add_scalar("loss/train_step", loss, loop.global_step)
-        if checkpoint_every and loop.global_step % checkpoint_every == 0:
+        if lp.checkpoint_every and loop.global_step % lp.checkpoint_every == 0:
             save()
 
     def on_epoch(record: EpochRecord) -> None:
+        if setup.on_epoch is not None:
+            setup.on_epoch(record)
         if writer is not None:
             writer.add_scalar("loss/train_epoch", record.train_loss, record.epoch + 1)
             writer.add_scalar("lr", record.lr, record.epoch + 1)
@@ -274,12 +325,12 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
                 writer.add_scalar(f"test/{name}", value, record.epoch + 1)
 
     try:
-        history = train(net, method, workload.task.train, optimizer, epochs=args.epochs,
-                        batch_size=args.batch_size, test_set=workload.task.test, seed=args.seed,
+        history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
+                        batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
                         lr_rule=lr_rule, classification=workload.classification,
                         device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
-                        progress=writes and not args.no_progress, description=spec.label,
-                        rank=workload.rank, world_size=workload.world_size, metrics=workload.task.metrics)
+                        progress=workload.rank == 0 and config.output.progress, description=spec.label,
+                        rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
         kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
@@ -287,12 +338,114 @@ def run_method(workload: Workload, spec: MethodSpec | str, args: argparse.Namesp
         if writer is not None:
             writer.close()
     save(finished=True)
-    x, y = workload.batch(args.batch_size)
-    memory = measure_paid(local, net, x, y, optimizer, workload.device)
-    optimizer.zero_grad(set_to_none=True)
-    return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
-                        workload.tokens(args.batch_size * workload.world_size))
+    return setup.finish(history, optimizer)
 
+
+@dataclass
+class Checked:
+    """A run's input, checked and nothing written (:func:`check`): the workload (its model
+    built once), the methods, and the timer of a frontier measurement."""
+
+    config: RunConfig
+    workload: Workload
+    specs: list[MethodSpec]
+    timer: Any = None
+
+
+def check(config: RunConfig, default_methods: Callable[[int], list[str]] | None = None,
+          workload: Workload | None = None) -> Checked:
+    """Check everything ``config`` asks for before anything is written: its values, the
+    workload (built once), the methods (``config.methods``, else ``default_methods(T)``, else
+    BP; a frontier adds BP, every ratio's reference), the clock, TensorBoard, the results
+    folder and, to resume, its checkpoints.  A study whose runs share a workload passes it
+    (:meth:`Workload.of`).  Raises the one-line ``ValueError`` of a refusal."""
+    config.validate()
+    if config.output.out is not None:
+        preflight.check_folder(Path(config.output.out), config.loop.resume, config.output.overwrite, True)
+    workload = workload if workload is not None else Workload.from_config(config)
+    names = config.methods or (default_methods(workload.T) if default_methods is not None else ["bp"])
+    specs = preflight.methods(names)
+    if config.measure.frontier and not any(s.kind == "bp" for s in specs):
+        specs.insert(0, parse_method("bp"))  # every ratio is to BP
+    workload.check_methods(specs, config)
+    timer = None
+    if config.measure.frontier:  # a clock unfit for the device fails now
+        timer = meter(config.measure.timing_steps, 1, workload.device, config.measure.clock)
+    if config.output.tensorboard:
+        preflight.require_package("tensorboard", "--tensorboard", "tensorboard")
+    if config.output.out is not None and config.loop.resume and config.parallel.pipeline == 1:  # stages: their own
+        out, per_seed = Path(config.output.out), config.loop.seeds > 1
+        paths = {checkpoint_path(out, s, seed if per_seed else None): s.label for s in specs for seed in config.seeds}
+        preflight.check_resume(out, config.identity(), paths, config.loop.resume, net=workload.net)
+    return Checked(config, workload, specs, timer)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced: the table's rows (a mean over the seeds for several), each
+    seed's rows and method results, and the report's path (None when nothing was written)."""
+
+    rows: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    report: Path | None = None
+
+
+def run(config: RunConfig, *, default_methods: Callable[[int], list[str]] | None = None,
+        on_start: Callable[[], None] | None = None, checked: Checked | None = None,
+        workload: Workload | None = None) -> RunResult:
+    """Run ``config``: check it (:func:`check`, the workload built once), start the results
+    folder (``on_start``; by default :func:`recede.runs.preflight.start_folder` writes the
+    config's options to ``config.yaml``), train every method from every seed
+    (:func:`train_method`), measure time and memory as paid, and write the results folder
+    (:func:`recede.runs.results.write_results`): ``report.md``, ``metrics.json``, ``loss.png``
+    (and ``frontier.png`` for a frontier).  Under torchrun each rank trains its shard; rank 0
+    writes.  A refusal before training leaves an earlier run's folder as it was.  ``checked``:
+    what :func:`check` returned for ``config`` (the command line checks before it launches
+    ranks); ``workload``: a study's shared workload (:meth:`Workload.of`)."""
+    try:
+        return _run(config, default_methods, on_start, checked or check(config, default_methods, workload))
+    except (ValueError, FileNotFoundError, KeyboardInterrupt):
+        preflight.rollback()
+        raise
+
+
+def _run(config: RunConfig, default_methods: Callable[[int], list[str]] | None,
+         on_start: Callable[[], None] | None, checked: Checked) -> RunResult:
+    workload, specs = checked.workload, checked.specs
+    ctx = distributed.init_from_env("gloo", config.parallel.dist_timeout)
+    stages = config.parallel.pipeline
+    if config.parallel.nproc > 1 and config.parallel.nproc != ctx.world_size:
+        raise ValueError(f"--nproc {config.parallel.nproc} but torchrun started {ctx.world_size} processes")
+    if stages > 1 and ctx.world_size != stages:
+        raise ValueError(f"--pipeline {stages} but torchrun started {ctx.world_size} processes")
+    # a pipeline's ranks are its stages, each iterating the whole data set; else data-parallel shards
+    workload = dataclasses.replace(workload, rank=ctx.rank, world_size=1 if stages > 1 else ctx.world_size)
+    out = None if config.output.out is None else Path(config.output.out)
+    if on_start is not None:
+        on_start()
+    elif out is not None:
+        preflight.start_folder(out, config.output.overwrite, "run", config.options())
+    runs = []
+    for i, seed in enumerate(config.seeds):
+        if config.loop.seeds > 1:
+            print(f"seed {seed} ({i + 1} of {config.loop.seeds})")
+        seeded = config.with_seed(seed)
+        results = [train_method(workload, spec, seeded, out=out, per_seed=config.loop.seeds > 1) for spec in specs]
+        if config.measure.frontier:
+            from recede.runs.compare import measure_frontier
+
+            rows = measure_frontier(workload, specs, results, seeded, checked.timer)
+        else:
+            rows = [r.row() for r in results]
+        runs.append({"seed": seed, "rows": rows, "results": results})
+    distributed.shutdown()
+    if not ctx.is_main:
+        return RunResult([], runs)
+    from recede.runs import results as written
+
+    rows, report = written.report_run(config, workload, runs, ctx.world_size, out)
+    preflight.commit()
+    return RunResult(rows, runs, report)
 
 
 def _tensorboard_writer(folder: Path):

@@ -13,103 +13,40 @@ ends the others with one line naming the failed transfer
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
-import sys
-import uuid
 from pathlib import Path
+from typing import Any
 
+import torch
 import torch.distributed as dist
 
-from recede.config import int_range
+from recede.core.blocks import BlockNet
 from recede.measure.memory import measure
-from recede.methods import MethodSpec, default_offset_samples
-from recede.parallel import data_parallel as distributed
-from recede.parallel.data_parallel import RankFailure
-from recede.parallel.launch import launch
+from recede.methods import MethodSpec, default_offset_samples, epoch_steps
 from recede.parallel.pipeline.stage import Pipeline
 from recede.runs import checkpoint, preflight
-from recede.runs.plots import loss_curves
-from recede.runs.reports import machine, markdown_table, print_table, write_json
-from recede.runs.run import Workload, identity, slug
-from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, evaluate, make_optimizer, train
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--pipeline N`` and ``--micro-batches M`` for ``recede train``."""
-    parser.add_argument("--pipeline", type=int_range(1), default=1, metavar="N",
-                        help="split the model into N stages on N processes (torchrun, gloo) and "
-                             "train them as a receding-horizon pipeline; see docs/pipeline.md")
-    parser.add_argument("--micro-batches", type=int_range(1), default=None, metavar="M",
-                        help="micro-batches per step with --pipeline (default 4·N)")
-
-
-def run_pipeline(args: argparse.Namespace) -> int:
-    """``recede train --pipeline N``: check the input and launch (:func:`recede.parallel.launch.launch`),
-    or (under torchrun) train this rank's stage."""
-    specs = preflight.methods(args.method or ["bp"])
-    for spec in specs:
-        if spec.kind not in ("bp", "ff", "mpc") or spec.recompute:
-            raise ValueError(f"--pipeline trains bp, ff, mpc:H and bpm-ff, bpm-mpc:H; not {spec.label}")
-    if args.nproc > 1:
-        raise ValueError("--pipeline and --nproc cannot be combined (one process per stage)")
-    if args.tensorboard:
-        raise ValueError("--tensorboard is not available with --pipeline")
-    micro = args.micro_batches or 4 * args.pipeline
-    if micro > args.batch_size:
-        raise ValueError(f"--micro-batches {micro} is more than the batch of {args.batch_size} samples"
-                         + ("" if args.micro_batches else f" (the default is 4 · --pipeline {args.pipeline})"))
-    out = Path(args.out)
-    if not distributed.under_torchrun():
-        workload = Workload.from_args(args)  # bad input: one line from here, before any rank starts
-        _check_stages(workload.build(args.seed).T, specs, args)
-        paths = {_stage_path(out, s, r): s.label for s in specs for r in range(args.pipeline)}
-        found = preflight.check_resume(out, identity(args) | {"pipeline": args.pipeline}, paths, args.resume)
-        run_id = check_stages_agree(found, specs, args.pipeline, out, _identity(args, micro))
-        os.environ[RUN_ID] = run_id or uuid.uuid4().hex
-        try:
-            return launch(args.argv, args.pipeline, args.dist_timeout)
-        except RankFailure as err:
-            kept = [path for path in paths if path.exists()]
-            if not kept:
-                raise RankFailure(f"{err}; no checkpoint was written") from None
-            again = args.argv if "--resume" in args.argv else \
-                [a for a in args.argv if a != "--overwrite"] + ["--resume"]
-            raise RankFailure(f"{err}; the stage checkpoints are in {out / 'checkpoints'}; "
-                              f"resume with: recede {shlex.join(again)}") from None
-    try:
-        ctx = distributed.init_from_env("gloo", args.dist_timeout)
-        if ctx.world_size != args.pipeline:
-            raise ValueError(f"--pipeline {args.pipeline} but torchrun started {ctx.world_size} processes")
-        workload = Workload.from_args(args)  # every rank: the whole data set, the same batches
-        _check_stages(workload.build(args.seed).T, specs, args)
-        preflight.start(args)
-        results = [_train_stage(workload, spec, args, out, ctx.rank) for spec in specs]
-    except (RankFailure, dist.DistError) as err:
-        print(f"recede train: stopped: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    distributed.shutdown()
-    if ctx.is_main:
-        _report(results, workload, args, out)
-    return 0
-
+from recede.runs.config import RunConfig
+from recede.runs.reports import machine
+from recede.runs.results import plain_histories, write_results
+from recede.runs.run import MethodResult, Setup, Workload, identity, slug
+from recede.runs.train import EpochRecord, evaluate
 
 RUN_ID = "RECEDE_RUN_ID"
 """The environment variable by which the launcher gives every stage the run's id."""
 
 
-def _identity(args: argparse.Namespace, micro: int) -> dict:
+def _identity(args: Any, micro: int) -> dict:
     return identity(args) | {"pipeline": args.pipeline, "micro_batches": micro}
 
 
-def _check_stages(T: int, specs: list[MethodSpec], args: argparse.Namespace) -> None:
+def _check_stages(T: int, specs: list[MethodSpec], args: Any) -> None:
     """Every method's horizon in [1, T] and no more stages than blocks: checked before any
     rank starts (and again by each rank, before it writes anything)."""
     if args.pipeline > T:
         raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {T} blocks")
     for spec in specs:
         horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.value)
+        assert horizon is not None  # parse_method gives every mpc spec its horizon
         if not 1 <= horizon <= T:
             raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {T}]")
 
@@ -149,41 +86,29 @@ def check_stages_agree(found: list[Path], specs: list[MethodSpec], stages: int, 
     return str(run) if run is not None else None
 
 
-def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace, out: Path,
-                 rank: int) -> dict:
-    """Train this rank's stage of a fresh model with ``spec``; return its row for the report."""
-    net = workload.build(args.seed)
+def stage_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: BlockNet,
+                out: Path | None) -> Setup:
+    """How this rank trains its stage of ``net`` with ``spec`` (:func:`recede.runs.run.train_method`
+    runs it): every rank iterates the whole data set, steps the optimizer over its own
+    parameters and checkpoints its stage; after each epoch the stages' parameters are gathered
+    and rank 0 evaluates the whole model.  ``finish`` measures a step and gathers every
+    stage's memory and idle share into this method's row."""
+    stages, batch_size, seed = config.parallel.pipeline, config.loop.batch_size, config.loop.seed
     horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.value)
-    micro = args.micro_batches or 4 * args.pipeline
-    x, y = workload.batch(args.batch_size)
+    assert horizon is not None  # parse_method gives every mpc spec its horizon
+    micro = config.parallel.micro_batches or 4 * stages
+    x, y = workload.batch(batch_size)
     pipe = Pipeline(net, horizon, micro, sample=x[:-(-len(x) // micro)], device=workload.device)
-    method = pipe
+    method: Any = pipe
     if spec.modified:
-        period = args.bpm_period or -(-len(workload.task.train) // args.batch_size)
-        samples = args.bpm_samples or default_offset_samples(period, args.batch_size, args.bpm_micro_batch)
-        method = pipe.bp_modified(period, samples, args.bpm_micro_batch, scaling=args.bpm_scaling,
-                                  data=workload.task.train, batch_size=args.batch_size, seed=args.seed)
-    optimizer = make_optimizer(pipe.parameters(), args.optimizer, args.lr, args.momentum)
-    lr_rule = LossIncreaseDecay(optimizer, args.lr_decay)
-    path = _stage_path(out, spec, rank)
-    run_identity = _identity(args, micro) | {"method": spec.label, "stages": pipe.sizes}
-    run_id = os.environ.get(RUN_ID, "")
-    loop = LoopState()
-    if args.resume and path.exists():
-        payload = checkpoint.read(path)
-        preflight.check_same_run(payload["config"], run_identity | {"run_id": run_id}, path)
-        loop = checkpoint.restore(payload, net=pipe.stage, optimizer=optimizer, lr_rule=lr_rule,
-                                  method=method if spec.modified else None)
-
-    def save(finished: bool = False) -> None:
-        checkpoint.save(path, net=pipe.stage, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=method if spec.modified else None, config=run_identity | {"run_id": run_id},
-                        finished=finished)
-
-    def on_step(epoch: int, step: int, loss: float) -> None:
-        preflight.commit()
-        if args.checkpoint_every and loop.global_step % args.checkpoint_every == 0:
-            save()
+        b = config.bpm
+        period = b.period or epoch_steps(workload.task.train, batch_size)
+        samples = b.samples or default_offset_samples(period, batch_size, b.micro_batch)
+        method = pipe.bp_modified(period, samples, b.micro_batch, scaling=b.scaling,
+                                  data=workload.task.train, batch_size=batch_size, seed=seed)
+    rank = workload.rank
+    run_identity = config.identity() | {"pipeline": stages, "micro_batches": micro, "method": spec.label,
+                                        "stages": pipe.sizes, "run_id": os.environ.get(RUN_ID, "")}
 
     def on_epoch(record: EpochRecord) -> None:
         pipe.gather_parameters()
@@ -191,49 +116,47 @@ def _train_stage(workload: Workload, spec: MethodSpec, args: argparse.Namespace,
             record.test = evaluate(net, workload.task.test, device=workload.device,
                                    classification=workload.classification)
 
-    history = train(net, method, workload.task.train, optimizer, epochs=args.epochs,
-                    batch_size=args.batch_size, seed=args.seed, lr_rule=lr_rule,
-                    device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
-                    progress=rank == 0 and not args.no_progress, description=spec.label)
-    save(finished=True)
-    optimizer.zero_grad(set_to_none=True)
-    _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device, real=True)
-    optimizer.zero_grad(set_to_none=True)
-    saved = [None] * args.pipeline
-    dist.all_gather_object(saved, (memory.saved_peak_bytes, pipe.last_timing.idle_fraction,
-                                   memory.allocated_peak_bytes))
-    final = history[-1]
-    steps = sum(r.steps for r in history)
-    return {"method": spec.label, "history": history, "train loss": final.train_loss,
-            "test loss": final.test.get("loss"), "test acc": final.test.get("accuracy"),
-            "ms/step": 1000 * sum(r.seconds for r in history) / steps, "stages": pipe.sizes,
-            "micro-batches": micro,
-            "real MiB per stage": " / ".join(f"{r / 2**20:.3g}" for _, _, r in saved),
-            "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _, _ in saved),
-            "idle per stage": " / ".join(f"{i:.2f}" for _, i, _ in saved)}
+    def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
+        optimizer.zero_grad(set_to_none=True)
+        _, memory = measure(lambda: method.backward(x, y), module=net, device=workload.device, real=True)
+        optimizer.zero_grad(set_to_none=True)
+        saved: list[Any] = [None] * stages
+        dist.all_gather_object(saved, (memory.saved_peak_bytes, pipe.last_timing.idle_fraction,
+                                       memory.allocated_peak_bytes))
+        final = history[-1]
+        steps = sum(r.steps for r in history)
+        row = {"method": spec.label, "train loss": final.train_loss,
+               "test loss": final.test.get("loss"), "test acc": final.test.get("accuracy"),
+               "ms/step": 1000 * sum(r.seconds for r in history) / steps, "stages": pipe.sizes,
+               "micro-batches": micro,
+               "real MiB per stage": " / ".join(f"{r / 2**20:.3g}" for _, _, r in saved),
+               "saved MiB per stage": " / ".join(f"{b / 2**20:.3g}" for b, _, _ in saved),
+               "idle per stage": " / ".join(f"{i:.2f}" for _, i, _ in saved)}
+        return MethodResult(spec.label, history, None, net, method, fixed_row=row)
+
+    return Setup(method, pipe.stage, pipe.parameters(), None if out is None else _stage_path(out, spec, rank),
+                 run_identity, finish, checkpoint_method=method if spec.modified else None,
+                 on_epoch=on_epoch)
 
 
 def _stage_path(out: Path, spec: MethodSpec, rank: int) -> Path:
     return out / "checkpoints" / f"{slug(spec)}.stage{rank}.pt"
 
 
-def _report(results: list[dict], workload: Workload, args: argparse.Namespace, out: Path) -> None:
+def report(config: RunConfig, workload: Workload, rows: list[dict], histories: dict, out: Path) -> Path:
+    """Rank 0's results folder of a pipeline run (:func:`recede.runs.results.write_results`)."""
     columns = ["method", "train loss", "test loss"] + (["test acc"] if workload.classification else []) \
         + ["ms/step", "real MiB per stage", "saved MiB per stage", "idle per stage"]
-    stages = results[0]["stages"]
-    title = (f"{args.model} on {args.data}, {args.epochs} epochs, pipeline of {args.pipeline} "
-             f"stages {stages} × {results[0]['micro-batches']} micro-batches of batch {args.batch_size}")
-    rows = [{k: v for k, v in r.items() if k != "history"} for r in results]
-    print_table(rows, columns, title=title)
-    write_json(out / "metrics.json", {"rows": rows, "machine": machine(workload.device), "history": {
-        r["method"]: [e.as_dict() for e in r["history"]] for r in results}})
-    loss_curves({r["method"]: r["history"] for r in results}, out / "loss.png", title)
-    (out / "report.md").write_text(
-        f"# {title}\n\n{markdown_table(rows, columns)}\n\n"
-        "ms/step is the mean wall time of a training step over the run; real MiB per stage is the "
-        "peak bytes each rank allocated in one step above its start (activations, gradients, "
-        "received tensors; recede.measure.memory.allocation_peak); saved MiB per stage is each rank's "
-        "peak of tensors saved for backward in one step (recede.measure.memory); idle is "
-        "the share of that step each rank spent waiting for its neighbours.\n\n"
-        "![loss curves](loss.png)\n")
+    w, lp = config.workload, config.loop
+    title = (f"{w.model} on {w.data}, {lp.epochs} epochs, pipeline of {config.parallel.pipeline} "
+             f"stages {rows[0]['stages']} × {rows[0]['micro-batches']} micro-batches of batch {lp.batch_size}")
+    path = write_results(
+        out, title=title, heading=title, rows=rows, columns=columns, histories=histories,
+        metrics={"rows": rows, "machine": machine(workload.device), "history": plain_histories(histories)},
+        notes="ms/step is the mean wall time of a training step over the run; real MiB per stage is the "
+              "peak bytes each rank allocated in one step above its start (activations, gradients, "
+              "received tensors; recede.measure.memory.allocation_peak); saved MiB per stage is each rank's "
+              "peak of tensors saved for backward in one step (recede.measure.memory); idle is "
+              "the share of that step each rank spent waiting for its neighbours.")
     print(f"results written to {out}/")
+    return path

@@ -1,0 +1,95 @@
+"""recede.RunConfig and recede.run: one run path that YAML, flags and Python all reach."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import recede
+from recede.cli import build_parser, main
+from recede.cli.options import parse_with_config
+from recede.runs.config import LoopConfig, OutputConfig, RunConfig, WorkloadConfig
+
+
+def tiny(out, **loop) -> recede.RunConfig:
+    return recede.RunConfig(
+        workload=WorkloadConfig(model="resmlp", data="trig", model_options={"depth": 3},
+                                                   data_options={"n": 60, "n_test": 20}),
+        methods=["bp", "mpc:2"],
+        loop=LoopConfig(epochs=2, batch_size=20, **loop),
+        output=OutputConfig(out=str(out), progress=False))
+
+
+def test_recede_run_of_a_run_config_writes_the_results_folder(tmp_path):
+    result = recede.run(tiny(tmp_path / "py"))
+    assert [row["method"] for row in result.rows] == ["BP", "MPC(h=2)"]
+    assert result.report == tmp_path / "py" / "report.md"
+    for name in ("report.md", "metrics.json", "loss.png", "config.yaml", "checkpoints/bp.pt"):
+        assert (tmp_path / "py" / name).exists(), name
+    metrics = json.loads((tmp_path / "py" / "metrics.json").read_text())
+    assert [r["method"] for r in metrics["rows"]] == ["BP", "MPC(h=2)"]
+    assert len(metrics["history"]["BP"]) == 2
+    assert "| BP |" in (tmp_path / "py" / "report.md").read_text()
+
+
+def test_python_and_the_command_line_train_alike(tmp_path):
+    """The same run from Python and from `recede train` gives the same epochs."""
+    python = recede.run(tiny(tmp_path / "py"))
+    assert main(["train", "--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
+                 "--epochs", "2", "--batch-size", "20", "--method", "bp", "--method", "mpc:2",
+                 "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())["history"]
+    for result in python.runs[0]["results"]:
+        assert [e.as_dict() | {"seconds": 0} for e in result.history] == \
+            [e | {"seconds": 0} for e in cli[result.label]]
+
+
+def test_the_flags_build_the_config_the_python_api_would():
+    args = parse_with_config(build_parser(), ["train", "--model-opt", "depth=3", "--data-opt", "n=60",
+                                              "--batch-size", "20", "--bpm-period", "7", "--no-progress"])
+    config = RunConfig.from_options(vars(args))
+    assert config.workload.model_options == {"depth": 3} and config.workload.data_options == {"n": 60}
+    assert config.loop.batch_size == 20 and config.bpm.period == 7 and config.output.progress is False
+    assert RunConfig.from_options(config.options()) == config  # what config.yaml holds reads back
+
+
+def test_a_dict_builds_the_same_config_and_names_unknown_keys():
+    config = RunConfig.from_dict({"loop": {"epochs": 3}, "methods": ["ff"]})
+    assert config.loop.epochs == 3 and config.methods == ["ff"]
+    assert RunConfig.from_dict(config.as_dict()) == config
+    with pytest.raises(ValueError, match="loop has no field"):
+        RunConfig.from_dict({"loop": {"epoch": 3}})
+    with pytest.raises(ValueError, match="unknown key"):
+        RunConfig.from_dict({"looop": {}})
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"loop": {"epochs": 0}}, "loop.epochs"),
+    ({"loop": {"batch_size": 2.5}}, "loop.batch_size"),
+    ({"optimizer": {"lr": -1.0}}, "optimizer.lr"),
+    ({"optimizer": {"name": "lbfgs"}}, "optimizer.name"),
+    ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum"),
+    ({"bpm": {"lam": 2.0}}, "bpm.lam"),
+    ({"bpm": {"scaling": "optimal"}}, "bpm.scaling"),
+    ({"measure": {"clock": "sundial"}}, "measure.clock"),
+    ({"loop": {"seeds": 101}}, "loop.seeds"),
+    ({"methods": []}, "methods"),
+])
+def test_validation_names_the_field_in_one_line(change, field):
+    with pytest.raises(ValueError) as err:
+        RunConfig.from_dict(change)
+    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+
+
+def test_a_refused_python_run_leaves_an_earlier_run_as_it_was(tmp_path):
+    recede.run(tiny(tmp_path / "a"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="holds the results of an earlier run"):
+        recede.run(tiny(tmp_path / "a"))
+    bad = tiny(tmp_path / "a")
+    bad.output.overwrite = True
+    bad.methods = ["mpc:99"]
+    with pytest.raises(ValueError):
+        recede.run(bad)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir() if p.is_file()} == before
