@@ -93,3 +93,38 @@ def test_a_refused_python_run_leaves_an_earlier_run_as_it_was(tmp_path):
     with pytest.raises(ValueError):
         recede.run(bad)
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir() if p.is_file()} == before
+
+
+def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshes():
+    """From Python, ``bpm.scaling`` takes a Rule function (a study's ablated rule); the config
+    names it; ``train_method``'s step hook is handed the method it trains."""
+    import dataclasses
+
+    import torch
+
+    from recede.bpm import scalars
+    from recede.bpm.estimator import BPModified
+    from recede.runs.config import BPMConfig, MeasureConfig
+    from recede.runs.run import Workload, train_method
+
+    calls = []
+
+    def unit_a(m, B_prime, check, previous=None):
+        calls.append(B_prime)
+        return torch.ones_like(m.hh), scalars.fresh_lambda(m, B_prime)
+
+    config = dataclasses.replace(tiny("unused"), methods=["bpm-ff"], output=OutputConfig(out=None, progress=False),
+                                 bpm=BPMConfig(period=2, samples=16, scaling=unit_a),
+                                 measure=MeasureConfig(paid=False)).validate()
+    assert config.options()["bpm_scaling"].endswith("unit_a")
+    assert config.identity()["bpm_scaling"] == config.options()["bpm_scaling"]
+    with pytest.raises(ValueError, match="bpm.scaling must be one of"):
+        dataclasses.replace(config, bpm=BPMConfig(scaling="unit_a")).validate()
+    task = recede.data.load("trig", n=60, n_test=20)
+    workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
+    seen = []
+    result = train_method(workload, "bpm-ff", config, out=None,
+                          on_step=lambda method, epoch, step, loss: seen.append((epoch, step, method.refreshes)))
+    assert isinstance(result.method, BPModified) and result.memory is None
+    assert [(e, s) for e, s, _ in seen] == [(e, s) for e in range(2) for s in range(3)]
+    assert seen[-1][2] == result.method.refreshes == 3 and calls  # refreshes at steps 1, 3, 5 ran the rule

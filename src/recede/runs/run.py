@@ -153,7 +153,7 @@ class MethodResult:
 
     label: str
     history: list[EpochRecord]
-    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own measurement)
+    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own), or measure.paid off
     net: BlockNet = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
@@ -246,15 +246,17 @@ def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
                 out: Path | None, per_seed: bool) -> Setup:
     """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
     method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
-    training by :func:`recede.measure.usage.measure_paid`."""
+    training by :func:`recede.measure.usage.measure_paid` (unless ``config.measure.paid`` is off)."""
     batch_size = config.loop.batch_size
     local = workload.method(net, spec, config)  # the method itself, measured on this rank below
     method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
 
     def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
-        x, y = workload.batch(batch_size)
-        memory = measure_paid(local, net, x, y, optimizer, workload.device)
-        optimizer.zero_grad(set_to_none=True)
+        memory = None
+        if config.measure.paid:
+            x, y = workload.batch(batch_size)
+            memory = measure_paid(local, net, x, y, optimizer, workload.device)
+            optimizer.zero_grad(set_to_none=True)
         return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
                             workload.tokens(batch_size * workload.world_size))
 
@@ -264,8 +266,13 @@ def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
                  test_set=workload.task.test, rank=workload.rank, world_size=workload.world_size)
 
 
+StepHook = Callable[[Any, int, int, float], None]
+"""``hook(method, epoch, step, loss)``, called by :func:`train_method` after each optimizer step
+with the method being trained (a study reads its state: BP-modified's refresh statistics)."""
+
+
 def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
-                 out: Path | None, per_seed: bool = False) -> MethodResult:
+                 out: Path | None, per_seed: bool = False, on_step: StepHook | None = None) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
     optimizer, train — the one place a run does this (a pipeline stage's method and
     measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
@@ -276,6 +283,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
     With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
     checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
     stops the run with the step number; the last checkpoint written stays the good one.
+    ``on_step``: a study's :data:`StepHook`.
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     lp, opt = config.loop, config.optimizer
@@ -308,7 +316,11 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
                         method=setup.checkpoint_method, config=setup.identity, finished=finished)
         has_checkpoint = True
 
-    def on_step(epoch: int, step: int, loss: float) -> None:
+    hook = on_step
+
+    def step_done(epoch: int, step: int, loss: float) -> None:
+        if hook is not None:
+            hook(setup.method, epoch, step, loss)
         preflight.commit()  # training has begun: the earlier run --overwrite moved aside goes now
         if writer is not None:
             writer.add_scalar("loss/train_step", loss, loop.global_step)
@@ -328,7 +340,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
         history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
                         batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
                         lr_rule=lr_rule, classification=workload.classification,
-                        device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
+                        device=workload.device, state=loop, on_step=step_done, on_epoch=on_epoch,
                         progress=workload.rank == 0 and config.output.progress, description=spec.label,
                         rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
