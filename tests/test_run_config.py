@@ -128,3 +128,31 @@ def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshe
     assert isinstance(result.method, BPModified) and result.memory is None
     assert [(e, s) for e, s, _ in seen] == [(e, s) for e in range(2) for s in range(3)]
     assert seen[-1][2] == result.method.refreshes == 3 and calls  # refreshes at steps 1, 3, 5 ran the rule
+
+
+def test_a_study_s_start_model_is_copied_and_the_epoch_hook_sees_the_trained_net():
+    """``Workload.start``: every fresh model is a copy of the study's start (which stays as it
+    was); ``on_epoch(net, record)`` is handed the net being trained, after each epoch."""
+    import dataclasses
+
+    import torch
+
+    from recede.runs.config import MeasureConfig
+    from recede.runs.run import Workload, train_method
+
+    task = recede.data.load("trig", n=60, n_test=20)
+    start = recede.models.build("resmlp", task, depth=3)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.fill_(0.01)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    workload = Workload(task, "resmlp", {"depth": 3}, torch.device("cpu"), start=start)
+    assert all(torch.equal(v, workload.build(5).state_dict()[k]) for k, v in before.items())
+    config = dataclasses.replace(tiny("unused"), methods=["mpc:2"], output=OutputConfig(out=None, progress=False),
+                                 measure=MeasureConfig(paid=False)).validate()
+    seen = []
+    result = train_method(workload, "mpc:2", config, out=None,
+                          on_epoch=lambda net, record: seen.append((net, record.epoch)))
+    assert [e for _, e in seen] == [0, 1] and all(net is result.net for net, _ in seen)
+    assert result.net is not start and all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(p, q) for p, q in zip(result.net.parameters(), start.parameters()))  # it trained

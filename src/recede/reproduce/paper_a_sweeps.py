@@ -35,6 +35,7 @@ fixed h in hindsight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from itertools import islice
@@ -49,12 +50,13 @@ from torch.utils.data import Subset
 from recede import data, models
 from recede.horizon.selection import COSTS, OBJECTIVES, default_horizons, default_M0, objective_value, solve
 from recede.measure.fidelity import gradient_cosine
-from recede.measure.usage import measure_paid
 from recede.methods import build_method
 from recede.models.peft_adapters import apply_adapter
+from recede.runs.config import LoopConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, mean_sd, mean_spread
-from recede.runs.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
+from recede.runs.run import Workload, train_method
+from recede.runs.train import EpochRecord, batches, evaluate, make_optimizer, train
 
 ADAPTER_OPTIONS = ("adapter", "adapter_rank", "adapter_alpha")
 KEYS = ("model", "data", "optimizer", "batch_size", "epochs", "snapshot_epochs")
@@ -121,8 +123,6 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
         T = net.T
         init = copy.deepcopy(net.state_dict())
         horizons = list(range(1, T + 1)) if entry.get("horizons", "all") == "all" else sorted(set(entry["horizons"]) | {T})
-        x, y = next(iter(batches(train_set, entry["batch_size"])))
-        x, y = x.to(device), y.to(device)
         chosen = None
         if entry.get("select"):
             probe = [(a.to(device), b.to(device)) for a, b in
@@ -130,32 +130,43 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
             chosen = select(net, probe, config) | {"J0": evaluate(net, train_set, device=device, classification=True)["loss"]}
             net.load_state_dict(init)
             horizons = sorted(set(horizons) | {c["h"] for c in chosen["chosen"].values()})
+        net.load_state_dict(init)
+        # every horizon trains a copy of this start on the training set left after any pretraining
+        workload = Workload(dataclasses.replace(task, train=train_set), entry["model"],
+                            dict(entry.get("model_options") or {}), torch.device(device), start=net)
         runs = {}
         for h in horizons:
-            net.load_state_dict(init)
-            method = build_method(net, f"mpc:{h}")
-            opt = entry["optimizer"]
-            optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-            history = train(net, method, train_set, optimizer, epochs=entry["epochs"], batch_size=entry["batch_size"],
-                            test_set=task.test, seed=seed, lr_rule=LossIncreaseDecay(optimizer), classification=True,
-                            device=device, progress=progress, description=f"{key} seed {seed} h={h}")
-            if chosen is not None:
-                J = evaluate(net, train_set, device=device, classification=True)["loss"]
-            buffers = [b.detach().clone() for b in net.buffers()]  # the measured step's forward moves BatchNorm's
-            paid = measure_paid(method, net, x, y, optimizer, device)  # after training: the optimizer's state exists
-            with torch.no_grad():
-                for b, kept in zip(net.buffers(), buffers):
-                    b.copy_(kept)
+            final: dict[str, float] = {}
+
+            def training_loss(trained: nn.Module, record: EpochRecord, final: dict[str, float] = final,
+                              scored: bool = chosen is not None) -> None:
+                if scored and record.epoch + 1 == entry["epochs"]:  # J before the measured step
+                    final["J"] = evaluate(trained, train_set, device=device, classification=True)["loss"]
+
+            result = train_method(workload, f"mpc:{h}", run_config(entry, h, seed, device, progress), out=None,
+                                  on_epoch=training_loss)
+            history, paid = result.history, result.memory  # paid: measured after training, on the first batch
+            assert paid is not None
             runs[h] = {"train_loss": [r.train_loss for r in history],
                        "test_accuracy": [100 * r.test["accuracy"] for r in history],
                        "saved_bytes": paid.saved_peak_bytes, "cuda_peak_bytes": paid.cuda_peak_bytes,
-                       "real_bytes": paid.real_peak_bytes}
-            if chosen is not None:
-                runs[h]["J"] = J
+                       "real_bytes": paid.real_peak_bytes} | final
         per_seed[seed] = {"T": T, "runs": runs} | ({"selection": chosen} if chosen is not None else {})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     return {"entry": entry, "n_train": len(train_set), "n_test": len(task.test), "trainable": trainable,
             "seeds": per_seed, "seconds": time.perf_counter() - started}
+
+
+def run_config(entry: dict, h: int, seed: int, device: str, progress: bool) -> RunConfig:
+    """One horizon's run of ``entry``: ``mpc:h`` from ``seed`` with the entry's optimizer and
+    Paper A's lr × 0.9 rule; nothing written, the paid memory measured after training."""
+    opt = entry["optimizer"]
+    return RunConfig(
+        workload=WorkloadConfig(entry["model"], entry["data"], dict(entry.get("model_options") or {}),
+                                dict(entry.get("data_options") or {})),
+        methods=[f"mpc:{h}"], optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), 0.9),
+        loop=LoopConfig(epochs=entry["epochs"], batch_size=entry["batch_size"], seed=seed, device=device),
+        output=OutputConfig(out=None, progress=progress)).validate()
 
 
 def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, label: str) -> nn.Module:

@@ -12,6 +12,7 @@ results folder (:mod:`recede.runs.results`).  From Python: ``recede.run(recede.R
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Callable
@@ -42,7 +43,9 @@ class Workload:
     """A task, how to build a fresh model for it, and this process's rank among ``world_size``
     data-parallel processes (:mod:`recede.parallel.data_parallel`).  ``net``: the model built
     once when the workload was checked (:meth:`from_config`), kept for the checks that need a
-    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones."""
+    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones.
+    ``start``: a study's starting model (pretrained or adapted in memory): every fresh model is
+    then a copy of it."""
 
     task: data.Task
     model: str
@@ -53,6 +56,7 @@ class Workload:
     init: str | None = None  # --init: the state dict every fresh model starts from
     init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
     net: Any = field(default=None, repr=False)
+    start: BlockNet | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: RunConfig, rank: int = 0, world_size: int = 1) -> Workload:
@@ -133,7 +137,11 @@ class Workload:
         return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
 
     def build(self, seed: int) -> BlockNet:
+        """A fresh model, the global RNG seeded with ``seed`` first: built (and ``init``
+        loaded), or a copy of ``start``."""
         torch.manual_seed(seed)
+        if self.start is not None:
+            return copy.deepcopy(self.start).to(self.device)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
             from recede.runs.pretrain import load_init
@@ -271,8 +279,14 @@ StepHook = Callable[[Any, int, int, float], None]
 with the method being trained (a study reads its state: BP-modified's refresh statistics)."""
 
 
+EpochHook = Callable[[BlockNet, EpochRecord], None]
+"""``hook(net, record)``, called by :func:`train_method` after each epoch (its test evaluation
+done) with the model being trained, before anything measures it."""
+
+
 def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
-                 out: Path | None, per_seed: bool = False, on_step: StepHook | None = None) -> MethodResult:
+                 out: Path | None, per_seed: bool = False, on_step: StepHook | None = None,
+                 on_epoch: EpochHook | None = None) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
     optimizer, train — the one place a run does this (a pipeline stage's method and
     measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
@@ -283,7 +297,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
     With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
     checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
     stops the run with the step number; the last checkpoint written stays the good one.
-    ``on_step``: a study's :data:`StepHook`.
+    ``on_step``, ``on_epoch``: a study's :data:`StepHook`, :data:`EpochHook`.
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     lp, opt = config.loop, config.optimizer
@@ -316,7 +330,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
                         method=setup.checkpoint_method, config=setup.identity, finished=finished)
         has_checkpoint = True
 
-    hook = on_step
+    hook, epoch_hook = on_step, on_epoch
 
     def step_done(epoch: int, step: int, loss: float) -> None:
         if hook is not None:
@@ -327,7 +341,9 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
         if lp.checkpoint_every and loop.global_step % lp.checkpoint_every == 0:
             save()
 
-    def on_epoch(record: EpochRecord) -> None:
+    def epoch_done(record: EpochRecord) -> None:
+        if epoch_hook is not None:
+            epoch_hook(net, record)
         if setup.on_epoch is not None:
             setup.on_epoch(record)
         if writer is not None:
@@ -340,7 +356,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
         history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
                         batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
                         lr_rule=lr_rule, classification=workload.classification,
-                        device=workload.device, state=loop, on_step=step_done, on_epoch=on_epoch,
+                        device=workload.device, state=loop, on_step=step_done, on_epoch=epoch_done,
                         progress=workload.rank == 0 and config.output.progress, description=spec.label,
                         rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
