@@ -156,3 +156,28 @@ def test_a_study_s_start_model_is_copied_and_the_epoch_hook_sees_the_trained_net
     assert [e for _, e in seen] == [0, 1] and all(net is result.net for net, _ in seen)
     assert result.net is not start and all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(p, q) for p, q in zip(result.net.parameters(), start.parameters()))  # it trained
+
+
+def test_a_study_s_own_method_trains_without_test_evaluation_and_not_as_a_pipeline():
+    """``StudyMethod``: a method no name describes, built on the fresh model; ``measure.test``
+    off: no test evaluation after an epoch (the record's test metrics stay empty)."""
+    import dataclasses
+
+    from recede.core.engine import MPC
+    from recede.runs.config import MeasureConfig, ParallelConfig
+    from recede.runs.run import StudyMethod, Workload, train_method
+
+    task = recede.data.load("trig", n=60, n_test=20)
+    workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
+    built = []
+    study = StudyMethod("mine", lambda net: built.append(MPC(net, 2)) or built[-1])
+    config = dataclasses.replace(tiny("unused"), methods=None, output=OutputConfig(out=None, progress=False),
+                                 measure=MeasureConfig(paid=False, test=False)).validate()
+    result = train_method(workload, study, config, out=None)
+    assert result.label == "mine" and result.method is built[0] and built[0].net is result.net
+    assert [r.test for r in result.history] == [{}, {}]
+    reference = train_method(workload, "mpc:2", config, out=None)  # the same run by its name
+    assert [r.train_loss for r in reference.history] == [r.train_loss for r in result.history]
+    piped = dataclasses.replace(config, parallel=ParallelConfig(pipeline=2))
+    with pytest.raises(ValueError, match="mine: a study's own method does not run as a pipeline"):
+        train_method(workload, study, piped, out=None)

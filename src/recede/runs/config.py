@@ -100,7 +100,8 @@ class LoopConfig:
 class MeasureConfig:
     """After training every run measures the memory a step costs as paid
     (:func:`recede.measure.usage.measure_paid`; ``paid`` False: not measured, for a study that
-    records only its runs' quality).  ``frontier`` adds the comparison of
+    records only its runs' quality); ``test`` False: no test evaluation after each epoch (a study
+    that scores its runs itself, the model left in training mode between epochs).  ``frontier`` adds the comparison of
     ``recede compare``: ``timing_steps`` timed steps per method on ``clock``, the cost model's
     ratio and cos θ to BP's gradient over ``cosine_batches`` batches, ratios to BP."""
 
@@ -109,6 +110,7 @@ class MeasureConfig:
     clock: str = "wall"
     cosine_batches: int = 4
     paid: bool = True
+    test: bool = True
 
 
 @dataclass
@@ -284,7 +286,7 @@ class RunConfig:
             _integer(f"loop.{name}", getattr(lp, name), *BOUNDS[name])
         if lp.resume not in (False, True, "auto"):
             raise ValueError(f"loop.resume must be false, true or 'auto', got {shown(lp.resume)}")
-        for name in ("frontier", "paid"):
+        for name in ("frontier", "paid", "test"):
             if not isinstance(getattr(m, name), bool):
                 raise ValueError(f"measure.{name} must be true or false, got {shown(getattr(m, name))}")
         _integer("measure.timing_steps", m.timing_steps, *BOUNDS["timing_steps"])

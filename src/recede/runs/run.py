@@ -199,12 +199,12 @@ class MethodResult:
                 else self.memory.cuda_peak_bytes / 2**20}
 
 
-def slug(spec: MethodSpec | str) -> str:
+def slug(spec: MethodSpec | StudyMethod | str) -> str:
     """A file-name-safe name for a method: ``mpc:4`` → ``mpc-4``."""
     return re.sub(r"[^a-z0-9]+", "-", str(spec if isinstance(spec, str) else spec.label).lower()).strip("-")
 
 
-def checkpoint_path(out: Path, spec: MethodSpec, seed: int | None = None) -> Path:
+def checkpoint_path(out: Path, spec: MethodSpec | StudyMethod, seed: int | None = None) -> Path:
     """Where :func:`run_method` keeps the checkpoint of ``spec``'s run (of one ``seed`` of several)."""
     folder = out / "checkpoints" if seed is None else out / "checkpoints" / f"seed-{seed}"
     return folder / f"{slug(spec)}.pt"
@@ -250,13 +250,24 @@ class Setup:
     world_size: int = 1
 
 
-def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: BlockNet,
+@dataclass
+class StudyMethod:
+    """A study's own method, which no method name describes (a
+    :class:`~recede.horizon.schedule.HorizonSchedule`): ``build(net)`` makes it on the fresh
+    model; ``label`` names it in the run's results."""
+
+    label: str
+    build: Callable[[BlockNet], Any]
+
+
+def plain_setup(workload: Workload, spec: MethodSpec | StudyMethod, config: RunConfig, net: BlockNet,
                 out: Path | None, per_seed: bool) -> Setup:
     """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
     method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
     training by :func:`recede.measure.usage.measure_paid` (unless ``config.measure.paid`` is off)."""
     batch_size = config.loop.batch_size
-    local = workload.method(net, spec, config)  # the method itself, measured on this rank below
+    # the method itself, measured on this rank below
+    local = spec.build(net) if isinstance(spec, StudyMethod) else workload.method(net, spec, config)
     method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
 
     def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
@@ -271,7 +282,8 @@ def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
     return Setup(method, net, net.parameters(),
                  None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
                  config.identity() | {"method": spec.label}, finish, checkpoint_method=method,
-                 test_set=workload.task.test, rank=workload.rank, world_size=workload.world_size)
+                 test_set=workload.task.test if config.measure.test else None, rank=workload.rank,
+                 world_size=workload.world_size)
 
 
 StepHook = Callable[[Any, int, int, float], None]
@@ -284,7 +296,7 @@ EpochHook = Callable[[BlockNet, EpochRecord], None]
 done) with the model being trained, before anything measures it."""
 
 
-def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
+def train_method(workload: Workload, spec: MethodSpec | StudyMethod | str, config: RunConfig, *,
                  out: Path | None, per_seed: bool = False, on_step: StepHook | None = None,
                  on_epoch: EpochHook | None = None) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
@@ -297,13 +309,17 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
     With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
     checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
     stops the run with the step number; the last checkpoint written stays the good one.
-    ``on_step``, ``on_epoch``: a study's :data:`StepHook`, :data:`EpochHook`.
+    ``on_step``, ``on_epoch``: a study's :data:`StepHook`, :data:`EpochHook`; ``spec`` a
+    :class:`StudyMethod`: a study's own method (not under a pipeline).
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     lp, opt = config.loop, config.optimizer
     net = workload.build(lp.seed)
     if config.parallel.pipeline > 1:
         from recede.parallel.pipeline.run import stage_setup
+
+        if isinstance(spec, StudyMethod):
+            raise ValueError(f"{spec.label}: a study's own method does not run as a pipeline")
 
         setup = stage_setup(workload, spec, config, net, out)
     else:
