@@ -50,13 +50,12 @@ from torch.utils.data import Subset
 from recede import data, models
 from recede.horizon.selection import COSTS, OBJECTIVES, default_horizons, default_M0, objective_value, solve
 from recede.measure.fidelity import gradient_cosine
-from recede.methods import build_method
 from recede.models.peft_adapters import apply_adapter
-from recede.runs.config import LoopConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
+from recede.runs.config import LoopConfig, MeasureConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, mean_sd, mean_spread
 from recede.runs.run import Workload, train_method
-from recede.runs.train import EpochRecord, batches, evaluate, make_optimizer, train
+from recede.runs.train import EpochRecord, batches, evaluate
 
 ADAPTER_OPTIONS = ("adapter", "adapter_rank", "adapter_alpha")
 KEYS = ("model", "data", "optimizer", "batch_size", "epochs", "snapshot_epochs")
@@ -119,7 +118,7 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
     per_seed = {}
     for seed in seeds:
         torch.manual_seed(seed)
-        net = start(entry, task, seed, device, progress, f"{key} seed {seed}")
+        net = start(entry, task, seed, device, progress)
         T = net.T
         init = copy.deepcopy(net.state_dict())
         horizons = list(range(1, T + 1)) if entry.get("horizons", "all") == "all" else sorted(set(entry["horizons"]) | {T})
@@ -169,7 +168,7 @@ def run_config(entry: dict, h: int, seed: int, device: str, progress: bool) -> R
         output=OutputConfig(out=None, progress=progress)).validate()
 
 
-def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, label: str) -> nn.Module:
+def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool) -> nn.Module:
     """The network every horizon of this seed starts from (see the module docstring)."""
     options = dict(entry.get("model_options") or {})
     pretrain = entry.get("pretrain")
@@ -182,12 +181,17 @@ def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, 
     if not pretrain:
         return models.build(entry["model"], task, **options).to(device)
     adapter = {k: options.pop(k) for k in ADAPTER_OPTIONS if k in options}
-    net = models.build(entry["model"], task, **options).to(device)
+    built = models.build(entry["model"], task, **options).to(device)
+    # BP on the first pretrain.samples images (their own data order), no lr decay, no evaluation
     opt = pretrain["optimizer"]
-    optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-    train(net, build_method(net, "bp"), Subset(task.train, range(pretrain["samples"])), optimizer,
-          epochs=pretrain["epochs"], batch_size=entry["batch_size"], seed=seed + 10_000, device=device,
-          progress=progress, description=f"{label} pretrain")
+    config = RunConfig(
+        workload=WorkloadConfig(entry["model"], entry["data"], options, dict(entry.get("data_options") or {})),
+        methods=["bp"], optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), 1.0),
+        loop=LoopConfig(epochs=pretrain["epochs"], batch_size=entry["batch_size"], seed=seed + 10_000, device=device),
+        measure=MeasureConfig(paid=False, test=False), output=OutputConfig(out=None, progress=progress)).validate()
+    workload = Workload(dataclasses.replace(task, train=Subset(task.train, range(pretrain["samples"]))),
+                        entry["model"], options, torch.device(device), start=built)
+    net = train_method(workload, "bp", config, out=None).net
     torch.manual_seed(seed)
     for module in net.head(net.T).modules():
         if isinstance(module, nn.Linear):
