@@ -232,7 +232,8 @@ class Setup:
     """How one method trains one fresh model: ``method`` (what the loop calls ``backward`` on),
     the ``module`` whose state a checkpoint holds and the ``parameters`` the optimizer steps,
     the checkpoint ``path`` (None: none) and its ``identity``, the test set evaluated after
-    each epoch (None: ``on_epoch`` evaluates), the data shard (``rank`` of ``world_size``), and
+    each epoch (None: ``on_epoch`` evaluates, or ``measure.test`` is off), the data shard
+    (``rank`` of ``world_size``), and
     ``finish(history, optimizer) -> MethodResult`` that measures the trained method.
     :func:`plain_setup` is a process's (or a data-parallel rank's);
     :func:`recede.parallel.pipeline.run.stage_setup` a pipeline stage's."""
