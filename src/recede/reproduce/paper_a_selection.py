@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Subset
 
 from recede import data, models
@@ -127,7 +126,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
                       | {s["h"] for s in selected.values()})
     cos_by_epoch = {0: fid0.cos}
 
-    def fig2_hook(trained: nn.Module, record: EpochRecord) -> None:
+    def fig2_hook(trained: BlockNet, record: EpochRecord) -> None:
         if record.epoch + 1 in spec["fig2_epochs"]:
             cos_by_epoch[record.epoch + 1] = gradient_cosine(trained, probe, all_h, measure_memory=False).cos
 
