@@ -99,7 +99,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     task = data.load(spec["data"], **spec.get("data_options", {}))
     train_set = task.train
     if spec.get("train_subset"):
-        train_set = Subset(task.train, range(min(spec["train_subset"], len(task.train))))
+        train_set = Subset(task.train, range(min(spec["train_subset"], len(task.train))))  # type: ignore[arg-type]  # ours all have __len__
     classification = task.kind == "classification"
     torch.manual_seed(seed)
     net = models.build(spec["model"], task, **spec.get("model_options", {})).to(device)
@@ -113,8 +113,9 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     all_h = list(range(1, T + 1))
     fid0 = gradient_cosine(net, probe, all_h)
     memory = fid0.memory
+    assert memory is not None  # measured: measure_memory is on
     H = default_horizons(T, config["subset_size"])
-    selected = {}
+    selected: dict[str, dict[str, Any]] = {}
     for objective, cost in COLUMNS:
         choice = solve({h: fid0.cos[h] for h in H}, {h: memory[h] for h in H}, T, objective,
                        goals["eps"], goals["lam"][cost], cost, goals["c"], default_M0(memory, cost))
@@ -166,7 +167,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
             return made[-1]
 
         result = fit(StudyMethod(f"schedule {column_name(objective, cost)}", make_schedule),
-                     lambda trained, record, made=made: made[-1].epoch_end(record.epoch))
+                     partial(_schedule_epoch_end, made))
         schedule = made[-1]
         per_epoch = schedule.horizons_by_epoch(spec["epochs"])
         schedules.append({"objective": objective, "cost": cost, "horizons": per_epoch,
@@ -174,10 +175,16 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
                           "r": rate(result["final"], J0, J_bp),
                           "mean_memory": float(np.mean([memory[h] for h in per_epoch]))})
 
-    return {"T": T, "n_train": len(train_set), "J0": J0, "subset_H": H, "memory": memory,
+    n_train = len(train_set)  # type: ignore[arg-type]  # ours all have __len__
+    return {"T": T, "n_train": n_train, "J0": J0, "subset_H": H, "memory": memory,
             "cos_by_epoch": cos_by_epoch, "selected": selected, "runs": runs,
             "schedules": schedules, "seconds": time.perf_counter() - started,
             "spec": spec, "classification": classification}
+
+
+def _schedule_epoch_end(made: list[HorizonSchedule], trained: BlockNet, record: EpochRecord) -> None:
+    """The schedule's :data:`~recede.runs.run.EpochHook`: it re-measures and may move its horizon."""
+    made[-1].epoch_end(record.epoch)
 
 
 def run_config(spec: dict, method: str | StudyMethod, seed: int, device: str, progress: bool) -> RunConfig:
@@ -477,9 +484,9 @@ def render(result: dict, config: dict) -> list[str]:
         cols = [s["fig5"][name] for s in seeds]
         row = {"column": name, "ĥ* per seed": " / ".join(
             f"{c['selected_h']}" + ("" if c["selection_feasible"] else "!") for c in cols)}
-        for a in BASELINES + [OURS]:
-            infeasible = sum(c["values"][a] is None for c in cols)
-            row[a] = _pm([c["rel"][a] for c in cols], 2) + (f" ×{infeasible}" if infeasible else "")
+        for algorithm in BASELINES + [OURS]:
+            violated = sum(c["values"][algorithm] is None for c in cols)
+            row[algorithm] = _pm([c["rel"][algorithm] for c in cols], 2) + (f" ×{violated}" if violated else "")
         row["best fixed h per seed"] = " / ".join(str(c["best_fixed_h"]) for c in cols)
         rows.append(row)
     lines += ["Rel(a) per column (eq. 19; lower is better; ×k = constraint violated in k seeds, scored "
