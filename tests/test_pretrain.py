@@ -62,7 +62,7 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached checkpoint was trained again")
 
-    monkeypatch.setattr("recede.runs.train.train", no_training)
+    monkeypatch.setattr("recede.runs.run.train", no_training)  # the one training loop call (train_method)
     again, said = _pretrain(tmp_path / "a", capsys)
     assert again == first and said.startswith("reusing ") and "no training" in said
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([first.name, first.with_suffix(".json").name])

@@ -41,7 +41,7 @@ def test_init_loads_the_file_into_every_sweep_start_and_skip_keeps_heads_fresh(t
     assert entry["init"] == str(tmp_path / "src.safetensors") and entry["init_skip"] == ["heads.*"]
     paper_a.check_config(config)
     task = data.load("digits", classes=[5, 6, 7], train_size=24)
-    nets = [paper_a_sweeps.start(entry, task, seed, "cpu", False, "R") for seed in (0, 1)]
+    nets = [paper_a_sweeps.start(entry, task, seed, "cpu", False) for seed in (0, 1)]
     for key, value in source.state_dict().items():
         if key.startswith("heads."):
             assert not torch.equal(nets[0].state_dict()[key], nets[1].state_dict()[key]), key  # fresh, seeded

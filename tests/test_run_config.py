@@ -93,3 +93,91 @@ def test_a_refused_python_run_leaves_an_earlier_run_as_it_was(tmp_path):
     with pytest.raises(ValueError):
         recede.run(bad)
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir() if p.is_file()} == before
+
+
+def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshes():
+    """From Python, ``bpm.scaling`` takes a Rule function (a study's ablated rule); the config
+    names it; ``train_method``'s step hook is handed the method it trains."""
+    import dataclasses
+
+    import torch
+
+    from recede.bpm import scalars
+    from recede.bpm.estimator import BPModified
+    from recede.runs.config import BPMConfig, MeasureConfig
+    from recede.runs.run import Workload, train_method
+
+    calls = []
+
+    def unit_a(m, B_prime, check, previous=None):
+        calls.append(B_prime)
+        return torch.ones_like(m.hh), scalars.fresh_lambda(m, B_prime)
+
+    config = dataclasses.replace(tiny("unused"), methods=["bpm-ff"], output=OutputConfig(out=None, progress=False),
+                                 bpm=BPMConfig(period=2, samples=16, scaling=unit_a),
+                                 measure=MeasureConfig(paid=False)).validate()
+    assert config.options()["bpm_scaling"].endswith("unit_a")
+    assert config.identity()["bpm_scaling"] == config.options()["bpm_scaling"]
+    with pytest.raises(ValueError, match="bpm.scaling must be one of"):
+        dataclasses.replace(config, bpm=BPMConfig(scaling="unit_a")).validate()
+    task = recede.data.load("trig", n=60, n_test=20)
+    workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
+    seen = []
+    result = train_method(workload, "bpm-ff", config, out=None,
+                          on_step=lambda method, epoch, step, loss: seen.append((epoch, step, method.refreshes)))
+    assert isinstance(result.method, BPModified) and result.memory is None
+    assert [(e, s) for e, s, _ in seen] == [(e, s) for e in range(2) for s in range(3)]
+    assert seen[-1][2] == result.method.refreshes == 3 and calls  # refreshes at steps 1, 3, 5 ran the rule
+
+
+def test_a_study_s_start_model_is_copied_and_the_epoch_hook_sees_the_trained_net():
+    """``Workload.start``: every fresh model is a copy of the study's start (which stays as it
+    was); ``on_epoch(net, record)`` is handed the net being trained, after each epoch."""
+    import dataclasses
+
+    import torch
+
+    from recede.runs.config import MeasureConfig
+    from recede.runs.run import Workload, train_method
+
+    task = recede.data.load("trig", n=60, n_test=20)
+    start = recede.models.build("resmlp", task, depth=3)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.fill_(0.01)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    workload = Workload(task, "resmlp", {"depth": 3}, torch.device("cpu"), start=start)
+    assert all(torch.equal(v, workload.build(5).state_dict()[k]) for k, v in before.items())
+    config = dataclasses.replace(tiny("unused"), methods=["mpc:2"], output=OutputConfig(out=None, progress=False),
+                                 measure=MeasureConfig(paid=False)).validate()
+    seen = []
+    result = train_method(workload, "mpc:2", config, out=None,
+                          on_epoch=lambda net, record: seen.append((net, record.epoch)))
+    assert [e for _, e in seen] == [0, 1] and all(net is result.net for net, _ in seen)
+    assert result.net is not start and all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(p, q) for p, q in zip(result.net.parameters(), start.parameters()))  # it trained
+
+
+def test_a_study_s_own_method_trains_without_test_evaluation_and_not_as_a_pipeline():
+    """``StudyMethod``: a method no name describes, built on the fresh model; ``measure.test``
+    off: no test evaluation after an epoch (the record's test metrics stay empty)."""
+    import dataclasses
+
+    from recede.core.engine import MPC
+    from recede.runs.config import MeasureConfig, ParallelConfig
+    from recede.runs.run import StudyMethod, Workload, train_method
+
+    task = recede.data.load("trig", n=60, n_test=20)
+    workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
+    built = []
+    study = StudyMethod("mine", lambda net: built.append(MPC(net, 2)) or built[-1])
+    config = dataclasses.replace(tiny("unused"), methods=None, output=OutputConfig(out=None, progress=False),
+                                 measure=MeasureConfig(paid=False, test=False)).validate()
+    result = train_method(workload, study, config, out=None)
+    assert result.label == "mine" and result.method is built[0] and built[0].net is result.net
+    assert [r.test for r in result.history] == [{}, {}]
+    reference = train_method(workload, "mpc:2", config, out=None)  # the same run by its name
+    assert [r.train_loss for r in reference.history] == [r.train_loss for r in result.history]
+    piped = dataclasses.replace(config, parallel=ParallelConfig(pipeline=2))
+    with pytest.raises(ValueError, match="mine: a study's own method does not run as a pipeline"):
+        train_method(workload, study, piped, out=None)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from recede.bpm.estimator import BPModified
+from recede.bpm.estimator import BPModified, Rule
 from recede.core.blocks import BlockNet
 from recede.core.engine import MPC
 from recede.core.loco import LoCoEq21
@@ -105,7 +105,7 @@ def parse_method(text: str) -> MethodSpec:
 
 def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
                  batch_size: int | None = None, period: int | None = None,
-                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str = "robust",
+                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str | Rule = "robust",
                  a: float | None = None, lam: float | None = None,
                  seed: int = 0) -> Method:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).

@@ -27,17 +27,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from recede import data, models
-from recede.bpm.estimator import BPModified
+from recede import data
+from recede.bpm.estimator import BPModified, Rule
 from recede.core.engine import NonFiniteLossError
-from recede.methods import build_method, default_offset_samples, parse_method
+from recede.methods import default_offset_samples, parse_method
 from recede.reproduce import torch_threads
+from recede.runs.config import (
+    BPMConfig,
+    LoopConfig,
+    MeasureConfig,
+    OptimizerConfig,
+    OutputConfig,
+    RunConfig,
+    WorkloadConfig,
+)
 from recede.runs.plots import figure
 from recede.runs.reports import machine, markdown_table, write_json
-from recede.runs.train import make_optimizer, train
+from recede.runs.run import Workload, train_method
 
 CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "bpm_robustness"
 
@@ -54,38 +62,49 @@ def label(scaling: str | None, fresh: bool = False) -> str:
     return "FF" if scaling is None else f"FF+BPM({scaling})" + (", fresh" if fresh else "")
 
 
-def run_one(spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict,
-            scaling: str | None = None) -> dict[str, Any]:
-    """Train one model; return its final metric (None if it diverged), curve and refreshes."""
-    torch.manual_seed(seed)
-    net = models.build(spec["model"], task, **spec["model_options"])
-    B, classification = spec["batch_size"], task.kind == "classification"
-    steps = math.ceil(len(task.train) / B)
+def run_config(spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict,
+               scaling: str | Rule | None = None) -> RunConfig:
+    """The run of one model: ``method`` on the task of ``spec`` at ``lr`` from ``seed``, in
+    ``regime`` (K = ``period_epochs`` epochs, B' = ``offset_samples`` or ``offset_share`` of K·B);
+    ``scaling``: BP-modified's rule (a name, or a :data:`~recede.bpm.estimator.Rule` function;
+    None: the robust default).  No lr decay, no results folder, no memory measurement."""
+    B = spec["batch_size"]
+    steps = math.ceil(len(task.train) / B)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
     period = max(1, round(regime["period_epochs"] * steps))
     samples = regime.get("offset_samples") or default_offset_samples(period, B, regime["micro_batch"],
                                                                      regime["offset_share"])
-    engine = build_method(net, method, refresh_data=task.train, batch_size=B, period=period,
-                          offset_samples=samples, micro_batch=regime.get("micro_batch", 8),
-                          scaling=scaling or "robust", seed=seed)
+    opt = spec["optimizer"]
+    return RunConfig(
+        workload=WorkloadConfig(spec["model"], spec.get("data", task.name), dict(spec["model_options"]),
+                                dict(spec.get("data_options") or {})),
+        methods=[method], optimizer=OptimizerConfig(opt["name"], lr, opt.get("momentum", 0.0), lr_decay=1.0),
+        bpm=BPMConfig(period, samples, regime.get("micro_batch", 8), scaling or "robust"),
+        loop=LoopConfig(epochs=spec["epochs"], batch_size=B, seed=seed), measure=MeasureConfig(paid=False),
+        output=OutputConfig(out=None, progress=False)).validate()
+
+
+def run_one(spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict,
+            scaling: str | Rule | None = None) -> dict[str, Any]:
+    """Train one model (:func:`run_config`, by :func:`recede.runs.run.train_method`); return its
+    final metric (None if it diverged), curve and refreshes."""
+    config = run_config(spec, task, method, lr, seed, regime, scaling)
+    workload = Workload.of(task, config.workload.model, config.workload.model_options, "cpu")
+    classification = task.kind == "classification"
     refreshes: list[dict] = []
 
-    def record_refresh(epoch: int, step: int, loss: float) -> None:
-        if isinstance(engine, BPModified) and len(refreshes) < engine.refreshes:
+    def record_refresh(engine: Any, epoch: int, step: int, loss: float) -> None:
+        if isinstance(engine, BPModified) and len(refreshes) < engine.refreshes and engine.last_stats is not None:
             refreshes.append(engine.last_stats.as_dict())
 
-    opt = spec["optimizer"]
-    optimizer = make_optimizer(net.parameters(), opt["name"], lr, opt.get("momentum", 0.0))
     start, diverged = time.perf_counter(), None
     try:
-        history = train(net, engine, task.train, optimizer, epochs=spec["epochs"], batch_size=B,
-                        test_set=task.test, seed=seed, classification=classification,
-                        on_step=record_refresh, progress=False)
+        history = train_method(workload, method, config, out=None, on_step=record_refresh).history
         key = "accuracy" if classification else "loss"
         curve = [(100 if classification else 1) * r.test[key] for r in history]
     except NonFiniteLossError as err:
         diverged, curve = str(err), []
-    return {"method": method, "scaling": scaling, "lr": lr, "seed": seed, "period": period,
-            "offset_samples": samples if parse_method(method).modified else None,
+    return {"method": method, "scaling": scaling, "lr": lr, "seed": seed, "period": config.bpm.period,
+            "offset_samples": config.bpm.samples if parse_method(method).modified else None,
             "metric": curve[-1] if curve else None, "curve": curve, "diverged": diverged,
             "seconds": time.perf_counter() - start, "refreshes": refreshes}
 
@@ -169,8 +188,8 @@ def summarise(cfg: dict, runs: dict[str, dict]) -> list[dict[str, Any]]:
             if fresh.get("task") == name and fresh.get("lr") == lr:
                 names += [label(s, fresh=True) for s in cfg["scalings"]]
             for method in names:
-                records = [runs.get(run_key(name, lr, s, method)) for s in cfg["seeds"]]
-                records = [r for r in records if r is not None]
+                found = [runs.get(run_key(name, lr, s, method)) for s in cfg["seeds"]]
+                records = [r for r in found if r is not None]
                 values = [r["metric"] for r in records if r["metric"] is not None]
                 mean, sd = _stats(values)
                 row = {"task": name, "lr": lr, "method": method, "mean": mean, "sd": sd,

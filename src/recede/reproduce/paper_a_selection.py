@@ -22,6 +22,7 @@ The report gives every number as mean ± sd over the seeds.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ import torch
 from torch.utils.data import Subset
 
 from recede import data, models
+from recede.core.blocks import BlockNet
 from recede.horizon.schedule import HorizonSchedule
 from recede.horizon.selection import (
     COSTS,
@@ -49,9 +51,11 @@ from recede.horizon.selection import (
 from recede.measure.fidelity import gradient_cosine
 from recede.measure.memory import measure
 from recede.methods import build_method
+from recede.runs.config import LoopConfig, MeasureConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, mean_spread
-from recede.runs.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
+from recede.runs.run import EpochHook, StudyMethod, Workload, train_method
+from recede.runs.train import EpochRecord, batches, evaluate
 from recede.theory.deep_linear import theorem_exponent
 
 COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
@@ -95,7 +99,7 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     task = data.load(spec["data"], **spec.get("data_options", {}))
     train_set = task.train
     if spec.get("train_subset"):
-        train_set = Subset(task.train, range(min(spec["train_subset"], len(task.train))))
+        train_set = Subset(task.train, range(min(spec["train_subset"], len(task.train))))  # type: ignore[arg-type]  # ours all have __len__
     classification = task.kind == "classification"
     torch.manual_seed(seed)
     net = models.build(spec["model"], task, **spec.get("model_options", {})).to(device)
@@ -109,8 +113,9 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     all_h = list(range(1, T + 1))
     fid0 = gradient_cosine(net, probe, all_h)
     memory = fid0.memory
+    assert memory is not None  # measured: measure_memory is on
     H = default_horizons(T, config["subset_size"])
-    selected = {}
+    selected: dict[str, dict[str, Any]] = {}
     for objective, cost in COLUMNS:
         choice = solve({h: fid0.cos[h] for h in H}, {h: memory[h] for h in H}, T, objective,
                        goals["eps"], goals["lam"][cost], cost, goals["c"], default_M0(memory, cost))
@@ -122,31 +127,29 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
                       | {s["h"] for s in selected.values()})
     cos_by_epoch = {0: fid0.cos}
 
-    def fig2_hook(record):
+    def fig2_hook(trained: BlockNet, record: EpochRecord) -> None:
         if record.epoch + 1 in spec["fig2_epochs"]:
-            cos_by_epoch[record.epoch + 1] = gradient_cosine(net, probe, all_h, measure_memory=False).cos
+            cos_by_epoch[record.epoch + 1] = gradient_cosine(trained, probe, all_h, measure_memory=False).cos
 
-    def fit(label: str, method, on_epoch=None) -> dict:
-        optimizer = make_optimizer(net.parameters(), "sgd", spec["lr"])
-        history = train(net, method, train_set, optimizer, epochs=spec["epochs"],
-                        batch_size=spec["batch_size"], seed=seed, lr_rule=LossIncreaseDecay(optimizer),
-                        classification=classification, device=device, progress=progress,
-                        description=f"{key} seed {seed} {label}", on_epoch=on_epoch)
-        return {"curve": [r.train_loss for r in history],
-                "final": evaluate(net, train_set, device=device, classification=classification)["loss"]}
+    # every run trains a copy of the initial weights (the measurements above moved BatchNorm's buffers)
+    net.load_state_dict(init)
+    workload = Workload(dataclasses.replace(task, train=train_set), spec["model"], dict(spec.get("model_options", {})),
+                        torch.device(device), start=net)
+
+    def fit(method: str | StudyMethod, on_epoch: EpochHook | None = None) -> dict:
+        result = train_method(workload, method, run_config(spec, method, seed, device, progress), out=None,
+                              on_epoch=on_epoch)
+        return {"curve": [r.train_loss for r in result.history],
+                "final": evaluate(result.net, train_set, device=device, classification=classification)["loss"]}
 
     runs: dict[str, dict] = {}
     for h in horizons:
-        net.load_state_dict(init)
-        runs[f"h={h}"] = fit(f"h={h}", build_method(net, f"mpc:{h}"), fig2_hook if h == T else None)
+        runs[f"h={h}"] = fit(f"mpc:{h}", fig2_hook if h == T else None)
         runs[f"h={h}"]["memory"] = memory[h]
     for name in LOCO:
-        net.load_state_dict(init)
-        method = build_method(net, LOCO[name])
-        _, report = measure(partial(method.backward, *probe[0]), module=net)
-        net.zero_grad(set_to_none=True)
-        net.load_state_dict(init)
-        runs[name] = fit(name, method) | {"memory": report.saved_peak_bytes}
+        fresh = workload.build(seed)
+        _, report = measure(partial(build_method(fresh, LOCO[name]).backward, *probe[0]), module=fresh)
+        runs[name] = fit(LOCO[name]) | {"memory": report.saved_peak_bytes}
 
     J_bp = runs[f"h={T}"]["final"]
     for r in runs.values():
@@ -155,21 +158,44 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool,
     schedules = []
     for sched_spec in config["schedule"]["runs"]:
         objective, cost = sched_spec["objective"], sched_spec["cost"]
-        net.load_state_dict(init)
-        schedule = HorizonSchedule(net, probe, config["schedule"]["every"], objective, goals["eps"],
-                                   goals["lam"][cost], cost, goals["c"], default_M0(memory, cost), H)
-        result = fit(f"schedule {column_name(objective, cost)}", schedule,
-                     lambda record, schedule=schedule: schedule.epoch_end(record.epoch))
+        made: list[HorizonSchedule] = []
+
+        def make_schedule(fresh: BlockNet, objective: str = objective, cost: str = cost,
+                          made: list[HorizonSchedule] = made) -> HorizonSchedule:
+            made.append(HorizonSchedule(fresh, probe, config["schedule"]["every"], objective, goals["eps"],
+                                        goals["lam"][cost], cost, goals["c"], default_M0(memory, cost), H))
+            return made[-1]
+
+        result = fit(StudyMethod(f"schedule {column_name(objective, cost)}", make_schedule),
+                     partial(_schedule_epoch_end, made))
+        schedule = made[-1]
         per_epoch = schedule.horizons_by_epoch(spec["epochs"])
         schedules.append({"objective": objective, "cost": cost, "horizons": per_epoch,
                           "history": schedule.history, **result,
                           "r": rate(result["final"], J0, J_bp),
                           "mean_memory": float(np.mean([memory[h] for h in per_epoch]))})
 
-    return {"T": T, "n_train": len(train_set), "J0": J0, "subset_H": H, "memory": memory,
+    n_train = len(train_set)  # type: ignore[arg-type]  # ours all have __len__
+    return {"T": T, "n_train": n_train, "J0": J0, "subset_H": H, "memory": memory,
             "cos_by_epoch": cos_by_epoch, "selected": selected, "runs": runs,
             "schedules": schedules, "seconds": time.perf_counter() - started,
             "spec": spec, "classification": classification}
+
+
+def _schedule_epoch_end(made: list[HorizonSchedule], trained: BlockNet, record: EpochRecord) -> None:
+    """The schedule's :data:`~recede.runs.run.EpochHook`: it re-measures and may move its horizon."""
+    made[-1].epoch_end(record.epoch)
+
+
+def run_config(spec: dict, method: str | StudyMethod, seed: int, device: str, progress: bool) -> RunConfig:
+    """One run of model ``spec``: ``method`` from ``seed`` with Paper A's SGD and lr × 0.9 rule;
+    nothing written, no test evaluation or memory measurement (the study scores its runs)."""
+    return RunConfig(
+        workload=WorkloadConfig(spec["model"], spec["data"], dict(spec.get("model_options") or {}),
+                                dict(spec.get("data_options") or {})),
+        methods=[method] if isinstance(method, str) else None, optimizer=OptimizerConfig("sgd", spec["lr"], 0.0, 0.9),
+        loop=LoopConfig(epochs=spec["epochs"], batch_size=spec["batch_size"], seed=seed, device=device),
+        measure=MeasureConfig(paid=False, test=False), output=OutputConfig(out=None, progress=progress)).validate()
 
 
 def rate(J: float, J0: float, J_bp: float) -> float:
@@ -458,9 +484,9 @@ def render(result: dict, config: dict) -> list[str]:
         cols = [s["fig5"][name] for s in seeds]
         row = {"column": name, "ĥ* per seed": " / ".join(
             f"{c['selected_h']}" + ("" if c["selection_feasible"] else "!") for c in cols)}
-        for a in BASELINES + [OURS]:
-            infeasible = sum(c["values"][a] is None for c in cols)
-            row[a] = _pm([c["rel"][a] for c in cols], 2) + (f" ×{infeasible}" if infeasible else "")
+        for algorithm in BASELINES + [OURS]:
+            violated = sum(c["values"][algorithm] is None for c in cols)
+            row[algorithm] = _pm([c["rel"][algorithm] for c in cols], 2) + (f" ×{violated}" if violated else "")
         row["best fixed h per seed"] = " / ".join(str(c["best_fixed_h"]) for c in cols)
         rows.append(row)
     lines += ["Rel(a) per column (eq. 19; lower is better; ×k = constraint violated in k seeds, scored "

@@ -35,8 +35,10 @@ fixed h in hindsight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -47,14 +49,15 @@ from torch import nn
 from torch.utils.data import Subset
 
 from recede import data, models
+from recede.core.blocks import BlockNet
 from recede.horizon.selection import COSTS, OBJECTIVES, default_horizons, default_M0, objective_value, solve
 from recede.measure.fidelity import gradient_cosine
-from recede.measure.usage import measure_paid
-from recede.methods import build_method
 from recede.models.peft_adapters import apply_adapter
+from recede.runs.config import LoopConfig, MeasureConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, mean_sd, mean_spread
-from recede.runs.train import LossIncreaseDecay, batches, evaluate, make_optimizer, train
+from recede.runs.run import Workload, train_method
+from recede.runs.train import EpochRecord, batches, evaluate
 
 ADAPTER_OPTIONS = ("adapter", "adapter_rank", "adapter_alpha")
 KEYS = ("model", "data", "optimizer", "batch_size", "epochs", "snapshot_epochs")
@@ -91,11 +94,12 @@ def run(config: dict, progress: bool) -> dict:
 COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
 
 
-def select(net: nn.Module, probe: list, config: dict) -> dict:
+def select(net: BlockNet, probe: list, config: dict) -> dict:
     """Algorithm 1 at ``net``'s current weights: every horizon's cos θ_h and M(h) measured, the
     subset H seen, ĥ per objective × cost column (named ``O1-C1`` ... as in Table D3)."""
     T = net.T
     fid = gradient_cosine(net, probe, list(range(1, T + 1)))
+    assert fid.memory is not None  # measured: measure_memory is on
     H = default_horizons(T, config["subset_size"])
     goals, chosen = config["objectives"], {}
     for objective, cost in COLUMNS:
@@ -113,52 +117,64 @@ def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bo
     started = time.perf_counter()
     task = data.load(entry["data"], **entry.get("data_options", {}))
     pretrain = entry.get("pretrain")
-    train_set = Subset(task.train, range(pretrain["samples"], len(task.train))) if pretrain else task.train
+    n_train = len(task.train)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+    train_set = Subset(task.train, range(pretrain["samples"], n_train)) if pretrain else task.train
     per_seed = {}
     for seed in seeds:
         torch.manual_seed(seed)
-        net = start(entry, task, seed, device, progress, f"{key} seed {seed}")
+        net = start(entry, task, seed, device, progress)
         T = net.T
         init = copy.deepcopy(net.state_dict())
         horizons = list(range(1, T + 1)) if entry.get("horizons", "all") == "all" else sorted(set(entry["horizons"]) | {T})
-        x, y = next(iter(batches(train_set, entry["batch_size"])))
-        x, y = x.to(device), y.to(device)
         chosen = None
         if entry.get("select"):
+            assert config is not None  # Algorithm 1's settings come with select
             probe = [(a.to(device), b.to(device)) for a, b in
                      islice(batches(train_set, entry["batch_size"], True, seed + 1), config["probe_batches"])]
             chosen = select(net, probe, config) | {"J0": evaluate(net, train_set, device=device, classification=True)["loss"]}
             net.load_state_dict(init)
             horizons = sorted(set(horizons) | {c["h"] for c in chosen["chosen"].values()})
+        net.load_state_dict(init)
+        # every horizon trains a copy of this start on the training set left after any pretraining
+        workload = Workload(dataclasses.replace(task, train=train_set), entry["model"],
+                            dict(entry.get("model_options") or {}), torch.device(device), start=net)
         runs = {}
         for h in horizons:
-            net.load_state_dict(init)
-            method = build_method(net, f"mpc:{h}")
-            opt = entry["optimizer"]
-            optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-            history = train(net, method, train_set, optimizer, epochs=entry["epochs"], batch_size=entry["batch_size"],
-                            test_set=task.test, seed=seed, lr_rule=LossIncreaseDecay(optimizer), classification=True,
-                            device=device, progress=progress, description=f"{key} seed {seed} h={h}")
-            if chosen is not None:
-                J = evaluate(net, train_set, device=device, classification=True)["loss"]
-            buffers = [b.detach().clone() for b in net.buffers()]  # the measured step's forward moves BatchNorm's
-            paid = measure_paid(method, net, x, y, optimizer, device)  # after training: the optimizer's state exists
-            with torch.no_grad():
-                for b, kept in zip(net.buffers(), buffers):
-                    b.copy_(kept)
+            final: dict[str, float] = {}
+
+            def training_loss(trained: BlockNet, record: EpochRecord, final: dict[str, float] = final,
+                              scored: bool = chosen is not None) -> None:
+                if scored and record.epoch + 1 == entry["epochs"]:  # J before the measured step
+                    final["J"] = evaluate(trained, train_set, device=device, classification=True)["loss"]
+
+            result = train_method(workload, f"mpc:{h}", run_config(entry, h, seed, device, progress), out=None,
+                                  on_epoch=training_loss)
+            history, paid = result.history, result.memory  # paid: measured after training, on the first batch
+            assert paid is not None
             runs[h] = {"train_loss": [r.train_loss for r in history],
                        "test_accuracy": [100 * r.test["accuracy"] for r in history],
                        "saved_bytes": paid.saved_peak_bytes, "cuda_peak_bytes": paid.cuda_peak_bytes,
-                       "real_bytes": paid.real_peak_bytes}
-            if chosen is not None:
-                runs[h]["J"] = J
+                       "real_bytes": paid.real_peak_bytes} | final
         per_seed[seed] = {"T": T, "runs": runs} | ({"selection": chosen} if chosen is not None else {})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    return {"entry": entry, "n_train": len(train_set), "n_test": len(task.test), "trainable": trainable,
+    sizes = {"n_train": len(train_set), "n_test": len(task.test)}  # type: ignore[arg-type]  # ours all have __len__
+    return {"entry": entry, **sizes, "trainable": trainable,
             "seeds": per_seed, "seconds": time.perf_counter() - started}
 
 
-def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, label: str) -> nn.Module:
+def run_config(entry: dict, h: int, seed: int, device: str, progress: bool) -> RunConfig:
+    """One horizon's run of ``entry``: ``mpc:h`` from ``seed`` with the entry's optimizer and
+    Paper A's lr × 0.9 rule; nothing written, the paid memory measured after training."""
+    opt = entry["optimizer"]
+    return RunConfig(
+        workload=WorkloadConfig(entry["model"], entry["data"], dict(entry.get("model_options") or {}),
+                                dict(entry.get("data_options") or {})),
+        methods=[f"mpc:{h}"], optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), 0.9),
+        loop=LoopConfig(epochs=entry["epochs"], batch_size=entry["batch_size"], seed=seed, device=device),
+        output=OutputConfig(out=None, progress=progress)).validate()
+
+
+def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool) -> BlockNet:
     """The network every horizon of this seed starts from (see the module docstring)."""
     options = dict(entry.get("model_options") or {})
     pretrain = entry.get("pretrain")
@@ -171,12 +187,17 @@ def start(entry: dict, task: data.Task, seed: int, device: str, progress: bool, 
     if not pretrain:
         return models.build(entry["model"], task, **options).to(device)
     adapter = {k: options.pop(k) for k in ADAPTER_OPTIONS if k in options}
-    net = models.build(entry["model"], task, **options).to(device)
+    built = models.build(entry["model"], task, **options).to(device)
+    # BP on the first pretrain.samples images (their own data order), no lr decay, no evaluation
     opt = pretrain["optimizer"]
-    optimizer = make_optimizer(net.parameters(), opt["name"], opt["lr"], opt.get("momentum", 0.0))
-    train(net, build_method(net, "bp"), Subset(task.train, range(pretrain["samples"])), optimizer,
-          epochs=pretrain["epochs"], batch_size=entry["batch_size"], seed=seed + 10_000, device=device,
-          progress=progress, description=f"{label} pretrain")
+    config = RunConfig(
+        workload=WorkloadConfig(entry["model"], entry["data"], options, dict(entry.get("data_options") or {})),
+        methods=["bp"], optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), 1.0),
+        loop=LoopConfig(epochs=pretrain["epochs"], batch_size=entry["batch_size"], seed=seed + 10_000, device=device),
+        measure=MeasureConfig(paid=False, test=False), output=OutputConfig(out=None, progress=progress)).validate()
+    workload = Workload(dataclasses.replace(task, train=Subset(task.train, range(pretrain["samples"]))),
+                        entry["model"], options, torch.device(device), start=built)
+    net = train_method(workload, "bp", config, out=None).net
     torch.manual_seed(seed)
     for module in net.head(net.T).modules():
         if isinstance(module, nn.Linear):
@@ -212,7 +233,7 @@ def saved_of(model: dict, h: int) -> float:
     return _get(_runs(model)[0], h)["saved_bytes"] / 2**20
 
 
-def linear_r2(xs: list[float], ys: list[float]) -> float:
+def linear_r2(xs: Sequence[float], ys: Sequence[float]) -> float:
     a, b = np.polyfit(xs, ys, 1)
     residual = np.asarray(ys) - (a * np.asarray(xs) + b)
     total = ((np.asarray(ys) - np.mean(ys)) ** 2).sum()
@@ -229,7 +250,7 @@ def plot(result: dict, out: Path) -> list[str]:
             ax.bar(hs, [memory_of(model, h) for h in hs], color="lightsteelblue", label="memory")
             ax.set(xlabel="horizon h", ylabel="memory [MiB]", title=f"{key}: {model['entry']['model']}")
             twin = ax.twinx()
-            stats = [mean_sd([_get(r, h)["test_accuracy"][-1] for r in _runs(model)]) for h in hs]
+            stats = [_measured(mean_sd([_get(r, h)["test_accuracy"][-1] for r in _runs(model)])) for h in hs]
             twin.errorbar(hs, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-", color="darkred",
                           capsize=2, label="test accuracy")
             twin.set_ylabel(f"final test accuracy % (mean ± sd, {len(model['seeds'])} seeds)")
@@ -284,14 +305,14 @@ def render(result: dict, config: dict) -> list[str]:
         acc = {h: [_get(r, h)["test_accuracy"][-1] for r in _runs(model)] for h in hs}
         rho = [_spearman(hs, [_get(r, h)["test_accuracy"][-1] for h in hs]) for r in _runs(model)]
         bp = np.mean(acc[T])
-        close = min((h for h in hs if abs(np.mean(acc[h]) - bp) <= max(1.0, mean_sd(acc[T])[1])), default=T)
+        close = min((h for h in hs if abs(np.mean(acc[h]) - bp) <= max(1.0, _measured(mean_sd(acc[T]))[1])), default=T)
         mem = [memory_of(model, h) for h in hs]
         first = [max(v) / min(v) for v in ([_get(r, h)["train_loss"][snaps[0] - 1] for h in hs] for r in _runs(model))]
         last = [max(v) / min(v) for v in ([_get(r, h)["train_loss"][snaps[-1] - 1] for h in hs] for r in _runs(model))]
         verdicts.append((key, rho, close, T, bp, acc, mem, hs, first, last))
     lines += ["- Paper (§5.2, Fig. 3): larger horizons perform better and converge to BP.  Ours: Spearman "
               "correlation of final test accuracy with h " + "; ".join(
-                  f"{k} {mean_spread(rho, 2)} ({_verdict(np.mean(rho) > 0.5)}); within max(1 point, BP's sd) of "
+                  f"{k} {mean_spread(rho, 2)} ({_verdict(bool(np.mean(rho) > 0.5))}); within max(1 point, BP's sd) of "
                   f"BP ({bp:.1f} %) from h = {close} of T = {T}; FF {np.mean(acc[1]):.1f} %"
                   for k, rho, close, T, bp, acc, *_ in verdicts) + ".",
               "- Paper (§5.1): memory grows with h; linear for ViT (equal blocks), not for ResNet-50 (stages "
@@ -371,7 +392,13 @@ def selection_table(model: dict, config: dict) -> list[str]:
     return lines + [markdown_table(per_h, list(per_h[0]))]
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float:
+def _measured(stats: tuple[float, float] | None) -> tuple[float, float]:
+    """A mean and sd over runs that exist (every horizon of a finished sweep has its runs)."""
+    assert stats is not None
+    return stats
+
+
+def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Spearman's rank correlation; NaN when either side is constant."""
     return float("nan") if len(set(xs)) < 2 or len(set(ys)) < 2 else float(spearmanr(xs, ys)[0])
 

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from recede.bpm.estimator import Rule
 from recede.bpm.scalars import SCALINGS
 from recede.config import BOUNDS, MAX_INT, key_values
 from recede.keywords import shown
@@ -66,12 +67,14 @@ class OptimizerConfig:
 class BPMConfig:
     """The refresh of BP-modified methods (Paper B Algorithm 1): ``period`` K steps between
     refreshes (None: one epoch), ``samples`` B' per refresh (None: 1 % of K·B), in
-    micro-batches of ``micro_batch``; ``scaling`` robust, paper, bias or fixed (``a``, ``lam``)."""
+    micro-batches of ``micro_batch``; ``scaling`` robust, paper, bias or fixed (``a``, ``lam``),
+    or from Python a :data:`~recede.bpm.estimator.Rule` function (a study's ablated rule;
+    written under its function name)."""
 
     period: int | None = None
     samples: int | None = None
     micro_batch: int = 8
-    scaling: str = "robust"
+    scaling: str | Rule = "robust"
     a: float | None = None
     lam: float | None = None
 
@@ -96,7 +99,9 @@ class LoopConfig:
 @dataclass
 class MeasureConfig:
     """After training every run measures the memory a step costs as paid
-    (:func:`recede.measure.usage.measure_paid`).  ``frontier`` adds the comparison of
+    (:func:`recede.measure.usage.measure_paid`; ``paid`` False: not measured, for a study that
+    records only its runs' quality); ``test`` False: no test evaluation after each epoch (a study
+    that scores its runs itself, the model left in training mode between epochs).  ``frontier`` adds the comparison of
     ``recede compare``: ``timing_steps`` timed steps per method on ``clock``, the cost model's
     ratio and cos θ to BP's gradient over ``cosine_batches`` batches, ratios to BP."""
 
@@ -104,6 +109,8 @@ class MeasureConfig:
     timing_steps: int = 10
     clock: str = "wall"
     cosine_batches: int = 4
+    paid: bool = True
+    test: bool = True
 
 
 @dataclass
@@ -159,7 +166,7 @@ class RunConfig:
                 "data_opt": dict(w.data_options), "batch_size": self.loop.batch_size,
                 "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "lr_decay": o.lr_decay,
                 "seed": self.loop.seed if seed is None else seed, "bpm_period": b.period,
-                "bpm_samples": b.samples, "bpm_micro_batch": b.micro_batch, "bpm_scaling": b.scaling,
+                "bpm_samples": b.samples, "bpm_micro_batch": b.micro_batch, "bpm_scaling": _rule_name(b.scaling),
                 "bpm_a": b.a, "bpm_lam": b.lam, "init": w.init, "init_skip": list(w.init_skip) or None}
 
     @classmethod
@@ -208,7 +215,7 @@ class RunConfig:
                 "init": w.init, "init_skip": list(w.init_skip) or None, "methods": self.methods,
                 "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "lr_decay": o.lr_decay,
                 "bpm_period": b.period, "bpm_samples": b.samples, "bpm_micro_batch": b.micro_batch,
-                "bpm_scaling": b.scaling, "bpm_a": b.a, "bpm_lam": b.lam,
+                "bpm_scaling": _rule_name(b.scaling), "bpm_a": b.a, "bpm_lam": b.lam,
                 "epochs": lp.epochs, "batch_size": lp.batch_size, "seed": lp.seed, "seeds": lp.seeds,
                 "device": lp.device, "threads": lp.threads, "checkpoint_every": lp.checkpoint_every,
                 "frontier": m.frontier, "timing_steps": m.timing_steps, "clock": m.clock,
@@ -271,15 +278,17 @@ class RunConfig:
         _integer("bpm.period", b.period, *BOUNDS["bpm_period"], optional=True)
         _integer("bpm.samples", b.samples, *BOUNDS["bpm_samples"], optional=True)
         _integer("bpm.micro_batch", b.micro_batch, *BOUNDS["bpm_micro_batch"])
-        _choice("bpm.scaling", b.scaling, SCALINGS)
+        if not callable(b.scaling):
+            _choice("bpm.scaling", b.scaling, SCALINGS)
         _number("bpm.a", b.a, *BOUNDS["bpm_a"], optional=True)
         _number("bpm.lam", b.lam, 0.0, 1.0, optional=True)
         for name in ("epochs", "batch_size", "seed", "seeds", "threads", "checkpoint_every"):
             _integer(f"loop.{name}", getattr(lp, name), *BOUNDS[name])
         if lp.resume not in (False, True, "auto"):
             raise ValueError(f"loop.resume must be false, true or 'auto', got {shown(lp.resume)}")
-        if not isinstance(m.frontier, bool):
-            raise ValueError(f"measure.frontier must be true or false, got {shown(m.frontier)}")
+        for name in ("frontier", "paid", "test"):
+            if not isinstance(getattr(m, name), bool):
+                raise ValueError(f"measure.{name} must be true or false, got {shown(getattr(m, name))}")
         _integer("measure.timing_steps", m.timing_steps, *BOUNDS["timing_steps"])
         _integer("measure.cosine_batches", m.cosine_batches, *BOUNDS["cosine_batches"])
         _choice("measure.clock", m.clock, tuple(CLOCKS))
@@ -297,6 +306,11 @@ class RunConfig:
         _integer("parallel.micro_batches", par.micro_batches, *BOUNDS["micro_batches"], optional=True)
         _number("parallel.dist_timeout", par.dist_timeout, 0.0, math.inf, low_open=True, high_open=True)
         return self
+
+
+def _rule_name(scaling: str | Rule) -> str:
+    """A BP-modified rule's name: the scaling's, or a Rule function's."""
+    return scaling if isinstance(scaling, str) else getattr(scaling, "__qualname__", repr(scaling))
 
 
 def _string(where: str, value: Any) -> None:

@@ -135,10 +135,10 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
     (written aside, then renamed)."""
     from safetensors.torch import save_file
 
-    from recede import models
-    from recede.methods import build_method
+    from recede.runs.config import LoopConfig, MeasureConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
     from recede.runs.reports import machine
-    from recede.runs.train import evaluate, make_optimizer, train
+    from recede.runs.run import Workload, train_method
+    from recede.runs.train import evaluate
 
     task = preflight.load_data(values["data"], values["data_options"])
     device = torch.device("cpu")
@@ -148,14 +148,17 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
     if hit is not None:
         return hit, True
     started = time.perf_counter()
-    torch.manual_seed(values["seed"])
-    net = models.build(values["model"], task, **values["model_options"])
-    optimizer = make_optimizer(net.parameters(), values["optimizer"], values["lr"], values["momentum"])
-    classification = task.kind == "classification"
-    history = train(net, build_method(net, "bp"), task.train, optimizer, epochs=values["epochs"],
-                    batch_size=values["batch_size"], seed=values["seed"], classification=classification,
-                    progress=progress, description=f"pretrain {values['model']}")
-    test = evaluate(net, task.test, classification=classification, metrics=task.metrics)
+    # BP from the seed, no lr decay, evaluated once at the end
+    config = RunConfig(
+        workload=WorkloadConfig(values["model"], values["data"], dict(values["model_options"]),
+                                dict(values["data_options"])),
+        methods=["bp"], optimizer=OptimizerConfig(values["optimizer"], values["lr"], values["momentum"], 1.0),
+        loop=LoopConfig(epochs=values["epochs"], batch_size=values["batch_size"], seed=values["seed"]),
+        measure=MeasureConfig(paid=False, test=False), output=OutputConfig(out=None, progress=progress)).validate()
+    result = train_method(Workload(task, values["model"], dict(values["model_options"]), device, net=net),
+                          "bp", config, out=None)
+    net, history = result.net, result.history
+    test = evaluate(net, task.test, classification=task.kind == "classification", metrics=task.metrics)
     seconds = time.perf_counter() - started
     digest = content_hash(values)
     folder.mkdir(parents=True, exist_ok=True)

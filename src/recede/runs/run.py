@@ -12,6 +12,7 @@ results folder (:mod:`recede.runs.results`).  From Python: ``recede.run(recede.R
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Callable
@@ -42,7 +43,9 @@ class Workload:
     """A task, how to build a fresh model for it, and this process's rank among ``world_size``
     data-parallel processes (:mod:`recede.parallel.data_parallel`).  ``net``: the model built
     once when the workload was checked (:meth:`from_config`), kept for the checks that need a
-    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones."""
+    model (its T, the methods' horizons, a checkpoint's shapes); training builds fresh ones.
+    ``start``: a study's starting model (pretrained or adapted in memory): every fresh model is
+    then a copy of it."""
 
     task: data.Task
     model: str
@@ -53,6 +56,7 @@ class Workload:
     init: str | None = None  # --init: the state dict every fresh model starts from
     init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
     net: Any = field(default=None, repr=False)
+    start: BlockNet | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: RunConfig, rank: int = 0, world_size: int = 1) -> Workload:
@@ -133,7 +137,11 @@ class Workload:
         return batch_size * self.task.input_shape[0] if self.task.kind == "language-model" else None
 
     def build(self, seed: int) -> BlockNet:
+        """A fresh model, the global RNG seeded with ``seed`` first: built (and ``init``
+        loaded), or a copy of ``start``."""
         torch.manual_seed(seed)
+        if self.start is not None:
+            return copy.deepcopy(self.start).to(self.device)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
             from recede.runs.pretrain import load_init
@@ -153,7 +161,7 @@ class MethodResult:
 
     label: str
     history: list[EpochRecord]
-    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own measurement)
+    memory: PaidMemory | None  # None: a pipeline stage (its row holds its own), or measure.paid off
     net: BlockNet = field(repr=False)
     method: Any = field(repr=False)
     refreshes: int = 0
@@ -191,12 +199,12 @@ class MethodResult:
                 else self.memory.cuda_peak_bytes / 2**20}
 
 
-def slug(spec: MethodSpec | str) -> str:
+def slug(spec: MethodSpec | StudyMethod | str) -> str:
     """A file-name-safe name for a method: ``mpc:4`` → ``mpc-4``."""
     return re.sub(r"[^a-z0-9]+", "-", str(spec if isinstance(spec, str) else spec.label).lower()).strip("-")
 
 
-def checkpoint_path(out: Path, spec: MethodSpec, seed: int | None = None) -> Path:
+def checkpoint_path(out: Path, spec: MethodSpec | StudyMethod, seed: int | None = None) -> Path:
     """Where :func:`run_method` keeps the checkpoint of ``spec``'s run (of one ``seed`` of several)."""
     folder = out / "checkpoints" if seed is None else out / "checkpoints" / f"seed-{seed}"
     return folder / f"{slug(spec)}.pt"
@@ -224,7 +232,8 @@ class Setup:
     """How one method trains one fresh model: ``method`` (what the loop calls ``backward`` on),
     the ``module`` whose state a checkpoint holds and the ``parameters`` the optimizer steps,
     the checkpoint ``path`` (None: none) and its ``identity``, the test set evaluated after
-    each epoch (None: ``on_epoch`` evaluates), the data shard (``rank`` of ``world_size``), and
+    each epoch (None: ``on_epoch`` evaluates, or ``measure.test`` is off), the data shard
+    (``rank`` of ``world_size``), and
     ``finish(history, optimizer) -> MethodResult`` that measures the trained method.
     :func:`plain_setup` is a process's (or a data-parallel rank's);
     :func:`recede.parallel.pipeline.run.stage_setup` a pipeline stage's."""
@@ -242,30 +251,55 @@ class Setup:
     world_size: int = 1
 
 
-def plain_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: BlockNet,
+@dataclass
+class StudyMethod:
+    """A study's own method, which no method name describes (a
+    :class:`~recede.horizon.schedule.HorizonSchedule`): ``build(net)`` makes it on the fresh
+    model; ``label`` names it in the run's results."""
+
+    label: str
+    build: Callable[[BlockNet], Any]
+
+
+def plain_setup(workload: Workload, spec: MethodSpec | StudyMethod, config: RunConfig, net: BlockNet,
                 out: Path | None, per_seed: bool) -> Setup:
     """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
     method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
-    training by :func:`recede.measure.usage.measure_paid`."""
+    training by :func:`recede.measure.usage.measure_paid` (unless ``config.measure.paid`` is off)."""
     batch_size = config.loop.batch_size
-    local = workload.method(net, spec, config)  # the method itself, measured on this rank below
+    # the method itself, measured on this rank below
+    local = spec.build(net) if isinstance(spec, StudyMethod) else workload.method(net, spec, config)
     method = distributed.DataParallel(local, net) if workload.world_size > 1 else local
 
     def finish(history: list[EpochRecord], optimizer: torch.optim.Optimizer) -> MethodResult:
-        x, y = workload.batch(batch_size)
-        memory = measure_paid(local, net, x, y, optimizer, workload.device)
-        optimizer.zero_grad(set_to_none=True)
+        memory = None
+        if config.measure.paid:
+            x, y = workload.batch(batch_size)
+            memory = measure_paid(local, net, x, y, optimizer, workload.device)
+            optimizer.zero_grad(set_to_none=True)
         return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
                             workload.tokens(batch_size * workload.world_size))
 
     return Setup(method, net, net.parameters(),
                  None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
                  config.identity() | {"method": spec.label}, finish, checkpoint_method=method,
-                 test_set=workload.task.test, rank=workload.rank, world_size=workload.world_size)
+                 test_set=workload.task.test if config.measure.test else None, rank=workload.rank,
+                 world_size=workload.world_size)
 
 
-def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, *,
-                 out: Path | None, per_seed: bool = False) -> MethodResult:
+StepHook = Callable[[Any, int, int, float], None]
+"""``hook(method, epoch, step, loss)``, called by :func:`train_method` after each optimizer step
+with the method being trained (a study reads its state: BP-modified's refresh statistics)."""
+
+
+EpochHook = Callable[[BlockNet, EpochRecord], None]
+"""``hook(net, record)``, called by :func:`train_method` after each epoch (its test evaluation
+done) with the model being trained, before anything measures it."""
+
+
+def train_method(workload: Workload, spec: MethodSpec | StudyMethod | str, config: RunConfig, *,
+                 out: Path | None, per_seed: bool = False, on_step: StepHook | None = None,
+                 on_epoch: EpochHook | None = None) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
     optimizer, train — the one place a run does this (a pipeline stage's method and
     measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
@@ -276,12 +310,17 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
     With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
     checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
     stops the run with the step number; the last checkpoint written stays the good one.
+    ``on_step``, ``on_epoch``: a study's :data:`StepHook`, :data:`EpochHook`; ``spec`` a
+    :class:`StudyMethod`: a study's own method (not under a pipeline).
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
     lp, opt = config.loop, config.optimizer
     net = workload.build(lp.seed)
     if config.parallel.pipeline > 1:
         from recede.parallel.pipeline.run import stage_setup
+
+        if isinstance(spec, StudyMethod):
+            raise ValueError(f"{spec.label}: a study's own method does not run as a pipeline")
 
         setup = stage_setup(workload, spec, config, net, out)
     else:
@@ -308,14 +347,20 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
                         method=setup.checkpoint_method, config=setup.identity, finished=finished)
         has_checkpoint = True
 
-    def on_step(epoch: int, step: int, loss: float) -> None:
+    hook, epoch_hook = on_step, on_epoch
+
+    def step_done(epoch: int, step: int, loss: float) -> None:
+        if hook is not None:
+            hook(setup.method, epoch, step, loss)
         preflight.commit()  # training has begun: the earlier run --overwrite moved aside goes now
         if writer is not None:
             writer.add_scalar("loss/train_step", loss, loop.global_step)
         if lp.checkpoint_every and loop.global_step % lp.checkpoint_every == 0:
             save()
 
-    def on_epoch(record: EpochRecord) -> None:
+    def epoch_done(record: EpochRecord) -> None:
+        if epoch_hook is not None:
+            epoch_hook(net, record)
         if setup.on_epoch is not None:
             setup.on_epoch(record)
         if writer is not None:
@@ -328,7 +373,7 @@ def train_method(workload: Workload, spec: MethodSpec | str, config: RunConfig, 
         history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
                         batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
                         lr_rule=lr_rule, classification=workload.classification,
-                        device=workload.device, state=loop, on_step=on_step, on_epoch=on_epoch,
+                        device=workload.device, state=loop, on_step=step_done, on_epoch=epoch_done,
                         progress=workload.rank == 0 and config.output.progress, description=spec.label,
                         rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
     except NonFiniteLossError as err:
