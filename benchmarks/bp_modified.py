@@ -57,8 +57,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny ResNet (T = 6) on 8 × 8 inputs, K = 2, one repeat: checks the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny ResNet (T = 6) on 8 × 8 inputs, K = 2, one repeat: checks the script runs",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.batch, args.micro_batch, args.blocks_per_stage = 2, 4, 2, 2
@@ -70,16 +73,18 @@ def main() -> None:
     B_prime = default_offset_samples(K, B, b)
     x = torch.randn(B, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (B,), device=device)
-    refresh_data = TensorDataset(torch.randn(B_prime, 3, args.size, args.size, device=device),
-                                 torch.randint(0, 10, (B_prime,), device=device))
+    refresh_data = TensorDataset(
+        torch.randn(B_prime, 3, args.size, args.size, device=device), torch.randint(0, 10, (B_prime,), device=device)
+    )
     refresh_set = list(zip(*(t.split(b) for t in refresh_data.tensors)))
     rows = []
     for name in ("ff", "loco:3", "mpc:5"):
         torch.manual_seed(0)
         net = build("resnet62", widths=widths, blocks_per_stage=args.blocks_per_stage).to(device)
         original = build_method(net, name)
-        modified = build_method(net, "bpm-" + name, refresh_data=refresh_data, period=K,
-                                offset_samples=B_prime, micro_batch=b, batch_size=B)
+        modified = build_method(
+            net, "bpm-" + name, refresh_data=refresh_data, period=K, offset_samples=B_prime, micro_batch=b, batch_size=B
+        )
         assert isinstance(modified, BPModified)
         modified.data = None  # the refresh is timed on its own below
         modified.refresh(refresh_set)
@@ -102,23 +107,36 @@ def main() -> None:
         elem = next(net.parameters()).element_size()
         param_bytes = sum(p.numel() for p in net.parameters() if p.requires_grad) * elem
         offset_bytes = modified.offset.numel() * modified.offset.element_size()
-        row = {"method": name, "s/epoch orig": epoch_o, "s/epoch BPM": epoch_m,
-               "extra time %": 100 * (epoch_m / epoch_o - 1),
-               "step saved MiB orig": mem_o.saved_peak_mib, "step saved MiB BPM": mem_m.saved_peak_mib,
-               "refresh saved MiB": mem_r.saved_peak_mib, "BP(b') saved MiB": mem_bp_b.saved_peak_mib,
-               "offset / params": offset_bytes / param_bytes,
-               "offset MiB": offset_bytes / 2**20, "refresh sums MiB": 2 * offset_bytes / 2**20}
+        row = {
+            "method": name,
+            "s/epoch orig": epoch_o,
+            "s/epoch BPM": epoch_m,
+            "extra time %": 100 * (epoch_m / epoch_o - 1),
+            "step saved MiB orig": mem_o.saved_peak_mib,
+            "step saved MiB BPM": mem_m.saved_peak_mib,
+            "refresh saved MiB": mem_r.saved_peak_mib,
+            "BP(b') saved MiB": mem_bp_b.saved_peak_mib,
+            "offset / params": offset_bytes / param_bytes,
+            "offset MiB": offset_bytes / 2**20,
+            "refresh sums MiB": 2 * offset_bytes / 2**20,
+        }
         if mem_o.cuda_peak_bytes is not None:
-            row |= {"CUDA peak MiB orig": mem_o.cuda_peak_bytes / 2**20,
-                    "CUDA peak MiB BPM step": mem_m.cuda_peak_bytes / 2**20,
-                    "CUDA peak MiB refresh": mem_r.cuda_peak_bytes / 2**20}
+            row |= {
+                "CUDA peak MiB orig": mem_o.cuda_peak_bytes / 2**20,
+                "CUDA peak MiB BPM step": mem_m.cuda_peak_bytes / 2**20,
+                "CUDA peak MiB refresh": mem_r.cuda_peak_bytes / 2**20,
+            }
         rows.append(row)
-    print(f"resnet62 widths={widths} blocks/stage={args.blocks_per_stage} T={3 * args.blocks_per_stage}, "
-          f"input 3x{args.size}x{args.size}, B={B}, K={K} steps (one epoch), B'={B_prime} "
-          f"(= {100 * B_prime / (K * B):.2g} % of K·B), b'={b}, device={device}\n")
+    print(
+        f"resnet62 widths={widths} blocks/stage={args.blocks_per_stage} T={3 * args.blocks_per_stage}, "
+        f"input 3x{args.size}x{args.size}, B={B}, K={K} steps (one epoch), B'={B_prime} "
+        f"(= {100 * B_prime / (K * B):.2g} % of K·B), b'={b}, device={device}\n"
+    )
     print(markdown_table(rows, list(rows[0])))
-    print("\nextra time % target ≤ 6 (Paper B Table 5); refresh saved MiB should equal BP(b') saved MiB; "
-          "offset / params ≤ 1 (Paper B Table 4).")
+    print(
+        "\nextra time % target ≤ 6 (Paper B Table 5); refresh saved MiB should equal BP(b') saved MiB; "
+        "offset / params ≤ 1 (Paper B Table 4)."
+    )
 
 
 if __name__ == "__main__":

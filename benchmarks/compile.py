@@ -76,22 +76,32 @@ def benchmark(name: str, backend: str, repeats: int, clock: Callable[[], float],
         runs[("eager", h)] = timed_step(recede.MPC(eager, h), eager, x, y)
         runs[("compiled", h)] = timed_step(recede.MPC(compiled, h), compiled, x, y)
     median = interleaved_medians(runs, repeats, warmup=1 if smoke else 2, clock=clock)
-    return [{"model": name, "T": eager.T, "h": h, "eager ms": 1e3 * median[("eager", h)],
-             "compiled ms": 1e3 * median[("compiled", h)],
-             "compiled / eager": median[("compiled", h)] / median[("eager", h)],
-             "first compiled step s": first} for h in horizons]
+    return [
+        {
+            "model": name,
+            "T": eager.T,
+            "h": h,
+            "eager ms": 1e3 * median[("eager", h)],
+            "compiled ms": 1e3 * median[("compiled", h)],
+            "compiled / eager": median[("compiled", h)] / median[("eager", h)],
+            "first compiled step s": first,
+        }
+        for h in horizons
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    parser.add_argument("--backend", default=None, help="torch.compile backend (default: inductor; "
-                                                        "aot_eager with --smoke)")
+    parser.add_argument(
+        "--backend", default=None, help="torch.compile backend (default: inductor; aot_eager with --smoke)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 1 with --smoke)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny models, 1 repeat, aot_eager unless --backend: checks the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny models, 1 repeat, aot_eager unless --backend: checks the script runs"
+    )
     args = parser.parse_args()
     args.backend = args.backend or ("aot_eager" if args.smoke else "inductor")
     args.repeats = args.repeats or (1 if args.smoke else 5)
@@ -102,13 +112,17 @@ def main() -> None:
     # ResNet-50's 16 bottlenecks share one forward in more than Dynamo's default 8 shapes and
     # strides; past that limit it would silently run the rest eager.
     with torch._dynamo.config.patch(recompile_limit=64):
-        rows = [row for name in args.models
-                for row in benchmark(name, args.backend, args.repeats, clock, args.smoke)]
-    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), CPU, "
-          f"{args.clock} time; medians of {args.repeats} interleaved repeats after {1 if args.smoke else 2} "
-          f"warm-up rounds{' (smoke run: tiny models)' if args.smoke else ''}\n")
-    print(markdown_table(rows, ["model", "T", "h", "eager ms", "compiled ms", "compiled / eager",
-                                "first compiled step s"]))
+        rows = [row for name in args.models for row in benchmark(name, args.backend, args.repeats, clock, args.smoke)]
+    print(
+        f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), CPU, "
+        f"{args.clock} time; medians of {args.repeats} interleaved repeats after {1 if args.smoke else 2} "
+        f"warm-up rounds{' (smoke run: tiny models)' if args.smoke else ''}\n"
+    )
+    print(
+        markdown_table(
+            rows, ["model", "T", "h", "eager ms", "compiled ms", "compiled / eager", "first compiled step s"]
+        )
+    )
 
 
 if __name__ == "__main__":

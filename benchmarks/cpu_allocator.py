@@ -49,8 +49,10 @@ def main() -> None:
         net.zero_grad(set_to_none=True)
         _, rise = resident_peak(partial(method.backward, x, y))
         net.zero_grad(set_to_none=True)
-        print(f"{mode:8s} {name}: allocated peak {allocated / 2**20:6.1f} MiB, resident rise "
-              f"{rise / 2**20:6.1f} MiB, resident above start after the step {resident_mib() - start} MiB")
+        print(
+            f"{mode:8s} {name}: allocated peak {allocated / 2**20:6.1f} MiB, resident rise "
+            f"{rise / 2**20:6.1f} MiB, resident above start after the step {resident_mib() - start} MiB"
+        )
 
 
 if __name__ == "__main__":

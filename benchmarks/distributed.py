@@ -38,8 +38,9 @@ def residual_mlp(T: int, width: int) -> BlockNet:
 
 
 def rank_main(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     distributed.init_from_env("gloo")
     rows = []
@@ -59,10 +60,16 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace) -> Non
                 local.append(middle - start)
                 reduce.append(time.perf_counter() - middle)
             local_ms, reduce_ms = (1000 * statistics.median(t[2:]) for t in (local, reduce))
-            rows.append({"model": name, "method": spec,
-                         "params": sum(p.numel() for p in net.parameters()),
-                         "local ms": local_ms, "all-reduce ms": reduce_ms,
-                         "all-reduce share": reduce_ms / (local_ms + reduce_ms)})
+            rows.append(
+                {
+                    "model": name,
+                    "method": spec,
+                    "params": sum(p.numel() for p in net.parameters()),
+                    "local ms": local_ms,
+                    "all-reduce ms": reduce_ms,
+                    "all-reduce share": reduce_ms / (local_ms + reduce_ms),
+                }
+            )
     if distributed.is_main():
         print(markdown_table(rows, list(rows[0])))
     distributed.shutdown()
@@ -73,8 +80,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256, help="per rank")
     parser.add_argument("--bucket-mb", type=float, default=distributed.DEFAULT_BUCKET_MB)
-    parser.add_argument("--smoke", action="store_true",
-                        help="one tiny residual MLP, 1 timed step, batch 8: checks the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one tiny residual MLP, 1 timed step, batch 8: checks the script runs"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.batch = 1, 8

@@ -48,10 +48,14 @@ def main() -> None:
     parser.add_argument("--horizons", type=int, nargs="*", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc as it is (by default freed memory stays in the process)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="T = 4, width 16, batch 8, one repeat: checks the script runs")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default freed memory stays in the process)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="T = 4, width 16, batch 8, one repeat: checks the script runs"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.T, args.width, args.batch, args.repeats = 4, 16, 8, 1
@@ -62,8 +66,11 @@ def main() -> None:
     horizons = args.horizons or [h for h in (1, 2, 4, 8, 16, 32) if h <= T]
 
     torch.manual_seed(0)
-    net = BlockNet([Residual(args.width) for _ in range(T)],
-                   [nn.Linear(args.width, args.classes) for _ in range(T)], nn.CrossEntropyLoss())
+    net = BlockNet(
+        [Residual(args.width) for _ in range(T)],
+        [nn.Linear(args.width, args.classes) for _ in range(T)],
+        nn.CrossEntropyLoss(),
+    )
     x, y = torch.randn(args.batch, args.width), torch.randint(0, args.classes, (args.batch,))
     net.check(x, y)
 
@@ -75,8 +82,9 @@ def main() -> None:
     for h in horizons:
         runs[h] = timed_step(MPC(net, h), net, x, y)
 
-    costs, median = calibrate(net, x, y, partial(interleaved_medians, repeats=args.repeats, clock=clock),
-                              alongside=runs)
+    costs, median = calibrate(
+        net, x, y, partial(interleaved_medians, repeats=args.repeats, clock=clock), alongside=runs
+    )
     net.zero_grad(set_to_none=True)
 
     saved = {name: measure(run, module=net)[1].saved_peak_bytes for name, run in runs.items()}
@@ -91,17 +99,26 @@ def main() -> None:
     for h in horizons:
         time_ratio, model = median[h] / median["BP"], horizon_cost(costs, h) / horizon_cost(costs, T)
         bound = (h + 1) / T + head_ratio
-        rows.append({"h": h, "time / BP": time_ratio, "layer-aware model": model,
-                     "time / model": time_ratio / model, "uniform model": uniform_ratio(T, h),
-                     "saved / BP": saved[h] / saved["BP"],
-                     "bound (h+1)/T + head": bound,
-                     "within targets": "yes" if (time_ratio / model <= 1.10
-                                                 and (h < T or time_ratio <= 1.05)
-                                                 and saved[h] / saved["BP"] <= bound) else "NO"})
-    print(f"T = {T} residual MLP, width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"{'freed memory kept' if kept else 'default allocator'}; "
-          f"plain BP step {1000 * median['BP']:.0f} ms {args.clock} time (median of {args.repeats}), "
-          f"BP saved {saved['BP'] / 2**20:.1f} MiB")
+        rows.append(
+            {
+                "h": h,
+                "time / BP": time_ratio,
+                "layer-aware model": model,
+                "time / model": time_ratio / model,
+                "uniform model": uniform_ratio(T, h),
+                "saved / BP": saved[h] / saved["BP"],
+                "bound (h+1)/T + head": bound,
+                "within targets": "yes"
+                if (time_ratio / model <= 1.10 and (h < T or time_ratio <= 1.05) and saved[h] / saved["BP"] <= bound)
+                else "NO",
+            }
+        )
+    print(
+        f"T = {T} residual MLP, width {args.width}, batch {args.batch}, {torch.get_num_threads()} threads, "
+        f"{'freed memory kept' if kept else 'default allocator'}; "
+        f"plain BP step {1000 * median['BP']:.0f} ms {args.clock} time (median of {args.repeats}), "
+        f"BP saved {saved['BP'] / 2**20:.1f} MiB"
+    )
     print(markdown_table(rows, list(rows[0])))
     print("targets: time/model <= 1.10 (h = T: time/BP <= 1.05); saved/BP <= (h+1)/T + head")
 

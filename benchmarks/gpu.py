@@ -40,8 +40,18 @@ from recede.runs.reports import markdown_table, write_json
 
 METHODS = ("bp", "ckpt", "ff", "mpc:2", "mpc:5", "bpm-ff")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-COLUMNS = ["model", "dtype", "mode", "method", "ms / step", "time / BP", "peak alloc MiB",
-           "alloc / BP", "peak reserved MiB", "reserved / BP"]
+COLUMNS = [
+    "model",
+    "dtype",
+    "mode",
+    "method",
+    "ms / step",
+    "time / BP",
+    "peak alloc MiB",
+    "alloc / BP",
+    "peak reserved MiB",
+    "reserved / BP",
+]
 Batch = tuple[recede.BlockNet, torch.Tensor, torch.Tensor]
 
 
@@ -69,8 +79,15 @@ def gpt2(smoke: bool, device: torch.device) -> Batch:
 MODELS: dict[str, Callable[[bool, torch.device], Batch]] = {"resnet50": resnet50, "gpt2": gpt2}
 
 
-def measure_group(make: Callable[[], Batch], dtype: torch.dtype | None, compiled: bool, backend: str,
-                  repeats: int, warmup: int, device: torch.device) -> list[dict]:
+def measure_group(
+    make: Callable[[], Batch],
+    dtype: torch.dtype | None,
+    compiled: bool,
+    backend: str,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+) -> list[dict]:
     """Rows of every method for one model, precision and mode."""
     torch.manual_seed(0)
     net, x, y = make()
@@ -78,9 +95,13 @@ def measure_group(make: Callable[[], Batch], dtype: torch.dtype | None, compiled
         net.compile(backend=backend)
     micro = min(8, len(x))  # BPM-FF: B' = 2 b' samples drawn from two copies of the batch
     pool = TensorDataset(torch.cat([x, x]), torch.cat([y, y]))
-    methods = {m: build_method(net, m, refresh_data=pool, batch_size=len(x), period=10**6,
-                               offset_samples=2 * micro, micro_batch=micro) for m in METHODS}
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+    methods = {
+        m: build_method(
+            net, m, refresh_data=pool, batch_size=len(x), period=10**6, offset_samples=2 * micro, micro_batch=micro
+        )
+        for m in METHODS
+    }
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
         steps = {m: timed_step(method, net, x, y) for m, method in methods.items()}
         seconds = interleaved_medians(steps, repeats, warmup=warmup, device=device)
@@ -103,26 +124,42 @@ def measure_group(make: Callable[[], Batch], dtype: torch.dtype | None, compiled
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny models, 1 repeat, bf16 eager unless --dtypes/--modes: checks the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny models, 1 repeat, bf16 eager unless --dtypes/--modes: checks the script runs",
+    )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None,
-                        help="default: fp32 and bf16 (bf16 with --smoke)")
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=None,
-                        help="default: eager and compiled (eager with --smoke)")
-    parser.add_argument("--backend", default=None, help="torch.compile backend (default: inductor; "
-                                                        "aot_eager with --smoke)")
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=list(DTYPES), default=None, help="default: fp32 and bf16 (bf16 with --smoke)"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "compiled"],
+        default=None,
+        help="default: eager and compiled (eager with --smoke)",
+    )
+    parser.add_argument(
+        "--backend", default=None, help="torch.compile backend (default: inductor; aot_eager with --smoke)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 1 with --smoke)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results folder (default results/gpu; a new temporary folder with --smoke)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default results/gpu; a new temporary folder with --smoke)",
+    )
     args = parser.parse_args(argv)
     args.dtypes = args.dtypes or (["bf16"] if args.smoke else list(DTYPES))
     args.modes = args.modes or (["eager"] if args.smoke else ["eager", "compiled"])
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="gpu-smoke-")) if args.smoke else Path("results/gpu"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
-        print("benchmarks/gpu.py: no CUDA GPU here; run it on a GPU machine, or with --smoke to check it "
-              "on the CPU", file=sys.stderr)
+        print(
+            "benchmarks/gpu.py: no CUDA GPU here; run it on a GPU machine, or with --smoke to check it on the CPU",
+            file=sys.stderr,
+        )
         return 2
     backend = args.backend or ("aot_eager" if args.smoke else "inductor")
     repeats = args.repeats or (1 if args.smoke else 10)
@@ -134,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     # strides; past that limit it would silently run the rest eager.
     with torch._dynamo.config.patch(recompile_limit=64):
         for model in args.models:
+
             def make(model: str = model) -> Batch:
                 return MODELS[model](args.smoke, device)
+
             try:
                 make()
             except (ImportError, ValueError) as err:
@@ -146,16 +185,29 @@ def main(argv: list[str] | None = None) -> int:
                 for dtype in args.dtypes:
                     print(f"{model} {dtype} {mode} ...", flush=True)
                     group = {"model": model, "dtype": dtype, "mode": mode}
-                    rows += [group | row for row in measure_group(make, DTYPES[dtype], mode == "compiled",
-                                                                  backend, repeats, warmup, device)]
-    meta = {"device": name, "torch": torch.__version__, "backend": backend, "repeats": repeats,
-            "warmup": warmup, "smoke": args.smoke}
+                    rows += [
+                        group | row
+                        for row in measure_group(
+                            make, DTYPES[dtype], mode == "compiled", backend, repeats, warmup, device
+                        )
+                    ]
+    meta = {
+        "device": name,
+        "torch": torch.__version__,
+        "backend": backend,
+        "repeats": repeats,
+        "warmup": warmup,
+        "smoke": args.smoke,
+    }
     write_json(args.out / "gpu.json", {**meta, "rows": rows, "skipped": skipped})
-    header = (f"{name}, torch {torch.__version__}, compiled with {backend}; medians of {repeats} "
-              f"interleaved rounds after {warmup} warm-up rounds" + (" (smoke run)" if args.smoke else ""))
+    header = (
+        f"{name}, torch {torch.__version__}, compiled with {backend}; medians of {repeats} "
+        f"interleaved rounds after {warmup} warm-up rounds" + (" (smoke run)" if args.smoke else "")
+    )
     table = markdown_table(rows, COLUMNS)
-    (args.out / "gpu.md").write_text(header + "\n\n" + table + "\n"
-                                     + "".join(f"\nskipped {m}: {why}\n" for m, why in skipped.items()))
+    (args.out / "gpu.md").write_text(
+        header + "\n\n" + table + "\n" + "".join(f"\nskipped {m}: {why}\n" for m, why in skipped.items())
+    )
     print(header + "\n\n" + table)
     return 0
 

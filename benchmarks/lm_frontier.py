@@ -15,7 +15,7 @@ time relative to BP, cos θ to BP's gradient and tokens/s, and which methods mee
 issue 12: at most half of BP's saved activations within 5 % of BP's bits per byte.
 
     python benchmarks/lm_frontier.py --out results/lm-frontier [--seeds 0 1 2] [--steps 1000]
-    python benchmarks/lm_frontier.py --smoke     # tiny sizes, this file as the corpus, a temporary folder: checks it runs
+    python benchmarks/lm_frontier.py --smoke     # tiny sizes, this file as the corpus: checks it runs
 """
 
 from __future__ import annotations
@@ -39,10 +39,29 @@ def workload_argv(args: argparse.Namespace, seed: int, stride: int) -> list[str]
     """The model, data and optimizer options every command of one seed shares."""
     model = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads}
     corpus = [] if args.corpus is None else ["--data-opt", f"path={args.corpus}"]
-    return ["--model", "gpt2", "--data", "text", *corpus, "--data-opt", f"seq_len={args.seq_len}",
-            "--data-opt", f"stride={stride}", *[a for k, v in model.items() for a in ("--model-opt", f"{k}={v}")],
-            "--batch-size", str(args.batch), "--optimizer", "adam", "--lr", str(args.lr), "--threads", "1",
-            "--seed", str(seed), "--no-progress"]
+    return [
+        "--model",
+        "gpt2",
+        "--data",
+        "text",
+        *corpus,
+        "--data-opt",
+        f"seq_len={args.seq_len}",
+        "--data-opt",
+        f"stride={stride}",
+        *[a for k, v in model.items() for a in ("--model-opt", f"{k}={v}")],
+        "--batch-size",
+        str(args.batch),
+        "--optimizer",
+        "adam",
+        "--lr",
+        str(args.lr),
+        "--threads",
+        "1",
+        "--seed",
+        str(seed),
+        "--no-progress",
+    ]
 
 
 def run(argv: list[str], metrics: Path) -> dict:
@@ -57,16 +76,39 @@ def run(argv: list[str], metrics: Path) -> dict:
 def seed_rows(args: argparse.Namespace, seed: int, stride: int) -> dict:
     """``recede compare`` of the trained methods, with checkpointed BP's row from ``recede bench``."""
     folder, common = args.out / f"seed-{seed}", workload_argv(args, seed, stride)
-    compared = run(["compare", *common, "--epochs", "1", "--methods", *args.methods, "--bpm-period",
-                    str(args.bpm_period), "--bpm-samples", str(args.bpm_samples), "--bpm-micro-batch", "1",
-                    "--out", str(folder / "compare")], folder / "compare" / "metrics.json")
-    benched = run(["bench", *common, "--methods", "ckpt", "--out", str(folder / "bench")],
-                  folder / "bench" / "metrics.json")
+    compared = run(
+        [
+            "compare",
+            *common,
+            "--epochs",
+            "1",
+            "--methods",
+            *args.methods,
+            "--bpm-period",
+            str(args.bpm_period),
+            "--bpm-samples",
+            str(args.bpm_samples),
+            "--bpm-micro-batch",
+            "1",
+            "--out",
+            str(folder / "compare"),
+        ],
+        folder / "compare" / "metrics.json",
+    )
+    benched = run(
+        ["bench", *common, "--methods", "ckpt", "--out", str(folder / "bench")], folder / "bench" / "metrics.json"
+    )
     bp = next(r for r in compared["rows"] if r["method"] == "BP")
     ckpt = next(r for r in benched["rows"] if r["method"].startswith("BP+ckpt"))
-    ckpt_row = {"method": ckpt["method"], "test bits/byte": bp["test bits/byte"], "cos θ": 1.0,
-                "memory ratio": ckpt["memory ratio"], "time ratio": ckpt["time ratio"],
-                "tokens/s": ckpt["tokens/s"], "saved MiB": ckpt["saved MiB"]}
+    ckpt_row = {
+        "method": ckpt["method"],
+        "test bits/byte": bp["test bits/byte"],
+        "cos θ": 1.0,
+        "memory ratio": ckpt["memory ratio"],
+        "time ratio": ckpt["time ratio"],
+        "tokens/s": ckpt["tokens/s"],
+        "saved MiB": ckpt["saved MiB"],
+    }
     return {"rows": [bp, ckpt_row, *compared["rows"][1:]], "data": compared["data"]}
 
 
@@ -87,19 +129,36 @@ def summarise(runs: list[dict]) -> list[dict]:
 def meets_target(rows: list[dict], memory: float = 0.5, slack: float = 0.05) -> list[str]:
     """Methods at ≤ ``memory`` × BP's saved activations within ``slack`` of BP's bits per byte."""
     bp = next(r for r in rows if r["method"] == "BP")["test bits/byte"]
-    return [r["method"] for r in rows if r["method"] != "BP" and r["memory ratio"] <= memory
-            and r["test bits/byte"] <= (1 + slack) * bp]
+    return [
+        r["method"]
+        for r in rows
+        if r["method"] != "BP" and r["memory ratio"] <= memory and r["test bits/byte"] <= (1 + slack) * bp
+    ]
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     with figure(path, 1, 2, figsize=(10, 4), sharey=True) as (fig, axes):
-        for ax, cost, name in ((axes[0], "memory ratio", "saved activations / BP"),
-                               (axes[1], "time ratio", "step time / BP")):
+        for ax, cost, name in (
+            (axes[0], "memory ratio", "saved activations / BP"),
+            (axes[1], "time ratio", "step time / BP"),
+        ):
             for i, row in enumerate(rows):
-                ax.errorbar(row[cost], row["test bits/byte"], xerr=row[f"{cost} std"],
-                            yerr=row["test bits/byte std"], fmt="o", color=f"C{i % 10}", capsize=3)
-                ax.annotate(row["method"], (row[cost], row["test bits/byte"]), fontsize=8,
-                            xytext=(4, 4), textcoords="offset points")
+                ax.errorbar(
+                    row[cost],
+                    row["test bits/byte"],
+                    xerr=row[f"{cost} std"],
+                    yerr=row["test bits/byte std"],
+                    fmt="o",
+                    color=f"C{i % 10}",
+                    capsize=3,
+                )
+                ax.annotate(
+                    row["method"],
+                    (row[cost], row["test bits/byte"]),
+                    fontsize=8,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
             ax.set(xlabel=name, title=title if ax is axes[0] else "")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("validation bits per byte (↓ better)")
@@ -111,8 +170,12 @@ def cell(row: dict, measure: str, digits: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default results/lm-frontier; a new temporary folder with --smoke)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default results/lm-frontier; a new temporary folder with --smoke)",
+    )
     p.add_argument("--corpus", default=None, help="a text file or folder (default: the pinned stdlib corpus)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1000)
@@ -125,14 +188,18 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--bpm-period", type=int, default=200)
     p.add_argument("--bpm-samples", type=int, default=16)
-    p.add_argument("--smoke", action="store_true",
-                   help="one seed, 2 steps of a GPT-2 of 3 layers × 16 on 16-byte windows: checks the script runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one seed, 2 steps of a GPT-2 of 3 layers × 16 on 16-byte windows: checks the script runs",
+    )
     args = p.parse_args()
     if args.smoke:
         args.seeds, args.steps, args.seq_len, args.layers, args.width = [0], 2, 16, 3, 16
         args.bpm_period, args.bpm_samples = 1, 2
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="lm-frontier-smoke-")) if args.smoke
-                            else Path("results/lm-frontier"))
+    args.out = args.out or (
+        Path(tempfile.mkdtemp(prefix="lm-frontier-smoke-")) if args.smoke else Path("results/lm-frontier")
+    )
     if args.smoke and args.corpus is None:  # this script's own text: a validation split of ~50 windows
         args.out.mkdir(parents=True, exist_ok=True)
         args.corpus = str(args.out / "corpus.txt")
@@ -143,21 +210,40 @@ def main() -> None:
     runs = [seed_rows(args, seed, stride) for seed in args.seeds]
     rows = summarise(runs)
     target = meets_target(rows)
-    title = (f"GPT-2 {args.layers}×{args.width}, context {args.seq_len}, batch {args.batch}, "
-             f"{args.steps} steps, {len(runs)} seeds")
+    title = (
+        f"GPT-2 {args.layers}×{args.width}, context {args.seq_len}, batch {args.batch}, "
+        f"{args.steps} steps, {len(runs)} seeds"
+    )
     plot(rows, args.out / "frontier.png", title)
-    write_json(args.out / "frontier.json", {"settings": vars(args) | {"out": str(args.out), "stride": stride},
-                                            "data": runs[0]["data"], "rows": rows, "meets target": target})
-    table = [{"method": r["method"], "val bits/byte": cell(r, "test bits/byte", 3),
-              "memory / BP": cell(r, "memory ratio", 2), "time / BP": cell(r, "time ratio", 2),
-              "cos θ": cell(r, "cos θ", 3), "tokens/s": cell(r, "tokens/s", 0),
-              "saved MiB": f"{r['saved MiB']:.1f}"} for r in rows]
-    text = (f"# {title}\n\ncorpus {runs[0]['data']['corpus']}, sha256 {runs[0]['data']['sha256'][:16]}…\n\n"
-            f"{markdown_table(table, list(table[0]))}\n\nmean ± std over seeds {args.seeds}. BP+ckpt "
-            f"computes BP's gradient, so its bits per byte are BP's; its memory and time are measured by "
-            f"recede bench on the same model and batch. "
-            f"At ≤ 0.5× BP's saved activations within 5 % of BP's bits per byte: "
-            f"{', '.join(target) if target else 'none'}.\n\n![frontier](frontier.png)\n")
+    write_json(
+        args.out / "frontier.json",
+        {
+            "settings": vars(args) | {"out": str(args.out), "stride": stride},
+            "data": runs[0]["data"],
+            "rows": rows,
+            "meets target": target,
+        },
+    )
+    table = [
+        {
+            "method": r["method"],
+            "val bits/byte": cell(r, "test bits/byte", 3),
+            "memory / BP": cell(r, "memory ratio", 2),
+            "time / BP": cell(r, "time ratio", 2),
+            "cos θ": cell(r, "cos θ", 3),
+            "tokens/s": cell(r, "tokens/s", 0),
+            "saved MiB": f"{r['saved MiB']:.1f}",
+        }
+        for r in rows
+    ]
+    text = (
+        f"# {title}\n\ncorpus {runs[0]['data']['corpus']}, sha256 {runs[0]['data']['sha256'][:16]}…\n\n"
+        f"{markdown_table(table, list(table[0]))}\n\nmean ± std over seeds {args.seeds}. BP+ckpt "
+        f"computes BP's gradient, so its bits per byte are BP's; its memory and time are measured by "
+        f"recede bench on the same model and batch. "
+        f"At ≤ 0.5× BP's saved activations within 5 % of BP's bits per byte: "
+        f"{', '.join(target) if target else 'none'}.\n\n![frontier](frontier.png)\n"
+    )
     (args.out / "frontier.md").write_text(text)
     print(text)
 

@@ -54,10 +54,16 @@ def text_batch(seq_len: int, batch: int, device: torch.device) -> torch.Tensor:
 def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device) -> list[dict]:
     """One row per method at one sequence length."""
     torch.manual_seed(0)
-    net = models.build("gpt2", vocab_size=args.vocab, n_positions=max(args.lengths), preset=args.preset,
-                       attention=args.attention,
-                       **{k: v for k, v in (("n_layer", args.layers), ("n_embd", args.width),
-                                            ("n_head", args.heads)) if v is not None}).to(device)
+    net = models.build(
+        "gpt2",
+        vocab_size=args.vocab,
+        n_positions=max(args.lengths),
+        preset=args.preset,
+        attention=args.attention,
+        **{
+            k: v for k, v in (("n_layer", args.layers), ("n_embd", args.width), ("n_head", args.heads)) if v is not None
+        },
+    ).to(device)
     state = 4 * sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     x = text_batch(seq_len, args.batch, device)
     methods = [build_method(net, spec) for spec in args.methods]
@@ -72,13 +78,23 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
         net.zero_grad(set_to_none=True)
         with precision:
             _, memory = measure(partial(method.backward, x, x), module=net, device=device)
-        rows.append({"S": seq_len, "method": parse_method(spec).label, "T": net.T,
-                     "saved MiB": memory.saved_peak_bytes / MiB, "state MiB": state / MiB,
-                     "saved / state": memory.saved_peak_bytes / state,
-                     "cuda peak MiB": None if memory.cuda_peak_bytes is None else memory.cuda_peak_bytes / MiB,
-                     "s/step": step, "tokens/s": args.batch * seq_len / step})
-        print(f"S = {seq_len:5d}  {rows[-1]['method']:10s} saved {rows[-1]['saved MiB']:9.1f} MiB  "
-              f"step {step:8.3f} s", flush=True)
+        rows.append(
+            {
+                "S": seq_len,
+                "method": parse_method(spec).label,
+                "T": net.T,
+                "saved MiB": memory.saved_peak_bytes / MiB,
+                "state MiB": state / MiB,
+                "saved / state": memory.saved_peak_bytes / state,
+                "cuda peak MiB": None if memory.cuda_peak_bytes is None else memory.cuda_peak_bytes / MiB,
+                "s/step": step,
+                "tokens/s": args.batch * seq_len / step,
+            }
+        )
+        print(
+            f"S = {seq_len:5d}  {rows[-1]['method']:10s} saved {rows[-1]['saved MiB']:9.1f} MiB  step {step:8.3f} s",
+            flush=True,
+        )
     net.zero_grad(set_to_none=True)
     return rows
 
@@ -94,9 +110,15 @@ def scaling(rows: list[dict]) -> list[dict]:
         state = mine[0]["state MiB"]
         crossing = math.exp((math.log(state) - intercept) / slope) if len(mine) > 1 else math.nan
         bp = [r for r in rows if r["method"] == "BP"]
-        out.append({"method": method, "memory exponent in S": slope, "S where saved = state": crossing,
-                    "saved / BP at longest S": mine[-1]["saved MiB"] / bp[-1]["saved MiB"] if bp else math.nan,
-                    "time / BP at longest S": mine[-1]["s/step"] / bp[-1]["s/step"] if bp else math.nan})
+        out.append(
+            {
+                "method": method,
+                "memory exponent in S": slope,
+                "S where saved = state": crossing,
+                "saved / BP at longest S": mine[-1]["saved MiB"] / bp[-1]["saved MiB"] if bp else math.nan,
+                "time / BP at longest S": mine[-1]["s/step"] / bp[-1]["s/step"] if bp else math.nan,
+            }
+        )
     return out
 
 
@@ -110,10 +132,12 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
             if timing:
                 axes[1].plot(lengths, [r["s/step"] for r in mine], "o-", color=f"C{i}", label=method)
         lengths = sorted({r["S"] for r in rows})
-        axes[0].plot(lengths, [rows[0]["state MiB"]] * len(lengths), "k--",
-                     label="training state (params, grads, Adam)")
-        axes[0].set(xscale="log", yscale="log", xlabel="sequence length S", ylabel="MiB saved for backward",
-                    title=title)
+        axes[0].plot(
+            lengths, [rows[0]["state MiB"]] * len(lengths), "k--", label="training state (params, grads, Adam)"
+        )
+        axes[0].set(
+            xscale="log", yscale="log", xlabel="sequence length S", ylabel="MiB saved for backward", title=title
+        )
         axes[0].legend(fontsize=8)
         if timing:
             axes[1].set(xscale="log", yscale="log", xlabel="sequence length S", ylabel="seconds per step")
@@ -125,8 +149,12 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default results/long-context; a new temporary folder with --smoke)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default results/long-context; a new temporary folder with --smoke)",
+    )
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--preset", default="tiny", help="gpt2 preset (small: GPT-2 small, ignores the sizes)")
@@ -134,24 +162,33 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=256, help="256: byte level; 50257: GPT-2's own vocabulary size")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"],
-                   help="sdpa: fused attention, O(S) saved; eager: saved attention weights, O(S²)")
+    p.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=["sdpa", "eager"],
+        help="sdpa: fused attention, O(S) saved; eager: saved attention weights, O(S²)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-timing", action="store_true", help="memory only (one step per method)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="run the steps under torch.autocast(bfloat16)")
-    p.add_argument("--replot", action="store_true",
-                   help="measure nothing: redraw the plot and tables from OUT/long_context.json")
-    p.add_argument("--smoke", action="store_true",
-                   help="a GPT-2 of 3 layers × 16 at S = 16 and 32, one repeat: checks the script runs")
+    p.add_argument(
+        "--replot", action="store_true", help="measure nothing: redraw the plot and tables from OUT/long_context.json"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a GPT-2 of 3 layers × 16 at S = 16 and 32, one repeat: checks the script runs",
+    )
     args = p.parse_args()
     if args.smoke:
         args.lengths, args.layers, args.width, args.heads, args.repeats = [16, 32], 3, 16, 2, 1
         args.preset = "tiny"
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="long-context-smoke-")) if args.smoke
-                            else Path("results/long-context"))
+    args.out = args.out or (
+        Path(tempfile.mkdtemp(prefix="long-context-smoke-")) if args.smoke else Path("results/long-context")
+    )
     if args.replot:
         saved = json.loads((args.out / "long_context.json").read_text())
         vars(args).update({k: v for k, v in saved["settings"].items() if k not in ("out", "replot")})
@@ -165,18 +202,24 @@ def main() -> None:
     fits = scaling(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
-    title = (f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, "
-             f"{'bf16 autocast' if args.bf16 else 'fp32'}, {device}")
+    title = (
+        f"{shape} (T = {T}), {args.attention} attention, vocab {args.vocab}, batch {args.batch}, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, {device}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "long_context.png", title, timing=not args.no_timing)
     settings = {k: v for k, v in vars(args).items() if k != "replot"} | {"out": str(args.out)}
-    write_json(args.out / "long_context.json", {"settings": settings,
-                                                "device": str(device), "rows": rows, "fits": fits})
-    columns = ["S", "method", "saved MiB", "saved / state", "s/step", "tokens/s"] + \
-        (["cuda peak MiB"] if device.type == "cuda" else [])
-    text = (f"# Long context: {title}\n\ntraining state (params + grads + Adam moments): "
-            f"{rows[0]['state MiB']:.1f} MiB\n\n{markdown_table(rows, columns)}\n\n"
-            f"{markdown_table(fits, list(fits[0]))}\n\n![long context](long_context.png)\n")
+    write_json(
+        args.out / "long_context.json", {"settings": settings, "device": str(device), "rows": rows, "fits": fits}
+    )
+    columns = ["S", "method", "saved MiB", "saved / state", "s/step", "tokens/s"] + (
+        ["cuda peak MiB"] if device.type == "cuda" else []
+    )
+    text = (
+        f"# Long context: {title}\n\ntraining state (params + grads + Adam moments): "
+        f"{rows[0]['state MiB']:.1f} MiB\n\n{markdown_table(rows, columns)}\n\n"
+        f"{markdown_table(fits, list(fits[0]))}\n\n![long context](long_context.png)\n"
+    )
     (args.out / "long_context.md").write_text(text)
     print(text)
 

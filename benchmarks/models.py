@@ -16,7 +16,8 @@ a ratio to plain autograd BP on the same model; the layer-aware cost model's rat
 (:mod:`recede.measure.cost`: per-block forward, input-VJP, weight-gradient and full backward, and the
 heads, timed in the same interleaved rounds as the steps); time / model (target: within 1.10);
 Paper A's uniform count (SPEC §2), which treats every block as one layer; the bytes saved for
-backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full tune, ViT-B/16
+backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full
+tune, ViT-B/16
 LoRA: whole-GPU peak memory and s/epoch over BP's).  Timings are medians over interleaved
 repeats; on a CPU they are by default this process's CPU seconds on one thread (``--clock cpu``),
 which other jobs on a shared machine do not inflate and which equal wall time on an idle one;
@@ -25,7 +26,8 @@ which other jobs on a shared machine do not inflate and which equal wall time on
 ``--default-allocator``: otherwise a step's time depends on the step before it.  Nothing is
 asserted: read the ratios.
 
-    python benchmarks/models.py [--models resnet62 resnet50 vit-small gpt-small] [--batch 16] [--repeats 7] [--device cpu]
+    python benchmarks/models.py [--models resnet62 resnet50 vit-small gpt-small] [--batch 16] [--repeats 7]
+                                [--device cpu]
     python benchmarks/models.py --smoke      # tiny models of each kind: checks the script runs
 """
 
@@ -69,8 +71,9 @@ class Causal(nn.Module):
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
-                                                batch_first=True, norm_first=True)
+        self.layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
@@ -88,8 +91,9 @@ def gpt_small(depth: int = 8, width: int = 256, heads: int = 4, vocab: int = 256
     return BlockNet([Embedding(vocab, width, length, layers[0]), *layers[1:]], head, per_token_cross_entropy)
 
 
-def workload(name: str, batch: int, resnet50_side: int,
-             smoke: bool = False) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:
+def workload(
+    name: str, batch: int, resnet50_side: int, smoke: bool = False
+) -> tuple[BlockNet, torch.Tensor, torch.Tensor]:
     """The model and one batch of random inputs and targets (``smoke``: a tiny model of the same kind)."""
     if name == "gpt-small":
         length = 8 if smoke else 128
@@ -97,21 +101,37 @@ def workload(name: str, batch: int, resnet50_side: int,
         x = torch.randint(0, 256, (batch, length))
         return net, x, torch.randint(0, 256, (batch, length))
     if name == "resnet62":
-        net, side = build("resnet62", num_classes=10, **({"widths": (4, 4, 8), "blocks_per_stage": 1}
-                                                         if smoke else {})), 8 if smoke else 32
+        net, side = (
+            build("resnet62", num_classes=10, **({"widths": (4, 4, 8), "blocks_per_stage": 1} if smoke else {})),
+            8 if smoke else 32,
+        )
     elif name == "resnet50":
-        net, side = build("resnet50", num_classes=100, **({"layers": (1, 1, 1, 1), "channels": (4, 8, 8, 16)}
-                                                          if smoke else {})), resnet50_side
+        net, side = (
+            build(
+                "resnet50", num_classes=100, **({"layers": (1, 1, 1, 1), "channels": (4, 8, 8, 16)} if smoke else {})
+            ),
+            resnet50_side,
+        )
     else:
-        shape = dict(img_size=8, embed_dim=16, depth=3, num_heads=2) if smoke else \
-            dict(img_size=32, embed_dim=192, depth=12, num_heads=3)
+        shape = (
+            dict(img_size=8, embed_dim=16, depth=3, num_heads=2)
+            if smoke
+            else dict(img_size=32, embed_dim=192, depth=12, num_heads=3)
+        )
         net, side = build("vit-b16", num_classes=10, patch_size=4, **shape), shape["img_size"]
     x = torch.randn(batch, 3, side, side)
     return net, x, torch.randint(0, 10, (batch,))
 
 
-def benchmark(name: str, batch: int, repeats: int, resnet50_side: int, device: torch.device,
-              clock=time.perf_counter, smoke: bool = False) -> list[dict]:
+def benchmark(
+    name: str,
+    batch: int,
+    repeats: int,
+    resnet50_side: int,
+    device: torch.device,
+    clock=time.perf_counter,
+    smoke: bool = False,
+) -> list[dict]:
     """One model: a row per horizon h = 1, 2, 3, 5, T/2, T."""
     torch.manual_seed(0)
     net, x, y = workload(name, batch, resnet50_side, smoke)
@@ -134,33 +154,55 @@ def benchmark(name: str, batch: int, repeats: int, resnet50_side: int, device: t
     for h in horizons:
         time_ratio, model = median[h] / median["BP"], horizon_cost(costs, h) / bp_model
         paper = PAPER_B.get(name, {}).get(h, (None, None))
-        row = {"model": name, "T": T, "h": "T" if h == T else h, "time / BP": time_ratio,
-               "layer-aware model": model, "time / model": time_ratio / model, "uniform model": uniform_ratio(T, h),
-               "saved / BP": memory[h].saved_peak_bytes / memory["BP"].saved_peak_bytes}
+        row = {
+            "model": name,
+            "T": T,
+            "h": "T" if h == T else h,
+            "time / BP": time_ratio,
+            "layer-aware model": model,
+            "time / model": time_ratio / model,
+            "uniform model": uniform_ratio(T, h),
+            "saved / BP": memory[h].saved_peak_bytes / memory["BP"].saved_peak_bytes,
+        }
         if device.type == "cuda":
             row["CUDA peak / BP"] = memory[h].cuda_peak_bytes / memory["BP"].cuda_peak_bytes
         rows.append(row | {"Paper B mem / BP": paper[0], "Paper B time / BP": paper[1]})
-    print(f"{name}: T = {T}, batch {batch}, input {tuple(x.shape[1:])}, plain BP step "
-          f"{1000 * median['BP']:.0f} ms (model {1000 * bp_model:.0f} ms; medians of {repeats}), "
-          f"BP saved {memory['BP'].saved_peak_mib:.1f} MiB", flush=True)
+    print(
+        f"{name}: T = {T}, batch {batch}, input {tuple(x.shape[1:])}, plain BP step "
+        f"{1000 * median['BP']:.0f} ms (model {1000 * bp_model:.0f} ms; medians of {repeats}), "
+        f"BP saved {memory['BP'].saved_peak_mib:.1f} MiB",
+        flush=True,
+    )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet62", "resnet50", "vit-small", "gpt-small"],
-                        choices=["resnet62", "resnet50", "vit-small", "gpt-small"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet62", "resnet50", "vit-small", "gpt-small"],
+        choices=["resnet62", "resnet50", "vit-small", "gpt-small"],
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--resnet50-side", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
-                        help="CPU seconds of this process or wall seconds (default: cpu on a CPU, wall on CUDA)")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc as it is (by default freed memory stays in the process)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny models of each kind, batch 2, one repeat: checks the script runs")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="CPU seconds of this process or wall seconds (default: cpu on a CPU, wall on CUDA)",
+    )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default freed memory stays in the process)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny models of each kind, batch 2, one repeat: checks the script runs"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.repeats, args.resnet50_side = 2, 1, 16
@@ -168,14 +210,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
-    rows = [row for name in args.models
-            for row in benchmark(name, args.batch, args.repeats, args.resnet50_side, device,
-                                 time.process_time if clock == "cpu" else time.perf_counter, args.smoke)]
-    print(f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock, "
-          f"{'freed memory kept (glibc mallopt)' if kept else 'default allocator'}")
+    rows = [
+        row
+        for name in args.models
+        for row in benchmark(
+            name,
+            args.batch,
+            args.repeats,
+            args.resnet50_side,
+            device,
+            time.process_time if clock == "cpu" else time.perf_counter,
+            args.smoke,
+        )
+    ]
+    print(
+        f"device {device}, {torch.get_num_threads()} CPU threads, {clock} clock, "
+        f"{'freed memory kept (glibc mallopt)' if kept else 'default allocator'}"
+    )
     print(markdown_table(rows, list(rows[0])))
-    print("target: time / model within 1.10 at every h.  Paper B columns: ResNet-50 full tune "
-          "(Tables 4, 5) beside the ResNets, ViT-B/16 LoRA beside the ViT.")
+    print(
+        "target: time / model within 1.10 at every h.  Paper B columns: ResNet-50 full tune "
+        "(Tables 4, 5) beside the ResNets, ViT-B/16 LoRA beside the ViT."
+    )
 
 
 if __name__ == "__main__":

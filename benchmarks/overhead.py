@@ -51,11 +51,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
-                        help="cpu: this process's CPU seconds (default; a shared machine's other jobs do not "
-                             "inflate them with one thread); wall: elapsed time")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a ResNet-62 shrunk to T = 3, batch 4, h = 1 and 2, one repeat: checks the script runs")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="cpu",
+        help="cpu: this process's CPU seconds (default; a shared machine's other jobs do not "
+        "inflate them with one thread); wall: elapsed time",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a ResNet-62 shrunk to T = 3, batch 4, h = 1 and 2, one repeat: checks the script runs",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.repeats, args.horizons = 4, 1, [1, 2]
@@ -70,6 +77,7 @@ def main() -> None:
         def call() -> None:
             net.zero_grad(set_to_none=True)
             step()
+
         return call
 
     net.eval()  # fixed BatchNorm statistics, so that the two gradients are comparable
@@ -88,11 +96,19 @@ def main() -> None:
         runs[f"engine h={h}"] = run(lambda engine=engine: engine.backward(x, y))
         runs[f"floor h={h}"] = run(lambda h=h: floor_step(net, x, y, h))
     seconds = interleaved_medians(runs, args.repeats, warmup=1 if args.smoke else 3, clock=CLOCKS[args.clock])
-    rows = [{"h": h, "engine / BP": seconds[f"engine h={h}"] / seconds["bp"],
-             "floor / BP": seconds[f"floor h={h}"] / seconds["bp"],
-             "engine / floor": seconds[f"engine h={h}"] / seconds[f"floor h={h}"]} for h in args.horizons]
-    print(f"resnet62 (T = {net.T}) on digits, batch {args.batch}, {args.threads} thread(s), {args.clock} clock; "
-          f"BP step {1000 * seconds['bp']:.1f} ms (median of {args.repeats}, interleaved)\n")
+    rows = [
+        {
+            "h": h,
+            "engine / BP": seconds[f"engine h={h}"] / seconds["bp"],
+            "floor / BP": seconds[f"floor h={h}"] / seconds["bp"],
+            "engine / floor": seconds[f"engine h={h}"] / seconds[f"floor h={h}"],
+        }
+        for h in args.horizons
+    ]
+    print(
+        f"resnet62 (T = {net.T}) on digits, batch {args.batch}, {args.threads} thread(s), {args.clock} clock; "
+        f"BP step {1000 * seconds['bp']:.1f} ms (median of {args.repeats}, interleaved)\n"
+    )
     print(markdown_table(rows, ["h", "engine / BP", "floor / BP", "engine / floor"]))
 
 

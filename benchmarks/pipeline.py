@@ -66,16 +66,18 @@ class _LastStage(nn.Module):
 
 def residual_mlp(T: int, width: int, seed: int) -> BlockNet:
     torch.manual_seed(seed)
-    return BlockNet([Residual(width, activation=nn.Tanh) for _ in range(T)], [nn.Linear(width, CLASSES) for _ in range(T)],
-                    nn.CrossEntropyLoss())
+    return BlockNet(
+        [Residual(width, activation=nn.Tanh) for _ in range(T)],
+        [nn.Linear(width, CLASSES) for _ in range(T)],
+        nn.CrossEntropyLoss(),
+    )
 
 
-def bp_schedule(net: BlockNet, sizes: list[int], schedule: type, micro_batches: int,
-                x: torch.Tensor, y: torch.Tensor):
+def bp_schedule(net: BlockNet, sizes: list[int], schedule: type, micro_batches: int, x: torch.Tensor, y: torch.Tensor):
     """BP on this rank's stage of ``sizes`` with one of torch's schedules: a step on (x, y)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     a = sum(sizes[:rank])
-    blocks = list(net.blocks[a:a + sizes[rank]])
+    blocks = list(net.blocks[a : a + sizes[rank]])
     module = _LastStage(blocks, net.head(net.T)) if rank == world - 1 else nn.Sequential(*blocks)
     stage = PipelineStage(module, rank, world, torch.device("cpu"))
     runner = schedule(stage, n_microbatches=micro_batches, loss_fn=net.loss_fn)
@@ -87,6 +89,7 @@ def bp_schedule(net: BlockNet, sizes: list[int], schedule: type, micro_batches: 
             runner.step(target=y)
         else:
             runner.step()
+
     return step
 
 
@@ -109,6 +112,7 @@ def measure_seed(args: argparse.Namespace, seed: int) -> dict:
         def step(pipe: Pipeline = pipe, idle: list = idle[f"h={h}"]) -> None:
             pipe.backward(x, y)
             idle.append(pipe.last_timing.idle_fraction)
+
         steps[f"h={h}"] = step
     for name, schedule in (("GPipe-BP", ScheduleGPipe), (BASELINE, Schedule1F1B)):
         steps[name] = bp_schedule(net, sizes, schedule, M, x, y)
@@ -118,6 +122,7 @@ def measure_seed(args: argparse.Namespace, seed: int) -> dict:
             net.zero_grad(set_to_none=True)
             run()
             dist.barrier()
+
         return step
 
     check = {}
@@ -137,13 +142,19 @@ def measure_seed(args: argparse.Namespace, seed: int) -> dict:
         net.zero_grad(set_to_none=True)
         real[name] = allocation_peak(run)[1]
         dist.barrier()
-    return {"seconds": seconds, "memory": memory, "real": real, "difference": difference,
-            "idle": {k: statistics.median(v) for k, v in idle.items() if v}}
+    return {
+        "seconds": seconds,
+        "memory": memory,
+        "real": real,
+        "difference": difference,
+        "idle": {k: statistics.median(v) for k, v in idle.items() if v},
+    }
 
 
 def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: Path) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     distributed.init_from_env("gloo", timeout=600)
     mine = [measure_seed(args, seed) for seed in range(args.seeds)]
@@ -165,12 +176,19 @@ def summarise(world: int, per_rank: list[list[dict]], args: argparse.Namespace) 
         step = [max(per_rank[r][s]["seconds"][name] for r in range(world)) for s in seeds]
         base = [max(per_rank[r][s]["seconds"][BASELINE] for r in range(world)) for s in seeds]
         speed = [b / t for t, b in zip(step, base)]
-        row = {"ranks": world, "method": name, "M": M,
-               "samples/s": f"{statistics.mean(args.batch / t for t in step):.0f}",
-               "throughput / 1F1B": _mean_std(speed)}
+        row = {
+            "ranks": world,
+            "method": name,
+            "M": M,
+            "samples/s": f"{statistics.mean(args.batch / t for t in step):.0f}",
+            "throughput / 1F1B": _mean_std(speed),
+        }
         for kind, label in (("real", "real"), ("memory", "saved")):
-            peak = [max(per_rank[r][s][kind][name] for r in range(world))
-                    / max(per_rank[r][s][kind][BASELINE] for r in range(world)) for s in seeds]
+            peak = [
+                max(per_rank[r][s][kind][name] for r in range(world))
+                / max(per_rank[r][s][kind][BASELINE] for r in range(world))
+                for s in seeds
+            ]
             row[f"largest rank {label} / 1F1B's"] = _mean_std(peak)
         for r in range(world):
             real = [per_rank[r][s]["real"][name] / per_rank[r][s]["real"][BASELINE] for s in seeds]
@@ -201,10 +219,18 @@ def plot(rows: list[dict], path: Path) -> None:
             mine = [row for row in rows if row["ranks"] == world]
             labels = [row["method"] for row in mine]
             at = range(len(mine))
-            ax.bar([i - 0.2 for i in at], [float(r["throughput / 1F1B"].split()[0]) for r in mine],
-                   0.4, label="throughput / 1F1B-BP")
-            ax.bar([i + 0.2 for i in at], [float(r["largest rank real / 1F1B's"].split()[0]) for r in mine],
-                   0.4, label="largest rank's real peak / 1F1B-BP's")
+            ax.bar(
+                [i - 0.2 for i in at],
+                [float(r["throughput / 1F1B"].split()[0]) for r in mine],
+                0.4,
+                label="throughput / 1F1B-BP",
+            )
+            ax.bar(
+                [i + 0.2 for i in at],
+                [float(r["largest rank real / 1F1B's"].split()[0]) for r in mine],
+                0.4,
+                label="largest rank's real peak / 1F1B-BP's",
+            )
             ax.axhline(1, color="grey", linewidth=0.8)
             ax.set_xticks(list(at), labels, rotation=30, fontsize=8)
             ax.set_title(f"{world} gloo ranks, M = {4 * world}")
@@ -219,10 +245,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="B, cut into M = 4·ranks micro-batches")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", default=None,
-                        help="results folder (default results/pipeline; a new temporary folder with --smoke)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="2 ranks, T = 4, width 8, batch 16, one seed and repeat: checks the script runs")
+    parser.add_argument(
+        "--out", default=None, help="results folder (default results/pipeline; a new temporary folder with --smoke)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2 ranks, T = 4, width 8, batch 16, one seed and repeat: checks the script runs",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.ranks, args.blocks, args.width, args.batch, args.repeats, args.seeds = [2], 4, 8, 16, 1, 1
@@ -236,17 +266,29 @@ def main() -> None:
         (out / f"raw-{world}.pt").unlink()
         rows += summarise(world, per_rank, args)
         checks[world] = max(seed["difference"] for rank in per_rank for seed in rank)
-    columns = ["ranks", "method", "M", "samples/s", "throughput / 1F1B", "idle measured",
-               "idle predicted", "largest rank real / 1F1B's", "largest rank saved / 1F1B's"] + [
-        f"real / 1F1B, rank {r}" for r in range(max(args.ranks))] + [
-        f"real MiB, rank {r}" for r in range(max(args.ranks))]
-    title = (f"residual MLP T = {args.blocks}, width {args.width}, batch {args.batch}, float32, "
-             f"gloo on {os.cpu_count()} CPU cores, {args.seeds} seeds × {args.repeats} steps")
+    columns = (
+        [
+            "ranks",
+            "method",
+            "M",
+            "samples/s",
+            "throughput / 1F1B",
+            "idle measured",
+            "idle predicted",
+            "largest rank real / 1F1B's",
+            "largest rank saved / 1F1B's",
+        ]
+        + [f"real / 1F1B, rank {r}" for r in range(max(args.ranks))]
+        + [f"real MiB, rank {r}" for r in range(max(args.ranks))]
+    )
+    title = (
+        f"residual MLP T = {args.blocks}, width {args.width}, batch {args.batch}, float32, "
+        f"gloo on {os.cpu_count()} CPU cores, {args.seeds} seeds × {args.repeats} steps"
+    )
     table = markdown_table(rows, columns)
     notes = "\n".join(f"- {w} ranks: largest |grad(h = T) − grad(1F1B-BP)| = {d:.3g}" for w, d in checks.items())
     print(f"{title}\n\n{table}\n\n{notes}")
-    write_json(out / "metrics.json", {"title": title, "rows": rows, "bp_difference": checks,
-                                      "args": vars(args)})
+    write_json(out / "metrics.json", {"title": title, "rows": rows, "bp_difference": checks, "args": vars(args)})
     (out / "report.md").write_text(f"# {title}\n\n{table}\n\n{notes}\n\n![ratios](ratios.png)\n")
     plot(rows, out / "ratios.png")
     print(f"results written to {out}/")

@@ -18,7 +18,8 @@ Time is measured separately, in one fresh process per configuration that builds 
 and times their steps round-robin in shuffled order (:func:`recede.measure.usage.interleaved_medians`,
 one warm-up round, the median of ``--repeats`` ≥ 5 rounds), so a change in the machine's load
 hits all methods alike; on a CPU the clock is this process's CPU seconds (one thread), which
-other jobs on a shared machine do not inflate.  Nothing is asserted: read the ratios.  ``--smoke`` measures in this process instead (tiny configurations; a check
+other jobs on a shared machine do not inflate.  Nothing is asserted: read the ratios.  ``--smoke`` measures
+in this process instead (tiny configurations; a check
 that the script runs, not a measurement).
 
 Methods: ``bp``, ``ckpt`` (non-re-entrant ``torch.utils.checkpoint`` around every block but the
@@ -83,8 +84,14 @@ def build(config: dict[str, Any], device: torch.device) -> tuple[Any, Any, torch
     """``(net, hf_model or None, x, y)`` of a configuration, seeded."""
     torch.manual_seed(0)
     if config["family"] == "gpt2":
-        net = models.build("gpt2", vocab_size=256, n_positions=config["seq"], n_layer=config["layers"],
-                           n_embd=config["width"], n_head=config["heads"]).to(device)
+        net = models.build(
+            "gpt2",
+            vocab_size=256,
+            n_positions=config["seq"],
+            n_layer=config["layers"],
+            n_embd=config["width"],
+            n_head=config["heads"],
+        ).to(device)
         x = torch.randint(0, 256, (config["batch"], config["seq"]), device=device)
         return net, None, x, x
     extra = {"channels": config["channels"]} if "channels" in config else {}
@@ -96,11 +103,15 @@ def build(config: dict[str, Any], device: torch.device) -> tuple[Any, Any, torch
 def _sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
     from torch.utils.checkpoint import CheckpointPolicy
 
-    saved = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-             torch.ops.aten.convolution.default,
-             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-             torch.ops.aten._scaled_dot_product_efficient_attention.default,
-             torch.ops.aten._scaled_dot_product_flash_attention.default}
+    saved = {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten.convolution.default,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+        torch.ops.aten._scaled_dot_product_efficient_attention.default,
+        torch.ops.aten._scaled_dot_product_flash_attention.default,
+    }
     return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -119,8 +130,13 @@ class SelectiveCheckpoint:
 
         net, z = self.net, x
         for t in range(net.T - 1):
-            z = checkpoint(net.run_block, t, z, use_reentrant=False,
-                           context_fn=partial(create_selective_checkpoint_contexts, _sac_policy))
+            z = checkpoint(
+                net.run_block,
+                t,
+                z,
+                use_reentrant=False,
+                context_fn=partial(create_selective_checkpoint_contexts, _sac_policy),
+            )
         loss = net.depth_loss(net.run_block(net.T - 1, z), y, net.T)
         loss.backward()
         return float(loss.detach())
@@ -133,9 +149,19 @@ class TransformersCheckpointing:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        hf = GPT2Config(vocab_size=256, n_positions=config["seq"], n_layer=config["layers"],
-                        n_embd=config["width"], n_head=config["heads"], resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, attn_implementation="sdpa")
+        hf = GPT2Config(
+            vocab_size=256,
+            n_positions=config["seq"],
+            n_layer=config["layers"],
+            n_embd=config["width"],
+            n_head=config["heads"],
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=None,
+            eos_token_id=None,
+            attn_implementation="sdpa",
+        )
         self.model = GPT2LMHeadModel(hf).to(device).train()
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -157,8 +183,9 @@ def make_method(name: str, config: dict[str, Any], net: Any, device: torch.devic
     return build_method(net, name), net
 
 
-def worker(config_name: str, method_name: str, configs: dict[str, dict[str, Any]], device: torch.device,
-           check: bool = True) -> dict:
+def worker(
+    config_name: str, method_name: str, configs: dict[str, dict[str, Any]], device: torch.device, check: bool = True
+) -> dict:
     """One method's memory in this (fresh) process: real, resident and saved-tensor peaks (the
     last two only with ``check``: one more step)."""
     config = configs[config_name]
@@ -189,13 +216,23 @@ def worker(config_name: str, method_name: str, configs: dict[str, dict[str, Any]
         method.backward(x, y)  # the gradients the step ends with
     persistent = sum(t.numel() * t.element_size() for t in held)
     grads = sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
-    return {"config": config_name, "method": method_name, "T": net.T, "step": allocated,
-            "real": persistent + allocated, "resident": resident, "reserved": reserved,
-            "saved": saved, "grads": grads, "persistent": persistent}
+    return {
+        "config": config_name,
+        "method": method_name,
+        "T": net.T,
+        "step": allocated,
+        "real": persistent + allocated,
+        "resident": resident,
+        "reserved": reserved,
+        "saved": saved,
+        "grads": grads,
+        "persistent": persistent,
+    }
 
 
-def timing(config_name: str, methods: list[str], configs: dict[str, dict[str, Any]], device: torch.device,
-           repeats: int) -> dict[str, float]:
+def timing(
+    config_name: str, methods: list[str], configs: dict[str, dict[str, Any]], device: torch.device, repeats: int
+) -> dict[str, float]:
     """Median step seconds of every method, interleaved, in this (fresh) process."""
     keep_freed_memory()
     config = configs[config_name]
@@ -220,11 +257,15 @@ def _child(argv: list[str], in_process: bool = False) -> Any:
         configs, device = SMOKE, torch.device(_value(argv, "--device"))
         if argv[0] == "--worker":
             return worker(argv[1], argv[2], configs, device, check="--no-check" not in argv)
-        methods = argv[argv.index("--methods") + 1:argv.index("--device")]
+        methods = argv[argv.index("--methods") + 1 : argv.index("--device")]
         return timing(argv[1], methods, configs, device, int(_value(argv, "--repeats")))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stderr[-3000:]}")
@@ -243,12 +284,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="override every configuration's batch size")
     p.add_argument("--width", type=int, default=None, help="override the GPT-2 configurations' width")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny configurations, two timed rounds, all in this process (no fresh processes): "
-                        "checks the script end to end in about a minute")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the third step of each memory process (the resident-set check and the "
-                        "saved-tensor meter): a quarter less time on the large configurations")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny configurations, two timed rounds, all in this process (no fresh processes): "
+        "checks the script end to end in about a minute",
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the third step of each memory process (the resident-set check and the "
+        "saved-tensor meter): a quarter less time on the large configurations",
+    )
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--timing", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -268,17 +315,28 @@ def main() -> None:
         print(json.dumps(timing(args.timing, args.methods, configs, device, args.repeats)))
         return
     chosen = args.configs or list(configs)
-    common = ["--device", args.device] + (["--smoke"] if args.smoke else []) \
-        + (["--no-check"] if args.no_check else []) \
-        + [f for key in ("batch", "width") if getattr(args, key) is not None for f in (f"--{key}", str(getattr(args, key)))]
+    common = (
+        ["--device", args.device]
+        + (["--smoke"] if args.smoke else [])
+        + (["--no-check"] if args.no_check else [])
+        + [
+            f
+            for key in ("batch", "width")
+            if getattr(args, key) is not None
+            for f in (f"--{key}", str(getattr(args, key)))
+        ]
+    )
     repeats = 2 if args.smoke else args.repeats
     start = time.perf_counter()
     cpu = "?"
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu}), "
-          f"torch {torch.__version__}, one thread on a CPU", flush=True)
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu}), "
+        f"torch {torch.__version__}, one thread on a CPU",
+        flush=True,
+    )
     all_rows = []
     for name in chosen:
         methods = [m for m in args.methods if m != "hf-gc" or configs[name]["family"] == "gpt2"]
@@ -287,30 +345,51 @@ def main() -> None:
         memory = {}
         for m in order:
             memory[m] = _child(["--worker", name, m, *common], args.smoke)
-            print(f"  {name} {m}: real {memory[m]['real'] / MiB:.1f} MiB ({time.perf_counter() - start:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name} {m}: real {memory[m]['real'] / MiB:.1f} MiB ({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         seconds = _child(["--timing", name, "--repeats", str(repeats), "--methods", *methods, *common], args.smoke)
         # without bp in --methods the ratios to BP are left out (the ratios to ckpt stay)
         bp_mem, bp_time = memory.get("bp", {"real": math.nan}), seconds.get("bp", math.nan)
         rows = []
         for m in methods:
             r = memory[m]
-            rows.append({"config": name, "method": m, "real MiB": r["real"] / MiB,
-                         "real / BP": r["real"] / bp_mem["real"],
-                         "time / BP": seconds[m] / bp_time,
-                         "step MiB": r["step"] / MiB,
-                         "rss/real": None if r["resident"] is None else r["resident"] / max(r["step"], 1),
-                         "saved MiB": None if r["saved"] is None else r["saved"] / MiB, "grads MiB": r["grads"] / MiB,
-                         "params+buffers MiB": r["persistent"] / MiB,
-                         "reserved MiB": None if r["reserved"] is None else r["reserved"] / MiB,
-                         "s/step": seconds[m], "T": r["T"]})
+            rows.append(
+                {
+                    "config": name,
+                    "method": m,
+                    "real MiB": r["real"] / MiB,
+                    "real / BP": r["real"] / bp_mem["real"],
+                    "time / BP": seconds[m] / bp_time,
+                    "step MiB": r["step"] / MiB,
+                    "rss/real": None if r["resident"] is None else r["resident"] / max(r["step"], 1),
+                    "saved MiB": None if r["saved"] is None else r["saved"] / MiB,
+                    "grads MiB": r["grads"] / MiB,
+                    "params+buffers MiB": r["persistent"] / MiB,
+                    "reserved MiB": None if r["reserved"] is None else r["reserved"] / MiB,
+                    "s/step": seconds[m],
+                    "T": r["T"],
+                }
+            )
         ckpt = next(r for r in rows if r["method"] == "ckpt")
         for r in rows:
             r["real / ckpt"] = r["real MiB"] / ckpt["real MiB"]
             r["time / ckpt"] = r["s/step"] / ckpt["s/step"]
-        columns = ["method", "real MiB", "real / BP", "time / BP", "real / ckpt", "time / ckpt", "step MiB",
-                   "rss/real", "saved MiB", "grads MiB", "params+buffers MiB"] \
-            + (["reserved MiB"] if device.type == "cuda" else [])
+        columns = [
+            "method",
+            "real MiB",
+            "real / BP",
+            "time / BP",
+            "real / ckpt",
+            "time / ckpt",
+            "step MiB",
+            "rss/real",
+            "saved MiB",
+            "grads MiB",
+            "params+buffers MiB",
+        ] + (["reserved MiB"] if device.type == "cuda" else [])
         print(f"\n{name}: {configs[name]}, T = {rows[0]['T']}, time: median of {repeats} interleaved rounds\n")
         print(markdown_table(rows, columns), flush=True)
         all_rows += rows

@@ -53,8 +53,16 @@ def _timm(name: str, **kw) -> nn.Module:
 def _hf(kind: str, head: str = "ForCausalLM", **kw) -> nn.Module:
     import transformers as tr
 
-    common = dict(num_hidden_layers=2, hidden_size=16, intermediate_size=24, num_attention_heads=4,
-                  vocab_size=V, max_position_embeddings=32, bos_token_id=None, eos_token_id=None)
+    common = dict(
+        num_hidden_layers=2,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_position_embeddings=32,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     config = getattr(tr, f"{kind}Config")(**{**common, **kw})
     return getattr(tr, f"{kind}{head}")(config)
 
@@ -75,34 +83,64 @@ def _torchvision() -> dict[str, Callable[[], nn.Module]]:
     tv = _tv()
     from torchvision.models import convnext, efficientnet, regnet
 
-    fused = [efficientnet.FusedMBConvConfig(1, 3, 1, 8, 8, 1), efficientnet.FusedMBConvConfig(4, 3, 2, 8, 16, 1),
-             efficientnet.MBConvConfig(4, 3, 2, 16, 16, 1, 1.0, 1.0)]
-    regnet_params = regnet.BlockParams(depths=[1, 1], widths=[8, 16], group_widths=[8, 8],
-                                       bottleneck_multipliers=[1.0, 1.0], strides=[2, 2], se_ratio=0.25)
+    fused = [
+        efficientnet.FusedMBConvConfig(1, 3, 1, 8, 8, 1),
+        efficientnet.FusedMBConvConfig(4, 3, 2, 8, 16, 1),
+        efficientnet.MBConvConfig(4, 3, 2, 16, 16, 1, 1.0, 1.0),
+    ]
+    regnet_params = regnet.BlockParams(
+        depths=[1, 1],
+        widths=[8, 16],
+        group_widths=[8, 8],
+        bottleneck_multipliers=[1.0, 1.0],
+        strides=[2, 2],
+        se_ratio=0.25,
+    )
     return {
         "tv resnet18": lambda: tv.ResNet(tv.resnet.BasicBlock, [1, 1, 1, 1], num_classes=3),
         "tv resnet50": lambda: tv.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3),
         "tv wide_resnet50": lambda: tv.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3, width_per_group=128),
-        "tv resnext50": lambda: tv.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3, groups=32, width_per_group=4),
+        "tv resnext50": lambda: tv.ResNet(
+            tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3, groups=32, width_per_group=4
+        ),
         "tv vgg11_bn": _vgg,
         "tv mobilenet_v2": lambda: tv.mobilenet_v2(num_classes=3, width_mult=0.25, dropout=0.0),
         "tv mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=3, width_mult=0.25, dropout=0.0),
         "tv mobilenet_v3_large": lambda: tv.mobilenet_v3_large(num_classes=3, width_mult=0.25, dropout=0.0),
-        "tv efficientnet_b0": lambda: tv.EfficientNet([efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1, 1.0, 1.0),
-                                                       efficientnet.MBConvConfig(6, 3, 2, 8, 16, 2, 1.0, 1.0)],
-                                                      dropout=0.0, num_classes=3, last_channel=16,
-                                                      stochastic_depth_prob=0.0),
-        "tv efficientnet_v2": lambda: tv.EfficientNet(fused, dropout=0.0, num_classes=3, last_channel=16,
-                                                      stochastic_depth_prob=0.0),
-        "tv convnext": lambda: tv.ConvNeXt([convnext.CNBlockConfig(8, 16, 1), convnext.CNBlockConfig(16, None, 2)],
-                                           num_classes=3, stochastic_depth_prob=0.0),
-        "tv vit_b_16": lambda: tv.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
-                                                    hidden_dim=8, mlp_dim=16, num_classes=3),
-        "tv swin_t": lambda: tv.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[1, 1], num_heads=[2, 2],
-                                                window_size=[2, 2], num_classes=3, stochastic_depth_prob=0.0),
+        "tv efficientnet_b0": lambda: tv.EfficientNet(
+            [
+                efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1, 1.0, 1.0),
+                efficientnet.MBConvConfig(6, 3, 2, 8, 16, 2, 1.0, 1.0),
+            ],
+            dropout=0.0,
+            num_classes=3,
+            last_channel=16,
+            stochastic_depth_prob=0.0,
+        ),
+        "tv efficientnet_v2": lambda: tv.EfficientNet(
+            fused, dropout=0.0, num_classes=3, last_channel=16, stochastic_depth_prob=0.0
+        ),
+        "tv convnext": lambda: tv.ConvNeXt(
+            [convnext.CNBlockConfig(8, 16, 1), convnext.CNBlockConfig(16, None, 2)],
+            num_classes=3,
+            stochastic_depth_prob=0.0,
+        ),
+        "tv vit_b_16": lambda: tv.VisionTransformer(
+            image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3
+        ),
+        "tv swin_t": lambda: tv.SwinTransformer(
+            patch_size=[2, 2],
+            embed_dim=8,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=[2, 2],
+            num_classes=3,
+            stochastic_depth_prob=0.0,
+        ),
         "tv regnet": lambda: tv.RegNet(regnet_params, num_classes=3, stem_width=8),
-        "tv densenet": lambda: tv.DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2,
-                                           num_classes=3),
+        "tv densenet": lambda: tv.DenseNet(
+            growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=3
+        ),
         "tv shufflenet_v2": lambda: tv.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 32], num_classes=3),
     }
 
@@ -133,35 +171,98 @@ def _hf_models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
 
     kv = dict(num_key_value_heads=2, pad_token_id=None)
     return {
-        "hf gpt2": (lambda: tr.GPT2LMHeadModel(tr.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=V, n_positions=32,
-                                                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                                              bos_token_id=None, eos_token_id=None)), "lm"),
+        "hf gpt2": (
+            lambda: tr.GPT2LMHeadModel(
+                tr.GPT2Config(
+                    n_layer=2,
+                    n_embd=16,
+                    n_head=2,
+                    vocab_size=V,
+                    n_positions=32,
+                    resid_pdrop=0.0,
+                    embd_pdrop=0.0,
+                    attn_pdrop=0.0,
+                    bos_token_id=None,
+                    eos_token_id=None,
+                )
+            ),
+            "lm",
+        ),
         "hf llama": (lambda: _hf("Llama", **kv), "lm"),
         "hf mistral": (lambda: _hf("Mistral", sliding_window=4, **kv), "lm"),
         "hf qwen2": (lambda: _hf("Qwen2", **kv), "lm"),
         "hf qwen3": (lambda: _hf("Qwen3", head_dim=4, **kv), "lm"),
-        "hf bert (classifier)": (lambda: _hf("Bert", "ForSequenceClassification", num_labels=3, pad_token_id=0,
-                                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), "cls"),
+        "hf bert (classifier)": (
+            lambda: _hf(
+                "Bert",
+                "ForSequenceClassification",
+                num_labels=3,
+                pad_token_id=0,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            ),
+            "cls",
+        ),
         "hf phi3": (lambda: _hf("Phi3", **kv), "lm"),
         "hf gemma": (lambda: _hf("Gemma", head_dim=4, **kv), "lm"),
         "hf gemma2": (lambda: _hf("Gemma2", head_dim=4, sliding_window=4, **kv), "lm"),
         "hf olmo": (lambda: _hf("Olmo", **kv), "lm"),
         "hf olmo2": (lambda: _hf("Olmo2", **kv), "lm"),
         "hf stablelm": (lambda: _hf("StableLm", **kv), "lm"),
-        "hf falcon": (lambda: tr.FalconForCausalLM(tr.FalconConfig(num_hidden_layers=2, hidden_size=16,
-                                                                   num_attention_heads=4, vocab_size=V,
-                                                                   bos_token_id=None, eos_token_id=None)), "lm"),
+        "hf falcon": (
+            lambda: tr.FalconForCausalLM(
+                tr.FalconConfig(
+                    num_hidden_layers=2,
+                    hidden_size=16,
+                    num_attention_heads=4,
+                    vocab_size=V,
+                    bos_token_id=None,
+                    eos_token_id=None,
+                )
+            ),
+            "lm",
+        ),
         "hf gpt_neox": (lambda: _hf("GPTNeoX", pad_token_id=None), "lm"),
-        "hf roberta (classifier)": (lambda: _hf("Roberta", "ForSequenceClassification", num_labels=3, pad_token_id=0,
-                                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), "cls"),
-        "hf distilbert (classifier)": (lambda: tr.DistilBertForSequenceClassification(tr.DistilBertConfig(
-            n_layers=2, dim=16, hidden_dim=24, n_heads=4, vocab_size=V, max_position_embeddings=32, num_labels=3,
-            dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0)), "cls"),
-        "hf llama (classifier)": (lambda: _hf("Llama", "ForSequenceClassification", num_labels=3, pad_token_id=0),
-                                  "cls"),
+        "hf roberta (classifier)": (
+            lambda: _hf(
+                "Roberta",
+                "ForSequenceClassification",
+                num_labels=3,
+                pad_token_id=0,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            ),
+            "cls",
+        ),
+        "hf distilbert (classifier)": (
+            lambda: tr.DistilBertForSequenceClassification(
+                tr.DistilBertConfig(
+                    n_layers=2,
+                    dim=16,
+                    hidden_dim=24,
+                    n_heads=4,
+                    vocab_size=V,
+                    max_position_embeddings=32,
+                    num_labels=3,
+                    dropout=0.0,
+                    attention_dropout=0.0,
+                    seq_classif_dropout=0.0,
+                    pad_token_id=0,
+                )
+            ),
+            "cls",
+        ),
+        "hf llama (classifier)": (
+            lambda: _hf("Llama", "ForSequenceClassification", num_labels=3, pad_token_id=0),
+            "cls",
+        ),
         "hf llama (bare LlamaModel)": (lambda: _hf("Llama", "Model"), "bare"),
-        "hf t5": (lambda: tr.T5ForConditionalGeneration(tr.T5Config(num_layers=2, d_model=16, d_ff=24, num_heads=2,
-                                                                    d_kv=8, vocab_size=V)), "seq2seq"),
+        "hf t5": (
+            lambda: tr.T5ForConditionalGeneration(
+                tr.T5Config(num_layers=2, d_model=16, d_ff=24, num_heads=2, d_kv=8, vocab_size=V)
+            ),
+            "seq2seq",
+        ),
     }
 
 
@@ -194,8 +295,12 @@ def check(name: str, make: Callable[[], nn.Module], task: str, every_h: bool) ->
     options: dict = {}
     if task in ("lm", "cls", "bare", "seq2seq"):
         x = torch.randint(1, V, (3, S), generator=g)
-        y = {"lm": x, "cls": torch.tensor([0, 2, 1]), "bare": torch.randn(3, S, 16, generator=g, dtype=torch.float64),
-             "seq2seq": x}[task]
+        y = {
+            "lm": x,
+            "cls": torch.tensor([0, 2, 1]),
+            "bare": torch.randn(3, S, 16, generator=g, dtype=torch.float64),
+            "seq2seq": x,
+        }[task]
         if task == "bare":
             options = dict(loss_fn=nn.MSELoss(), head=nn.Identity())
     elif task == "sequential":
@@ -236,8 +341,10 @@ def models() -> dict[str, tuple[Callable[[], nn.Module], str]]:
     for name, make in {**_torchvision(), **_timm_models()}.items():
         found[name] = (make, "vit" if name in small else "image")
     found.update(_hf_models())
-    found["nn.Sequential"] = (lambda: nn.Sequential(*(nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(4))),
-                              "sequential")
+    found["nn.Sequential"] = (
+        lambda: nn.Sequential(*(nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(4))),
+        "sequential",
+    )
     return found
 
 
@@ -257,11 +364,16 @@ def main() -> None:
         except Exception as err:  # noqa: BLE001  (a row, not a crash: the table says what failed)
             row = dict(name=name, route="error", T="", error="", ok=False, why=f"{type(err).__name__}: {err}")
         rows.append(row)
-        print(f"{name:28s} {row['route']:26s} T={row['T']!s:3s} rel.err={row['error'] or '-':8s} "
-              f"{'ok' if row['ok'] else 'NO'}  {time.perf_counter() - start:5.1f}s  {row['why'][:100]}", flush=True)
+        print(
+            f"{name:28s} {row['route']:26s} T={row['T']!s:3s} rel.err={row['error'] or '-':8s} "
+            f"{'ok' if row['ok'] else 'NO'}  {time.perf_counter() - start:5.1f}s  {row['why'][:100]}",
+            flush=True,
+        )
     wrapped = sum(r["ok"] for r in rows)
-    print(f"\nwrapped with h = T equal to autograd (relative error < {TOLERANCE:g}): {wrapped} of {len(rows)} "
-          f"({100 * wrapped / max(len(rows), 1):.0f} %)\n")
+    print(
+        f"\nwrapped with h = T equal to autograd (relative error < {TOLERANCE:g}): {wrapped} of {len(rows)} "
+        f"({100 * wrapped / max(len(rows), 1):.0f} %)\n"
+    )
     print("| architecture | how | T | h = T vs autograd (max rel. error) | note |")
     print("|---|---|---|---|---|")
     for r in rows:

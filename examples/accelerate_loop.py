@@ -19,17 +19,18 @@ x = torch.nn.functional.interpolate(torch.tensor(digits.images, dtype=torch.floa
 x, y = x.expand(-1, 3, -1, -1).contiguous(), torch.tensor(digits.target)
 loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:640], y[:640]), batch_size=32, shuffle=True)
 
-accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)    # mixed_precision="bf16" works too
-vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=6, num_heads=4,
-                                           hidden_dim=64, mlp_dim=128, num_classes=10)
-net = recede.wrap(vit)                                        # before prepare: its new heads are trained too
+accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)  # mixed_precision="bf16" works too
+vit = torchvision.models.VisionTransformer(
+    image_size=32, patch_size=4, num_layers=6, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+)
+net = recede.wrap(vit)  # before prepare: its new heads are trained too
 opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 net, opt, loader = accelerator.prepare(net, opt, loader)
 engine = AcceleratedEngine(accelerator, net, horizon=2)
 for epoch in range(3):
     for x_batch, y_batch in loader:
         with accelerator.accumulate(net):
-            loss = engine.backward(x_batch, y_batch)          # in place of accelerator.backward(loss)
+            loss = engine.backward(x_batch, y_batch)  # in place of accelerator.backward(loss)
             accelerator.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             opt.zero_grad()

@@ -27,8 +27,14 @@ class Digits(RecedeModule):
 
 
 module = Digits(torchvision.models.resnet18(num_classes=10), horizon=2, clip_grad_norm=5.0)
-trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False,   # precision="bf16-mixed" works too
-                    enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+trainer = L.Trainer(
+    max_epochs=2,
+    accelerator="cpu",
+    logger=False,  # precision="bf16-mixed" works too
+    enable_checkpointing=False,
+    enable_model_summary=False,
+    enable_progress_bar=False,
+)
 trainer.fit(module, train, val)
 print(memory_against_bp(module.recede_net, x[:32].clone(), y[:32], horizon=2))
 with torch.no_grad():

@@ -25,8 +25,9 @@ def tanh_residual(width: int) -> nn.Module:
 
 def resmlp_independent(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
     """Residual MLP, one linear head per depth, cross-entropy."""
-    return BlockNet([tanh_residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)],
-                    nn.CrossEntropyLoss())
+    return BlockNet(
+        [tanh_residual(width) for _ in range(T)], [nn.Linear(width, classes) for _ in range(T)], nn.CrossEntropyLoss()
+    )
 
 
 def resmlp_shared(T: int = 6, width: int = 5, classes: int = 3) -> BlockNet:
@@ -79,8 +80,9 @@ def tied_embedding(vocab: int = 7, width: int = 5, T: int = 5) -> BlockNet:
     """Token ids → embedding (block 0) → residual blocks; one head shared by every depth whose
     output layer is the embedding (tied, as GPT-2's wte and lm_head)."""
     embedding = nn.Embedding(vocab, width)
-    return BlockNet([embedding, *(tanh_residual(width) for _ in range(T - 1))], TiedHead(embedding),
-                    nn.CrossEntropyLoss())
+    return BlockNet(
+        [embedding, *(tanh_residual(width) for _ in range(T - 1))], TiedHead(embedding), nn.CrossEntropyLoss()
+    )
 
 
 class Tied(nn.Module):
@@ -91,7 +93,7 @@ class Tied(nn.Module):
         self.linear, self.out = linear, out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.linear.weight[:self.out].T
+        return x @ self.linear.weight[: self.out].T
 
 
 def head_tied_to_block0(width: int = 5, classes: int = 3, T: int = 4) -> BlockNet:
@@ -122,8 +124,10 @@ class DictBlock(nn.Module):
         self.linear = nn.Linear(width, width)
 
     def forward(self, state: dict) -> dict:
-        return {"hidden": state["hidden"] + torch.tanh(self.linear(state["hidden"])) * state["mask"],
-                "mask": state["mask"]}
+        return {
+            "hidden": state["hidden"] + torch.tanh(self.linear(state["hidden"])) * state["mask"],
+            "mask": state["mask"],
+        }
 
 
 class ReadHidden(nn.Module):
@@ -136,13 +140,13 @@ class ReadHidden(nn.Module):
 
 
 def tuple_states(T: int = 4, width: int = 5, classes: int = 3) -> BlockNet:
-    return BlockNet([TupleBlock(width) for _ in range(T)], [ReadHidden(width, classes) for _ in range(T)],
-                    nn.CrossEntropyLoss())
+    return BlockNet(
+        [TupleBlock(width) for _ in range(T)], [ReadHidden(width, classes) for _ in range(T)], nn.CrossEntropyLoss()
+    )
 
 
 def dict_states(T: int = 4, width: int = 5, classes: int = 3) -> BlockNet:
-    return BlockNet([DictBlock(width) for _ in range(T)], ReadHidden(width, classes, "hidden"),
-                    nn.CrossEntropyLoss())
+    return BlockNet([DictBlock(width) for _ in range(T)], ReadHidden(width, classes, "hidden"), nn.CrossEntropyLoss())
 
 
 def _tuple_batch():
@@ -155,8 +159,10 @@ ARCHITECTURES = {
     "tied-embedding": (tied_embedding, lambda: (torch.randint(0, 7, (8,)), torch.randint(0, 7, (8,)))),
     "head-tied-to-block0": (head_tied_to_block0, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
     "tuple-states": (tuple_states, _tuple_batch),
-    "dict-states": (dict_states, lambda: ({"hidden": torch.randn(8, 5), "mask": torch.rand(8, 1)},
-                                          torch.randint(0, 3, (8,)))),
+    "dict-states": (
+        dict_states,
+        lambda: ({"hidden": torch.randn(8, 5), "mask": torch.rand(8, 1)}, torch.randint(0, 3, (8,))),
+    ),
     "resmlp-independent": (resmlp_independent, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
     "resmlp-shared": (resmlp_shared, lambda: (torch.randn(8, 5), torch.randint(0, 3, (8,)))),
     "conv-resnet": (conv_resnet, lambda: (torch.randn(4, 2, 8, 8), torch.randint(0, 3, (4,)))),
@@ -237,8 +243,9 @@ def assert_blocks_get_g_h(net: BlockNet, x, y, horizons=None, rtol: float = 1e-9
                 torch.testing.assert_close(p.grad, reference[p], rtol=rtol, atol=1e-12)
 
 
-def check_wrap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, horizons: str = "all",
-               **options: object) -> BlockNet:
+def check_wrap(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, horizons: str = "all", **options: object
+) -> BlockNet:
     """``recede.wrap(model, **options)`` is the model itself, in pieces, with its own loss.
 
     Checks that the BlockNet holds every parameter of ``model`` (new ones are heads' only),

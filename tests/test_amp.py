@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_map
 from recede import MPC, BPModified, NonFiniteLossError
 from recede.methods import build_method
 
-SCALE = 2.0 ** 10
+SCALE = 2.0**10
 
 
 def _scaler(scale: float = SCALE) -> torch.amp.GradScaler:
@@ -31,7 +31,7 @@ def _grads(net) -> dict:
 
 
 def _methods(net, x, y):
-    refresh = [(tree_map(lambda t, i=i: t[i:i + 4], x), y[i:i + 4]) for i in range(0, 8, 4)]
+    refresh = [(tree_map(lambda t, i=i: t[i : i + 4], x), y[i : i + 4]) for i in range(0, 8, 4)]
     yield "ckpt", build_method(net, "ckpt")
     for h in range(1, net.T + 1):
         yield f"mpc:{h}", MPC(net, h)
@@ -87,7 +87,7 @@ def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(method):
     net = resmlp_independent(T=4, width=16)
     before = copy.deepcopy(net.state_dict())
     x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
-    scaler = _scaler(2.0 ** 40)
+    scaler = _scaler(2.0**40)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     engine = build_method(net, method)
     with torch.autocast("cpu", dtype=torch.float16):
@@ -95,7 +95,7 @@ def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(method):
     assert math.isfinite(loss) and loss < 10  # unscaled
     scaler.step(opt)
     scaler.update()
-    assert scaler.get_scale() == 2.0 ** 39
+    assert scaler.get_scale() == 2.0**39
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
@@ -150,7 +150,7 @@ def test_a_bp_modified_refresh_that_overflows_is_retried():
     net = resmlp_independent(T=4, width=16)
     data = torch.utils.data.TensorDataset(torch.randn(64, 16), torch.randint(0, 3, (64,)))
     method = BPModified(net, 1, period=100, offset_samples=16, micro_batch=8, data=data)
-    scaler = _scaler(2.0 ** 30)
+    scaler = _scaler(2.0**30)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = data[:8]
     steps_until_refresh = None

@@ -37,11 +37,13 @@ def block_grads(net: BlockNet, blocks: list[int]) -> list[torch.Tensor]:
 
 # -- gradients -----------------------------------------------------------------------------
 
+
 def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
     torch.manual_seed(0)
     net, data = small_net(), classification_data(32)
-    method = BPModified(net, horizon=1, period=1, offset_samples=32, micro_batch=8,
-                        scaling="fixed", a=0.0, lam=1.0, batch_size=32)
+    method = BPModified(
+        net, horizon=1, period=1, offset_samples=32, micro_batch=8, scaling="fixed", a=0.0, lam=1.0, batch_size=32
+    )
     method.refresh(micro_batches(data, 8))
     x, y = data.tensors
     method.backward(x, y)
@@ -103,10 +105,18 @@ def per_sample_traces(net: BlockNet, data: TensorDataset, blocks: list[int]) -> 
         x, y = x[None], y[None]
         z, local = x, []
         for t in range(net.T):
-            out = functional_call(net.blocks[t], {n.split(".", 2)[2]: v for n, v in theta.items()
-                                                  if n.startswith(f"blocks.{t}.")}, (z.detach(),))
-            local.append(functional_call(net.heads[t], {n.split(".", 2)[2]: v for n, v in theta.items()
-                                                        if n.startswith(f"heads.{t}.")}, (out,)))
+            out = functional_call(
+                net.blocks[t],
+                {n.split(".", 2)[2]: v for n, v in theta.items() if n.startswith(f"blocks.{t}.")},
+                (z.detach(),),
+            )
+            local.append(
+                functional_call(
+                    net.heads[t],
+                    {n.split(".", 2)[2]: v for n, v in theta.items() if n.startswith(f"heads.{t}.")},
+                    (out,),
+                )
+            )
             z = out
         total = functional_call(net, theta, (x,))
         ff = sum(net.loss_fn(pred, y) for pred in local)
@@ -195,13 +205,18 @@ def test_robust_applies_an_offset_only_after_a_held_out_test(float64):
     assert first.lam == [0.0] * net.T and first.cos_held_out is None
     assert first.cos_all == pytest.approx(first.cos_local_all)
     stats = method.accumulate(batches[32:])
-    offset_t = torch.stack([(v.double() * w.double()).sum() for v, w in zip(method.offset.split(method._sizes),
-                                                                           (stats["sum_t"] - stats["sum_h"]).split(method._sizes))])
+    offset_t = torch.stack(
+        [
+            (v.double() * w.double()).sum()
+            for v, w in zip(method.offset.split(method._sizes), (stats["sum_t"] - stats["sum_h"]).split(method._sizes))
+        ]
+    )
     torch.testing.assert_close(stats["proj"], offset_t)  # Σ (m_T − m_h)·Δ over micro-batches
     second = method.refresh(batches[32:])
     m, _, _ = block_moments(stats, method._sizes)
-    expected = torch.minimum(torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0)),
-                             0.1 * step_cap(m))  # λ_1 = 0: at most the probe
+    expected = torch.minimum(
+        torch.minimum(fresh_lambda(m, 256), torch.tensor(second.end_bound[:-1]).clamp_min(0)), 0.1 * step_cap(m)
+    )  # λ_1 = 0: at most the probe
     torch.testing.assert_close(method.lam[method.modified], expected)
     assert max(second.lam) > 0  # the weights did not move: the offset persists
     # the last estimator was the local gradient (λ = 0), so on the new samples it scores as the local one
@@ -233,8 +248,9 @@ def test_staleness_and_robust_bounds_are_reported_against_a_plain_reference(floa
         per_batch = []
         for x, y in batches[8:]:
             g_h, g_t = (slow_horizon_gradient(net, x, y, h) for h in (1, net.T))
-            per_batch.append((torch.cat([g_h[p].reshape(-1) for p in params]),
-                              torch.cat([g_t[p].reshape(-1) for p in params])))
+            per_batch.append(
+                (torch.cat([g_h[p].reshape(-1) for p in params]), torch.cat([g_t[p].reshape(-1) for p in params]))
+            )
         mean_h = sum(h for h, _ in per_batch) / len(per_batch)
         mean_t = sum(g for _, g in per_batch) / len(per_batch)
         d = mean_t - mean_h
@@ -252,23 +268,34 @@ def test_default_scaling_does_not_lose_to_ff_where_paper_b_s_does():
     from recede import data as datasets
     from recede.reproduce.bpm_robustness import run_one
 
-    spec = {"model": "resmlp", "model_options": {"width": 10, "depth": 10, "loss": "cross-entropy"},
-            "batch_size": 64, "epochs": 2, "optimizer": {"name": "sgd", "momentum": 0.9}}
+    spec = {
+        "model": "resmlp",
+        "model_options": {"width": 10, "depth": 10, "loss": "cross-entropy"},
+        "batch_size": 64,
+        "epochs": 2,
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+    }
     task = datasets.load("spirals", n=500, n_test=200)
     regime = {"period_epochs": 1.0, "offset_share": 0.0064, "micro_batch": 8}
     with torch_threads(1):
-        ff, paper, robust = (run_one(spec, task, m, 0.03, 1, regime, s)
-                             for m, s in (("ff", None), ("bpm-ff", "paper"), ("bpm-ff", "robust")))
+        ff, paper, robust = (
+            run_one(spec, task, m, 0.03, 1, regime, s)
+            for m, s in (("ff", None), ("bpm-ff", "paper"), ("bpm-ff", "robust"))
+        )
     assert paper["metric"] is None or paper["metric"] <= ff["metric"] - 3  # points of test accuracy
     assert robust["metric"] >= ff["metric"] - 1.5  # within 3 of the 200 test points
 
 
 # -- training ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("optimizer", [
-    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
-    lambda ps: torch.optim.Adam(ps, lr=0.01),
-])
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+    ],
+)
 def test_trains_under_sgd_momentum_and_adam_on_its_own_schedule(optimizer):
     torch.manual_seed(7)
     net, data = small_net(T=6, width=4), classification_data(256, seed=7)
@@ -323,13 +350,18 @@ def test_bad_settings_are_named():
         BPModified(net, 9, 4, 32, 8)
     method = BPModified(net, 1, 4, 32, 8, batch_size=4)
     with pytest.raises(ValueError, match="b' = 8"):
-        method.refresh([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)),
-                        (torch.randn(4, 4), torch.zeros(4, dtype=torch.long))])
+        method.refresh(
+            [
+                (torch.randn(8, 4), torch.zeros(8, dtype=torch.long)),
+                (torch.randn(4, 4), torch.zeros(4, dtype=torch.long)),
+            ]
+        )
     with pytest.raises(ValueError, match="two micro-batches"):
         method.refresh([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))])
 
 
 # -- method names --------------------------------------------------------------------------
+
 
 def test_bpm_method_names_build_bp_modified_engines():
     data = classification_data(200)
@@ -355,9 +387,17 @@ def test_a_rule_function_replaces_the_named_rule(float64):
     torch.manual_seed(6)
     net, data = small_net(), classification_data(64)
     named = BPModified(net, 1, 4, 64, 8, batch_size=16)
-    given = BPModified(net, 1, 4, 64, 8, batch_size=16,
-                       scaling=lambda m, B_prime, check, previous: robust_scalars(
-                           m, B_prime, None if check is None else check["end"], previous))
+    given = BPModified(
+        net,
+        1,
+        4,
+        64,
+        8,
+        batch_size=16,
+        scaling=lambda m, B_prime, check, previous: robust_scalars(
+            m, B_prime, None if check is None else check["end"], previous
+        ),
+    )
     for _ in range(2):  # the second refresh passes the held-out check to the rule
         named.refresh(micro_batches(data, 8))
         given.refresh(micro_batches(data, 8))

@@ -29,8 +29,11 @@ def random_moments(n_blocks: int, seed: int) -> BlockMoments:
         scale = 10 ** (4 * torch.rand((), generator=g) - 2)
         g_t = torch.randn(n, d, generator=g, dtype=torch.float64) + torch.randn(d, generator=g, dtype=torch.float64)
         mix = torch.rand((), generator=g, dtype=torch.float64)
-        g_h = mix * g_t + scale * torch.randn(n, d, generator=g, dtype=torch.float64) \
+        g_h = (
+            mix * g_t
+            + scale * torch.randn(n, d, generator=g, dtype=torch.float64)
             + torch.randn(d, generator=g, dtype=torch.float64) * 2
+        )
         rows.append(moments_of(g_h, g_t))
     return BlockMoments(*torch.tensor(rows, dtype=torch.float64).T)
 
@@ -40,8 +43,17 @@ def moments_of(g_h: torch.Tensor, g_t: torch.Tensor) -> list[float]:
     n = len(g_h)
     mh, mt = g_h.mean(0), g_t.mean(0)
     ch, ct = g_h - mh, g_t - mt
-    return [float(v) for v in (mh @ mh, mh @ mt, mt @ mt, (ch * ch).sum() / (n - 1), (ct * ct).sum() / (n - 1),
-                               2 * (ch * ct).sum() / (n - 1))]
+    return [
+        float(v)
+        for v in (
+            mh @ mh,
+            mh @ mt,
+            mt @ mt,
+            (ch * ch).sum() / (n - 1),
+            (ct * ct).sum() / (n - 1),
+            2 * (ch * ct).sum() / (n - 1),
+        )
+    ]
 
 
 def one(i: int, m: BlockMoments) -> BlockMoments:
@@ -49,6 +61,7 @@ def one(i: int, m: BlockMoments) -> BlockMoments:
 
 
 # -- paper ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("B, B_prime, K", [(64, 320, 1), (32, 64, 50), (8, 16, 700)])
 def test_paper_scalars_minimise_the_one_step_error_on_a_grid(B, B_prime, K):
@@ -84,15 +97,19 @@ def test_paper_scalars_limits():
 def test_paper_scalars_can_choose_a_negative_or_huge_a():
     """The failure the robust rule avoids: a local gradient nearly orthogonal to, or much smaller
     than, the true one gives Paper B's a* < 0 or ≫ 1 (a_bias = ḡ_h·ḡ_T / ‖ḡ_h‖²)."""
+
     def t(*v: float) -> torch.Tensor:
         return torch.tensor(v, dtype=torch.float64)
-    m = BlockMoments(hh=t(1.0, 1e-4), ht=t(-0.5, 0.01), tt=t(1.0, 1.0), tr_h=t(0.1, 1e-4), tr_t=t(50.0, 50.0),
-                     tr_ht=t(0.0, 0.0))
+
+    m = BlockMoments(
+        hh=t(1.0, 1e-4), ht=t(-0.5, 0.01), tt=t(1.0, 1.0), tr_h=t(0.1, 1e-4), tr_t=t(50.0, 50.0), tr_ht=t(0.0, 0.0)
+    )
     a, _ = paper_scalars(m, 64, 320, 782)
     assert float(a[0]) < 0 and float(a[1]) > 10
 
 
 # -- robust --------------------------------------------------------------------------------------
+
 
 def test_fresh_lambda_is_the_positive_part_james_stein_factor():
     m = random_moments(6, seed=1)
@@ -131,13 +148,20 @@ def micro_batch_moments(means_h: torch.Tensor, means_t: torch.Tensor, b_prime: i
     mh, mt = means_h.mean(0), means_t.mean(0)
     hh, ht, tt = mh @ mh, mh @ mt, mt @ mt
     k = b_prime / (n - 1)
-    return BlockMoments(hh, ht, tt, k * ((means_h ** 2).sum() - n * hh), k * ((means_t ** 2).sum() - n * tt),
-                        2 * k * ((means_h * means_t).sum() - n * ht))
+    return BlockMoments(
+        hh,
+        ht,
+        tt,
+        k * ((means_h**2).sum() - n * hh),
+        k * ((means_t**2).sum() - n * tt),
+        2 * k * ((means_h * means_t).sum() - n * ht),
+    )
 
 
 def test_end_coefficient_is_a_lower_confidence_bound():
     def f64(*v: float) -> torch.Tensor:
         return torch.tensor(v, dtype=torch.float64)
+
     cross, norm_sq, se = f64(2.0, -1.0, 5.0), f64(4.0, 1.0, 0.0), f64(0.5, 0.1, 1.0)
     got = end_coefficient(cross, norm_sq, se, 20)  # three blocks: level 1 − 0.025/3, t(19) = 2.625
     torch.testing.assert_close(got[:2], (cross[:2] - 2.6251 * se[:2]) / norm_sq[:2], rtol=1e-4, atol=1e-9)
@@ -150,12 +174,16 @@ def test_end_coefficient_is_a_lower_confidence_bound():
 def test_end_coefficient_covers_the_truth_at_its_level():
     """Monte Carlo: for one block the bound lies below the true c in about 97.5 % of refreshes."""
     g = torch.Generator().manual_seed(7)
-    delta, d_true, n = torch.randn(30, generator=g, dtype=torch.float64), torch.randn(30, generator=g, dtype=torch.float64), 6
+    delta, d_true, n = (
+        torch.randn(30, generator=g, dtype=torch.float64),
+        torch.randn(30, generator=g, dtype=torch.float64),
+        6,
+    )
     c_true = float(d_true @ delta / (delta @ delta))
     below = 0
     for _ in range(2000):
         proj = (d_true + 3 * torch.randn(n, 30, generator=g, dtype=torch.float64)) @ delta  # micro-batch projections
-        se = proj.std() / n ** 0.5
+        se = proj.std() / n**0.5
         below += float(end_coefficient(proj.mean()[None], (delta @ delta)[None], se[None], n)) <= c_true
     assert 0.96 < below / 2000 < 0.99
 
@@ -178,9 +206,12 @@ def test_robust_falls_back_to_the_local_method_where_the_offset_cannot_help():
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), B_prime=st.integers(2, 5000),
-       end=st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4),
-       previous=st.lists(st.floats(0, 1), min_size=4, max_size=4))
+@given(
+    seed=st.integers(0, 10_000),
+    B_prime=st.integers(2, 5000),
+    end=st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4),
+    previous=st.lists(st.floats(0, 1), min_size=4, max_size=4),
+)
 def test_robust_scalars_are_bounded(seed, B_prime, end, previous):
     """a is always 1 (never negative or unbounded); 0 ≤ λ ≤ min(λ_start, max(0, c_lower), cap,
     max(2 λ_{r−1}, 0.1 cap)) ≤ 1 with cap = ‖ḡ_h‖/‖d̂‖."""
@@ -201,8 +232,12 @@ def test_robust_lambda_grows_from_a_probe_while_the_applied_offset_pays():
     λ_start, c_lower and the cap allow; an applied offset that overshot (c_lower ≤ 0) stops it."""
     g_h = torch.tensor([4.0, 0.0], dtype=torch.float64)
     g_t = g_h + torch.tensor([0.0, 1.0], dtype=torch.float64)  # d̂ = (0, 1): cap = 4
-    m = BlockMoments((g_h @ g_h)[None], (g_h @ g_t)[None], (g_t @ g_t)[None],
-                     *(torch.zeros(1, dtype=torch.float64) for _ in range(3)))
+    m = BlockMoments(
+        (g_h @ g_h)[None],
+        (g_h @ g_t)[None],
+        (g_t @ g_t)[None],
+        *(torch.zeros(1, dtype=torch.float64) for _ in range(3)),
+    )
     still_pays = torch.full((1,), 0.9, dtype=torch.float64)
     lam, path = torch.zeros(1, dtype=torch.float64), []
     for _ in range(4):
@@ -226,8 +261,10 @@ def test_robust_lambda_never_increases_the_period_error():
         end = (dK @ d0) / (d0 @ d0)  # what this offset is worth at the period's end
         _, lam = robust_scalars(m, 64, end)
         steps = [d0 + (dK - d0) * k / 99 for k in range(100)]
+
         def error(lam: float, d0: torch.Tensor = d0, steps: list = steps) -> float:
             return sum(float(((d - lam * d0) ** 2).sum()) for d in steps)
+
         assert error(float(lam)) <= error(0.0) + 1e-9
         applied += float(lam) > 0
     assert applied > 50  # the offset is used where it helps
@@ -239,7 +276,11 @@ def test_robust_offset_never_outgrows_the_local_gradient():
     offset adds at most the local gradient's length."""
     g_h = torch.tensor([1.0, 0.0], dtype=torch.float64)
     g_t = g_h + torch.tensor([0.0, 1000.0], dtype=torch.float64)
-    m = BlockMoments((g_h @ g_h)[None], (g_h @ g_t)[None], (g_t @ g_t)[None],
-                     *(torch.zeros(1, dtype=torch.float64) for _ in range(3)))
+    m = BlockMoments(
+        (g_h @ g_h)[None],
+        (g_h @ g_t)[None],
+        (g_t @ g_t)[None],
+        *(torch.zeros(1, dtype=torch.float64) for _ in range(3)),
+    )
     _, lam = robust_scalars(m, 64, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     assert float(fresh_lambda(m, 64)) == 1 and float(lam) == pytest.approx(1e-3)

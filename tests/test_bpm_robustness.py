@@ -12,11 +12,18 @@ from recede.reproduce import bpm_robustness as study
 def tiny_config() -> dict:
     cfg = study.load_config()
     spirals = cfg["tasks"]["spirals"] | {"data_options": {"n": 256, "n_test": 128}, "epochs": 2, "lrs": [0.03]}
-    m2 = cfg["tasks"]["m2"] | {"data_options": {"n": 200, "n_test": 100}, "epochs": 2, "lrs": [0.01],
-                               "model_options": {"depth": 4}}
-    return cfg | {"seeds": [0, 1], "tasks": {"spirals": spirals, "m2": m2},
-                  "fresh_regime": {"task": "spirals", "lr": 0.03, "period_epochs": 0.5, "offset_samples": 16},
-                  "diagnosis": {"task": "spirals", "lr": 0.03, "seed": 0}}
+    m2 = cfg["tasks"]["m2"] | {
+        "data_options": {"n": 200, "n_test": 100},
+        "epochs": 2,
+        "lrs": [0.01],
+        "model_options": {"depth": 4},
+    }
+    return cfg | {
+        "seeds": [0, 1],
+        "tasks": {"spirals": spirals, "m2": m2},
+        "fresh_regime": {"task": "spirals", "lr": 0.03, "period_epochs": 0.5, "offset_samples": 16},
+        "diagnosis": {"task": "spirals", "lr": 0.03, "seed": 0},
+    }
 
 
 def test_tiny_study_writes_tables_plots_and_verdicts(tmp_path, capsys):

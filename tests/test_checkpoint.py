@@ -17,9 +17,31 @@ from recede.runs import checkpoint
 from recede.runs.train import LoopState
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model", "resmlp", "--model-opt", "depth=4", "--data", "trig", "--data-opt", "n=1500",
-        "--data-opt", "n_test=50", "--batch-size", "10", "--epochs", "3", "--method", "mpc:2",
-        "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.02", "--no-progress"]
+TINY = [
+    "--model",
+    "resmlp",
+    "--model-opt",
+    "depth=4",
+    "--data",
+    "trig",
+    "--data-opt",
+    "n=1500",
+    "--data-opt",
+    "n_test=50",
+    "--batch-size",
+    "10",
+    "--epochs",
+    "3",
+    "--method",
+    "mpc:2",
+    "--optimizer",
+    "sgd",
+    "--momentum",
+    "0.9",
+    "--lr",
+    "0.02",
+    "--no-progress",
+]
 
 
 def recede(*argv: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -65,9 +87,32 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
 def test_resume_of_a_batchnorm_model_is_bitwise(tmp_path: Path, method: str) -> None:
     """No step runs an extra forward, so BatchNorm statistics (num_batches_tracked included) and
     the parameters after 1 + 1 resumed epochs are those of 2 epochs in one go."""
-    args = ["train", "--model", "resnet62", "--model-opt", "widths=[4, 8]", "--model-opt", "blocks_per_stage=1",
-            "--model-opt", "in_channels=1", "--data", "digits", "--data-opt", "size=8", "--batch-size", "64",
-            "--method", method, "--momentum", "0.9", "--bpm-period", "5", "--bpm-samples", "16", "--no-progress"]
+    args = [
+        "train",
+        "--model",
+        "resnet62",
+        "--model-opt",
+        "widths=[4, 8]",
+        "--model-opt",
+        "blocks_per_stage=1",
+        "--model-opt",
+        "in_channels=1",
+        "--data",
+        "digits",
+        "--data-opt",
+        "size=8",
+        "--batch-size",
+        "64",
+        "--method",
+        method,
+        "--momentum",
+        "0.9",
+        "--bpm-period",
+        "5",
+        "--bpm-samples",
+        "16",
+        "--no-progress",
+    ]
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
     assert main([*args, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "split"), "--resume"]) == 0
@@ -80,8 +125,21 @@ def test_resume_of_a_batchnorm_model_is_bitwise(tmp_path: Path, method: str) -> 
 
 
 def test_resume_of_a_different_run_is_refused(tmp_path: Path, capsys) -> None:
-    args = ["--model-opt", "depth=3", "--data-opt", "n=40", "--data-opt", "n_test=10",
-            "--batch-size", "20", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    args = [
+        "--model-opt",
+        "depth=3",
+        "--data-opt",
+        "n=40",
+        "--data-opt",
+        "n_test=10",
+        "--batch-size",
+        "20",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(["train", *args]) == 0
     assert main(["train", *args, "--lr", "0.5", "--resume"]) == 2
     err = capsys.readouterr().err
@@ -89,9 +147,28 @@ def test_resume_of_a_different_run_is_refused(tmp_path: Path, capsys) -> None:
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path, capsys) -> None:
-    code = main(["train", "--model-opt", "depth=3", "--data-opt", "n=400", "--data-opt", "n_test=10",
-                 "--batch-size", "10", "--epochs", "1", "--lr", "1e9", "--checkpoint-every", "1",
-                 "--no-progress", "--out", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "--model-opt",
+            "depth=3",
+            "--data-opt",
+            "n=400",
+            "--data-opt",
+            "n_test=10",
+            "--batch-size",
+            "10",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e9",
+            "--checkpoint-every",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "non-finite loss" in message and "last good checkpoint" in message
@@ -100,9 +177,29 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path,
     assert kept["loop"]["global_step"] == step - 1
     assert all(torch.isfinite(t).all() for t in kept["model"].values())
     # without periodic checkpoints nothing good was kept, and the message says so
-    assert main(["train", "--model-opt", "depth=3", "--data-opt", "n=400", "--data-opt", "n_test=10",
-                 "--batch-size", "10", "--epochs", "1", "--lr", "1e9", "--no-progress",
-                 "--out", str(tmp_path / "none")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--model-opt",
+                "depth=3",
+                "--data-opt",
+                "n=400",
+                "--data-opt",
+                "n_test=10",
+                "--batch-size",
+                "10",
+                "--epochs",
+                "1",
+                "--lr",
+                "1e9",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 1
+    )
     assert "no checkpoint was written" in capsys.readouterr().err
     assert not (tmp_path / "none" / "checkpoints").exists()
 
@@ -145,9 +242,17 @@ def test_restore_puts_back_rng_optimizer_and_method_state() -> None:
     method = Counting()
     method.count = 17
     torch.manual_seed(3)
-    payload = {"format": checkpoint.FORMAT, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-               "lr_rule": None, "method": method.state_dict(), "loop": LoopState(epoch=4).state_dict(),
-               "rng": checkpoint.rng_state(), "config": {}, "finished": False}
+    payload = {
+        "format": checkpoint.FORMAT,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_rule": None,
+        "method": method.state_dict(),
+        "loop": LoopState(epoch=4).state_dict(),
+        "rng": checkpoint.rng_state(),
+        "config": {},
+        "finished": False,
+    }
     expected = torch.rand(3)
     fresh_net, fresh_method = torch.nn.Linear(3, 2), Counting()
     fresh_opt = torch.optim.Adam(fresh_net.parameters(), lr=0.1)

@@ -16,25 +16,41 @@ import yaml
 from recede.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-        "--batch-size", "20", "--epochs", "2", "--no-progress"]
+TINY = [
+    "--model-opt",
+    "depth=3",
+    "--data-opt",
+    "n=60",
+    "--data-opt",
+    "n_test=20",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "2",
+    "--no-progress",
+]
 
 
 def recede(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_train_writes_table_metrics_plot_report_config_and_checkpoints(tmp_path: Path) -> None:
     with_progress = [a for a in TINY if a != "--no-progress"]
-    run = recede("train", *with_progress, "--method", "bp", "--method", "ckpt", "--method", "mpc:2",
-                 "--out", str(tmp_path))
+    run = recede(
+        "train", *with_progress, "--method", "bp", "--method", "ckpt", "--method", "mpc:2", "--out", str(tmp_path)
+    )
     assert run.returncode == 0, run.stderr
     assert "steps/s" in run.stdout and "MiB" in run.stdout  # the progress bars
     assert "BP+ckpt" in run.stdout and "MPC(h=2)" in run.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", "metrics.json", "loss.png",
-                                                     "report.md", "checkpoints"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.yaml",
+        "metrics.json",
+        "loss.png",
+        "report.md",
+        "checkpoints",
+    }
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["method"] for r in metrics["rows"]] == ["BP", "BP+ckpt", "MPC(h=2)"]
     assert len(metrics["history"]["BP"]) == 2
@@ -53,9 +69,20 @@ def test_train_writes_table_metrics_plot_report_config_and_checkpoints(tmp_path:
 
 def test_config_file_sets_options_and_flags_win(tmp_path: Path, capsys) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model_opt": ["depth=3"], "data-opt": ["n=40", "n_test=10"],
-                                      "batch_size": 20, "epochs": 3, "lr": 0.05, "method": ["ff"],
-                                      "no_progress": True, "out": str(tmp_path / "a")}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_opt": ["depth=3"],
+                "data-opt": ["n=40", "n_test=10"],
+                "batch_size": 20,
+                "epochs": 3,
+                "lr": 0.05,
+                "method": ["ff"],
+                "no_progress": True,
+                "out": str(tmp_path / "a"),
+            }
+        )
+    )
     assert main(["train", "--config", str(config), "--epochs", "1"]) == 0
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["lr"] == 0.05 and saved["method"] == ["ff"]
@@ -79,35 +106,44 @@ def test_config_positional_and_null_options(tmp_path: Path) -> None:
     assert args.methods is None and args.epochs == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--model", "vgg"], "unknown model 'vgg'; available: gpt2, linear-resnet, llama, resmlp, "
-                                  "resnet50, resnet62, sequential, vit-b16"),
-    (["train", "--data", "cifar"], "unknown dataset 'cifar'; available: "),
-    (["train", "--method", "mpc:99", *TINY], "horizon must be an integer in [1, 3]"),
-    (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 groups, got 9"),
-    (["train", "--method", "ckpt:0", *TINY], "checkpoint segments must be an integer in [1, 3]"),
-    (["train", "--method", "sgd", *TINY], "unknown method 'sgd'"),
-    (["train", "--model-opt", "depth", *TINY], "--model-opt 'depth' is not of the form key=value"),
-    (["train", "--model-opt", "colour=red", *TINY], "model 'resmlp' has no option(s) ['colour']"),
-    (["train", "--device", "cuda:7", *TINY], "--device cuda:7: this machine has"),
-    (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
-    (["compare", "--methods", "mpc:0", *TINY], "horizon must be an integer in [1, 3]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--model", "vgg"],
+            "unknown model 'vgg'; available: gpt2, linear-resnet, llama, resmlp, "
+            "resnet50, resnet62, sequential, vit-b16",
+        ),
+        (["train", "--data", "cifar"], "unknown dataset 'cifar'; available: "),
+        (["train", "--method", "mpc:99", *TINY], "horizon must be an integer in [1, 3]"),
+        (["train", "--method", "loco:9", *TINY], "LoCo needs between 2 and T = 3 groups, got 9"),
+        (["train", "--method", "ckpt:0", *TINY], "checkpoint segments must be an integer in [1, 3]"),
+        (["train", "--method", "sgd", *TINY], "unknown method 'sgd'"),
+        (["train", "--model-opt", "depth", *TINY], "--model-opt 'depth' is not of the form key=value"),
+        (["train", "--model-opt", "colour=red", *TINY], "model 'resmlp' has no option(s) ['colour']"),
+        (["train", "--device", "cuda:7", *TINY], "--device cuda:7: this machine has"),
+        (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["compare", "--methods", "mpc:0", *TINY], "horizon must be an integer in [1, 3]"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_problem(argv, message, tmp_path, capsys) -> None:
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--epochs", "0", "argument --epochs: must be an integer ≥ 1, got 0"),
-    ("--batch-size", "x", "argument --batch-size: must be an integer ≥ 1, got 'x'"),
-    ("--lr", "-1", "argument --lr: must be a number in [1e-12, 1e+12], got -1"),
-    ("--momentum", "1", "argument --momentum: must be a number in [0, 1), got 1"),
-    ("--lr-decay", "0", "argument --lr-decay: must be a number in (0, 1], got 0"),
-    ("--checkpoint-every", "-2", "argument --checkpoint-every: must be an integer ≥ 0, got -2"),
-    ("--optimizer", "lbfgs", "argument --optimizer: invalid choice: 'lbfgs'"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--epochs", "0", "argument --epochs: must be an integer ≥ 1, got 0"),
+        ("--batch-size", "x", "argument --batch-size: must be an integer ≥ 1, got 'x'"),
+        ("--lr", "-1", "argument --lr: must be a number in [1e-12, 1e+12], got -1"),
+        ("--momentum", "1", "argument --momentum: must be a number in [0, 1), got 1"),
+        ("--lr-decay", "0", "argument --lr-decay: must be a number in (0, 1], got 0"),
+        ("--checkpoint-every", "-2", "argument --checkpoint-every: must be an integer ≥ 0, got -2"),
+        ("--optimizer", "lbfgs", "argument --optimizer: invalid choice: 'lbfgs'"),
+    ],
+)
 def test_bad_option_value_names_option_and_range(flag, value, message, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", flag, value])
@@ -115,16 +151,19 @@ def test_bad_option_value_names_option_and_range(flag, value, message, capsys) -
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [
-    ("epochs: 0\n", "option epochs must be an integer ≥ 1, got 0"),
-    ("lr: fast\n", "option lr must be a number in [1e-12, 1e+12], got 'fast'"),
-    ("optimizer: lbfgs\n", "option optimizer must be one of sgd, adam, got 'lbfgs'"),
-    ("no_progress: 3\n", "option no_progress must be true or false"),
-    ("epochs: [1, 2]\n", "option epochs takes one value"),
-    ("epoch: 3\nwidth: 4\n", "unknown option(s) epoch, width; 'recede train' takes: batch_size,"),
-    ("- epochs\n", "must be a mapping of option names to values"),
-    ("epochs: [1\n", "is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("epochs: 0\n", "option epochs must be an integer ≥ 1, got 0"),
+        ("lr: fast\n", "option lr must be a number in [1e-12, 1e+12], got 'fast'"),
+        ("optimizer: lbfgs\n", "option optimizer must be one of sgd, adam, got 'lbfgs'"),
+        ("no_progress: 3\n", "option no_progress must be true or false"),
+        ("epochs: [1, 2]\n", "option epochs takes one value"),
+        ("epoch: 3\nwidth: 4\n", "unknown option(s) epoch, width; 'recede train' takes: batch_size,"),
+        ("- epochs\n", "must be a mapping of option names to values"),
+        ("epochs: [1\n", "is not valid YAML"),
+    ],
+)
 def test_bad_config_names_file_option_and_range(content, message, tmp_path, capsys) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(content)
@@ -147,8 +186,10 @@ def test_tensorboard_without_the_package_says_what_to_install(tmp_path, capsys) 
 def test_errors_are_not_tracebacks_in_a_subprocess(tmp_path: Path) -> None:
     run = recede("train", "--model", "vgg", "--out", str(tmp_path / "run"))
     assert run.returncode == 2
-    assert run.stderr.strip() == ("recede train: error: unknown model 'vgg'; available: "
-                                  "gpt2, linear-resnet, llama, resmlp, resnet50, resnet62, sequential, vit-b16")
+    assert run.stderr.strip() == (
+        "recede train: error: unknown model 'vgg'; available: "
+        "gpt2, linear-resnet, llama, resmlp, resnet50, resnet62, sequential, vit-b16"
+    )
 
 
 def test_flags_replace_the_config_file_s_lists(tmp_path: Path) -> None:

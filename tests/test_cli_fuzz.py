@@ -30,8 +30,19 @@ import torch
 from recede.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-        "--batch-size", "20", "--epochs", "1", "--no-progress"]
+TINY = [
+    "--model-opt",
+    "depth=3",
+    "--data-opt",
+    "n=60",
+    "--data-opt",
+    "n_test=20",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 DEMO = ["--epochs", "1", "--no-progress"]  # resnet62 (3 × 3 blocks, 8/16/32 channels) on digits
 
 # (argv after the subcommand, a fragment of the expected message).  {good}: the seeded run's
@@ -68,7 +79,10 @@ SELECT_CONFIG = [
 ]
 REPRODUCE_CONFIG = [
     (["--config", "{files}/full-number.yaml"], "option full must be true or false, got 3"),
-    (["--config", "{files}/paper-bad.yaml"], "option paper must be one of bpm-robustness, paper-a, paper-b, got 'paper-c'"),
+    (
+        ["--config", "{files}/paper-bad.yaml"],
+        "option paper must be one of bpm-robustness, paper-a, paper-b, got 'paper-c'",
+    ),
     (["--config", "{files}/data-root-list.yaml"], "option data_root takes one value"),
     (["--config", "{files}/opt-mapping.yaml"], "unknown option(s) model_opt"),
 ]
@@ -115,10 +129,11 @@ RESMLP = [  # the model and data options of resmlp on trig (train, compare, benc
     (["--data-opt", "noise=.inf"], "option noise must be a finite number, got inf"),
     (["--data-opt", "noise=-1"], "noise must be ≥ 0"),
     (["--model", "sequential"], "model 'sequential' has no option(s) ['depth']"),
-    (["--model", "resnet62", "--model-opt", "blocks_per_stage=1"],
-     "model 'resnet62' has no option(s) ['depth']"),
-    (["--model", "resmlp", "--data", "digits", "--data-opt", "size=abc"],
-     "dataset 'digits' has no option(s) ['n', 'n_test']"),
+    (["--model", "resnet62", "--model-opt", "blocks_per_stage=1"], "model 'resnet62' has no option(s) ['depth']"),
+    (
+        ["--model", "resmlp", "--data", "digits", "--data-opt", "size=abc"],
+        "dataset 'digits' has no option(s) ['n', 'n_test']",
+    ),
 ]
 RESNET = [  # the model and data options of the demo's resnet62 on digits
     (["--model-opt", "blocks_per_stage=0"], "at least one stage and one block per stage"),
@@ -135,8 +150,10 @@ RESNET = [  # the model and data options of the demo's resnet62 on digits
 ]
 TRAIN = [
     (["--model", "vit-b16", "--model-opt", "depth=2"], "model 'vit-b16' does not fit dataset 'trig'"),
-    (["--model", "resnet62", "--model-opt", "blocks_per_stage=1", "--model-opt", "depth=3"],
-     "has no option(s) ['depth']"),
+    (
+        ["--model", "resnet62", "--model-opt", "blocks_per_stage=1", "--model-opt", "depth=3"],
+        "has no option(s) ['depth']",
+    ),
     (["--method", "mpc:99"], "horizon must be an integer in [1, 3]"),
     (["--method", "mpc:0"], "horizon must be an integer in [1, 3]"),
     (["--method", "mpc:x"], "'x' is not an integer"),
@@ -200,12 +217,16 @@ SELECT = [
 REPRODUCE = [
     (["paper-c"], "argument paper: invalid choice: 'paper-c'"),
     (["paper-a", "--data-root", "{files}"], "--data-root is for data read from a folder"),
-    (["paper-a", "--full", "--only", "models", "--data-root", "{files}/missing"],
-     "cifar10: expected the python-pickle folder"),
+    (
+        ["paper-a", "--full", "--only", "models", "--data-root", "{files}/missing"],
+        "cifar10: expected the python-pickle folder",
+    ),
     (["paper-a", "--full", "--only", "models", "--data-root", "{files}"], "missing: ["),
     (["paper-a", "--full", "--only", "models", "--data-root", ""], "cifar10: expected the python-pickle folder"),
-    (["paper-a", "--full", "--only", "sweeps", "--data-root", "{files}"],
-     "starts from pretrained weights: give --weights resnet50=FILE"),
+    (
+        ["paper-a", "--full", "--only", "sweeps", "--data-root", "{files}"],
+        "starts from pretrained weights: give --weights resnet50=FILE",
+    ),
     (["paper-a", "--only", "figs"], "--only takes models, sweeps, rate"),
     (["paper-a", "--preset", "nothing"], "paper-a has no preset 'nothing'"),
     (["paper-a", "--full", "--preset", "cpu"], "give --full or --preset, not both"),
@@ -213,8 +234,10 @@ REPRODUCE = [
     (["paper-b", "--data-root", "{files}"], "--data-root is for data read from a folder"),
     (["paper-b", "--only", "models"], "--only picks sections of paper-a's configuration"),
     (["paper-b", "--full", "--data-root", "{files}"], "give --weights resnet50=FILE"),
-    (["paper-b", "--full", "--weights", "{files}/garbage.pt", "--data-root", "{files}"],
-     "cifar100: expected the python-pickle folder"),
+    (
+        ["paper-b", "--full", "--weights", "{files}/garbage.pt", "--data-root", "{files}"],
+        "cifar100: expected the python-pickle folder",
+    ),
     (["paper-a", "--full", "--out", "/proc/recede-out"], "cannot write in /proc"),
     (["paper-a", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
     (["paper-a", "--no-progress=3"], "argument --no-progress: ignored explicit argument '3'"),
@@ -226,9 +249,24 @@ TOP = [
 ]
 
 
-LM_BASE = ["--model", "gpt2", "--model-opt", "n_layer=2", "--model-opt", "n_embd=8", "--model-opt", "n_head=2",
-           "--data", "text", "--data-opt", "path={files}/corpus", "--data-opt", "seq_len=16",
-           "--batch-size", "2"]
+LM_BASE = [
+    "--model",
+    "gpt2",
+    "--model-opt",
+    "n_layer=2",
+    "--model-opt",
+    "n_embd=8",
+    "--model-opt",
+    "n_head=2",
+    "--data",
+    "text",
+    "--data-opt",
+    "path={files}/corpus",
+    "--data-opt",
+    "seq_len=16",
+    "--batch-size",
+    "2",
+]
 LM_RUN = [*LM_BASE, "--epochs", "1", "--no-progress"]
 LM = [  # a GPT-2 on text (train, compare, bench, select); a later --data-opt path= wins
     (["--data-opt", "seq_len=abc"], "option seq_len must be an integer, got 'abc'"),
@@ -261,16 +299,21 @@ def _table() -> list[tuple[list[str], str]]:
         return [([command, *base, *argv], message) for table in tables for argv, message in table]
 
     workload = (OUTPUT, CONFIG, WORKLOAD_CONFIG, OPTIONS)
-    return (cases("train", TINY, *workload, RESMLP, TRAIN)
-            + cases("compare", TINY, *workload, RESMLP, COMPARE)
-            + cases("bench", TINY, *workload, RESMLP, BENCH)
-            + cases("demo", DEMO, *workload, RESNET)
-            + cases("select", SELECT_BASE, OUTPUT, CONFIG, SELECT_CONFIG, RESMLP, SELECT)
-            + cases("train", LM_RUN, LM) + cases("compare", LM_RUN, LM) + cases("bench", LM_RUN, LM)
-            + cases("select", [*LM_BASE, "--lam", "0.1"], LM)
-            + cases("reproduce", ["paper-a"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
-            + cases("reproduce", ["paper-b"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
-            + cases("reproduce", [], REPRODUCE) + [(argv, message) for argv, message in TOP])
+    return (
+        cases("train", TINY, *workload, RESMLP, TRAIN)
+        + cases("compare", TINY, *workload, RESMLP, COMPARE)
+        + cases("bench", TINY, *workload, RESMLP, BENCH)
+        + cases("demo", DEMO, *workload, RESNET)
+        + cases("select", SELECT_BASE, OUTPUT, CONFIG, SELECT_CONFIG, RESMLP, SELECT)
+        + cases("train", LM_RUN, LM)
+        + cases("compare", LM_RUN, LM)
+        + cases("bench", LM_RUN, LM)
+        + cases("select", [*LM_BASE, "--lam", "0.1"], LM)
+        + cases("reproduce", ["paper-a"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
+        + cases("reproduce", ["paper-b"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
+        + cases("reproduce", [], REPRODUCE)
+        + [(argv, message) for argv, message in TOP]
+    )
 
 
 CASES = _table()
@@ -285,11 +328,18 @@ def _pick(command: str, *tokens: str) -> tuple[list[str], str]:
 # one case of each distinct path also runs as `python -m recede`: argparse, the config file, a
 # model option's type, the model/data probe, the results folder, resume, a weights file,
 # reproduce's data folder, and the --nproc launcher's own check
-SUB_CASES = [_pick("train", "--epochs", "0"), _pick("train", "--config", "{files}/invalid.yaml"),
-             _pick("train", "width=abc"), _pick("select", "in_dim=3"), _pick("demo", "{good}"),
-             _pick("train", "{new}"), _pick("select", "{files}/garbage.pt"),
-             _pick("reproduce", "paper-b"), _pick("train", "--nproc", "2"),
-             _pick("train", "tokenizer=wordpiece")]
+SUB_CASES = [
+    _pick("train", "--epochs", "0"),
+    _pick("train", "--config", "{files}/invalid.yaml"),
+    _pick("train", "width=abc"),
+    _pick("select", "in_dim=3"),
+    _pick("demo", "{good}"),
+    _pick("train", "{new}"),
+    _pick("select", "{files}/garbage.pt"),
+    _pick("reproduce", "paper-b"),
+    _pick("train", "--nproc", "2"),
+    _pick("train", "tokenizer=wordpiece"),
+]
 
 
 def _id(i: int, argv: list[str]) -> str:
@@ -299,8 +349,14 @@ def _id(i: int, argv: list[str]) -> str:
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` with its content's hash (folders: "dir")."""
-    return {str(p.relative_to(root)): f"link to {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
-            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): f"link to {os.readlink(p)}"
+        if p.is_symlink()
+        else "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -308,25 +364,38 @@ def seeded(tmp_path_factory) -> Path:
     """A good train run, damaged copies of it, and the files the cases name."""
     root = tmp_path_factory.mktemp("fuzz")
     good = root / "good"
-    assert main(["train", *TINY, "--method", "bp", "--method", "ff", "--checkpoint-every", "1",
-                 "--out", str(good)]) == 0
-    for name, damage in [("corrupt", lambda r: (r / "checkpoints" / "bp.pt").write_bytes(b"garbage")),
-                         ("foreign", lambda r: torch.save({"weights": 1}, r / "checkpoints" / "bp.pt")),
-                         ("bad-config", lambda r: (r / "config.yaml").write_text("epochs: [1\n"))]:
+    assert (
+        main(["train", *TINY, "--method", "bp", "--method", "ff", "--checkpoint-every", "1", "--out", str(good)]) == 0
+    )
+    for name, damage in [
+        ("corrupt", lambda r: (r / "checkpoints" / "bp.pt").write_bytes(b"garbage")),
+        ("foreign", lambda r: torch.save({"weights": 1}, r / "checkpoints" / "bp.pt")),
+        ("bad-config", lambda r: (r / "config.yaml").write_text("epochs: [1\n")),
+    ]:
         shutil.copytree(good, root / name)
         damage(root / name)
     files = root / "files"
     files.mkdir()
-    for name, text in [("invalid.yaml", "epochs: [1\n"), ("list.yaml", "- epochs\n"),
-                       ("unknown-key.yaml", "colour: red\n"), ("opt-mapping.yaml", "model_opt: {width: 8}\n"),
-                       ("epochs-text.yaml", "epochs: many\n"), ("epochs-list.yaml", "epochs: [1, 2]\n"),
-                       ("lr-nan.yaml", "lr: .nan\n"), ("flag-number.yaml", "no_progress: 3\n"),
-                       ("method-nested.yaml", "method: [[bp]]\n"), ("resume-text.yaml", "resume: always\n"),
-                       ("batches-text.yaml", "batches: many\n"), ("horizons-list.yaml", "horizons: [1, 2]\n"),
-                       ("eps-nan.yaml", "eps: .nan\n"), ("objective-bad.yaml", "objective: best\n"),
-                       ("full-number.yaml", "full: 3\n"), ("paper-bad.yaml", "paper: paper-c\n"),
-                       ("data-root-list.yaml", "data_root: [a, b]\n"),
-                       ("plain.txt", "not a folder\n")]:
+    for name, text in [
+        ("invalid.yaml", "epochs: [1\n"),
+        ("list.yaml", "- epochs\n"),
+        ("unknown-key.yaml", "colour: red\n"),
+        ("opt-mapping.yaml", "model_opt: {width: 8}\n"),
+        ("epochs-text.yaml", "epochs: many\n"),
+        ("epochs-list.yaml", "epochs: [1, 2]\n"),
+        ("lr-nan.yaml", "lr: .nan\n"),
+        ("flag-number.yaml", "no_progress: 3\n"),
+        ("method-nested.yaml", "method: [[bp]]\n"),
+        ("resume-text.yaml", "resume: always\n"),
+        ("batches-text.yaml", "batches: many\n"),
+        ("horizons-list.yaml", "horizons: [1, 2]\n"),
+        ("eps-nan.yaml", "eps: .nan\n"),
+        ("objective-bad.yaml", "objective: best\n"),
+        ("full-number.yaml", "full: 3\n"),
+        ("paper-bad.yaml", "paper: paper-c\n"),
+        ("data-root-list.yaml", "data_root: [a, b]\n"),
+        ("plain.txt", "not a folder\n"),
+    ]:
         (files / name).write_text(text)
     (files / "binary.yaml").write_bytes(b"\xff\xfe\x00epochs")
     for name, content in [("corpus", b"def f(x):\n    return x + 1\n" * 20), ("binary-text", b"text\x00more")]:
@@ -342,8 +411,17 @@ def seeded(tmp_path_factory) -> Path:
 
 
 def _argv(case: list[str], root: Path) -> list[str]:
-    argv = [a.format(good=root / "good", files=root / "files", new=root / "new", corrupt=root / "corrupt",
-                     foreign=root / "foreign", **{"bad-config": root / "bad-config"}) for a in case]
+    argv = [
+        a.format(
+            good=root / "good",
+            files=root / "files",
+            new=root / "new",
+            corrupt=root / "corrupt",
+            foreign=root / "foreign",
+            **{"bad-config": root / "bad-config"},
+        )
+        for a in case
+    ]
     if "--out" not in argv:
         argv += ["--out", str(root / "good"), "--overwrite"]
     return argv
@@ -380,8 +458,14 @@ def test_bad_input_is_one_line_and_leaves_the_earlier_run(case, message, seeded,
 def test_bad_input_in_a_subprocess(case, message, seeded):
     before = _snapshot(seeded)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "recede", *_argv(case, seeded)], cwd=seeded / "cwd",
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "recede", *_argv(case, seeded)],
+        cwd=seeded / "cwd",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     _check(run.returncode, run.stderr, message, before, seeded)
 
 
@@ -389,7 +473,6 @@ def test_the_table_is_large_and_covers_every_subcommand():
     commands = {c[0] for c, _ in CASES}
     assert {"train", "compare", "demo", "bench", "select", "reproduce"} <= commands
     assert all(sum(c[0] == name for c, _ in CASES) >= 40 for name in commands - {"trian", "--colour"})
-
 
 
 # -- by property: generated values at and past every bound ------------------------------------
@@ -414,9 +497,12 @@ BASES = {"train": TINY, "compare": TINY, "bench": TINY, "demo": DEMO, "select": 
 def _ranged() -> list[tuple[str, str, object]]:
     """(subcommand, option string, its type) for every option with a numeric range."""
     subs = subcommands(build_parser())
-    return [(name, action.option_strings[-1], action.type) for name in BASES
-            for action in subs[name]._actions
-            if action.option_strings and hasattr(action.type, "low")]
+    return [
+        (name, action.option_strings[-1], action.type)
+        for name in BASES
+        for action in subs[name]._actions
+        if action.option_strings and hasattr(action.type, "low")
+    ]
 
 
 RANGED = _ranged()
@@ -433,25 +519,34 @@ def _is_number(text: str) -> bool:
 def _outside(kind) -> st.SearchStrategy:
     """Values of an option of type ``kind`` (int_range or float_range) that it must refuse."""
     words = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
-        lambda t: not _is_number(t) and not t.startswith("-"))
+        lambda t: not _is_number(t) and not t.startswith("-")
+    )
     if kind.__name__ == "int":
-        ints = st.one_of(st.integers(max_value=kind.low - 1, min_value=kind.low - 10**30),
-                         st.integers(min_value=kind.top + 1, max_value=kind.top + 10**30))
+        ints = st.one_of(
+            st.integers(max_value=kind.low - 1, min_value=kind.low - 10**30),
+            st.integers(min_value=kind.top + 1, max_value=kind.top + 10**30),
+        )
         floats = st.floats().filter(lambda x: not math.isfinite(x) or x != int(x))  # 2.5, nan, inf
         return st.one_of(ints.map(str), floats.map(repr), words)
     below = st.floats(max_value=kind.low, exclude_max=not kind.low_open, allow_nan=False)
-    above = st.floats(min_value=kind.high, exclude_min=not kind.high_open, allow_nan=False) \
-        if kind.high != float("inf") else st.just(float("inf"))
+    above = (
+        st.floats(min_value=kind.high, exclude_min=not kind.high_open, allow_nan=False)
+        if kind.high != float("inf")
+        else st.just(float("inf"))
+    )
     return st.one_of(below.map(repr), above.map(repr), st.just("nan"), st.just("-inf"), words)
 
 
 def _yaml_value(kind) -> st.SearchStrategy:
     """What a config file may hold instead (YAML text): null (for an option that has a value
     by default), a list, lists nested past the limit, a mapping, a long string."""
-    return st.one_of(st.just("null"), st.lists(st.integers(), min_size=1, max_size=3).map(str),
-                     st.integers(17, 2000).map(lambda depth: "[" * depth + "]" * depth),
-                     st.dictionaries(st.sampled_from("abc"), st.integers(), min_size=1).map(str),
-                     st.integers(4097, 6000).map(lambda n: "x" * n))
+    return st.one_of(
+        st.just("null"),
+        st.lists(st.integers(), min_size=1, max_size=3).map(str),
+        st.integers(17, 2000).map(lambda depth: "[" * depth + "]" * depth),
+        st.dictionaries(st.sampled_from("abc"), st.integers(), min_size=1).map(str),
+        st.integers(4097, 6000).map(lambda n: "x" * n),
+    )
 
 
 @st.composite
@@ -462,8 +557,16 @@ def _bad_option(draw) -> tuple[str, list[str], str | None]:
         return command, [f"{option}={draw(_outside(kind))}"], None
     key = option.lstrip("-").replace("-", "_")
     value = draw(_yaml_value(kind))
-    if value == "null" and key in ("bpm_period", "bpm_samples", "micro_batches", "bpm_a", "bpm_lam", "M0",
-                                 "eps", "lam"):
+    if value == "null" and key in (
+        "bpm_period",
+        "bpm_samples",
+        "micro_batches",
+        "bpm_a",
+        "bpm_lam",
+        "M0",
+        "eps",
+        "lam",
+    ):
         value = "not a number"  # null means "not given" for these
     return command, [], f"{key}: {value}\n"
 
@@ -478,11 +581,19 @@ def _odd_folders(root: Path) -> dict[str, Path]:
         (base / "config-dir" / "config.yaml").mkdir(parents=True)
         (base / "checkpoints-file").mkdir()
         (base / "checkpoints-file" / "checkpoints").write_text("x")
-    return {"file": base / "file", "under-file": base / "file" / "sub", "loop": base / "loop",
-            "under-loop": base / "loop" / "sub", "dangling": base / "dangling",
-            "under-dangling": base / "dangling" / "sub", "config-dir": base / "config-dir",
-            "checkpoints-file": base / "checkpoints-file", "long": base / ("n" * 256),
-            "non-utf8": Path(os.fsdecode(bytes(base) + b"/\xff\xfe")), "empty": Path(" ")}
+    return {
+        "file": base / "file",
+        "under-file": base / "file" / "sub",
+        "loop": base / "loop",
+        "under-loop": base / "loop" / "sub",
+        "dangling": base / "dangling",
+        "under-dangling": base / "dangling" / "sub",
+        "config-dir": base / "config-dir",
+        "checkpoints-file": base / "checkpoints-file",
+        "long": base / ("n" * 256),
+        "non-utf8": Path(os.fsdecode(bytes(base) + b"/\xff\xfe")),
+        "empty": Path(" "),
+    }
 
 
 def _fuzz(seeded: Path, capfd, command: str, extra: list[str], config: str | None, out: Path | None) -> None:
@@ -508,8 +619,12 @@ def _fuzz(seeded: Path, capfd, command: str, extra: list[str], config: str | Non
     assert _snapshot(seeded) == before, f"{argv[-6:]} changed the files of the earlier run"
 
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @FUZZ
@@ -520,8 +635,11 @@ def test_generated_option_values_are_refused_in_one_line(case, seeded, capfd, mo
 
 
 @FUZZ
-@given(command=st.sampled_from(sorted(BASES)), kind=st.sampled_from(sorted(_odd_folders(Path("/")).keys())),
-       overwrite=st.booleans())
+@given(
+    command=st.sampled_from(sorted(BASES)),
+    kind=st.sampled_from(sorted(_odd_folders(Path("/")).keys())),
+    overwrite=st.booleans(),
+)
 def test_generated_out_folders_are_refused_in_one_line(command, kind, overwrite, seeded, capfd, monkeypatch):
     monkeypatch.chdir(seeded / "cwd")
     out = _odd_folders(seeded)[kind]

@@ -15,22 +15,48 @@ from recede.runs.compare import default_methods, dominated, mean_rows, spread_ce
 from recede.runs.demo import demo_methods
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model-opt", "depth=6", "--data-opt", "n=80", "--data-opt", "n_test=20",
-        "--batch-size", "20", "--epochs", "1", "--no-progress", "--threads", "1"]
+TINY = [
+    "--model-opt",
+    "depth=6",
+    "--data-opt",
+    "n=80",
+    "--data-opt",
+    "n_test=20",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def recede(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_compare_writes_the_frontier(tmp_path: Path) -> None:
-    run = recede("compare", *TINY, "--methods", "ckpt", "ff", "mpc:3", "loco:3",
-                 "--timing-steps", "2", "--cosine-batches", "2", "--out", str(tmp_path))
+    run = recede(
+        "compare",
+        *TINY,
+        "--methods",
+        "ckpt",
+        "ff",
+        "mpc:3",
+        "loco:3",
+        "--timing-steps",
+        "2",
+        "--cosine-batches",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
-    assert {"config.yaml", "metrics.json", "report.md", "frontier.png", "loss.png"} <= \
-        {p.name for p in tmp_path.iterdir()}
+    assert {"config.yaml", "metrics.json", "report.md", "frontier.png", "loss.png"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     rows = {r["method"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["rows"]}
     assert list(rows) == ["BP", "BP+ckpt", "FF", "MPC(h=3)", "LoCo3"]  # BP added: ratios are to BP
     bp, ckpt, ff = rows["BP"], rows["BP+ckpt"], rows["FF"]
@@ -48,9 +74,28 @@ def test_compare_writes_the_frontier(tmp_path: Path) -> None:
 
 
 def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
-    demo = recede("demo", "--model-opt", "blocks_per_stage=2", "--data-opt", "test_fraction=0.9", "--epochs", "1",
-                  "--no-progress", "--bpm-period", "4", "--bpm-samples", "16", "--seeds", "2",
-                  "--timing-steps", "1", "--cosine-batches", "1", "--out", str(tmp_path / "d"))
+    demo = recede(
+        "demo",
+        "--model-opt",
+        "blocks_per_stage=2",
+        "--data-opt",
+        "test_fraction=0.9",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--bpm-period",
+        "4",
+        "--bpm-samples",
+        "16",
+        "--seeds",
+        "2",
+        "--timing-steps",
+        "1",
+        "--cosine-batches",
+        "1",
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert demo.returncode == 0, demo.stderr
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     rows = metrics["rows"]
@@ -66,8 +111,9 @@ def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
     assert len(list((tmp_path / "d" / "checkpoints" / "seed-1").iterdir())) == 6
     report = (tmp_path / "d" / "report.md").read_text()
     assert "mean ± sd over seeds 0–1" in report and " ± " in report.split("\n")[4]
-    bench = recede("bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--clock", "cpu",
-                   "--out", str(tmp_path / "b"))
+    bench = recede(
+        "bench", *TINY, "--methods", "ff", "mpc:2", "--repeats", "2", "--clock", "cpu", "--out", str(tmp_path / "b")
+    )
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "FF", "MPC(h=2)"]
@@ -78,9 +124,25 @@ def test_bpm_time_ratio_covers_its_refreshes(tmp_path: Path) -> None:
     """The frontier row of a BP-modified method pays for the refreshes its run made: its
     ms/step is its step plus one refresh times the refreshes per step of its own history."""
     period = 3
-    run = recede("compare", *TINY, "--methods", "ff", "bpm-ff", "--bpm-period", str(period),
-                 "--bpm-samples", "16", "--bpm-micro-batch", "4", "--timing-steps", "2",
-                 "--cosine-batches", "1", "--out", str(tmp_path))
+    run = recede(
+        "compare",
+        *TINY,
+        "--methods",
+        "ff",
+        "bpm-ff",
+        "--bpm-period",
+        str(period),
+        "--bpm-samples",
+        "16",
+        "--bpm-micro-batch",
+        "4",
+        "--timing-steps",
+        "2",
+        "--cosine-batches",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
     run = json.loads((tmp_path / "metrics.json").read_text())["runs"][0]
     rows = {r["method"]: r for r in run["rows"]}
@@ -99,10 +161,16 @@ def test_bpm_time_ratio_covers_its_refreshes(tmp_path: Path) -> None:
 
 
 def test_rows_of_several_seeds_are_means_with_their_spread() -> None:
-    runs = [[{"method": "BP", "test acc": 0.9, "memory ratio": 1.0, "model ratio": None, "dominated": "no"},
-             {"method": "FF", "test acc": 0.6, "memory ratio": 0.25, "model ratio": 1.1, "dominated": "no"}],
-            [{"method": "BP", "test acc": 0.8, "memory ratio": 1.0, "model ratio": None, "dominated": "yes"},
-             {"method": "FF", "test acc": 0.7, "memory ratio": 0.25, "model ratio": 1.3, "dominated": "no"}]]
+    runs = [
+        [
+            {"method": "BP", "test acc": 0.9, "memory ratio": 1.0, "model ratio": None, "dominated": "no"},
+            {"method": "FF", "test acc": 0.6, "memory ratio": 0.25, "model ratio": 1.1, "dominated": "no"},
+        ],
+        [
+            {"method": "BP", "test acc": 0.8, "memory ratio": 1.0, "model ratio": None, "dominated": "yes"},
+            {"method": "FF", "test acc": 0.7, "memory ratio": 0.25, "model ratio": 1.3, "dominated": "no"},
+        ],
+    ]
     bp, ff = mean_rows(runs)
     assert bp["test acc"] == pytest.approx(0.85) and bp["test acc sd"] == pytest.approx(0.1 / math.sqrt(2))
     assert bp["model ratio"] is None and "dominated" not in bp  # dominance is decided on the means
@@ -113,10 +181,12 @@ def test_rows_of_several_seeds_are_means_with_their_spread() -> None:
 
 
 def test_dominated_is_the_pareto_order() -> None:
-    rows = [{"method": "BP", "memory ratio": 1.0, "time ratio": 1.0, "test acc": 0.9},
-            {"method": "A", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8},
-            {"method": "B", "memory ratio": 0.6, "time ratio": 1.3, "test acc": 0.8},  # worse than A
-            {"method": "C", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8}]  # ties A
+    rows = [
+        {"method": "BP", "memory ratio": 1.0, "time ratio": 1.0, "test acc": 0.9},
+        {"method": "A", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8},
+        {"method": "B", "memory ratio": 0.6, "time ratio": 1.3, "test acc": 0.8},  # worse than A
+        {"method": "C", "memory ratio": 0.5, "time ratio": 1.2, "test acc": 0.8},
+    ]  # ties A
     assert dominated(rows, "test acc", higher_is_better=True) == [False, False, True, False]
     loss_rows = [dict(r, **{"test loss": 1 - r.pop("test acc")}) for r in rows]
     assert dominated(loss_rows, "test loss", higher_is_better=False) == [False, False, True, False]

@@ -63,11 +63,10 @@ def test_bp_modified_on_compiled_blocks():
     net = make()
     net.compile(backend="aot_eager")
     data = torch.utils.data.TensorDataset(torch.randn(32, 2, 8, 8), torch.randint(0, 3, (32,)))
-    method = build_method(net, "bpm-mpc:2", refresh_data=data, batch_size=8, period=2,
-                          offset_samples=16, micro_batch=8)
+    method = build_method(net, "bpm-mpc:2", refresh_data=data, batch_size=8, period=2, offset_samples=16, micro_batch=8)
     for i in range(3):
         net.zero_grad(set_to_none=True)
-        loss = method.backward(*data[8 * i:8 * i + 8])
+        loss = method.backward(*data[8 * i : 8 * i + 8])
         assert torch.isfinite(torch.tensor(loss))
     assert method.refreshes == 2
 
@@ -112,8 +111,11 @@ def test_many_block_shapes_stay_compiled_past_dynamos_default_recompile_limit():
 
     torch.manual_seed(0)
     widths = list(range(3, 15))
-    net = BlockNet([nn.Sequential(nn.Linear(a, b), nn.Tanh()) for a, b in zip(widths, widths[1:])],
-                   [nn.Linear(b, 2) for b in widths[1:]], nn.CrossEntropyLoss())
+    net = BlockNet(
+        [nn.Sequential(nn.Linear(a, b), nn.Tanh()) for a, b in zip(widths, widths[1:])],
+        [nn.Linear(b, 2) for b in widths[1:]],
+        nn.CrossEntropyLoss(),
+    )
     torch._dynamo.reset()
     counters.clear()
     net.compile(backend="eager")

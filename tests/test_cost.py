@@ -53,14 +53,33 @@ def flop_meter(runs):
 
 def mixed_depth_net(T: int = 7, width: int = 6, shared_head: bool = False) -> BlockNet:
     """Blocks of 1, 2 or 3 linear layers (so W, D and B differ), a head per depth or one shared."""
+
     def block(layers: int) -> nn.Module:
         return nn.Sequential(*(m for i in range(layers) for m in (nn.Linear(width, width, bias=i % 2 == 0), nn.ReLU())))
+
     heads = nn.Linear(width, 3) if shared_head else [nn.Linear(width, 3) for _ in range(T)]
     return BlockNet([block(1 + t % 3) for t in range(T)], heads, nn.CrossEntropyLoss())
 
 
-METHODS = ["bp", "ff", "mpc:2", "mpc:3", "mpc:6", "loco:3", "loco:7", "loco-double:2", "loco-double:3",
-           "ckpt", "ckpt:1", "ckpt:7", "mpc-rc:1", "mpc-rc:2", "mpc-rc:3", "mpc-rc:6", "mpc-rc:7"]
+METHODS = [
+    "bp",
+    "ff",
+    "mpc:2",
+    "mpc:3",
+    "mpc:6",
+    "loco:3",
+    "loco:7",
+    "loco-double:2",
+    "loco-double:3",
+    "ckpt",
+    "ckpt:1",
+    "ckpt:7",
+    "mpc-rc:1",
+    "mpc-rc:2",
+    "mpc-rc:3",
+    "mpc-rc:6",
+    "mpc-rc:7",
+]
 
 
 @pytest.mark.parametrize("shared_head", [False, True])
@@ -70,8 +89,9 @@ def test_predicted_flops_equal_what_the_engine_spends(shared_head: bool) -> None
     x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
     costs, _ = calibrate(net, x, y, flop_meter)
     bp = horizon_cost(costs, net.T)
-    methods = [build_method(net, m) for m in METHODS] + [MPC(net, h, double=True, recompute=rc)
-                                                          for h in range(2, net.T + 1) for rc in (False, True)]
+    methods = [build_method(net, m) for m in METHODS] + [
+        MPC(net, h, double=True, recompute=rc) for h in range(2, net.T + 1) for rc in (False, True)
+    ]
     for method in methods:
         method.backward(x, y)  # first step out of the way (head checks)
         spent = flops(partial(method.backward, x, y))
@@ -88,7 +108,8 @@ def test_predicted_flops_on_a_conv_resnet() -> None:
             method = MPC(net, h, recompute=recompute)
             method.backward(x, y)
             assert horizon_cost(costs, h, recompute=recompute) == pytest.approx(
-                flops(partial(method.backward, x, y)), rel=1e-12), (h, recompute)
+                flops(partial(method.backward, x, y)), rel=1e-12
+            ), (h, recompute)
 
 
 def test_pass_counts_by_hand() -> None:
@@ -107,8 +128,13 @@ def test_pass_counts_by_hand() -> None:
 
 
 def test_costs_add_up() -> None:
-    costs = BlockCosts(forward=(1, 2, 3), input_vjp=(10, 20, 30), weight_grad=(100, 200, 300),
-                       backward=(1000, 2000, 3000), head=(7, 8, 9))
+    costs = BlockCosts(
+        forward=(1, 2, 3),
+        input_vjp=(10, 20, 30),
+        weight_grad=(100, 200, 300),
+        backward=(1000, 2000, 3000),
+        head=(7, 8, 9),
+    )
     assert horizon_cost(costs, 3) == 6 + 100 + 2000 + 3000 + 9
     assert horizon_cost(costs, 1) == 6 + 600 + 24
     assert horizon_cost(costs, 2) == 6 + 100 + 20 + 200 + 3000 + 8 + 9  # target 2: D1 W0; final: W1 B2

@@ -19,8 +19,10 @@ pytest.importorskip("torchvision")
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a loader tried to use the network")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
@@ -110,7 +112,9 @@ def write_tiny_imagenet(root, wnids=("n01", "n02")):
     (folder / "val" / "images").mkdir(parents=True)
     lines = []
     for i, wnid in enumerate(reversed(wnids)):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "val" / "images" / f"val_{i}.JPEG")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            folder / "val" / "images" / f"val_{i}.JPEG"
+        )
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return folder

@@ -65,8 +65,10 @@ def test_independent_gaussian_exponent_is_two_not_three():
     assert 1.6 <= np.mean(slopes) <= 2.4, slopes
     # and the prefactor vanishes with depth: same 1 − h/T, deeper net, smaller 1 − cos²
     Phi = torch.eye(10, dtype=torch.float64) * 0.5
-    gaps = [1 - cosines(weights_from(gaussian_perturbations(T, 10, seed=1)), Phi, [int(0.9 * T)])[int(0.9 * T)] ** 2
-            for T in (64, 512)]
+    gaps = [
+        1 - cosines(weights_from(gaussian_perturbations(T, 10, seed=1)), Phi, [int(0.9 * T)])[int(0.9 * T)] ** 2
+        for T in (64, 512)
+    ]
     assert gaps[1] < gaps[0] / 3
 
 
@@ -77,14 +79,14 @@ def test_optimal_horizon_matches_brute_force():
         a, b, c, lam = rng.uniform(0.01, 2), rng.uniform(0, 5), rng.uniform(0.1, 3), rng.uniform(0, 0.5) / T
         grid = np.linspace(1, T, 20001)
         h_star = optimal_horizon(T, a, lam, c)
-        assert h_star == pytest.approx(grid[np.argmin(weighted_objective(grid, T, a, b, lam, c))],
-                                       abs=2 * (T - 1) / 20000)
+        assert h_star == pytest.approx(
+            grid[np.argmin(weighted_objective(grid, T, a, b, lam, c))], abs=2 * (T - 1) / 20000
+        )
         integers = np.arange(1, T + 1)
         best = int(integers[np.argmin(weighted_objective(integers, T, a, b, lam, c))])
         assert best in (math.floor(h_star), math.ceil(h_star))
         # Paper A's printed form is the optimum for a cost linear in h/T: replace a by a/T
-        assert optimal_horizon(T, a, lam, c, per_fraction=True) == pytest.approx(
-            optimal_horizon(T, a / T, lam, c))
+        assert optimal_horizon(T, a, lam, c, per_fraction=True) == pytest.approx(optimal_horizon(T, a / T, lam, c))
 
 
 def test_interior_optimum_condition():

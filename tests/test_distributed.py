@@ -44,16 +44,22 @@ def _net(seed: int) -> BlockNet:
 
 def _data(n: int, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, generator=g, dtype=torch.float64),
-            torch.randn(n, 2, generator=g, dtype=torch.float64))
+    return (torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64))
 
 
 def _method(net: BlockNet, spec: str):
     """The method ``spec``; BP-modified ones refresh from their own data every 2 steps, on
     B' = 8 samples in micro-batches of b' = 2 (the first step starts with a refresh), with Paper
     B's scalars, whose λ > 0 at the first refresh puts the offset in play."""
-    return build_method(net, spec, refresh_data=TensorDataset(*_data(32, seed=11)), period=2,
-                        offset_samples=8, micro_batch=2, scaling="paper")
+    return build_method(
+        net,
+        spec,
+        refresh_data=TensorDataset(*_data(32, seed=11)),
+        period=2,
+        offset_samples=8,
+        micro_batch=2,
+        scaling="paper",
+    )
 
 
 def _caller_refreshed(net: BlockNet, rank: int, world: int):
@@ -61,8 +67,7 @@ def _caller_refreshed(net: BlockNet, rank: int, world: int):
     world-th of 4 micro-batches of 2 samples (B = 10, the global batch)."""
     from recede.bpm.estimator import BPModified
 
-    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B,
-                        scaling="paper")
+    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B, scaling="paper")
     x, y = _data(8, seed=13)
     micro_batches = list(zip(x.split(2), y.split(2)))
     wrapped = DataParallel(method, net) if world > 1 else method
@@ -77,21 +82,35 @@ def _one_step(method, net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict:
     optimizer.step()
     lam = getattr(method, "lam", None)
     drawn = len(list(method.draw(0))) if getattr(method, "data", None) is not None else None
-    return {"loss": loss, "params": [p.detach().clone() for p in net.parameters()],
-            "lam": None if lam is None else lam.clone(), "micro_batches": drawn}
+    return {
+        "loss": loss,
+        "params": [p.detach().clone() for p in net.parameters()],
+        "lam": None if lam is None else lam.clone(),
+        "micro_batches": drawn,
+    }
 
 
 def _train(net: BlockNet, method, batch_size: int, rank: int, world: int) -> dict:
     x, y = _data(48)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    history = train(net, method, TensorDataset(x, y), optimizer, epochs=3, batch_size=batch_size,
-                    seed=3, lr_rule=LossIncreaseDecay(optimizer), progress=False, rank=rank,
-                    world_size=world)
-    return {"epoch_losses": [r.train_loss for r in history],
-            "params": [p.detach().clone() for p in net.parameters()]}
+    history = train(
+        net,
+        method,
+        TensorDataset(x, y),
+        optimizer,
+        epochs=3,
+        batch_size=batch_size,
+        seed=3,
+        lr_rule=LossIncreaseDecay(optimizer),
+        progress=False,
+        rank=rank,
+        world_size=world,
+    )
+    return {"epoch_losses": [r.train_loss for r in history], "params": [p.detach().clone() for p in net.parameters()]}
 
 
 # -- what each rank runs ---------------------------------------------------------------------
+
 
 def _equivalence(ctx: distributed.Context) -> dict:
     """One step of every method on this rank's B samples, then a short sharded training run.
@@ -103,8 +122,7 @@ def _equivalence(ctx: distributed.Context) -> dict:
         net = _net(seed=100 + ctx.rank)
         out[spec] = _one_step(DataParallel(_method(net, spec), net), net, x[shard], y[shard])
     net = _net(seed=100 + ctx.rank)
-    out["bpm caller refresh"] = _one_step(_caller_refreshed(net, ctx.rank, ctx.world_size), net,
-                                          x[shard], y[shard])
+    out["bpm caller refresh"] = _one_step(_caller_refreshed(net, ctx.rank, ctx.world_size), net, x[shard], y[shard])
     net = _net(seed=200 + ctx.rank)  # buckets of ≤ 210 bytes: some shared, some tensors alone
     method = DataParallel(_method(net, "bpm-mpc:2"), bucket_mb=2e-4)
     out["train"] = _train(net, method, B, ctx.rank, ctx.world_size)
@@ -130,8 +148,9 @@ def _peer_fails(ctx: distributed.Context, how: str) -> dict:
 
 
 def _worker(rank: int, port: int, out: Path, scenario: str, timeout: float) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     try:
         ctx = distributed.init_from_env("gloo", timeout=timeout)
@@ -143,15 +162,15 @@ def _worker(rank: int, port: int, out: Path, scenario: str, timeout: float) -> N
         distributed.shutdown()
 
 
-def _spawn(scenario: str, out: Path, timeout: float = 30.0, needed: tuple[int, ...] = (0, 1),
-           wait: float = 60.0) -> dict[int, dict]:
+def _spawn(
+    scenario: str, out: Path, timeout: float = 30.0, needed: tuple[int, ...] = (0, 1), wait: float = 60.0
+) -> dict[int, dict]:
     """Run ``scenario`` on 2 spawned ranks; ranks in ``needed`` must finish within ``wait`` s.
     Any rank still running afterwards is killed.  Returns each rank's result that was written."""
     torch.optim.SGD([nn.Parameter(torch.zeros(1))])  # load its lazy imports once, before forking
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     port = distributed.free_port()
-    processes = [context.Process(target=_worker, args=(rank, port, out, scenario, timeout))
-                 for rank in range(WORLD)]
+    processes = [context.Process(target=_worker, args=(rank, port, out, scenario, timeout)) for rank in range(WORLD)]
     for p in processes:
         p.start()
     deadline = time.monotonic() + wait
@@ -163,8 +182,7 @@ def _spawn(scenario: str, out: Path, timeout: float = 30.0, needed: tuple[int, .
             p.kill()
         p.join()
     assert not hung, f"rank(s) {hung} still running after {wait} s: a collective hung"
-    results = {rank: torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)
-               if (out / f"rank{rank}.pt").exists()}
+    results = {rank: torch.load(out / f"rank{rank}.pt") for rank in range(WORLD) if (out / f"rank{rank}.pt").exists()}
     for rank, result in results.items():
         assert "error" not in result, f"rank {rank} failed:\n{result['error']}"
     return results
@@ -181,6 +199,7 @@ def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 # -- multi-process tests ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", METHODS + ["bpm caller refresh"])
 def test_two_ranks_of_batch_B_step_like_one_rank_of_batch_2B(two_ranks, spec):
@@ -226,10 +245,33 @@ def test_a_rank_that_hangs_makes_the_other_fail_after_the_timeout(tmp_path):
 
 def test_recede_train_nproc_2_writes_one_report(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "recede", "train", "--nproc", "2", "--model", "resmlp",
-               "--model-opt", "depth=3", "--data", "trig", "--data-opt", "n=160",
-               "--data-opt", "n_test=40", "--epochs", "1", "--batch-size", "20",
-               "--method", "mpc:2", "--no-progress", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "recede",
+        "train",
+        "--nproc",
+        "2",
+        "--model",
+        "resmlp",
+        "--model-opt",
+        "depth=3",
+        "--data",
+        "trig",
+        "--data-opt",
+        "n=160",
+        "--data-opt",
+        "n_test=40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--method",
+        "mpc:2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     env = os.environ | {"PYTHONPATH": str(Path(distributed.__file__).parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -240,13 +282,13 @@ def test_recede_train_nproc_2_writes_one_report(tmp_path):
 
 # -- single-process tests --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_rank_shards_together_are_the_single_process_batches(world):
     dataset = TensorDataset(torch.arange(36))
     for epoch in range(2):
         single = [x.tolist() for (x,) in batches(dataset, world * 4, True, seed=5, epoch=epoch)]
-        shards = [[x.tolist() for (x,) in batches(dataset, 4, True, 5, epoch, rank, world)]
-                  for rank in range(world)]
+        shards = [[x.tolist() for (x,) in batches(dataset, 4, True, 5, epoch, rank, world)] for rank in range(world)]
         assert all(len(s) == len(single) for s in shards)
         for i, batch in enumerate(single):
             assert sorted(sum((s[i] for s in shards), [])) == sorted(batch)
@@ -254,12 +296,18 @@ def test_rank_shards_together_are_the_single_process_batches(world):
     order = [int(x) for (x,) in batches(odd, 1, True, seed=5)]
     shards = [[int(x) for (x,) in batches(odd, 1, True, 5, 0, rank, world)] for rank in range(world)]
     assert len({len(s) for s in shards}) == 1
-    assert sorted(sum(shards, [])) == sorted(order + order[:len(shards[0]) * world - 37])
+    assert sorted(sum(shards, [])) == sorted(order + order[: len(shards[0]) * world - 37])
 
 
 def test_buckets_keep_one_dtype_and_the_cap():
-    tensors = [torch.zeros(10), torch.zeros(3, dtype=torch.float64), torch.zeros(20),
-               torch.zeros(100), torch.zeros(5), torch.zeros(2, dtype=torch.float64)]
+    tensors = [
+        torch.zeros(10),
+        torch.zeros(3, dtype=torch.float64),
+        torch.zeros(20),
+        torch.zeros(100),
+        torch.zeros(5),
+        torch.zeros(2, dtype=torch.float64),
+    ]
     groups = buckets(tensors, cap_bytes=120)
     assert sorted(id(t) for g in groups for t in g) == sorted(id(t) for t in tensors)
     for g in groups:

@@ -59,8 +59,14 @@ def test_full_horizon_is_backprop(name):
 
 
 @settings(max_examples=25, deadline=None)
-@given(T=st.integers(1, 7), width=st.integers(1, 6), batch=st.integers(1, 5), seed=st.integers(0, 10**6),
-       shared=st.booleans(), data=st.data())
+@given(
+    T=st.integers(1, 7),
+    width=st.integers(1, 6),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 10**6),
+    shared=st.booleans(),
+    data=st.data(),
+)
 def test_random_residual_nets(T, width, batch, seed, shared, data):
     torch.manual_seed(seed)
     net = (resmlp_shared if shared else resmlp_independent)(T=T, width=width, classes=3)
@@ -287,8 +293,9 @@ class DropoutNormBlock(nn.Module):
 
 
 def _norm_dropout_net(T: int = 5, width: int = 6) -> BlockNet:
-    return BlockNet([DropoutNormBlock(width) for _ in range(T)], [nn.Linear(width, 3) for _ in range(T)],
-                    nn.CrossEntropyLoss())
+    return BlockNet(
+        [DropoutNormBlock(width) for _ in range(T)], [nn.Linear(width, 3) for _ in range(T)], nn.CrossEntropyLoss()
+    )
 
 
 def _after_step(net: BlockNet, step) -> tuple[dict, dict, torch.Tensor]:
@@ -334,18 +341,35 @@ def test_check_has_no_side_effects_and_names_the_misfit():
     assert net.training and all(m.training for m in net.modules())
     assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers())
     assert torch.equal(torch.get_rng_state(), rng)
-    with pytest.raises(ValueError, match=r"block 0 \(DropoutNormBlock\) failed on its input, a tensor of shape \(16, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"block 0 \(DropoutNormBlock\) failed on its input, a tensor of shape \(16, 4\)"
+    ):
         net.check(torch.randn(16, 4), y)
     assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers())
 
 
-@pytest.mark.parametrize("make_x, message", [
-    (lambda: torch.randn(4, 9), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 9\), float64 on cpu"),
-    (lambda: torch.randn(4, 5, dtype=torch.float32), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float32 on cpu"),
-    (lambda: torch.randn(4, 5, device="meta"), r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float64 on meta"),
-    (lambda: torch.randn(0, 5), r"empty batch: x holds 0 samples \(a tensor of shape \(0, 5\)"),
-    (lambda: (torch.randn(4, 5), torch.randn(4, 7)), r"block 0 \(Residual\) failed on its input, a tuple of \[tensor of shape \(4, 5\)"),
-])
+@pytest.mark.parametrize(
+    "make_x, message",
+    [
+        (
+            lambda: torch.randn(4, 9),
+            r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 9\), float64 on cpu",
+        ),
+        (
+            lambda: torch.randn(4, 5, dtype=torch.float32),
+            r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float32 on cpu",
+        ),
+        (
+            lambda: torch.randn(4, 5, device="meta"),
+            r"block 0 \(Residual\) failed on its input, a tensor of shape \(4, 5\), float64 on meta",
+        ),
+        (lambda: torch.randn(0, 5), r"empty batch: x holds 0 samples \(a tensor of shape \(0, 5\)"),
+        (
+            lambda: (torch.randn(4, 5), torch.randn(4, 7)),
+            r"block 0 \(Residual\) failed on its input, a tuple of \[tensor of shape \(4, 5\)",
+        ),
+    ],
+)
 @pytest.mark.parametrize("h", [1, 3])
 def test_an_input_that_does_not_fit_names_block_0_and_the_input(make_x, message, h):
     net = resmlp_independent(T=3)
@@ -354,11 +378,16 @@ def test_an_input_that_does_not_fit_names_block_0_and_the_input(make_x, message,
     assert all(p.grad is None for p in net.parameters())
 
 
-@pytest.mark.parametrize("loss_fn, message", [
-    (lambda prediction, y: 1.0, "loss_fn must return a scalar tensor, got float at depth"),
-    (lambda prediction, y: nn.functional.cross_entropy(prediction.detach(), y),
-     "the loss at depth .* does not depend on the network"),
-])
+@pytest.mark.parametrize(
+    "loss_fn, message",
+    [
+        (lambda prediction, y: 1.0, "loss_fn must return a scalar tensor, got float at depth"),
+        (
+            lambda prediction, y: nn.functional.cross_entropy(prediction.detach(), y),
+            "the loss at depth .* does not depend on the network",
+        ),
+    ],
+)
 @pytest.mark.parametrize("h", [1, 3])
 def test_a_loss_that_is_not_a_differentiable_tensor_is_named(loss_fn, message, h):
     blocks = resmlp_independent(T=3)

@@ -31,9 +31,10 @@ def small_nets():
     torch.manual_seed(0)
     mlp = models.build("resmlp", depth=6).double()
     cnn = models.build("resnet62", widths=(2, 4), blocks_per_stage=2, in_channels=3).double()
-    return [(mlp, torch.randn(16, 1, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)),
-            (cnn, torch.randn(8, 3, 6, 6, dtype=torch.float64), torch.randint(0, 10, (8,)))]
-
+    return [
+        (mlp, torch.randn(16, 1, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)),
+        (cnn, torch.randn(8, 3, 6, 6, dtype=torch.float64), torch.randint(0, 10, (8,))),
+    ]
 
 
 @pytest.mark.parametrize("case", range(2))

@@ -41,7 +41,8 @@ def test_smoke_run_times_every_method(tmp_path):
 def test_smoke_run_in_every_precision_and_mode(tmp_path):
     _, rows = _smoke(tmp_path, "--dtypes", "fp32", "bf16", "--modes", "eager", "compiled")
     assert {r for r in rows if r[0] == "resnet50"} == {
-        ("resnet50", d, mode, m) for d in ("fp32", "bf16") for mode in ("eager", "compiled") for m in LABELS}
+        ("resnet50", d, mode, m) for d in ("fp32", "bf16") for mode in ("eager", "compiled") for m in LABELS
+    }
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -44,11 +44,15 @@ def wrapped(model: nn.Sequential) -> recede.BlockNet:
 
 def loader(dtype=torch.float32, batch: int = 4) -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(24, 8, generator=g, dtype=dtype), torch.randint(0, 3, (24,), generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.randn(24, 8, generator=g, dtype=dtype), torch.randint(0, 3, (24,), generator=g)
+    )
     return torch.utils.data.DataLoader(data, batch_size=batch)
 
 
-def train(horizon: int | None, accumulate: int = 1, precision: str = "no", stock: bool = False) -> tuple[list, nn.Module]:
+def train(
+    horizon: int | None, accumulate: int = 1, precision: str = "no", stock: bool = False
+) -> tuple[list, nn.Module]:
     acc = fresh_accelerator(gradient_accumulation_steps=accumulate, mixed_precision=precision)
     model = mlp()
     net = wrapped(model)
@@ -99,7 +103,7 @@ def test_a_short_horizon_trains_differently_and_refusals() -> None:
         AcceleratedEngine(Fake(), wrapped(mlp()), 2)
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch import nn
     from accelerate import Accelerator
@@ -119,7 +123,7 @@ SCRIPT = textwrap.dedent('''
             opt.step(); opt.zero_grad()
     if acc.is_main_process:
         torch.save(acc.unwrap_model(net).state_dict(), sys.argv[1])
-''')
+""")
 
 
 @pytest.mark.slow
@@ -129,9 +133,24 @@ def test_two_cpu_processes_step_as_one_process_of_twice_the_batch(tmp_path: Path
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     port = str(free_port())
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", port, str(script), str(tmp_path / "net.pt"),
-                          str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            port,
+            str(script),
+            str(tmp_path / "net.pt"),
+            str(Path(__file__).parent),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     two = torch.load(tmp_path / "net.pt")
     # one process, plain engine: batch 4 (the two processes' batches together), accumulating 2

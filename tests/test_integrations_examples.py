@@ -24,8 +24,9 @@ def test_example_runs_and_prints_memory_saved(name: str) -> None:
     for package in ("transformers", "peft", "lightning", "accelerate", "torchvision", "sklearn"):
         pytest.importorskip(package)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / name)], env=env, capture_output=True,
-                         text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     saved = re.search(r"\(([\d.]+) of BP, (\d+)% saved\)", run.stdout)
     assert saved and 0 < float(saved.group(1)) < 1, run.stdout

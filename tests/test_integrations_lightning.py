@@ -19,8 +19,9 @@ def mlp(seed: int = 0) -> nn.Sequential:
 
 def net_of(model: nn.Sequential) -> recede.BlockNet:
     torch.manual_seed(5)
-    return recede.BlockNet(list(model)[:-1], [nn.Linear(8, 3) for _ in range(3)] + [model[-1]],
-                           nn.functional.cross_entropy)
+    return recede.BlockNet(
+        list(model)[:-1], [nn.Linear(8, 3) for _ in range(3)] + [model[-1]], nn.functional.cross_entropy
+    )
 
 
 def loader(n: int = 24) -> torch.utils.data.DataLoader:
@@ -31,8 +32,10 @@ def loader(n: int = 24) -> torch.utils.data.DataLoader:
 
 def optimizers(parameters):
     opt = torch.optim.SGD(parameters, lr=0.1, momentum=0.9)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5),
-                                               "interval": "step"}}
+    return {
+        "optimizer": opt,
+        "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5), "interval": "step"},
+    }
 
 
 class Ours(RecedeModule):
@@ -54,8 +57,14 @@ class Plain(L.LightningModule):
 
 
 def trainer(tmp_path=None, **options) -> L.Trainer:
-    defaults = dict(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+    defaults = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return L.Trainer(**(defaults | options))
 
 
@@ -83,8 +92,12 @@ def test_horizon_1_logs_checkpoints_and_resumes(tmp_path) -> None:
 
     def fit(model, epochs, ckpt=None):
         module = Ours(model, 1, net=net_of(model))
-        run = trainer(max_epochs=epochs, enable_checkpointing=True, default_root_dir=str(tmp_path),
-                      callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")])
+        run = trainer(
+            max_epochs=epochs,
+            enable_checkpointing=True,
+            default_root_dir=str(tmp_path),
+            callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")],
+        )
         run.fit(module, loader(), loader(8), ckpt_path=ckpt)
         return module, run
 

@@ -47,8 +47,9 @@ def test_sizes_come_from_the_text_task_and_presets_are_overridden(corpus):
     assert build("gpt2", vocab_size=20, n_positions=16, blocks=2, head="independent").T == 2
     llama = build("llama", task, n_layer=2, hidden_size=8, n_head=2, n_kv_head=1, intermediate_size=12)
     assert llama.T == 2 and llama.head(2).head.weight is llama.blocks[0][0].embed_tokens.weight
-    untied = build("llama", task, n_layer=2, hidden_size=8, n_head=2, n_kv_head=1, intermediate_size=12,
-                   tie_embeddings=False)
+    untied = build(
+        "llama", task, n_layer=2, hidden_size=8, n_head=2, n_kv_head=1, intermediate_size=12, tie_embeddings=False
+    )
     assert untied.head(2).head.weight is not untied.blocks[0][0].embed_tokens.weight
     with pytest.raises(ValueError, match="preset must be one of"):
         build("gpt2", preset="huge")
@@ -103,29 +104,73 @@ def test_weights_load_from_a_local_file_with_the_tied_weight_stored_once(tmp_pat
 
 def recede(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "recede", *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
 def lm_options(corpus: Path) -> list[str]:
-    return ["--model", "gpt2", "--data", "text", "--data-opt", f"path={corpus}", "--data-opt", "seq_len=32",
-            *[a for k, v in TINY_GPT2.items() for a in ("--model-opt", f"{k}={v}")],
-            "--batch-size", "8", "--threads", "1", "--no-progress"]
+    return [
+        "--model",
+        "gpt2",
+        "--data",
+        "text",
+        "--data-opt",
+        f"path={corpus}",
+        "--data-opt",
+        "seq_len=32",
+        *[a for k, v in TINY_GPT2.items() for a in ("--model-opt", f"{k}={v}")],
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
 
 
 def test_train_and_compare_report_bits_per_byte_tokens_per_second_and_the_corpus(corpus, tmp_path):
     common = lm_options(corpus)
-    train = recede("train", *common, "--epochs", "1", "--optimizer", "adam", "--lr", "3e-3",
-                   "--method", "bp", "--out", str(tmp_path / "t"))
+    train = recede(
+        "train",
+        *common,
+        "--epochs",
+        "1",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--method",
+        "bp",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert train.returncode == 0, train.stderr
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     row = metrics["rows"][0]
     assert row["test bits/byte"] == pytest.approx(row["test loss"] / 0.6931471805599453)
     assert row["tokens/s"] > 0 and metrics["data"]["tokenizer"] == "bytes"
     assert len(metrics["data"]["sha256"]) == 64
-    compare = recede("compare", *common, "--epochs", "1", "--methods", "bp", "ckpt", "ff", "mpc:2",
-                     "loco:2", "bpm-ff", "--bpm-period", "4", "--bpm-samples", "16", "--timing-steps", "1",
-                     "--cosine-batches", "1", "--out", str(tmp_path / "c"))
+    compare = recede(
+        "compare",
+        *common,
+        "--epochs",
+        "1",
+        "--methods",
+        "bp",
+        "ckpt",
+        "ff",
+        "mpc:2",
+        "loco:2",
+        "bpm-ff",
+        "--bpm-period",
+        "4",
+        "--bpm-samples",
+        "16",
+        "--timing-steps",
+        "1",
+        "--cosine-batches",
+        "1",
+        "--out",
+        str(tmp_path / "c"),
+    )
     assert compare.returncode == 0, compare.stderr
     rows = {r["method"]: r for r in json.loads((tmp_path / "c" / "metrics.json").read_text())["rows"]}
     assert list(rows) == ["BP", "BP+ckpt", "FF", "MPC(h=2)", "LoCo2", "FF+BPM"]
@@ -141,9 +186,26 @@ def test_bench_and_select_run_on_text(corpus, tmp_path):
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["BP", "FF", "MPC(h=2)"] and all(r["tokens/s"] > 0 for r in rows)
-    select = recede("select", "--model", "gpt2", "--data", "text", "--data-opt", f"path={corpus}",
-                    "--data-opt", "seq_len=32", *[a for k, v in TINY_GPT2.items() for a in ("--model-opt", f"{k}={v}")],
-                    "--batch-size", "4", "--batches", "2", "--lam", "0.5", "--out", str(tmp_path / "s"))
+    select = recede(
+        "select",
+        "--model",
+        "gpt2",
+        "--data",
+        "text",
+        "--data-opt",
+        f"path={corpus}",
+        "--data-opt",
+        "seq_len=32",
+        *[a for k, v in TINY_GPT2.items() for a in ("--model-opt", f"{k}={v}")],
+        "--batch-size",
+        "4",
+        "--batches",
+        "2",
+        "--lam",
+        "0.5",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert select.returncode == 0, select.stderr
     selection = json.loads((tmp_path / "s" / "selection.json").read_text())
     assert 1 <= selection["h"] <= 3 and selection["data"]["files"] == 8

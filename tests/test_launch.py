@@ -22,8 +22,24 @@ from recede.parallel.launch import REPORT_ENV, _cause, _Rank, report_failure
 from recede.runs import checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-RUN = ["train", "--nproc", "2", "--model-opt", "depth=3", "--data-opt", "n=40000", "--data-opt", "n_test=20",
-       "--batch-size", "10", "--epochs", "50", "--checkpoint-every", "5", "--no-progress"]
+RUN = [
+    "train",
+    "--nproc",
+    "2",
+    "--model-opt",
+    "depth=3",
+    "--data-opt",
+    "n=40000",
+    "--data-opt",
+    "n_test=20",
+    "--batch-size",
+    "10",
+    "--epochs",
+    "50",
+    "--checkpoint-every",
+    "5",
+    "--no-progress",
+]
 
 
 def _ranks(launcher: int) -> dict[int, int]:
@@ -42,14 +58,19 @@ def _ranks(launcher: int) -> dict[int, int]:
     return ranks
 
 
-def _fail_rank_1(out: Path, how: signal.Signals, timeout: float, run: list[str] = RUN
-                 ) -> tuple[subprocess.CompletedProcess, float]:
+def _fail_rank_1(
+    out: Path, how: signal.Signals, timeout: float, run: list[str] = RUN
+) -> tuple[subprocess.CompletedProcess, float]:
     """Start ``run``, send ``how`` to rank 1 once a checkpoint exists; return the launcher's
     result and the seconds from the signal to its exit."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen([sys.executable, "-m", "recede", *run, "--dist-timeout", str(timeout),
-                                 "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "recede", *run, "--dist-timeout", str(timeout), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not (out / "checkpoints" / "bp.pt").exists() and launcher.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint after 240 s"
@@ -82,9 +103,11 @@ def test_a_killed_rank_ends_the_job_in_one_line_naming_it_and_how_to_resume(tmp_
     out = tmp_path / "run"
     run, seconds = _fail_rank_1(out, signal.SIGKILL, timeout=60)
     line = _one_line(run)
-    assert line.startswith("recede train: stopped: rank 1 of 2 died (killed by SIGKILL); "
-                           f"the last good checkpoint is {out / 'checkpoints' / 'bp.pt'}; "
-                           "resume with: recede train --nproc 2 ")
+    assert line.startswith(
+        "recede train: stopped: rank 1 of 2 died (killed by SIGKILL); "
+        f"the last good checkpoint is {out / 'checkpoints' / 'bp.pt'}; "
+        "resume with: recede train --nproc 2 "
+    )
     assert line.rstrip().endswith(f"--out {out} --resume")
     assert seconds < 60  # a dead peer is noticed at once, not after the 60 s timeout
     assert not checkpoint.read(out / "checkpoints" / "bp.pt")["finished"]
@@ -109,8 +132,9 @@ def test_the_message_s_resume_command_finishes_the_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     run, _ = _fail_rank_1(out, signal.SIGKILL, timeout=60, run=small)
     command = _one_line(run).split("resume with: recede ", 1)[1].split()
-    resumed = subprocess.run([sys.executable, "-m", "recede", *command], env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "recede", *command], env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.read(out / "checkpoints" / "bp.pt")["finished"]
 
@@ -141,24 +165,44 @@ def _running(tmp_path: Path, rank: int, log: str = "") -> _Rank:
     return _Rank(rank, process, path)
 
 
-GAVE_UP = ("stopped", RankFailure("rank 0 of 2: the all-reduce of gradients failed: another rank died, hung "
-                                  "past the collective timeout, or ran a different collective (Timed out)",
-                                  operation="the all-reduce of gradients"))
+GAVE_UP = (
+    "stopped",
+    RankFailure(
+        "rank 0 of 2: the all-reduce of gradients failed: another rank died, hung "
+        "past the collective timeout, or ran a different collective (Timed out)",
+        operation="the all-reduce of gradients",
+    ),
+)
 
 
-@pytest.mark.parametrize("ending, expected, message", [
-    ((2, "", ("error", ValueError("--device cuda:1: this machine has 1 CUDA device(s)"))), ValueError,
-     "--device cuda:1: this machine has 1 CUDA device(s)"),
-    ((1, "warning\n", ("stopped", NonFiniteLossError("BP: step 7: non-finite loss"))), NonFiniteLossError,
-     "BP: step 7: non-finite loss"),
-    ((1, "", ("failed", OSError("no space left on device"))), OSError, "no space left on device"),
-    ((130, "", ("interrupted", None)), KeyboardInterrupt, ""),
-    ((1, "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"), RankFailure,
-     "rank 1 of 2 failed (exit status 1: RuntimeError: boom; its log: "),
-    ((3, ""), RankFailure, "rank 1 of 2 failed (exit status 3)"),
-    ((1, "recede train: stopped: BP: step 7: non-finite loss\n"), RankFailure,  # a line is not a report
-     "rank 1 of 2 failed (exit status 1: recede train: stopped: BP: step 7: non-finite loss"),
-])
+@pytest.mark.parametrize(
+    "ending, expected, message",
+    [
+        (
+            (2, "", ("error", ValueError("--device cuda:1: this machine has 1 CUDA device(s)"))),
+            ValueError,
+            "--device cuda:1: this machine has 1 CUDA device(s)",
+        ),
+        (
+            (1, "warning\n", ("stopped", NonFiniteLossError("BP: step 7: non-finite loss"))),
+            NonFiniteLossError,
+            "BP: step 7: non-finite loss",
+        ),
+        ((1, "", ("failed", OSError("no space left on device"))), OSError, "no space left on device"),
+        ((130, "", ("interrupted", None)), KeyboardInterrupt, ""),
+        (
+            (1, "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"),
+            RankFailure,
+            "rank 1 of 2 failed (exit status 1: RuntimeError: boom; its log: ",
+        ),
+        ((3, ""), RankFailure, "rank 1 of 2 failed (exit status 3)"),
+        (
+            (1, "recede train: stopped: BP: step 7: non-finite loss\n"),
+            RankFailure,  # a line is not a report
+            "rank 1 of 2 failed (exit status 1: recede train: stopped: BP: step 7: non-finite loss",
+        ),
+    ],
+)
 def test_each_ending_of_a_rank_is_named(tmp_path, ending, expected, message, monkeypatch):
     ranks = [_ended(tmp_path, 0, 1, "", GAVE_UP, monkeypatch), _ended(tmp_path, 1, *ending, monkeypatch=monkeypatch)]
     failure = _cause(ranks, {r.rank: r.process.returncode for r in ranks}, [], timeout=5)
@@ -173,8 +217,7 @@ def test_a_rank_still_running_after_another_gave_up_on_it_hung(tmp_path, monkeyp
     finally:
         ranks[1].process.kill()
         ranks[1].process.wait()
-    assert str(failure) == ("rank 1 of 2 hung: rank 0 waited --dist-timeout 5 s for it in the "
-                            "all-reduce of gradients")
+    assert str(failure) == ("rank 1 of 2 hung: rank 0 waited --dist-timeout 5 s for it in the all-reduce of gradients")
 
 
 def test_a_rank_aborted_while_another_hung_names_the_hung_one(tmp_path):

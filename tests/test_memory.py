@@ -17,8 +17,8 @@ def test_meter_counts_saved_storages_once_and_follows_their_release():
     a = torch.randn(100, requires_grad=True)
     b = torch.randn(100, requires_grad=True)
     with SavedTensorMeter() as meter:
-        prod = a * b            # saves a and b
-        again = prod * a        # saves prod and a again (a counted once)
+        prod = a * b  # saves a and b
+        again = prod * a  # saves prod and a again (a counted once)
         assert meter.live_bytes == 3 * 100 * 8
         again.sum().backward()  # frees the graph: nothing stays saved
     assert meter.peak_bytes == 3 * 100 * 8
@@ -80,7 +80,9 @@ def test_cuda_peaks_see_a_tensor_made_and_freed_inside_the_call():
     from recede.measure.memory import cuda_peaks
 
     size = 64 * 2**20
-    result, allocated, reserved = cuda_peaks(lambda: torch.empty(size, dtype=torch.uint8, device="cuda").numel(), "cuda")
+    result, allocated, reserved = cuda_peaks(
+        lambda: torch.empty(size, dtype=torch.uint8, device="cuda").numel(), "cuda"
+    )
     assert result == size and allocated >= size and reserved >= allocated
 
 
@@ -117,27 +119,30 @@ def test_resident_peak_agrees_with_the_allocation_events():
     import subprocess
     import sys
 
-    code = ("import torch\n"
-            "from recede.measure.memory import allocation_peak, resident_peak, return_freed_memory\n"
-            "assert return_freed_memory()\n"
-            "from tests_transient import step\n"
-            "step(); allocation_peak(step)\n"  # warm up (the profiler's first start allocates)
-            "print(resident_peak(step)[1], allocation_peak(step)[1])\n")
+    code = (
+        "import torch\n"
+        "from recede.measure.memory import allocation_peak, resident_peak, return_freed_memory\n"
+        "assert return_freed_memory()\n"
+        "from tests_transient import step\n"
+        "step(); allocation_peak(step)\n"  # warm up (the profiler's first start allocates)
+        "print(resident_peak(step)[1], allocation_peak(step)[1])\n"
+    )
     import os
     from pathlib import Path
 
     here = Path(__file__).parent
-    helper = ("import torch\n"
-              "def step():\n"
-              "    a = torch.ones(2 ** 24)\n"  # 64 MiB
-              "    b = torch.relu(a) * 2\n"    # another 128 MiB at once: a, b, the product
-              "    return float((b - a).sum())\n")
+    helper = (
+        "import torch\n"
+        "def step():\n"
+        "    a = torch.ones(2 ** 24)\n"  # 64 MiB
+        "    b = torch.relu(a) * 2\n"  # another 128 MiB at once: a, b, the product
+        "    return float((b - a).sum())\n"
+    )
     tmp = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"recede-memtest-{os.getpid()}"
     tmp.mkdir(exist_ok=True)
     (tmp / "tests_transient.py").write_text(helper)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(tmp)]),
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(tmp)]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     resident, allocated = map(int, out.stdout.split())
-    assert 190 * MiB <= allocated < 200 * MiB   # a, relu(a), b: three 64 MiB tensors at once
+    assert 190 * MiB <= allocated < 200 * MiB  # a, relu(a), b: three 64 MiB tensors at once
     assert abs(resident - allocated) < 0.05 * allocated

@@ -22,8 +22,9 @@ TINY_VIT = dict(num_classes=3, img_size=8, patch_size=4, embed_dim=8, depth=3, n
 
 
 def _tiny_sequential() -> dict:
-    seq = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.Tanh()), nn.Sequential(nn.Linear(5, 5), nn.Tanh()),
-                        nn.Linear(5, 5))
+    seq = nn.Sequential(
+        nn.Sequential(nn.Linear(6, 5), nn.Tanh()), nn.Sequential(nn.Linear(5, 5), nn.Tanh()), nn.Linear(5, 5)
+    )
     return dict(model=seq, head=nn.Linear(5, 3))
 
 
@@ -35,8 +36,13 @@ TINY = {  # name -> (options, input shape without batch, targets: "class", "ids"
     "vit-b16": (lambda: dict(TINY_VIT), (3, 8, 8), "class"),
     "sequential": (_tiny_sequential, (6,), "class"),
     "gpt2": (lambda: dict(vocab_size=32, n_positions=8, n_layer=3, n_embd=8, n_head=2), (8,), "ids"),
-    "llama": (lambda: dict(vocab_size=32, n_positions=8, n_layer=3, hidden_size=8, n_head=2, n_kv_head=1,
-                           intermediate_size=12), (8,), "ids"),
+    "llama": (
+        lambda: dict(
+            vocab_size=32, n_positions=8, n_layer=3, hidden_size=8, n_head=2, n_kv_head=1, intermediate_size=12
+        ),
+        (8,),
+        "ids",
+    ),
 }
 
 
@@ -46,8 +52,11 @@ def _batch(shape: tuple[int, ...], target: int | str, n: int = 4, seed: int = 0)
         x = torch.randint(0, 32, (n, *shape), generator=g)
         return x, x
     x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    y = (torch.randint(0, 3, (n,), generator=g) if target == "class"
-         else torch.randn(n, target, generator=g, dtype=torch.float64))
+    y = (
+        torch.randint(0, 3, (n,), generator=g)
+        if target == "class"
+        else torch.randn(n, target, generator=g, dtype=torch.float64)
+    )
     return x, y
 
 
@@ -191,9 +200,11 @@ def test_core_package_imports_without_the_models_extra():
     import subprocess
     import sys
 
-    code = ("import sys, recede.models, recede.data; "
-            "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d', 'transformers', "
-            "'tokenizers'} & set(sys.modules)))")
+    code = (
+        "import sys, recede.models, recede.data; "
+        "print(sorted({'timm', 'torchvision', 'peft', 'safetensors', 'mnist1d', 'transformers', "
+        "'tokenizers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

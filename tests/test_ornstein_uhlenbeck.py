@@ -10,8 +10,13 @@ from recede.theory.ornstein_uhlenbeck import OUProblem, simulate_loss, simulated
 
 def problem(offset_noise: float) -> OUProblem:
     A = np.array([[1.5, 0.3], [0.3, 0.8]])
-    return OUProblem(A=A, u0=np.array([1.0, -0.5]), u_local=np.array([1.2, 0.8]),
-                     V=0.2 * np.eye(2), V_offset=offset_noise * np.array([[1.0, 0.2], [0.2, 0.5]]))
+    return OUProblem(
+        A=A,
+        u0=np.array([1.0, -0.5]),
+        u_local=np.array([1.2, 0.8]),
+        V=0.2 * np.eye(2),
+        V_offset=offset_noise * np.array([[1.0, 0.2], [0.2, 0.5]]),
+    )
 
 
 @pytest.mark.parametrize("offset_noise", [0.5, 4.0])

@@ -8,38 +8,87 @@ import pytest
 from recede.reproduce import configs, paper_a
 
 TINY = {
-    "seeds": [0, 1], "threads": 1, "probe_batches": 2, "subset_size": 4,
+    "seeds": [0, 1],
+    "threads": 1,
+    "probe_batches": 2,
+    "subset_size": 4,
     "objectives": {"eps": 0.1, "lam": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
     "schedule": {"every": 1, "runs": [{"objective": "weighted", "cost": "linear"}]},
     "models": {
-        "M1": {"model": "linear-resnet", "model_options": {"depth": 6}, "data": "linear",
-               "data_options": {"n": 100, "n_test": 20}, "lr": 0.03, "batch_size": 50, "epochs": 2,
-               "fig2_epochs": [0, 2]},
-        "M3": {"model": "resnet62", "model_options": {"blocks_per_stage": 2, "widths": [4, 4, 8]},
-               "data": "digits", "data_options": {"size": 8, "channels": 3}, "train_subset": 32,
-               "lr": 0.01, "batch_size": 16, "epochs": 1, "fig2_epochs": [0, 1],
-               "train_horizons": [2]},
+        "M1": {
+            "model": "linear-resnet",
+            "model_options": {"depth": 6},
+            "data": "linear",
+            "data_options": {"n": 100, "n_test": 20},
+            "lr": 0.03,
+            "batch_size": 50,
+            "epochs": 2,
+            "fig2_epochs": [0, 2],
+        },
+        "M3": {
+            "model": "resnet62",
+            "model_options": {"blocks_per_stage": 2, "widths": [4, 4, 8]},
+            "data": "digits",
+            "data_options": {"size": 8, "channels": 3},
+            "train_subset": 32,
+            "lr": 0.01,
+            "batch_size": 16,
+            "epochs": 1,
+            "fig2_epochs": [0, 1],
+            "train_horizons": [2],
+        },
     },
     "sweeps": {
-        "R50": {"model": "resnet50", "model_options": {"layers": [1, 1, 1, 1], "channels": [2, 2, 4, 4]},
-                "data": "digits", "data_options": {"size": 16, "channels": 3, "test_fraction": 0.9},
-                "pretrain": {"samples": 40, "epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
-                "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 32, "epochs": 2,
-                "snapshot_epochs": [1, 2], "horizons": [1, 3]},
-        "ViT": {"model": "vit-b16", "model_options": {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 3,
-                                                      "num_heads": 2, "adapter": "lora"},
-                "data": "digits", "data_options": {"size": 8, "channels": 3, "test_fraction": 0.9},
-                "pretrain": {"samples": 40, "epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
-                "optimizer": {"name": "sgd", "lr": 0.01}, "batch_size": 32, "epochs": 1,
-                "snapshot_epochs": [1]},
+        "R50": {
+            "model": "resnet50",
+            "model_options": {"layers": [1, 1, 1, 1], "channels": [2, 2, 4, 4]},
+            "data": "digits",
+            "data_options": {"size": 16, "channels": 3, "test_fraction": 0.9},
+            "pretrain": {"samples": 40, "epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "batch_size": 32,
+            "epochs": 2,
+            "snapshot_epochs": [1, 2],
+            "horizons": [1, 3],
+        },
+        "ViT": {
+            "model": "vit-b16",
+            "model_options": {
+                "img_size": 8,
+                "patch_size": 4,
+                "embed_dim": 8,
+                "depth": 3,
+                "num_heads": 2,
+                "adapter": "lora",
+            },
+            "data": "digits",
+            "data_options": {"size": 8, "channels": 3, "test_fraction": 0.9},
+            "pretrain": {"samples": 40, "epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
+            "optimizer": {"name": "sgd", "lr": 0.01},
+            "batch_size": 32,
+            "epochs": 1,
+            "snapshot_epochs": [1],
+        },
     },
-    "rate": {"steps": [1, 3], "workloads": {
-        "M1": {"model": "linear-resnet", "model_options": {"depth": 4}, "data": "linear",
-               "data_options": {"n": 50, "n_test": 5}, "lr": 0.03}}},
+    "rate": {
+        "steps": [1, 3],
+        "workloads": {
+            "M1": {
+                "model": "linear-resnet",
+                "model_options": {"depth": 4},
+                "data": "linear",
+                "data_options": {"n": 50, "n_test": 5},
+                "lr": 0.03,
+            }
+        },
+    },
 }
 
-FILES = {"models": ["fig2.png", "figE1.png", "figE2.png", "fig5.png"], "sweeps": ["fig3.png", "fig4.png"],
-         "rate": ["rate.png"]}
+FILES = {
+    "models": ["fig2.png", "figE1.png", "figE2.png", "fig5.png"],
+    "sweeps": ["fig3.png", "fig4.png"],
+    "rate": ["rate.png"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +138,7 @@ def test_only_runs_the_chosen_sections(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["sections"]) == ["rate"]
     with pytest.raises(ValueError, match="no sweeps"):
-        paper_a.run(tmp_path, progress=False, config={k: v for k, v in tiny.items() if k != "sweeps"},
-                    only=["sweeps"])
+        paper_a.run(tmp_path, progress=False, config={k: v for k, v in tiny.items() if k != "sweeps"}, only=["sweeps"])
 
 
 @pytest.mark.parametrize("preset", [p for p in configs.presets("paper-a") if not p.startswith("finetune")])
@@ -118,15 +166,18 @@ def test_the_full_preset_has_papers_settings():
     assert r50["model_options"]["weights"] == vit["model_options"]["weights"] == configs.REQUIRED
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c["models"]["M1"].update(model="vgg"), "unknown model 'vgg'"),
-    (lambda c: c["models"]["M1"].update(model_options={"depht": 3}), "no option"),
-    (lambda c: c["sweeps"]["R50"].update(data="cifar11"), "unknown dataset"),
-    (lambda c: c["sweeps"]["R50"].pop("optimizer"), "missing setting"),
-    (lambda c: c["sweeps"]["R50"].update(snapshot_epochs=[9]), "outside"),
-    (lambda c: c["rate"]["workloads"]["M1"].update(lr=-1), "lr must be"),
-    (lambda c: c.update(seeds=[]), "seeds"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["models"]["M1"].update(model="vgg"), "unknown model 'vgg'"),
+        (lambda c: c["models"]["M1"].update(model_options={"depht": 3}), "no option"),
+        (lambda c: c["sweeps"]["R50"].update(data="cifar11"), "unknown dataset"),
+        (lambda c: c["sweeps"]["R50"].pop("optimizer"), "missing setting"),
+        (lambda c: c["sweeps"]["R50"].update(snapshot_epochs=[9]), "outside"),
+        (lambda c: c["rate"]["workloads"]["M1"].update(lr=-1), "lr must be"),
+        (lambda c: c.update(seeds=[]), "seeds"),
+    ],
+)
 def test_bad_configurations_are_refused_before_training(mutate, message, tmp_path):
     config = copy.deepcopy(TINY)
     mutate(config)

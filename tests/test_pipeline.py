@@ -78,8 +78,7 @@ class _Tied(nn.Module):
 
 def _data(n: int = B, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 4, generator=g, dtype=torch.float64),
-            torch.randn(n, 2, generator=g, dtype=torch.float64))
+    return (torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64))
 
 
 def _grads(net: BlockNet) -> dict[int, torch.Tensor]:
@@ -103,6 +102,7 @@ def _untied_reference(h: int, double: bool, x: torch.Tensor, y: torch.Tensor) ->
 
 # -- what each rank runs ---------------------------------------------------------------------
 
+
 def _exact(world: int) -> dict:
     """One step of every horizon and net; each rank reports its own parameters' .grad."""
     x, y = _data()
@@ -122,11 +122,16 @@ def _bp_modified(world: int) -> dict:
     x, y = _data()
     net = _net()
     pipe = Pipeline(net, 2, M, sizes=SIZES[world])
-    method = pipe.bp_modified(period=3, offset_samples=8, micro_batch=2,
-                              data=TensorDataset(*_data(16, seed=11)), batch_size=B, scaling="paper")
+    method = pipe.bp_modified(
+        period=3,
+        offset_samples=8,
+        micro_batch=2,
+        data=TensorDataset(*_data(16, seed=11)),
+        batch_size=B,
+        scaling="paper",
+    )
     loss = method.backward(x if pipe.rank == 0 else None, y)
-    return {"grads": _grads(net), "loss": loss, "a": method.a, "lam": method.lam,
-            "modified": method.modified}
+    return {"grads": _grads(net), "loss": loss, "a": method.a, "lam": method.lam, "modified": method.modified}
 
 
 def _resume(folder: Path) -> dict:
@@ -138,8 +143,9 @@ def _resume(folder: Path) -> dict:
         torch.manual_seed(1234 + rank)
         net = _net(dropout=0.2)
         pipe = Pipeline(net, 2, M, sizes=(2, 4))
-        method = pipe.bp_modified(period=2, offset_samples=4, micro_batch=2,
-                                  data=TensorDataset(*_data(16, seed=11)), batch_size=B)
+        method = pipe.bp_modified(
+            period=2, offset_samples=4, micro_batch=2, data=TensorDataset(*_data(16, seed=11)), batch_size=B
+        )
         opt = torch.optim.Adam(pipe.parameters(), lr=0.01)
         loop = LoopState()
         if load is not None:
@@ -191,16 +197,20 @@ def _non_finite() -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out: Path, scenario: str, timeout: float) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     try:
         distributed.init_from_env("gloo", timeout=timeout)
         if scenario == "all":
             result = {"exact": _exact(world), "bpm": _bp_modified(world)}
             if world == 2:  # last: recede train's pipeline ends with leaving the group
-                result |= {"resume": _resume(out), "non-finite": _non_finite(),
-                           "cli": (main([*TRAIN, "--pipeline", "2", "--out", str(out / "cli")]), out / "cli")}
+                result |= {
+                    "resume": _resume(out),
+                    "non-finite": _non_finite(),
+                    "cli": (main([*TRAIN, "--pipeline", "2", "--out", str(out / "cli")]), out / "cli"),
+                }
         else:
             result = _peer_fails(scenario)
     except BaseException as err:  # reported by the test, which reads the file
@@ -210,29 +220,38 @@ def _worker(rank: int, world: int, port: int, out: Path, scenario: str, timeout:
         distributed.shutdown()
 
 
-def _spawn(scenario: str, world: int, out: Path, timeout: float = 30.0,
-           needed: tuple[int, ...] | None = None, wait: float = 90.0) -> dict[int, dict]:
+def _spawn(
+    scenario: str,
+    world: int,
+    out: Path,
+    timeout: float = 30.0,
+    needed: tuple[int, ...] | None = None,
+    wait: float = 90.0,
+) -> dict[int, dict]:
     """Run ``scenario`` on ``world`` forked ranks; ranks in ``needed`` must finish within
     ``wait`` s.  Any rank still running afterwards is killed.  Returns the results written."""
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # load lazy imports once, before forking
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     port = distributed.free_port()
-    processes = [context.Process(target=_worker, args=(rank, world, port, out, scenario, timeout))
-                 for rank in range(world)]
+    processes = [
+        context.Process(target=_worker, args=(rank, world, port, out, scenario, timeout)) for rank in range(world)
+    ]
     for p in processes:
         p.start()
     deadline = time.monotonic() + wait
     for rank in needed if needed is not None else range(world):
         processes[rank].join(max(0.0, deadline - time.monotonic()))
-    hung = [rank for rank in range(world) if processes[rank].is_alive()
-            and (needed is None or rank in needed)]
+    hung = [rank for rank in range(world) if processes[rank].is_alive() and (needed is None or rank in needed)]
     for p in processes:
         if p.is_alive():
             p.kill()
         p.join()
     assert not hung, f"rank(s) {hung} still running after {wait} s: the pipeline hung"
-    results = {rank: torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world)
-               if (out / f"rank{rank}.pt").exists()}
+    results = {
+        rank: torch.load(out / f"rank{rank}.pt", weights_only=False)
+        for rank in range(world)
+        if (out / f"rank{rank}.pt").exists()
+    }
     for rank, result in results.items():
         assert "error" not in result, f"rank {rank} failed:\n{result['error']}"
     return results
@@ -263,6 +282,7 @@ def _assert_close(got: dict[int, torch.Tensor], want: dict[int, torch.Tensor]) -
 
 # -- multi-process tests ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("kind", NETS)
 @pytest.mark.parametrize("h, double", HORIZONS)
@@ -288,10 +308,18 @@ def test_stages_fill_grad_like_mpc_on_the_whole_batch(ranks, world, kind, h, dou
 def test_bp_modified_across_stages_is_single_process_bp_modified(ranks, world):
     x, y = _data()
     net = _net()
-    method = BPModified(net, 2, period=3, offset_samples=8, micro_batch=2,
-                        data=TensorDataset(*_data(16, seed=11)), batch_size=B, scaling="paper")
+    method = BPModified(
+        net,
+        2,
+        period=3,
+        offset_samples=8,
+        micro_batch=2,
+        data=TensorDataset(*_data(16, seed=11)),
+        batch_size=B,
+        scaling="paper",
+    )
     method.backward(x, y)
-    assert (method.lam[:T - 2] > 0).any()  # the offset is in play
+    assert (method.lam[: T - 2] > 0).any()  # the offset is in play
     _assert_close(_merged(ranks[world], lambda r: r["bpm"]["grads"]), _grads(net))
     for result in ranks[world].values():
         for t in result["bpm"]["modified"]:
@@ -328,6 +356,7 @@ def test_a_stage_that_hangs_makes_the_other_raise_after_the_timeout(tmp_path):
 
 # -- single-process tests --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("h, double", HORIZONS)
 def test_one_stage_with_micro_batches_is_mpc(h, double):
     x, y = _data()
@@ -345,7 +374,7 @@ def test_one_stage_with_micro_batches_is_mpc(h, double):
 def test_chains_are_the_horizon_gradient_of_every_block():
     """Each block takes its weight gradient from the depths Paper A eq. 9 (and eq. 20) name."""
     for h in range(1, 7):
-        for double in ([False, True] if h >= 2 else [False]):
+        for double in [False, True] if h >= 2 else [False]:
             owed: dict[int, list[int]] = {}
             for c in chains(6, h, double):
                 for j in c.weighted:
@@ -369,8 +398,9 @@ def test_schedule_is_deadlock_free(sizes, h):
     position = {(op.kind, op.rank, op.m): i for i, op in enumerate(ops)}
     for r in range(plan.stages):
         for kind in "FB":
-            assert [op.m for op in plan.ops(r, micro) if op.kind == kind] == \
-                (list(range(micro)) if kind == "F" or plan.up(r) else [])
+            assert [op.m for op in plan.ops(r, micro) if op.kind == kind] == (
+                list(range(micro)) if kind == "F" or plan.up(r) else []
+            )
         if r < plan.stages - 1:
             for m in range(2, micro):
                 assert position["F", r + 1, m - 2] < position["F", r, m]
@@ -416,9 +446,28 @@ def test_bad_input_is_named():
 
 # -- the command line ------------------------------------------------------------------------
 
-TRAIN = ["train", "--model", "resmlp", "--model-opt", "depth=4", "--data", "trig", "--data-opt", "n=160",
-         "--data-opt", "n_test=40", "--epochs", "2", "--batch-size", "20", "--method", "mpc:2",
-         "--method", "bpm-ff", "--no-progress"]
+TRAIN = [
+    "train",
+    "--model",
+    "resmlp",
+    "--model-opt",
+    "depth=4",
+    "--data",
+    "trig",
+    "--data-opt",
+    "n=160",
+    "--data-opt",
+    "n_test=40",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "20",
+    "--method",
+    "mpc:2",
+    "--method",
+    "bpm-ff",
+    "--no-progress",
+]
 
 
 def _same_training(pipe: Path, one: Path) -> None:
@@ -452,8 +501,9 @@ def test_recede_train_pipeline_2_launches_torchrun(tmp_path):
     _same_training(tmp_path / "pipe", tmp_path / "one")
 
 
-@pytest.mark.parametrize("extra, message", [(["--method", "loco:2"], "--pipeline trains"),
-                                            (["--nproc", "2"], "cannot be combined")])
+@pytest.mark.parametrize(
+    "extra, message", [(["--method", "loco:2"], "--pipeline trains"), (["--nproc", "2"], "cannot be combined")]
+)
 def test_recede_train_pipeline_names_what_it_cannot_do(tmp_path, capsys, extra, message):
     assert main([*TRAIN, "--pipeline", "2", *extra, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

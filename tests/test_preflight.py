@@ -48,8 +48,13 @@ def test_probe_names_the_block_or_depth_that_does_not_fit():
     with pytest.raises(ValueError, match=r"does not fit dataset 'trig' \(inputs \(1,\), regression\): block 0"):
         preflight.probe(net, data.load("trig", n=10, n_test=2), CPU)
     mlp = models.build("resmlp", in_dim=64, out_dim=4, depth=3)  # 4 outputs, 10 classes
-    flat = data.Task("flat", *[torch.utils.data.TensorDataset(torch.randn(4, 64), torch.randint(0, 10, (4,)))] * 2,
-                     "classification", (64,), 10)
+    flat = data.Task(
+        "flat",
+        *[torch.utils.data.TensorDataset(torch.randn(4, 64), torch.randint(0, 10, (4,)))] * 2,
+        "classification",
+        (64,),
+        10,
+    )
     with pytest.raises(ValueError, match="depth 1"):
         preflight.probe(mlp, flat, CPU)
 
@@ -57,9 +62,26 @@ def test_probe_names_the_block_or_depth_that_does_not_fit():
 def test_a_cli_run_trains_exactly_as_without_the_checks(tmp_path):
     """The first steps of a BatchNorm model under `recede train` (which probes the model) are
     those of the same training without any check."""
-    argv = ["train", "--model", "resnet62", "--model-opt", "widths=[4, 8]", "--model-opt", "blocks_per_stage=1",
-            "--data", "digits", "--epochs", "1", "--batch-size", "128", "--momentum", "0.9",
-            "--no-progress", "--out", str(tmp_path / "cli")]
+    argv = [
+        "train",
+        "--model",
+        "resnet62",
+        "--model-opt",
+        "widths=[4, 8]",
+        "--model-opt",
+        "blocks_per_stage=1",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--momentum",
+        "0.9",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "cli"),
+    ]
     assert main(argv) == 0
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())["history"]["BP"]
     args = parse_with_config(build_parser(), argv)
@@ -69,12 +91,15 @@ def test_a_cli_run_trains_exactly_as_without_the_checks(tmp_path):
     assert [e.as_dict() | {"seconds": 0} for e in plain.history] == [e | {"seconds": 0} for e in cli]
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"width": "abc"}, "option width must be an integer, got 'abc'"),
-    ({"width": True}, "option width must be an integer, got True"),
-    ({"head": 3}, "option head must be a string, got 3"),
-    ({"colour": 1}, "has no option(s) ['colour']"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"width": "abc"}, "option width must be an integer, got 'abc'"),
+        ({"width": True}, "option width must be an integer, got True"),
+        ({"head": 3}, "option head must be a string, got 3"),
+        ({"colour": 1}, "has no option(s) ['colour']"),
+    ],
+)
 def test_keywords_are_checked_against_the_annotations(options, message):
     from recede.models.mlp import resmlp
 
@@ -96,8 +121,9 @@ def test_keywords_are_checked_against_the_annotations(options, message):
         check_keywords(sequential, {}, "model 'sequential'")
 
 
-@pytest.mark.parametrize("text, message", [("foo", "is not a device"), ("meta", "not meta"),
-                                           ("cuda:99", "this machine has")])
+@pytest.mark.parametrize(
+    "text, message", [("foo", "is not a device"), ("meta", "not meta"), ("cuda:99", "this machine has")]
+)
 def test_device(text, message):
     assert preflight.device("cpu") == CPU
     with pytest.raises(ValueError, match=message):
@@ -105,8 +131,7 @@ def test_device(text, message):
 
 
 def _args(out: Path, **kw) -> argparse.Namespace:
-    return argparse.Namespace(out=str(out), resume=kw.get("resume", False),
-                              overwrite=kw.get("overwrite", False))
+    return argparse.Namespace(out=str(out), resume=kw.get("resume", False), overwrite=kw.get("overwrite", False))
 
 
 def test_out_folder_rules(tmp_path, monkeypatch):

@@ -18,12 +18,46 @@ from recede.cli.options import parse_with_config
 from recede.runs import pretrain
 from recede.runs.run import Workload
 
-TINY_SOURCE = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
-               "--data", "digits", "--data-opt", "classes=[0, 1, 2]", "--data-opt", "train_size=40",
-               "--epochs", "1", "--batch-size", "16", "--no-progress", "--threads", "1"]
-TARGET = ["--model", "resnet62", "--model-opt", "widths=[2, 3]", "--model-opt", "blocks_per_stage=1",
-          "--data", "digits", "--data-opt", "classes=[7, 8]", "--data-opt", "train_size=20",
-          "--epochs", "1", "--batch-size", "10", "--no-progress"]
+TINY_SOURCE = [
+    "--model",
+    "resnet62",
+    "--model-opt",
+    "widths=[2, 3]",
+    "--model-opt",
+    "blocks_per_stage=1",
+    "--data",
+    "digits",
+    "--data-opt",
+    "classes=[0, 1, 2]",
+    "--data-opt",
+    "train_size=40",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+TARGET = [
+    "--model",
+    "resnet62",
+    "--model-opt",
+    "widths=[2, 3]",
+    "--model-opt",
+    "blocks_per_stage=1",
+    "--data",
+    "digits",
+    "--data-opt",
+    "classes=[7, 8]",
+    "--data-opt",
+    "train_size=20",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "10",
+    "--no-progress",
+]
 
 
 class Payload:
@@ -55,8 +89,10 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
     second, _ = _pretrain(tmp_path / "b", capsys)
     assert first.name == second.name and first.read_bytes() == second.read_bytes()
     meta = json.loads(first.with_suffix(".json").read_text())
-    assert meta["settings"]["model"] == "resnet62" and meta["settings"]["data_options"] == {"classes": [0, 1, 2],
-                                                                                            "train_size": 40}
+    assert meta["settings"]["model"] == "resnet62" and meta["settings"]["data_options"] == {
+        "classes": [0, 1, 2],
+        "train_size": 40,
+    }
     assert meta["hash"].startswith(first.stem.rsplit("-", 1)[1]) and meta["pretrain_seconds"] > 0
 
     def no_training(*args, **kwargs):
@@ -72,8 +108,14 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, capsys, monkeypatch):
 
 def test_the_hash_covers_every_setting():
     base = pretrain.settings(build_parser().parse_args(["pretrain", *TINY_SOURCE]))
-    for flags in (["--seed", "1"], ["--lr", "0.02"], ["--epochs", "2"], ["--data-opt", "classes=[0, 1]"],
-                  ["--model-opt", "widths=[2, 4]"], ["--optimizer", "adam"]):
+    for flags in (
+        ["--seed", "1"],
+        ["--lr", "0.02"],
+        ["--epochs", "2"],
+        ["--data-opt", "classes=[0, 1]"],
+        ["--model-opt", "widths=[2, 4]"],
+        ["--optimizer", "adam"],
+    ):
         other = pretrain.settings(build_parser().parse_args(["pretrain", *TINY_SOURCE, *flags]))
         assert pretrain.content_hash(other) != pretrain.content_hash(base), flags
     assert pretrain.content_hash({**base, "format_version": 2}) != pretrain.content_hash(base)
@@ -121,11 +163,15 @@ def test_init_loads_a_plain_checkpoint_into_a_model_with_adapters(tmp_path, name
     wrapped = [k for k in loaded if ".base_layer." in k]
     assert wrapped
     for key, value in source.state_dict().items():
-        mine = key if key in loaded else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        mine = (
+            key if key in loaded else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        )
         torch.testing.assert_close(loaded[mine], value, rtol=0, atol=0, msg=key)
     for key, value in lora.items():
         assert torch.equal(loaded[key], value), key
-    bad = {k: (v[:-1] if k == next(iter(source.state_dict())) else v) for k, v in pretrain.tensors_to_save(source).items()}
+    bad = {
+        k: (v[:-1] if k == next(iter(source.state_dict())) else v) for k, v in pretrain.tensors_to_save(source).items()
+    }
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match=r"^--init: weights in .* do not fit") as err:
         pretrain.load_init(adapted, str(tmp_path / "bad.safetensors"))
@@ -154,8 +200,7 @@ def test_init_from_a_pretrained_checkpoint_through_the_command_line(tmp_path, ca
     # the source has 3 classes, the target 2: the final heads differ, so they must be named
     assert main(["train", *TARGET, "--init", str(file), "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
-    assert main(["train", *TARGET, "--init", str(file), "--init-skip", "heads.*",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", *TARGET, "--init", str(file), "--init-skip", "heads.*", "--out", str(tmp_path / "run")]) == 0
     assert "tensors loaded; fresh (--init-skip): heads.0.fc.weight" in capsys.readouterr().out
 
 
@@ -186,11 +231,14 @@ def test_a_pickle_given_to_init_is_refused_and_runs_nothing(tmp_path, capfd):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--init-skip", "heads.*"], "--init-skip needs --init FILE"),
-    (["--init", "MISSING", "--init-skip", "head.*"], "not found"),
-    (["--init", "SOURCE", "--init-skip", "nothing.*"], "--init-skip 'nothing.*' matches no parameter"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--init-skip", "heads.*"], "--init-skip needs --init FILE"),
+        (["--init", "MISSING", "--init-skip", "head.*"], "not found"),
+        (["--init", "SOURCE", "--init-skip", "nothing.*"], "--init-skip 'nothing.*' matches no parameter"),
+    ],
+)
 def test_init_refusals_are_one_line(tmp_path, capfd, flags, expected):
     source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
     path = tmp_path / "source.safetensors"
@@ -211,8 +259,9 @@ def test_pretrain_refuses_without_a_model_and_writes_nothing(tmp_path, capfd):
 
 def test_presets_name_registry_models_and_offline_data():
     for name in pretrain.PRESETS:
-        values = pretrain.settings(argparse.Namespace(**{**vars(build_parser().parse_args(
-            ["pretrain", "--preset", name])), "preset": name}))
+        values = pretrain.settings(
+            argparse.Namespace(**{**vars(build_parser().parse_args(["pretrain", "--preset", name])), "preset": name})
+        )
         models.check_options(values["model"], values["model_options"])
         assert values["data"] == "text" if name == "llama" else values["data_options"]["classes"] == [0, 1, 2, 3, 4]
 
@@ -220,8 +269,11 @@ def test_presets_name_registry_models_and_offline_data():
 def test_digits_classes_are_the_named_digits_relabelled_and_disjoint():
     from recede import data
 
-    full, source, target = data.load("digits"), data.load("digits", classes=(0, 1, 2, 3, 4)), \
-        data.load("digits", classes=(9, 5), train_size=30)
+    full, source, target = (
+        data.load("digits"),
+        data.load("digits", classes=(0, 1, 2, 3, 4)),
+        data.load("digits", classes=(9, 5), train_size=30),
+    )
     assert source.output_dim == 5 and target.output_dim == 2 and len(target.train) == 30
     xs, ys = full.test.tensors
     for x, y in zip(*target.test.tensors):  # the same images as the full split, 9 → 0 and 5 → 1

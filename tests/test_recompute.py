@@ -101,8 +101,18 @@ def _per_use(net, method, x, y) -> list[torch.Tensor]:
     return [step.losses[k] for k in sorted(step.losses)] + [total.get(p, zero) for p in net.parameters()]
 
 
-@pytest.mark.parametrize("name", ["shared-blocks", "tied-embedding", "head-tied-to-block0", "tuple-states",
-                                  "dict-states", "resmlp-shared", "conv-resnet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "shared-blocks",
+        "tied-embedding",
+        "head-tied-to-block0",
+        "tuple-states",
+        "dict-states",
+        "resmlp-shared",
+        "conv-resnet",
+    ],
+)
 def test_recomputing_mpc_equals_mpc_in_float64_at_every_horizon(name, float64) -> None:
     from conftest import ARCHITECTURES
 
@@ -111,7 +121,7 @@ def test_recomputing_mpc_equals_mpc_in_float64_at_every_horizon(name, float64) -
     net, (x, y) = make(), sample()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     for h in range(1, net.T + 1):
-        for double in ([False, True] if h >= 2 else [False]):
+        for double in [False, True] if h >= 2 else [False]:
             net.load_state_dict(state)
             exact = _per_use(net, MPC(net, h, double=double), x, y)
             after = {k: v.clone() for k, v in net.state_dict().items()}
@@ -159,9 +169,9 @@ def test_dropout_is_replayed_and_each_forward_runs_only_as_often_as_it_must(floa
         for a, b in zip(again, exact):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
         assert [b.calls for b in net.blocks] == [1 + n for n in recomputed_forwards(net.T, h)]
-    assert recomputed_forwards(5, 1) == (0,) * 5            # local: nothing to recompute
-    assert recomputed_forwards(5, 5) == (1, 1, 1, 1, 0)     # per-block checkpointing
-    assert recomputed_forwards(5, 2) == (1, 1, 1, 1, 0)     # h - 1 per block, none for the last
+    assert recomputed_forwards(5, 1) == (0,) * 5  # local: nothing to recompute
+    assert recomputed_forwards(5, 5) == (1, 1, 1, 1, 0)  # per-block checkpointing
+    assert recomputed_forwards(5, 2) == (1, 1, 1, 1, 0)  # h - 1 per block, none for the last
 
 
 def test_recomputing_mpc_keeps_boundaries_and_one_block_graph() -> None:
@@ -169,8 +179,13 @@ def test_recomputing_mpc_keeps_boundaries_and_one_block_graph() -> None:
     net = models.build("resmlp", width=64, depth=16)
     x, y = torch.randn(256, 1), torch.randn(256, 4)
     saved = {}
-    for name, method in {"mpc:4": MPC(net, 4), "mpc-rc:4": MPC(net, 4, recompute=True),
-                         "ff": MPC(net, 1), "bp": MPC(net, net.T), "rc-bp": MPC(net, net.T, recompute=True)}.items():
+    for name, method in {
+        "mpc:4": MPC(net, 4),
+        "mpc-rc:4": MPC(net, 4, recompute=True),
+        "ff": MPC(net, 1),
+        "bp": MPC(net, net.T),
+        "rc-bp": MPC(net, net.T, recompute=True),
+    }.items():
         saved[name] = measure(partial(method.backward, x, y), module=net)[1].saved_peak_bytes
     boundary = 256 * 64 * 4
     assert saved["mpc-rc:4"] < 0.6 * saved["mpc:4"]

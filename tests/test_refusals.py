@@ -27,8 +27,19 @@ from recede.runs.run import identity
 from recede.runs.train import LoopState
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-        "--batch-size", "20", "--epochs", "1", "--no-progress"]
+TINY = [
+    "--model-opt",
+    "depth=3",
+    "--data-opt",
+    "n=60",
+    "--data-opt",
+    "n_test=20",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 
 
 class Payload:
@@ -42,8 +53,14 @@ class Payload:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): "link" if p.is_symlink() else "dir" if p.is_dir()
-            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "link"
+        if p.is_symlink()
+        else "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def _one_line(capfd) -> str:
@@ -66,6 +83,7 @@ def _copy(good: Path, tmp_path: Path) -> Path:
 
 
 # -- nothing runs --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
 @pytest.mark.parametrize("resume", [["--resume"], ["--resume", "auto"]])
@@ -123,12 +141,29 @@ def test_a_cifar_batch_that_would_run_code_runs_nothing(tmp_path, capfd):
     pytest.importorskip("torchvision")
     marker = tmp_path / "ran"
     _cifar10(tmp_path, {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1], "x": Payload(marker)})
-    with pytest.raises(ValueError, match=r"test_batch is not in the CIFAR python-pickle format: "
-                                         r"it refers to (io|builtins)\.open, which the CIFAR format never holds"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_batch is not in the CIFAR python-pickle format: "
+        r"it refers to (io|builtins)\.open, which the CIFAR format never holds",
+    ):
         data.load("cifar10", root=str(tmp_path))
     capfd.readouterr()
-    code = main(["train", "--model", "resnet62", "--data", "cifar10", "--data-opt", f"root={tmp_path}",
-                 "--epochs", "1", "--no-progress", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet62",
+            "--data",
+            "cifar10",
+            "--data-opt",
+            f"root={tmp_path}",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and "never holds" in _one_line(capfd)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -146,6 +181,7 @@ def test_the_cifar_format_still_loads_and_checks_its_arrays(tmp_path):
 
 # -- the checkpoint format -----------------------------------------------------------------
 
+
 def test_a_checkpoint_is_safetensors_and_round_trips_every_state(tmp_path):
     from safetensors import safe_open
 
@@ -153,8 +189,13 @@ def test_a_checkpoint_is_safetensors_and_round_trips_every_state(tmp_path):
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
     net(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    path = checkpoint.save(tmp_path / "c.pt", net=net, optimizer=optimizer, loop=LoopState(epoch=2, step=3),
-                           config={"lr": 0.1, "model_opt": ["depth=3"]})
+    path = checkpoint.save(
+        tmp_path / "c.pt",
+        net=net,
+        optimizer=optimizer,
+        loop=LoopState(epoch=2, step=3),
+        config={"lr": 0.1, "model_opt": ["depth=3"]},
+    )
     with safe_open(str(path), framework="pt") as f:  # a plain safetensors file
         assert len(list(f.keys())) >= 4
     payload = checkpoint.read(path)
@@ -172,14 +213,20 @@ def _rewrite(path: Path, change) -> None:
     path.write_bytes(checkpoint.encode(payload))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda p: p.pop("model"), "holds no model"),
-    (lambda p: p.update(config=None), "holds no config"),
-    (lambda p: p.update(loop={"epoch": 1}), "holds no valid loop position"),
-    (lambda p: p["model"].update({name: torch.zeros(7) for name in list(p["model"])[:1]}), "does not fit the model"),
-    (lambda p: p["model"].update(extra=torch.zeros(1)), "does not fit the model (unexpected extra)"),
-    (lambda p: p.update(format=3), "is not a recede checkpoint"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.pop("model"), "holds no model"),
+        (lambda p: p.update(config=None), "holds no config"),
+        (lambda p: p.update(loop={"epoch": 1}), "holds no valid loop position"),
+        (
+            lambda p: p["model"].update({name: torch.zeros(7) for name in list(p["model"])[:1]}),
+            "does not fit the model",
+        ),
+        (lambda p: p["model"].update(extra=torch.zeros(1)), "does not fit the model (unexpected extra)"),
+        (lambda p: p.update(format=3), "is not a recede checkpoint"),
+    ],
+)
 def test_a_checkpoint_of_the_wrong_content_is_one_line(good, tmp_path, capfd, change, message):
     run = _copy(good, tmp_path)
     _rewrite(run / "checkpoints" / "bp.pt", change)
@@ -201,20 +248,24 @@ def test_a_checkpoint_header_nested_too_deep_is_one_line(tmp_path):
 
 # -- refusals after the parse leave the earlier run -------------------------------------------
 
-@pytest.mark.parametrize("argv, message", [
-    (["--seed", str(2**64)], "argument --seed: must be an integer in [0, 4294967295]"),
-    (["--pipeline", "2", "--method", "mpc:9"], "the horizon must be in [1, T = 3]"),
-    (["--pipeline", "5"], "--pipeline 5: the model has only T = 3 blocks"),
-    (["--pipeline", "2", "--micro-batches", "21"], "--micro-batches 21 is more than the batch of 20"),
-    (["--method", "bpm-ff", "--bpm-scaling", "fixed", "--bpm-a", "1e300"], "argument --bpm-a: must be a number in"),
-    (["--lr", "5e-324"], "argument --lr: must be a number in [1e-12, 1e+12]"),
-    (["--device", "cpu:5"], "--device cpu:5: there is one CPU device"),
-    (["--out", "{other}"], "--out given 2 times"),
-    (["--dist-timeout", "1e20"], "argument --dist-timeout: must be a number in [0.001, 604800]"),
-    (["--dist-timeout", "1e-300"], "argument --dist-timeout: must be a number in [0.001, 604800]"),
-    (["--model", "a\nb"], "unknown model 'a\\nb'"),
-    (["a\nb"], "unrecognized arguments: a\\nb"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", str(2**64)], "argument --seed: must be an integer in [0, 4294967295]"),
+        (["--pipeline", "2", "--method", "mpc:9"], "the horizon must be in [1, T = 3]"),
+        (["--pipeline", "5"], "--pipeline 5: the model has only T = 3 blocks"),
+        (["--pipeline", "2", "--micro-batches", "21"], "--micro-batches 21 is more than the batch of 20"),
+        (["--method", "bpm-ff", "--bpm-scaling", "fixed", "--bpm-a", "1e300"], "argument --bpm-a: must be a number in"),
+        (["--lr", "5e-324"], "argument --lr: must be a number in [1e-12, 1e+12]"),
+        (["--device", "cpu:5"], "--device cpu:5: there is one CPU device"),
+        (["--out", "{other}"], "--out given 2 times"),
+        (["--dist-timeout", "1e20"], "argument --dist-timeout: must be a number in [0.001, 604800]"),
+        (["--dist-timeout", "1e-300"], "argument --dist-timeout: must be a number in [0.001, 604800]"),
+        (["--model", "a\nb"], "unknown model 'a\\nb'"),
+        (["a\nb"], "unrecognized arguments: a\\nb"),
+    ],
+)
 def test_checks_run_before_overwrite_touches_anything(good, tmp_path, capfd, argv, message):
     run = _copy(good, tmp_path)
     before = _snapshot(tmp_path)
@@ -228,11 +279,14 @@ def test_checks_run_before_overwrite_touches_anything(good, tmp_path, capfd, arg
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("command, argv, message", [
-    ("compare", ["--seeds", "100000000000000000000"], "argument --seeds: must be an integer in [1, 100]"),
-    ("compare", ["--timing-steps", "1" + "0" * 20], "argument --timing-steps: must be an integer in [1, 100000]"),
-    ("bench", ["--repeats", "1" + "0" * 20], "argument --repeats: must be an integer in [1, 100000]"),
-])
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        ("compare", ["--seeds", "100000000000000000000"], "argument --seeds: must be an integer in [1, 100]"),
+        ("compare", ["--timing-steps", "1" + "0" * 20], "argument --timing-steps: must be an integer in [1, 100000]"),
+        ("bench", ["--repeats", "1" + "0" * 20], "argument --repeats: must be an integer in [1, 100000]"),
+    ],
+)
 def test_counters_have_bounds(good, tmp_path, capfd, command, argv, message):
     run = _copy(good, tmp_path)
     before = _snapshot(tmp_path)
@@ -286,15 +340,24 @@ def test_an_invalid_preset_file_is_one_line(tmp_path, capfd):
 
 # -- the environment -------------------------------------------------------------------------
 
+
 def _recede(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recede", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "recede", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **env},
+    )
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"RANK": "1"}, "the environment sets RANK but not WORLD_SIZE"),
-    ({"WORLD_SIZE": "2"}, "the environment sets WORLD_SIZE but not RANK"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "1"}, "the environment sets RANK but not WORLD_SIZE"),
+        ({"WORLD_SIZE": "2"}, "the environment sets WORLD_SIZE but not RANK"),
+    ],
+)
 def test_a_stray_launcher_variable_is_one_line(good, tmp_path, capfd, monkeypatch, env, message):
     run = _copy(good, tmp_path)
     before = _snapshot(tmp_path)
@@ -331,23 +394,30 @@ def test_rank_values_are_checked(monkeypatch):
 
 # -- OS errors on --out -------------------------------------------------------------------------
 
+
 def test_os_errors_on_out_are_one_line_before_training(tmp_path, capfd):
     root = tmp_path / "root"
     root.mkdir()
     (root / "loop").symlink_to(root / "loop")
     (root / "dangling").symlink_to(root / "nowhere")
-    for name, inside, folder in [("config-dir", "config.yaml", True), ("metrics-dir", "metrics.json", True),
-                                 ("checkpoints-file", "checkpoints", False)]:
+    for name, inside, folder in [
+        ("config-dir", "config.yaml", True),
+        ("metrics-dir", "metrics.json", True),
+        ("checkpoints-file", "checkpoints", False),
+    ]:
         (root / name).mkdir()
         (root / name / inside).mkdir() if folder else (root / name / inside).write_text("x")
     before = _snapshot(root)
-    cases = [(root / "loop", "is a symbolic link loop"), (root / "loop" / "sub", "is a symbolic link loop"),
-             (root / "dangling", "is a dangling symbolic link"),
-             (root / "config-dir", "config.yaml is a folder, not a file"),
-             (root / "metrics-dir", "metrics.json is a folder, not a file"),
-             (root / "checkpoints-file", "checkpoints is a file, not a folder"),
-             (root / ("x" * 300), "is longer than 255 bytes"),
-             (Path(os.fsdecode(bytes(root) + b"/\xff")), "is not valid UTF-8")]
+    cases = [
+        (root / "loop", "is a symbolic link loop"),
+        (root / "loop" / "sub", "is a symbolic link loop"),
+        (root / "dangling", "is a dangling symbolic link"),
+        (root / "config-dir", "config.yaml is a folder, not a file"),
+        (root / "metrics-dir", "metrics.json is a folder, not a file"),
+        (root / "checkpoints-file", "checkpoints is a file, not a folder"),
+        (root / ("x" * 300), "is longer than 255 bytes"),
+        (Path(os.fsdecode(bytes(root) + b"/\xff")), "is not valid UTF-8"),
+    ]
     for out, message in cases:
         for extra in ([], ["--overwrite"]):
             capfd.readouterr()
@@ -383,16 +453,23 @@ def _stage_run(folder: Path, steps: tuple[int, int], runs: tuple[str, str] = ("a
     for rank, (step, run) in enumerate(zip(steps, runs)):
         net = torch.nn.Linear(2, 2)
         config = _identity(args, 8) | {"method": "MPC(h=2)", "stages": [2, 1], "run_id": run}
-        checkpoint.save(folder / "checkpoints" / f"mpc-h-2.stage{rank}.pt", net=net,
-                        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loop=LoopState(global_step=step),
-                        config=config)
+        checkpoint.save(
+            folder / "checkpoints" / f"mpc-h-2.stage{rank}.pt",
+            net=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            loop=LoopState(global_step=step),
+            config=config,
+        )
     assert identity(args)["lr"] == 0.01
 
 
-@pytest.mark.parametrize("steps, runs, message", [
-    ((6, 3), ("a", "a"), "mpc-h-2.stage0.pt at step 6 of run a, mpc-h-2.stage1.pt at step 3 of run a"),
-    ((3, 3), ("a", "b"), "mpc-h-2.stage0.pt at step 3 of run a, mpc-h-2.stage1.pt at step 3 of run b"),
-])
+@pytest.mark.parametrize(
+    "steps, runs, message",
+    [
+        ((6, 3), ("a", "a"), "mpc-h-2.stage0.pt at step 6 of run a, mpc-h-2.stage1.pt at step 3 of run a"),
+        ((3, 3), ("a", "b"), "mpc-h-2.stage0.pt at step 3 of run a, mpc-h-2.stage1.pt at step 3 of run b"),
+    ],
+)
 def test_stage_checkpoints_that_disagree_are_refused(tmp_path, capfd, steps, runs, message):
     _stage_run(tmp_path / "run", steps, runs)
     before = _snapshot(tmp_path)
@@ -434,12 +511,32 @@ def test_a_killed_stage_ends_in_one_line_with_the_resume_command_which_finishes_
     from test_launch import _ranks
 
     out = tmp_path / "run"
-    run = ["train", "--pipeline", "2", "--model-opt", "depth=3", "--data-opt", "n=3000", "--data-opt",
-           "n_test=20", "--batch-size", "10", "--epochs", "2", "--checkpoint-every", "5", "--no-progress",
-           "--dist-timeout", "60", "--out", str(out)]
+    run = [
+        "train",
+        "--pipeline",
+        "2",
+        "--model-opt",
+        "depth=3",
+        "--data-opt",
+        "n=3000",
+        "--data-opt",
+        "n_test=20",
+        "--batch-size",
+        "10",
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "5",
+        "--no-progress",
+        "--dist-timeout",
+        "60",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen([sys.executable, "-m", "recede", *run], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "recede", *run], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     stage = out / "checkpoints" / "bp.stage1.pt"
     deadline = time.monotonic() + 240
     while not stage.exists() and launcher.poll() is None and time.monotonic() < deadline:
@@ -463,13 +560,20 @@ def test_a_killed_stage_ends_in_one_line_with_the_resume_command_which_finishes_
 def test_ctrl_c_after_the_results_are_written_still_prints_its_line(tmp_path):
     """An interrupt that lands once ``main`` has returned (the interpreter ending) gets the
     command's line and status 130, not a traceback."""
-    script = ("import os, signal, sys, time\n"
-              "from recede.cli import main\n"
-              f"sys.argv = ['recede', 'train', *{TINY!r}, '--out', {str(tmp_path / 'out')!r}]\n"
-              "assert main() == 0\n"
-              "os.kill(os.getpid(), signal.SIGINT)\n"
-              "time.sleep(5)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
+    script = (
+        "import os, signal, sys, time\n"
+        "from recede.cli import main\n"
+        f"sys.argv = ['recede', 'train', *{TINY!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+        "assert main() == 0\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(5)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 130 and done.stderr == "recede train: interrupted\n", done.stderr
     assert (tmp_path / "out" / "metrics.json").exists()

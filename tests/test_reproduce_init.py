@@ -15,12 +15,23 @@ from recede.runs import pretrain
 
 RESNET = {"widths": [2, 3], "blocks_per_stage": 1}
 CONFIG = {
-    "seeds": [0], "threads": 1, "probe_batches": 1, "subset_size": 2,
+    "seeds": [0],
+    "threads": 1,
+    "probe_batches": 1,
+    "subset_size": 2,
     "objectives": {"eps": 0.1, "lam": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
-    "sweeps": {"R": {"model": "resnet62", "model_options": RESNET, "data": "digits",
-                     "data_options": {"classes": [5, 6, 7], "train_size": 24},
-                     "optimizer": {"name": "adam", "lr": 0.001}, "batch_size": 12, "epochs": 1,
-                     "snapshot_epochs": [1]}},
+    "sweeps": {
+        "R": {
+            "model": "resnet62",
+            "model_options": RESNET,
+            "data": "digits",
+            "data_options": {"classes": [5, 6, 7], "train_size": 24},
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "batch_size": 12,
+            "epochs": 1,
+            "snapshot_epochs": [1],
+        }
+    },
 }
 
 
@@ -36,7 +47,9 @@ def test_init_loads_the_file_into_every_sweep_start_and_skip_keeps_heads_fresh(t
     source = _source(tmp_path / "src.safetensors")
     config = copy.deepcopy(CONFIG)
     entries = paper_a_sweeps.entries(config)
-    configs.apply_init(entries, configs.parse_weights([str(tmp_path / "src.safetensors")], "--init"), ["heads.*"], "paper-a")
+    configs.apply_init(
+        entries, configs.parse_weights([str(tmp_path / "src.safetensors")], "--init"), ["heads.*"], "paper-a"
+    )
     entry = config["sweeps"]["R"]
     assert entry["init"] == str(tmp_path / "src.safetensors") and entry["init_skip"] == ["heads.*"]
     paper_a.check_config(config)
@@ -55,8 +68,9 @@ def test_reproduce_with_init_runs_the_sweeps_and_algorithm_1_from_the_checkpoint
     config = copy.deepcopy(CONFIG)
     config["sweeps"]["R"]["select"] = True
     out = tmp_path / "run"
-    report = paper_a.run(out, progress=False, config=config, init={"resnet62": str(tmp_path / "src.safetensors")},
-                         init_skip=["heads.*"])
+    report = paper_a.run(
+        out, progress=False, config=config, init={"resnet62": str(tmp_path / "src.safetensors")}, init_skip=["heads.*"]
+    )
     results = json.loads((out / "results.json").read_text())
     model = results["sections"]["sweeps"]["models"]["R"]
     assert model["entry"]["init"] == str(tmp_path / "src.safetensors")
@@ -90,12 +104,14 @@ def test_init_refusals_are_one_line_and_write_nothing(tmp_path, capfd, case):
     _source(tmp_path / "wide.safetensors", widths=[4, 3], blocks_per_stage=1)
     preset = _yaml(tmp_path)
     out = tmp_path / "out"
-    argv = {"mismatch": ["paper-a", "--init", str(tmp_path / "wide.safetensors")],
-            "missing": ["paper-a", "--init", str(tmp_path / "nothing.safetensors")],
-            "skip-typo": ["paper-a", "--init", str(tmp_path / "src.safetensors"), "--init-skip", "head.*"],
-            "other-paper": ["paper-b", "--init", str(tmp_path / "src.safetensors")],
-            "two-models": ["paper-a", "--init", str(tmp_path / "src.safetensors")],
-            "bad-preset": ["paper-a"]}[case]
+    argv = {
+        "mismatch": ["paper-a", "--init", str(tmp_path / "wide.safetensors")],
+        "missing": ["paper-a", "--init", str(tmp_path / "nothing.safetensors")],
+        "skip-typo": ["paper-a", "--init", str(tmp_path / "src.safetensors"), "--init-skip", "head.*"],
+        "other-paper": ["paper-b", "--init", str(tmp_path / "src.safetensors")],
+        "two-models": ["paper-a", "--init", str(tmp_path / "src.safetensors")],
+        "bad-preset": ["paper-a"],
+    }[case]
     if case == "two-models":
         config = copy.deepcopy(CONFIG)
         config["sweeps"]["V"] = {**config["sweeps"]["R"], "model": "resmlp", "model_options": {}}
@@ -104,11 +120,14 @@ def test_init_refusals_are_one_line_and_write_nothing(tmp_path, capfd, case):
         preset.write_text(yaml.safe_dump(config))
     if case == "bad-preset":
         preset = _yaml(tmp_path, init="pretrained:nope")
-    expected = {"mismatch": "--init: weights in ", "missing": "weights file not found",
-                "skip-typo": "--init-skip 'head.*' matches no parameter",
-                "other-paper": "--init starts paper-a's studies",
-                "two-models": "give --init resmlp=FILE --init resnet62=FILE",
-                "bad-preset": "no pretrain preset 'nope'"}[case]
+    expected = {
+        "mismatch": "--init: weights in ",
+        "missing": "weights file not found",
+        "skip-typo": "--init-skip 'head.*' matches no parameter",
+        "other-paper": "--init starts paper-a's studies",
+        "two-models": "give --init resmlp=FILE --init resnet62=FILE",
+        "bad-preset": "no pretrain preset 'nope'",
+    }[case]
     assert main(["reproduce", *argv, "--preset", str(preset), "--out", str(out), "--no-progress"]) == 2
     err = capfd.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
@@ -117,8 +136,10 @@ def test_init_refusals_are_one_line_and_write_nothing(tmp_path, capfd, case):
 
 def test_init_is_refused_in_sections_that_do_not_read_it():
     config = copy.deepcopy(CONFIG)
-    config["rate"] = {"steps": [1], "workloads": {"M1": {"model": "linear-resnet", "data": "linear", "lr": 0.1,
-                                                         "init": "x.safetensors"}}}
+    config["rate"] = {
+        "steps": [1],
+        "workloads": {"M1": {"model": "linear-resnet", "data": "linear", "lr": 0.1, "init": "x.safetensors"}},
+    }
     with pytest.raises(ValueError, match="rate.M1: init is read by the sweeps section only"):
         paper_a.check_config(config)
 
@@ -132,8 +153,11 @@ def test_the_finetune_preset_is_checked_and_names_both_sources():
     assert all(e["select"] and e["init_skip"] == ["heads.*"] for e in sweeps.values())
     assert all(e["data_options"]["classes"] == [5, 6, 7, 8, 9] for e in sweeps.values())
     vits = [e for e in sweeps.values() if e["model"] == "vit-b16"]
-    assert vits and all((e["model_options"]["adapter"], e["model_options"]["adapter_rank"],
-                         e["model_options"]["adapter_alpha"]) == ("lora", 1, 4) for e in vits)
+    assert vits and all(
+        (e["model_options"]["adapter"], e["model_options"]["adapter_rank"], e["model_options"]["adapter_alpha"])
+        == ("lora", 1, 4)
+        for e in vits
+    )
     assert 0.001 in {e["optimizer"]["lr"] for e in vits}  # Table D2's lr is one of the runs
     for name, entry in sweeps.items():  # the models are the pretrain presets' shapes
         spec = pretrain.PRESETS["resnet" if entry["model"] == "resnet62" else "vit"]

@@ -16,17 +16,21 @@ from recede.runs.run import Workload
 def parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(exit_on_error=False)
     add_workload_options(p)
-    return p.parse_args(["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-                         "--batch-size", "20", *argv])
+    return p.parse_args(
+        ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20", "--batch-size", "20", *argv]
+    )
 
 
-@pytest.mark.parametrize("argv, scaling, fixed", [
-    ((), "robust", (None, None)),
-    (("--bpm-scaling", "paper"), "paper", (None, None)),
-    (("--bpm-scaling", "bias"), "bias", (None, None)),
-    (("--bpm-scaling", "fixed", "--bpm-a", "0", "--bpm-lam", "1"), "fixed", (0.0, 1.0)),
-    (("--bpm-scaling", "fixed", "--bpm-a", "-0.5", "--bpm-lam", "0.25"), "fixed", (-0.5, 0.25)),
-])
+@pytest.mark.parametrize(
+    "argv, scaling, fixed",
+    [
+        ((), "robust", (None, None)),
+        (("--bpm-scaling", "paper"), "paper", (None, None)),
+        (("--bpm-scaling", "bias"), "bias", (None, None)),
+        (("--bpm-scaling", "fixed", "--bpm-a", "0", "--bpm-lam", "1"), "fixed", (0.0, 1.0)),
+        (("--bpm-scaling", "fixed", "--bpm-a", "-0.5", "--bpm-lam", "0.25"), "fixed", (-0.5, 0.25)),
+    ],
+)
 def test_bpm_options_reach_the_method(argv, scaling, fixed):
     args = parse(*argv)
     workload = Workload.from_args(args)
@@ -34,11 +38,14 @@ def test_bpm_options_reach_the_method(argv, scaling, fixed):
     assert isinstance(method, BPModified) and method.scaling == scaling and method.fixed == fixed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("--bpm-lam", "1.5"), "--bpm-lam"),
-    (("--bpm-a", "nan"), "--bpm-a"),
-    (("--bpm-scaling", "optimal"), "--bpm-scaling"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--bpm-lam", "1.5"), "--bpm-lam"),
+        (("--bpm-a", "nan"), "--bpm-a"),
+        (("--bpm-scaling", "optimal"), "--bpm-scaling"),
+    ],
+)
 def test_bad_bpm_values_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--model-opt", "depth=3", "--method", "bpm-ff", *argv])
@@ -46,7 +53,24 @@ def test_bad_bpm_values_name_the_option(argv, message, capsys):
 
 
 def test_fixed_scaling_without_its_scalars_is_one_clear_line(tmp_path, capsys):
-    code = main(["train", "--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-                 "--method", "bpm-ff", "--bpm-scaling", "fixed", "--bpm-a", "1", "--out", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "--model-opt",
+            "depth=3",
+            "--data-opt",
+            "n=60",
+            "--data-opt",
+            "n_test=20",
+            "--method",
+            "bpm-ff",
+            "--bpm-scaling",
+            "fixed",
+            "--bpm-a",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--bpm-lam" in err and "Traceback" not in err

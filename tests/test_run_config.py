@@ -14,11 +14,13 @@ from recede.runs.config import LoopConfig, OutputConfig, RunConfig, WorkloadConf
 
 def tiny(out, **loop) -> recede.RunConfig:
     return recede.RunConfig(
-        workload=WorkloadConfig(model="resmlp", data="trig", model_options={"depth": 3},
-                                                   data_options={"n": 60, "n_test": 20}),
+        workload=WorkloadConfig(
+            model="resmlp", data="trig", model_options={"depth": 3}, data_options={"n": 60, "n_test": 20}
+        ),
         methods=["bp", "mpc:2"],
         loop=LoopConfig(epochs=2, batch_size=20, **loop),
-        output=OutputConfig(out=str(out), progress=False))
+        output=OutputConfig(out=str(out), progress=False),
+    )
 
 
 def test_recede_run_of_a_run_config_writes_the_results_folder(tmp_path):
@@ -36,18 +38,52 @@ def test_recede_run_of_a_run_config_writes_the_results_folder(tmp_path):
 def test_python_and_the_command_line_train_alike(tmp_path):
     """The same run from Python and from `recede train` gives the same epochs."""
     python = recede.run(tiny(tmp_path / "py"))
-    assert main(["train", "--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20",
-                 "--epochs", "2", "--batch-size", "20", "--method", "bp", "--method", "mpc:2",
-                 "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model-opt",
+                "depth=3",
+                "--data-opt",
+                "n=60",
+                "--data-opt",
+                "n_test=20",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "20",
+                "--method",
+                "bp",
+                "--method",
+                "mpc:2",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())["history"]
     for result in python.runs[0]["results"]:
-        assert [e.as_dict() | {"seconds": 0} for e in result.history] == \
-            [e | {"seconds": 0} for e in cli[result.label]]
+        assert [e.as_dict() | {"seconds": 0} for e in result.history] == [e | {"seconds": 0} for e in cli[result.label]]
 
 
 def test_the_flags_build_the_config_the_python_api_would():
-    args = parse_with_config(build_parser(), ["train", "--model-opt", "depth=3", "--data-opt", "n=60",
-                                              "--batch-size", "20", "--bpm-period", "7", "--no-progress"])
+    args = parse_with_config(
+        build_parser(),
+        [
+            "train",
+            "--model-opt",
+            "depth=3",
+            "--data-opt",
+            "n=60",
+            "--batch-size",
+            "20",
+            "--bpm-period",
+            "7",
+            "--no-progress",
+        ],
+    )
     config = RunConfig.from_options(vars(args))
     assert config.workload.model_options == {"depth": 3} and config.workload.data_options == {"n": 60}
     assert config.loop.batch_size == 20 and config.bpm.period == 7 and config.output.progress is False
@@ -64,18 +100,21 @@ def test_a_dict_builds_the_same_config_and_names_unknown_keys():
         RunConfig.from_dict({"looop": {}})
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"loop": {"epochs": 0}}, "loop.epochs"),
-    ({"loop": {"batch_size": 2.5}}, "loop.batch_size"),
-    ({"optimizer": {"lr": -1.0}}, "optimizer.lr"),
-    ({"optimizer": {"name": "lbfgs"}}, "optimizer.name"),
-    ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum"),
-    ({"bpm": {"lam": 2.0}}, "bpm.lam"),
-    ({"bpm": {"scaling": "optimal"}}, "bpm.scaling"),
-    ({"measure": {"clock": "sundial"}}, "measure.clock"),
-    ({"loop": {"seeds": 101}}, "loop.seeds"),
-    ({"methods": []}, "methods"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"loop": {"epochs": 0}}, "loop.epochs"),
+        ({"loop": {"batch_size": 2.5}}, "loop.batch_size"),
+        ({"optimizer": {"lr": -1.0}}, "optimizer.lr"),
+        ({"optimizer": {"name": "lbfgs"}}, "optimizer.name"),
+        ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum"),
+        ({"bpm": {"lam": 2.0}}, "bpm.lam"),
+        ({"bpm": {"scaling": "optimal"}}, "bpm.scaling"),
+        ({"measure": {"clock": "sundial"}}, "measure.clock"),
+        ({"loop": {"seeds": 101}}, "loop.seeds"),
+        ({"methods": []}, "methods"),
+    ],
+)
 def test_validation_names_the_field_in_one_line(change, field):
     with pytest.raises(ValueError) as err:
         RunConfig.from_dict(change)
@@ -113,9 +152,13 @@ def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshe
         calls.append(B_prime)
         return torch.ones_like(m.hh), scalars.fresh_lambda(m, B_prime)
 
-    config = dataclasses.replace(tiny("unused"), methods=["bpm-ff"], output=OutputConfig(out=None, progress=False),
-                                 bpm=BPMConfig(period=2, samples=16, scaling=unit_a),
-                                 measure=MeasureConfig(paid=False)).validate()
+    config = dataclasses.replace(
+        tiny("unused"),
+        methods=["bpm-ff"],
+        output=OutputConfig(out=None, progress=False),
+        bpm=BPMConfig(period=2, samples=16, scaling=unit_a),
+        measure=MeasureConfig(paid=False),
+    ).validate()
     assert config.options()["bpm_scaling"].endswith("unit_a")
     assert config.identity()["bpm_scaling"] == config.options()["bpm_scaling"]
     with pytest.raises(ValueError, match="bpm.scaling must be one of"):
@@ -123,8 +166,13 @@ def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshe
     task = recede.data.load("trig", n=60, n_test=20)
     workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
     seen = []
-    result = train_method(workload, "bpm-ff", config, out=None,
-                          on_step=lambda method, epoch, step, loss: seen.append((epoch, step, method.refreshes)))
+    result = train_method(
+        workload,
+        "bpm-ff",
+        config,
+        out=None,
+        on_step=lambda method, epoch, step, loss: seen.append((epoch, step, method.refreshes)),
+    )
     assert isinstance(result.method, BPModified) and result.memory is None
     assert [(e, s) for e, s, _ in seen] == [(e, s) for e in range(2) for s in range(3)]
     assert seen[-1][2] == result.method.refreshes == 3 and calls  # refreshes at steps 1, 3, 5 ran the rule
@@ -148,11 +196,16 @@ def test_a_study_s_start_model_is_copied_and_the_epoch_hook_sees_the_trained_net
     before = {k: v.clone() for k, v in start.state_dict().items()}
     workload = Workload(task, "resmlp", {"depth": 3}, torch.device("cpu"), start=start)
     assert all(torch.equal(v, workload.build(5).state_dict()[k]) for k, v in before.items())
-    config = dataclasses.replace(tiny("unused"), methods=["mpc:2"], output=OutputConfig(out=None, progress=False),
-                                 measure=MeasureConfig(paid=False)).validate()
+    config = dataclasses.replace(
+        tiny("unused"),
+        methods=["mpc:2"],
+        output=OutputConfig(out=None, progress=False),
+        measure=MeasureConfig(paid=False),
+    ).validate()
     seen = []
-    result = train_method(workload, "mpc:2", config, out=None,
-                          on_epoch=lambda net, record: seen.append((net, record.epoch)))
+    result = train_method(
+        workload, "mpc:2", config, out=None, on_epoch=lambda net, record: seen.append((net, record.epoch))
+    )
     assert [e for _, e in seen] == [0, 1] and all(net is result.net for net, _ in seen)
     assert result.net is not start and all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(p, q) for p, q in zip(result.net.parameters(), start.parameters()))  # it trained
@@ -171,8 +224,12 @@ def test_a_study_s_own_method_trains_without_test_evaluation_and_not_as_a_pipeli
     workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
     built = []
     study = StudyMethod("mine", lambda net: built.append(MPC(net, 2)) or built[-1])
-    config = dataclasses.replace(tiny("unused"), methods=None, output=OutputConfig(out=None, progress=False),
-                                 measure=MeasureConfig(paid=False, test=False)).validate()
+    config = dataclasses.replace(
+        tiny("unused"),
+        methods=None,
+        output=OutputConfig(out=None, progress=False),
+        measure=MeasureConfig(paid=False, test=False),
+    ).validate()
     result = train_method(workload, study, config, out=None)
     assert result.label == "mine" and result.method is built[0] and built[0].net is result.net
     assert [r.test for r in result.history] == [{}, {}]

@@ -37,8 +37,16 @@ def test_reselects_every_n_epochs_and_resumes():
     net, data, probe = setup()
     schedule = HorizonSchedule(net, probe, every=2, objective="weighted", lam=0.3, horizons=[1, 3, 6])
     opt = make_optimizer(net.parameters(), lr=0.05)
-    train(net, schedule, data, opt, epochs=5, batch_size=16, progress=False,
-          on_epoch=lambda record: schedule.epoch_end(record.epoch))
+    train(
+        net,
+        schedule,
+        data,
+        opt,
+        epochs=5,
+        batch_size=16,
+        progress=False,
+        on_epoch=lambda record: schedule.epoch_end(record.epoch),
+    )
     assert [e["epoch"] for e in schedule.history] == [0, 2, 4]
     assert len(schedule.horizons_by_epoch(5)) == 5
     assert schedule.horizons_by_epoch(5)[4] == schedule.history[-1]["h"]

@@ -139,9 +139,27 @@ def test_select_horizon_on_a_network():
 
 
 def test_cli_select(tmp_path, capsys):
-    code = main(["select", "--model", "linear-resnet", "--data", "linear", "--data-opt", "n=200",
-                 "--horizons", "1,5,10,15", "--objective", "constraint", "--eps", "0.05",
-                 "--batches", "2", "--out", str(tmp_path)])
+    code = main(
+        [
+            "select",
+            "--model",
+            "linear-resnet",
+            "--data",
+            "linear",
+            "--data-opt",
+            "n=200",
+            "--horizons",
+            "1,5,10,15",
+            "--objective",
+            "constraint",
+            "--eps",
+            "0.05",
+            "--batches",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     saved = json.loads((tmp_path / "selection.json").read_text())
     assert 1 <= saved["h"] <= 15 and len(saved["table"]) == 15
@@ -150,8 +168,29 @@ def test_cli_select(tmp_path, capsys):
     assert "eps" in capsys.readouterr().err
     weights = tmp_path / "trained.pt"
     torch.save(models.build("linear-resnet", depth=4).state_dict(), weights)
-    assert main(["select", "--model", "linear-resnet", "--model-opt", "depth=4", "--data", "linear",
-                 "--data-opt", "n=100", "--lam", "0.1", "--weights", str(weights), "--batches", "1",
-                 "--out", str(tmp_path / "w")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--model",
+                "linear-resnet",
+                "--model-opt",
+                "depth=4",
+                "--data",
+                "linear",
+                "--data-opt",
+                "n=100",
+                "--lam",
+                "0.1",
+                "--weights",
+                str(weights),
+                "--batches",
+                "1",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 0
+    )
     assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m")]) == 2
     assert "missing.pt" in capsys.readouterr().err

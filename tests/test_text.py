@@ -37,8 +37,9 @@ def test_stdlib_corpus_is_pinned_deterministic_and_split_by_file():
     assert torch.equal(first.train.tokens, second.train.tokens) and torch.equal(first.test.tokens, second.test.tokens)
     held_out = first.info["validation files"]
     assert set(held_out) < set(STDLIB_FILES) and len(held_out) == round(0.1 * len(STDLIB_FILES))
-    assert first.info["train tokens"] + first.info["validation tokens"] == \
-        sum(len((data.text.stdlib_root() / f).read_bytes()) for f in STDLIB_FILES)
+    assert first.info["train tokens"] + first.info["validation tokens"] == sum(
+        len((data.text.stdlib_root() / f).read_bytes()) for f in STDLIB_FILES
+    )
 
 
 def test_a_folder_is_split_by_whole_files_and_windowed(tmp_path):
@@ -71,8 +72,9 @@ def test_one_file_is_split_by_position(tmp_path):
 
 
 def test_bpe_is_trained_on_the_training_split_and_deterministic(tmp_path):
-    folder = write(tmp_path / "words", {f"d{i}.txt": "def function(argument):\n    return argument\n" * 30
-                                        for i in range(5)})
+    folder = write(
+        tmp_path / "words", {f"d{i}.txt": "def function(argument):\n    return argument\n" * 30 for i in range(5)}
+    )
     first = data.load("text", path=str(folder), seq_len=16, tokenizer="bpe", vocab_size=300)
     second = data.load("text", path=str(folder), seq_len=16, tokenizer="bpe", vocab_size=300)
     assert torch.equal(first.train.tokens, second.train.tokens)
@@ -86,18 +88,25 @@ def test_metrics_are_bits_per_byte_and_perplexity(tmp_path):
     assert data.load("trig", n=10, n_test=5).metrics(1.0) == {}
 
 
-@pytest.mark.parametrize("setup, options, error, message", [
-    (lambda d: write(d / "empty", {}), {}, ValueError, "has no .txt files"),
-    (lambda d: d / "absent", {}, FileNotFoundError, "neither a file nor a folder"),
-    (lambda d: write(d / "short", {"a.txt": "abc", "b.txt": "de"}), {"seq_len": 8}, ValueError,
-     "seq_len 8 is longer than the training split"),
-    (lambda d: write(d / "blank", {"a.txt": "", "b.txt": ""}), {}, ValueError, "is empty"),
-    (lambda d: d, {"seq_len": 1}, ValueError, "seq_len must be >= 2"),
-    (lambda d: d, {"tokenizer": "wordpiece"}, ValueError, "tokenizer must be one of"),
-    (lambda d: d, {"tokenizer": "bpe", "vocab_size": 100}, ValueError, "needs vocab_size > 256"),
-    (lambda d: d, {"vocab_size": 512}, ValueError, "vocab_size=512 needs tokenizer=bpe"),
-    (lambda d: d, {"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "setup, options, error, message",
+    [
+        (lambda d: write(d / "empty", {}), {}, ValueError, "has no .txt files"),
+        (lambda d: d / "absent", {}, FileNotFoundError, "neither a file nor a folder"),
+        (
+            lambda d: write(d / "short", {"a.txt": "abc", "b.txt": "de"}),
+            {"seq_len": 8},
+            ValueError,
+            "seq_len 8 is longer than the training split",
+        ),
+        (lambda d: write(d / "blank", {"a.txt": "", "b.txt": ""}), {}, ValueError, "is empty"),
+        (lambda d: d, {"seq_len": 1}, ValueError, "seq_len must be >= 2"),
+        (lambda d: d, {"tokenizer": "wordpiece"}, ValueError, "tokenizer must be one of"),
+        (lambda d: d, {"tokenizer": "bpe", "vocab_size": 100}, ValueError, "needs vocab_size > 256"),
+        (lambda d: d, {"vocab_size": 512}, ValueError, "vocab_size=512 needs tokenizer=bpe"),
+        (lambda d: d, {"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
+    ],
+)
 def test_bad_input_is_named(tmp_path, setup, options, error, message):
     corpus(tmp_path)
     folder = setup(tmp_path / "corpus")
@@ -105,8 +114,9 @@ def test_bad_input_is_named(tmp_path, setup, options, error, message):
         data.load("text", path=str(folder), **options)
 
 
-@pytest.mark.parametrize("content, message", [(b"text\x00more", "contains NUL bytes"),
-                                              (b"\xff\xfe\x00binary", "is not UTF-8 text")])
+@pytest.mark.parametrize(
+    "content, message", [(b"text\x00more", "contains NUL bytes"), (b"\xff\xfe\x00binary", "is not UTF-8 text")]
+)
 def test_binary_files_are_refused(tmp_path, content, message):
     folder = corpus(tmp_path)
     (folder / "image.txt").write_bytes(content)

@@ -72,8 +72,17 @@ def test_training_reduces_the_loss_and_is_reproducible(method):
         torch.manual_seed(0)
         net = models.build("resmlp", task)
         opt = make_optimizer(net.parameters(), "sgd", 0.05, momentum=0.9)
-        history = train(net, build_method(net, method), task.train, opt, epochs=3, batch_size=50,
-                        test_set=task.test, lr_rule=LossIncreaseDecay(opt), progress=False)
+        history = train(
+            net,
+            build_method(net, method),
+            task.train,
+            opt,
+            epochs=3,
+            batch_size=50,
+            test_set=task.test,
+            lr_rule=LossIncreaseDecay(opt),
+            progress=False,
+        )
         return history, torch.cat([p.detach().flatten() for p in net.parameters()])
 
     (h1, p1), (_, p2) = run(), run()
@@ -103,15 +112,31 @@ def test_empty_data_is_refused():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "recede", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "recede", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_recede_train_prints_and_writes_the_table(tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", "--model", "resmlp", "--data", "trig", "--data-opt", "n=400",
-                     "--data-opt", "n_test=50", "--method", "bp", "--method", "mpc:2", "--epochs", "2",
-                     "--no-progress", "--out", str(out))
+    result = run_cli(
+        "train",
+        "--model",
+        "resmlp",
+        "--data",
+        "trig",
+        "--data-opt",
+        "n=400",
+        "--data-opt",
+        "n_test=50",
+        "--method",
+        "bp",
+        "--method",
+        "mpc:2",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     metrics = json.loads((out / "metrics.json").read_text())
@@ -127,8 +152,18 @@ def test_recede_train_prints_and_writes_the_table(tmp_path):
 
 
 def test_recede_train_reports_bad_input_without_a_traceback(tmp_path):
-    result = run_cli("train", "--model", "resmlp", "--method", "mpc:99", "--data-opt", "n=100",
-                     "--no-progress", "--out", str(tmp_path))
+    result = run_cli(
+        "train",
+        "--model",
+        "resmlp",
+        "--method",
+        "mpc:99",
+        "--data-opt",
+        "n=100",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 2
     assert "horizon must be an integer in [1, 15]" in result.stderr
     assert "Traceback" not in result.stderr

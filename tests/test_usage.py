@@ -33,8 +33,7 @@ from recede.runs.train import make_optimizer
 
 def bpm_ff(net, period: int = 5):
     data = TensorDataset(torch.randn(64, 5), torch.randint(0, 3, (64,)))
-    return build_method(net, "bpm-ff", refresh_data=data, batch_size=8, period=period,
-                        offset_samples=16, micro_batch=4)
+    return build_method(net, "bpm-ff", refresh_data=data, batch_size=8, period=period, offset_samples=16, micro_batch=4)
 
 
 def test_interleaved_medians_calls_each_run_every_round() -> None:
@@ -53,7 +52,7 @@ def test_interleaved_medians_read_the_given_clock_after_warmup() -> None:
     calls = []
     runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     medians = interleaved_medians(runs, repeats=3, warmup=2, clock=lambda: float(next(ticks)))
-    assert [sorted(calls[i:i + 2]) for i in range(0, 10, 2)] == [["a", "b"]] * 5  # one call each per round
+    assert [sorted(calls[i : i + 2]) for i in range(0, 10, 2)] == [["a", "b"]] * 5  # one call each per round
     assert medians == {"a": 1.0, "b": 1.0}  # each call spans one tick of the fake clock
 
 
@@ -110,11 +109,18 @@ def test_memory_peaks_over_step_and_refresh_and_counts_the_state() -> None:
 
     params = sum(p.numel() for p in net.parameters()) * 4
     offsets = sum(p.numel() for t in range(net.T - 1) for p in net.block_parameters(t)) * 4  # block T-1 is exact
-    assert paid.state == {"parameters": params, "gradients": params, "optimizer": params,  # momentum buffers
-                          "offsets": offsets, "refresh buffers": REFRESH_BUFFERS * offsets, "buffers": 0}
+    assert paid.state == {
+        "parameters": params,
+        "gradients": params,
+        "optimizer": params,  # momentum buffers
+        "offsets": offsets,
+        "refresh buffers": REFRESH_BUFFERS * offsets,
+        "buffers": 0,
+    }
     assert paid.real_peak_bytes >= 2 * params + offsets  # parameters, momentum, offsets, and the step's work
-    assert paid.state_bytes == 3 * params + offsets + max(paid.step.saved_peak_bytes,
-                                                          paid.refresh.saved_peak_bytes + REFRESH_BUFFERS * offsets)
+    assert paid.state_bytes == 3 * params + offsets + max(
+        paid.step.saved_peak_bytes, paid.refresh.saved_peak_bytes + REFRESH_BUFFERS * offsets
+    )
     plain = training_state(build_method(net, "ff"), net, make_optimizer(net.parameters(), "adam"))
     assert plain["optimizer"] == 0 and plain["offsets"] == plain["refresh buffers"] == 0  # Adam before its first step
 
@@ -145,8 +151,12 @@ print(kept, (rss() - before) / 2**20)
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
 def test_freed_memory_stays_in_the_process() -> None:
     def freed_but_resident(mode: str) -> tuple[str, float]:
-        run = subprocess.run([sys.executable, "-c", KEEP_CHECK, mode], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+        run = subprocess.run(
+            [sys.executable, "-c", KEEP_CHECK, mode],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        )
         kept, mib = run.stdout.split()
         return kept, float(mib)
 

@@ -16,8 +16,7 @@ def _seq() -> nn.Sequential:
 
 def test_sequential_children_are_the_blocks_held_not_copied():
     seq, head = _seq(), nn.Linear(4, 2)
-    net = recede.wrap(seq, head=[nn.Linear(4, 2), nn.Identity(), nn.Linear(4, 2), head],
-                      loss_fn=nn.CrossEntropyLoss())
+    net = recede.wrap(seq, head=[nn.Linear(4, 2), nn.Identity(), nn.Linear(4, 2), head], loss_fn=nn.CrossEntropyLoss())
     assert net.T == 4 and all(b is c for b, c in zip(net.blocks, seq)) and net.head(4) is head
     shared = recede.wrap(seq, head=head, loss_fn=nn.CrossEntropyLoss())
     assert shared.shared_head and shared.head(1) is head
@@ -32,22 +31,27 @@ def test_blocks_groups_consecutive_units():
     assert torch.equal(net(x), net.head(3)(seq(x)))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"head": nn.Identity()}, "nn.Sequential models have no loss of their own: pass loss_fn="),
-    ({"loss_fn": nn.MSELoss()}, "no heads for earlier depths of their own: pass head="),
-    ({"loss_fn": nn.MSELoss(), "head": "shared"}, "cannot share the final head"),
-    ({"loss_fn": nn.MSELoss(), "head": "bogus"}, "head must be one of"),
-    ({"loss_fn": nn.MSELoss(), "head": [nn.Identity()] * 3}, r"one nn.Module per block \(4\), .*; got 3 item"),
-    ({"loss_fn": nn.MSELoss(), "head": nn.Identity(), "blocks": 5}, r"blocks must be an integer in \[1, 4\]"),
-    ({"loss_fn": nn.MSELoss(), "head": nn.Identity(), "blocks": 0}, r"blocks must be an integer in \[1, 4\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head": nn.Identity()}, "nn.Sequential models have no loss of their own: pass loss_fn="),
+        ({"loss_fn": nn.MSELoss()}, "no heads for earlier depths of their own: pass head="),
+        ({"loss_fn": nn.MSELoss(), "head": "shared"}, "cannot share the final head"),
+        ({"loss_fn": nn.MSELoss(), "head": "bogus"}, "head must be one of"),
+        ({"loss_fn": nn.MSELoss(), "head": [nn.Identity()] * 3}, r"one nn.Module per block \(4\), .*; got 3 item"),
+        ({"loss_fn": nn.MSELoss(), "head": nn.Identity(), "blocks": 5}, r"blocks must be an integer in \[1, 4\]"),
+        ({"loss_fn": nn.MSELoss(), "head": nn.Identity(), "blocks": 0}, r"blocks must be an integer in \[1, 4\]"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         recede.wrap(_seq(), **kwargs)
 
 
 def test_an_unknown_model_names_its_class_and_the_families():
-    with pytest.raises(ValueError, match=r"torch\.nn\.modules\.linear\.Linear into blocks; supported: .*nn\.Sequential"):
+    with pytest.raises(
+        ValueError, match=r"torch\.nn\.modules\.linear\.Linear into blocks; supported: .*nn\.Sequential"
+    ):
         recede.wrap(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="needs an nn.Module, got str"):
         recede.wrap("resnet18")

@@ -105,8 +105,11 @@ class Twice(nn.Module):
 
 def _shapes_net() -> recede.BlockNet:
     """Blocks of one class with different shapes: Dynamo would mark their sizes dynamic."""
-    return recede.BlockNet([Twice(4), nn.Linear(4, 6), Twice(6)], [nn.Linear(4, 2), nn.Linear(6, 2), nn.Linear(6, 2)],
-                           nn.CrossEntropyLoss())
+    return recede.BlockNet(
+        [Twice(4), nn.Linear(4, 6), Twice(6)],
+        [nn.Linear(4, 2), nn.Linear(6, 2), nn.Linear(6, 2)],
+        nn.CrossEntropyLoss(),
+    )
 
 
 def test_compiled_blocks_have_static_shapes_by_default():
@@ -115,7 +118,9 @@ def test_compiled_blocks_have_static_shapes_by_default():
 
     def recording(gm, example_inputs):
         inputs = [*example_inputs, *(n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder")]
-        symbolic.append(any(isinstance(s, torch.SymInt) for t in inputs if isinstance(t, torch.Tensor) for s in t.shape))
+        symbolic.append(
+            any(isinstance(s, torch.SymInt) for t in inputs if isinstance(t, torch.Tensor) for s in t.shape)
+        )
         return gm.forward
 
     net = _shapes_net()
@@ -142,8 +147,11 @@ def test_a_compiler_error_is_named_as_one():
 
     net = _shapes_net()
     net.compile(backend=broken)
-    with pytest.raises(RuntimeError, match=r"torch.compile failed on block 0 \(Twice\) given a tensor of shape "
-                                           r"\(3, 4\).*TypeError: cannot determine truth value.*compiler's error") as info:
+    with pytest.raises(
+        RuntimeError,
+        match=r"torch.compile failed on block 0 \(Twice\) given a tensor of shape "
+        r"\(3, 4\).*TypeError: cannot determine truth value.*compiler's error",
+    ) as info:
         recede.MPC(net, 1).backward(torch.randn(3, 4), torch.tensor([0, 1, 1]))
     assert "\n" not in str(info.value)
     eager = _shapes_net()  # an input that does not fit an eager block is still the input's fault
@@ -164,10 +172,14 @@ class Checkpointed(nn.Module):
 @pytest.mark.parametrize("h", [1, 2, 3])
 def test_a_reentrant_checkpoint_is_refused_in_one_line_and_the_other_kind_works(float64, h):
     x, y = torch.randn(4, 4), torch.tensor([0, 1, 1, 0])
-    net = recede.BlockNet([nn.Linear(4, 4), Checkpointed(4, True), Checkpointed(4, True)], nn.Linear(4, 2),
-                          nn.CrossEntropyLoss())
-    with pytest.raises(ValueError, match=r"block 1 \(Checkpointed\) uses torch.utils.checkpoint with "
-                                         r"use_reentrant=True.*use_reentrant=False") as info:
+    net = recede.BlockNet(
+        [nn.Linear(4, 4), Checkpointed(4, True), Checkpointed(4, True)], nn.Linear(4, 2), nn.CrossEntropyLoss()
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"block 1 \(Checkpointed\) uses torch.utils.checkpoint with "
+        r"use_reentrant=True.*use_reentrant=False",
+    ) as info:
         recede.MPC(net, h).backward(x, y)
     assert "\n" not in str(info.value)
     assert all(p.grad is None for p in net.parameters())
@@ -182,7 +194,8 @@ def test_a_reentrant_checkpoint_is_refused_in_one_line_and_the_other_kind_works(
 def test_a_block_that_changes_its_input_in_place_is_named() -> None:
     """A block whose first operation is in place (a bare nn.ReLU(inplace=True), as named
     through blocks=[...]) gets one line saying so, not torch's leaf-variable error."""
-    net = recede.BlockNet([nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)], nn.Identity(),
-                          nn.functional.mse_loss)
+    net = recede.BlockNet(
+        [nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)], nn.Identity(), nn.functional.mse_loss
+    )
     with pytest.raises(ValueError, match=r"block 1 \(ReLU\) changes its input in place"):
         recede.MPC(net, 2).backward(torch.randn(3, 4), torch.randn(3, 2))

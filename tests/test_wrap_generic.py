@@ -134,13 +134,16 @@ class UsesEarlyParameterLate(Outside):
         return self.out(h)
 
 
-@pytest.mark.parametrize("make, blocks, message", [
-    (Outside, "nowhere", "Outside has no submodule 'nowhere'"),
-    (Outside, ["layers.1", "layers.0"], r"forward called block 1 \(layers.0\) when block 0 \(layers.1\) was due"),
-    (Outside, ["layers.0", "layers.0"], "a module is named twice"),
-    (CallsTwice, "layers", r"forward called block 0 \(layers.0\) when block 4 \(the end\) was due"),
-    (UsesEarlyParameterLate, "layers", r"unit 1 of UsesEarlyParameterLate uses parameter\(s\) \['gate'\]"),
-])
+@pytest.mark.parametrize(
+    "make, blocks, message",
+    [
+        (Outside, "nowhere", "Outside has no submodule 'nowhere'"),
+        (Outside, ["layers.1", "layers.0"], r"forward called block 1 \(layers.0\) when block 0 \(layers.1\) was due"),
+        (Outside, ["layers.0", "layers.0"], "a module is named twice"),
+        (CallsTwice, "layers", r"forward called block 0 \(layers.0\) when block 4 \(the end\) was due"),
+        (UsesEarlyParameterLate, "layers", r"unit 1 of UsesEarlyParameterLate uses parameter\(s\) \['gate'\]"),
+    ],
+)
 def test_what_cannot_be_split_is_refused_in_one_line(float64, make, blocks, message):
     model, (x, y) = make().double(), batch()
     with pytest.raises(ValueError, match=message) as info:
@@ -182,8 +185,9 @@ def test_an_example_places_the_models_modules_by_where_the_forward_calls_them(fl
     model, (x, y) = HeadFirst().double(), batch()
     assert [n for n, _ in model.named_children()].index("out") < [n for n, _ in model.named_children()].index("layers")
     with pytest.raises(ValueError, match=r"the final head of HeadFirst uses parameter\(s\) \['norm.bias'"):
-        recede.MPC(recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=nn.Linear(6, 3)), 1
-                   ).backward(x, y)
+        recede.MPC(
+            recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=nn.Linear(6, 3)), 1
+        ).backward(x, y)
     net = recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), example=x)
     assert net.head(net.T).out is model.out and not hasattr(net.blocks[0], "out")
     model.zero_grad()
@@ -201,8 +205,9 @@ def test_compiling_a_split_model_compiles_its_blocks(float64):
     twin.load_state_dict(model.state_dict())
     heads = [nn.Linear(6, 3) for _ in range(3)]
     net = recede.wrap(model, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=[*heads, None])
-    eager = recede.wrap(twin, blocks="layers", loss_fn=nn.CrossEntropyLoss(),
-                        head=[*(nn.Linear(6, 3) for _ in range(3)), None])
+    eager = recede.wrap(
+        twin, blocks="layers", loss_fn=nn.CrossEntropyLoss(), head=[*(nn.Linear(6, 3) for _ in range(3)), None]
+    )
     for mine, theirs in zip(heads, eager.heads):
         theirs.load_state_dict(mine.state_dict())
     net.compile(backend="aot_eager")

@@ -24,29 +24,61 @@ VOCAB, SEQ = 48, 10
 
 
 def gpt2(attention: str = "sdpa", **config) -> nn.Module:
-    cfg = transformers.GPT2Config(n_layer=4, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                                  eos_token_id=None, attn_implementation=attention, **config)
+    cfg = transformers.GPT2Config(
+        n_layer=4,
+        n_embd=16,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=SEQ,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation=attention,
+        **config,
+    )
     return transformers.GPT2LMHeadModel(cfg).double()
 
 
 def decoder(kind: str, attention: str = "sdpa") -> nn.Module:
-    configs = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
-               "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 4}),
-               "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {})}
+    configs = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 4}),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    }
     config_class, model_class, extra = configs[kind]
-    cfg = config_class(num_hidden_layers=3, hidden_size=16, intermediate_size=24, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=SEQ,
-                       tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                       attn_implementation=attention, **extra)
+    cfg = config_class(
+        num_hidden_layers=3,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        attn_implementation=attention,
+        **extra,
+    )
     return model_class(cfg).double()
 
 
 def bert(num_labels: int = 3) -> nn.Module:
-    cfg = transformers.BertConfig(num_hidden_layers=3, hidden_size=16, intermediate_size=24,
-                                  num_attention_heads=2, vocab_size=VOCAB, max_position_embeddings=SEQ,
-                                  num_labels=num_labels, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0, pad_token_id=0)
+    cfg = transformers.BertConfig(
+        num_hidden_layers=3,
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=SEQ,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
     return transformers.BertForSequenceClassification(cfg).double()
 
 
@@ -189,12 +221,20 @@ def test_modules_are_held_not_copied_and_grouping_works():
         torch.testing.assert_close(net(x), model(x).logits)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: gpt2(add_cross_attention=True), "cross-attention"),
-    (lambda: transformers.BertForSequenceClassification(transformers.BertConfig(
-        num_hidden_layers=1, hidden_size=8, intermediate_size=8, num_attention_heads=2, is_decoder=True)),
-     "BERT as a decoder"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: gpt2(add_cross_attention=True), "cross-attention"),
+        (
+            lambda: transformers.BertForSequenceClassification(
+                transformers.BertConfig(
+                    num_hidden_layers=1, hidden_size=8, intermediate_size=8, num_attention_heads=2, is_decoder=True
+                )
+            ),
+            "BERT as a decoder",
+        ),
+    ],
+)
 def test_unsupported_variants_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         recede.wrap(make())
@@ -204,8 +244,9 @@ def test_a_peft_lora_gpt2_trains_only_its_adapters_at_every_horizon(float64):
     """The user's own peft model: recede.wrap reads the GPT-2 inside it; the tied embedding and
     every base weight stay frozen; at h = T the gradient is the peft model's loss.backward()."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(gpt2(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
-                                                         fan_in_fan_out=True))
+    model = peft.get_peft_model(
+        gpt2(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    )
     net, x = recede.wrap(model), ids()
     adapters = {n for n, p in model.named_parameters() if p.requires_grad}
     assert adapters and all("lora_" in n for n in adapters)

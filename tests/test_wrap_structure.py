@@ -20,8 +20,16 @@ from recede.wrap.huggingface import next_token_loss
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ = 40, 8
-COMMON = dict(num_hidden_layers=3, hidden_size=16, intermediate_size=24, num_attention_heads=4, vocab_size=VOCAB,
-              max_position_embeddings=32, bos_token_id=None, eos_token_id=None)
+COMMON = dict(
+    num_hidden_layers=3,
+    hidden_size=16,
+    intermediate_size=24,
+    num_attention_heads=4,
+    vocab_size=VOCAB,
+    max_position_embeddings=32,
+    bos_token_id=None,
+    eos_token_id=None,
+)
 
 
 def _lm(name: str, **extra):
@@ -36,9 +44,17 @@ DECODERS = {  # the issue's refused decoders
     "olmo": _lm("Olmo", num_key_value_heads=2, pad_token_id=None),
     "olmo2": _lm("Olmo2", num_key_value_heads=2, pad_token_id=None),
     "stablelm": _lm("StableLm", num_key_value_heads=2, pad_token_id=None),
-    "falcon": lambda **kw: transformers.FalconForCausalLM(transformers.FalconConfig(
-        num_hidden_layers=3, hidden_size=16, num_attention_heads=4, vocab_size=VOCAB, bos_token_id=None,
-        eos_token_id=None, **kw)),
+    "falcon": lambda **kw: transformers.FalconForCausalLM(
+        transformers.FalconConfig(
+            num_hidden_layers=3,
+            hidden_size=16,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            bos_token_id=None,
+            eos_token_id=None,
+            **kw,
+        )
+    ),
     "gptneox": _lm("GPTNeoX", pad_token_id=None),
 }
 FAST = ("gemma2", "falcon")  # every h in the default suite; the others' every-h checks are slow
@@ -101,20 +117,35 @@ def test_decoder_every_h_is_g_h_slow(float64, name):
 
 def _encoder(kind: str, **extra) -> nn.Module:
     if kind == "distilbert":
-        return transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
-            n_layers=3, dim=16, hidden_dim=24, n_heads=4, vocab_size=VOCAB, max_position_embeddings=32,
-            dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0, **extra))
+        return transformers.DistilBertForSequenceClassification(
+            transformers.DistilBertConfig(
+                n_layers=3,
+                dim=16,
+                hidden_dim=24,
+                n_heads=4,
+                vocab_size=VOCAB,
+                max_position_embeddings=32,
+                dropout=0.0,
+                attention_dropout=0.0,
+                seq_classif_dropout=0.0,
+                pad_token_id=0,
+                **extra,
+            )
+        )
     if kind == "llama":
         return transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**COMMON, pad_token_id=0, **extra))
     config = dict(COMMON, pad_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **extra)
     classes = {"roberta": "Roberta", "bert": "Bert"}
     return getattr(transformers, f"{classes[kind]}ForSequenceClassification")(
-        getattr(transformers, f"{classes[kind]}Config")(**config))
+        getattr(transformers, f"{classes[kind]}Config")(**config)
+    )
 
 
-LABELS = {"single": torch.tensor([0, 2, 1]),
-          "multi": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]),
-          "regression": torch.tensor([0.3, -1.2, 0.5])}
+LABELS = {
+    "single": torch.tensor([0, 2, 1]),
+    "multi": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]),
+    "regression": torch.tensor([0.3, -1.2, 0.5]),
+}
 
 
 @pytest.mark.parametrize("kind", ["roberta", "distilbert", "llama", "bert"])
@@ -155,10 +186,14 @@ def test_a_bare_decoder_model_takes_the_users_loss_and_heads(float64):
 
 
 def test_an_encoder_decoder_is_refused_in_one_line():
-    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        num_layers=1, d_model=8, d_ff=8, num_heads=2, d_kv=4, vocab_size=VOCAB))
-    with pytest.raises(ValueError, match=r"T5ForConditionalGeneration is an encoder-decoder .* by hand "
-                                         r"\(docs/models.md") as info:
+    t5 = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(num_layers=1, d_model=8, d_ff=8, num_heads=2, d_kv=4, vocab_size=VOCAB)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"T5ForConditionalGeneration is an encoder-decoder .* by hand "
+        r"\(docs/models.md",
+    ) as info:
         recede.wrap(t5)
     assert "\n" not in str(info.value)
 
@@ -184,8 +219,9 @@ def test_layers_group_into_fewer_blocks(float64):
 
 def test_a_peft_model_of_a_structural_family_trains_its_adapters(float64):
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(DECODERS["gemma"]().double(),
-                                peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = peft.get_peft_model(
+        DECODERS["gemma"]().double(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():  # LoRA's B starts at zero: move it so the adapters change the output
         for n, p in model.named_parameters():
             if "lora_B" in n:

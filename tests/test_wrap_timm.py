@@ -19,8 +19,11 @@ MODELS = {  # name -> (timm.create_model arguments, wrap options, T)
     "efficientnet": (("test_efficientnet",), {}, 5),
     "mobilenetv3": (("mobilenetv3_small_050",), dict(blocks=4), 4),
     "vit": (("vit_base_patch16_224", VIT), dict(head="shared"), 3),
-    "vit-registers-avg": (("vit_base_patch16_224", dict(VIT, reg_tokens=2, class_token=False, global_pool="avg",
-                                                        no_embed_class=True)), {}, 3),
+    "vit-registers-avg": (
+        ("vit_base_patch16_224", dict(VIT, reg_tokens=2, class_token=False, global_pool="avg", no_embed_class=True)),
+        {},
+        3,
+    ),
     "vit-attention-pool": (("vit_base_patch16_224", dict(VIT, global_pool="map", reg_tokens=1)), {}, 3),
     "vit-dynamic-size": (("vit_base_patch16_224", dict(VIT, dynamic_img_size=True)), dict(head="stage"), 3),
 }
@@ -132,9 +135,12 @@ class Custom(timm.models.VisionTransformer):
         return super().forward_features(x) * 2
 
 
-@pytest.mark.parametrize("model, message", [
-    (lambda: Custom(**VIT), "Custom overrides VisionTransformer.forward_features"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (lambda: Custom(**VIT), "Custom overrides VisionTransformer.forward_features"),
+    ],
+)
 def test_unsupported_models_are_named(model, message):
     with pytest.raises(ValueError, match=message):
         recede.wrap(model())

@@ -30,18 +30,41 @@ MODELS = {  # name -> (model maker, T)
     "resnet": (lambda: tv.ResNet(tv.resnet.BasicBlock, [1, 2, 1, 1], num_classes=3), 5),
     "wide-resnet": (lambda: tv.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3, width_per_group=16), 4),
     "vgg": (_vgg, 3),
-    "mobilenet-v2": (lambda: tv.mobilenet_v2(num_classes=3, dropout=0.0,
-                                              inverted_residual_setting=[[1, 8, 1, 1], [6, 8, 2, 2]]), 3),
-    "mobilenet-v3": (lambda: tv.MobileNetV3([MV3(8, 3, 8, 8, True, "RE", 2, 1, 1.0),
-                                             MV3(8, 3, 16, 16, False, "HS", 2, 1, 1.0)],
-                                            last_channel=16, num_classes=3, dropout=0.0), 2),
-    "efficientnet": (lambda: tv.EfficientNet([efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1, 1.0, 1.0),
-                                              efficientnet.MBConvConfig(6, 3, 2, 8, 16, 2, 1.0, 1.0)],
-                                             dropout=0.0, num_classes=3, last_channel=16), 3),
-    "convnext": (lambda: tv.ConvNeXt([convnext.CNBlockConfig(8, 16, 1), convnext.CNBlockConfig(16, None, 2)],
-                                     num_classes=3), 3),
-    "vit": (lambda: tv.VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=2,
-                                         hidden_dim=8, mlp_dim=16, num_classes=3), 3),
+    "mobilenet-v2": (
+        lambda: tv.mobilenet_v2(num_classes=3, dropout=0.0, inverted_residual_setting=[[1, 8, 1, 1], [6, 8, 2, 2]]),
+        3,
+    ),
+    "mobilenet-v3": (
+        lambda: tv.MobileNetV3(
+            [MV3(8, 3, 8, 8, True, "RE", 2, 1, 1.0), MV3(8, 3, 16, 16, False, "HS", 2, 1, 1.0)],
+            last_channel=16,
+            num_classes=3,
+            dropout=0.0,
+        ),
+        2,
+    ),
+    "efficientnet": (
+        lambda: tv.EfficientNet(
+            [
+                efficientnet.MBConvConfig(1, 3, 1, 8, 8, 1, 1.0, 1.0),
+                efficientnet.MBConvConfig(6, 3, 2, 8, 16, 2, 1.0, 1.0),
+            ],
+            dropout=0.0,
+            num_classes=3,
+            last_channel=16,
+        ),
+        3,
+    ),
+    "convnext": (
+        lambda: tv.ConvNeXt([convnext.CNBlockConfig(8, 16, 1), convnext.CNBlockConfig(16, None, 2)], num_classes=3),
+        3,
+    ),
+    "vit": (
+        lambda: tv.VisionTransformer(
+            image_size=16, patch_size=4, num_layers=3, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3
+        ),
+        3,
+    ),
 }
 
 
@@ -108,10 +131,13 @@ class Overridden(tv.ResNet):
         return super().forward(x) * 2
 
 
-@pytest.mark.parametrize("model, message", [
-    (lambda: tv.SqueezeNet(num_classes=3), r"found no blocks in torchvision SqueezeNet; name them with blocks="),
-    (lambda: Overridden(tv.resnet.BasicBlock, [1, 1, 1, 1]), "Overridden overrides ResNet.forward"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (lambda: tv.SqueezeNet(num_classes=3), r"found no blocks in torchvision SqueezeNet; name them with blocks="),
+        (lambda: Overridden(tv.resnet.BasicBlock, [1, 1, 1, 1]), "Overridden overrides ResNet.forward"),
+    ],
+)
 def test_unsupported_models_are_named(model, message):
     with pytest.raises(ValueError, match=message):
         recede.wrap(model())

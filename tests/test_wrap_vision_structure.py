@@ -21,14 +21,32 @@ from torchvision.models import regnet, swin_transformer  # noqa: E402
 
 
 def _swin(v2: bool = False) -> nn.Module:
-    extra = dict(block=swin_transformer.SwinTransformerBlockV2, downsample_layer=swin_transformer.PatchMergingV2) if v2 else {}
-    return tv.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
-                              num_classes=3, stochastic_depth_prob=0.0, **extra)
+    extra = (
+        dict(block=swin_transformer.SwinTransformerBlockV2, downsample_layer=swin_transformer.PatchMergingV2)
+        if v2
+        else {}
+    )
+    return tv.SwinTransformer(
+        patch_size=[2, 2],
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=[2, 2],
+        num_classes=3,
+        stochastic_depth_prob=0.0,
+        **extra,
+    )
 
 
 def _regnet() -> nn.Module:
-    params = regnet.BlockParams(depths=[1, 2], widths=[8, 16], group_widths=[8, 8], bottleneck_multipliers=[1.0, 1.0],
-                                strides=[2, 2], se_ratio=0.25)
+    params = regnet.BlockParams(
+        depths=[1, 2],
+        widths=[8, 16],
+        group_widths=[8, 8],
+        bottleneck_multipliers=[1.0, 1.0],
+        strides=[2, 2],
+        se_ratio=0.25,
+    )
     return tv.RegNet(params, num_classes=3, stem_width=8)
 
 
@@ -37,8 +55,11 @@ MODELS = {  # name -> (maker, image side, T)
     "tv-swin": (_swin, 16, 2),
     "tv-swin-v2": (lambda: _swin(v2=True), 16, 2),
     "tv-regnet": (_regnet, 16, 3),
-    "tv-densenet": (lambda: tv.DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2,
-                                        num_classes=3), 32, 2),
+    "tv-densenet": (
+        lambda: tv.DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=3),
+        32,
+        2,
+    ),
     "tv-shufflenet": (lambda: tv.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 32], num_classes=3), 32, 3),
     "timm-beit": (lambda: timm.create_model("beit_base_patch16_224", num_classes=3, **TIMM_VIT), 16, 2),
     "timm-eva02": (lambda: timm.create_model("eva02_tiny_patch14_224", num_classes=3, img_size=14, depth=2), 14, 2),

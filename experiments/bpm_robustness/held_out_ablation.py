@@ -36,20 +36,28 @@ from recede.bpm.estimator import Rule
 from recede.reproduce import bpm_robustness as study
 from recede.runs.reports import machine
 
-CASES = {"paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
-         "fresh": [("digits-resnet", 0.01)]}
+CASES = {
+    "paper": [("m2", 0.03), ("digits-resnet", 0.01), ("vit-digits", 0.003), ("spirals", 0.03)],
+    "fresh": [("digits-resnet", 0.01)],
+}
 VARIANTS = {"paper": ["FF", "robust", "js", "js-nocap"], "fresh": ["FF", "paper", "robust", "js", "js-nocap"]}
 
 
 def without_held_out_test(cap: bool) -> Rule:
     """λ = λ_start (and ≤ ‖ḡ_h‖/‖d̂‖ with ``cap``), a = 1: the robust rule less its c_lower (and
     less its limit on λ's growth from the last refresh: ``previous`` is accepted and unused)."""
-    def scalars(m: bp_scalars.BlockMoments, B_prime: int, check: dict[str, torch.Tensor] | None,
-                previous: torch.Tensor | None = None):
+
+    def scalars(
+        m: bp_scalars.BlockMoments,
+        B_prime: int,
+        check: dict[str, torch.Tensor] | None,
+        previous: torch.Tensor | None = None,
+    ):
         lam = bp_scalars.fresh_lambda(m, B_prime)
         if cap:
             lam = torch.minimum(lam, bp_scalars.step_cap(m))
         return torch.ones_like(m.hh), lam
+
     return scalars
 
 
@@ -64,24 +72,40 @@ def train(spec: dict, task: data.Task, lr: float, seed: int, regime: dict, varia
 
 def cell(values: list[float | None]) -> str:
     done = [v for v in values if v is not None]
-    text = "diverged" if not done else f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}" \
-        if len(done) > 1 else f"{done[0]:.4g}"
+    text = (
+        "diverged"
+        if not done
+        else f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}"
+        if len(done) > 1
+        else f"{done[0]:.4g}"
+    )
     return text + (f" ({len(values) - len(done)} div)" if len(done) < len(values) else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS["fresh"], default=VARIANTS["fresh"],
-                        help="train only these (each regime runs those of its own it has)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="every variant for one epoch on 128 spirals, seed 0, both regimes: checks the script runs")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS["fresh"],
+        default=VARIANTS["fresh"],
+        help="train only these (each regime runs those of its own it has)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every variant for one epoch on 128 spirals, seed 0, both regimes: checks the script runs",
+    )
     args = parser.parse_args()
     cfg = study.load_config()
     cases, fresh = CASES, {"period_epochs": 0.3, "offset_samples": 160}
     if args.smoke:
-        spirals = cfg["tasks"]["spirals"] | {"data_options": {"n": 128, "n_test": 64}, "epochs": 1,
-                                             "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"}}
+        spirals = cfg["tasks"]["spirals"] | {
+            "data_options": {"n": 128, "n_test": 64},
+            "epochs": 1,
+            "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"},
+        }
         cfg = cfg | {"seeds": [0], "tasks": {"spirals": spirals}}
         cases, fresh = {regime: [("spirals", 0.03)] for regime in CASES}, {"period_epochs": 0.5, "offset_samples": 16}
     torch.set_num_threads(cfg["threads"])
@@ -96,9 +120,11 @@ def main() -> None:
             for variant in [v for v in VARIANTS[regime_name] if v in args.variants]:
                 results[variant] = [train(spec, task, lr, seed, regime, variant) for seed in cfg["seeds"]]
                 print(f"{regime_name} {task_name} lr {lr:g} {variant}: {results[variant]}", flush=True)
-            rows.append(f"| {regime_name} | {task_name} | {lr:g} | "
-                        + " | ".join(cell(results.get(v, [])) if v in results else "—"
-                                     for v in VARIANTS["fresh"]) + " |")
+            rows.append(
+                f"| {regime_name} | {task_name} | {lr:g} | "
+                + " | ".join(cell(results.get(v, [])) if v in results else "—" for v in VARIANTS["fresh"])
+                + " |"
+            )
     print("| regime | task | lr | " + " | ".join(VARIANTS["fresh"]) + " |")
     print("|---" * (3 + len(VARIANTS["fresh"])) + "|")
     print("\n".join(rows))

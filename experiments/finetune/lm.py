@@ -26,8 +26,17 @@ from recede.cli import build_parser, main
 from recede.runs.pretrain import PRESETS, checkpoint_name, settings
 
 METHODS = ["bp", "ckpt", "ff", "mpc:2", "bpm-ff"]
-REGIMES = {"full": [], "lora": ["--model-opt", "adapter=lora", "--model-opt", "adapter_rank={rank}",
-                                "--model-opt", "adapter_alpha={alpha}"]}
+REGIMES = {
+    "full": [],
+    "lora": [
+        "--model-opt",
+        "adapter=lora",
+        "--model-opt",
+        "adapter_rank={rank}",
+        "--model-opt",
+        "adapter_alpha={alpha}",
+    ],
+}
 
 
 def model_options(layers: int, smoke: bool) -> list[str]:
@@ -42,8 +51,17 @@ def model_options(layers: int, smoke: bool) -> list[str]:
 def source(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Pretrain (or reuse, cached by content hash) the source checkpoint; its path and model options."""
     options = model_options(args.layers, args.smoke)
-    call = ["pretrain", "--preset", "llama", *[f"--model-opt={o}" for o in options], "--out", args.cache,
-            "--no-progress", "--threads", "1"]
+    call = [
+        "pretrain",
+        "--preset",
+        "llama",
+        *[f"--model-opt={o}" for o in options],
+        "--out",
+        args.cache,
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     if args.smoke:
         call += ["--epochs", "1", "--data-opt=seq_len=16", "--data-opt=stride=65536"]
     if main(call):
@@ -60,17 +78,23 @@ def fmt(row: dict, key: str, digits: int) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     """Markdown rows of ``recede compare``'s metrics.json rows."""
-    lines = ["| method | test bits/byte | saved MiB | real MiB | time ms/step (as paid) | time ratio to BP |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | test bits/byte | saved MiB | real MiB | time ms/step (as paid) | time ratio to BP |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {fmt(r, 'test bits/byte', 3)} | {fmt(r, 'saved MiB', 3)} | "
-                     f"{fmt(r, 'real MiB', 3)} | {fmt(r, 'ms/step', 1)} | {fmt(r, 'time ratio', 2)} |")
+        lines.append(
+            f"| {r['method']} | {fmt(r, 'test bits/byte', 3)} | {fmt(r, 'saved MiB', 3)} | "
+            f"{fmt(r, 'real MiB', 3)} | {fmt(r, 'ms/step', 1)} | {fmt(r, 'time ratio', 2)} |"
+        )
     return lines
 
 
 def main_(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a width-16 LM, one seed, one epoch on a few windows: seconds")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a width-16 LM, one seed, one epoch on a few windows: seconds"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--layers", type=int, default=4, help="transformer layers = blocks T (MPC(2) needs T > 2)")
@@ -85,15 +109,48 @@ def main_(argv: list[str] | None = None) -> None:
         sys.exit(f"target text not found: {args.target} (give --target FILE)")
     checkpoint, options = source(args)
     seeds, epochs = (1, 1) if args.smoke else (args.seeds, args.epochs)
-    data = ["--data", "text", "--data-opt", f"path={args.target}",
-            "--data-opt", "seq_len=16" if args.smoke else "seq_len=64"] + (["--data-opt", "stride=256"] if args.smoke else [])
+    data = [
+        "--data",
+        "text",
+        "--data-opt",
+        f"path={args.target}",
+        "--data-opt",
+        "seq_len=16" if args.smoke else "seq_len=64",
+    ] + (["--data-opt", "stride=256"] if args.smoke else [])
     for regime, extra in REGIMES.items():
         out = Path(args.out) / regime
-        call = ["compare", "--model", "llama", *[f"--model-opt={o}" for o in options],
-                *[e.format(rank=args.rank, alpha=args.alpha) for e in extra], *data,
-                "--epochs", str(epochs), "--batch-size", "16", "--optimizer", "adam", "--lr", str(args.lr),
-                "--lr-decay", "1", "--init", str(checkpoint), "--methods", *METHODS, "--seeds", str(seeds),
-                "--clock", "cpu", "--threads", "1", "--no-progress", "--out", str(out), "--overwrite"]
+        call = [
+            "compare",
+            "--model",
+            "llama",
+            *[f"--model-opt={o}" for o in options],
+            *[e.format(rank=args.rank, alpha=args.alpha) for e in extra],
+            *data,
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "16",
+            "--optimizer",
+            "adam",
+            "--lr",
+            str(args.lr),
+            "--lr-decay",
+            "1",
+            "--init",
+            str(checkpoint),
+            "--methods",
+            *METHODS,
+            "--seeds",
+            str(seeds),
+            "--clock",
+            "cpu",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--overwrite",
+        ]
         if args.smoke:
             call += ["--timing-steps", "2", "--cosine-batches", "1"]
         if main(call):

@@ -62,6 +62,7 @@ from recede.runs.train import batches, make_optimizer
 def head_warmup(data, epochs: int, lr: float, seed: int) -> Callable[[Any, Any, torch.optim.Optimizer], None]:
     """Train only the heads on ``data`` (each by its own depth's loss; blocks and adapters frozen)
     for ``epochs``, with SGD at ``lr``, momentum 0.9, its own data order."""
+
     def before(net, engine, optimizer) -> None:
         head_params = {id(p) for t in range(1, net.T + 1) for p in net.head_parameters(t)}
         frozen = [p for p in net.parameters() if p.requires_grad and id(p) not in head_params]
@@ -80,11 +81,13 @@ def head_warmup(data, epochs: int, lr: float, seed: int) -> Callable[[Any, Any, 
             for p in frozen:
                 p.requires_grad_(True)
             net.zero_grad(set_to_none=True)
+
     return before
 
 
 def reuse_final_head(checkpoint: str) -> Callable[[torch.nn.Module], None]:
     """Copy the checkpoint's final head into every head whose tensors have its shapes."""
+
     def hook(net) -> None:
         from safetensors.torch import load_file
 
@@ -97,6 +100,7 @@ def reuse_final_head(checkpoint: str) -> Callable[[torch.nn.Module], None]:
                 mine = sorted(head.state_dict().items())
                 if len(mine) == len(source) and all(v.shape == s.shape for (_, v), s in zip(mine, source)):
                     head.load_state_dict({k: s for (k, _), s in zip(mine, source)})
+
     return hook
 
 
@@ -135,10 +139,12 @@ def drift_factory(threshold: float):
         assert method == "ff" and rule is None, "the drift arm is FF's"
         period = period_of(task, period_epochs)
         samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
-        engine = DriftRefresh(net, 1, period, samples, MICRO, scaling or "robust", data=task.train,
-                              batch_size=BATCH, seed=seed)
+        engine = DriftRefresh(
+            net, 1, period, samples, MICRO, scaling or "robust", data=task.train, batch_size=BATCH, seed=seed
+        )
         engine.threshold = threshold
         return engine
+
     return make
 
 
@@ -150,6 +156,7 @@ def robust(m, B_prime, check, previous=None):
 def ablated_robust(kind: str):
     """The robust rule without one of its bounds (module docstring's ``ablate`` arm); the
     ``point`` kinds test the last offset at c's point estimate instead of its lower bound."""
+
     def rule(m, B_prime, check, previous=None):
         end = None if check is None else check["end_point" if kind.startswith("point") else "end"]
         cap = bp_scalars.step_cap(m)
@@ -166,10 +173,12 @@ def ablated_robust(kind: str):
         else:
             return bp_scalars.robust_scalars(m, B_prime, end, previous)
         return torch.ones_like(m.hh), lam
+
     return rule
 
 
 # -- study ---------------------------------------------------------------------------------------
+
 
 def arms(args, task, checkpoint: str) -> list[tuple[str, str, str | None, dict[str, Any], Any]]:
     """(arm, method, scaling, run_one keywords, rule) of the study."""
@@ -178,11 +187,19 @@ def arms(args, task, checkpoint: str) -> list[tuple[str, str, str | None, dict[s
     out += [("warmup", m, s, {"before": head_warmup(task.train, 1, args.lr, 0)}, None) for m, s in plain]
     out += [("reuse", m, s, {"init_hook": reuse_final_head(checkpoint)}, None) for m, s in plain]
     out += [("drift", "ff", s, {"method_factory": drift_factory(args.drift)}, None) for s in ("paper", "robust")]
-    out += [(f"ablate:{k}", "ff", "robust", {}, ablated_robust(k))
-            for k in ("no-test", "no-trust", "james-stein", "point", "point-no-trust")]
+    out += [
+        (f"ablate:{k}", "ff", "robust", {}, ablated_robust(k))
+        for k in ("no-test", "no-trust", "james-stein", "point", "point-no-trust")
+    ]
     if args.smoke:
-        keep = {("base", "ff", None), ("base", "ff", "paper"), ("warmup", "ff", "paper"), ("reuse", "ff", "paper"),
-                ("drift", "ff", "paper"), ("ablate:no-test", "ff", "robust")}
+        keep = {
+            ("base", "ff", None),
+            ("base", "ff", "paper"),
+            ("warmup", "ff", "paper"),
+            ("reuse", "ff", "paper"),
+            ("drift", "ff", "paper"),
+            ("ablate:no-test", "ff", "robust"),
+        }
         out = [a for a in out if a[:3] in keep]
     return out
 
@@ -195,6 +212,7 @@ def period_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by_index.setdefault(i, []).append(r)
     rows = []
     for i, refs in sorted(by_index.items()):
+
         def avg(field: str, refs: list[dict[str, Any]] = refs) -> float | None:
             values = []
             for r in refs:
@@ -203,11 +221,25 @@ def period_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue
                 values.append(statistics.mean(v[:-1]) if isinstance(v, list) else v)
             return statistics.mean(values) if values else None
-        rows.append({"refresh": i + 1, "step": avg("step"), "λ": avg("lam"), "a": avg("a"), "bias": avg("bias"),
-                     "variance": avg("variance"), "cos local": avg("cos_local"), "cos (in-sample)": avg("cos"),
-                     "cos held out": avg("cos_held_out"), "cos held out (all)": avg("cos_held_out_all"),
-                     "c (end_point)": avg("end_point"), "c_lower": avg("end_bound"), "λ_fresh": avg("lam_fresh"),
-                     "step cap": avg("step_cap")})
+
+        rows.append(
+            {
+                "refresh": i + 1,
+                "step": avg("step"),
+                "λ": avg("lam"),
+                "a": avg("a"),
+                "bias": avg("bias"),
+                "variance": avg("variance"),
+                "cos local": avg("cos_local"),
+                "cos (in-sample)": avg("cos"),
+                "cos held out": avg("cos_held_out"),
+                "cos held out (all)": avg("cos_held_out_all"),
+                "c (end_point)": avg("end_point"),
+                "c_lower": avg("end_bound"),
+                "λ_fresh": avg("lam_fresh"),
+                "step cap": avg("step_cap"),
+            }
+        )
     return rows
 
 
@@ -228,8 +260,11 @@ def from_scratch(args, out: Path) -> None:
     cfg = study.load_config()
     cases = SCRATCH_CASES
     if args.smoke:
-        spirals = cfg["tasks"]["spirals"] | {"data_options": {"n": 128, "n_test": 64}, "epochs": 1,
-                                             "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"}}
+        spirals = cfg["tasks"]["spirals"] | {
+            "data_options": {"n": 128, "n_test": 64},
+            "epochs": 1,
+            "model_options": {"width": 8, "depth": 3, "loss": "cross-entropy"},
+        }
         cfg = cfg | {"seeds": [0], "tasks": {"spirals": spirals}}
         cases = [("spirals", 0.03)]
     path = out / "paper_b_rule_from_scratch.json"
@@ -244,8 +279,15 @@ def from_scratch(args, out: Path) -> None:
             for seed in cfg["seeds"]:
                 key = f"{task_name}/{lr:g}/{variant}/seed{seed}"
                 if key not in runs:
-                    r = study.run_one(spec, task, "ff" if variant == "FF" else "bpm-ff", lr, seed, cfg["regime"],
-                                      None if variant == "FF" else ablated_robust(variant))
+                    r = study.run_one(
+                        spec,
+                        task,
+                        "ff" if variant == "FF" else "bpm-ff",
+                        lr,
+                        seed,
+                        cfg["regime"],
+                        None if variant == "FF" else ablated_robust(variant),
+                    )
                     runs[key] = {k: r[k] for k in ("metric", "curve", "diverged", "seconds")}
                     path.write_text(json.dumps(runs, indent=1))
                     print(f"{key}: {runs[key]['metric']} ({runs[key]['seconds']:.1f} s)", flush=True)
@@ -253,20 +295,27 @@ def from_scratch(args, out: Path) -> None:
         sign = -1 if task_name == "m2" else 1  # m2: test MSE, lower is better
         for variant, vals in values.items():
             done = [v for v in vals if v is not None]
-            row[variant] = (f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}" if len(done) > 1 else
-                            f"{done[0]:.4g}" if done else "diverged") + (
-                f" ({len(vals) - len(done)} div)" if len(done) < len(vals) else "")
+            row[variant] = (
+                f"{statistics.mean(done):.4g} ± {statistics.stdev(done):.2g}"
+                if len(done) > 1
+                else f"{done[0]:.4g}"
+                if done
+                else "diverged"
+            ) + (f" ({len(vals) - len(done)} div)" if len(done) < len(vals) else "")
             if variant != "FF":
                 diffs = [sign * (v - f) for v, f in zip(vals, values["FF"]) if v is not None and f is not None]
                 se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
                 worse = len(diffs) < len(vals) or (diffs and statistics.mean(diffs) < -se)
                 row[f"{variant} − FF"] = (f"{statistics.mean(diffs):+.3g} ± {se:.2g}" if diffs else "n/a") + (
-                    " (worse)" if worse else " (not worse)")
+                    " (worse)" if worse else " (not worse)"
+                )
         rows.append(row)
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    text = ("From scratch (docs/paper-b.md's study, Paper B's regime), the robust rule's variants against FF; "
-            "'− FF' paired mean ± standard error, positive = better (m2: MSE, sign flipped)\n\n"
-            + markdown_table(rows, cols))
+    text = (
+        "From scratch (docs/paper-b.md's study, Paper B's regime), the robust rule's variants against FF; "
+        "'− FF' paired mean ± standard error, positive = better (m2: MSE, sign flipped)\n\n"
+        + markdown_table(rows, cols)
+    )
     (out / "paper_b_rule_from_scratch.md").write_text(text + "\n")
     print(text)
 
@@ -281,10 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--drift", type=float, default=0.05, help="relative head movement that triggers a refresh")
     p.add_argument("--arm", action="append", help="run only these arms (base, warmup, reuse, drift, ablate:...)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="instead: the robust variants against FF on docs/paper-b.md's from-scratch study's hard cases")
-    p.add_argument("--scratch-variant", action="append", default=None,
-                   choices=["point", "point-no-trust", "no-test", "no-trust", "james-stein"])
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="instead: the robust variants against FF on docs/paper-b.md's from-scratch study's hard cases",
+    )
+    p.add_argument(
+        "--scratch-variant",
+        action="append",
+        default=None,
+        choices=["point", "point-no-trust", "no-test", "no-trust", "james-stein"],
+    )
     p.add_argument("--cache", default="results/pretrained")
     p.add_argument("--out", default="results/finetune-paper-b")
     args = p.parse_args(argv)
@@ -300,16 +356,27 @@ def main(argv: list[str] | None = None) -> None:
             return
     task = target_task(args.train_size)
     checkpoint = source_checkpoint(COLUMNS[args.column]["preset"], args.cache, args.smoke)
-    meta = {"part": "rule", "column": args.column, "lr": args.lr, "epochs": args.epochs, "seeds": args.seeds,
-            "train_size": args.train_size, "drift": args.drift}
+    meta = {
+        "part": "rule",
+        "column": args.column,
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "train_size": args.train_size,
+        "drift": args.drift,
+    }
     store = Store(out / f"paper_b_rule_{args.column}_lr{args.lr:g}.json", meta)
     table = out / f"paper_b_table_lr{args.lr:g}.json"
     if table.is_file():  # the base arm's runs are Table 1's, where its settings are these
         import json
 
         saved = json.loads(table.read_text())
-        if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == \
-                {"lr": args.lr, "epochs": args.epochs, "seeds": args.seeds, "train_size": args.train_size}:
+        if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == {
+            "lr": args.lr,
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "train_size": args.train_size,
+        }:
             for key, run in saved["runs"].items():
                 column, name, seed = key.split("/")
                 if column == args.column and name in ("BP", "FF", "FF+BPM(paper)", "FF+BPM(robust)"):
@@ -320,9 +387,21 @@ def main(argv: list[str] | None = None) -> None:
             continue
         name = "BP" if method == "bp" else "FF" if scaling is None else f"FF+BPM({scaling})"
         for seed in range(args.seeds):
+
             def make(seed=seed, method=method, scaling=scaling, kwargs=kwargs, rule=rule, arm=arm):
-                return run_one(args.column, method, scaling, seed, task=task, checkpoint=checkpoint,
-                               lr=args.lr, epochs=args.epochs, rule=rule, **kwargs)
+                return run_one(
+                    args.column,
+                    method,
+                    scaling,
+                    seed,
+                    task=task,
+                    checkpoint=checkpoint,
+                    lr=args.lr,
+                    epochs=args.epochs,
+                    rule=rule,
+                    **kwargs,
+                )
+
             results.setdefault(arm, {}).setdefault(name, []).append(store.get(f"{arm}/{name}/seed{seed}", make))
     base = results.get("base", {})
     rows = []
@@ -338,37 +417,69 @@ def main(argv: list[str] | None = None) -> None:
                 row["refreshes/run"] = statistics.mean(len(r["refreshes"]) for r in runs)
                 lams = [statistics.mean(s["lam"][:-1]) for r in runs for s in r["refreshes"]]
                 row["mean λ"] = statistics.mean(lams) if lams else None
-                held = [s["cos_held_out_all"] for r in runs for s in r["refreshes"] if s.get("cos_held_out_all") is not None]
+                held = [
+                    s["cos_held_out_all"] for r in runs for s in r["refreshes"] if s.get("cos_held_out_all") is not None
+                ]
                 local = [s["cos_local_all"] for r in runs for s in r["refreshes"][1:]]
                 row["cos held out"] = statistics.mean(held) if held else None
                 row["cos local"] = statistics.mean(local) if local else None
-                ends = [statistics.mean(s["end_point"][:-1]) for r in runs for s in r["refreshes"] if s.get("end_point")]
+                ends = [
+                    statistics.mean(s["end_point"][:-1]) for r in runs for s in r["refreshes"] if s.get("end_point")
+                ]
                 row["c (staleness)"] = statistics.mean(ends) if ends else None
             rows.append(row)
-    cols = ["arm", "method", "test acc", "gap recovered", "mean λ", "cos local", "cos held out", "c (staleness)",
-            "refreshes/run"]
-    text = [f"Rule study, {args.column} column, lr {args.lr:g}, {args.epochs} epochs, {args.seeds} seeds "
-            f"(gap recovered: against the arm's own FF and BP, else base's)\n", markdown_table(rows, cols)]
+    cols = [
+        "arm",
+        "method",
+        "test acc",
+        "gap recovered",
+        "mean λ",
+        "cos local",
+        "cos held out",
+        "c (staleness)",
+        "refreshes/run",
+    ]
+    text = [
+        f"Rule study, {args.column} column, lr {args.lr:g}, {args.epochs} epochs, {args.seeds} seeds "
+        f"(gap recovered: against the arm's own FF and BP, else base's)\n",
+        markdown_table(rows, cols),
+    ]
     periods: dict[str, list[dict[str, Any]]] = {}
     for arm in ("base", "warmup", "reuse"):
         for name in ("FF+BPM(paper)", "FF+BPM(robust)"):
             if results.get(arm, {}).get(name):
                 periods[f"{arm} {name}"] = period_table(results[arm][name])
-                text += [f"\nPer period, {arm} {name} (means over modified blocks and seeds)\n",
-                         markdown_table(periods[f"{arm} {name}"], list(periods[f"{arm} {name}"][0]))]
+                text += [
+                    f"\nPer period, {arm} {name} (means over modified blocks and seeds)\n",
+                    markdown_table(periods[f"{arm} {name}"], list(periods[f"{arm} {name}"][0])),
+                ]
     (out / f"paper_b_rule_{args.column}_lr{args.lr:g}.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     with figure(out / f"paper_b_rule_{args.column}_lr{args.lr:g}.png", 1, 3, figsize=(15, 4)) as (fig, axes):
         for key, rows_ in periods.items():
             x = [r["refresh"] for r in rows_]
             axes[0].plot(x, [r["λ"] for r in rows_], marker="o", label=key)
-            axes[1].plot(x, [r["c (end_point)"] if r["c (end_point)"] is not None else float("nan") for r in rows_],
-                         marker="o", label=key)
-            axes[2].plot(x, [r["cos held out"] if r["cos held out"] is not None else float("nan") for r in rows_],
-                         marker="o", label=f"{key}")
+            axes[1].plot(
+                x,
+                [r["c (end_point)"] if r["c (end_point)"] is not None else float("nan") for r in rows_],
+                marker="o",
+                label=key,
+            )
+            axes[2].plot(
+                x,
+                [r["cos held out"] if r["cos held out"] is not None else float("nan") for r in rows_],
+                marker="o",
+                label=f"{key}",
+            )
             axes[2].plot(x, [r["cos local"] for r in rows_], ls=":", color=axes[2].lines[-1].get_color())
-        for ax, title in zip(axes, ("mean λ per refresh", "c: last offset's share whole at its period's end",
-                                    "cos(ĝ, ḡ_T) held out (solid) vs local (dotted)")):
+        for ax, title in zip(
+            axes,
+            (
+                "mean λ per refresh",
+                "c: last offset's share whole at its period's end",
+                "cos(ĝ, ḡ_T) held out (solid) vs local (dotted)",
+            ),
+        ):
             ax.set_xlabel("refresh")
             ax.set_title(title, fontsize=9)
         axes[0].legend(fontsize=6)

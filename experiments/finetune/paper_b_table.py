@@ -89,8 +89,9 @@ def target_task(train_size: int | None = None):
     return preflight.load_data("digits", options)
 
 
-def build_net(column: str, task, checkpoint: str, seed: int,
-              init_hook: Callable[[torch.nn.Module], None] | None = None):
+def build_net(
+    column: str, task, checkpoint: str, seed: int, init_hook: Callable[[torch.nn.Module], None] | None = None
+):
     """The column's network: seeded fresh heads, blocks from ``checkpoint``, then the adapter."""
     spec = COLUMNS[column]
     preset = PRESETS[spec["preset"]]
@@ -111,22 +112,50 @@ def period_of(task, period_epochs: float) -> int:
     return max(1, round(period_epochs * steps))
 
 
-def make_method(net, method: str, scaling: str | None, task, seed: int, period_epochs: float = 1.0,
-                offset_samples: int | None = None, rule: Rule | None = None):
+def make_method(
+    net,
+    method: str,
+    scaling: str | None,
+    task,
+    seed: int,
+    period_epochs: float = 1.0,
+    offset_samples: int | None = None,
+    rule: Rule | None = None,
+):
     """The method's engine; a BP-modified one (``scaling`` given) takes ``rule`` in place of the
     named rule when one is given (a study's variant, paper_b_rule.py)."""
     period = period_of(task, period_epochs)
     samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
-    return build_method(net, parse_method(method if scaling is None else f"bpm-{method}"),
-                        refresh_data=task.train, batch_size=BATCH, period=period, offset_samples=samples,
-                        micro_batch=MICRO, scaling=rule or scaling or "robust", seed=seed)
+    return build_method(
+        net,
+        parse_method(method if scaling is None else f"bpm-{method}"),
+        refresh_data=task.train,
+        batch_size=BATCH,
+        period=period,
+        offset_samples=samples,
+        micro_batch=MICRO,
+        scaling=rule or scaling or "robust",
+        seed=seed,
+    )
 
 
-def run_one(column: str, method: str, scaling: str | None, seed: int, *, task, checkpoint: str, lr: float,
-            epochs: int, period_epochs: float = 1.0, offset_samples: int | None = None,
-            init_hook: Callable[[torch.nn.Module], None] | None = None,
-            before: Callable[[Any, Any, torch.optim.Optimizer], None] | None = None,
-            method_factory: Callable[..., Any] | None = None, rule: Rule | None = None) -> dict[str, Any]:
+def run_one(
+    column: str,
+    method: str,
+    scaling: str | None,
+    seed: int,
+    *,
+    task,
+    checkpoint: str,
+    lr: float,
+    epochs: int,
+    period_epochs: float = 1.0,
+    offset_samples: int | None = None,
+    init_hook: Callable[[torch.nn.Module], None] | None = None,
+    before: Callable[[Any, Any, torch.optim.Optimizer], None] | None = None,
+    method_factory: Callable[..., Any] | None = None,
+    rule: Rule | None = None,
+) -> dict[str, Any]:
     """Fine-tune one network; its test accuracy per epoch, refresh statistics and wall time.
 
     ``init_hook(net)`` runs after the checkpoint is loaded (before adapters); ``before(net,
@@ -148,15 +177,37 @@ def run_one(column: str, method: str, scaling: str | None, seed: int, *, task, c
     if before is not None:
         before(net, engine, optimizer)
     try:
-        history = train(net, engine, task.train, optimizer, epochs=epochs, batch_size=BATCH, test_set=task.test,
-                        seed=seed, classification=True, progress=False, on_step=on_step)
+        history = train(
+            net,
+            engine,
+            task.train,
+            optimizer,
+            epochs=epochs,
+            batch_size=BATCH,
+            test_set=task.test,
+            seed=seed,
+            classification=True,
+            progress=False,
+            on_step=on_step,
+        )
         accs = [r.test["accuracy"] for r in history]
     except NonFiniteLossError:
         accs = [float("nan")] * epochs
-    return {"column": column, "method": method, "scaling": scaling, "seed": seed, "lr": lr, "epochs": epochs,
-            "period_epochs": period_epochs,
-            "offset_samples": getattr(engine, "offset_samples", None), "period": getattr(engine, "period", None),
-            "acc": accs[-1], "curve": accs, "seconds": time.perf_counter() - started, "refreshes": refreshes}
+    return {
+        "column": column,
+        "method": method,
+        "scaling": scaling,
+        "seed": seed,
+        "lr": lr,
+        "epochs": epochs,
+        "period_epochs": period_epochs,
+        "offset_samples": getattr(engine, "offset_samples", None),
+        "period": getattr(engine, "period", None),
+        "acc": accs[-1],
+        "curve": accs,
+        "seconds": time.perf_counter() - started,
+        "refreshes": refreshes,
+    }
 
 
 def label(method: str, scaling: str | None) -> str:
@@ -214,8 +265,11 @@ def part_table(args, out: Path) -> None:
     for column in columns:
         spec = COLUMNS[column]
         ckpt = source_checkpoint(spec["preset"], args.cache, args.smoke)
-        locals_ = spec["locals"][:1] if args.smoke else [m for m in spec["locals"]
-                                                         if not args.local or m.split(":")[0] in args.local]
+        locals_ = (
+            spec["locals"][:1]
+            if args.smoke
+            else [m for m in spec["locals"] if not args.local or m.split(":")[0] in args.local]
+        )
         scalings = [None, "paper", "robust"]
         results: dict[tuple[str, str | None], list[float]] = {}
         for method, scaling in [("bp", None)] + [(m, s) for m in locals_ for s in scalings]:
@@ -224,8 +278,20 @@ def part_table(args, out: Path) -> None:
                 continue
             for seed in range(args.seeds):
                 key = f"{column}/{label(method, scaling)}/seed{seed}"
-                r = store.get(key, partial(run_one, column, method, scaling, seed, task=task, checkpoint=ckpt,
-                                           lr=args.lr, epochs=args.epochs))
+                r = store.get(
+                    key,
+                    partial(
+                        run_one,
+                        column,
+                        method,
+                        scaling,
+                        seed,
+                        task=task,
+                        checkpoint=ckpt,
+                        lr=args.lr,
+                        epochs=args.epochs,
+                    ),
+                )
                 accs.append(r["acc"])
             results[(method, scaling)] = accs
         if ("bp", None) not in results:
@@ -244,22 +310,40 @@ def part_table(args, out: Path) -> None:
             elif scaling != "robust":
                 pb = paper[kind]
                 row["Paper B (%)"] = f"{pb[scaling == 'paper']:.2f}" + (
-                    f" ({100 * gap_recovered(pb[0], pb[1], paper['BP']):.0f} %)" if scaling else "")
+                    f" ({100 * gap_recovered(pb[0], pb[1], paper['BP']):.0f} %)" if scaling else ""
+                )
             rows.append(row)
-    text = (f"Paper B Table 1 at CPU scale, lr {args.lr:g}, {args.epochs} epochs, seeds 0-{args.seeds - 1}, "
-            f"digits 5-9 from a digits 0-4 source; {PAPER_B_SOURCE} beside\n\n" + markdown_table(rows, ["column", "method", "test acc", "gap recovered",
-                                                                       "− plain (paired)", "Paper B (%)"]))
+    text = (
+        f"Paper B Table 1 at CPU scale, lr {args.lr:g}, {args.epochs} epochs, seeds 0-{args.seeds - 1}, "
+        f"digits 5-9 from a digits 0-4 source; {PAPER_B_SOURCE} beside\n\n"
+        + markdown_table(rows, ["column", "method", "test acc", "gap recovered", "− plain (paired)", "Paper B (%)"])
+    )
     (out / f"paper_b_table_lr{args.lr:g}.md").write_text(text + "\n")
     print(text)
-    with figure(out / f"paper_b_table_lr{args.lr:g}.png", 1, len(columns), figsize=(5 * len(columns), 4)) as (fig, axes):
+    with figure(out / f"paper_b_table_lr{args.lr:g}.png", 1, len(columns), figsize=(5 * len(columns), 4)) as (
+        fig,
+        axes,
+    ):
         axes = axes if len(columns) > 1 else [axes]
         for ax, column in zip(axes, columns):
             mine = [r for r in rows if r["column"] == column]
             means = [float(r["test acc"].split(" ± ")[0]) for r in mine]
             sds = [float(r["test acc"].split(" ± ")[1]) for r in mine]
-            ax.barh(range(len(mine)), means, xerr=sds, color=["k" if "BP" == r["method"] else
-                                                              "C1" if "paper" in r["method"] else
-                                                              "C2" if "robust" in r["method"] else "C0" for r in mine])
+            ax.barh(
+                range(len(mine)),
+                means,
+                xerr=sds,
+                color=[
+                    "k"
+                    if "BP" == r["method"]
+                    else "C1"
+                    if "paper" in r["method"]
+                    else "C2"
+                    if "robust" in r["method"]
+                    else "C0"
+                    for r in mine
+                ],
+            )
             ax.set_yticks(range(len(mine)), [r["method"] for r in mine], fontsize=7)
             ax.set_xlabel("test accuracy (digits 5-9)")
             ax.set_title(f"{column}, lr {args.lr:g}")
@@ -272,14 +356,21 @@ def part_sweep(args, out: Path) -> None:
     column = (args.column or ["full"])[0]
     periods = [1.0] if args.smoke else [0.5, 1.0, 2.0]
     samples = [16] if args.smoke else [16, 64]
-    meta = {"part": "sweep", "column": column, "lr": args.lr, "epochs": args.epochs, "seeds": args.seeds,
-            "train_size": args.train_size}
+    meta = {
+        "part": "sweep",
+        "column": column,
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "train_size": args.train_size,
+    }
     store = Store(out / f"paper_b_sweep_{column}_lr{args.lr:g}.json", meta)
     table = out / f"paper_b_table_lr{args.lr:g}.json"
     if table.is_file():  # BP and FF are Table 1's runs where its settings are these
         saved = json.loads(table.read_text())
-        if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == \
-                {k: meta[k] for k in ("lr", "epochs", "seeds", "train_size")}:
+        if {k: saved["meta"].get(k) for k in ("lr", "epochs", "seeds", "train_size")} == {
+            k: meta[k] for k in ("lr", "epochs", "seeds", "train_size")
+        }:
             for s in range(args.seeds):
                 for m, name in (("bp", "BP"), ("ff", "FF"), ("paper", "FF+BPM(paper)"), ("robust", "FF+BPM(robust)")):
                     run = saved["runs"].get(f"{column}/{name}/seed{s}")
@@ -289,30 +380,72 @@ def part_sweep(args, out: Path) -> None:
                     store.runs.setdefault(key, run)
     task = target_task(args.train_size)
     ckpt = source_checkpoint(COLUMNS[column]["preset"], args.cache, args.smoke)
-    base = {m: [store.get(f"{m}/seed{s}", partial(run_one, column, m, None, s, task=task, checkpoint=ckpt,
-                                                   lr=args.lr, epochs=args.epochs))["acc"]
-                for s in range(args.seeds)] for m in ("bp", "ff")}
-    rows = [{"K (epochs)": "-", "B'": "-", "method": "BP", "test acc": pm(base["bp"])},
-            {"K (epochs)": "-", "B'": "-", "method": "FF", "test acc": pm(base["ff"])}]
+    base = {
+        m: [
+            store.get(
+                f"{m}/seed{s}",
+                partial(run_one, column, m, None, s, task=task, checkpoint=ckpt, lr=args.lr, epochs=args.epochs),
+            )["acc"]
+            for s in range(args.seeds)
+        ]
+        for m in ("bp", "ff")
+    }
+    rows = [
+        {"K (epochs)": "-", "B'": "-", "method": "BP", "test acc": pm(base["bp"])},
+        {"K (epochs)": "-", "B'": "-", "method": "FF", "test acc": pm(base["ff"])},
+    ]
+    ff_mean, bp_mean = mean_sd(base["ff"])[0], mean_sd(base["bp"])[0]
     scalings = args.sweep_scaling or ["paper", "robust"]
     grid: dict[str, dict[tuple[float, int], float]] = {s: {} for s in scalings}
     for scaling in scalings:  # robust: only K = 1 epoch, over B' (its held-out test needs micro-batches)
-        configs = [(k, b) for k in periods for b in samples] if scaling == "paper" else \
-            [(1.0, b) for b in ([16] if args.smoke else [16, 64, 160])]
+        configs = (
+            [(k, b) for k in periods for b in samples]
+            if scaling == "paper"
+            else [(1.0, b) for b in ([16] if args.smoke else [16, 64, 160])]
+        )
         for k, b in configs:
-            accs = [store.get(f"{scaling}/K{k:g}/B{b}/seed{s}",
-                              partial(run_one, column, "ff", scaling, s, task=task, checkpoint=ckpt, lr=args.lr,
-                                      epochs=args.epochs, period_epochs=k, offset_samples=b))["acc"]
-                    for s in range(args.seeds)]
+            accs = [
+                store.get(
+                    f"{scaling}/K{k:g}/B{b}/seed{s}",
+                    partial(
+                        run_one,
+                        column,
+                        "ff",
+                        scaling,
+                        s,
+                        task=task,
+                        checkpoint=ckpt,
+                        lr=args.lr,
+                        epochs=args.epochs,
+                        period_epochs=k,
+                        offset_samples=b,
+                    ),
+                )["acc"]
+                for s in range(args.seeds)
+            ]
             grid[scaling][(k, b)] = mean_sd(accs)[0]
-            rows.append({"K (epochs)": f"{k:g}", "B'": b, "method": f"FF+BPM({scaling})", "test acc": pm(accs),
-                         "gap recovered": f"{100 * gap_recovered(mean_sd(base['ff'])[0], mean_sd(accs)[0], mean_sd(base['bp'])[0]):.0f} %"})
-    text = (f"Appendix D.2 sweep, {column} column, lr {args.lr:g}, {args.epochs} epochs, {args.seeds} seeds\n\n"
-            + markdown_table(rows, ["method", "K (epochs)", "B'", "test acc", "gap recovered"]))
+            rows.append(
+                {
+                    "K (epochs)": f"{k:g}",
+                    "B'": b,
+                    "method": f"FF+BPM({scaling})",
+                    "test acc": pm(accs),
+                    "gap recovered": f"{100 * gap_recovered(ff_mean, mean_sd(accs)[0], bp_mean):.0f} %",
+                }
+            )
+    text = (
+        f"Appendix D.2 sweep, {column} column, lr {args.lr:g}, {args.epochs} epochs, {args.seeds} seeds\n\n"
+        + markdown_table(rows, ["method", "K (epochs)", "B'", "test acc", "gap recovered"])
+    )
     (out / f"paper_b_sweep_{column}_lr{args.lr:g}.md").write_text(text + "\n")
     print(text)
-    with figure(out / f"paper_b_sweep_{column}_lr{args.lr:g}.png", 1, len(scalings), figsize=(5 * len(scalings), 4),
-                squeeze=False) as (fig, axes):
+    with figure(
+        out / f"paper_b_sweep_{column}_lr{args.lr:g}.png",
+        1,
+        len(scalings),
+        figsize=(5 * len(scalings), 4),
+        squeeze=False,
+    ) as (fig, axes):
         for ax, scaling in zip(axes[0], scalings):
             for k in sorted({k for k, _ in grid[scaling]}):
                 bs = sorted(b for kk, b in grid[scaling] if kk == k)
@@ -340,21 +473,38 @@ def part_cost(args, out: Path) -> None:
         methods = [make_method(net, m, s, task, 0) for m, s in names]
         x, y = next(iter(torch.utils.data.DataLoader(task.train, batch_size=BATCH)))
         timer = meter(3 if args.smoke else 15, 2, torch.device("cpu"), "cpu")
-        times, _ = time_methods(methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods], timer, net)
+        times, _ = time_methods(
+            methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods], timer, net
+        )
         optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], "sgd", args.lr, 0.9)
         methods[0].backward(x, y)
         optimizer.step()
         memories = [measure_paid(m, net, x, y, optimizer, "cpu") for m in methods]
         ff = names.index(("ff", None))
         for (m, s), t, mem in zip(names, times, memories):
-            rows.append({"column": column, "method": label(m, "" if s else None).replace("+BPM()", "+BPM"),
-                         "ms/step (paid)": 1000 * t.seconds, "time / FF": t.seconds / times[ff].seconds,
-                         "real peak MiB": (mem.real_peak_bytes or 0) / 2**20,
-                         "memory / FF": (mem.real_peak_bytes or 0) / (memories[ff].real_peak_bytes or 1),
-                         "refresh ms": None if t.refresh is None else 1000 * t.refresh,
-                         "refreshes/step": t.refreshes_per_step})
+            rows.append(
+                {
+                    "column": column,
+                    "method": label(m, "" if s else None).replace("+BPM()", "+BPM"),
+                    "ms/step (paid)": 1000 * t.seconds,
+                    "time / FF": t.seconds / times[ff].seconds,
+                    "real peak MiB": (mem.real_peak_bytes or 0) / 2**20,
+                    "memory / FF": (mem.real_peak_bytes or 0) / (memories[ff].real_peak_bytes or 1),
+                    "refresh ms": None if t.refresh is None else 1000 * t.refresh,
+                    "refreshes/step": t.refreshes_per_step,
+                }
+            )
     write_json(out / "paper_b_cost.json", {"rows": rows, "machine": machine("cpu"), "batch": BATCH})
-    cols = ["column", "method", "ms/step (paid)", "time / FF", "real peak MiB", "memory / FF", "refresh ms", "refreshes/step"]
+    cols = [
+        "column",
+        "method",
+        "ms/step (paid)",
+        "time / FF",
+        "real peak MiB",
+        "memory / FF",
+        "refresh ms",
+        "refreshes/step",
+    ]
     text = "Tables 4-5 at CPU scale (CPU clock; refreshes amortised at 1/K)\n\n" + markdown_table(rows, cols)
     (out / "paper_b_cost.md").write_text(text + "\n")
     print(text)
@@ -372,15 +522,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="one seed, one epoch, FF only, on 64 images: seconds")
     p.add_argument("--part", choices=["table", "sweep", "cost", "all"], default="all")
     p.add_argument("--column", action="append", choices=list(COLUMNS), help="repeatable; default all")
-    p.add_argument("--local", action="append", choices=["ff", "loco", "mpc"],
-                   help="Table 1's local methods to run (repeatable; default all three)")
-    p.add_argument("--only-existing", action="store_true",
-                   help="table: report the rows already in the results file, train nothing")
+    p.add_argument(
+        "--local",
+        action="append",
+        choices=["ff", "loco", "mpc"],
+        help="Table 1's local methods to run (repeatable; default all three)",
+    )
+    p.add_argument(
+        "--only-existing", action="store_true", help="table: report the rows already in the results file, train nothing"
+    )
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sweep-scaling", action="append", choices=["paper", "robust"],
-                   help="scalings of the K × B' sweep (repeatable; default both)")
+    p.add_argument(
+        "--sweep-scaling",
+        action="append",
+        choices=["paper", "robust"],
+        help="scalings of the K × B' sweep (repeatable; default both)",
+    )
     p.add_argument("--train-size", type=int, default=None, help="first N target training images (default all 722)")
     p.add_argument("--cache", default="results/pretrained")
     p.add_argument("--out", default="results/finetune-paper-b")

@@ -26,8 +26,11 @@ from pathlib import Path
 from recede.cli import build_parser, main
 from recede.runs.pretrain import PRESETS, checkpoint_name, settings
 
-TARGET = {"resnet": ["--lr", "0.01", "--momentum", "0.9"], "vit": ["--optimizer", "adam", "--lr", "0.001"],
-          "llama": ["--optimizer", "adam", "--lr", "0.001"]}
+TARGET = {
+    "resnet": ["--lr", "0.01", "--momentum", "0.9"],
+    "vit": ["--optimizer", "adam", "--lr", "0.001"],
+    "llama": ["--optimizer", "adam", "--lr", "0.001"],
+}
 
 
 def quality(args: list[str], column: str) -> float:
@@ -60,14 +63,28 @@ def main_(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - started
         written = Path(args.cache) / f"{checkpoint_name(settings(build_parser().parse_args(pre)))}.safetensors"
         spec = PRESETS[preset]
-        common = ["--model", spec["model"], *[f"--model-opt={o}" for o in spec["model_opt"]],
-                  "--epochs", str(epochs), "--batch-size", str(spec["batch_size"]), *TARGET[preset]]
+        common = [
+            "--model",
+            spec["model"],
+            *[f"--model-opt={o}" for o in spec["model_opt"]],
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            str(spec["batch_size"]),
+            *TARGET[preset],
+        ]
         if preset == "llama":
             common += ["--data", "text", "--data-opt", f"path={args.lm_target}", "--data-opt", "seq_len=64"]
             column, init = "test bits/byte", ["--init", str(written)]
         else:
-            common += ["--data", "digits", "--data-opt", "classes=[5, 6, 7, 8, 9]",
-                       "--data-opt", f"train_size={args.train_size}"]
+            common += [
+                "--data",
+                "digits",
+                "--data-opt",
+                "classes=[5, 6, 7, 8, 9]",
+                "--data-opt",
+                f"train_size={args.train_size}",
+            ]
             column, init = "test acc", ["--init", str(written), "--init-skip", "heads.*"]
         rows: dict[str, list[float]] = {"fine-tuned": [], "random": []}
         for seed in range(seeds):
@@ -75,8 +92,10 @@ def main_(argv: list[str] | None = None) -> None:
             rows["random"].append(quality([*common, "--seed", str(seed)], column))
         for label, values in rows.items():
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"RESULT {preset} {label}: {column} {statistics.mean(values):.3f} ± {sd:.3f} "
-                  f"over {len(values)} seeds {[round(v, 3) for v in values]}; pretrain call {seconds:.1f} s")
+            print(
+                f"RESULT {preset} {label}: {column} {statistics.mean(values):.3f} ± {sd:.3f} "
+                f"over {len(values)} seeds {[round(v, 3) for v in values]}; pretrain call {seconds:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,21 @@ from recede.measure import memory
 from recede.measure.fidelity import gradient_cosine
 from recede.wrap import wrap
 
-__all__ = ["BlockNet", "BPModified", "MPC", "NonFiniteLossError", "RunConfig", "check_horizon", "data",
-           "memory", "models", "gradient_cosine", "run", "select_horizon", "wrap"]
+__all__ = [
+    "BlockNet",
+    "BPModified",
+    "MPC",
+    "NonFiniteLossError",
+    "RunConfig",
+    "check_horizon",
+    "data",
+    "memory",
+    "models",
+    "gradient_cosine",
+    "run",
+    "select_horizon",
+    "wrap",
+]
 
 
 def __getattr__(name: str):
@@ -29,4 +42,6 @@ def __getattr__(name: str):
 
         return RunConfig
     raise AttributeError(f"module 'recede' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

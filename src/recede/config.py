@@ -103,12 +103,26 @@ def save_resolved(command: str, options: dict[str, Any], folder: str | Path) -> 
 
 BOUNDS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),  # NumPy's seed range; compare's seeds run from --seed on
-    "seeds": (1, 100), "epochs": (1, 100_000), "batch_size": (1, 10_000_000),
-    "timing_steps": (1, 100_000), "repeats": (1, 100_000), "cosine_batches": (1, 100_000),
-    "batches": (1, 100_000), "threads": (0, 4096), "nproc": (1, 256), "pipeline": (1, 256),
-    "micro_batches": (1, 100_000), "checkpoint_every": (0, 1_000_000_000),
-    "bpm_period": (1, 1_000_000_000), "bpm_samples": (2, 1_000_000_000), "bpm_micro_batch": (1, 10_000_000),
-    "lr": (1e-12, 1e12), "bpm_a": (-1e6, 1e6), "c": (1e-12, 1e12), "M0": (1e-12, 1e30), "lam": (0.0, 1e12),
+    "seeds": (1, 100),
+    "epochs": (1, 100_000),
+    "batch_size": (1, 10_000_000),
+    "timing_steps": (1, 100_000),
+    "repeats": (1, 100_000),
+    "cosine_batches": (1, 100_000),
+    "batches": (1, 100_000),
+    "threads": (0, 4096),
+    "nproc": (1, 256),
+    "pipeline": (1, 256),
+    "micro_batches": (1, 100_000),
+    "checkpoint_every": (0, 1_000_000_000),
+    "bpm_period": (1, 1_000_000_000),
+    "bpm_samples": (2, 1_000_000_000),
+    "bpm_micro_batch": (1, 10_000_000),
+    "lr": (1e-12, 1e12),
+    "bpm_a": (-1e6, 1e6),
+    "c": (1e-12, 1e12),
+    "M0": (1e-12, 1e30),
+    "lam": (0.0, 1e12),
 }
 """The range of every counter and scale that the options' own types leave open, in one place
 (:func:`bound_options` applies it): a human-sized bound for counts, so that no value runs for

@@ -23,7 +23,8 @@ keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
 ``micro_batch`` (b', default 8), ``scaling`` (the a/λ rule: ``robust``/``paper``/``bias``/``fixed``,
-:mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call serves a whole comparison.
+:mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call
+serves a whole comparison.
 
 Every method object is a :class:`recede.core.method.Method`: ``backward(x, y, *, scaler=None)
 -> float`` fills ``.grad`` and returns the final loss, so a training loop treats them all alike.
@@ -83,8 +84,10 @@ def parse_method(text: str) -> MethodSpec:
     if name.startswith("bpm-"):
         base = parse_method(text.strip()[4:])
         if base.kind in ("bp", "ckpt") or base.modified or base.eq21 or base.recompute:
-            raise ValueError(f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                             "loco-double:N), not bp, ckpt, mpc-rc or loco-eq21")
+            raise ValueError(
+                f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
+                "loco-double:N), not bp, ckpt, mpc-rc or loco-eq21"
+            )
         return dataclasses.replace(base, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
@@ -98,16 +101,27 @@ def parse_method(text: str) -> MethodSpec:
         if name in ("mpc", "mpc-rc"):
             return MethodSpec("mpc", horizon=value, recompute=name == "mpc-rc")
         return MethodSpec("loco", groups=value, double=name != "loco", eq21=name == "loco-eq21")
-    raise ValueError(f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N "
-                     "or ckpt[:S], "
-                     "the local ones optionally prefixed with bpm-")
+    raise ValueError(
+        f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N "
+        "or ckpt[:S], "
+        "the local ones optionally prefixed with bpm-"
+    )
 
 
-def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset | None = None,
-                 batch_size: int | None = None, period: int | None = None,
-                 offset_samples: int | None = None, micro_batch: int = 8, scaling: str | Rule = "robust",
-                 a: float | None = None, lam: float | None = None,
-                 seed: int = 0) -> Method:
+def build_method(
+    net: BlockNet,
+    spec: MethodSpec | str,
+    *,
+    refresh_data: Dataset | None = None,
+    batch_size: int | None = None,
+    period: int | None = None,
+    offset_samples: int | None = None,
+    micro_batch: int = 8,
+    scaling: str | Rule = "robust",
+    a: float | None = None,
+    lam: float | None = None,
+    seed: int = 0,
+) -> Method:
     """The engine that trains ``net`` by ``spec`` (LoCo runs on a regrouped view of ``net``).
 
     The keywords configure ``bpm-`` methods (see the module table) and are ignored otherwise.
@@ -135,8 +149,20 @@ def build_method(net: BlockNet, spec: MethodSpec | str, *, refresh_data: Dataset
         period = epoch_steps(refresh_data, batch_size)
     if offset_samples is None:
         offset_samples = default_offset_samples(period, batch_size or 1, micro_batch)
-    return BPModified(net, horizon, period, offset_samples, micro_batch, scaling, a, lam, double,
-                      data=refresh_data, batch_size=batch_size, seed=seed)
+    return BPModified(
+        net,
+        horizon,
+        period,
+        offset_samples,
+        micro_batch,
+        scaling,
+        a,
+        lam,
+        double,
+        data=refresh_data,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 def epoch_steps(dataset: Dataset, batch_size: int) -> int:

@@ -72,6 +72,7 @@ refresh, the blocks' previous λ) → (a, λ) per modified block.  The check is 
 multiplier c at its period's end (what the robust rule reads), ``end_point`` c's point
 estimate, ``e_dot`` and ``e_sq``."""
 
+
 def _blockwise_dot(u: torch.Tensor, v: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per block (consecutive chunks of ``sizes``) the dot product u·v, in float64."""
     if not sizes:
@@ -84,8 +85,7 @@ def _cos(dot: torch.Tensor, sq: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
     return dot / (sq * tt).clamp_min(0).sqrt().clamp_min(1e-300)
 
 
-def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
-                  ) -> tuple[BlockMoments, torch.Tensor, torch.Tensor]:
+def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]) -> tuple[BlockMoments, torch.Tensor, torch.Tensor]:
     """Means ḡ_h, ḡ_T and per-block moments from the refresh sums (SPEC §5).
 
     With n micro-batch means of b' samples each, a per-sample covariance trace is b' times
@@ -98,9 +98,14 @@ def block_moments(stats: dict[str, torch.Tensor], sizes: list[int]
     mean_h, mean_t = stats["sum_h"].div_(n), stats["sum_t"].div_(n)
     hh, ht, tt = (_blockwise_dot(u, v, sizes) for u, v in ((mean_h, mean_h), (mean_h, mean_t), (mean_t, mean_t)))
     unbiased = samples / n / (n - 1)
-    m = BlockMoments(hh, ht, tt, unbiased * (stats["sq_h"] - n * hh).clamp_min(0),
-                     unbiased * (stats["sq_t"] - n * tt).clamp_min(0),
-                     2 * unbiased * (stats["prod_ht"] - n * ht))
+    m = BlockMoments(
+        hh,
+        ht,
+        tt,
+        unbiased * (stats["sq_h"] - n * hh).clamp_min(0),
+        unbiased * (stats["sq_t"] - n * tt).clamp_min(0),
+        2 * unbiased * (stats["prod_ht"] - n * ht),
+    )
     return m, mean_h, mean_t
 
 
@@ -178,20 +183,33 @@ class BPModified:
             and Δ depend on that block's statistics only.
     """
 
-    def __init__(self, net: BlockNet, horizon: int, period: int, offset_samples: int,
-                 micro_batch: int, scaling: str | Rule = "robust", a: float | None = None,
-                 lam: float | None = None, double: bool = False, data: Dataset | None = None,
-                 batch_size: int | None = None, seed: int = 0, engines: tuple | None = None,
-                 blocks: Iterable[int] | None = None) -> None:
+    def __init__(
+        self,
+        net: BlockNet,
+        horizon: int,
+        period: int,
+        offset_samples: int,
+        micro_batch: int,
+        scaling: str | Rule = "robust",
+        a: float | None = None,
+        lam: float | None = None,
+        double: bool = False,
+        data: Dataset | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        engines: tuple | None = None,
+        blocks: Iterable[int] | None = None,
+    ) -> None:
         self.local, self.exact = engines if engines is not None else (MPC(net, horizon, double), MPC(net, net.T))
         self.net, self.horizon = net, horizon
-        for name, value in (("period", period), ("offset_samples", offset_samples),
-                            ("micro_batch", micro_batch)):
+        for name, value in (("period", period), ("offset_samples", offset_samples), ("micro_batch", micro_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if offset_samples % micro_batch or offset_samples < 2 * micro_batch:
-            raise ValueError(f"offset_samples (B' = {offset_samples}) must be a multiple of "
-                             f"micro_batch (b' = {micro_batch}) and hold at least two micro-batches")
+            raise ValueError(
+                f"offset_samples (B' = {offset_samples}) must be a multiple of "
+                f"micro_batch (b' = {micro_batch}) and hold at least two micro-batches"
+            )
         if not callable(scaling) and scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; use one of {', '.join(SCALINGS)}")
         if (scaling == "fixed") != (a is not None and lam is not None):
@@ -203,7 +221,9 @@ class BPModified:
         self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
         self.scaling, self.fixed = scaling, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.modified = [t for t in (range(net.T) if blocks is None else blocks) if not exact(t, net.T, horizon, double)]
+        self.modified = [
+            t for t in (range(net.T) if blocks is None else blocks) if not exact(t, net.T, horizon, double)
+        ]
         self.params = {t: net.block_parameters(t) for t in self.modified}
         self._sizes = [sum(p.numel() for p in self.params[t]) for t in self.modified]
         trainable = [p for p in net.parameters() if p.requires_grad]
@@ -259,7 +279,7 @@ class BPModified:
         if self.data is None:
             raise ValueError("BPModified has no data to draw from; pass data= or call refresh() yourself")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + refresh_index)
-        chosen = torch.randperm(len(self.data), generator=generator)[:self.offset_samples]  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+        chosen = torch.randperm(len(self.data), generator=generator)[: self.offset_samples]  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
         return self.workers.share(self._collate(part) for part in chosen.split(self.micro_batch))
 
     def _collate(self, part: torch.Tensor) -> tuple[Any, Any]:
@@ -267,8 +287,9 @@ class BPModified:
         x, y = default_collate([self.data[int(i)] for i in part])
         return x, y
 
-    def refresh(self, micro_batches: Iterable[tuple[Any, Any]], *,
-                scaler: torch.amp.GradScaler | None = None) -> RefreshStats | None:
+    def refresh(
+        self, micro_batches: Iterable[tuple[Any, Any]], *, scaler: torch.amp.GradScaler | None = None
+    ) -> RefreshStats | None:
         """Measure g̃_h and g̃_T on ``micro_batches`` and set a, λ and Δ (Algorithm 1, lines 4–9).
 
         Every micro-batch must hold the same number b' of samples, and there must be at least
@@ -278,13 +299,17 @@ class BPModified:
         """
         stats = self.accumulate(micro_batches, scaler=scaler)
         if stats is None:
-            log.warning("refresh at step %d skipped: fp16 gradients overflowed at the GradScaler's "
-                        "scale; the offset of the last refresh is kept", self.step)
+            log.warning(
+                "refresh at step %d skipped: fp16 gradients overflowed at the GradScaler's "
+                "scale; the offset of the last refresh is kept",
+                self.step,
+            )
             return None
         return self._set_scalars(self.reduce_statistics(stats))
 
-    def accumulate(self, micro_batches: Iterable[tuple[Any, Any]], *,
-                   scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor] | None:
+    def accumulate(
+        self, micro_batches: Iterable[tuple[Any, Any]], *, scaler: torch.amp.GradScaler | None = None
+    ) -> dict[str, torch.Tensor] | None:
         """Sufficient statistics of the refresh, all sums over micro-batches.
 
         ``count`` (micro-batches), ``samples``, ``sum_h``/``sum_t`` (flat sums of the micro-batch
@@ -296,11 +321,16 @@ class BPModified:
         new offset).  ``None`` when a scaled gradient overflowed.
         """
         n_blocks, device = len(self.modified), self.offset.device
-        stats = {"count": torch.zeros((), dtype=torch.float64, device=device),
-                 "samples": torch.zeros((), dtype=torch.float64, device=device),
-                 "sum_h": torch.zeros_like(self.offset), "sum_t": torch.zeros_like(self.offset),
-                 **{k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
-                    for k in ("sq_h", "sq_t", "prod_ht", "proj", "proj_sq")}}
+        stats = {
+            "count": torch.zeros((), dtype=torch.float64, device=device),
+            "samples": torch.zeros((), dtype=torch.float64, device=device),
+            "sum_h": torch.zeros_like(self.offset),
+            "sum_t": torch.zeros_like(self.offset),
+            **{
+                k: torch.zeros(n_blocks, dtype=torch.float64, device=device)
+                for k in ("sq_h", "sq_t", "prod_ht", "proj", "proj_sq")
+            },
+        }
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         size = None
         try:
@@ -343,13 +373,11 @@ class BPModified:
         """
         return self.workers.sum_statistics(stats)
 
-    def _flat_gradient(self, engine: MPC, x: Any, y: Any,
-                       scaler: torch.amp.GradScaler | None) -> torch.Tensor | None:
+    def _flat_gradient(self, engine: MPC, x: Any, y: Any, scaler: torch.amp.GradScaler | None) -> torch.Tensor | None:
         """The micro-batch mean gradient of the modified blocks under ``engine``, one entry per
         use, flattened and unscaled; ``None`` if a scaled gradient overflowed."""
         step = engine.gradients(x, y, scaler=scaler, per_use=True)
-        parts = [step.blocks[t].get(p, torch.zeros_like(p)).reshape(-1)
-                 for t in self.modified for p in self.params[t]]
+        parts = [step.blocks[t].get(p, torch.zeros_like(p)).reshape(-1) for t in self.modified for p in self.params[t]]
         flat = torch.cat(parts).to(self.offset.dtype) if parts else self.offset.new_zeros(0)
         if step.scale is not None:
             flat = flat / step.scale
@@ -387,14 +415,27 @@ class BPModified:
         self.a[index], self.lam[index] = a.cpu(), lam.cpu()
         self.refreshes += 1
         self.last_stats = self._report(m, a, lam, B, samples, K, int(b_prime), check)
-        log.info("refresh %d at step %d: B'=%d b'=%d mean a=%.3g mean λ=%.3g cos(ĝ,g_T)=%.3f (local %.3f)",
-                 self.refreshes, self.step, samples, int(b_prime),
-                 float(a.mean()) if len(a) else 1.0, float(lam.mean()) if len(lam) else 0.0,
-                 self.last_stats.cos_all, self.last_stats.cos_local_all)
+        log.info(
+            "refresh %d at step %d: B'=%d b'=%d mean a=%.3g mean λ=%.3g cos(ĝ,g_T)=%.3f (local %.3f)",
+            self.refreshes,
+            self.step,
+            samples,
+            int(b_prime),
+            float(a.mean()) if len(a) else 1.0,
+            float(lam.mean()) if len(lam) else 0.0,
+            self.last_stats.cos_all,
+            self.last_stats.cos_local_all,
+        )
         return self.last_stats
 
-    def _held_out(self, m: BlockMoments, mean_h: torch.Tensor, mean_t: torch.Tensor,
-                  stats: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _held_out(
+        self,
+        m: BlockMoments,
+        mean_h: torch.Tensor,
+        mean_t: torch.Tensor,
+        stats: dict[str, torch.Tensor],
+        index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """The last refresh's offset Δ and scalars, tested on this refresh's independent samples.
 
         Per block: ``e_dot``, ``e_sq`` — ĝ_end·ḡ_T and ‖ĝ_end‖² for ĝ_end = a ḡ_h + λ Δ, the
@@ -406,31 +447,61 @@ class BPModified:
         dh, dt, dd = (_blockwise_dot(self.offset, v, self._sizes) for v in (mean_h, mean_t, self.offset))
         n = float(stats["count"])
         spread = ((stats["proj_sq"] - stats["proj"] ** 2 / n) / (n - 1)).clamp_min(0)
-        return {"e_dot": a * m.ht + lam * dt, "e_sq": (a * a * m.hh + 2 * a * lam * dh + lam * lam * dd).clamp_min(0),
-                "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n)),
-                "end_point": torch.where(dd > 0, (dt - dh) / dd.clamp_min(1e-300), torch.zeros_like(dd))}
+        return {
+            "e_dot": a * m.ht + lam * dt,
+            "e_sq": (a * a * m.hh + 2 * a * lam * dh + lam * lam * dd).clamp_min(0),
+            "end": end_coefficient(dt - dh, dd, (spread / n).sqrt(), int(n)),
+            "end_point": torch.where(dd > 0, (dt - dh) / dd.clamp_min(1e-300), torch.zeros_like(dd)),
+        }
 
-    def _report(self, m: BlockMoments, a: torch.Tensor, lam: torch.Tensor, B: int, B_prime: int,
-                K: int, b_prime: int, check: dict[str, torch.Tensor] | None) -> RefreshStats:
+    def _report(
+        self,
+        m: BlockMoments,
+        a: torch.Tensor,
+        lam: torch.Tensor,
+        B: int,
+        B_prime: int,
+        K: int,
+        b_prime: int,
+        check: dict[str, torch.Tensor] | None,
+    ) -> RefreshStats:
         T = self.net.T
         w = (1 - lam) * a  # E[ĝ] = w ḡ_h + λ ḡ_T
         dot = w * m.ht + lam * m.tt
         norm2 = (w * w * m.hh + 2 * w * lam * m.ht + lam * lam * m.tt).clamp_min(0)
-        values = {"bias": (bias_term(a, lam, m), 0.0), "variance": (variance_term(a, lam, m, B, B_prime, K), 0.0),
-                  "cos": (_cos(dot, norm2, m.tt), 1.0), "cos_local": (_cos(m.ht, m.hh, m.tt), 1.0),
-                  "lam_fresh": (fresh_lambda(m, B_prime), 0.0), "step_cap": (step_cap(m), 0.0)}
-        totals = {"cos_all": _cos(dot.sum(), norm2.sum(), m.tt.sum()), "cos_local_all": _cos(m.ht.sum(), m.hh.sum(), m.tt.sum())}
+        values = {
+            "bias": (bias_term(a, lam, m), 0.0),
+            "variance": (variance_term(a, lam, m, B, B_prime, K), 0.0),
+            "cos": (_cos(dot, norm2, m.tt), 1.0),
+            "cos_local": (_cos(m.ht, m.hh, m.tt), 1.0),
+            "lam_fresh": (fresh_lambda(m, B_prime), 0.0),
+            "step_cap": (step_cap(m), 0.0),
+        }
+        totals = {
+            "cos_all": _cos(dot.sum(), norm2.sum(), m.tt.sum()),
+            "cos_local_all": _cos(m.ht.sum(), m.hh.sum(), m.tt.sum()),
+        }
         if check is not None:
-            values |= {"cos_held_out": (_cos(check["e_dot"], check["e_sq"], m.tt), 1.0),
-                       "end_bound": (check["end"].clamp_min(-1e300), 1.0), "end_point": (check["end_point"], 1.0)}
+            values |= {
+                "cos_held_out": (_cos(check["e_dot"], check["e_sq"], m.tt), 1.0),
+                "end_bound": (check["end"].clamp_min(-1e300), 1.0),
+                "end_point": (check["end_point"], 1.0),
+            }
             totals["cos_held_out_all"] = _cos(check["e_dot"].sum(), check["e_sq"].sum(), m.tt.sum())
         full: dict[str, list[float]] = {}
         for name, (tensor, default) in values.items():
             full[name] = [default] * T
             for t, v in zip(self.modified, tensor.tolist()):
                 full[name][t] = v
-        return RefreshStats(self.step, B_prime, b_prime, self.a.tolist(), self.lam.tolist(),  # keywords: its fields
-                            **full, **{k: float(v) for k, v in totals.items()})  # type: ignore[arg-type]
+        return RefreshStats(
+            self.step,
+            B_prime,
+            b_prime,
+            self.a.tolist(),
+            self.lam.tolist(),  # keywords: its fields
+            **full,  # type: ignore[arg-type]
+            **{k: float(v) for k, v in totals.items()},  # type: ignore[arg-type]
+        )
 
     def _offset_views(self) -> Iterator[list[torch.Tensor]]:
         for chunk, t in zip(self.offset.split(self._sizes), self.modified):
@@ -440,14 +511,22 @@ class BPModified:
 
     def state_dict(self) -> dict:
         """Offsets, scalars, step and refresh counters, and B."""
-        return {"offset": self.offset.clone(), "a": self.a.clone(), "lam": self.lam.clone(),
-                "step": self.step, "refreshes": self.refreshes, "batch_size": self.batch_size}
+        return {
+            "offset": self.offset.clone(),
+            "a": self.a.clone(),
+            "lam": self.lam.clone(),
+            "step": self.step,
+            "refreshes": self.refreshes,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned; shapes must match this network."""
         if state["offset"].shape != self.offset.shape or state["a"].shape != self.a.shape:
-            raise ValueError(f"BPModified state does not fit this network: offset {tuple(state['offset'].shape)} "
-                             f"vs {tuple(self.offset.shape)}, scalars {tuple(state['a'].shape)} vs {tuple(self.a.shape)}")
+            raise ValueError(
+                f"BPModified state does not fit this network: offset {tuple(state['offset'].shape)} "
+                f"vs {tuple(self.offset.shape)}, scalars {tuple(state['a'].shape)} vs {tuple(self.a.shape)}"
+            )
         self.offset = state["offset"].to(self.offset.device, self.offset.dtype).clone()
         self.a, self.lam = state["a"].double().clone(), state["lam"].double().clone()
         self.step, self.refreshes = int(state["step"]), int(state["refreshes"])

@@ -45,7 +45,8 @@ uses what the last offset Δ_{r−1} was still worth at the end of *its* period,
 refresh's independent samples: c = d̂_r·Δ_{r−1}/‖Δ_{r−1}‖², unbiased for d_r·Δ_{r−1}/‖Δ_{r−1}‖²,
 taken at a lower confidence bound that holds for all blocks of the refresh together with
 probability 97.5 % (Student's t over the n micro-batch projections (m_T − m_h)·Δ_{r−1},
-Bonferroni over the blocks; two micro-batches rarely suffice).  If the projection moves monotonically within a period, λ* lies
+Bonferroni over the blocks; two micro-batches rarely suffice).  If the projection moves monotonically within
+a period, λ* lies
 between its start and end values, so
 
     λ = min(λ_start, max(0, c_lower), ‖ḡ_h‖/‖d̂‖, max(2 λ_{r−1}, 0.1 ‖ḡ_h‖/‖d̂‖))
@@ -109,26 +110,26 @@ class BlockMoments:
 
 # -- Paper B ---------------------------------------------------------------------------------
 
+
 def bias_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments) -> torch.Tensor:
     """(1−λ)² ‖a ḡ_h − ḡ_T‖², the squared bias of ĝ (Paper B eq. 16, first term)."""
     return (1 - lam) ** 2 * (a * a * m.hh - 2 * a * m.ht + m.tt)
 
 
-def variance_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
-                  K: int) -> torch.Tensor:
+def variance_term(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
     """a² tr C_h / B + λ² K tr C̃_h / B' (Paper B eq. 16 with App. C's factor K)."""
     offset_var = (a * a * m.tr_h + m.tr_t - a * m.tr_ht).clamp_min(0)
     return a * a * m.tr_h / B + lam * lam * K * offset_var / B_prime
 
 
-def one_step_error(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int,
-                   K: int) -> torch.Tensor:
+def one_step_error(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
     """E(a, λ) of SPEC §5 (Paper B eq. 16 with the factor K), per block."""
     return bias_term(a, lam, m) + variance_term(a, lam, m, B, B_prime, K)
 
 
-def paper_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e-12,
-                  max_iter: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+def paper_scalars(
+    m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e-12, max_iter: int = 10_000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise E(a, λ) per block by alternating the exact minimisers (Paper B Remark 4.2).
 
     λ*(a) = Bias/(Bias + Var) (eq. 18) and a*(λ) = (b a_bias + d a_var)/(b + d) (eqs. 17, 19,
@@ -137,8 +138,9 @@ def paper_scalars(m: BlockMoments, B: int, B_prime: int, K: int, tol: float = 1e
     it is run from a*(λ) for λ = 0, ½, 1 and from a = 1, and the best end point is returned.
     A block with no local signal (‖ḡ_h‖ = tr C_h = 0) keeps a = 1.
     """
-    starts = [torch.ones_like(m.hh)] + [_a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K)
-                                         for v in (0.0, 0.5, 1.0)]
+    starts = [torch.ones_like(m.hh)] + [
+        _a_star(torch.full_like(m.hh, v), torch.ones_like(m.hh), m, B, B_prime, K) for v in (0.0, 0.5, 1.0)
+    ]
     best_a, best_lam = _alternate(starts[0], m, B, B_prime, K, tol, max_iter)
     best_e = one_step_error(best_a, best_lam, m, B, B_prime, K)
     for a in starts[1:]:
@@ -160,13 +162,14 @@ def _lam_star(a: torch.Tensor, lam: torch.Tensor, m: BlockMoments, B_prime: int,
 def _a_star(lam: torch.Tensor, a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int) -> torch.Tensor:
     """a*(λ) = (b a_bias + d a_var) / (b + d), Paper B eqs. 17, 19 (with the ½); else ``a``."""
     b = (1 - lam) ** 2 * m.hh
-    d = (1 / B + lam ** 2 * K / B_prime) * m.tr_h
-    numerator = (1 - lam) ** 2 * m.ht + lam ** 2 * K * m.tr_ht / (2 * B_prime)
+    d = (1 / B + lam**2 * K / B_prime) * m.tr_h
+    numerator = (1 - lam) ** 2 * m.ht + lam**2 * K * m.tr_ht / (2 * B_prime)
     return torch.where(b + d > 0, numerator / (b + d).clamp_min(1e-300), a)
 
 
-def _alternate(a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int, tol: float,
-               max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _alternate(
+    a: torch.Tensor, m: BlockMoments, B: int, B_prime: int, K: int, tol: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     lam = torch.zeros_like(a)
     for _ in range(max_iter):
         new_lam = _lam_star(a, lam, m, B_prime, K)
@@ -186,6 +189,7 @@ def bias_scalars(m: BlockMoments) -> tuple[torch.Tensor, torch.Tensor]:
 
 # -- robust ----------------------------------------------------------------------------------
 
+
 def offset_signal(m: BlockMoments, B_prime: int) -> torch.Tensor:
     """D = ‖d̂‖² − V / B', an unbiased estimate of ‖ḡ_T − ḡ_h‖² of the population (may be < 0)."""
     return m.offset_sq - m.offset_var / B_prime
@@ -197,8 +201,9 @@ def fresh_lambda(m: BlockMoments, B_prime: int) -> torch.Tensor:
     return torch.where(d2 > 0, offset_signal(m, B_prime).clamp_min(0) / d2.clamp_min(1e-300), torch.zeros_like(d2))
 
 
-def end_coefficient(cross: torch.Tensor, norm_sq: torch.Tensor, se: torch.Tensor, n: int,
-                    alpha: float = 0.025) -> torch.Tensor:
+def end_coefficient(
+    cross: torch.Tensor, norm_sq: torch.Tensor, se: torch.Tensor, n: int, alpha: float = 0.025
+) -> torch.Tensor:
     """A lower confidence bound on c = d_r·Δ / ‖Δ‖², the best multiplier of the last offset Δ at
     the end of its period, per block, from this refresh's n independent micro-batches.
 
@@ -222,11 +227,12 @@ def step_cap(m: BlockMoments) -> torch.Tensor:
 
 
 GROWTH = 2.0  # λ may at most double from one refresh to the next
-PROBE = 0.1   # a block whose λ was 0 starts with an offset ≤ PROBE × its local gradient's length
+PROBE = 0.1  # a block whose λ was 0 starts with an offset ≤ PROBE × its local gradient's length
 
 
-def robust_scalars(m: BlockMoments, B_prime: int, end: torch.Tensor | None,
-                   previous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def robust_scalars(
+    m: BlockMoments, B_prime: int, end: torch.Tensor | None, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """a = 1, λ = min(λ_fresh, max(0, c_end), cap, max(GROWTH λ_{r−1}, PROBE cap)) with
     cap = ‖ḡ_h‖/‖d̂‖ (module docstring); λ = 0 at the first refresh.
 

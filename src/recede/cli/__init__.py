@@ -71,9 +71,11 @@ def _check_environment() -> None:
     from recede._environment import INVALID_OMP_NUM_THREADS
 
     if INVALID_OMP_NUM_THREADS is not None:
-        raise ValueError(f"the environment variable OMP_NUM_THREADS="
-                         f"{INVALID_OMP_NUM_THREADS[:40]!r} is not a positive integer; "
-                         "unset it or give a number of threads")
+        raise ValueError(
+            f"the environment variable OMP_NUM_THREADS="
+            f"{INVALID_OMP_NUM_THREADS[:40]!r} is not a positive integer; "
+            "unset it or give a number of threads"
+        )
     distributed.check_env()
 
 
@@ -123,6 +125,7 @@ def _interrupted_at_exit(command: str):
     def handler(signum, frame) -> None:
         os.write(2, f"{command}: interrupted\n".encode())
         os._exit(130)
+
     return handler
 
 

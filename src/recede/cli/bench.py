@@ -15,11 +15,14 @@ from recede.runs.run import check
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time and memory of one step per method (no training)")
     add_workload_options(p, out="results/bench")
-    p.add_argument("--methods", nargs="+", default=["bp", "ckpt", "ff", "mpc:2", "mpc:4"],
-                   metavar="METHOD")
+    p.add_argument("--methods", nargs="+", default=["bp", "ckpt", "ff", "mpc:2", "mpc:4"], metavar="METHOD")
     p.add_argument("--repeats", type=int_range(1), default=10, help="timed steps per method")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)",
+    )
     p.set_defaults(run=run_bench)
 
 

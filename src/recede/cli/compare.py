@@ -15,8 +15,10 @@ from recede.runs.run import run
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="BP, checkpointed BP, FF, LoCo, horizons, BP-modified: "
-                                       "one table and plot of memory, time and accuracy")
+    p = sub.add_parser(
+        "compare",
+        help="BP, checkpointed BP, FF, LoCo, horizons, BP-modified: one table and plot of memory, time and accuracy",
+    )
     add_workload_options(p, epochs=3, out="results/compare")
     add_compare_options(p, "bp ckpt ff loco:3, mpc at T/4, T/2, 3T/4")
     p.set_defaults(run=run_compare)

@@ -70,8 +70,7 @@ def int_range(low: int, high: int | None = None, *, top: int = MAX_INT) -> Calla
     return parse
 
 
-def float_range(low: float, high: float, low_open: bool = False, high_open: bool = False
-                ) -> Callable[[str], float]:
+def float_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a float in the interval from ``low`` to ``high`` (open ends optional)."""
     if high == math.inf:
         allowed = f"a number {'>' if low_open else '≥'} {low:g}"
@@ -103,8 +102,13 @@ positive_float = float_range(0.0, math.inf, low_open=True, high_open=True)
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """Give every subcommand of ``parser`` a ``--config FILE.yaml`` option."""
     for sub in subcommands(parser).values():
-        sub.add_argument("--config", dest=CONFIG_DEST, default=None, metavar="FILE.yaml",
-                         help="YAML file of option values (keys = option names); flags win")
+        sub.add_argument(
+            "--config",
+            dest=CONFIG_DEST,
+            default=None,
+            metavar="FILE.yaml",
+            help="YAML file of option values (keys = option names); flags win",
+        )
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -121,15 +125,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     if name is not None:
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", dest=CONFIG_DEST, default=None)
-        path = pre.parse_known_args(argv[argv.index(name) + 1:])[0].config
+        path = pre.parse_known_args(argv[argv.index(name) + 1 :])[0].config
         if path is not None:
             defaults = _use_config(subs[name], Path(path))
-        check_repeated(subs[name], argv[argv.index(name) + 1:])
+        check_repeated(subs[name], argv[argv.index(name) + 1 :])
     args = parser.parse_args(argv)
     for dest, default in defaults.items():
         given = getattr(args, dest)
         if isinstance(default, list) and given is not default:  # argparse appended the flags
-            setattr(args, dest, given[len(default):])
+            setattr(args, dest, given[len(default) :])
     return args
 
 
@@ -163,8 +167,10 @@ def config_defaults(sub: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(actions))
     if unknown:
-        raise ValueError(f"config file {name}: unknown option(s) {', '.join(unknown)}; "
-                         f"'{sub.prog}' takes: {', '.join(sorted(actions))}")
+        raise ValueError(
+            f"config file {name}: unknown option(s) {', '.join(unknown)}; "
+            f"'{sub.prog}' takes: {', '.join(sorted(actions))}"
+        )
     return {key: _checked(actions[key], value, path) for key, value in values.items()}
 
 
@@ -174,8 +180,7 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
     if value is None:
         if action.default is None and action.option_strings:
             return None  # an option whose default is "not given" (e.g. --bpm-period)
-        raise ValueError(f"{where} cannot be null; give a value or leave the key out "
-                         f"(default {action.default!r})")
+        raise ValueError(f"{where} cannot be null; give a value or leave the key out (default {action.default!r})")
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {shown(value)}")
@@ -192,8 +197,9 @@ def _checked(action: argparse.Action, value: Any, path: Path) -> Any:
 def _one(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, (list, dict)):
         many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
-        wanted = (f"a list of {action.metavar} items" if action.metavar else "a list of values") \
-            if many else "one value"
+        wanted = (
+            (f"a list of {action.metavar} items" if action.metavar else "a list of values") if many else "one value"
+        )
         raise ValueError(f"{where} takes {wanted}, got {shown(value)}")
     text = value if isinstance(value, str) else str(value)
     if not callable(action.type):  # None: the text itself
@@ -257,77 +263,154 @@ def check_repeated(sub: argparse.ArgumentParser, argv: Sequence[str]) -> None:
         seen.setdefault(action.option_strings[-1], []).append(given)
     for option, values in seen.items():
         if len(set(values)) > 1:
-            raise ValueError(f"{option} given {len(values)} times ({', '.join(shown(v, 40) for v in values)}); "
-                             "give it once")
+            raise ValueError(
+                f"{option} given {len(values)} times ({', '.join(shown(v, 40) for v in values)}); give it once"
+            )
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
     """Give every subcommand of ``parser`` that has ``--out`` an ``--overwrite`` flag."""
     for sub in subcommands(parser).values():
         if any(action.dest == "out" for action in sub._actions):
-            sub.add_argument("--overwrite", action="store_true",
-                             help="replace the results of an earlier run in --out (its config, "
-                                  "metrics, report, checkpoints and logs are removed when this "
-                                  "run starts)")
+            sub.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace the results of an earlier run in --out (its config, "
+                "metrics, report, checkpoints and logs are removed when this "
+                "run starts)",
+            )
 
 
-def add_workload_options(p: argparse.ArgumentParser, *, model: str = "resmlp", data_name: str = "trig",
-                         epochs: int = 5, batch_size: int = 100, lr: float = 0.01,
-                         out: str = "results/train") -> None:
+def add_workload_options(
+    p: argparse.ArgumentParser,
+    *,
+    model: str = "resmlp",
+    data_name: str = "trig",
+    epochs: int = 5,
+    batch_size: int = 100,
+    lr: float = 0.01,
+    out: str = "results/train",
+) -> None:
     """The model, data, optimizer and output options shared by train, compare and demo."""
     p.add_argument("--model", default=model, help=f"one of: {', '.join(models.available())}")
     p.add_argument("--data", default=data_name, help=f"one of: {', '.join(data.available())}")
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="model builder option, e.g. width=32 (repeatable)")
-    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. n=2000 (repeatable)")
+    p.add_argument(
+        "--model-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model builder option, e.g. width=32 (repeatable)",
+    )
+    p.add_argument(
+        "--data-opt", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. n=2000 (repeatable)"
+    )
     p.add_argument("--epochs", type=int_range(1), default=epochs)
     p.add_argument("--batch-size", type=int_range(1), default=batch_size)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--lr", type=positive_float, default=lr)
     p.add_argument("--momentum", type=float_range(0.0, 1.0, high_open=True), default=0.0)
-    p.add_argument("--lr-decay", type=float_range(0.0, 1.0, low_open=True), default=0.9,
-                   help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)")
+    p.add_argument(
+        "--lr-decay",
+        type=float_range(0.0, 1.0, low_open=True),
+        default=0.9,
+        help="Paper A's rule: lr × this whenever the epoch loss rises (1 disables)",
+    )
     p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int_range(0), default=0,
-                   help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models")
+    p.add_argument(
+        "--threads",
+        type=int_range(0),
+        default=0,
+        help="CPU threads for torch (0: torch's default); 1 is fastest for tiny models",
+    )
     p.add_argument("--out", default=out, help="results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--init", default=None, metavar="FILE",
-                   help="start every run from this state dict (a `recede pretrain` checkpoint, or "
-                        "your own .safetensors or weights-only .pt); names and shapes must match "
-                        "the model except --init-skip (docs/finetune.md)")
-    p.add_argument("--init-skip", action="append", default=None, metavar="PATTERN",  # None: a run before --init resumes
-                   help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
-                        "their fresh initialisation (repeatable)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="FILE",
+        help="start every run from this state dict (a `recede pretrain` checkpoint, or "
+        "your own .safetensors or weights-only .pt); names and shapes must match "
+        "the model except --init-skip (docs/finetune.md)",
+    )
+    p.add_argument(
+        "--init-skip",
+        action="append",
+        default=None,
+        metavar="PATTERN",  # None: a run before --init resumes
+        help="with --init: the model's keys matching this glob (e.g. 'heads.*') keep "
+        "their fresh initialisation (repeatable)",
+    )
     bpm = p.add_argument_group("BP-modified methods (bpm-...; Paper B Algorithm 1)")
-    bpm.add_argument("--bpm-period", type=int_range(1), default=None, metavar="K",
-                     help="steps between offset refreshes (default: one epoch)")
-    bpm.add_argument("--bpm-samples", type=int_range(2), default=None, metavar="B'",
-                     help="samples per refresh (default: 1%% of K·B, at least two micro-batches)")
-    bpm.add_argument("--bpm-micro-batch", type=int_range(1), default=8, metavar="b'",
-                     help="micro-batch size of a refresh (its memory is BP's on b' samples)")
-    bpm.add_argument("--bpm-scaling", default="robust", choices=list(SCALINGS),
-                     help="robust (default: a = 1, λ only where a held-out test says the offset pays; lost to the local "
-                          "method in none of the study's 15 cases but can elsewhere, docs/paper-b.md), paper (Paper B eqs. 16-19 "
-                          "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)")
-    bpm.add_argument("--bpm-a", type=float_range(-math.inf, math.inf, True, True), default=None, metavar="A",
-                     help="the fixed scale a of the local gradient (with --bpm-scaling fixed)")
-    bpm.add_argument("--bpm-lam", type=float_range(0.0, 1.0), default=None, metavar="λ",
-                     help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)")
+    bpm.add_argument(
+        "--bpm-period",
+        type=int_range(1),
+        default=None,
+        metavar="K",
+        help="steps between offset refreshes (default: one epoch)",
+    )
+    bpm.add_argument(
+        "--bpm-samples",
+        type=int_range(2),
+        default=None,
+        metavar="B'",
+        help="samples per refresh (default: 1%% of K·B, at least two micro-batches)",
+    )
+    bpm.add_argument(
+        "--bpm-micro-batch",
+        type=int_range(1),
+        default=8,
+        metavar="b'",
+        help="micro-batch size of a refresh (its memory is BP's on b' samples)",
+    )
+    bpm.add_argument(
+        "--bpm-scaling",
+        default="robust",
+        choices=list(SCALINGS),
+        help="robust (default: a = 1, λ only where a held-out test says the offset pays; lost to the local "
+        "method in none of the study's 15 cases but can elsewhere, docs/paper-b.md), paper (Paper B eqs. 16-19 "
+        "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)",
+    )
+    bpm.add_argument(
+        "--bpm-a",
+        type=float_range(-math.inf, math.inf, True, True),
+        default=None,
+        metavar="A",
+        help="the fixed scale a of the local gradient (with --bpm-scaling fixed)",
+    )
+    bpm.add_argument(
+        "--bpm-lam",
+        type=float_range(0.0, 1.0),
+        default=None,
+        metavar="λ",
+        help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)",
+    )
 
 
 def add_compare_options(p: argparse.ArgumentParser, defaults: str) -> None:
     """The options of the measurement that ``compare`` and ``demo`` share."""
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help=f"methods to compare (default: {defaults}, bpm-ff)")
-    p.add_argument("--timing-steps", type=int_range(1), default=10,
-                   help="steps (and refreshes) timed per method (the median is reported)")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)")
-    p.add_argument("--cosine-batches", type=int_range(1), default=4,
-                   help="batches over which cos θ to the BP gradient is averaged")
-    p.add_argument("--seeds", type=int_range(1), default=1,
-                   help="run the whole comparison for seeds --seed … --seed + N − 1 and report "
-                        "mean ± sd over them (default: %(default)s)")
+    p.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD", help=f"methods to compare (default: {defaults}, bpm-ff)"
+    )
+    p.add_argument(
+        "--timing-steps",
+        type=int_range(1),
+        default=10,
+        help="steps (and refreshes) timed per method (the median is reported)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="time in wall seconds, or in this process's CPU seconds (steady on a shared CPU)",
+    )
+    p.add_argument(
+        "--cosine-batches", type=int_range(1), default=4, help="batches over which cos θ to the BP gradient is averaged"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int_range(1),
+        default=1,
+        help="run the whole comparison for seeds --seed … --seed + N − 1 and report "
+        "mean ± sd over them (default: %(default)s)",
+    )

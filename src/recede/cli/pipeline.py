@@ -25,11 +25,21 @@ from recede.runs.run import Workload, check, identity, run
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """``--pipeline N`` and ``--micro-batches M`` for ``recede train``."""
-    parser.add_argument("--pipeline", type=int_range(1), default=1, metavar="N",
-                        help="split the model into N stages on N processes (torchrun, gloo) and "
-                             "train them as a receding-horizon pipeline; see docs/pipeline.md")
-    parser.add_argument("--micro-batches", type=int_range(1), default=None, metavar="M",
-                        help="micro-batches per step with --pipeline (default 4·N)")
+    parser.add_argument(
+        "--pipeline",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="split the model into N stages on N processes (torchrun, gloo) and "
+        "train them as a receding-horizon pipeline; see docs/pipeline.md",
+    )
+    parser.add_argument(
+        "--micro-batches",
+        type=int_range(1),
+        default=None,
+        metavar="M",
+        help="micro-batches per step with --pipeline (default 4·N)",
+    )
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -45,8 +55,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ValueError("--tensorboard is not available with --pipeline")
     micro = args.micro_batches or 4 * args.pipeline
     if micro > args.batch_size:
-        raise ValueError(f"--micro-batches {micro} is more than the batch of {args.batch_size} samples"
-                         + ("" if args.micro_batches else f" (the default is 4 · --pipeline {args.pipeline})"))
+        raise ValueError(
+            f"--micro-batches {micro} is more than the batch of {args.batch_size} samples"
+            + ("" if args.micro_batches else f" (the default is 4 · --pipeline {args.pipeline})")
+        )
     out = Path(args.out)
     if not distributed.under_torchrun():
         workload = Workload.from_args(args)  # bad input: one line from here, before any rank starts
@@ -61,10 +73,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
             kept = [path for path in paths if path.exists()]
             if not kept:
                 raise RankFailure(f"{err}; no checkpoint was written") from None
-            again = args.argv if "--resume" in args.argv else \
-                [a for a in args.argv if a != "--overwrite"] + ["--resume"]
-            raise RankFailure(f"{err}; the stage checkpoints are in {out / 'checkpoints'}; "
-                              f"resume with: recede {shlex.join(again)}") from None
+            again = (
+                args.argv if "--resume" in args.argv else [a for a in args.argv if a != "--overwrite"] + ["--resume"]
+            )
+            raise RankFailure(
+                f"{err}; the stage checkpoints are in {out / 'checkpoints'}; resume with: recede {shlex.join(again)}"
+            ) from None
     try:
         config = RunConfig.from_options(vars(args))
         run(config, checked=check(config), on_start=lambda: preflight.start(args))

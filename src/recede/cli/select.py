@@ -21,17 +21,26 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--horizons", default=None, help="comma-separated subset H (default: 6 spread over 1..T)")
-    p.add_argument("--objective", default="weighted", choices=OBJECTIVES,
-                   help="constraint = O1 (needs --eps), weighted = O2 (needs --lam)")
+    p.add_argument(
+        "--objective",
+        default="weighted",
+        choices=OBJECTIVES,
+        help="constraint = O1 (needs --eps), weighted = O2 (needs --lam)",
+    )
     p.add_argument("--eps", type=float_range(0.0, 1.0), default=None, help="O1: require r̂(h) ≥ 1 − eps")
-    p.add_argument("--lam", type=float_range(0.0, math.inf, high_open=True), default=None,
-                   help="O2: weight of the memory cost")
+    p.add_argument(
+        "--lam", type=float_range(0.0, math.inf, high_open=True), default=None, help="O2: weight of the memory cost"
+    )
     p.add_argument("--cost", default="linear", choices=COSTS)
     p.add_argument("--c", type=positive_float, default=1.0, help="unit cost")
-    p.add_argument("--M0", type=positive_float, default=None,
-                   help="one device's memory in bytes (default: Table D3's choice)")
-    p.add_argument("--weights", default=None,
-                   help="a state_dict file (torch.save) to select on trained weights instead of the initialisation")
+    p.add_argument(
+        "--M0", type=positive_float, default=None, help="one device's memory in bytes (default: Table D3's choice)"
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="a state_dict file (torch.save) to select on trained weights instead of the initialisation",
+    )
     p.add_argument("--batches", type=int_range(1), default=4, help="batches to average cos θ_h over")
     p.add_argument("--batch-size", type=int_range(1), default=100)
     p.add_argument("--seed", type=int_range(0), default=0)
@@ -71,16 +80,18 @@ def run_select(args: argparse.Namespace) -> int:
     horizons = _parse_horizons(args.horizons, net.T)
     preflight.start(args)
     probe = [b for _, b in zip(range(args.batches), batches(task.train, args.batch_size, True, args.seed))]
-    result = select_horizon(net, probe, horizons, args.objective, args.eps,
-                            args.lam, args.cost, args.c, args.M0)
+    result = select_horizon(net, probe, horizons, args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
     rows = result.table()
     columns = list(rows[0])
     print_table(rows, columns, title=f"{args.model} on {args.data}: {result.choice.message}")
     out = Path(args.out)
-    write_json(out / "selection.json", {"config": args.resolved, "data": task.info, "machine": machine(),
-                                        **result.as_dict()})
-    (out / "report.md").write_text(f"# Horizon selection: {args.model} on {args.data}\n\n"
-                                   f"{result.choice.message}\n\n{markdown_table(rows, columns)}\n")
+    write_json(
+        out / "selection.json", {"config": args.resolved, "data": task.info, "machine": machine(), **result.as_dict()}
+    )
+    (out / "report.md").write_text(
+        f"# Horizon selection: {args.model} on {args.data}\n\n"
+        f"{result.choice.message}\n\n{markdown_table(rows, columns)}\n"
+    )
     if not result.feasible:
         print(f"warning: {result.choice.message}")
     print(f"results written to {out}/")

@@ -28,16 +28,31 @@ def _resume_mode(text: str) -> str:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with one or more methods and compare them")
     add_workload_options(p)
-    p.add_argument("--method", action="append", default=None,
-                   help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], or bpm-<local method> "
-                        "(Paper B); repeat to compare (default: bp)")
-    p.add_argument("--checkpoint-every", type=int_range(0), default=0, metavar="N",
-                   help="also checkpoint every N steps (always at the end); 0: only at the end")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
-                   help="continue the run in --out from its checkpoints (same options required); "
-                        "--resume auto: resume if a checkpoint exists, else start afresh")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="log to OUT/tensorboard (needs the tensorboard extra)")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], or bpm-<local method> "
+        "(Paper B); repeat to compare (default: bp)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int_range(0),
+        default=0,
+        metavar="N",
+        help="also checkpoint every N steps (always at the end); 0: only at the end",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
+        help="continue the run in --out from its checkpoints (same options required); "
+        "--resume auto: resume if a checkpoint exists, else start afresh",
+    )
+    p.add_argument("--tensorboard", action="store_true", help="log to OUT/tensorboard (needs the tensorboard extra)")
     add_nproc_options(p)
     add_pipeline_options(p)
     p.set_defaults(run=run_train)
@@ -66,18 +81,25 @@ def _launch(args: argparse.Namespace, out: Path, specs: list[MethodSpec]) -> int
         kept = [path for path in (checkpoint_path(out, s) for s in specs) if path.exists()]
         if not kept:
             raise distributed.RankFailure(f"{err}; no checkpoint was written") from None
-        again = args.argv if "--resume" in args.argv else \
-            [a for a in args.argv if a != "--overwrite"] + ["--resume"]
+        again = args.argv if "--resume" in args.argv else [a for a in args.argv if a != "--overwrite"] + ["--resume"]
         raise distributed.RankFailure(
             f"{err}; the last good checkpoint{'s are' if len(kept) > 1 else ' is'} "
-            f"{', '.join(map(str, kept))}; resume with: recede {shlex.join(again)}") from None
+            f"{', '.join(map(str, kept))}; resume with: recede {shlex.join(again)}"
+        ) from None
 
 
 def add_nproc_options(parser: argparse.ArgumentParser) -> None:
     """``--nproc`` and ``--dist-timeout`` for a subcommand that trains data-parallel."""
-    parser.add_argument("--nproc", type=int_range(1), default=1,
-                        help="data-parallel processes on this machine (gloo; recede.parallel.launch starts "
-                             "and watches them); --batch-size is per process. See docs/distributed.md")
-    parser.add_argument("--dist-timeout", type=float_range(1e-3, MAX_TIMEOUT_S), default=DEFAULT_TIMEOUT_S,
-                        help="seconds a rank waits for the others in a collective before failing "
-                             "(0.001 to 604800, a week)")
+    parser.add_argument(
+        "--nproc",
+        type=int_range(1),
+        default=1,
+        help="data-parallel processes on this machine (gloo; recede.parallel.launch starts "
+        "and watches them); --batch-size is per process. See docs/distributed.md",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float_range(1e-3, MAX_TIMEOUT_S),
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds a rank waits for the others in a collective before failing (0.001 to 604800, a week)",
+    )

@@ -65,9 +65,11 @@ def compiler_failed(module: nn.Module, what: str, z: Any, err: BaseException) ->
     if compiler:
         inner = getattr(err, "inner_exception", None) or err
         first = (str(inner).strip().splitlines() or [""])[0]
-        raise RuntimeError(f"torch.compile failed on {what} ({type(module).__name__}) given a {describe(z)}: "
-                           f"{type(inner).__name__}: {first}; this is the compiler's error: try another "
-                           "backend or mode, or run without compiling") from err
+        raise RuntimeError(
+            f"torch.compile failed on {what} ({type(module).__name__}) given a {describe(z)}: "
+            f"{type(inner).__name__}: {first}; this is the compiler's error: try another "
+            "backend or mode, or run without compiling"
+        ) from err
 
 
 def reentrant_checkpoint(out: Any, z: Any) -> bool:
@@ -146,9 +148,11 @@ def keep_compiled_graphs(modules: Iterable[nn.Module]) -> None:
         return
     functorch_config.donated_buffer = False
     torch._dynamo.reset()
-    log.warning("recede turned off AOTAutograd's donated buffers for this process "
-                "(torch._functorch.config.donated_buffer = False) and reset torch.compile's caches "
-                "once: receding horizons back-propagate through a compiled block more than once")
+    log.warning(
+        "recede turned off AOTAutograd's donated buffers for this process "
+        "(torch._functorch.config.donated_buffer = False) and reset torch.compile's caches "
+        "once: receding horizons back-propagate through a compiled block more than once"
+    )
 
 
 class BlockNet(nn.Module):
@@ -161,8 +165,7 @@ class BlockNet(nn.Module):
         loss_fn: ``loss_fn(prediction, target) -> scalar tensor``.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], heads: Sequence[nn.Module] | nn.Module,
-                 loss_fn: LossFn) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], heads: Sequence[nn.Module] | nn.Module, loss_fn: LossFn) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         if len(self.blocks) == 0:
@@ -173,8 +176,10 @@ class BlockNet(nn.Module):
         else:
             self.heads = nn.ModuleList(heads)
             if len(self.heads) != len(self.blocks):
-                raise ValueError(f"BlockNet got {len(self.blocks)} blocks but {len(self.heads)} heads; "
-                                 "give one head per block output or a single shared head module")
+                raise ValueError(
+                    f"BlockNet got {len(self.blocks)} blocks but {len(self.heads)} heads; "
+                    "give one head per block output or a single shared head module"
+                )
         self.loss_fn = loss_fn
 
     @property
@@ -214,21 +219,26 @@ class BlockNet(nn.Module):
         except _MISFIT as err:
             compiler_failed(self.blocks[t], f"block {t}", z, err)
             if "leaf Variable that requires grad is being used in an in-place operation" in str(err):
-                raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) changes its input in place "
-                                 "(e.g. nn.ReLU(inplace=True) as its first module); each block reads its "
-                                 "input as a separate leaf tensor, which must not be modified: make that "
-                                 "operation out-of-place, or make it part of the block before") from err
-            raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) failed on its input, "
-                             f"a {describe(z)}: {err}") from err
+                raise ValueError(
+                    f"block {t} ({type(self.blocks[t]).__name__}) changes its input in place "
+                    "(e.g. nn.ReLU(inplace=True) as its first module); each block reads its "
+                    "input as a separate leaf tensor, which must not be modified: make that "
+                    "operation out-of-place, or make it part of the block before"
+                ) from err
+            raise ValueError(
+                f"block {t} ({type(self.blocks[t]).__name__}) failed on its input, a {describe(z)}: {err}"
+            ) from err
         key = (t, self.blocks[t].training)
         checked = self.__dict__.setdefault("_checked", set())  # (block, training) already looked at
         if torch.is_grad_enabled() and key not in checked:
             if reentrant_checkpoint(out, z):
-                raise ValueError(f"block {t} ({type(self.blocks[t]).__name__}) uses torch.utils.checkpoint with "
-                                 "use_reentrant=True, which cannot give the input-only gradients receding "
-                                 "horizons take; use use_reentrant=False (Hugging Face: model."
-                                 "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': "
-                                 "False}))")
+                raise ValueError(
+                    f"block {t} ({type(self.blocks[t]).__name__}) uses torch.utils.checkpoint with "
+                    "use_reentrant=True, which cannot give the input-only gradients receding "
+                    "horizons take; use use_reentrant=False (Hugging Face: model."
+                    "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': "
+                    "False}))"
+                )
             checked.add(key)
         return out
 
@@ -240,15 +250,18 @@ class BlockNet(nn.Module):
             raise
         except _MISFIT as err:
             compiler_failed(self.head(k), f"the head at depth {k}", x_k, err)
-            raise ValueError(f"the head at depth {k} does not accept the output of block {k - 1} "
-                             f"(a {describe(x_k)}): {err}") from err
+            raise ValueError(
+                f"the head at depth {k} does not accept the output of block {k - 1} (a {describe(x_k)}): {err}"
+            ) from err
         try:
             loss = self.loss_fn(prediction, y)
         except torch.OutOfMemoryError:
             raise
         except _MISFIT as err:
-            raise ValueError(f"loss_fn does not accept the prediction of the head at depth {k} "
-                             f"(a {describe(prediction)}) with targets (a {describe(y)}): {err}") from err
+            raise ValueError(
+                f"loss_fn does not accept the prediction of the head at depth {k} "
+                f"(a {describe(prediction)}) with targets (a {describe(y)}): {err}"
+            ) from err
         if not isinstance(loss, torch.Tensor):
             raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} at depth {k}")
         if loss.dim() != 0:
@@ -274,8 +287,9 @@ class BlockNet(nn.Module):
         """
         modes = [(m, m.training) for m in self.modules()]
         buffers = [(b, b.clone()) for b in self.buffers()]
-        devices = sorted({t.device.index for t in tree_leaves(x) if isinstance(t, torch.Tensor)
-                          and t.device.type == "cuda"} - {None})
+        devices = sorted(
+            {t.device.index for t in tree_leaves(x) if isinstance(t, torch.Tensor) and t.device.type == "cuda"} - {None}
+        )
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 self.eval()
@@ -298,7 +312,8 @@ class BlockNet(nn.Module):
 
         ``dynamic`` defaults to ``False``: blocks of one class but different shapes would
         otherwise make Dynamo mark their sizes dynamic, which some backends cannot compile
-        (inductor on timm's ConvNeXt).  Blocks of one class share a code object, so Dynamo counts every block of another shape
+        (inductor on timm's ConvNeXt).  Blocks of one class share a code object, so Dynamo counts every block
+        of another shape
         (and every train/eval switch) as a recompile of it; past ``recompile_limit`` (8 by
         default) it would run the rest eagerly without a word.  The limit is raised for the
         process to twice the number of modules compiled, if lower.
@@ -323,6 +338,6 @@ class BlockNet(nn.Module):
             raise ValueError(f"groups must be in [1, {self.T}], got {groups}")
         merged, heads = [], []
         for group in even_groups(self.T, groups):
-            merged.append(nn.Sequential(*self.blocks[group.start:group.stop]))
+            merged.append(nn.Sequential(*self.blocks[group.start : group.stop]))
             heads.append(self.head(group.stop))
         return BlockNet(merged, heads[0] if self.shared_head else heads, self.loss_fn)

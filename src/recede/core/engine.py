@@ -35,7 +35,8 @@ part in the sweeps of the targets k with k-h ≤ t < k, at most h of them, and i
 once per sweep and no more: the first sweep uses the graph of the forward itself, so at most
 h - 1 forwards per block are recomputed (none at h = 1, where the method is already local; at
 h = T the only sweep is the final one and the method is per-block recomputation (``ckpt``): every block
-but the last runs twice).  The gradients are exactly those of ``recompute=False``.  Heads are trained by their own depth's loss: the head at depth k
+but the last runs twice).  The gradients are exactly those of ``recompute=False``.  Heads are trained by
+their own depth's loss: the head at depth k
 receives ∇ L(x_k) whenever L(x_k) is the target of some block, i.e. for k ≥ h (k ≥ h-1 with
 ``double``); heads at shallower depths are not evaluated.  A shared head accumulates the
 gradients of every depth it is evaluated at.  A parameter used in several places gets the sum
@@ -95,11 +96,15 @@ def check_net(net: object, who: str) -> BlockNet:
     if isinstance(net, BlockNet):
         return net
     if isinstance(getattr(net, "_orig_mod", None), BlockNet):
-        raise ValueError(f"{who} got torch.compile(net): the engine calls each block and head on "
-                         "its own, so the compiled forward would never run; compile them in place "
-                         "with net.compile(...) (same arguments as torch.compile) and pass net")
-    raise ValueError(f"{who} needs a recede.BlockNet, got {type(net).__name__}; "
-                     "make one with recede.wrap(model) or recede.BlockNet(blocks, heads, loss_fn)")
+        raise ValueError(
+            f"{who} got torch.compile(net): the engine calls each block and head on "
+            "its own, so the compiled forward would never run; compile them in place "
+            "with net.compile(...) (same arguments as torch.compile) and pass net"
+        )
+    raise ValueError(
+        f"{who} needs a recede.BlockNet, got {type(net).__name__}; "
+        "make one with recede.wrap(model) or recede.BlockNet(blocks, heads, loss_fn)"
+    )
 
 
 @dataclass
@@ -187,8 +192,9 @@ class MPC:
         write_grads(step.total())
         return float(step.losses[self.net.T])
 
-    def gradients(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None,
-                  per_use: bool = False) -> StepGradients:
+    def gradients(
+        self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None, per_use: bool = False
+    ) -> StepGradients:
         """One step's g_h per use, without touching ``.grad`` (see :class:`StepGradients`).
 
         ``per_use``: keep each use of a shared parameter apart even at h = T (BP-modified needs
@@ -218,9 +224,11 @@ class MPC:
         """L(x_k), recorded unscaled; returned scaled when a GradScaler is in use."""
         loss = self.net.depth_loss(x_k, y, k)
         if not loss.requires_grad:
-            raise ValueError(f"the loss at depth {k} does not depend on the network: loss_fn "
-                             "returned a tensor detached from its input (no .item(), .detach() or "
-                             "torch.no_grad() inside loss_fn or the head)")
+            raise ValueError(
+                f"the loss at depth {k} does not depend on the network: loss_fn "
+                "returned a tensor detached from its input (no .item(), .detach() or "
+                "torch.no_grad() inside loss_fn or the head)"
+            )
         step.losses[k] = loss.detach()
         return loss if step.scale is None else loss * step.scale
 
@@ -259,12 +267,13 @@ class MPC:
             lowest, weighted, released = targets[k].lowest, targets[k].weighted, targets[k].released
             head = uses.heads[k - 1]
             if _disjoint(head, uses.blocks[t]):  # head k and block k-1 in one autograd call
-                self._sweep(window, [self._loss(out, y, k, step)], None, head, k, lowest, weighted,
-                            released, uses, step)
+                self._sweep(
+                    window, [self._loss(out, y, k, step)], None, head, k, lowest, weighted, released, uses, step
+                )
             else:  # a parameter tied between them: keep the head's use apart
                 grads = torch.autograd.grad(self._loss(z, y, k, step), [*z_leaves, *head], allow_unused=True)
-                accumulate(step.heads, head, grads[len(z_leaves):])
-                outputs, cotangents = _pairs(window[t].outputs, grads[:len(z_leaves)])
+                accumulate(step.heads, head, grads[len(z_leaves) :])
+                outputs, cotangents = _pairs(window[t].outputs, grads[: len(z_leaves)])
                 self._sweep(window, outputs, cotangents, [], k, lowest, weighted, released, uses, step)
             for j in released:
                 window.pop(j, None)
@@ -273,14 +282,36 @@ class MPC:
                 for graph in window.values():
                     graph.outputs = []  # the sweep freed what it used; drop what it did not reach
 
-    def _sweep(self, window: dict[int, Graph], outputs: list[torch.Tensor],
-               cotangents: list[torch.Tensor] | None, head: list[nn.Parameter], k: int, lowest: int,
-               weighted: frozenset[int], released: frozenset[int], uses: Uses, step: StepGradients) -> None:
+    def _sweep(
+        self,
+        window: dict[int, Graph],
+        outputs: list[torch.Tensor],
+        cotangents: list[torch.Tensor] | None,
+        head: list[nn.Parameter],
+        k: int,
+        lowest: int,
+        weighted: frozenset[int],
+        released: frozenset[int],
+        uses: Uses,
+        step: StepGradients,
+    ) -> None:
         """Carry ∂L(x_k) back from block k-1 down to block ``lowest`` (:func:`sweep`); with
         ``recompute`` every call frees the graph it used, and block j-1's graph is rebuilt
         (:meth:`_rebuild`) only after block j's is freed."""
-        sweep(window, outputs, cotangents, head, k, lowest, lowest, weighted, released, uses.blocks, step,
-              rebuild=(lambda j: self._rebuild(window, j)) if self.recompute else None)
+        sweep(
+            window,
+            outputs,
+            cotangents,
+            head,
+            k,
+            lowest,
+            lowest,
+            weighted,
+            released,
+            uses.blocks,
+            step,
+            rebuild=(lambda j: self._rebuild(window, j)) if self.recompute else None,
+        )
 
     def _rebuild(self, window: dict[int, Graph], j: int) -> None:
         """Recompute block j's graph from its kept input, replaying its first forward."""
@@ -304,11 +335,20 @@ class Graph:
     rng: RngState | None = None
 
 
-
-def sweep(window: Mapping[int, Graph], outputs: list[torch.Tensor], cotangents: list[torch.Tensor] | None,
-          head: list[nn.Parameter], top: int, bottom: int, lowest: int, weighted: frozenset[int],
-          released: frozenset[int], block_params: Sequence[list[nn.Parameter]] | Mapping[int, list[nn.Parameter]],
-          step: StepGradients, rebuild: Callable[[int], None] | None = None) -> list[torch.Tensor | None]:
+def sweep(
+    window: Mapping[int, Graph],
+    outputs: list[torch.Tensor],
+    cotangents: list[torch.Tensor] | None,
+    head: list[nn.Parameter],
+    top: int,
+    bottom: int,
+    lowest: int,
+    weighted: frozenset[int],
+    released: frozenset[int],
+    block_params: Sequence[list[nn.Parameter]] | Mapping[int, list[nn.Parameter]],
+    step: StepGradients,
+    rebuild: Callable[[int], None] | None = None,
+) -> list[torch.Tensor | None]:
     """Carry a chain's cotangent back from block ``top``-1 down to block ``bottom`` (≥ the
     chain's ``lowest`` block) through the graphs of ``window``; return the cotangents at the
     inputs of block ``bottom`` when the chain goes on below it (``bottom > lowest``), else [].
@@ -328,17 +368,18 @@ def sweep(window: Mapping[int, Graph], outputs: list[torch.Tensor], cotangents: 
         wanted = [*carry, *params, *head]
         if not wanted or not outputs:
             return []
-        grads = torch.autograd.grad(outputs, wanted, cotangents,
-                                    retain_graph=j not in released and rebuild is None, allow_unused=True)
-        accumulate(step.blocks[j], params, grads[len(carry):len(carry) + len(params)])
-        accumulate(step.heads, head, grads[len(carry) + len(params):])
+        grads = torch.autograd.grad(
+            outputs, wanted, cotangents, retain_graph=j not in released and rebuild is None, allow_unused=True
+        )
+        accumulate(step.blocks[j], params, grads[len(carry) : len(carry) + len(params)])
+        accumulate(step.heads, head, grads[len(carry) + len(params) :])
         head, outputs = [], []
         if j == bottom:
-            return list(grads[:len(carry)])
+            return list(grads[: len(carry)])
         if carry and rebuild is not None:
             window[j].outputs = []
             rebuild(j - 1)
-        outputs, cotangents = _pairs(window[j - 1].outputs, grads[:len(carry)]) if carry else ([], None)
+        outputs, cotangents = _pairs(window[j - 1].outputs, grads[: len(carry)]) if carry else ([], None)
     return []
 
 

@@ -48,8 +48,9 @@ class CheckpointedBP:
         net = check_net(net, "CheckpointedBP")
         segments = net.T if segments is None else segments
         if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= net.T:
-            raise ValueError(f"checkpoint segments must be an integer in [1, {net.T}] "
-                             f"(T = {net.T} blocks), got {segments!r}")
+            raise ValueError(
+                f"checkpoint segments must be an integer in [1, {net.T}] (T = {net.T} blocks), got {segments!r}"
+            )
         self.net = net
         self.segments = segments
         self._segments = [list(group) for group in even_groups(net.T, segments)]
@@ -61,8 +62,9 @@ class CheckpointedBP:
         is left to ``scaler.step`` (see :meth:`recede.MPC.backward`).
         """
         net = self.net
-        recomputed = list(dict.fromkeys(b for segment in self._segments[:-1] for t in segment
-                                        for b in net.blocks[t].buffers()))
+        recomputed = list(
+            dict.fromkeys(b for segment in self._segments[:-1] for t in segment for b in net.blocks[t].buffers())
+        )
         scaling = scaler is not None and scaler.is_enabled()
         with torch.enable_grad():
             z = x
@@ -70,8 +72,9 @@ class CheckpointedBP:
                 z = checkpoint(self._run, segment, z, use_reentrant=False, preserve_rng_state=True)
             loss = net.depth_loss(self._run(self._segments[-1], z), y, net.T)
             if not scaling and not bool(torch.isfinite(loss)):
-                raise NonFiniteLossError(f"non-finite loss at depth {net.T}: {float(loss.detach())}; "
-                                         "no .grad was modified")
+                raise NonFiniteLossError(
+                    f"non-finite loss at depth {net.T}: {float(loss.detach())}; no .grad was modified"
+                )
             after_forward = [b.clone() for b in recomputed]
             (scaler.scale(loss) if scaling and scaler is not None else loss).backward()
         with torch.no_grad():

@@ -40,8 +40,9 @@ class RngState:
 def capture(inputs: Any) -> RngState:
     """The generator states a forward on ``inputs`` (a tensor or pytree) will draw from: the
     CPU's, and each CUDA device's that holds a tensor of ``inputs``."""
-    devices = sorted({t.device.index or 0 for t in tree_leaves(inputs)
-                      if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+    devices = sorted(
+        {t.device.index or 0 for t in tree_leaves(inputs) if isinstance(t, torch.Tensor) and t.device.type == "cuda"}
+    )
     return RngState(torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devices})
 
 

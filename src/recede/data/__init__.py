@@ -40,8 +40,10 @@ class Task:
         token), bits per byte ``loss / ln 2 / bytes_per_token`` and perplexity ``e^loss``."""
         if self.kind != "language-model":
             return {}
-        return {"bits/byte": loss / math.log(2) / self.info["bytes_per_token"],
-                "perplexity": math.exp(min(loss, 700.0))}
+        return {
+            "bits/byte": loss / math.log(2) / self.info["bytes_per_token"],
+            "perplexity": math.exp(min(loss, 700.0)),
+        }
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -49,11 +51,13 @@ _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Decorator adding a dataset loader to the registry under ``name``."""
+
     def add(loader: Callable[..., Task]) -> Callable[..., Task]:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
         _REGISTRY[name] = loader
         return loader
+
     return add
 
 

@@ -26,8 +26,14 @@ from recede.data import Task, register
 
 
 @register("digits")
-def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: int = 0,
-           classes: tuple[int, ...] | None = None, train_size: int | None = None) -> Task:
+def digits(
+    size: int = 8,
+    channels: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    classes: tuple[int, ...] | None = None,
+    train_size: int | None = None,
+) -> Task:
     """scikit-learn's bundled 8×8 digits (1 797 images, 10 classes), standardised.
 
     ``size=32, channels=3`` resizes bilinearly and repeats the channel, the input shape of the
@@ -44,8 +50,9 @@ def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: i
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if classes is not None and (not classes or len(set(classes)) != len(classes)
-                                or not all(0 <= c <= 9 for c in classes)):
+    if classes is not None and (
+        not classes or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes)
+    ):
         raise ValueError(f"classes must be distinct digits 0-9, got {list(classes)}")
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -66,8 +73,14 @@ def digits(size: int = 8, channels: int = 1, test_fraction: float = 0.2, seed: i
         if not 1 <= train_size <= len(train_idx):
             raise ValueError(f"train_size must be in [1, {len(train_idx)}], got {train_size}")
         train_idx = train_idx[:train_size]
-    return Task("digits", TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx]),
-                "classification", (channels, size, size), n_classes)
+    return Task(
+        "digits",
+        TensorDataset(x[train_idx], y[train_idx]),
+        TensorDataset(x[test_idx], y[test_idx]),
+        "classification",
+        (channels, size, size),
+        n_classes,
+    )
 
 
 @register("mnist1d")
@@ -90,10 +103,18 @@ def mnist1d(num_samples: int = 5000, seed: int = 42) -> Task:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+
     def split(x: np.ndarray, y: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long))
-    return Task("mnist1d", split(data["x"], data["y"]), split(data["x_test"], data["y_test"]),
-                "classification", (data["x"].shape[1],), 10)
+
+    return Task(
+        "mnist1d",
+        split(data["x"], data["y"]),
+        split(data["x_test"], data["y_test"]),
+        "classification",
+        (data["x"].shape[1],),
+        10,
+    )
 
 
 NORMALISATION = {  # per-channel (mean, std)
@@ -137,13 +158,19 @@ class _CifarUnpickler(pickle.Unpickler):
     bytes, numbers and NumPy arrays.  Any other global (a function, a class) is refused, so
     a batch file cannot run code when it is read."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which the CIFAR format never holds "
-                                         "(a pickle that could run code); it was not loaded")
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which the CIFAR format never holds "
+                "(a pickle that could run code); it was not loaded"
+            )
         return super().find_class(module, name)
 
 
@@ -153,9 +180,21 @@ def read_cifar_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             entry = _CifarUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, RecursionError, OverflowError) as err:
-        raise ValueError(f"{path} is not in the CIFAR python-pickle format: {' '.join(str(err).split())[:200]}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+        OverflowError,
+    ) as err:
+        raise ValueError(
+            f"{path} is not in the CIFAR python-pickle format: {' '.join(str(err).split())[:200]}"
+        ) from None
     if not isinstance(entry, dict):
         raise ValueError(f"{path} is not in the CIFAR python-pickle format (not a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -167,12 +206,17 @@ def _cifar_split(folder: Path, files: list[str], key: str) -> tuple[np.ndarray, 
         entry = read_cifar_batch(folder / name)
         data, targets = entry.get("data"), entry.get(key, entry.get("labels"))
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{folder / name} is not in the CIFAR python-pickle format (each batch a pickled dict "
-                             "with 'data' (N × 3072 uint8) and labels)")
+            raise ValueError(
+                f"{folder / name} is not in the CIFAR python-pickle format (each batch a pickled dict "
+                "with 'data' (N × 3072 uint8) and labels)"
+            )
         if isinstance(targets, np.ndarray) and targets.dtype.kind in "iu":
             targets = targets.tolist()
-        if not isinstance(targets, list) or len(targets) != len(data) or \
-                not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+        if (
+            not isinstance(targets, list)
+            or len(targets) != len(data)
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in targets)
+        ):
             raise ValueError(f"{folder / name}: the labels are not a list of {len(data)} integers")
         images.append(data)
         labels.extend(targets)
@@ -189,7 +233,8 @@ def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: i
     if missing:
         raise FileNotFoundError(
             f"{name}: expected the python-pickle folder {folder} holding {files} "
-            f"(the extracted {official.filename}); missing: {missing}. Nothing is downloaded.")
+            f"(the extracted {official.filename}); missing: {missing}. Nothing is downloaded."
+        )
     # The files are read here (no md5 check, so copies and reduced folders in the same format
     # load too) with an unpickler that refuses anything but the format's plain contents; the
     # datasets are torchvision's, filled without running its pickle.load.
@@ -197,13 +242,15 @@ def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: i
     try:
         meta = read_cifar_batch(folder / official.meta["filename"]).get(official.meta["key"])
         if not isinstance(meta, list) or not all(isinstance(c, str) for c in meta):
-            raise ValueError(f"{folder / official.meta['filename']} has no list of class names "
-                             f"({official.meta['key']!r})")
+            raise ValueError(
+                f"{folder / official.meta['filename']} has no list of class names ({official.meta['key']!r})"
+            )
         splits = {}
         for train, listed in ((True, official.train_list), (False, official.test_list)):
             dataset = official.__new__(official)
-            datasets.VisionDataset.__init__(dataset, str(Path(root).expanduser()),
-                                            transform=image_transform(name, size, normalize))
+            datasets.VisionDataset.__init__(
+                dataset, str(Path(root).expanduser()), transform=image_transform(name, size, normalize)
+            )
             dataset.train = train
             dataset.data, dataset.targets = _cifar_split(folder, [f for f, _ in listed], key)
             dataset.classes, dataset.class_to_idx = meta, {c: i for i, c in enumerate(meta)}
@@ -216,8 +263,9 @@ def _cifar(name: str, root: str, size: int | None, normalize: str, train_size: i
 
 
 @register("cifar10")
-def cifar10(root: str = "data", size: int | None = None, normalize: str = "dataset",
-            train_size: int | None = None) -> Task:
+def cifar10(
+    root: str = "data", size: int | None = None, normalize: str = "dataset", train_size: int | None = None
+) -> Task:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (Paper A M3 trains on the first 45 000).
 
     ``size=224`` is Paper B's resize; ``train_size`` keeps the first n training images.
@@ -226,8 +274,9 @@ def cifar10(root: str = "data", size: int | None = None, normalize: str = "datas
 
 
 @register("cifar100")
-def cifar100(root: str = "data", size: int | None = None, normalize: str = "dataset",
-             train_size: int | None = None) -> Task:
+def cifar100(
+    root: str = "data", size: int | None = None, normalize: str = "dataset", train_size: int | None = None
+) -> Task:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python``; ``size=224`` for Paper B §6."""
     return _cifar("cifar100", root, size, normalize, train_size)
 
@@ -249,8 +298,9 @@ class LabelledImages(Dataset):
 
 
 @register("tiny-imagenet")
-def tiny_imagenet(root: str = "data", size: int | None = None, normalize: str = "dataset",
-                  train_size: int | None = None) -> Task:
+def tiny_imagenet(
+    root: str = "data", size: int | None = None, normalize: str = "dataset", train_size: int | None = None
+) -> Task:
     """Tiny-ImageNet (200 classes, 64 × 64) from ``root/tiny-imagenet-200`` (Paper B Table 2).
 
     Train: ``train/<wnid>/images/*`` through ``ImageFolder``; test: the labelled validation
@@ -260,28 +310,39 @@ def tiny_imagenet(root: str = "data", size: int | None = None, normalize: str = 
 
     folder = Path(root).expanduser() / "tiny-imagenet-200"
     annotations = folder / "val" / "val_annotations.txt"
-    expected = (f"{folder}/train/<wnid>/images/*.JPEG and {folder}/val/images/*.JPEG with "
-                f"{annotations} (lines: file, wnid, box)")
+    expected = (
+        f"{folder}/train/<wnid>/images/*.JPEG and {folder}/val/images/*.JPEG with "
+        f"{annotations} (lines: file, wnid, box)"
+    )
     if not (folder / "train").is_dir() or not annotations.is_file():
         raise FileNotFoundError(f"tiny-imagenet: expected {expected}; not found. Nothing is downloaded.")
     transform = image_transform("tiny-imagenet", size, normalize)
     try:
         train = datasets.ImageFolder(str(folder / "train"), transform=transform)
     except (FileNotFoundError, RuntimeError) as err:
-        raise ValueError(f"tiny-imagenet: {folder / 'train'} holds no class folders of images; "
-                         f"expected {expected}: {err}") from err
+        raise ValueError(
+            f"tiny-imagenet: {folder / 'train'} holds no class folders of images; expected {expected}: {err}"
+        ) from err
     samples = []
     for n, line in enumerate(annotations.read_text().splitlines(), start=1):
         fields = line.split("\t")
         if not line.strip():
             continue
         if len(fields) < 2 or fields[1] not in train.class_to_idx:
-            raise ValueError(f"tiny-imagenet: {annotations} line {n} is not 'file<TAB>wnid<TAB>…' with a "
-                             f"wnid of the training classes: {line!r}")
+            raise ValueError(
+                f"tiny-imagenet: {annotations} line {n} is not 'file<TAB>wnid<TAB>…' with a "
+                f"wnid of the training classes: {line!r}"
+            )
         image = folder / "val" / "images" / fields[0]
         if not image.is_file():
             raise FileNotFoundError(f"tiny-imagenet: {annotations} line {n} names {image}, which does not exist")
         samples.append((image, train.class_to_idx[fields[1]]))
     side = size or 64
-    return Task("tiny-imagenet", _first(train, train_size), LabelledImages(samples, transform),
-                "classification", (3, side, side), len(train.classes))
+    return Task(
+        "tiny-imagenet",
+        _first(train, train_size),
+        LabelledImages(samples, transform),
+        "classification",
+        (3, side, side),
+        len(train.classes),
+    )

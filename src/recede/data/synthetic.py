@@ -21,7 +21,7 @@ def linear(n: int = 10_000, dim: int = 10, n_test: int = 1_000, seed: int = 0) -
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     g = torch.Generator().manual_seed(seed)
-    std = dim ** -0.5
+    std = dim**-0.5
     w0 = torch.randn(dim, dim, generator=g) * std
     x = torch.randn(n + n_test, dim, generator=g) * std
     train, test = _split(x, x @ w0.T, n)
@@ -38,15 +38,17 @@ def trig(n: int = 100_000, n_test: int = 10_000, noise: float = 0.03, seed: int 
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n + n_test, 1, generator=g) * 4 - 2
     eps = torch.randn(n + n_test, 1, generator=g) * noise
-    y = (1 + eps) * torch.cat([torch.cos(math.pi * x), torch.sin(math.pi * x),
-                               torch.cos(2 * math.pi * x), torch.sin(2 * math.pi * x)], dim=1)
+    y = (1 + eps) * torch.cat(
+        [torch.cos(math.pi * x), torch.sin(math.pi * x), torch.cos(2 * math.pi * x), torch.sin(2 * math.pi * x)], dim=1
+    )
     train, test = _split(x, y, n)
     return Task("trig", train, test, "regression", (1,), 4)
 
 
 @register("spirals")
-def spirals(n: int = 2000, n_test: int = 1000, arms: int = 2, turns: float = 1.5,
-            noise: float = 0.05, seed: int = 0) -> Task:
+def spirals(
+    n: int = 2000, n_test: int = 1000, arms: int = 2, turns: float = 1.5, noise: float = 0.05, seed: int = 0
+) -> Task:
     """Interleaved spirals in the plane: ``arms`` classes, each a spiral of ``turns`` turns.
 
     A point of class c at radius r ~ U(0, 1) sits at angle ``2π(turns·r + c/arms)`` plus

@@ -41,32 +41,150 @@ TOKENIZERS = ("bytes", "bpe")
 # (none removed by PEP 594 or 3.12's removals, none turned into a package in those versions,
 # none split off by Linux distributions: no tkinter, idlelib, lib2to3, distutils or test).
 STDLIB_FILES = (
-    "_pydecimal.py", "abc.py", "argparse.py", "ast.py", "asyncio/base_events.py", "asyncio/events.py",
-    "asyncio/futures.py", "asyncio/tasks.py", "base64.py", "bdb.py", "bisect.py", "bz2.py",
-    "cProfile.py", "calendar.py", "cmd.py", "code.py", "codecs.py", "codeop.py",
-    "collections/__init__.py", "colorsys.py", "compileall.py", "concurrent/futures/_base.py",
-    "concurrent/futures/process.py", "concurrent/futures/thread.py", "configparser.py",
-    "contextlib.py", "contextvars.py", "copy.py", "copyreg.py", "csv.py", "dataclasses.py",
-    "difflib.py", "doctest.py", "email/_header_value_parser.py", "email/message.py",
-    "email/utils.py", "enum.py", "filecmp.py", "fileinput.py", "fnmatch.py", "fractions.py",
-    "ftplib.py", "functools.py", "genericpath.py", "getopt.py", "gettext.py", "glob.py",
-    "graphlib.py", "gzip.py", "hashlib.py", "heapq.py", "hmac.py", "html/parser.py",
-    "http/client.py", "http/cookiejar.py", "http/server.py", "imaplib.py", "inspect.py",
-    "ipaddress.py", "json/decoder.py", "json/encoder.py", "keyword.py", "linecache.py",
-    "locale.py", "logging/__init__.py", "logging/handlers.py", "lzma.py", "mailbox.py",
-    "mimetypes.py", "modulefinder.py", "multiprocessing/connection.py", "multiprocessing/pool.py",
-    "netrc.py", "ntpath.py", "numbers.py", "operator.py", "optparse.py", "os.py", "pdb.py",
-    "pickle.py", "pickletools.py", "pkgutil.py", "platform.py", "plistlib.py", "poplib.py",
-    "posixpath.py", "pprint.py", "profile.py", "pstats.py", "pty.py", "py_compile.py",
-    "pyclbr.py", "pydoc.py", "queue.py", "quopri.py", "random.py", "reprlib.py",
-    "rlcompleter.py", "runpy.py", "sched.py", "secrets.py", "selectors.py", "shelve.py",
-    "shlex.py", "shutil.py", "signal.py", "smtplib.py", "socket.py", "socketserver.py", "ssl.py",
-    "stat.py", "statistics.py", "string.py", "stringprep.py", "struct.py", "subprocess.py",
-    "symtable.py", "sysconfig.py", "tabnanny.py", "tarfile.py", "tempfile.py", "textwrap.py",
-    "threading.py", "timeit.py", "token.py", "tokenize.py", "trace.py", "traceback.py",
-    "tracemalloc.py", "tty.py", "types.py", "typing.py", "unittest/case.py", "unittest/mock.py",
-    "urllib/parse.py", "urllib/request.py", "uuid.py", "warnings.py", "wave.py", "weakref.py",
-    "webbrowser.py", "xml/dom/minidom.py", "xml/etree/ElementTree.py", "zipimport.py",
+    "_pydecimal.py",
+    "abc.py",
+    "argparse.py",
+    "ast.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+    "asyncio/futures.py",
+    "asyncio/tasks.py",
+    "base64.py",
+    "bdb.py",
+    "bisect.py",
+    "bz2.py",
+    "cProfile.py",
+    "calendar.py",
+    "cmd.py",
+    "code.py",
+    "codecs.py",
+    "codeop.py",
+    "collections/__init__.py",
+    "colorsys.py",
+    "compileall.py",
+    "concurrent/futures/_base.py",
+    "concurrent/futures/process.py",
+    "concurrent/futures/thread.py",
+    "configparser.py",
+    "contextlib.py",
+    "contextvars.py",
+    "copy.py",
+    "copyreg.py",
+    "csv.py",
+    "dataclasses.py",
+    "difflib.py",
+    "doctest.py",
+    "email/_header_value_parser.py",
+    "email/message.py",
+    "email/utils.py",
+    "enum.py",
+    "filecmp.py",
+    "fileinput.py",
+    "fnmatch.py",
+    "fractions.py",
+    "ftplib.py",
+    "functools.py",
+    "genericpath.py",
+    "getopt.py",
+    "gettext.py",
+    "glob.py",
+    "graphlib.py",
+    "gzip.py",
+    "hashlib.py",
+    "heapq.py",
+    "hmac.py",
+    "html/parser.py",
+    "http/client.py",
+    "http/cookiejar.py",
+    "http/server.py",
+    "imaplib.py",
+    "inspect.py",
+    "ipaddress.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "keyword.py",
+    "linecache.py",
+    "locale.py",
+    "logging/__init__.py",
+    "logging/handlers.py",
+    "lzma.py",
+    "mailbox.py",
+    "mimetypes.py",
+    "modulefinder.py",
+    "multiprocessing/connection.py",
+    "multiprocessing/pool.py",
+    "netrc.py",
+    "ntpath.py",
+    "numbers.py",
+    "operator.py",
+    "optparse.py",
+    "os.py",
+    "pdb.py",
+    "pickle.py",
+    "pickletools.py",
+    "pkgutil.py",
+    "platform.py",
+    "plistlib.py",
+    "poplib.py",
+    "posixpath.py",
+    "pprint.py",
+    "profile.py",
+    "pstats.py",
+    "pty.py",
+    "py_compile.py",
+    "pyclbr.py",
+    "pydoc.py",
+    "queue.py",
+    "quopri.py",
+    "random.py",
+    "reprlib.py",
+    "rlcompleter.py",
+    "runpy.py",
+    "sched.py",
+    "secrets.py",
+    "selectors.py",
+    "shelve.py",
+    "shlex.py",
+    "shutil.py",
+    "signal.py",
+    "smtplib.py",
+    "socket.py",
+    "socketserver.py",
+    "ssl.py",
+    "stat.py",
+    "statistics.py",
+    "string.py",
+    "stringprep.py",
+    "struct.py",
+    "subprocess.py",
+    "symtable.py",
+    "sysconfig.py",
+    "tabnanny.py",
+    "tarfile.py",
+    "tempfile.py",
+    "textwrap.py",
+    "threading.py",
+    "timeit.py",
+    "token.py",
+    "tokenize.py",
+    "trace.py",
+    "traceback.py",
+    "tracemalloc.py",
+    "tty.py",
+    "types.py",
+    "typing.py",
+    "unittest/case.py",
+    "unittest/mock.py",
+    "urllib/parse.py",
+    "urllib/request.py",
+    "uuid.py",
+    "warnings.py",
+    "wave.py",
+    "weakref.py",
+    "webbrowser.py",
+    "xml/dom/minidom.py",
+    "xml/etree/ElementTree.py",
+    "zipimport.py",
     "zoneinfo/_zoneinfo.py",
 )
 
@@ -83,7 +201,7 @@ class TokenWindows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)})")
-        ids = self.tokens[i * self.stride:i * self.stride + self.seq_len].long()
+        ids = self.tokens[i * self.stride : i * self.stride + self.seq_len].long()
         return ids, ids
 
 
@@ -98,8 +216,7 @@ def _read(path: Path, name: str) -> bytes:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"text: {name} is not UTF-8 text (byte {err.start}); binary files are not "
-                         "accepted") from None
+        raise ValueError(f"text: {name} is not UTF-8 text (byte {err.start}); binary files are not accepted") from None
     if b"\0" in raw:
         raise ValueError(f"text: {name} contains NUL bytes; binary files are not accepted")
     return raw
@@ -111,9 +228,11 @@ def corpus_files(path: str | None) -> tuple[dict[str, bytes], str]:
         root = stdlib_root()
         missing = [f for f in STDLIB_FILES if not (root / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"text: the standard-library sources in {root} lack {missing[:5]}"
-                                    f"{' …' if len(missing) > 5 else ''} ({len(missing)} of "
-                                    f"{len(STDLIB_FILES)}); give path= a folder of .txt files")
+            raise FileNotFoundError(
+                f"text: the standard-library sources in {root} lack {missing[:5]}"
+                f"{' …' if len(missing) > 5 else ''} ({len(missing)} of "
+                f"{len(STDLIB_FILES)}); give path= a folder of .txt files"
+            )
         return {f: _read(root / f, f) for f in STDLIB_FILES}, f"Python {platform.python_version()} stdlib"
     source = Path(path).expanduser()
     if source.is_file():
@@ -129,11 +248,11 @@ def corpus_files(path: str | None) -> tuple[dict[str, bytes], str]:
 def split_by_file(files: dict[str, bytes], val_fraction: float) -> tuple[bytes, bytes, list[str]]:
     """``(train, validation, validation names)``: whole files, ordered by name within a split."""
     if len(files) == 1:
-        (name, raw), = files.items()
+        ((name, raw),) = files.items()
         cut = len(raw) - max(1, round(val_fraction * len(raw)))
         return raw[:cut], raw[cut:], [f"{name} (last {len(raw) - cut} bytes)"]
     by_hash = sorted(files, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
-    held_out = set(by_hash[:max(1, round(val_fraction * len(files)))])
+    held_out = set(by_hash[: max(1, round(val_fraction * len(files)))])
     train = b"".join(files[n] for n in sorted(files) if n not in held_out)
     return train, b"".join(files[n] for n in sorted(held_out)), sorted(held_out)
 
@@ -153,8 +272,9 @@ def _bpe(train: bytes, vocab_size: int):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     lines = train.decode("utf-8").splitlines(keepends=True)
     tokenizer.train_from_iterator(lines, trainer=trainer)
     return tokenizer
@@ -166,8 +286,14 @@ def _encode(tokenizer, text: bytes) -> torch.Tensor:
 
 
 @register("text")
-def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
-         tokenizer: str = "bytes", vocab_size: int | None = None, val_fraction: float = 0.1) -> Task:
+def text(
+    path: str | None = None,
+    seq_len: int = 256,
+    stride: int | None = None,
+    tokenizer: str = "bytes",
+    vocab_size: int | None = None,
+    val_fraction: float = 0.1,
+) -> Task:
     """A language-modelling task on a text corpus (see the module docstring).
 
     Args:
@@ -204,10 +330,27 @@ def text(path: str | None = None, seq_len: int = 256, stride: int | None = None,
         train_ids, val_ids = _encode(bpe, train), _encode(bpe, val)
     for split, ids in (("training", train_ids), ("validation", val_ids)):
         if len(ids) < seq_len:
-            raise ValueError(f"text: seq_len {seq_len} is longer than the {split} split of {source} "
-                             f"({len(ids)} tokens); use a smaller seq_len or more text")
-    info = {"corpus": source, "sha256": checksum(files), "files": len(files),
-            "validation files": held_out, "train tokens": len(train_ids), "validation tokens": len(val_ids),
-            "tokenizer": tokenizer, "vocab_size": vocab, "bytes_per_token": len(val) / len(val_ids)}
-    return Task("text", TokenWindows(train_ids, seq_len, stride), TokenWindows(val_ids, seq_len, seq_len),
-                "language-model", (seq_len,), vocab, info)
+            raise ValueError(
+                f"text: seq_len {seq_len} is longer than the {split} split of {source} "
+                f"({len(ids)} tokens); use a smaller seq_len or more text"
+            )
+    info = {
+        "corpus": source,
+        "sha256": checksum(files),
+        "files": len(files),
+        "validation files": held_out,
+        "train tokens": len(train_ids),
+        "validation tokens": len(val_ids),
+        "tokenizer": tokenizer,
+        "vocab_size": vocab,
+        "bytes_per_token": len(val) / len(val_ids),
+    }
+    return Task(
+        "text",
+        TokenWindows(train_ids, seq_len, stride),
+        TokenWindows(val_ids, seq_len, seq_len),
+        "language-model",
+        (seq_len,),
+        vocab,
+        info,
+    )

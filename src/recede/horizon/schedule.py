@@ -38,17 +38,27 @@ class HorizonSchedule:
         objective, eps, lam, cost, c, M0, horizons: as :func:`recede.select_horizon`.
     """
 
-    def __init__(self, net: BlockNet, probe: Sequence[tuple[torch.Tensor, torch.Tensor]], every: int,
-                 objective: str, eps: float | None = None, lam: float | None = None,
-                 cost: str = "linear", c: float = 1.0, M0: float | None = None,
-                 horizons: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        net: BlockNet,
+        probe: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        every: int,
+        objective: str,
+        eps: float | None = None,
+        lam: float | None = None,
+        cost: str = "linear",
+        c: float = 1.0,
+        M0: float | None = None,
+        horizons: Sequence[int] | None = None,
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of epochs, got {every!r}")
         if not probe:
             raise ValueError("probe is empty; give at least one (x, y) batch to measure cos θ_h on")
         self.net, self.probe, self.every = net, list(probe), every
-        self.options: dict[str, Any] = dict(horizons=horizons, objective=objective, eps=eps, lam=lam, cost=cost,
-                            c=c, M0=M0)
+        self.options: dict[str, Any] = dict(
+            horizons=horizons, objective=objective, eps=eps, lam=lam, cost=cost, c=c, M0=M0
+        )
         self.history: list[dict] = []
         self.engine: MPC
         self.select(0)
@@ -61,8 +71,14 @@ class HorizonSchedule:
         """Run Algorithm 1 on the current weights and switch to its horizon."""
         result = select_horizon(self.net, self.probe, **self.options)
         self.engine = MPC(self.net, result.h)
-        self.history.append({"epoch": epoch, "h": result.h, "feasible": result.feasible,
-                             "cos": {str(h): v for h, v in result.fidelity.cos.items()}})
+        self.history.append(
+            {
+                "epoch": epoch,
+                "h": result.h,
+                "feasible": result.feasible,
+                "cos": {str(h): v for h, v in result.fidelity.cos.items()},
+            }
+        )
         return result.h
 
     def epoch_end(self, epoch: int) -> None:
@@ -70,8 +86,7 @@ class HorizonSchedule:
         if (epoch + 1) % self.every == 0:
             self.select(epoch + 1)
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor, *,
-                 scaler: torch.amp.GradScaler | None = None) -> float:
+    def backward(self, x: torch.Tensor, y: torch.Tensor, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """g_h at the current horizon into ``.grad``; returns L(x_T) (see :meth:`MPC.backward`)."""
         return self.engine.backward(x, y, scaler=scaler)
 
@@ -89,7 +104,8 @@ class HorizonSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         if state["every"] != self.every:
-            raise ValueError(f"the saved schedule re-selects every {state['every']} epochs, "
-                             f"this one every {self.every}")
+            raise ValueError(
+                f"the saved schedule re-selects every {state['every']} epochs, this one every {self.every}"
+            )
         self.history = [dict(e) for e in state["history"]]
         self.engine = MPC(self.net, state["horizon"])

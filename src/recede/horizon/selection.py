@@ -80,12 +80,19 @@ def memory_cost(memory: np.ndarray | float, cost: str, c: float, M0: float) -> n
     return c * np.ceil(ratio - 1e-9)
 
 
-
 cost_of = memory_cost  # the old name (recede.reproduce.paper_a_selection still uses it)
 
-def objective_value(r: float, memory: float, objective: str, eps: float | None = None,
-                    lam: float | None = None, cost: str = "linear", c: float = 1.0,
-                    M0: float = 1.0) -> float | None:
+
+def objective_value(
+    r: float,
+    memory: float,
+    objective: str,
+    eps: float | None = None,
+    lam: float | None = None,
+    cost: str = "linear",
+    c: float = 1.0,
+    M0: float = 1.0,
+) -> float | None:
     """O(a) of a run with loss-decrease rate ``r`` (eq. 14) and memory ``memory``.
 
     O1: the memory cost ``C(M)``, or None when ``r < 1 − ε`` (infeasible).  O2: ``−r + λ·C(M)``
@@ -107,8 +114,7 @@ def relative_scores(values: Mapping[str, float | None]) -> dict[str, float]:
         return {a: INFEASIBLE_REL for a in values}
     low, high = min(feasible), max(feasible)
     span = high - low
-    return {a: INFEASIBLE_REL if v is None else ((v - low) / span if span > 0 else 0.0)
-            for a, v in values.items()}
+    return {a: INFEASIBLE_REL if v is None else ((v - low) / span if span > 0 else 0.0) for a, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,15 @@ class Choice:
     def message(self) -> str:
         if self.feasible:
             return f"selected horizon h* = {self.h} ({self.objective_name})"
-        return (f"no horizon meets the accuracy constraint r̂(h) ≥ 1 − ε (best r̂ = "
-                f"{self.r_hat.max():.4g} at h = {int(self.horizons[self.r_hat.argmax()])}); "
-                f"falling back to h = T = {self.h}")
+        return (
+            f"no horizon meets the accuracy constraint r̂(h) ≥ 1 − ε (best r̂ = "
+            f"{self.r_hat.max():.4g} at h = {int(self.horizons[self.r_hat.argmax()])}); "
+            f"falling back to h = T = {self.h}"
+        )
 
-    def table(self, measured_cos: Mapping[int, float] | None = None,
-              measured_memory: Mapping[int, float] | None = None) -> list[dict]:
+    def table(
+        self, measured_cos: Mapping[int, float] | None = None, measured_memory: Mapping[int, float] | None = None
+    ) -> list[dict]:
         """One row per h with the fitted values (and the measured ones where given)."""
         rows = []
         for i, h in enumerate(self.horizons.tolist()):
@@ -150,15 +159,19 @@ class Choice:
             row |= {"cos (fit)": float(self.cos_hat[i]), "r̂": float(self.r_hat[i])}
             if measured_memory is not None:
                 row["M (measured)"] = measured_memory.get(h)
-            row |= {"M̂": float(self.memory_hat[i]), "C": float(self.cost[i]),
-                    "objective": float(self.objective[i]) if math.isfinite(self.objective[i]) else None,
-                    "selected": "←" if h == self.h else ""}
+            row |= {
+                "M̂": float(self.memory_hat[i]),
+                "C": float(self.cost[i]),
+                "objective": float(self.objective[i]) if math.isfinite(self.objective[i]) else None,
+                "selected": "←" if h == self.h else "",
+            }
             rows.append(row)
         return rows
 
 
-def _check_objective(objective: str, eps: float | None, lam: float | None, cost: str,
-                     c: float, M0: float | None) -> None:
+def _check_objective(
+    objective: str, eps: float | None, lam: float | None, cost: str, c: float, M0: float | None
+) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} (O1, O2), got {objective!r}")
     if cost not in COSTS:
@@ -183,9 +196,17 @@ def _check_points(name: str, points: Mapping[int, float], T: int) -> None:
         raise ValueError(f"{name} has non-finite values: {dict(points)}")
 
 
-def solve(cos: Mapping[int, float], mem: Mapping[int, float], T: int, objective: str,
-          eps: float | None = None, lam: float | None = None, cost: str = "linear",
-          c: float = 1.0, M0: float | None = None) -> Choice:
+def solve(
+    cos: Mapping[int, float],
+    mem: Mapping[int, float],
+    T: int,
+    objective: str,
+    eps: float | None = None,
+    lam: float | None = None,
+    cost: str = "linear",
+    c: float = 1.0,
+    M0: float | None = None,
+) -> Choice:
     """Fit, then brute-force the objective over h = 1..T (Algorithm 1 lines 4–17)."""
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
@@ -213,13 +234,20 @@ def solve(cos: Mapping[int, float], mem: Mapping[int, float], T: int, objective:
         value = -r_hat + lam * C
         feasible = True
         h = int(hs[np.argmin(value)])
-    return Choice(h, feasible, objective, M0, cos_fit, memory_fit, hs, cos_hat, r_hat,
-                  memory_hat, C, value)
+    return Choice(h, feasible, objective, M0, cos_fit, memory_fit, hs, cos_hat, r_hat, memory_hat, C, value)
 
 
-def choose(cos: Mapping[int, float], mem: Mapping[int, float], T: int, objective: str,
-           eps: float | None = None, lam: float | None = None, cost: str = "linear",
-           c: float = 1.0, M0: float | None = None) -> int:
+def choose(
+    cos: Mapping[int, float],
+    mem: Mapping[int, float],
+    T: int,
+    objective: str,
+    eps: float | None = None,
+    lam: float | None = None,
+    cost: str = "linear",
+    c: float = 1.0,
+    M0: float | None = None,
+) -> int:
     """ĥ* of Algorithm 1: :func:`solve`'s horizon.  An infeasible O1 warns
     (:class:`InfeasibleWarning`) and returns T; call :func:`solve` to get the flag instead."""
     choice = solve(cos, mem, T, objective, eps, lam, cost, c, M0)
@@ -247,16 +275,30 @@ class Selection:
 
     def as_dict(self) -> dict:
         ch = self.choice
-        return {"h": self.h, "feasible": self.feasible, "message": ch.message,
-                "objective": ch.objective_name, "M0": ch.M0,
-                "cos_fit": ch.cos_fit.coeffs.tolist(), "memory_fit": ch.memory_fit.coeffs.tolist(),
-                "measured": self.fidelity.as_dict(), "table": self.table()}
+        return {
+            "h": self.h,
+            "feasible": self.feasible,
+            "message": ch.message,
+            "objective": ch.objective_name,
+            "M0": ch.M0,
+            "cos_fit": ch.cos_fit.coeffs.tolist(),
+            "memory_fit": ch.memory_fit.coeffs.tolist(),
+            "measured": self.fidelity.as_dict(),
+            "table": self.table(),
+        }
 
 
-def select_horizon(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                   horizons: Sequence[int] | None = None, objective: str = "weighted",
-                   eps: float | None = None, lam: float | None = None, cost: str = "linear",
-                   c: float = 1.0, M0: float | None = None) -> Selection:
+def select_horizon(
+    net: BlockNet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    horizons: Sequence[int] | None = None,
+    objective: str = "weighted",
+    eps: float | None = None,
+    lam: float | None = None,
+    cost: str = "linear",
+    c: float = 1.0,
+    M0: float | None = None,
+) -> Selection:
     """Paper A Algorithm 1: measure cos θ_h and M(h) on ``horizons`` (default
     :func:`default_horizons`), fit, and pick ĥ* for the objective and cost."""
     _check_objective(objective, eps, lam, cost, c, M0)
@@ -268,5 +310,3 @@ def select_horizon(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.Te
 
 
 # -- command line ----------------------------------------------------------------------------
-
-

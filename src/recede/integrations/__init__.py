@@ -50,8 +50,9 @@ class LossWeight:
         return self.scaler.scale(t) if self.scaler is not None else t
 
 
-def weighted_backward(method: Any, x: Any, y: Any, divisor: float = 1,
-                      scaler: torch.amp.GradScaler | None = None) -> float:
+def weighted_backward(
+    method: Any, x: Any, y: Any, divisor: float = 1, scaler: torch.amp.GradScaler | None = None
+) -> float:
     """``method.backward(x, y)`` with every loss divided by ``divisor`` (gradient accumulation)
     and scaled by ``scaler`` (fp16); returns the final loss L(x_T), undivided and unscaled.
 
@@ -73,13 +74,16 @@ def weighted_backward(method: Any, x: Any, y: Any, divisor: float = 1,
     loss = method.backward(x, y, scaler=weight)
     bad = {k: v for k, v in method.last_losses.items() if not math.isfinite(v)}
     if bad and not real:
-        raise NonFiniteLossError(f"non-finite loss at depth(s) {sorted(bad)}: {bad}; this step's "
-                                 "gradients were written, zero them before the next step")
+        raise NonFiniteLossError(
+            f"non-finite loss at depth(s) {sorted(bad)}: {bad}; this step's "
+            "gradients were written, zero them before the next step"
+        )
     return loss
 
 
-def build_method(net: BlockNet, horizon: int | None, bp_modified: dict[str, Any] | None = None,
-                 data: Any = None) -> MPC | BPModified:
+def build_method(
+    net: BlockNet, horizon: int | None, bp_modified: dict[str, Any] | None = None, data: Any = None
+) -> MPC | BPModified:
     """``MPC(net, horizon)`` (``None``: T, exact BP), or with ``bp_modified`` (the keyword
     arguments of :class:`~recede.BPModified` but ``net`` and ``horizon``) Paper B's method
     around it, drawing its refresh samples from ``data`` unless the options give ``data``."""
@@ -87,8 +91,10 @@ def build_method(net: BlockNet, horizon: int | None, bp_modified: dict[str, Any]
     if bp_modified is None:
         return MPC(net, horizon)
     if not isinstance(bp_modified, dict):
-        raise ValueError(f"bp_modified must be a dict of BPModified options (period, offset_samples, "
-                         f"micro_batch, ...), got {type(bp_modified).__name__}")
+        raise ValueError(
+            f"bp_modified must be a dict of BPModified options (period, offset_samples, "
+            f"micro_batch, ...), got {type(bp_modified).__name__}"
+        )
     options = {"data": data, **bp_modified}
     return BPModified(net, horizon, **options)
 
@@ -113,10 +119,12 @@ class MemorySaved:
 
     def __str__(self) -> str:
         mib = 2**20
-        return (f"real peak of one step: horizon {self.horizon} of T = {self.T} "
-                f"{self.method_bytes / mib:.2f} MiB, BP {self.bp_bytes / mib:.2f} MiB "
-                f"({self.ratio:.2f} of BP, {1 - self.ratio:.0%} saved); saved activations "
-                f"{self.method_saved_bytes / mib:.2f} against {self.bp_saved_bytes / mib:.2f} MiB")
+        return (
+            f"real peak of one step: horizon {self.horizon} of T = {self.T} "
+            f"{self.method_bytes / mib:.2f} MiB, BP {self.bp_bytes / mib:.2f} MiB "
+            f"({self.ratio:.2f} of BP, {1 - self.ratio:.0%} saved); saved activations "
+            f"{self.method_saved_bytes / mib:.2f} against {self.bp_saved_bytes / mib:.2f} MiB"
+        )
 
 
 def memory_against_bp(net: BlockNet, x: Any, y: Any, horizon: int) -> MemorySaved:

@@ -56,17 +56,27 @@ class AcceleratedEngine:
             ``micro_batch``, ``data``...).
     """
 
-    def __init__(self, accelerator: Any, net: torch.nn.Module, horizon: int | None = None, *,
-                 bp_modified: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        accelerator: Any,
+        net: torch.nn.Module,
+        horizon: int | None = None,
+        *,
+        bp_modified: dict[str, Any] | None = None,
+    ) -> None:
         kind = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
         if kind in REFUSED:
-            raise ValueError(f"AcceleratedEngine: {kind} is not supported (it owns the backward pass "
-                             "and shards parameters); use DDP (multi-GPU / multi-CPU) or one process")
+            raise ValueError(
+                f"AcceleratedEngine: {kind} is not supported (it owns the backward pass "
+                "and shards parameters); use DDP (multi-GPU / multi-CPU) or one process"
+            )
         base = accelerator.unwrap_model(net)
         if not isinstance(base, BlockNet):
-            raise ValueError(f"AcceleratedEngine needs recede.wrap(model) (a BlockNet), got "
-                             f"{type(base).__name__}; wrap the model before accelerator.prepare and "
-                             "build the optimizer on the BlockNet's parameters")
+            raise ValueError(
+                f"AcceleratedEngine needs recede.wrap(model) (a BlockNet), got "
+                f"{type(base).__name__}; wrap the model before accelerator.prepare and "
+                "build the optimizer on the BlockNet's parameters"
+            )
         self.accelerator, self.net = accelerator, base
         self.method = build_method(base, horizon, bp_modified)
         self.world_size = accelerator.num_processes
@@ -83,8 +93,7 @@ class AcceleratedEngine:
                 dist.broadcast(buffer, 0)
         try:
             with acc.autocast():
-                loss, failure = weighted_backward(self.method, x, y, acc.gradient_accumulation_steps,
-                                                  acc.scaler), None
+                loss, failure = weighted_backward(self.method, x, y, acc.gradient_accumulation_steps, acc.scaler), None
         except NonFiniteLossError as err:
             if self.parallel is None:
                 raise

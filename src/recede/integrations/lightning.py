@@ -61,10 +61,19 @@ class RecedeModule(L.LightningModule):
 
     recede_net: BlockNet  # set in __dict__ by __init__, so that it is not a submodule
 
-    def __init__(self, model: nn.Module, horizon: int | None = None, *, net: BlockNet | None = None,
-                 blocks: int | None = None, head: Any = "auto", loss_fn: LossFn | None = None,
-                 bp_modified: dict[str, Any] | None = None, accumulate: int = 1,
-                 clip_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        horizon: int | None = None,
+        *,
+        net: BlockNet | None = None,
+        blocks: int | None = None,
+        head: Any = "auto",
+        loss_fn: LossFn | None = None,
+        bp_modified: dict[str, Any] | None = None,
+        accumulate: int = 1,
+        clip_grad_norm: float | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
             raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
@@ -83,18 +92,23 @@ class RecedeModule(L.LightningModule):
     def batch_to_xy(self, batch: Any) -> tuple[Any, Any]:
         """``(x, y)`` of a batch; the default takes a pair."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(f"RecedeModule: a batch must be a pair (x, y), got a {type(batch).__name__}; "
-                             "override batch_to_xy")
+            raise ValueError(
+                f"RecedeModule: a batch must be a pair (x, y), got a {type(batch).__name__}; override batch_to_xy"
+            )
         return batch[0], batch[1]
 
     def on_fit_start(self) -> None:
         strategy = type(self.trainer.strategy).__name__
         if strategy != "SingleDeviceStrategy":
-            raise ValueError(f"RecedeModule: the {strategy} strategy is not supported (the engine's "
-                             "gradients bypass its hooks); train on one device")
+            raise ValueError(
+                f"RecedeModule: the {strategy} strategy is not supported (the engine's "
+                "gradients bypass its hooks); train on one device"
+            )
         if any(config.reduce_on_plateau for config in self.trainer.lr_scheduler_configs):
-            raise ValueError("RecedeModule: ReduceLROnPlateau is not stepped for you; step it in "
-                             "on_validation_epoch_end with the metric it monitors")
+            raise ValueError(
+                "RecedeModule: ReduceLROnPlateau is not stepped for you; step it in "
+                "on_validation_epoch_end with the metric it monitors"
+            )
         if self.trainer.accumulate_grad_batches != 1:  # Lightning refuses this itself; say what to do
             raise ValueError("RecedeModule: pass accumulate= to the module, not accumulate_grad_batches")
 

@@ -51,21 +51,27 @@ def batch_to_xy(inputs: dict[str, Any]) -> tuple[Any, Any]:
     An ``attention_mask`` of ones and ``token_type_ids`` of zeros are what the wrapped model
     computes anyway; anything else is refused in one line."""
     if not isinstance(inputs, Mapping):
-        raise ValueError(f"RecedeTrainer: a batch must be a dict of tensors, got {type(inputs).__name__}; "
-                         "pass inputs=lambda batch: (x, y)")
+        raise ValueError(
+            f"RecedeTrainer: a batch must be a dict of tensors, got {type(inputs).__name__}; "
+            "pass inputs=lambda batch: (x, y)"
+        )
     mask = inputs.get("attention_mask")
     if mask is not None and not bool(mask.bool().all()):
-        raise ValueError("RecedeTrainer: padded batch (attention_mask has zeros) is not supported: "
-                         "recede.wrap's models attend to every token; pack texts into full-length "
-                         "sequences (no padding) or use the stock Trainer")
+        raise ValueError(
+            "RecedeTrainer: padded batch (attention_mask has zeros) is not supported: "
+            "recede.wrap's models attend to every token; pack texts into full-length "
+            "sequences (no padding) or use the stock Trainer"
+        )
     types = inputs.get("token_type_ids")
     if types is not None and bool(types.any()):
         raise ValueError("RecedeTrainer: token_type_ids other than 0 are not supported")
     keys = [k for k in INPUT_KEYS if k in inputs]
     other = sorted(set(inputs) - set(INPUT_KEYS) - set(IGNORED_IF_TRIVIAL) - {"labels"})
     if len(keys) != 1 or "labels" not in inputs or other:
-        raise ValueError(f"RecedeTrainer: a batch needs one of {INPUT_KEYS} and labels, and nothing "
-                         f"else the model would read; got {sorted(inputs)}; pass inputs=lambda batch: (x, y)")
+        raise ValueError(
+            f"RecedeTrainer: a batch needs one of {INPUT_KEYS} and labels, and nothing "
+            f"else the model would read; got {sorted(inputs)}; pass inputs=lambda batch: (x, y)"
+        )
     return inputs[keys[0]], inputs["labels"]
 
 
@@ -84,20 +90,32 @@ class RecedeTrainer(Trainer):
         **kwargs: the other arguments of ``transformers.Trainer``.
     """
 
-    def __init__(self, model: nn.Module, args: Any = None, *, horizon: int | None = None,
-                 bp_modified: dict[str, Any] | None = None, blocks: int | None = None,
-                 head: Any = "auto", inputs: Callable[[dict[str, Any]], tuple[Any, Any]] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        args: Any = None,
+        *,
+        horizon: int | None = None,
+        bp_modified: dict[str, Any] | None = None,
+        blocks: int | None = None,
+        head: Any = "auto",
+        inputs: Callable[[dict[str, Any]], tuple[Any, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("compute_loss_func") is not None:
-            raise ValueError("RecedeTrainer: compute_loss_func is not supported; the loss is the model's own "
-                             "(or pass loss_fn through recede.wrap by subclassing)")
+            raise ValueError(
+                "RecedeTrainer: compute_loss_func is not supported; the loss is the model's own "
+                "(or pass loss_fn through recede.wrap by subclassing)"
+            )
         self.recede_net = wrap(model, blocks=blocks, head=head)
         heads = new_head_modules(self.recede_net, model)
         if heads:
             if type(model).__module__.startswith("peft."):
-                raise ValueError("RecedeTrainer: a peft model saves only its adapters, so the new heads of "
-                                 f"head={head!r} would not be checkpointed; use head='shared' or give "
-                                 "heads with no new parameters")
+                raise ValueError(
+                    "RecedeTrainer: a peft model saves only its adapters, so the new heads of "
+                    f"head={head!r} would not be checkpointed; use head='shared' or give "
+                    "heads with no new parameters"
+                )
             model.add_module("recede_heads", nn.ModuleList(heads))
         self.recede_inputs = inputs or batch_to_xy
         super().__init__(model=model, args=args, **kwargs)
@@ -106,20 +124,26 @@ class RecedeTrainer(Trainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("RecedeTrainer: DeepSpeed and FSDP are not supported (they own the backward pass)")
         if self.args.world_size > 1 or self.args.n_gpu > 1:
-            raise ValueError(f"RecedeTrainer: one process on one device only (world size "
-                             f"{self.args.world_size}, {self.args.n_gpu} GPUs)")
+            raise ValueError(
+                f"RecedeTrainer: one process on one device only (world size "
+                f"{self.args.world_size}, {self.args.n_gpu} GPUs)"
+            )
         if bp_modified is not None and "data" not in bp_modified and self.train_dataset is None:
-            raise ValueError("RecedeTrainer: bp_modified needs train_dataset (or bp_modified['data']) "
-                             "to draw its refresh samples from")
+            raise ValueError(
+                "RecedeTrainer: bp_modified needs train_dataset (or bp_modified['data']) "
+                "to draw its refresh samples from"
+            )
         data = None if bp_modified is None or "data" in bp_modified else _Pairs(self)
         self.recede_method = build_method(self.recede_net, horizon, bp_modified, data)
         hf = unwrapped(model)
-        self._recede_lm_loss: Callable[..., torch.Tensor] | None = \
+        self._recede_lm_loss: Callable[..., torch.Tensor] | None = (
             getattr(hf, "loss_function", None) if _is_causal_lm(hf) else None
+        )
         self._recede_vocab = getattr(getattr(hf, "config", None), "vocab_size", None)
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         """The stock step's division and precision, with the engine's backward."""
         model.train()
         if callable(getattr(self.optimizer, "train", None)):

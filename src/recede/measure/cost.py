@@ -73,11 +73,13 @@ class BlockCosts:
         def total(values: tuple[float, ...], part: list[int]) -> float:
             return sum(values[t] for t in part)
 
-        return BlockCosts(tuple(total(self.forward, p) for p in bounds),
-                          tuple(total(self.input_vjp, p) for p in bounds),
-                          tuple(self.weight_grad[p[0]] + total(self.backward, p[1:]) for p in bounds),
-                          tuple(total(self.backward, p) for p in bounds),
-                          tuple(self.head[p[-1]] for p in bounds))
+        return BlockCosts(
+            tuple(total(self.forward, p) for p in bounds),
+            tuple(total(self.input_vjp, p) for p in bounds),
+            tuple(self.weight_grad[p[0]] + total(self.backward, p[1:]) for p in bounds),
+            tuple(total(self.backward, p) for p in bounds),
+            tuple(self.head[p[-1]] for p in bounds),
+        )
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,14 @@ def horizon_cost(costs: BlockCosts, horizon: int, double: bool = False, recomput
     (and, with ``recompute``, the recomputed forwards)."""
     n = passes(costs.T, horizon, double)
     extra = recomputed_forwards(costs.T, horizon, double) if recompute else (0,) * costs.T
-    return (sum(costs.forward) + sum(c * e for c, e in zip(costs.forward, extra)) + sum(c * w for c, w in zip(costs.weight_grad, n.weight_grad))
-            + sum(c * b for c, b in zip(costs.backward, n.backward))
-            + sum(c * d for c, d in zip(costs.input_vjp, n.input_vjp))
-            + sum(costs.head[k - 1] for k in n.heads))
+    return (
+        sum(costs.forward)
+        + sum(c * e for c, e in zip(costs.forward, extra))
+        + sum(c * w for c, w in zip(costs.weight_grad, n.weight_grad))
+        + sum(c * b for c, b in zip(costs.backward, n.backward))
+        + sum(c * d for c, d in zip(costs.input_vjp, n.input_vjp))
+        + sum(costs.head[k - 1] for k in n.heads)
+    )
 
 
 def recomputed_bp_cost(costs: BlockCosts, segments: int) -> float:
@@ -137,8 +143,13 @@ def recomputed_bp_cost(costs: BlockCosts, segments: int) -> float:
     segments: every forward once, every segment but the last once more, B for every block but
     block 0, which differentiates only its weights (the input is data), and the final head."""
     last = even_groups(costs.T, segments)[-1]
-    return (2 * sum(costs.forward) - sum(costs.forward[t] for t in last)
-            + sum(costs.backward) - costs.input_vjp[0] + costs.head[-1])
+    return (
+        2 * sum(costs.forward)
+        - sum(costs.forward[t] for t in last)
+        + sum(costs.backward)
+        - costs.input_vjp[0]
+        + costs.head[-1]
+    )
 
 
 def predicted_ratio(costs: BlockCosts, method: object) -> float | None:
@@ -182,8 +193,9 @@ def probes(net: BlockNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callabl
     return runs
 
 
-def _head_gradient(net: BlockNet, z: torch.Tensor, y: torch.Tensor, k: int,
-                   inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _head_gradient(
+    net: BlockNet, z: torch.Tensor, y: torch.Tensor, k: int, inputs: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, ...]:
     """Head k's loss, differentiated with respect to its input and its parameters."""
     return torch.autograd.grad(net.depth_loss(z, y, k), inputs, allow_unused=True)
 
@@ -192,8 +204,9 @@ def _vjp(out: torch.Tensor, inputs: Sequence[torch.Tensor], c: torch.Tensor) -> 
     return lambda: torch.autograd.grad(out, inputs, c, retain_graph=True, allow_unused=True)
 
 
-def calibrate(net: BlockNet, x: torch.Tensor, y: torch.Tensor, meter: Meter,
-              alongside: Runs | None = None) -> tuple[BlockCosts, dict[str, float]]:
+def calibrate(
+    net: BlockNet, x: torch.Tensor, y: torch.Tensor, meter: Meter, alongside: Runs | None = None
+) -> tuple[BlockCosts, dict[str, float]]:
     """Measure every pass of :func:`probes` on ``(x, y)`` with ``meter``; return the block costs
     and the meter's values of the ``alongside`` runs, measured in the same call (with
     :func:`recede.measure.usage.interleaved_medians`, in the same rounds, so machine load hits the
@@ -203,7 +216,11 @@ def calibrate(net: BlockNet, x: torch.Tensor, y: torch.Tensor, meter: Meter,
     values = dict(meter({**probes(copy.deepcopy(net), x, y), **(alongside or {})}))
     T = net.T
     W = tuple(values.get(f"W{t}", 0.0) for t in range(T))
-    costs = BlockCosts(tuple(values[f"F{t}"] for t in range(T)), tuple(values.get(f"D{t}", 0.0) for t in range(T)),
-                       W, tuple(values.get(f"B{t}", W[t]) for t in range(T)),
-                       tuple(values[f"H{k}"] for k in range(1, T + 1)))
+    costs = BlockCosts(
+        tuple(values[f"F{t}"] for t in range(T)),
+        tuple(values.get(f"D{t}", 0.0) for t in range(T)),
+        W,
+        tuple(values.get(f"B{t}", W[t]) for t in range(T)),
+        tuple(values[f"H{k}"] for k in range(1, T + 1)),
+    )
     return costs, {name: values[name] for name in (alongside or {})}

@@ -49,13 +49,20 @@ class Fidelity:
         return {h: sum(row[i] for row in self.per_batch) / n for i, h in enumerate(self.horizons)}
 
     def as_dict(self) -> dict:
-        return {"horizons": self.horizons, "cos": {str(h): v for h, v in self.cos.items()},
-                "per_batch": self.per_batch,
-                "memory": None if self.memory is None else {str(h): m for h, m in self.memory.items()}}
+        return {
+            "horizons": self.horizons,
+            "cos": {str(h): v for h, v in self.cos.items()},
+            "per_batch": self.per_batch,
+            "memory": None if self.memory is None else {str(h): m for h, m in self.memory.items()},
+        }
 
 
-def gradient_cosine(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    horizons: Sequence[int], measure_memory: bool = True) -> Fidelity:
+def gradient_cosine(
+    net: BlockNet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    horizons: Sequence[int],
+    measure_memory: bool = True,
+) -> Fidelity:
     """cos θ_h between g_h and g_T over all block parameters, per batch and averaged.
 
     Args:
@@ -77,8 +84,9 @@ def gradient_cosine(net: BlockNet, batches: Iterable[tuple[torch.Tensor, torch.T
         for x, y in batches:
             record = memory if memory is not None and not per_batch else None
             g_T = _block_gradient(net, T, x, y, params, record)
-            per_batch.append([_cosine(g_T if h == T else _block_gradient(net, h, x, y, params, record), g_T)
-                              for h in hs])
+            per_batch.append(
+                [_cosine(g_T if h == T else _block_gradient(net, h, x, y, params, record), g_T) for h in hs]
+            )
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g
@@ -100,8 +108,14 @@ def block_gradient_vector(net: BlockNet) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _block_gradient(net: BlockNet, h: int, x: torch.Tensor, y: torch.Tensor,
-                    params: list[torch.nn.Parameter], memory: dict[int, int] | None) -> torch.Tensor:
+def _block_gradient(
+    net: BlockNet,
+    h: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    memory: dict[int, int] | None,
+) -> torch.Tensor:
     """g_h on one batch as a vector, computed from clean ``.grad`` slots."""
     for p in params:
         p.grad = None

@@ -148,8 +148,12 @@ def allocation_peak(fn: Callable[[], Any], device: torch.device | str | None = N
     finally:
         with _quiet_stderr():
             prof.__exit__(None, None, None)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    kineto: list[Any] = prof.profiler.kineto_results.events()  # type: ignore[union-attr]  # nbytes() is untyped
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in kineto
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -234,8 +238,12 @@ def resident_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     return result, max(0, _status_kib("VmHWM") - start) * 1024
 
 
-def measure(fn: Callable[[], Any], module: torch.nn.Module | None = None,
-            device: torch.device | str | None = None, real: bool = False) -> tuple[Any, MemoryReport]:
+def measure(
+    fn: Callable[[], Any],
+    module: torch.nn.Module | None = None,
+    device: torch.device | str | None = None,
+    real: bool = False,
+) -> tuple[Any, MemoryReport]:
     """Run ``fn()`` and return its result with the memory it used.
 
     Args:

@@ -62,9 +62,13 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(mallopt(m_mmap_max, 0))
 
 
-def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                        device: torch.device | None = None,
-                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def interleaved_medians(
+    runs: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median seconds of each of ``runs`` over ``repeats`` rounds after ``warmup`` rounds.
 
     Each round calls every run once, in an order shuffled afresh (seeded, so reproducible), so a
@@ -74,6 +78,7 @@ def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, 
     ``time.process_time`` (this process's CPU seconds) keeps other jobs on a shared CPU out of
     single-threaded measurements.
     """
+
     def sync() -> None:
         if device is not None and torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
@@ -94,9 +99,11 @@ def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, 
 
 def timed_step(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One training step's gradient computation, ``.grad`` cleared first, as a timed run."""
+
     def step() -> None:
         net.zero_grad(set_to_none=True)
         method.backward(x, y)
+
     return step
 
 
@@ -180,8 +187,11 @@ class PaidMemory:
         """What the step (or the refresh, whichever is larger) really holds at its peak: the
         persistent state (parameters, buffers, optimizer state, offsets) plus the peak bytes it
         allocated above it; None if not measured."""
-        peaks = [r.allocated_peak_bytes for r in (self.step, self.refresh)
-                 if r is not None and r.allocated_peak_bytes is not None]
+        peaks = [
+            r.allocated_peak_bytes
+            for r in (self.step, self.refresh)
+            if r is not None and r.allocated_peak_bytes is not None
+        ]
         if not peaks:
             return None
         s = self.state
@@ -193,17 +203,27 @@ class PaidMemory:
         saved activations and the refresh's (with its running buffers)."""
         s = self.state
         during_refresh = self.refresh.saved_peak_bytes + s["refresh buffers"] if self.refresh else 0
-        return (s["parameters"] + s["gradients"] + s["optimizer"] + s["offsets"]
-                + max(self.step.saved_peak_bytes, during_refresh))
+        return (
+            s["parameters"]
+            + s["gradients"]
+            + s["optimizer"]
+            + s["offsets"]
+            + max(self.step.saved_peak_bytes, during_refresh)
+        )
 
     @property
     def state_mib(self) -> float:
         return self.state_bytes / 2**20
 
 
-def measure_paid(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 optimizer: torch.optim.Optimizer | None = None,
-                 device: torch.device | str | None = None) -> PaidMemory:
+def measure_paid(
+    method,
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+    device: torch.device | str | None = None,
+) -> PaidMemory:
     """Measure one step on ``(x, y)`` and, for a BP-modified method, one refresh (each under
     :func:`recede.measure.memory.measure` with its real peak), and count the training state; ``.grad``
     is cleared before (so the step allocates its gradients itself) and after, and the method's
@@ -220,16 +240,25 @@ def measure_paid(method, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 def training_state(method, net: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Bytes of the parameters, their gradients (trainable ones), the optimizer's state, the
     method's offsets, the buffers a refresh adds while it runs, and the module's buffers."""
+
     def nbytes(tensors: Iterable[torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     params = list(net.parameters())
-    optimizer_state = [] if optimizer is None else [
-        v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    optimizer_state = (
+        []
+        if optimizer is None
+        else [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    )
     offsets = nbytes([method.offset]) if isinstance(method, BPModified) else 0
-    return {"parameters": nbytes(params), "gradients": nbytes(p for p in params if p.requires_grad),
-            "optimizer": nbytes(optimizer_state), "offsets": offsets,
-            "refresh buffers": REFRESH_BUFFERS * offsets, "buffers": nbytes(net.buffers())}
+    return {
+        "parameters": nbytes(params),
+        "gradients": nbytes(p for p in params if p.requires_grad),
+        "optimizer": nbytes(optimizer_state),
+        "offsets": offsets,
+        "refresh buffers": REFRESH_BUFFERS * offsets,
+        "buffers": nbytes(net.buffers()),
+    }
 
 
 def meter(repeats: int, warmup: int, device: torch.device, clock: str = "wall") -> Meter:
@@ -242,14 +271,24 @@ def meter(repeats: int, warmup: int, device: torch.device, clock: str = "wall") 
     return partial(interleaved_medians, repeats=repeats, warmup=warmup, device=device, clock=CLOCKS[clock])
 
 
-def time_methods(methods: Sequence, nets: Sequence[torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
-                 rates: Sequence[float], timer: Meter, model_net: BlockNet) -> tuple[list[StepTime], BlockCosts]:
+def time_methods(
+    methods: Sequence,
+    nets: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rates: Sequence[float],
+    timer: Meter,
+    model_net: BlockNet,
+) -> tuple[list[StepTime], BlockCosts]:
     """Time each method's step (and refresh) on ``(x, y)`` with ``timer``, amortising refreshes
     at ``rates`` (refreshes per step), in the same call as the passes of the layer-aware cost
     model on ``model_net`` (:func:`recede.measure.cost.calibrate`); offsets are left as they were."""
     with kept_state(methods):
-        runs = {f"{i}/{part}": run for i, (m, net) in enumerate(zip(methods, nets))
-                for part, run in step_runs(m, net, x, y).items()}
+        runs = {
+            f"{i}/{part}": run
+            for i, (m, net) in enumerate(zip(methods, nets))
+            for part, run in step_runs(m, net, x, y).items()
+        }
         costs, seconds = calibrate(model_net, x, y, timer, alongside=runs)
     for net in nets:
         net.zero_grad(set_to_none=True)
@@ -265,16 +304,23 @@ def paid_row(spent: StepTime, memory: PaidMemory, bp_time: StepTime, bp_memory: 
     ratio``, ``grads MiB`` and ``optimizer MiB`` (the optimizer's state), and ``state MiB``
     (their sum with parameters and offsets, the meter's model of memory)."""
     real, bp_real = memory.real_peak_bytes, bp_memory.real_peak_bytes
-    row = {"ms/step": 1000 * spent.seconds, "step ms": 1000 * spent.step,
-           "refresh ms": None if spent.refresh is None else 1000 * spent.refresh,
-           "refreshes/step": spent.refreshes_per_step, "time ratio": spent.seconds / bp_time.seconds,
-           "real MiB": None if real is None else real / 2**20,
-           "memory ratio": real / bp_real if real is not None and bp_real else
-           memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
-           "saved MiB": memory.saved_peak_mib,
-           "saved ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes if bp_memory.saved_peak_bytes else None,
-           "grads MiB": memory.state["gradients"] / 2**20, "optimizer MiB": memory.state["optimizer"] / 2**20,
-           "state MiB": memory.state_mib, "state ratio": memory.state_bytes / bp_memory.state_bytes}
+    row = {
+        "ms/step": 1000 * spent.seconds,
+        "step ms": 1000 * spent.step,
+        "refresh ms": None if spent.refresh is None else 1000 * spent.refresh,
+        "refreshes/step": spent.refreshes_per_step,
+        "time ratio": spent.seconds / bp_time.seconds,
+        "real MiB": None if real is None else real / 2**20,
+        "memory ratio": real / bp_real
+        if real is not None and bp_real
+        else memory.saved_peak_bytes / bp_memory.saved_peak_bytes,
+        "saved MiB": memory.saved_peak_mib,
+        "saved ratio": memory.saved_peak_bytes / bp_memory.saved_peak_bytes if bp_memory.saved_peak_bytes else None,
+        "grads MiB": memory.state["gradients"] / 2**20,
+        "optimizer MiB": memory.state["optimizer"] / 2**20,
+        "state MiB": memory.state_mib,
+        "state ratio": memory.state_bytes / bp_memory.state_bytes,
+    }
     if memory.cuda_peak_bytes is not None and bp_memory.cuda_peak_bytes is not None:
         row["cuda peak MiB"] = memory.cuda_peak_bytes / 2**20
         row["cuda ratio"] = memory.cuda_peak_bytes / bp_memory.cuda_peak_bytes

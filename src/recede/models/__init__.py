@@ -18,11 +18,13 @@ _REGISTRY: dict[str, Callable[..., BlockNet]] = {}
 
 def register(name: str) -> Callable[[Callable[..., BlockNet]], Callable[..., BlockNet]]:
     """Decorator adding a builder to the registry under ``name``."""
+
     def add(builder: Callable[..., BlockNet]) -> Callable[..., BlockNet]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = builder
         return builder
+
     return add
 
 
@@ -57,8 +59,12 @@ def build(name: str, task: Task | None = None, **options: object) -> BlockNet:
     builder = _builder(name)
     accepted = inspect.signature(builder).parameters
     if task is not None:
-        sizes: dict[str, object] = {"in_dim": task.input_shape[0], "in_channels": task.input_shape[0],
-                 "out_dim": task.output_dim, "num_classes": task.output_dim}
+        sizes: dict[str, object] = {
+            "in_dim": task.input_shape[0],
+            "in_channels": task.input_shape[0],
+            "out_dim": task.output_dim,
+            "num_classes": task.output_dim,
+        }
         if task.kind == "language-model":
             sizes |= {"vocab_size": task.output_dim, "n_positions": task.input_shape[0]}
         if task.kind == "classification":

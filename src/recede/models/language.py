@@ -22,8 +22,10 @@ from recede.models import register
 
 GPT2_PRESETS = {"tiny": dict(n_layer=4, n_embd=128, n_head=4), "small": dict(n_layer=12, n_embd=768, n_head=12)}
 ATTENTION = ("sdpa", "eager")  # PyTorch's fused attention (O(S) saved memory) or the explicit one (O(S²))
-LLAMA_PRESETS = {"tiny": dict(n_layer=4, hidden_size=128, n_head=4, n_kv_head=2, intermediate_size=352),
-                 "small": dict(n_layer=12, hidden_size=768, n_head=12, n_kv_head=4, intermediate_size=2048)}
+LLAMA_PRESETS = {
+    "tiny": dict(n_layer=4, hidden_size=128, n_head=4, n_kv_head=2, intermediate_size=352),
+    "small": dict(n_layer=12, hidden_size=768, n_head=12, n_kv_head=4, intermediate_size=2048),
+}
 
 
 def _attention(name: str) -> str:
@@ -43,8 +45,15 @@ def _preset(presets: dict[str, dict], name: str, chosen: dict[str, object]) -> d
     return sizes
 
 
-def _finish(model: nn.Module, blocks: int | None, head: str, weights: str | None, adapter: str | None,
-            adapter_rank: int, adapter_alpha: float) -> BlockNet:
+def _finish(
+    model: nn.Module,
+    blocks: int | None,
+    head: str,
+    weights: str | None,
+    adapter: str | None,
+    adapter_rank: int,
+    adapter_alpha: float,
+) -> BlockNet:
     from recede.wrap import wrap
 
     if weights is not None:
@@ -60,10 +69,22 @@ def _finish(model: nn.Module, blocks: int | None, head: str, weights: str | None
 
 
 @register("gpt2")
-def gpt2(vocab_size: int = 256, n_positions: int = 1024, preset: str = "tiny", n_layer: int | None = None,
-         n_embd: int | None = None, n_head: int | None = None, dropout: float = 0.0, blocks: int | None = None,
-         head: str = "shared", attention: str = "sdpa", weights: str | None = None,
-         adapter: str | None = None, adapter_rank: int = 8, adapter_alpha: float = 16.0) -> BlockNet:
+def gpt2(
+    vocab_size: int = 256,
+    n_positions: int = 1024,
+    preset: str = "tiny",
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    dropout: float = 0.0,
+    blocks: int | None = None,
+    head: str = "shared",
+    attention: str = "sdpa",
+    weights: str | None = None,
+    adapter: str | None = None,
+    adapter_rank: int = 8,
+    adapter_alpha: float = 16.0,
+) -> BlockNet:
     """GPT-2 (``GPT2LMHeadModel``) with a tied LM head.
 
     ``preset`` ``"tiny"`` is 4 layers of width 128 with 4 heads; ``"small"`` is GPT-2 small
@@ -74,18 +95,39 @@ def gpt2(vocab_size: int = 256, n_positions: int = 1024, preset: str = "tiny", n
     from transformers import GPT2Config, GPT2LMHeadModel
 
     sizes = _preset(GPT2_PRESETS, preset, dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head))
-    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, **sizes, resid_pdrop=dropout,
-                        embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=None, eos_token_id=None,
-                        attn_implementation=_attention(attention))
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        **sizes,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation=_attention(attention),
+    )
     return _finish(GPT2LMHeadModel(config), blocks, head, weights, adapter, adapter_rank, adapter_alpha)
 
 
 @register("llama")
-def llama(vocab_size: int = 256, n_positions: int = 2048, preset: str = "tiny", n_layer: int | None = None,
-          hidden_size: int | None = None, n_head: int | None = None, n_kv_head: int | None = None,
-          intermediate_size: int | None = None, tie_embeddings: bool = True, blocks: int | None = None,
-          head: str = "shared", attention: str = "sdpa", weights: str | None = None,
-          adapter: str | None = None, adapter_rank: int = 8, adapter_alpha: float = 16.0) -> BlockNet:
+def llama(
+    vocab_size: int = 256,
+    n_positions: int = 2048,
+    preset: str = "tiny",
+    n_layer: int | None = None,
+    hidden_size: int | None = None,
+    n_head: int | None = None,
+    n_kv_head: int | None = None,
+    intermediate_size: int | None = None,
+    tie_embeddings: bool = True,
+    blocks: int | None = None,
+    head: str = "shared",
+    attention: str = "sdpa",
+    weights: str | None = None,
+    adapter: str | None = None,
+    adapter_rank: int = 8,
+    adapter_alpha: float = 16.0,
+) -> BlockNet:
     """A Llama decoder (``LlamaForCausalLM``: RMSNorm, rotary positions, SwiGLU, grouped-query
     attention), the LM head tied to the embedding unless ``tie_embeddings=False``.
 
@@ -94,12 +136,29 @@ def llama(vocab_size: int = 256, n_positions: int = 2048, preset: str = "tiny", 
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sizes = _preset(LLAMA_PRESETS, preset, dict(n_layer=n_layer, hidden_size=hidden_size, n_head=n_head,
-                                                 n_kv_head=n_kv_head, intermediate_size=intermediate_size))
-    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=n_positions,
-                         num_hidden_layers=sizes["n_layer"], hidden_size=sizes["hidden_size"],
-                         num_attention_heads=sizes["n_head"], num_key_value_heads=sizes["n_kv_head"],
-                         intermediate_size=sizes["intermediate_size"], tie_word_embeddings=tie_embeddings,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                         attn_implementation=_attention(attention))
+    sizes = _preset(
+        LLAMA_PRESETS,
+        preset,
+        dict(
+            n_layer=n_layer,
+            hidden_size=hidden_size,
+            n_head=n_head,
+            n_kv_head=n_kv_head,
+            intermediate_size=intermediate_size,
+        ),
+    )
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=n_positions,
+        num_hidden_layers=sizes["n_layer"],
+        hidden_size=sizes["hidden_size"],
+        num_attention_heads=sizes["n_head"],
+        num_key_value_heads=sizes["n_kv_head"],
+        intermediate_size=sizes["intermediate_size"],
+        tie_word_embeddings=tie_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        attn_implementation=_attention(attention),
+    )
     return _finish(LlamaForCausalLM(config), blocks, head, weights, adapter, adapter_rank, adapter_alpha)

@@ -21,8 +21,7 @@ from recede.models import register
 class Residual(nn.Module):
     """``x + act(W x + b)``; ``activation`` is a module class (``nn.ReLU``, ``nn.Tanh``) or None."""
 
-    def __init__(self, width: int, bias: bool = True,
-                 activation: Callable[[], nn.Module] | None = nn.ReLU) -> None:
+    def __init__(self, width: int, bias: bool = True, activation: Callable[[], nn.Module] | None = nn.ReLU) -> None:
         super().__init__()
         self.linear = nn.Linear(width, width, bias=bias)
         self.act = activation() if activation is not None else nn.Identity()
@@ -31,8 +30,7 @@ class Residual(nn.Module):
         return x + self.act(self.linear(x))
 
 
-def _layers(in_dim: int, width: int, out_dim: int, depth: int, bias: bool,
-            activation: bool) -> list[nn.Module]:
+def _layers(in_dim: int, width: int, out_dim: int, depth: int, bias: bool, activation: bool) -> list[nn.Module]:
     if depth < 2:
         raise ValueError(f"depth must be at least 2 (first and last layer), got {depth}")
     first = nn.Sequential(nn.Linear(in_dim, width, bias=bias), nn.ReLU() if activation else nn.Identity())
@@ -41,8 +39,7 @@ def _layers(in_dim: int, width: int, out_dim: int, depth: int, bias: bool,
 
 
 @register("linear-resnet")
-def linear_resnet(width: int = 10, depth: int = 15, in_dim: int | None = None,
-                  out_dim: int | None = None) -> BlockNet:
+def linear_resnet(width: int = 10, depth: int = 15, in_dim: int | None = None, out_dim: int | None = None) -> BlockNet:
     """M1: linear residual net, no bias, no activation; identity heads and MSE (Paper A eq. 12)."""
     in_dim, out_dim = in_dim or width, out_dim or width
     if out_dim != width:
@@ -55,8 +52,9 @@ LOSSES = {"mse": nn.MSELoss, "cross-entropy": nn.CrossEntropyLoss}
 
 
 @register("resmlp")
-def resmlp(width: int = 10, depth: int = 15, in_dim: int = 1, out_dim: int = 4,
-           head: str = "independent", loss: str = "mse") -> BlockNet:
+def resmlp(
+    width: int = 10, depth: int = 15, in_dim: int = 1, out_dim: int = 4, head: str = "independent", loss: str = "mse"
+) -> BlockNet:
     """M2: residual MLP with ReLU and bias; linear heads 10 → out_dim at depths 1..T-1.
 
     ``loss="cross-entropy"`` makes it a classifier (``out_dim`` classes), e.g. on ``spirals``

@@ -44,8 +44,14 @@ def default_targets(net: BlockNet, kind: str) -> list[str]:
     return qkv or linears
 
 
-def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
-                  target_modules: list[str] | None = None, dropout: float = 0.0) -> BlockNet:
+def apply_adapter(
+    net: BlockNet,
+    kind: str,
+    r: int = 1,
+    alpha: float = 4.0,
+    target_modules: list[str] | None = None,
+    dropout: float = 0.0,
+) -> BlockNet:
     """Inject LoRA or LoKr adapters into ``net``'s blocks; freeze everything but adapters and
     the heads' own weights (a head weight tied to a block's stays frozen).
 
@@ -69,8 +75,7 @@ def apply_adapter(net: BlockNet, kind: str, r: int = 1, alpha: float = 4.0,
     if kind == "lora":
         matched = [m for n, m in net.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
         conv1d = bool(matched) and all(type(m).__name__ == "Conv1D" for m in matched)  # (in, out) weights
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                            fan_in_fan_out=conv1d)
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, fan_in_fan_out=conv1d)
     else:
         config = LoKrConfig(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
     inject_adapter_in_model(config, net)
@@ -92,9 +97,13 @@ def _share_replacements(net: BlockNet) -> None:
 
     adapted = {id(m.get_base_layer()): m for m in net.modules() if isinstance(m, BaseTunerLayer)}
     roots: list[Any] = [net, *{id(m.model): m.model for m in net.modules() if isinstance(m, ModelPart)}.values()]
-    stale = [(parent, name, adapted[id(child)]) for root in roots for parent in root.modules()
-             for name, child in parent.named_children()
-             if id(child) in adapted and parent is not adapted[id(child)]]
+    stale = [
+        (parent, name, adapted[id(child)])
+        for root in roots
+        for parent in root.modules()
+        for name, child in parent.named_children()
+        if id(child) in adapted and parent is not adapted[id(child)]
+    ]
     for parent, name, layer in stale:
         setattr(parent, name, layer)
 

@@ -37,8 +37,13 @@ class ConvResBlock(nn.Module):
 
 
 @register("resnet62")
-def resnet62(num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64),
-             blocks_per_stage: int = 10, head: str = "independent") -> BlockNet:
+def resnet62(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    widths: tuple[int, ...] = (16, 32, 64),
+    blocks_per_stage: int = 10,
+    head: str = "independent",
+) -> BlockNet:
     """ResNet-62 (Paper A Table D1); ``widths`` and ``blocks_per_stage`` shrink it for tests."""
     head = {"stage": "group"}.get(head, head)  # "stage": the old name
     if head not in ("independent", "group"):

@@ -14,8 +14,7 @@ from recede.models import register
 
 
 @register("sequential")
-def sequential(model: nn.Sequential, head: nn.Module | Sequence[nn.Module],
-               loss_fn: LossFn | None = None) -> BlockNet:
+def sequential(model: nn.Sequential, head: nn.Module | Sequence[nn.Module], loss_fn: LossFn | None = None) -> BlockNet:
     """:func:`recede.wrap` of ``model`` with ``head``; ``loss_fn`` defaults to cross-entropy."""
     from recede.wrap import wrap
 

@@ -22,8 +22,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``ValueError`` if the file cannot be read or holds something else."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path} (give a local .pt/.pth or "
-                                ".safetensors state dict; nothing is downloaded)")
+        raise FileNotFoundError(
+            f"weights file not found: {path} (give a local .pt/.pth or .safetensors state dict; nothing is downloaded)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -43,8 +44,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, classifier: str | None = None,
-                 skip: Sequence[str] = ()) -> nn.Module:
+def load_weights(
+    model: nn.Module, path: str | Path, classifier: str | None = None, skip: Sequence[str] = ()
+) -> nn.Module:
     """Load a local state dict into ``model`` (a timm or Hugging Face model, or a registry
     :class:`~recede.core.blocks.BlockNet` for ``--init``), strictly except for the classifier and
     ``skip``; a tied weight stored once (under either of its names) loads both.
@@ -70,22 +72,33 @@ def load_weights(model: nn.Module, path: str | Path, classifier: str | None = No
     own = model.state_dict()
     for pattern in skip:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in own):
-            raise ValueError(f"skip pattern {pattern!r} matches no parameter or buffer of "
-                             f"{type(model).__name__} (its first keys: {', '.join(list(own)[:3])})")
+            raise ValueError(
+                f"skip pattern {pattern!r} matches no parameter or buffer of "
+                f"{type(model).__name__} (its first keys: {', '.join(list(own)[:3])})"
+            )
     prefix = classifier or getattr(model, "pretrained_cfg", {}).get("classifier")
-    skipped = [k for k in state if prefix and k.startswith(prefix + ".") and k in own
-               and state[k].shape != own[k].shape]
+    skipped = [
+        k for k in state if prefix and k.startswith(prefix + ".") and k in own and state[k].shape != own[k].shape
+    ]
     skipped += [k for k in {**own, **state} if skipped_by(k, skip)]
     state = {k: v for k, v in state.items() if k not in skipped}
     missing = sorted(set(own) - set(state) - set(skipped) - _tied_aliases(own, state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(state) & set(own)
+        if state[k].shape != own[k].shape
+    )
     if missing or unexpected or mismatched:
+
         def show(names: list[str]) -> str:
             return ", ".join(names[:8]) + (f" … ({len(names)} in all)" if len(names) > 8 else "")
-        problems = [f"{label}: {show(names)}" for label, names in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if names]
+
+        problems = [
+            f"{label}: {show(names)}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if names
+        ]
         raise ValueError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     return model

@@ -13,7 +13,8 @@ by summing the refresh's sufficient statistics across ranks (it is BP-modified's
 Around that, what a launcher needs (``torchrun``, or :mod:`recede.parallel.launch` for ``recede train
 --nproc N``): :func:`init_from_env` (NCCL on CUDA, gloo on CPU, with a collective timeout so
 that a rank that dies or hangs makes the others raise :class:`RankFailure` instead of waiting
-forever), and :func:`is_main` for the rank that writes checkpoints, logs and reports.  The data are sharded by :func:`recede.runs.train.batches` with
+forever), and :func:`is_main` for the rank that writes checkpoints, logs and reports.  The data are sharded
+by :func:`recede.runs.train.batches` with
 ``rank``/``world_size``: every rank takes its share of the single-process epoch order (as
 torch's ``DistributedSampler`` would), so W ranks of batch B see exactly the batches that one
 process of batch W·B sees.  See ``docs/distributed.md``.
@@ -80,8 +81,10 @@ def check_env() -> None:
         return
     missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
     if missing:
-        raise ValueError(f"the environment sets {', '.join(present)} but not {', '.join(missing)}: "
-                         "unset them, or start the processes with torchrun or --nproc (docs/distributed.md)")
+        raise ValueError(
+            f"the environment sets {', '.join(present)} but not {', '.join(missing)}: "
+            "unset them, or start the processes with torchrun or --nproc (docs/distributed.md)"
+        )
     values = {}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         text = os.environ[name]
@@ -89,8 +92,10 @@ def check_env() -> None:
             raise ValueError(f"the environment variable {name}={text!r} is not a non-negative integer")
         values[name] = int(text)
     if not 1 <= values["WORLD_SIZE"] <= 4096 or values["RANK"] >= values["WORLD_SIZE"]:
-        raise ValueError(f"the environment sets RANK={values['RANK']}, WORLD_SIZE={values['WORLD_SIZE']}: "
-                         "RANK must be in [0, WORLD_SIZE), WORLD_SIZE in [1, 4096]")
+        raise ValueError(
+            f"the environment sets RANK={values['RANK']}, WORLD_SIZE={values['WORLD_SIZE']}: "
+            "RANK must be in [0, WORLD_SIZE), WORLD_SIZE in [1, 4096]"
+        )
     if not 1 <= values["MASTER_PORT"] <= 65535:
         raise ValueError(f"the environment sets MASTER_PORT={values['MASTER_PORT']}, not a port in [1, 65535]")
 
@@ -120,16 +125,21 @@ def init_from_env(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
     else:
         missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
         if missing:
-            raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start the "
-                             "processes with torchrun (see docs/distributed.md)")
+            raise ValueError(
+                f"WORLD_SIZE is set but {', '.join(missing)} is not; start the "
+                "processes with torchrun (see docs/distributed.md)"
+            )
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
         except (RuntimeError, TimeoutError) as err:  # a rank that never came: name it as a collective would
-            raise RankFailure(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: joining the "
-                              f"process group failed: another rank died or hung before joining "
-                              f"({' '.join(str(err).split())})", operation="joining the process group") from err
+            raise RankFailure(
+                f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: joining the "
+                f"process group failed: another rank died or hung before joining "
+                f"({' '.join(str(err).split())})",
+                operation="joining the process group",
+            ) from err
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
@@ -155,8 +165,11 @@ def _collective(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        raise RankFailure(f"{current()}: {what} failed: another rank died, hung past "
-                          f"the collective timeout, or ran a different collective ({err})", operation=what) from err
+        raise RankFailure(
+            f"{current()}: {what} failed: another rank died, hung past "
+            f"the collective timeout, or ran a different collective ({err})",
+            operation=what,
+        ) from err
 
 
 def buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[torch.Tensor]]:
@@ -181,12 +194,11 @@ def _copy_back(flat: torch.Tensor, bucket: list[torch.Tensor]) -> None:
     """Copy the consecutive pieces of ``flat`` into the tensors of ``bucket``."""
     offset = 0
     for t in bucket:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 
-def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str,
-                     divide_by: int = 1) -> None:
+def _all_reduce_sum_(tensors: Sequence[torch.Tensor], cap_bytes: int, what: str, divide_by: int = 1) -> None:
     """Sum ``tensors`` in place across ranks (then divide by ``divide_by``): flatten into
     buckets, start every bucket's all-reduce, then copy each result back as it arrives.  A
     contiguous tensor alone in its bucket (one above the cap) is reduced where it lies."""
@@ -248,12 +260,19 @@ class DataParallel:
     attributes (``net``, ``last_losses``, ``horizon``...) are the wrapped method's.
     """
 
-    def __init__(self, method: Method, module: nn.Module | None = None,
-                 bucket_mb: float = DEFAULT_BUCKET_MB, broadcast_buffers: bool = True) -> None:
+    def __init__(
+        self,
+        method: Method,
+        module: nn.Module | None = None,
+        bucket_mb: float = DEFAULT_BUCKET_MB,
+        broadcast_buffers: bool = True,
+    ) -> None:
         net = getattr(method, "net", None) if module is None else module
         if not isinstance(net, nn.Module):
-            raise ValueError(f"DataParallel needs a module, or a method with a .net module; got "
-                             f"{type(method).__name__} and module={module!r}")
+            raise ValueError(
+                f"DataParallel needs a module, or a method with a .net module; got "
+                f"{type(method).__name__} and module={module!r}"
+            )
         if not bucket_mb > 0:
             raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
         self.method, self.module = method, net
@@ -265,8 +284,7 @@ class DataParallel:
         if callable(share_refreshes):  # BP-modified: one refresh over all ranks (recede.bpm.workers)
             share_refreshes(self)
         if self.world_size > 1:
-            _broadcast_([*net.parameters(), *net.buffers()], self.cap_bytes,
-                        "broadcasting rank 0's parameters")
+            _broadcast_([*net.parameters(), *net.buffers()], self.cap_bytes, "broadcasting rank 0's parameters")
 
     def share(self, micro_batches: Iterator[T]) -> Iterator[T]:
         """This rank's part of a refresh's micro-batches (the same sequence on every rank):
@@ -280,8 +298,7 @@ class DataParallel:
             raise AttributeError(name)
         return getattr(self.method, name)
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor, *,
-                 scaler: torch.amp.GradScaler | None = None) -> float:
+    def backward(self, x: torch.Tensor, y: torch.Tensor, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """Local g_h into ``.grad``, then ``.grad`` ← mean over ranks; returns the ranks' mean loss.
 
         A ``scaler`` goes to the wrapped method; an overflow on one rank reaches every rank
@@ -308,14 +325,15 @@ class DataParallel:
         """
         params = self.params
         device = params[0].device if params else torch.device("cpu")
-        header = torch.tensor([loss] + [p.grad is not None for p in params],
-                              dtype=torch.float64, device=device)
+        header = torch.tensor([loss] + [p.grad is not None for p in params], dtype=torch.float64, device=device)
         with _collective("the all-reduce of losses and gradient flags"):
             dist.all_reduce(header)
         mean_loss = float(header[0]) / self.world_size
         if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"a rank's loss is not finite (mean over {self.world_size} "
-                                     f"ranks: {mean_loss}); gradients were not reduced")
+            raise NonFiniteLossError(
+                f"a rank's loss is not finite (mean over {self.world_size} "
+                f"ranks: {mean_loss}); gradients were not reduced"
+            )
         grads = []
         for p, anywhere in zip(params, header[1:].tolist()):
             if anywhere and p.grad is None:
@@ -344,5 +362,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-

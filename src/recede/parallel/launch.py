@@ -67,9 +67,12 @@ def report_failure(kind: str, err: BaseException | None) -> None:
         return
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    report = {"kind": kind, "type": type(err).__name__ if err is not None else None,
-              "message": " ".join(str(err).split()) if err is not None else "",
-              "operation": getattr(err, "operation", None)}
+    report = {
+        "kind": kind,
+        "type": type(err).__name__ if err is not None else None,
+        "message": " ".join(str(err).split()) if err is not None else "",
+        "operation": getattr(err, "operation", None),
+    }
     temporary = f"{path}.tmp"
     with open(temporary, "w") as f:
         json.dump(report, f)
@@ -119,14 +122,24 @@ def _die_with_parent() -> None:
 
 def _start(rank: int, nproc: int, port: int, argv: Sequence[str], logs: Path) -> _Rank:
     log = logs / f"rank{rank}.log"
-    env = os.environ | {"RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
-                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port), REPORT_ENV: str(log.with_suffix(".json"))}
+    env = os.environ | {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        REPORT_ENV: str(log.with_suffix(".json")),
+    }
     env.setdefault("OMP_NUM_THREADS", "1")
     with open(log, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "recede", *argv], env=env,
-                                   stdout=None if rank == 0 else subprocess.DEVNULL, stderr=stderr,
-                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recede", *argv],
+            env=env,
+            stdout=None if rank == 0 else subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
     return _Rank(rank, process, log)
 
 
@@ -170,8 +183,7 @@ def _kill(ranks: list[_Rank]) -> None:
         r.process.wait()
 
 
-def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank],
-           timeout: float) -> BaseException:
+def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank], timeout: float) -> BaseException:
     """The exception that names why the job failed (module docstring), from the ranks' exit
     statuses (``codes``; None: still running), their reports and the ranks that neither
     ended nor reported within the grace (``hung``)."""
@@ -197,8 +209,10 @@ def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank],
         code = codes[r.rank]
         if hung and code == -signal.SIGABRT and r.said() is None:  # torch aborted the waiter
             names = ", ".join(str(h.rank) for h in hung)
-            return RankFailure(f"rank {names} of {world} hung: rank {r.rank} waited --dist-timeout "
-                               f"{timeout:g} s for it and was aborted (SIGABRT)")
+            return RankFailure(
+                f"rank {names} of {world} hung: rank {r.rank} waited --dist-timeout "
+                f"{timeout:g} s for it and was aborted (SIGABRT)"
+            )
         if code is not None and code < 0:
             return RankFailure(f"rank {r.rank} of {world} died (killed by {signal.Signals(-code).name})")
         if r.said() is None:
@@ -208,6 +222,8 @@ def _cause(ranks: list[_Rank], codes: dict[int, int | None], hung: list[_Rank],
     if hung and gave_up:
         waiter, said = gave_up[0]
         names = ", ".join(str(r.rank) for r in hung)
-        return RankFailure(f"rank {names} of {world} hung: rank {waiter.rank} waited --dist-timeout "
-                           f"{timeout:g} s for it in {said['operation']}")
+        return RankFailure(
+            f"rank {names} of {world} hung: rank {waiter.rank} waited --dist-timeout "
+            f"{timeout:g} s for it in {said['operation']}"
+        )
     return RankFailure(gave_up[0][1]["message"] if gave_up else f"rank {ended[0].rank} of {world} failed")

@@ -1,7 +1,8 @@
 """``recede reproduce PAPER``: the papers' figures and tables, CPU scale by default, and the
 robustness study of the BP-modified loss (``bpm-robustness``).
 
-The command is :mod:`recede.cli.reproduce`.  Each paper module has ``run(out, full, progress, data_root, config=None, weights=None,
+The command is :mod:`recede.cli.reproduce`.  Each paper module has ``run(out, full, progress, data_root,
+config=None, weights=None,
 on_checked=None) -> Path`` that checks its configuration, data folders and weights files,
 calls ``on_checked()`` (the command line writes ``config.yaml`` there, :func:`recede.runs.preflight.start`),
 then writes JSON, PNG plots and a Markdown report under ``out`` and returns the report's path.
@@ -16,8 +17,11 @@ from contextlib import contextmanager
 
 import torch
 
-PAPERS = {"paper-a": "recede.reproduce.paper_a", "paper-b": "recede.reproduce.paper_b",
-          "bpm-robustness": "recede.reproduce.bpm_robustness"}
+PAPERS = {
+    "paper-a": "recede.reproduce.paper_a",
+    "paper-b": "recede.reproduce.paper_b",
+    "bpm-robustness": "recede.reproduce.bpm_robustness",
+}
 
 
 @contextmanager

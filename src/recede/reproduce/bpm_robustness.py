@@ -52,8 +52,9 @@ CONFIGS = Path(__file__).resolve().parents[3] / "experiments" / "bpm_robustness"
 
 def load_config(full: bool = False) -> dict:
     if full:
-        raise ValueError("bpm-robustness has no --full configuration: it is a CPU-scale study "
-                         "(experiments/bpm_robustness/cpu.yaml)")
+        raise ValueError(
+            "bpm-robustness has no --full configuration: it is a CPU-scale study (experiments/bpm_robustness/cpu.yaml)"
+        )
     return yaml.safe_load((CONFIGS / "cpu.yaml").read_text())
 
 
@@ -62,8 +63,9 @@ def label(scaling: str | None, fresh: bool = False) -> str:
     return "FF" if scaling is None else f"FF+BPM({scaling})" + (", fresh" if fresh else "")
 
 
-def run_config(spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict,
-               scaling: str | Rule | None = None) -> RunConfig:
+def run_config(
+    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, scaling: str | Rule | None = None
+) -> RunConfig:
     """The run of one model: ``method`` on the task of ``spec`` at ``lr`` from ``seed``, in
     ``regime`` (K = ``period_epochs`` epochs, B' = ``offset_samples`` or ``offset_share`` of K·B);
     ``scaling``: BP-modified's rule (a name, or a :data:`~recede.bpm.estimator.Rule` function;
@@ -71,20 +73,29 @@ def run_config(spec: dict, task: data.Task, method: str, lr: float, seed: int, r
     B = spec["batch_size"]
     steps = math.ceil(len(task.train) / B)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
     period = max(1, round(regime["period_epochs"] * steps))
-    samples = regime.get("offset_samples") or default_offset_samples(period, B, regime["micro_batch"],
-                                                                     regime["offset_share"])
+    samples = regime.get("offset_samples") or default_offset_samples(
+        period, B, regime["micro_batch"], regime["offset_share"]
+    )
     opt = spec["optimizer"]
     return RunConfig(
-        workload=WorkloadConfig(spec["model"], spec.get("data", task.name), dict(spec["model_options"]),
-                                dict(spec.get("data_options") or {})),
-        methods=[method], optimizer=OptimizerConfig(opt["name"], lr, opt.get("momentum", 0.0), lr_decay=1.0),
+        workload=WorkloadConfig(
+            spec["model"],
+            spec.get("data", task.name),
+            dict(spec["model_options"]),
+            dict(spec.get("data_options") or {}),
+        ),
+        methods=[method],
+        optimizer=OptimizerConfig(opt["name"], lr, opt.get("momentum", 0.0), lr_decay=1.0),
         bpm=BPMConfig(period, samples, regime.get("micro_batch", 8), scaling or "robust"),
-        loop=LoopConfig(epochs=spec["epochs"], batch_size=B, seed=seed), measure=MeasureConfig(paid=False),
-        output=OutputConfig(out=None, progress=False)).validate()
+        loop=LoopConfig(epochs=spec["epochs"], batch_size=B, seed=seed),
+        measure=MeasureConfig(paid=False),
+        output=OutputConfig(out=None, progress=False),
+    ).validate()
 
 
-def run_one(spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict,
-            scaling: str | Rule | None = None) -> dict[str, Any]:
+def run_one(
+    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, scaling: str | Rule | None = None
+) -> dict[str, Any]:
     """Train one model (:func:`run_config`, by :func:`recede.runs.run.train_method`); return its
     final metric (None if it diverged), curve and refreshes."""
     config = run_config(spec, task, method, lr, seed, regime, scaling)
@@ -103,15 +114,30 @@ def run_one(spec: dict, task: data.Task, method: str, lr: float, seed: int, regi
         curve = [(100 if classification else 1) * r.test[key] for r in history]
     except NonFiniteLossError as err:
         diverged, curve = str(err), []
-    return {"method": method, "scaling": scaling, "lr": lr, "seed": seed, "period": config.bpm.period,
-            "offset_samples": config.bpm.samples if parse_method(method).modified else None,
-            "metric": curve[-1] if curve else None, "curve": curve, "diverged": diverged,
-            "seconds": time.perf_counter() - start, "refreshes": refreshes}
+    return {
+        "method": method,
+        "scaling": scaling,
+        "lr": lr,
+        "seed": seed,
+        "period": config.bpm.period,
+        "offset_samples": config.bpm.samples if parse_method(method).modified else None,
+        "metric": curve[-1] if curve else None,
+        "curve": curve,
+        "diverged": diverged,
+        "seconds": time.perf_counter() - start,
+        "refreshes": refreshes,
+    }
 
 
-def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
-        config: dict | None = None, weights: dict[str | None, str] | None = None,
-        on_checked: Callable[[], None] | None = None) -> Path:
+def run(
+    out: Path,
+    full: bool = False,
+    progress: bool = True,
+    data_root: str | None = None,
+    config: dict | None = None,
+    weights: dict[str | None, str] | None = None,
+    on_checked: Callable[[], None] | None = None,
+) -> Path:
     """Run the study and write its files.  ``config``: a preset's settings (default
     ``cpu.yaml``); ``on_checked()`` is called once the arguments are checked, before anything
     is written (``recede reproduce`` then prepares the results folder)."""
@@ -151,13 +177,24 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
                     if fresh and fresh["task"] == name and fresh["lr"] == lr:
                         regime = cfg["regime"] | {k: fresh[k] for k in ("period_epochs", "offset_samples")}
                         for scaling in cfg["scalings"]:
-                            add(run_key(name, lr, seed, label(scaling, fresh=True)),
-                                partial(run_one, spec, task, "bpm-ff", lr, seed, regime, scaling))
+                            add(
+                                run_key(name, lr, seed, label(scaling, fresh=True)),
+                                partial(run_one, spec, task, "bpm-ff", lr, seed, regime, scaling),
+                            )
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
     seconds = sum(r["seconds"] for r in runs.values())
-    write_json(out / "bpm_robustness.json", {"config": cfg, "machine": machine(), "runs": runs, "summary": summary,
-                                             "diagnosis": diagnosis, "seconds": seconds})
+    write_json(
+        out / "bpm_robustness.json",
+        {
+            "config": cfg,
+            "machine": machine(),
+            "runs": runs,
+            "summary": summary,
+            "diagnosis": diagnosis,
+            "seconds": seconds,
+        },
+    )
     plot_results(cfg, summary, out / "results.png")
     plot_diagnosis(cfg, runs, out / "diagnosis.png")
     report = out / "report.md"
@@ -192,9 +229,16 @@ def summarise(cfg: dict, runs: dict[str, dict]) -> list[dict[str, Any]]:
                 records = [r for r in found if r is not None]
                 values = [r["metric"] for r in records if r["metric"] is not None]
                 mean, sd = _stats(values)
-                row = {"task": name, "lr": lr, "method": method, "mean": mean, "sd": sd,
-                       "seeds": len(records), "diverged": sum(r["metric"] is None for r in records),
-                       "higher_is_better": higher}
+                row = {
+                    "task": name,
+                    "lr": lr,
+                    "method": method,
+                    "mean": mean,
+                    "sd": sd,
+                    "seeds": len(records),
+                    "diverged": sum(r["metric"] is None for r in records),
+                    "higher_is_better": higher,
+                }
                 if method.startswith("FF+BPM"):
                     row |= _paired(runs, name, lr, cfg["seeds"], method, higher)
                 rows.append(row)
@@ -235,8 +279,11 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
             if not key.endswith(suffix):
                 continue
             stats = record["refreshes"]
-            cosines += [(s["cos_all"], s["cos_held_out_all"], s["cos_local_all"])
-                        for s in stats if s["cos_held_out_all"] is not None]
+            cosines += [
+                (s["cos_all"], s["cos_held_out_all"], s["cos_local_all"])
+                for s in stats
+                if s["cos_held_out_all"] is not None
+            ]
             for i, s in enumerate(stats):
                 modified = [t for t in range(len(s["a"])) if s["bias"][t] or s["variance"][t]]
                 blocks += [(s["a"][t], s["lam"][t]) for t in modified]
@@ -244,13 +291,21 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
                     after = stats[i + 1]
                     tests += [after["cos_held_out"][t] < after["cos_local"][t] for t in modified if s["lam"][t] > 0]
         a = [x for x, _ in blocks]
-        out[scaling] = {"block_refreshes": len(blocks), "a_min": min(a, default=None), "a_max": max(a, default=None),
-                        "share_a_negative": _share(x < 0 for x in a), "share_a_above_10": _share(abs(x) > 10 for x in a),
-                        "share_lambda_positive": _share(lam > 0 for _, lam in blocks),
-                        "mean_lambda": statistics.fmean(lam for _, lam in blocks) if blocks else None,
-                        "offset_periods_tested": len(tests), "share_held_out_worse": _share(tests)}
-        out[scaling] |= {name: statistics.fmean(c[i] for c in cosines) if cosines else None
-                         for i, name in enumerate(("cos_in_sample", "cos_held_out", "cos_local"))}
+        out[scaling] = {
+            "block_refreshes": len(blocks),
+            "a_min": min(a, default=None),
+            "a_max": max(a, default=None),
+            "share_a_negative": _share(x < 0 for x in a),
+            "share_a_above_10": _share(abs(x) > 10 for x in a),
+            "share_lambda_positive": _share(lam > 0 for _, lam in blocks),
+            "mean_lambda": statistics.fmean(lam for _, lam in blocks) if blocks else None,
+            "offset_periods_tested": len(tests),
+            "share_held_out_worse": _share(tests),
+        }
+        out[scaling] |= {
+            name: statistics.fmean(c[i] for c in cosines) if cosines else None
+            for i, name in enumerate(("cos_in_sample", "cos_held_out", "cos_local"))
+        }
     return out
 
 
@@ -272,13 +327,25 @@ def plot_results(cfg: dict, rows: list[dict], path: Path) -> None:
                     row = next(r for r in rows if r["task"] == name and r["lr"] == lr and r["method"] == method)
                     x = j + (i - (len(methods) - 1) / 2) * width
                     if row["mean"] is not None:
-                        ax.bar(x, row["mean"], width, yerr=row["sd"] or 0, color=f"C{i}",
-                               label=method if j == 0 else None, capsize=2)
+                        ax.bar(
+                            x,
+                            row["mean"],
+                            width,
+                            yerr=row["sd"] or 0,
+                            color=f"C{i}",
+                            label=method if j == 0 else None,
+                            capsize=2,
+                        )
                     if row["diverged"]:
                         ax.plot(x, 0, "kx")
             higher = cfg["tasks"][name]["data"] not in ("trig", "linear")
-            ax.set(xticks=range(len(lrs)), xticklabels=[f"{lr:g}" for lr in lrs], xlabel="learning rate",
-                   ylabel="test accuracy (%)" if higher else "test MSE (log)", title=name)
+            ax.set(
+                xticks=range(len(lrs)),
+                xticklabels=[f"{lr:g}" for lr in lrs],
+                xlabel="learning rate",
+                ylabel="test accuracy (%)" if higher else "test MSE (log)",
+                title=name,
+            )
             if not higher:
                 ax.set_yscale("log")
         axes[0][0].legend(fontsize=7)
@@ -299,13 +366,30 @@ def plot_diagnosis(cfg: dict, runs: dict[str, dict], path: Path) -> None:
                 axes[0].plot(steps, [s["a"][t] for s in stats], style, color=f"C{t % 10}")
                 axes[1].plot(steps, [s["lam"][t] for s in stats], style, color=f"C{t % 10}")
             tested = [s for s in stats if s["cos_held_out_all"] is not None]
-            axes[2].plot([s["step"] for s in tested], [s["cos_held_out_all"] for s in tested], style,
-                         color="C3", label=f"{scaling}: held-out cos(ĝ_end, g_T)")
-            axes[2].plot(steps, [s["cos_all"] for s in stats], style, color="C2", label=f"{scaling}: in-sample cos(ĝ, g_T)")
-            axes[2].plot(steps, [s["cos_local_all"] for s in stats], style, color="k", lw=0.8,
-                         label=f"{scaling}: local cos(g_h, g_T)")
-        axes[0].set(xlabel="step", ylabel="a per block", yscale="symlog",
-                    title=f"{d['task']}, lr {d['lr']:g}, seed {d['seed']}: a (— {cfg['scalings'][0]}, -- others)")
+            axes[2].plot(
+                [s["step"] for s in tested],
+                [s["cos_held_out_all"] for s in tested],
+                style,
+                color="C3",
+                label=f"{scaling}: held-out cos(ĝ_end, g_T)",
+            )
+            axes[2].plot(
+                steps, [s["cos_all"] for s in stats], style, color="C2", label=f"{scaling}: in-sample cos(ĝ, g_T)"
+            )
+            axes[2].plot(
+                steps,
+                [s["cos_local_all"] for s in stats],
+                style,
+                color="k",
+                lw=0.8,
+                label=f"{scaling}: local cos(g_h, g_T)",
+            )
+        axes[0].set(
+            xlabel="step",
+            ylabel="a per block",
+            yscale="symlog",
+            title=f"{d['task']}, lr {d['lr']:g}, seed {d['seed']}: a (— {cfg['scalings'][0]}, -- others)",
+        )
         axes[1].set(xlabel="step", ylabel="λ per block", title="λ per block")
         axes[2].set(xlabel="step", ylabel="cosine (all modified blocks)", title="estimator vs true gradient")
         axes[2].legend(fontsize=7)
@@ -338,32 +422,70 @@ def results_table(cfg: dict, rows: list[dict], fresh: bool = False) -> str:
 
 def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
     r = cfg["regime"]
-    text = ["# Robustness of the BP-modified loss: BP-modified FF against FF", "",
-            f"Seeds {cfg['seeds']}; every run of a (task, seed) starts from the same weights and data order. "
-            f"Regime (Paper B §6): K = {r['period_epochs']:g} epoch, B' = {100 * r['offset_share']:.2g} % of K·B "
-            f"rounded to a multiple of b' = {r['micro_batch']} (at least two micro-batches). "
-            "Cells: final test accuracy (%) or, for m2, test MSE; mean ± sample sd over seeds. "
-            "`X − FF`: the paired difference over seeds (positive = better than FF), mean ± standard error; "
-            "'worse' where it is below zero by more than one standard error or a run diverged.", "",
-            "## Paper B's regime", "", results_table(cfg, rows), ""]
+    text = [
+        "# Robustness of the BP-modified loss: BP-modified FF against FF",
+        "",
+        f"Seeds {cfg['seeds']}; every run of a (task, seed) starts from the same weights and data order. "
+        f"Regime (Paper B §6): K = {r['period_epochs']:g} epoch, B' = {100 * r['offset_share']:.2g} % of K·B "
+        f"rounded to a multiple of b' = {r['micro_batch']} (at least two micro-batches). "
+        "Cells: final test accuracy (%) or, for m2, test MSE; mean ± sample sd over seeds. "
+        "`X − FF`: the paired difference over seeds (positive = better than FF), mean ± standard error; "
+        "'worse' where it is below zero by more than one standard error or a run diverged.",
+        "",
+        "## Paper B's regime",
+        "",
+        results_table(cfg, rows),
+        "",
+    ]
     fresh = cfg.get("fresh_regime")
     if fresh:
-        text += [f"## Another regime: fresher offsets (K = {fresh['period_epochs']:g} epoch, "
-                 f"B' = {fresh['offset_samples']})", "", results_table(cfg, rows, fresh=True), ""]
-    worse = {s: sum(1 for row in rows if row["method"] == label(s) and row["verdict"] == "worse") for s in cfg["scalings"]}
+        text += [
+            f"## Another regime: fresher offsets (K = {fresh['period_epochs']:g} epoch, "
+            f"B' = {fresh['offset_samples']})",
+            "",
+            results_table(cfg, rows, fresh=True),
+            "",
+        ]
+    worse = {
+        s: sum(1 for row in rows if row["method"] == label(s) and row["verdict"] == "worse") for s in cfg["scalings"]
+    }
     cases = sum(len(spec["lrs"]) for spec in cfg["tasks"].values())
-    text += ["Worse than FF, of " + f"{cases} (task, lr) cases: " + ", ".join(f"{s} {n}" for s, n in worse.items()) + ".", "",
-             "## Diagnosis: every refresh of every run above", "",
-             markdown_table([{"scaling": s} | d for s, d in diagnosis.items()],
-                            ["scaling", "block_refreshes", "a_min", "a_max", "share_a_negative", "share_a_above_10",
-                             "share_lambda_positive", "mean_lambda", "offset_periods_tested", "share_held_out_worse",
-                             "cos_in_sample", "cos_held_out", "cos_local"]), "",
-             "Per (refresh, modified block).  `share_held_out_worse`: of the periods that applied an offset "
-             "(λ > 0) and were followed by a refresh, the share whose estimator ĝ_end = a ḡ_h + λ Δ was further "
-             "from g_T than the local gradient at the period's end: cos(ĝ_end, g_T) < cos(g_h, g_T) on the next "
-             "refresh's independent samples.  `cos_*`: mean over refreshes (from the second on) of the cosine to "
-             "ḡ_T, over all modified blocks, of the new estimator on its own samples, of the last period's estimator "
-             "at its end on these independent samples, and of the local gradient.", "",
-             "![results](results.png)", "", "![diagnosis](diagnosis.png)", "",
-             f"The runs took {seconds / 60:.1f} min in all (the sum of their wall times, resumed runs included).", ""]
+    text += [
+        "Worse than FF, of " + f"{cases} (task, lr) cases: " + ", ".join(f"{s} {n}" for s, n in worse.items()) + ".",
+        "",
+        "## Diagnosis: every refresh of every run above",
+        "",
+        markdown_table(
+            [{"scaling": s} | d for s, d in diagnosis.items()],
+            [
+                "scaling",
+                "block_refreshes",
+                "a_min",
+                "a_max",
+                "share_a_negative",
+                "share_a_above_10",
+                "share_lambda_positive",
+                "mean_lambda",
+                "offset_periods_tested",
+                "share_held_out_worse",
+                "cos_in_sample",
+                "cos_held_out",
+                "cos_local",
+            ],
+        ),
+        "",
+        "Per (refresh, modified block).  `share_held_out_worse`: of the periods that applied an offset "
+        "(λ > 0) and were followed by a refresh, the share whose estimator ĝ_end = a ḡ_h + λ Δ was further "
+        "from g_T than the local gradient at the period's end: cos(ĝ_end, g_T) < cos(g_h, g_T) on the next "
+        "refresh's independent samples.  `cos_*`: mean over refreshes (from the second on) of the cosine to "
+        "ḡ_T, over all modified blocks, of the new estimator on its own samples, of the last period's estimator "
+        "at its end on these independent samples, and of the local gradient.",
+        "",
+        "![results](results.png)",
+        "",
+        "![diagnosis](diagnosis.png)",
+        "",
+        f"The runs took {seconds / 60:.1f} min in all (the sum of their wall times, resumed runs included).",
+        "",
+    ]
     return "\n".join(text)

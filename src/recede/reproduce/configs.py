@@ -48,8 +48,10 @@ def read_config(paper: str, preset: str) -> dict:
     if path.suffix not in (".yaml", ".yml"):
         path = preset_folder(paper) / f"{preset}.yaml"
         if not path.is_file():
-            raise FileNotFoundError(f"{paper} has no preset {preset!r}; available: "
-                                    f"{', '.join(presets(paper)) or 'none (run from a source checkout of recede)'}")
+            raise FileNotFoundError(
+                f"{paper} has no preset {preset!r}; available: "
+                f"{', '.join(presets(paper)) or 'none (run from a source checkout of recede)'}"
+            )
     elif not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
@@ -88,8 +90,9 @@ def check_entry(label: str, entry: Mapping) -> None:
         raise ValueError(f"{label}: {err}") from None
 
 
-def apply_sources(entries: Mapping[str, dict], data_root: str | None,
-                  weights: Mapping[str | None, str], who: str) -> None:
+def apply_sources(
+    entries: Mapping[str, dict], data_root: str | None, weights: Mapping[str | None, str], who: str
+) -> None:
     """Put ``data_root`` and the ``--weights`` files into ``entries`` (in place); refuse what cannot fit.
 
     Raises:
@@ -100,8 +103,10 @@ def apply_sources(entries: Mapping[str, dict], data_root: str | None,
     if data_root is not None:
         readers = [e for e in entries.values() if "root" in data.loader_options(e["data"])]
         if not readers:
-            raise ValueError(f"{who}: --data-root is for data read from a folder; this configuration "
-                             f"uses {sorted({e['data'] for e in entries.values()})} only")
+            raise ValueError(
+                f"{who}: --data-root is for data read from a folder; this configuration "
+                f"uses {sorted({e['data'] for e in entries.values()})} only"
+            )
         for entry in readers:
             entry["data_options"] = {**(entry.get("data_options") or {}), "root": data_root}
     for model, file in weights.items():
@@ -109,26 +114,33 @@ def apply_sources(entries: Mapping[str, dict], data_root: str | None,
             takers = [e for e in entries.values() if (e.get("model_options") or {}).get("weights")]
             names = sorted({e["model"] for e in takers})
             if len(names) > 1:
-                raise ValueError(f"{who}: {', '.join(names)} start from different weights; give "
-                                 + " ".join(f"--weights {n}=FILE" for n in names))
+                raise ValueError(
+                    f"{who}: {', '.join(names)} start from different weights; give "
+                    + " ".join(f"--weights {n}=FILE" for n in names)
+                )
         else:
             takers = [e for e in entries.values() if e["model"] == model]
         if not takers:
-            raise ValueError(f"{who}: --weights {model or file}: no model of this configuration "
-                             + (f"is {model!r}" if model else "starts from pretrained weights"))
+            raise ValueError(
+                f"{who}: --weights {model or file}: no model of this configuration "
+                + (f"is {model!r}" if model else "starts from pretrained weights")
+            )
         for entry in takers:
             entry["model_options"] = {**(entry.get("model_options") or {}), "weights": file}
     for label, entry in entries.items():
         if (entry.get("model_options") or {}).get("weights") == REQUIRED:
-            raise ValueError(f"{who}: {label} starts from pretrained weights: give --weights "
-                             f"{entry['model']}=FILE (a local timm state dict; nothing is downloaded)")
+            raise ValueError(
+                f"{who}: {label} starts from pretrained weights: give --weights "
+                f"{entry['model']}=FILE (a local timm state dict; nothing is downloaded)"
+            )
 
 
 PRETRAINED = "pretrained:"  # init: pretrained:NAME, a recede pretrain --preset NAME checkpoint
 
 
-def apply_init(entries: Mapping[str, dict], init: Mapping[str | None, str],
-               skip: Sequence[str] | None, who: str) -> None:
+def apply_init(
+    entries: Mapping[str, dict], init: Mapping[str | None, str], skip: Sequence[str] | None, who: str
+) -> None:
     """Put ``--init`` files (:func:`parse_weights`'s form: ``MODEL=FILE`` or a bare ``FILE``) and
     ``--init-skip`` patterns into ``entries`` (in place, the entries that take an ``init``);
     they replace the preset's ``init``/``init_skip``.
@@ -143,11 +155,16 @@ def apply_init(entries: Mapping[str, dict], init: Mapping[str | None, str],
         takers = [e for e in entries.values() if model is None or e["model"] == model]
         names = sorted({e["model"] for e in takers})
         if model is None and len(names) > 1:
-            raise ValueError(f"{who}: --init {file}: the entries are {', '.join(names)}, which cannot "
-                             "share one state dict; give " + " ".join(f"--init {n}=FILE" for n in names))
+            raise ValueError(
+                f"{who}: --init {file}: the entries are {', '.join(names)}, which cannot "
+                "share one state dict; give " + " ".join(f"--init {n}=FILE" for n in names)
+            )
         if not takers:
-            raise ValueError(f"{who}: --init {model}={file}: no entry of this configuration is {model!r}"
-                             if model else f"{who}: --init {file}: no entry of this configuration takes --init")
+            raise ValueError(
+                f"{who}: --init {model}={file}: no entry of this configuration is {model!r}"
+                if model
+                else f"{who}: --init {file}: no entry of this configuration takes --init"
+            )
         for entry in takers:
             entry["init"] = file
             if skip is not None:
@@ -165,10 +182,12 @@ def resolve_init(entries: Mapping[str, dict], who: str, folder: str | Path = "re
         init = entry.get("init")
         if not (isinstance(init, str) and init.startswith(PRETRAINED)):
             continue
-        name = init[len(PRETRAINED):]
+        name = init[len(PRETRAINED) :]
         if name not in pretrain.PRESETS:
-            raise ValueError(f"{who}: {label}: init {init!r}: no pretrain preset {name!r} "
-                             f"(one of {', '.join(sorted(pretrain.PRESETS))})")
+            raise ValueError(
+                f"{who}: {label}: init {init!r}: no pretrain preset {name!r} "
+                f"(one of {', '.join(sorted(pretrain.PRESETS))})"
+            )
         values = pretrain.settings(build_parser().parse_args(["pretrain", "--preset", name]))
         entry["init"] = str(pretrain.pretrain(values, Path(folder))[0])
 
@@ -188,7 +207,9 @@ def check_sources(entries: Mapping[str, dict], who: str) -> None:
         try:
             if key not in tasks:
                 tasks[key] = preflight.load_data(entry["data"], options)
-            net = preflight.build_model(entry["model"], tasks[key], entry.get("model_options") or {}, torch.device("cpu"))
+            net = preflight.build_model(
+                entry["model"], tasks[key], entry.get("model_options") or {}, torch.device("cpu")
+            )
             if entry.get("init"):
                 from recede.runs.pretrain import load_init
 

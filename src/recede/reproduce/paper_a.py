@@ -24,9 +24,11 @@ from recede.reproduce import configs, paper_a_rate, paper_a_selection, paper_a_s
 from recede.runs.reports import machine, write_json
 
 SECTIONS = {"models": paper_a_selection, "sweeps": paper_a_sweeps, "rate": paper_a_rate}
-TITLES = {"models": "M1–M3: Figs. 2, E1, E2, 5 and Theorem 3.4",
-          "sweeps": "ResNet-50 and ViT: Figs. 3–4",
-          "rate": "Theorem C.8: r(h) against cos²θ_h"}
+TITLES = {
+    "models": "M1–M3: Figs. 2, E1, E2, 5 and Theorem 3.4",
+    "sweeps": "ResNet-50 and ViT: Figs. 3–4",
+    "rate": "Theorem C.8: r(h) against cos²θ_h",
+}
 SELECTION_KEYS = ("probe_batches", "subset_size", "objectives", "schedule")
 MODEL_KEYS = ("model", "data", "lr", "batch_size", "epochs", "fig2_epochs")
 
@@ -44,8 +46,10 @@ def sections(config: dict, only: list[str] | None = None) -> list[str]:
     unknown = [s for s in only if s not in SECTIONS]
     missing = [s for s in only if s in SECTIONS and s not in config]
     if unknown or missing:
-        raise ValueError(f"paper-a: --only takes {', '.join(SECTIONS)}"
-                         + (f"; this configuration has no {', '.join(missing)}" if missing else ""))
+        raise ValueError(
+            f"paper-a: --only takes {', '.join(SECTIONS)}"
+            + (f"; this configuration has no {', '.join(missing)}" if missing else "")
+        )
     return [s for s in present if s in only]
 
 
@@ -82,10 +86,18 @@ def check_config(config: dict) -> None:
         paper_a_rate.check(label, workload, config["rate"].get("steps"))
 
 
-def run(out: Path, full: bool = False, progress: bool = True, config: dict | None = None,
-        data_root: str | None = None, weights: dict[str | None, str] | None = None,
-        only: list[str] | None = None, on_checked: Callable[[], None] | None = None,
-        init: dict[str | None, str] | None = None, init_skip: list[str] | None = None) -> Path:
+def run(
+    out: Path,
+    full: bool = False,
+    progress: bool = True,
+    config: dict | None = None,
+    data_root: str | None = None,
+    weights: dict[str | None, str] | None = None,
+    only: list[str] | None = None,
+    on_checked: Callable[[], None] | None = None,
+    init: dict[str | None, str] | None = None,
+    init_skip: list[str] | None = None,
+) -> Path:
     """Check the configuration and its data and weights, run its sections, return ``report.md``.
 
     ``data_root``: the folder the CIFAR/Tiny-ImageNet entries read; ``weights``: from
@@ -99,7 +111,9 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
     picked = {label: e for label, e in entries(config).items() if label.split(".")[0] in chosen}
     configs.apply_sources(picked, data_root, weights or {}, "paper-a")
     if init or init_skip:
-        configs.apply_init({k: e for k, e in picked.items() if k.startswith("sweeps.")}, init or {}, init_skip, "paper-a")
+        configs.apply_init(
+            {k: e for k, e in picked.items() if k.startswith("sweeps.")}, init or {}, init_skip, "paper-a"
+        )
     check_config(config)  # again: a --weights file must not meet a pretrain section, nor --init
     configs.resolve_init(picked, "paper-a")
     configs.check_sources(picked, "paper-a")
@@ -124,13 +138,22 @@ def run(out: Path, full: bool = False, progress: bool = True, config: dict | Non
 def write_report(summary: dict, out: Path) -> Path:
     """The figures and ``report.md`` of a run's ``results.json`` contents (re-renderable)."""
     config = summary["config"]
-    lines = ["# Paper A reproduction (MPC framework, horizon selection)", "",
-             f"Total time {summary['seconds'] / 60:.1f} min with {summary['threads']} torch thread(s); "
-             f"seeds {', '.join(map(str, config['seeds']))}.", ""]
+    lines = [
+        "# Paper A reproduction (MPC framework, horizon selection)",
+        "",
+        f"Total time {summary['seconds'] / 60:.1f} min with {summary['threads']} torch thread(s); "
+        f"seeds {', '.join(map(str, config['seeds']))}.",
+        "",
+    ]
     for name, result in summary["sections"].items():
         SECTIONS[name].plot(result, out)
-        lines += [f"## {TITLES[name]}", "", f"{result['seconds'] / 60:.1f} min.", "",
-                  *SECTIONS[name].render(result, config)]
+        lines += [
+            f"## {TITLES[name]}",
+            "",
+            f"{result['seconds'] / 60:.1f} min.",
+            "",
+            *SECTIONS[name].render(result, config),
+        ]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report

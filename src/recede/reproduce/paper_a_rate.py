@@ -48,13 +48,22 @@ def run(config: dict, progress: bool) -> dict:
             torch.manual_seed(seed)
             net = models.build(workload["model"], task, **workload.get("model_options", {}))
             horizons = list(range(1, net.T + 1))
-            per_seed[seed] = {name: {h: {"losses": r.losses, "cos": r.cos} for h, r in
-                                     decrease_rates(net, x, y, horizons, tau, workload["lr"], rescale).items()}
-                              for name, rescale in ESTIMATORS.items()}
+            per_seed[seed] = {
+                name: {
+                    h: {"losses": r.losses, "cos": r.cos}
+                    for h, r in decrease_rates(net, x, y, horizons, tau, workload["lr"], rescale).items()
+                }
+                for name, rescale in ESTIMATORS.items()
+            }
             if progress:
                 print(f"rate {key} seed {seed}: {time.perf_counter() - started:.0f} s")
-        out[key] = {"workload": workload, "T": net.T, "n": len(x), "seeds": per_seed,
-                    "seconds": time.perf_counter() - started}
+        out[key] = {
+            "workload": workload,
+            "T": net.T,
+            "n": len(x),
+            "seeds": per_seed,
+            "seconds": time.perf_counter() - started,
+        }
     return {"steps": section["steps"], "workloads": out}
 
 
@@ -71,8 +80,9 @@ def table(model: dict, estimator: str, tau: int) -> list[dict]:
         for seed in model["seeds"].values():
             bp, run = _run(seed[estimator], model["T"]), _run(seed[estimator], h)
             per.append((run.rate(bp, tau), run.cos[0] ** 2, run.mean_cos2(tau)))
-        rows.append({"h": h, "r": [p[0] for p in per], "cos2_start": [p[1] for p in per],
-                     "cos2_run": [p[2] for p in per]})
+        rows.append(
+            {"h": h, "r": [p[0] for p in per], "cos2_start": [p[1] for p in per], "cos2_run": [p[2] for p in per]}
+        )
     return rows
 
 
@@ -99,22 +109,41 @@ def plot(result: dict, out: Path) -> list[str]:
                 ax = axes[row][col]
                 for tau in result["steps"]:
                     rows = table(model, estimator, tau)
-                    ax.plot([r["h"] for r in rows], [np.mean(r["r"]) for r in rows], "o-", ms=3, label=f"r(h), τ = {tau}")
+                    ax.plot(
+                        [r["h"] for r in rows], [np.mean(r["r"]) for r in rows], "o-", ms=3, label=f"r(h), τ = {tau}"
+                    )
                 rows = table(model, estimator, result["steps"][0])
-                ax.plot([r["h"] for r in rows], [np.mean(r["cos2_start"]) for r in rows], "k--", label="cos²θ_h at start")
+                ax.plot(
+                    [r["h"] for r in rows], [np.mean(r["cos2_start"]) for r in rows], "k--", label="cos²θ_h at start"
+                )
                 ax.set(title=f"{key}: {estimator} g_h", xlabel="h", ylabel="r(h) (mean over seeds)")
                 ax.legend(fontsize=7)
     return ["rate.png"]
 
 
 def render(result: dict, config: dict) -> list[str]:
-    lines = [f"Full-batch gradient descent, seeds {', '.join(map(str, config['seeds']))}; mean ± sd over "
-             "the seeds.  *Rescaled*: Theorem C.8's estimator c_h g_h (c_h = ⟨g_h, g_T⟩/‖g_h‖², eq. 13); "
-             "*plain*: g_h as the reproductions train.  Agreement over h < T: mean and largest "
-             "|r(h) − cos²θ_h| and the correlation of r(h) with cos²θ_h at the start.", "", "### Settings", ""]
-    rows = [{"workload": k, "model": m["workload"]["model"], "T": m["T"], "data": m["workload"]["data"],
-             "samples (one batch)": m["n"], "lr": m["workload"]["lr"], "steps": max(result["steps"]),
-             "minutes": m["seconds"] / 60} for k, m in result["workloads"].items()]
+    lines = [
+        f"Full-batch gradient descent, seeds {', '.join(map(str, config['seeds']))}; mean ± sd over "
+        "the seeds.  *Rescaled*: Theorem C.8's estimator c_h g_h (c_h = ⟨g_h, g_T⟩/‖g_h‖², eq. 13); "
+        "*plain*: g_h as the reproductions train.  Agreement over h < T: mean and largest "
+        "|r(h) − cos²θ_h| and the correlation of r(h) with cos²θ_h at the start.",
+        "",
+        "### Settings",
+        "",
+    ]
+    rows = [
+        {
+            "workload": k,
+            "model": m["workload"]["model"],
+            "T": m["T"],
+            "data": m["workload"]["data"],
+            "samples (one batch)": m["n"],
+            "lr": m["workload"]["lr"],
+            "steps": max(result["steps"]),
+            "minutes": m["seconds"] / 60,
+        }
+        for k, m in result["workloads"].items()
+    ]
     lines += [markdown_table(rows, list(rows[0])), "", "![rate](rate.png)", "", "### Agreement", ""]
     rows = []
     for key, model in result["workloads"].items():
@@ -122,22 +151,33 @@ def render(result: dict, config: dict) -> list[str]:
             for tau in result["steps"]:
                 t = table(model, estimator, tau)
                 start, along = agreement(t, "cos2_start"), agreement(t, "cos2_run")
-                rows.append({"workload": key, "g": estimator, "τ": tau,
-                             "mean |r − cos²₀|": mean_spread(start["mean_abs"], 2),
-                             "max |r − cos²₀|": mean_spread(start["max_abs"], 2),
-                             "corr(r, cos²₀)": mean_spread(start["corr"], 2),
-                             "mean |r − mean cos²|": mean_spread(along["mean_abs"], 2)})
+                rows.append(
+                    {
+                        "workload": key,
+                        "g": estimator,
+                        "τ": tau,
+                        "mean |r − cos²₀|": mean_spread(start["mean_abs"], 2),
+                        "max |r − cos²₀|": mean_spread(start["max_abs"], 2),
+                        "corr(r, cos²₀)": mean_spread(start["corr"], 2),
+                        "mean |r − mean cos²|": mean_spread(along["mean_abs"], 2),
+                    }
+                )
     lines += [markdown_table(rows, list(rows[0])), ""]
     for key, model in result["workloads"].items():
         tau = result["steps"][-1]
         t = {e: table(model, e, tau) for e in ESTIMATORS}
         first = {e: table(model, e, result["steps"][0]) for e in ESTIMATORS}
-        detail = [{"h": r["h"], "cos²θ_h at start": mean_spread(r["cos2_start"]),
-                   f"r, rescaled, τ = {result['steps'][0]}": mean_spread(f["r"]),
-                   f"r, rescaled, τ = {tau}": mean_spread(r["r"]),
-                   f"mean cos², rescaled run, τ = {tau}": mean_spread(r["cos2_run"]),
-                   f"r, plain, τ = {tau}": mean_spread(p["r"])}
-                  for r, f, p in zip(t["rescaled"], first["rescaled"], t["plain"])]
+        detail = [
+            {
+                "h": r["h"],
+                "cos²θ_h at start": mean_spread(r["cos2_start"]),
+                f"r, rescaled, τ = {result['steps'][0]}": mean_spread(f["r"]),
+                f"r, rescaled, τ = {tau}": mean_spread(r["r"]),
+                f"mean cos², rescaled run, τ = {tau}": mean_spread(r["cos2_run"]),
+                f"r, plain, τ = {tau}": mean_spread(p["r"]),
+            }
+            for r, f, p in zip(t["rescaled"], first["rescaled"], t["plain"])
+        ]
         lines += [f"**{key}** per horizon:", "", markdown_table(detail, list(detail[0])), ""]
     return lines
 

@@ -40,17 +40,49 @@ from recede.runs.reports import machine, markdown_table, write_json
 from recede.runs.run import Workload
 
 CONFIGS = configs.preset_folder("paper-b")
-CONFIG_KEYS = ("model", "model_options", "data", "data_options", "optimizer", "epochs", "batch_size",
-               "seeds", "methods", "bpm")
+CONFIG_KEYS = (
+    "model",
+    "model_options",
+    "data",
+    "data_options",
+    "optimizer",
+    "epochs",
+    "batch_size",
+    "seeds",
+    "methods",
+    "bpm",
+)
 
 # Paper B, ResNet-50 full tuning on CIFAR-100 (Tables 1, 3, 4, 5, 6, 7, 8).
 PAPER = {
-    "accuracy": {"BP": 82.90, "FF": 40.10, "FF+BPM": 68.30, "LoCo": 45.29, "LoCo+BPM": 74.61,
-                 "MPC(h=5)": 66.02, "MPC(h=5)+BPM": 77.24, "FF+BPM(λ=0)": 46.21},
-    "memory_mb": {"BP": 5617, "FF": 1555, "FF+BPM": 1642, "LoCo": 2239, "LoCo+BPM": 2329,
-                  "MPC(h=5)": 3965, "MPC(h=5)+BPM": 4055},
-    "seconds": {"BP": 127.07, "FF": 123.03, "FF+BPM": 126.79, "LoCo": 201.53, "LoCo+BPM": 205.67,
-                "MPC(h=5)": 363.71, "MPC(h=5)+BPM": 367.48},
+    "accuracy": {
+        "BP": 82.90,
+        "FF": 40.10,
+        "FF+BPM": 68.30,
+        "LoCo": 45.29,
+        "LoCo+BPM": 74.61,
+        "MPC(h=5)": 66.02,
+        "MPC(h=5)+BPM": 77.24,
+        "FF+BPM(λ=0)": 46.21,
+    },
+    "memory_mb": {
+        "BP": 5617,
+        "FF": 1555,
+        "FF+BPM": 1642,
+        "LoCo": 2239,
+        "LoCo+BPM": 2329,
+        "MPC(h=5)": 3965,
+        "MPC(h=5)+BPM": 4055,
+    },
+    "seconds": {
+        "BP": 127.07,
+        "FF": 123.03,
+        "FF+BPM": 126.79,
+        "LoCo": 201.53,
+        "LoCo+BPM": 205.67,
+        "MPC(h=5)": 363.71,
+        "MPC(h=5)+BPM": 367.48,
+    },
     "offset_samples": {32: (38.97, 125.32), 320: (68.30, 126.79), 3200: (74.62, 152.88)},
     "period": {0.1: (73.98, 152.30), 0.3: (68.18, 133.28), 1.0: (68.14, 126.79)},
     "epochs_to_original": {"FF": 1.0, "LoCo": 1.0, "MPC(h=5)": 2.0},
@@ -69,8 +101,9 @@ def _family(label: str) -> str:
     return label.replace("LoCo3", "LoCo").replace("LoCo4", "LoCo")
 
 
-def run_config(cfg: dict, method: str, device: str, progress: bool, seed: int, period: int,
-               settings: dict) -> RunConfig:
+def run_config(
+    cfg: dict, method: str, device: str, progress: bool, seed: int, period: int, settings: dict
+) -> RunConfig:
     """One run of the study: ``method`` from the initial weights of ``seed``, no lr decay, BP-modified
     refreshed every ``period`` steps with ``settings`` (offset samples, micro-batch, scaling);
     nothing written (the study renders all runs together)."""
@@ -79,14 +112,20 @@ def run_config(cfg: dict, method: str, device: str, progress: bool, seed: int, p
         workload=WorkloadConfig(cfg["model"], cfg["data"], dict(cfg["model_options"]), dict(cfg["data_options"])),
         methods=[method],
         optimizer=OptimizerConfig(opt["name"], opt["lr"], opt.get("momentum", 0.0), lr_decay=1.0),
-        bpm=BPMConfig(period=period, samples=settings["offset_samples"], micro_batch=settings["micro_batch"],
-                      scaling=settings["scaling"]),
+        bpm=BPMConfig(
+            period=period,
+            samples=settings["offset_samples"],
+            micro_batch=settings["micro_batch"],
+            scaling=settings["scaling"],
+        ),
         loop=LoopConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=seed, device=device),
-        output=OutputConfig(out=None, progress=progress))
+        output=OutputConfig(out=None, progress=progress),
+    )
 
 
-def run_one(cfg: dict, task: data.Task | Workload, method: str, device: str, progress: bool, seed: int,
-            **bpm: object) -> dict:
+def run_one(
+    cfg: dict, task: data.Task | Workload, method: str, device: str, progress: bool, seed: int, **bpm: object
+) -> dict:
     """Train one method from the initial weights of ``seed`` (:func:`recede.runs.run.run`);
     return its record."""
     workload = task if isinstance(task, Workload) else Workload.of(task, cfg["model"], cfg["model_options"], device)
@@ -99,21 +138,28 @@ def run_one(cfg: dict, task: data.Task | Workload, method: str, device: str, pro
     net, engine, history = trained.net, trained.method, trained.history
     x, y = workload.batch(B)
     _, step_memory = measure(lambda: engine.backward(x, y), net, device)
-    record = {"method": method, "seed": seed, "settings": settings if spec.modified else None,
-              "period": period if spec.modified else None,
-              "accuracy": [100 * r.test["accuracy"] for r in history],
-              "train_loss": [r.train_loss for r in history],
-              "seconds_per_epoch": sum(r.seconds for r in history) / cfg["epochs"],
-              "step_saved_mib": step_memory.saved_peak_mib, "step_cuda_mib": _mib(step_memory.cuda_peak_bytes)}
+    record = {
+        "method": method,
+        "seed": seed,
+        "settings": settings if spec.modified else None,
+        "period": period if spec.modified else None,
+        "accuracy": [100 * r.test["accuracy"] for r in history],
+        "train_loss": [r.train_loss for r in history],
+        "seconds_per_epoch": sum(r.seconds for r in history) / cfg["epochs"],
+        "step_saved_mib": step_memory.saved_peak_mib,
+        "step_cuda_mib": _mib(step_memory.cuda_peak_bytes),
+    }
     if isinstance(engine, BPModified):
         refresh = list(engine.draw(0))
         _, refresh_memory = measure(lambda: engine.refresh(refresh), net, device)
         params = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        record |= {"refresh_saved_mib": refresh_memory.saved_peak_mib,
-                   "refresh_cuda_mib": _mib(refresh_memory.cuda_peak_bytes),
-                   "offset_mib": engine.offset.numel() * engine.offset.element_size() / 2**20,
-                   "offset_per_parameter": engine.offset.numel() / params,
-                   "refresh_stats": engine.last_stats.as_dict()}
+        record |= {
+            "refresh_saved_mib": refresh_memory.saved_peak_mib,
+            "refresh_cuda_mib": _mib(refresh_memory.cuda_peak_bytes),
+            "offset_mib": engine.offset.numel() * engine.offset.element_size() / 2**20,
+            "offset_per_parameter": engine.offset.numel() / params,
+            "refresh_stats": engine.last_stats.as_dict(),
+        }
     net.zero_grad(set_to_none=True)
     return record
 
@@ -130,8 +176,10 @@ def epochs_to_reach(history: list[float], target: float) -> int | None:
 def regime_label(settings: dict, period: int, batch_size: int) -> str:
     """``K = 1 epoch (45 steps), B' = 16 (1.1 % of K·B)``; Paper B's regime is 0.64 %."""
     samples = settings["offset_samples"]
-    return (f"K = {settings['period_epochs']:g} epoch ({period} steps), B' = {samples} "
-            f"({100 * samples / (period * batch_size):.2g} % of K·B)")
+    return (
+        f"K = {settings['period_epochs']:g} epoch ({period} steps), B' = {samples} "
+        f"({100 * samples / (period * batch_size):.2g} % of K·B)"
+    )
 
 
 def regime_name(regime: dict, scaling: str = "paper") -> str:
@@ -159,9 +207,13 @@ def check_config(cfg: dict) -> None:
     """``ValueError`` naming the first missing setting, unknown model, dataset, option or method."""
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     missing += [f"bpm.{k}" for k in ("offset_samples", "micro_batch", "period_epochs") if k not in cfg.get("bpm", {})]
-    missing += [f"{group}[{i}].{k}" for group in ("regimes", "robust_regimes")
-                for i, regime in enumerate(cfg.get(group, [])) for k in ("offset_samples", "period_epochs")
-                if k not in regime]
+    missing += [
+        f"{group}[{i}].{k}"
+        for group in ("regimes", "robust_regimes")
+        for i, regime in enumerate(cfg.get(group, []))
+        for k in ("offset_samples", "period_epochs")
+        if k not in regime
+    ]
     if missing:
         raise ValueError(f"paper-b: missing setting(s) {missing}")
     configs.check_entry("paper-b", cfg)
@@ -171,9 +223,15 @@ def check_config(cfg: dict) -> None:
         raise ValueError(f"paper-b: optimizer.name must be sgd or adam, got {cfg['optimizer'].get('name')!r}")
 
 
-def run(out: Path, full: bool = False, progress: bool = True, data_root: str | None = None,
-        config: dict | None = None, weights: dict[str | None, str] | None = None,
-        on_checked: Callable[[], None] | None = None) -> Path:
+def run(
+    out: Path,
+    full: bool = False,
+    progress: bool = True,
+    data_root: str | None = None,
+    config: dict | None = None,
+    weights: dict[str | None, str] | None = None,
+    on_checked: Callable[[], None] | None = None,
+) -> Path:
     """Run every table's training runs from every seed and write JSON, PNG and the report.
 
     ``config`` (default the preset ``full`` or ``cpu``) is checked with its data folder
@@ -192,15 +250,18 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
     device = "cuda" if cfg.get("device", "auto" if full else "cpu") == "auto" and torch.cuda.is_available() else "cpu"
     runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):
-        workload = Workload.of(data.load(cfg["data"], **cfg["data_options"]), cfg["model"], cfg["model_options"],
-                               device)  # built once, shared by every run
+        workload = Workload.of(
+            data.load(cfg["data"], **cfg["data_options"]), cfg["model"], cfg["model_options"], device
+        )  # built once, shared by every run
         for seed in cfg["seeds"]:
             for name, method, settings in plan(cfg):
                 runs.setdefault(name, {})[seed] = run_one(cfg, workload, method, device, progress, seed, **settings)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(cfg, runs)
-    write_json(out / "paper_b.json", {"config": cfg, "device": device, "machine": machine(device), "runs": runs,
-                                      "summary": summary})
+    write_json(
+        out / "paper_b.json",
+        {"config": cfg, "device": device, "machine": machine(device), "runs": runs, "summary": summary},
+    )
     plot(runs, cfg, out / "paper_b.png")
     report = out / "report.md"
     report.write_text(render(cfg, runs, summary, device))
@@ -210,8 +271,11 @@ def run(out: Path, full: bool = False, progress: bool = True, data_root: str | N
 def mean_sd(values: list[float | None]) -> dict:
     """``{"mean", "sd", "n"}`` over the values that are not None (sd: sample, None for one value)."""
     values = [v for v in values if v is not None]
-    return {"mean": statistics.fmean(values) if values else None,
-            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def summarise(cfg: dict, runs: dict[str, dict[int, dict]]) -> dict:
@@ -220,18 +284,25 @@ def summarise(cfg: dict, runs: dict[str, dict[int, dict]]) -> dict:
     seeds = cfg["seeds"]
     final = {name: {s: r["accuracy"][-1] for s, r in by_seed.items()} for name, by_seed in runs.items()}
     families = [_family(parse_method(m).label) for m in cfg["methods"]]
-    gap = {name: {s: _gap_recovered(final["BP"][s], final["FF"][s], final[name][s]) for s in seeds}
-           for name in runs if name.startswith("FF+BPM")}
+    gap = {
+        name: {s: _gap_recovered(final["BP"][s], final["FF"][s], final[name][s]) for s in seeds}
+        for name in runs
+        if name.startswith("FF+BPM")
+    }
     return {
         "final_accuracy": {name: mean_sd(list(v.values())) | {"per_seed": v} for name, v in final.items()},
         "gap_recovered": {name: mean_sd(list(v.values())) | {"per_seed": v} for name, v in gap.items()},
         "improvement": {f: mean_sd([final[f + "+BPM"][s] - final[f][s] for s in seeds]) for f in families},
-        "epochs_to_original": {f: {s: epochs_to_reach(runs[f + "+BPM"][s]["accuracy"], final[f][s]) for s in seeds}
-                               for f in families},
-        "extra_time": {f: mean_sd([runs[f + "+BPM"][s]["seconds_per_epoch"] / runs[f][s]["seconds_per_epoch"] - 1
-                                   for s in seeds]) for f in families},
-        "extra_step_memory": {f: runs[f + "+BPM"][seeds[0]]["step_saved_mib"] / runs[f][seeds[0]]["step_saved_mib"] - 1
-                              for f in families},
+        "epochs_to_original": {
+            f: {s: epochs_to_reach(runs[f + "+BPM"][s]["accuracy"], final[f][s]) for s in seeds} for f in families
+        },
+        "extra_time": {
+            f: mean_sd([runs[f + "+BPM"][s]["seconds_per_epoch"] / runs[f][s]["seconds_per_epoch"] - 1 for s in seeds])
+            for f in families
+        },
+        "extra_step_memory": {
+            f: runs[f + "+BPM"][seeds[0]]["step_saved_mib"] / runs[f][seeds[0]]["step_saved_mib"] - 1 for f in families
+        },
     }
 
 
@@ -243,14 +314,18 @@ def _gap_recovered(bp: float, ff: float, modified: float) -> float | None:
 def plot(runs: dict, cfg: dict, path: Path) -> None:
     with figure(path, 1, 2, figsize=(12, 4.5)) as (fig, axes):
         epochs = range(1, cfg["epochs"] + 1)
-        table1 = ["BP"] + [n for m in cfg["methods"] for n in (_family(parse_method(m).label),
-                                                               _family(parse_method(m).label) + "+BPM")]
+        table1 = ["BP"] + [
+            n for m in cfg["methods"] for n in (_family(parse_method(m).label), _family(parse_method(m).label) + "+BPM")
+        ]
         for name in table1:
             curves = [r["accuracy"] for r in runs[name].values()]
             style = "-" if name.endswith("+BPM") or name == "BP" else "--"
             axes[0].plot(epochs, [statistics.fmean(c) for c in zip(*curves)], style, label=name)
-        axes[0].set(xlabel="epoch", ylabel="test accuracy (%), mean over seeds",
-                    title="Table 1: original (--) vs BP-modified (—), Paper B's regime")
+        axes[0].set(
+            xlabel="epoch",
+            ylabel="test accuracy (%), mean over seeds",
+            title="Table 1: original (--) vs BP-modified (—), Paper B's regime",
+        )
         axes[0].legend(fontsize=8)
         rows = ["FF"] + [n for n in runs if n.startswith("FF+BPM")]
         stats = [mean_sd([r["accuracy"][-1] for r in runs[n].values()]) for n in rows]
@@ -276,69 +351,155 @@ def render(cfg: dict, runs: dict, summary: dict, device: str) -> str:
     families = list(summary["improvement"])
     bpm, B = cfg["bpm"], cfg["batch_size"]
     period = runs["FF+BPM"][cfg["seeds"][0]]["period"]
-    lines = ["# Paper B reproduction: the BP-modified local loss", "",
-             f"Model `{cfg['model']}` {cfg['model_options']} on `{cfg['data']}` {cfg['data_options']}; "
-             f"{cfg['epochs']} epochs, batch B = {B}, {cfg['optimizer']}, device {device}.  Every number is a "
-             f"mean ± sample sd over seeds {cfg['seeds']} (initial weights and shuffles).  "
-             f"**Regime (Paper B's):** {regime_label(bpm, period, B)} (Paper B: 320 of 782·64 = 0.64 %), "
-             f"b' = {bpm['micro_batch']}, Paper B's scalars (`{bpm['scaling']}`).  Other regimes are labelled "
-             "by their K and B'.  Paper B's numbers: ResNet-50 full tuning on CIFAR-100.",
-             "", "## Table 1: test accuracy (%)", ""]
+    lines = [
+        "# Paper B reproduction: the BP-modified local loss",
+        "",
+        f"Model `{cfg['model']}` {cfg['model_options']} on `{cfg['data']}` {cfg['data_options']}; "
+        f"{cfg['epochs']} epochs, batch B = {B}, {cfg['optimizer']}, device {device}.  Every number is a "
+        f"mean ± sample sd over seeds {cfg['seeds']} (initial weights and shuffles).  "
+        f"**Regime (Paper B's):** {regime_label(bpm, period, B)} (Paper B: 320 of 782·64 = 0.64 %), "
+        f"b' = {bpm['micro_batch']}, Paper B's scalars (`{bpm['scaling']}`).  Other regimes are labelled "
+        "by their K and B'.  Paper B's numbers: ResNet-50 full tuning on CIFAR-100.",
+        "",
+        "## Table 1: test accuracy (%)",
+        "",
+    ]
     rows = [{"method": "BP", "ours": _pm(final["BP"]), "Paper B": PAPER["accuracy"]["BP"]}]
     for f in families:
         paper_gain = PAPER["accuracy"][f + "+BPM"] - PAPER["accuracy"][f]
-        rows += [{"method": f, "ours": _pm(final[f]), "Paper B": PAPER["accuracy"][f]},
-                 {"method": f + "+BPM", "ours": _pm(final[f + "+BPM"]), "Paper B": PAPER["accuracy"][f + "+BPM"],
-                  "gain (ours)": _pm(summary["improvement"][f]), "gain (Paper B)": f"{paper_gain:+.2f}",
-                  "direction": _agree(summary["improvement"][f]["mean"], paper_gain)}]
+        rows += [
+            {"method": f, "ours": _pm(final[f]), "Paper B": PAPER["accuracy"][f]},
+            {
+                "method": f + "+BPM",
+                "ours": _pm(final[f + "+BPM"]),
+                "Paper B": PAPER["accuracy"][f + "+BPM"],
+                "gain (ours)": _pm(summary["improvement"][f]),
+                "gain (Paper B)": f"{paper_gain:+.2f}",
+                "direction": _agree(summary["improvement"][f]["mean"], paper_gain),
+            },
+        ]
     lines += [markdown_table(rows, ["method", "ours", "Paper B", "gain (ours)", "gain (Paper B)", "direction"]), ""]
     paper_recovered = (68.30 - 40.10) / (82.90 - 40.10)
-    lines += [f"BP-modified FF recovers **{_pm(gap['FF+BPM'], 100)} %** of the FF→BP test-accuracy gap in Paper B's "
-              f"regime (Paper B: {100 * paper_recovered:.0f} %); per seed (paired): "
-              + ", ".join(f"seed {s}: " + ("n/a" if g is None else f"{100 * g:.0f} %")
-                          for s, g in gap["FF+BPM"]["per_seed"].items()) + ".", ""]
-    lines += ["## Table 3: the offset ablation (FF)", "",
-              markdown_table([{"method": "FF", "ours": _pm(final["FF"]), "Paper B": 40.10},
-                              {"method": "FF+BPM(λ=0), a = a_bias", "ours": _pm(final["FF+BPM(λ=0)"]), "Paper B": 46.21},
-                              {"method": "FF+BPM", "ours": _pm(final["FF+BPM"]), "Paper B": 68.30}],
-                             ["method", "ours", "Paper B"]), ""]
+    lines += [
+        f"BP-modified FF recovers **{_pm(gap['FF+BPM'], 100)} %** of the FF→BP test-accuracy gap in Paper B's "
+        f"regime (Paper B: {100 * paper_recovered:.0f} %); per seed (paired): "
+        + ", ".join(
+            f"seed {s}: " + ("n/a" if g is None else f"{100 * g:.0f} %") for s, g in gap["FF+BPM"]["per_seed"].items()
+        )
+        + ".",
+        "",
+    ]
+    lines += [
+        "## Table 3: the offset ablation (FF)",
+        "",
+        markdown_table(
+            [
+                {"method": "FF", "ours": _pm(final["FF"]), "Paper B": 40.10},
+                {"method": "FF+BPM(λ=0), a = a_bias", "ours": _pm(final["FF+BPM(λ=0)"]), "Paper B": 46.21},
+                {"method": "FF+BPM", "ours": _pm(final["FF+BPM"]), "Paper B": 68.30},
+            ],
+            ["method", "ours", "Paper B"],
+        ),
+        "",
+    ]
     mem_rows, time_rows = [], []
     first = cfg["seeds"][0]
     for name in ["BP"] + [n for f in families for n in (f, f + "+BPM")]:
         r = runs[name][first]
-        mem_rows.append({"method": name, "step saved MiB": r["step_saved_mib"],
-                         "refresh saved MiB": r.get("refresh_saved_mib"), "offset MiB": r.get("offset_mib"),
-                         "CUDA peak MiB": r.get("step_cuda_mib"), "Paper B MB": PAPER["memory_mb"].get(name)})
-        time_rows.append({"method": name, "s/epoch": _pm(mean_sd([x["seconds_per_epoch"] for x in runs[name].values()])),
-                          "Paper B s/epoch": PAPER["seconds"].get(name)})
-    lines += ["## Table 4: memory", "", "Saved-for-backward peak of one training step and of one refresh "
-              "(micro-batches of b'), and the offsets (one value per trainable parameter of the modified blocks); "
-              f"seed {first} (memory does not depend on the seed).", "",
-              markdown_table(mem_rows, ["method", "step saved MiB", "refresh saved MiB", "offset MiB",
-                                        "CUDA peak MiB", "Paper B MB"]), "",
-              "## Table 5: time per epoch (refreshes included)", "",
-              markdown_table(time_rows, ["method", "s/epoch", "Paper B s/epoch"]), "",
-              "Extra time of BP-modified: " + ", ".join(f"{f} {_pm(v, 100)} %" for f, v in summary["extra_time"].items())
-              + " (Paper B ≤ 6 %; wall times of runs on a possibly shared CPU).", ""]
+        mem_rows.append(
+            {
+                "method": name,
+                "step saved MiB": r["step_saved_mib"],
+                "refresh saved MiB": r.get("refresh_saved_mib"),
+                "offset MiB": r.get("offset_mib"),
+                "CUDA peak MiB": r.get("step_cuda_mib"),
+                "Paper B MB": PAPER["memory_mb"].get(name),
+            }
+        )
+        time_rows.append(
+            {
+                "method": name,
+                "s/epoch": _pm(mean_sd([x["seconds_per_epoch"] for x in runs[name].values()])),
+                "Paper B s/epoch": PAPER["seconds"].get(name),
+            }
+        )
+    lines += [
+        "## Table 4: memory",
+        "",
+        "Saved-for-backward peak of one training step and of one refresh "
+        "(micro-batches of b'), and the offsets (one value per trainable parameter of the modified blocks); "
+        f"seed {first} (memory does not depend on the seed).",
+        "",
+        markdown_table(
+            mem_rows, ["method", "step saved MiB", "refresh saved MiB", "offset MiB", "CUDA peak MiB", "Paper B MB"]
+        ),
+        "",
+        "## Table 5: time per epoch (refreshes included)",
+        "",
+        markdown_table(time_rows, ["method", "s/epoch", "Paper B s/epoch"]),
+        "",
+        "Extra time of BP-modified: "
+        + ", ".join(f"{f} {_pm(v, 100)} %" for f, v in summary["extra_time"].items())
+        + " (Paper B ≤ 6 %; wall times of runs on a possibly shared CPU).",
+        "",
+    ]
     sens_rows = []
     for name in [n for n in runs if n.startswith("FF+BPM") and n != "FF+BPM(λ=0)"]:
         r = runs[name][first]
-        sens_rows.append({"row": name, "regime": regime_label(r["settings"], r["period"], B),
-                          "scaling": r["settings"]["scaling"], "accuracy": _pm(final[name]),
-                          "gap recovered %": _pm(gap[name], 100)})
-    lines += ["## Tables 6–7: FF+BPM in other regimes (K in epochs, B' in samples), and recede's default scaling", "",
-              markdown_table(sens_rows, ["row", "regime", "scaling", "accuracy", "gap recovered %"]), "",
-              "Paper B (ResNet-50 full): B' = 32 / 320 / 3200 → 38.97 / 68.30 / 74.62 %; "
-              "K = 0.1 / 0.3 / 1 epoch → 73.98 / 68.18 / 68.14 %: larger B' and smaller K help, at more time.", ""]
-    t8 = [{"method": f, "first epoch ≥ original, per seed": ", ".join(str(e) for e in summary["epochs_to_original"][f].values()),
-           "original final acc": _pm(final[f]), "Paper B": PAPER["epochs_to_original"].get(f)} for f in families]
-    lines += ["## Table 8: epochs for BP-modified to reach the original method's final accuracy", "",
-              markdown_table(t8, ["method", "first epoch ≥ original, per seed", "original final acc", "Paper B"]), "",
-              f"## Scalars at the last refresh (BP-modified FF, seed {first})", ""]
+        sens_rows.append(
+            {
+                "row": name,
+                "regime": regime_label(r["settings"], r["period"], B),
+                "scaling": r["settings"]["scaling"],
+                "accuracy": _pm(final[name]),
+                "gap recovered %": _pm(gap[name], 100),
+            }
+        )
+    lines += [
+        "## Tables 6–7: FF+BPM in other regimes (K in epochs, B' in samples), and recede's default scaling",
+        "",
+        markdown_table(sens_rows, ["row", "regime", "scaling", "accuracy", "gap recovered %"]),
+        "",
+        "Paper B (ResNet-50 full): B' = 32 / 320 / 3200 → 38.97 / 68.30 / 74.62 %; "
+        "K = 0.1 / 0.3 / 1 epoch → 73.98 / 68.18 / 68.14 %: larger B' and smaller K help, at more time.",
+        "",
+    ]
+    t8 = [
+        {
+            "method": f,
+            "first epoch ≥ original, per seed": ", ".join(str(e) for e in summary["epochs_to_original"][f].values()),
+            "original final acc": _pm(final[f]),
+            "Paper B": PAPER["epochs_to_original"].get(f),
+        }
+        for f in families
+    ]
+    lines += [
+        "## Table 8: epochs for BP-modified to reach the original method's final accuracy",
+        "",
+        markdown_table(t8, ["method", "first epoch ≥ original, per seed", "original final acc", "Paper B"]),
+        "",
+        f"## Scalars at the last refresh (BP-modified FF, seed {first})",
+        "",
+    ]
     stats = runs["FF+BPM"][first]["refresh_stats"]
-    lines += [markdown_table([{"block": t, "a": stats["a"][t], "λ": stats["lam"][t], "bias": stats["bias"][t],
-                               "variance": stats["variance"][t], "cos(ĝ, g_T)": stats["cos"][t],
-                               "cos(g_h, g_T)": stats["cos_local"][t]} for t in range(len(stats["a"]))],
-                             ["block", "a", "λ", "bias", "variance", "cos(ĝ, g_T)", "cos(g_h, g_T)"]), "",
-              "![accuracy](paper_b.png)", ""]
+    lines += [
+        markdown_table(
+            [
+                {
+                    "block": t,
+                    "a": stats["a"][t],
+                    "λ": stats["lam"][t],
+                    "bias": stats["bias"][t],
+                    "variance": stats["variance"][t],
+                    "cos(ĝ, g_T)": stats["cos"][t],
+                    "cos(g_h, g_T)": stats["cos_local"][t],
+                }
+                for t in range(len(stats["a"]))
+            ],
+            ["block", "a", "λ", "bias", "variance", "cos(ĝ, g_T)", "cos(g_h, g_T)"],
+        ),
+        "",
+        "![accuracy](paper_b.png)",
+        "",
+    ]
     return "\n".join(lines)

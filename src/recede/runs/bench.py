@@ -24,8 +24,19 @@ from recede.runs.results import write_results
 from recede.runs.run import Checked
 from recede.runs.train import make_optimizer
 
-COLUMNS = ["method", "ms/step", "step ms", "refresh ms", "time ratio", "model ratio",
-           "memory ratio", "real MiB", "saved MiB", "grads MiB", "optimizer MiB"]
+COLUMNS = [
+    "method",
+    "ms/step",
+    "step ms",
+    "refresh ms",
+    "time ratio",
+    "model ratio",
+    "memory ratio",
+    "real MiB",
+    "saved MiB",
+    "grads MiB",
+    "optimizer MiB",
+]
 
 
 def bench(checked: Checked, timer: Meter) -> Path | None:
@@ -40,37 +51,47 @@ def bench(checked: Checked, timer: Meter) -> Path | None:
     net = workload.build(config.loop.seed)
     x, y = workload.batch(batch_size)
     methods = [workload.method(net, spec, config) for spec in specs]
-    times, costs = time_methods(methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods],
-                                timer, net)
+    times, costs = time_methods(
+        methods, [net] * len(methods), x, y, [refreshes_per_step(m) for m in methods], timer, net
+    )
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     opt = config.optimizer
     optimizer = make_optimizer(net.parameters(), opt.name, opt.lr, opt.momentum)
     methods[bp].backward(x, y)
     optimizer.step()  # the optimizer's state exists from its first step on
     memories = [measure_paid(m, net, x, y, optimizer, workload.device) for m in methods]
-    rows = [{"method": spec.label, **paid_row(t, mem, times[bp], memories[bp]),
-             "model ratio": predicted_ratio(costs, m)}
-            for spec, m, t, mem in zip(specs, methods, times, memories)]
+    rows = [
+        {"method": spec.label, **paid_row(t, mem, times[bp], memories[bp]), "model ratio": predicted_ratio(costs, m)}
+        for spec, m, t, mem in zip(specs, methods, times, memories)
+    ]
     tokens = workload.tokens(batch_size)
     if tokens is not None:
         for row, t in zip(rows, times):
             row["tokens/s"] = tokens / t.seconds
-    columns = COLUMNS + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else []) \
+    columns = (
+        COLUMNS
+        + (["cuda peak MiB", "cuda ratio"] if workload.device.type == "cuda" else [])
         + (["tokens/s"] if tokens is not None else [])
+    )
     if config.output.out is None:
         return None
     title = f"{config.workload.model} (T = {net.T}), batch {batch_size}, {workload.device}, {clock} clock"
     out = Path(config.output.out)
     report = write_results(
-        out, title=title, heading=f"Step benchmark: {title}", rows=rows, columns=columns,
+        out,
+        title=title,
+        heading=f"Step benchmark: {title}",
+        rows=rows,
+        columns=columns,
         essential=["method", "time ratio", "memory ratio"],
         metrics={"rows": rows, "data": workload.task.info, "machine": machine(workload.device)},
         notes="ms/step: a step (median of round-robin repeats) plus, for BP-modified methods, one refresh "
-              "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
-              "(recede.measure.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
-              "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
-              "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
-              "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "
-              "gradients and the optimizer's state.")
+        "(refresh ms) amortised over its period.  model ratio: the layer-aware cost model "
+        "(recede.measure.cost) calibrated on this model in the same rounds.  memory ratio, real MiB: the "
+        "real peak of a step or refresh (parameters, buffers, optimizer state and offsets plus the "
+        "peak bytes it allocated: activations, gradients, temporaries, recomputation).  saved MiB: "
+        "peak of tensors saved for backward over step and refresh; grads MiB, optimizer MiB: the "
+        "gradients and the optimizer's state.",
+    )
     print(f"results written to {out}/")
     return report

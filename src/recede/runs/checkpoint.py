@@ -102,7 +102,7 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if dtype.kind not in _ARRAY_KINDS or not all(isinstance(n, int) and n >= 0 for n in value["shape"]):
             raise ValueError("an array of an unexpected type")
         return np.frombuffer(tensors[value["N"]].numpy().tobytes(), dtype).reshape(value["shape"]).copy()
-    (tag, items), = value.items()
+    ((tag, items),) = value.items()
     if not isinstance(items, list):
         raise ValueError("unexpected JSON value")
     if tag == "d":
@@ -129,9 +129,17 @@ def encode(payload: dict[str, Any]) -> bytes:
     return save(tensors, metadata={_KEY: header})
 
 
-def save(path: str | Path, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         loop: LoopState, lr_rule: LossIncreaseDecay | None = None, method: object = None,
-         config: dict[str, Any] | None = None, finished: bool = False) -> Path:
+def save(
+    path: str | Path,
+    *,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop: LoopState,
+    lr_rule: LossIncreaseDecay | None = None,
+    method: object = None,
+    config: dict[str, Any] | None = None,
+    finished: bool = False,
+) -> Path:
     """Write a checkpoint to ``path`` atomically and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,9 +181,11 @@ def read(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {err.strerror or err}") from None
     safetensors = len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size
     if not safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip, a pickle
-        raise ValueError(f"checkpoint {str(path)!r} is a pickle (a checkpoint of recede before format "
-                         f"{FORMAT}, or a foreign file); pickles can run code, so it is not opened: "
-                         "train again, or pass --overwrite to replace it")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is a pickle (a checkpoint of recede before format "
+            f"{FORMAT}, or a foreign file); pickles can run code, so it is not opened: "
+            "train again, or pass --overwrite to replace it"
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = (f.metadata() or {}).get(_KEY)
@@ -201,25 +211,41 @@ def _check_schema(payload: dict[str, Any], path: Path | str) -> None:
     """The parts every checkpoint holds, of the right types."""
     name = f"checkpoint {str(path)!r}"
     model = payload.get("model")
-    if not isinstance(model, dict) or not model or \
-            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+    if (
+        not isinstance(model, dict)
+        or not model
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())
+    ):
         raise ValueError(f"{name} holds no model (a mapping of names to tensors)")
     optimizer = payload.get("optimizer")
-    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
-            or not isinstance(optimizer.get("param_groups"), list):
+    if (
+        not isinstance(optimizer, dict)
+        or not isinstance(optimizer.get("state"), dict)
+        or not isinstance(optimizer.get("param_groups"), list)
+    ):
         raise ValueError(f"{name} holds no optimizer state")
     if not isinstance(payload.get("config"), dict):
         raise ValueError(f"{name} holds no config (a mapping of the run's options)")
     loop = payload.get("loop")
-    if not isinstance(loop, dict) or set(loop) != _LOOP_KEYS or not isinstance(loop["history"], list) \
-            or not all(isinstance(loop[k], int) and not isinstance(loop[k], bool) and loop[k] >= 0
-                       for k in ("epoch", "step", "seen", "global_step")) \
-            or not all(isinstance(r, dict) for r in loop["history"]):
+    if (
+        not isinstance(loop, dict)
+        or set(loop) != _LOOP_KEYS
+        or not isinstance(loop["history"], list)
+        or not all(
+            isinstance(loop[k], int) and not isinstance(loop[k], bool) and loop[k] >= 0
+            for k in ("epoch", "step", "seen", "global_step")
+        )
+        or not all(isinstance(r, dict) for r in loop["history"])
+    ):
         raise ValueError(f"{name} holds no valid loop position")
     rng = payload.get("rng")
-    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) \
-            or rng["torch"].dtype != torch.uint8 or not isinstance(rng.get("numpy"), tuple) \
-            or not isinstance(rng.get("python"), tuple):
+    if (
+        not isinstance(rng, dict)
+        or not isinstance(rng.get("torch"), torch.Tensor)
+        or rng["torch"].dtype != torch.uint8
+        or not isinstance(rng.get("numpy"), tuple)
+        or not isinstance(rng.get("python"), tuple)
+    ):
         raise ValueError(f"{name} holds no valid RNG state")
     if not isinstance(payload.get("finished"), bool):
         raise ValueError(f"{name}: 'finished' must be true or false")
@@ -230,8 +256,14 @@ def _check_schema(payload: dict[str, Any], path: Path | str) -> None:
 _UNCHECKED = object()
 
 
-def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               method: object = _UNCHECKED, source: Path | str = "the checkpoint") -> None:
+def check_fits(
+    payload: dict[str, Any],
+    *,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    method: object = _UNCHECKED,
+    source: Path | str = "the checkpoint",
+) -> None:
     """Check that ``payload`` fits ``net`` (the same names and shapes), ``optimizer`` when
     given (as many parameter groups and parameters, state of the parameters' shapes) and
     ``method`` when given (a method state only for a method that has one; None: a method
@@ -240,17 +272,24 @@ def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torc
     own = net.state_dict()
     saved = payload["model"]
     missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    shapes = sorted(f"{k}: {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(saved)
-                    if saved[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k}: {tuple(saved[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(saved)
+        if saved[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        problems = [f"{label} {', '.join(items[:3])}{' …' if len(items) > 3 else ''}" for label, items in
-                    (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+        problems = [
+            f"{label} {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if items
+        ]
         raise ValueError(f"{name} does not fit the model ({'; '.join(problems)})")
     if optimizer is not None:
         groups = payload["optimizer"]["param_groups"]
         mine = optimizer.param_groups
-        if len(groups) != len(mine) or any(not isinstance(g, dict) or len(g.get("params", ())) != len(m["params"])
-                                           for g, m in zip(groups, mine)):
+        if len(groups) != len(mine) or any(
+            not isinstance(g, dict) or len(g.get("params", ())) != len(m["params"]) for g, m in zip(groups, mine)
+        ):
             raise ValueError(f"{name} does not fit the optimizer (its parameter groups differ)")
         params = {i: p for i, p in enumerate(p for m in mine for p in m["params"])}
         for index, state in payload["optimizer"]["state"].items():
@@ -258,8 +297,10 @@ def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torc
                 raise ValueError(f"{name} does not fit the optimizer (state of parameter {index!r})")
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
-                    raise ValueError(f"{name} does not fit the optimizer ({key} of parameter {index}: "
-                                     f"{tuple(value.shape)} vs {tuple(params[index].shape)})")
+                    raise ValueError(
+                        f"{name} does not fit the optimizer ({key} of parameter {index}: "
+                        f"{tuple(value.shape)} vs {tuple(params[index].shape)})"
+                    )
     if method is not _UNCHECKED and payload.get("method") is not None and not hasattr(method, "load_state_dict"):
         raise ValueError(f"{name} holds a method state but this method has none; was it written by another method?")
     rng = payload["rng"]
@@ -267,8 +308,14 @@ def check_fits(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torc
         raise ValueError(f"{name} holds a torch RNG state of the wrong size")
 
 
-def restore(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            lr_rule: LossIncreaseDecay | None = None, method: object = None) -> LoopState:
+def restore(
+    payload: dict[str, Any],
+    *,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_rule: LossIncreaseDecay | None = None,
+    method: object = None,
+) -> LoopState:
     """Put a checkpoint's state back into the objects and RNGs; return the loop position.
     Its content is checked against them first (:func:`check_fits`)."""
     check_fits(payload, net=net, optimizer=optimizer, method=method)
@@ -282,8 +329,9 @@ def restore(payload: dict[str, Any], *, net: torch.nn.Module, optimizer: torch.o
         lr_rule.load_state_dict(payload["lr_rule"])
     if payload["method"] is not None:
         if not hasattr(method, "load_state_dict"):  # checked before start; kept for callers of restore alone
-            raise ValueError("the checkpoint holds a method state but this method has none; "
-                             "was it written by another method?")
+            raise ValueError(
+                "the checkpoint holds a method state but this method has none; was it written by another method?"
+            )
         method.load_state_dict(payload["method"])
     set_rng_state(payload["rng"])
     return loop

@@ -59,10 +59,24 @@ def default_methods(T: int) -> list[str]:
 
 def frontier_columns(metric_columns: Sequence[str], cuda: bool) -> list[str]:
     """Every column of the frontier table (report.md), in order."""
-    return ["method", "train loss", "test loss", *metric_columns,
-            "time ratio", "model ratio", "memory ratio", "real MiB", "saved MiB", "state MiB",
-            *(["cuda peak MiB", "cuda ratio"] if cuda else []),
-            "cos θ", "ms/step", "refresh ms", "run ms/step", "dominated"]
+    return [
+        "method",
+        "train loss",
+        "test loss",
+        *metric_columns,
+        "time ratio",
+        "model ratio",
+        "memory ratio",
+        "real MiB",
+        "saved MiB",
+        "state MiB",
+        *(["cuda peak MiB", "cuda ratio"] if cuda else []),
+        "cos θ",
+        "ms/step",
+        "refresh ms",
+        "run ms/step",
+        "dominated",
+    ]
 
 
 def terminal_columns(columns: Sequence[str]) -> list[str]:
@@ -100,8 +114,9 @@ def mean_rows(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def spread_cells(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` for a table: ``mean ± sd`` where the runs differed, the value where they agreed."""
-    return {key: f"{fmt(value)} ± {row[key + ' sd']:.2g}" if row.get(f"{key} sd") else value
-            for key, value in row.items()}
+    return {
+        key: f"{fmt(value)} ± {row[key + ' sd']:.2g}" if row.get(f"{key} sd") else value for key, value in row.items()
+    }
 
 
 def mean_histories(histories: Sequence[dict[str, list[EpochRecord]]]) -> dict[str, list[EpochRecord]]:
@@ -109,23 +124,29 @@ def mean_histories(histories: Sequence[dict[str, list[EpochRecord]]]) -> dict[st
     merged = {}
     for label in histories[0]:
         epochs = zip(*(h[label] for h in histories))
-        merged[label] = [dataclasses.replace(
-            records[0], train_loss=statistics.fmean(r.train_loss for r in records),
-            test={k: statistics.fmean(r.test[k] for r in records) for k in records[0].test})
-            for records in epochs]
+        merged[label] = [
+            dataclasses.replace(
+                records[0],
+                train_loss=statistics.fmean(r.train_loss for r in records),
+                test={k: statistics.fmean(r.test[k] for r in records) for k in records[0].test},
+            )
+            for records in epochs
+        ]
     return merged
 
 
-def measure_frontier(workload: Workload, specs: list[MethodSpec], results: list[MethodResult],
-                     config: RunConfig, timer: Meter) -> list[dict[str, Any]]:
+def measure_frontier(
+    workload: Workload, specs: list[MethodSpec], results: list[MethodResult], config: RunConfig, timer: Meter
+) -> list[dict[str, Any]]:
     """One row per method: quality, time and memory as paid (ratios to BP), the cost model's
     ratio and cos θ.  A BP-modified method's time carries its refreshes at the rate its
     run made them (``refreshes`` over the steps of its history); ``timer`` times the runs."""
     x, y = workload.batch(config.loop.batch_size)
     bp = next(i for i, s in enumerate(specs) if s.kind == "bp")
     rates = [refreshes_per_step(r.method, r.steps, r.refreshes) for r in results]
-    times, costs = time_methods([r.method for r in results], [r.net for r in results], x, y, rates, timer,
-                                results[bp].net)
+    times, costs = time_methods(
+        [r.method for r in results], [r.net for r in results], x, y, rates, timer, results[bp].net
+    )
     rows = []
     bp_memory = results[bp].memory
     for r, t in zip(results, times):
@@ -152,8 +173,13 @@ def dominated(rows: list[dict[str, Any]], quality: str, higher_is_better: bool) 
     flags = []
     for row in rows:
         mine = costs(row)
-        flags.append(any(all(o <= m for o, m in zip(costs(other), mine)) and costs(other) != mine
-                         for other in rows if other is not row))
+        flags.append(
+            any(
+                all(o <= m for o, m in zip(costs(other), mine)) and costs(other) != mine
+                for other in rows
+                if other is not row
+            )
+        )
     return flags
 
 
@@ -184,22 +210,27 @@ def notes(rows: list[dict[str, Any]], quality: str, n_seeds: int) -> str:
     """What the frontier table's columns measure, and which methods are on the frontier."""
     beaten = [r["method"] for r in rows if r["dominated"] == "yes"]
     kept = [r["method"] for r in rows if r["dominated"] == "no"]
-    seeds = ("" if n_seeds == 1 else
-             f"Every number is the mean ± sample sd over {n_seeds} runs (seeds), each trained and measured "
-             "on its own; a number without ± was the same in every run. Dominance compares the means. ")
-    return (f"{seeds}"
-            "Ratios are to BP on the same batch. Time is what a step costs as paid: the median "
-            "of timed steps (forward + gradient, round-robin across methods) plus, for "
-            "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "
-            "run; model ratio is the layer-aware cost model's prediction (recede.measure.cost); run "
-            "ms/step is the run's own mean (optimizer steps and data loading included). Memory "
-            "(memory ratio, real MiB) is the real peak of a step or a refresh: parameters, buffers, "
-            "optimizer state and offsets plus the peak bytes the step allocated (activations, "
-            "gradients, temporaries, recomputation); saved MiB, its activation part, is the peak "
-            "of tensors saved for backward; state MiB adds parameters, gradients, optimizer state "
-            "and offsets to it. cos θ is the cosine between "
-            "each method's gradient and BP's over all block parameters, at the method's trained "
-            "weights.\n\n"
-            f"**On the frontier** (memory ↓, time ↓, {quality} "
-            f"{'↑' if 'acc' in quality else '↓'}): {', '.join(kept)}.\n\n"
-            f"**Dominated**: {', '.join(beaten) if beaten else 'none'}.")
+    seeds = (
+        ""
+        if n_seeds == 1
+        else f"Every number is the mean ± sample sd over {n_seeds} runs (seeds), each trained and measured "
+        "on its own; a number without ± was the same in every run. Dominance compares the means. "
+    )
+    return (
+        f"{seeds}"
+        "Ratios are to BP on the same batch. Time is what a step costs as paid: the median "
+        "of timed steps (forward + gradient, round-robin across methods) plus, for "
+        "BP-modified methods, one refresh (refresh ms) times the refreshes per step of the "
+        "run; model ratio is the layer-aware cost model's prediction (recede.measure.cost); run "
+        "ms/step is the run's own mean (optimizer steps and data loading included). Memory "
+        "(memory ratio, real MiB) is the real peak of a step or a refresh: parameters, buffers, "
+        "optimizer state and offsets plus the peak bytes the step allocated (activations, "
+        "gradients, temporaries, recomputation); saved MiB, its activation part, is the peak "
+        "of tensors saved for backward; state MiB adds parameters, gradients, optimizer state "
+        "and offsets to it. cos θ is the cosine between "
+        "each method's gradient and BP's over all block parameters, at the method's trained "
+        "weights.\n\n"
+        f"**On the frontier** (memory ↓, time ↓, {quality} "
+        f"{'↑' if 'acc' in quality else '↓'}): {', '.join(kept)}.\n\n"
+        f"**Dominated**: {', '.join(beaten) if beaten else 'none'}."
+    )

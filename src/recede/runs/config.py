@@ -162,12 +162,26 @@ class RunConfig:
         """The options that define what the run computes, under the command line's names: a
         checkpoint resumes only a run that agrees on them (:data:`recede.runs.run.IDENTITY`)."""
         w, o, b = self.workload, self.optimizer, self.bpm
-        return {"model": w.model, "data": w.data, "model_opt": dict(w.model_options),
-                "data_opt": dict(w.data_options), "batch_size": self.loop.batch_size,
-                "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "lr_decay": o.lr_decay,
-                "seed": self.loop.seed if seed is None else seed, "bpm_period": b.period,
-                "bpm_samples": b.samples, "bpm_micro_batch": b.micro_batch, "bpm_scaling": _rule_name(b.scaling),
-                "bpm_a": b.a, "bpm_lam": b.lam, "init": w.init, "init_skip": list(w.init_skip) or None}
+        return {
+            "model": w.model,
+            "data": w.data,
+            "model_opt": dict(w.model_options),
+            "data_opt": dict(w.data_options),
+            "batch_size": self.loop.batch_size,
+            "optimizer": o.name,
+            "lr": o.lr,
+            "momentum": o.momentum,
+            "lr_decay": o.lr_decay,
+            "seed": self.loop.seed if seed is None else seed,
+            "bpm_period": b.period,
+            "bpm_samples": b.samples,
+            "bpm_micro_batch": b.micro_batch,
+            "bpm_scaling": _rule_name(b.scaling),
+            "bpm_a": b.a,
+            "bpm_lam": b.lam,
+            "init": w.init,
+            "init_skip": list(w.init_skip) or None,
+        }
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RunConfig:
@@ -185,44 +199,90 @@ class RunConfig:
         methods = o.get("method") or o.get("methods") or None
         return cls(
             workload=WorkloadConfig(
-                model=get("model", d.workload.model), data=get("data", d.workload.data),
+                model=get("model", d.workload.model),
+                data=get("data", d.workload.data),
                 model_options=key_values(o.get("model_opt") or [], "--model-opt"),
                 data_options=key_values(o.get("data_opt") or [], "--data-opt"),
-                init=o.get("init"), init_skip=list(o.get("init_skip") or [])),
+                init=o.get("init"),
+                init_skip=list(o.get("init_skip") or []),
+            ),
             methods=list(methods) if methods is not None else None,
-            optimizer=OptimizerConfig(get("optimizer", "sgd"), get("lr", 0.01), get("momentum", 0.0),
-                                      get("lr_decay", 0.9)),
-            bpm=BPMConfig(o.get("bpm_period"), o.get("bpm_samples"), get("bpm_micro_batch", 8),
-                          get("bpm_scaling", "robust"), o.get("bpm_a"), o.get("bpm_lam")),
-            loop=LoopConfig(get("epochs", 5), get("batch_size", 100), get("seed", 0), get("seeds", 1),
-                            get("device", "cpu"), get("threads", 0), get("checkpoint_every", 0),
-                            get("resume", False)),
-            measure=MeasureConfig(bool(o.get("frontier", False)), get("timing_steps", 10), get("clock", "wall"),
-                                  get("cosine_batches", 4)),
-            output=OutputConfig(o.get("out", d.output.out), bool(o.get("overwrite", False)),
-                                not o.get("no_progress", False), bool(o.get("tensorboard", False))),
-            parallel=ParallelConfig(get("nproc", 1), get("pipeline", 1), o.get("micro_batches"),
-                                    get("dist_timeout", 300.0)),
+            optimizer=OptimizerConfig(
+                get("optimizer", "sgd"), get("lr", 0.01), get("momentum", 0.0), get("lr_decay", 0.9)
+            ),
+            bpm=BPMConfig(
+                o.get("bpm_period"),
+                o.get("bpm_samples"),
+                get("bpm_micro_batch", 8),
+                get("bpm_scaling", "robust"),
+                o.get("bpm_a"),
+                o.get("bpm_lam"),
+            ),
+            loop=LoopConfig(
+                get("epochs", 5),
+                get("batch_size", 100),
+                get("seed", 0),
+                get("seeds", 1),
+                get("device", "cpu"),
+                get("threads", 0),
+                get("checkpoint_every", 0),
+                get("resume", False),
+            ),
+            measure=MeasureConfig(
+                bool(o.get("frontier", False)), get("timing_steps", 10), get("clock", "wall"), get("cosine_batches", 4)
+            ),
+            output=OutputConfig(
+                o.get("out", d.output.out),
+                bool(o.get("overwrite", False)),
+                not o.get("no_progress", False),
+                bool(o.get("tensorboard", False)),
+            ),
+            parallel=ParallelConfig(
+                get("nproc", 1), get("pipeline", 1), o.get("micro_batches"), get("dist_timeout", 300.0)
+            ),
         ).validate()
 
     def options(self) -> dict[str, Any]:
         """The config under the flat option names :meth:`from_options` reads (what a Python
         run writes to ``config.yaml``)."""
         w, o, b, lp, m = self.workload, self.optimizer, self.bpm, self.loop, self.measure
-        return {"model": w.model, "data": w.data,
-                "model_opt": [f"{k}={json.dumps(v)}" for k, v in w.model_options.items()],
-                "data_opt": [f"{k}={json.dumps(v)}" for k, v in w.data_options.items()],
-                "init": w.init, "init_skip": list(w.init_skip) or None, "methods": self.methods,
-                "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "lr_decay": o.lr_decay,
-                "bpm_period": b.period, "bpm_samples": b.samples, "bpm_micro_batch": b.micro_batch,
-                "bpm_scaling": _rule_name(b.scaling), "bpm_a": b.a, "bpm_lam": b.lam,
-                "epochs": lp.epochs, "batch_size": lp.batch_size, "seed": lp.seed, "seeds": lp.seeds,
-                "device": lp.device, "threads": lp.threads, "checkpoint_every": lp.checkpoint_every,
-                "frontier": m.frontier, "timing_steps": m.timing_steps, "clock": m.clock,
-                "cosine_batches": m.cosine_batches, "out": self.output.out,
-                "no_progress": not self.output.progress, "tensorboard": self.output.tensorboard,
-                "nproc": self.parallel.nproc, "pipeline": self.parallel.pipeline,
-                "micro_batches": self.parallel.micro_batches, "dist_timeout": self.parallel.dist_timeout}
+        return {
+            "model": w.model,
+            "data": w.data,
+            "model_opt": [f"{k}={json.dumps(v)}" for k, v in w.model_options.items()],
+            "data_opt": [f"{k}={json.dumps(v)}" for k, v in w.data_options.items()],
+            "init": w.init,
+            "init_skip": list(w.init_skip) or None,
+            "methods": self.methods,
+            "optimizer": o.name,
+            "lr": o.lr,
+            "momentum": o.momentum,
+            "lr_decay": o.lr_decay,
+            "bpm_period": b.period,
+            "bpm_samples": b.samples,
+            "bpm_micro_batch": b.micro_batch,
+            "bpm_scaling": _rule_name(b.scaling),
+            "bpm_a": b.a,
+            "bpm_lam": b.lam,
+            "epochs": lp.epochs,
+            "batch_size": lp.batch_size,
+            "seed": lp.seed,
+            "seeds": lp.seeds,
+            "device": lp.device,
+            "threads": lp.threads,
+            "checkpoint_every": lp.checkpoint_every,
+            "frontier": m.frontier,
+            "timing_steps": m.timing_steps,
+            "clock": m.clock,
+            "cosine_batches": m.cosine_batches,
+            "out": self.output.out,
+            "no_progress": not self.output.progress,
+            "tensorboard": self.output.tensorboard,
+            "nproc": self.parallel.nproc,
+            "pipeline": self.parallel.pipeline,
+            "micro_batches": self.parallel.micro_batches,
+            "dist_timeout": self.parallel.dist_timeout,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -244,8 +304,9 @@ class RunConfig:
                 fields = {f.name for f in dataclasses.fields(default)}
                 bad = sorted(set(map(str, value)) - fields)
                 if bad:
-                    raise ValueError(f"run config: {name} has no field(s) {', '.join(bad)}; "
-                                     f"it takes: {', '.join(sorted(fields))}")
+                    raise ValueError(
+                        f"run config: {name} has no field(s) {', '.join(bad)}; it takes: {', '.join(sorted(fields))}"
+                    )
                 kwargs[name] = dataclasses.replace(default, **value)  # type: ignore[type-var]  # a part, checked above
             else:
                 kwargs[name] = value
@@ -257,8 +318,15 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every field once; raise ``ValueError`` naming the first bad one.  Returns self."""
-        w, o, b, lp, m, out, par = (self.workload, self.optimizer, self.bpm, self.loop, self.measure,
-                                    self.output, self.parallel)
+        w, o, b, lp, m, out, par = (
+            self.workload,
+            self.optimizer,
+            self.bpm,
+            self.loop,
+            self.measure,
+            self.output,
+            self.parallel,
+        )
         for where, value in (("workload.model", w.model), ("workload.data", w.data), ("loop.device", lp.device)):
             _string(where, value)
         if w.init is not None:
@@ -268,8 +336,11 @@ class RunConfig:
                 raise ValueError(f"{where} must be a mapping of option names to values, got {shown(options)}")
         if not isinstance(w.init_skip, (list, tuple)) or not all(isinstance(s, str) for s in w.init_skip):
             raise ValueError(f"workload.init_skip must be a list of glob patterns, got {shown(w.init_skip)}")
-        if self.methods is not None and (not isinstance(self.methods, (list, tuple)) or not self.methods
-                                         or not all(isinstance(s, str) for s in self.methods)):
+        if self.methods is not None and (
+            not isinstance(self.methods, (list, tuple))
+            or not self.methods
+            or not all(isinstance(s, str) for s in self.methods)
+        ):
             raise ValueError(f"methods must be a non-empty list of method names, got {shown(self.methods)}")
         _choice("optimizer.name", o.name, OPTIMIZERS)
         _number("optimizer.lr", o.lr, *BOUNDS["lr"])
@@ -330,8 +401,16 @@ def _integer(where: str, value: Any, low: float, high: float = MAX_INT, *, optio
         raise ValueError(f"{where} must be an integer in [{int(low)}, {int(high)}], got {shown(value)}")
 
 
-def _number(where: str, value: Any, low: float, high: float, *, low_open: bool = False,
-            high_open: bool = False, optional: bool = False) -> None:
+def _number(
+    where: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
     if value is None and optional:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -16,5 +16,3 @@ from __future__ import annotations
 def demo_methods(T: int) -> list[str]:
     """BP, checkpointed BP, FF, horizons ⌈T/3⌉ and ⌈2T/3⌉, and BP-modified FF."""
     return ["bp", "ckpt", "ff", f"mpc:{-(-T // 3)}", f"mpc:{-(-2 * T // 3)}", "bpm-ff"]
-
-

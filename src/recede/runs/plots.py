@@ -11,8 +11,9 @@ from recede.runs.train import EpochRecord
 
 
 @contextmanager
-def figure(path: str | Path, nrows: int = 1, ncols: int = 1, layout_rect: tuple | None = None,
-           **subplots: Any) -> Iterator[tuple[Any, Any]]:
+def figure(
+    path: str | Path, nrows: int = 1, ncols: int = 1, layout_rect: tuple | None = None, **subplots: Any
+) -> Iterator[tuple[Any, Any]]:
     """``(fig, axes)`` of ``plt.subplots(nrows, ncols, **subplots)`` on the Agg backend; on
     leaving the block the figure is laid out, written to ``path`` as a PNG and closed."""
     import matplotlib
@@ -52,20 +53,35 @@ def frontier(rows: Sequence[dict[str, Any]], path: str | Path, quality: str, tit
     """
     path = Path(path)
     with figure(path, 1, 2, layout_rect=(0, 0.04, 1, 1), figsize=(10, 4), sharey=True) as (fig, axes):
-        for ax, cost, name in ((axes[0], "memory ratio", "real peak memory / BP"),
-                               (axes[1], "time ratio", "time per step / BP (refreshes included)")):
+        for ax, cost, name in (
+            (axes[0], "memory ratio", "real peak memory / BP"),
+            (axes[1], "time ratio", "time per step / BP (refreshes included)"),
+        ):
             for i, row in enumerate(rows):
                 colour = f"C{i % 10}"
                 face = "none" if row.get("dominated") == "yes" else colour
                 ax.scatter(row[cost], row[quality], s=60, edgecolors=colour, facecolors=face, zorder=3)
                 if row.get(f"{cost} sd") or row.get(f"{quality} sd"):
-                    ax.errorbar(row[cost], row[quality], xerr=row.get(f"{cost} sd") or None,
-                                yerr=row.get(f"{quality} sd") or None, color=colour, linewidth=1, zorder=2)
-                ax.annotate(row["method"], (row[cost], row[quality]), fontsize=8,
-                            xytext=(4, 4), textcoords="offset points")
+                    ax.errorbar(
+                        row[cost],
+                        row[quality],
+                        xerr=row.get(f"{cost} sd") or None,
+                        yerr=row.get(f"{quality} sd") or None,
+                        color=colour,
+                        linewidth=1,
+                        zorder=2,
+                    )
+                ax.annotate(
+                    row["method"], (row[cost], row[quality]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+                )
             ax.set(xlabel=name, title=title if ax is axes[0] else "")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel(quality + (" (↑ better)" if "acc" in quality else " (↓ better)"))
-        fig.text(0.5, 0.01, "hollow: dominated (another method is no worse on memory, time and "
-                 f"{quality}, and better on one)", ha="center", fontsize=8)
+        fig.text(
+            0.5,
+            0.01,
+            f"hollow: dominated (another method is no worse on memory, time and {quality}, and better on one)",
+            ha="center",
+            fontsize=8,
+        )
     return path

@@ -50,8 +50,14 @@ RESULTS = ("config.yaml", "metrics.json", "report.md", "checkpoints")
 REPLACED = RESULTS + ("tensorboard", "loss.png", "frontier.png")
 """What ``--overwrite`` moves aside when the new run starts (:func:`start`), and deletes once
 it has begun training (:func:`commit`)."""
-FILES = {"config.yaml": False, "metrics.json": False, "report.md": False, "loss.png": False,
-         "checkpoints": True, "tensorboard": True}
+FILES = {
+    "config.yaml": False,
+    "metrics.json": False,
+    "report.md": False,
+    "loss.png": False,
+    "checkpoints": True,
+    "tensorboard": True,
+}
 """What a run writes in ``--out`` (True: a folder): each must be of that kind if it exists."""
 
 
@@ -80,8 +86,7 @@ def check_out(args: Any) -> None:
     folder = out_folder(args)
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, "
-                         "or replace it")
+        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
     if getattr(args, "out", None) is not None and not str(args.out).strip():
         raise ValueError("--out is empty; name a results folder")
     check_folder(folder, resume, overwrite, hasattr(args, "resume"))
@@ -91,16 +96,16 @@ def check_folder(folder: Path | None, resume: bool | str, overwrite: bool, resum
     """Apply the ``--out`` rules of the module docstring to ``folder`` (None: no folder)
     without writing anything; ``resumable``: the run could continue an earlier one."""
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, "
-                         "or replace it")
+        raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
     if folder is None or not writes_files():
         return
     try:
         _check_out_folder(folder, bool(resume), overwrite, resumable)
     except OSError as err:  # a name too long, a symlink loop, an unreadable parent...
         where = err.filename if err.filename is not None else folder
-        raise ValueError(f"--out {shown(str(folder), 200)}: {shown(str(where), 200)}: "
-                         f"{err.strerror or type(err).__name__}") from None
+        raise ValueError(
+            f"--out {shown(str(folder), 200)}: {shown(str(where), 200)}: {err.strerror or type(err).__name__}"
+        ) from None
 
 
 def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bool) -> None:
@@ -110,8 +115,7 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
         raise ValueError(f"--out {shown(str(folder), 200)} is not valid UTF-8; name the folder in UTF-8") from None
     for part in folder.absolute().parts:
         if len(os.fsencode(part)) > 255:
-            raise ValueError(f"--out {shown(str(folder), 120)}: the name {shown(part, 40)} is longer "
-                             "than 255 bytes")
+            raise ValueError(f"--out {shown(str(folder), 120)}: the name {shown(part, 40)} is longer than 255 bytes")
     if folder.is_symlink() and not folder.exists():
         raise ValueError(f"--out {folder} is {_broken_link(folder)}")
     if folder.exists() and not folder.is_dir():
@@ -133,13 +137,17 @@ def _check_out_folder(folder: Path, resume: bool, overwrite: bool, resumable: bo
         if path.is_symlink() and not path.exists():
             raise ValueError(f"--out {folder}: {path} is {_broken_link(path)}")
         if path.exists() and path.is_dir() != want_dir:
-            raise ValueError(f"--out {folder}: {path} is a {'file' if want_dir else 'folder'}, "
-                             f"not a {'folder' if want_dir else 'file'}; remove it or choose another --out")
+            raise ValueError(
+                f"--out {folder}: {path} is a {'file' if want_dir else 'folder'}, "
+                f"not a {'folder' if want_dir else 'file'}; remove it or choose another --out"
+            )
     held = [name for name in RESULTS if (folder / name).exists() or (folder / name).is_symlink()]
     if held and not (resume or overwrite):
         hint = ", --resume to continue it" if resumable else ""
-        raise ValueError(f"--out {folder} holds the results of an earlier run ({', '.join(held)}); "
-                         f"pass --overwrite to replace them{hint}, or choose another --out")
+        raise ValueError(
+            f"--out {folder} holds the results of an earlier run ({', '.join(held)}); "
+            f"pass --overwrite to replace them{hint}, or choose another --out"
+        )
 
 
 def _broken_link(path: Path) -> str:
@@ -158,12 +166,18 @@ def check_same_run(saved: dict[str, Any], identity: dict[str, Any], source: Path
     differ = sorted(k for k in identity if saved.get(k) != identity[k])
     if differ:
         detail = ", ".join(f"{k}: {shown(saved.get(k), 60)} → {shown(identity[k], 60)}" for k in differ)
-        raise ValueError(f"--resume: {source} was written by a different run ({detail}); "
-                         "use the same options or another --out")
+        raise ValueError(
+            f"--resume: {source} was written by a different run ({detail}); use the same options or another --out"
+        )
 
 
-def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path, str],
-                 mode: bool | str, net: torch.nn.Module | None = None) -> list[Path]:
+def check_resume(
+    folder: Path,
+    identity: dict[str, Any],
+    checkpoints: dict[Path, str],
+    mode: bool | str,
+    net: torch.nn.Module | None = None,
+) -> list[Path]:
     """For ``--resume`` (``mode`` True) or ``--resume auto``: check that ``folder``'s
     ``config.yaml`` and every existing checkpoint (path → its method's label) were written with
     the options in ``identity``, and hold a model of ``net``'s names and shapes when ``net``
@@ -189,9 +203,11 @@ def check_resume(folder: Path, identity: dict[str, Any], checkpoints: dict[Path,
         if net is not None:
             checkpoint.check_fits(payload, net=net, source=path)
     if mode is True and not found:
-        raise ValueError(f"--resume: no checkpoint to resume in {folder / 'checkpoints'} (looked for "
-                         f"{', '.join(p.name for p in checkpoints)}); run without --resume, or with "
-                         "--resume auto to resume only if one exists")
+        raise ValueError(
+            f"--resume: no checkpoint to resume in {folder / 'checkpoints'} (looked for "
+            f"{', '.join(p.name for p in checkpoints)}); run without --resume, or with "
+            "--resume auto to resume only if one exists"
+        )
     return found
 
 
@@ -288,8 +304,10 @@ def probe(net: BlockNet, task: data.Task, device: torch.device, what: str = "the
     either.  The batch is drawn inside a forked RNG too (a DataLoader draws a seed)."""
     from recede.runs.train import batches
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            warnings.catch_warnings(record=True) as caught:
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.simplefilter("always")
         x, y = next(iter(batches(task.train, 2)))
         where = f"{what} does not fit dataset {task.name!r} (inputs {tuple(x.shape[1:])}, {task.kind})"

@@ -42,25 +42,54 @@ FORMAT_VERSION = 1
 """Bumped whenever what :func:`pretrain` writes for the same settings changes."""
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "resnet": {"model": "resnet62", "model_opt": ["widths=[8, 16, 32]", "blocks_per_stage=2"],
-               "data": "digits", "data_opt": ["classes=[0, 1, 2, 3, 4]"], "epochs": 6,
-               "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
-    "vit": {"model": "vit-b16", "model_opt": ["img_size=8", "patch_size=2", "embed_dim=32", "depth=4",
-                                              "num_heads=4"],
-            "data": "digits", "data_opt": ["classes=[0, 1, 2, 3, 4]"], "epochs": 20,
-            "batch_size": 32, "optimizer": "adam", "lr": 0.002, "momentum": 0.0},
-    "llama": {"model": "llama", "model_opt": ["n_layer=2", "hidden_size=64", "n_head=4", "n_kv_head=2",
-                                              "intermediate_size=128"],
-              "data": "text", "data_opt": ["seq_len=64", "stride=2048"], "epochs": 3,
-              "batch_size": 16, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
+    "resnet": {
+        "model": "resnet62",
+        "model_opt": ["widths=[8, 16, 32]", "blocks_per_stage=2"],
+        "data": "digits",
+        "data_opt": ["classes=[0, 1, 2, 3, 4]"],
+        "epochs": 6,
+        "batch_size": 32,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+    },
+    "vit": {
+        "model": "vit-b16",
+        "model_opt": ["img_size=8", "patch_size=2", "embed_dim=32", "depth=4", "num_heads=4"],
+        "data": "digits",
+        "data_opt": ["classes=[0, 1, 2, 3, 4]"],
+        "epochs": 20,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 0.002,
+        "momentum": 0.0,
+    },
+    "llama": {
+        "model": "llama",
+        "model_opt": ["n_layer=2", "hidden_size=64", "n_head=4", "n_kv_head=2", "intermediate_size=128"],
+        "data": "text",
+        "data_opt": ["seq_len=64", "stride=2048"],
+        "epochs": 3,
+        "batch_size": 16,
+        "optimizer": "adam",
+        "lr": 0.003,
+        "momentum": 0.0,
+    },
 }
 """Source checkpoints of docs/finetune.md (``--preset NAME``): reduced ResNet-62 and ViT-B/16
 pretrained on digits 0-4, and a 2-layer Llama-layout LM on the standard library's source
 (``text``: bytes, 64-byte windows every 2 048 bytes).  Flags given with ``--preset`` override
 its values."""
 
-_DEFAULTS: dict[str, Any] = {"model_opt": [], "data_opt": [], "epochs": 5, "batch_size": 32,
-                             "optimizer": "sgd", "lr": 0.01, "momentum": 0.0}
+_DEFAULTS: dict[str, Any] = {
+    "model_opt": [],
+    "data_opt": [],
+    "epochs": 5,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.0,
+}
 
 
 def settings(args: Any) -> dict[str, Any]:
@@ -72,12 +101,20 @@ def settings(args: Any) -> dict[str, Any]:
             chosen[key] = getattr(args, key)
     if chosen.get("model") is None or chosen.get("data") is None:
         raise ValueError(f"give --preset ({', '.join(sorted(PRESETS))}) or --model and --data")
-    return {"format_version": FORMAT_VERSION, "model": chosen["model"],
-            "model_options": key_values(chosen["model_opt"], "--model-opt"), "data": chosen["data"],
-            "data_options": key_values(chosen["data_opt"], "--data-opt"), "method": "bp",
-            "epochs": chosen["epochs"], "batch_size": chosen["batch_size"],
-            "optimizer": chosen["optimizer"], "lr": chosen["lr"], "momentum": chosen["momentum"],
-            "seed": args.seed}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": chosen["model"],
+        "model_options": key_values(chosen["model_opt"], "--model-opt"),
+        "data": chosen["data"],
+        "data_options": key_values(chosen["data_opt"], "--data-opt"),
+        "method": "bp",
+        "epochs": chosen["epochs"],
+        "batch_size": chosen["batch_size"],
+        "optimizer": chosen["optimizer"],
+        "lr": chosen["lr"],
+        "momentum": chosen["momentum"],
+        "seed": args.seed,
+    }
 
 
 def content_hash(values: dict[str, Any]) -> str:
@@ -106,8 +143,11 @@ def cached(folder: Path, values: dict[str, Any]) -> Path | None:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("hash") != content_hash(values) \
-            or meta.get("sha256") != _file_sha256(path):
+    if (
+        not isinstance(meta, dict)
+        or meta.get("hash") != content_hash(values)
+        or meta.get("sha256") != _file_sha256(path)
+    ):
         return None
     return path
 
@@ -127,8 +167,7 @@ def tensors_to_save(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
-             reuse: bool = True) -> tuple[Path, bool]:
+def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False, reuse: bool = True) -> tuple[Path, bool]:
     """Write the checkpoint of ``values`` (:func:`settings`) in ``folder`` unless it is cached
     (and ``reuse``); return its path and whether it was reused.  The data and model are checked first
     (:mod:`recede.runs.preflight`); nothing is written before they are, and the files appear whole
@@ -150,13 +189,18 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
     started = time.perf_counter()
     # BP from the seed, no lr decay, evaluated once at the end
     config = RunConfig(
-        workload=WorkloadConfig(values["model"], values["data"], dict(values["model_options"]),
-                                dict(values["data_options"])),
-        methods=["bp"], optimizer=OptimizerConfig(values["optimizer"], values["lr"], values["momentum"], 1.0),
+        workload=WorkloadConfig(
+            values["model"], values["data"], dict(values["model_options"]), dict(values["data_options"])
+        ),
+        methods=["bp"],
+        optimizer=OptimizerConfig(values["optimizer"], values["lr"], values["momentum"], 1.0),
         loop=LoopConfig(epochs=values["epochs"], batch_size=values["batch_size"], seed=values["seed"]),
-        measure=MeasureConfig(paid=False, test=False), output=OutputConfig(out=None, progress=progress)).validate()
-    result = train_method(Workload(task, values["model"], dict(values["model_options"]), device, net=net),
-                          "bp", config, out=None)
+        measure=MeasureConfig(paid=False, test=False),
+        output=OutputConfig(out=None, progress=progress),
+    ).validate()
+    result = train_method(
+        Workload(task, values["model"], dict(values["model_options"]), device, net=net), "bp", config, out=None
+    )
     net, history = result.net, result.history
     test = evaluate(net, task.test, classification=task.kind == "classification", metrics=task.metrics)
     seconds = time.perf_counter() - started
@@ -167,13 +211,24 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False,
     try:
         # one metadata key: safetensors writes several in no fixed order, and the bytes must repeat
         save_file(tensors_to_save(net), str(temporary), metadata={"recede-pretrain": digest})
-        meta = {"what": "a recede pretrained source checkpoint (recede pretrain; docs/finetune.md)",
-                "file": path.name, "sha256": _file_sha256(temporary), "hash": digest,
-                "settings": values, "source_task": {"name": task.name, "kind": task.kind,
-                                                    "input_shape": list(task.input_shape),
-                                                    "output_dim": task.output_dim, **task.info},
-                "final_train_loss": history[-1].train_loss, "test": test,
-                "pretrain_seconds": seconds, "machine": machine(device)}
+        meta = {
+            "what": "a recede pretrained source checkpoint (recede pretrain; docs/finetune.md)",
+            "file": path.name,
+            "sha256": _file_sha256(temporary),
+            "hash": digest,
+            "settings": values,
+            "source_task": {
+                "name": task.name,
+                "kind": task.kind,
+                "input_shape": list(task.input_shape),
+                "output_dim": task.output_dim,
+                **task.info,
+            },
+            "final_train_loss": history[-1].train_loss,
+            "test": test,
+            "pretrain_seconds": seconds,
+            "machine": machine(device),
+        }
         sidecar = temporary.with_name(temporary.name + ".json")
         sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(temporary, path)
@@ -207,5 +262,6 @@ def describe_init(net: torch.nn.Module, path: str | None, skip: Sequence[str] = 
     keys = list(net.state_dict())
     fresh = [k for k in keys if skipped_by(k, skip)]
     shown = ", ".join(fresh[:6]) + (f" … ({len(fresh)} in all)" if len(fresh) > 6 else "")
-    return (f"--init {path}: {len(keys) - len(fresh)} tensors loaded"
-            + (f"; fresh (--init-skip): {shown}" if fresh else ""))
+    return f"--init {path}: {len(keys) - len(fresh)} tensors loaded" + (
+        f"; fresh (--init-skip): {shown}" if fresh else ""
+    )

@@ -56,7 +56,7 @@ def pm(mean: float | None, sd: float | None) -> str:
         return fmt(mean)
     sd = abs(sd)
     place = -math.floor(math.log10(sd))  # decimals that show sd's first significant digit
-    if sd * 10 ** place < 1.95:  # a leading 1 (after rounding): keep a second figure
+    if sd * 10**place < 1.95:  # a leading 1 (after rounding): keep a second figure
         place += 1
     if place > 4:  # a tiny spread: the mean to 4 significant figures, the spread in e-notation
         return f"{fmt(mean)} ± {sd:.1g}"
@@ -88,8 +88,9 @@ def _column_width(column: str, cells: Sequence[dict[str, str]]) -> int:
     return max([len(w) for w in column.split()] + [len(cell[column]) for cell in cells])
 
 
-def fit_columns(cells: Sequence[dict[str, str]], columns: Sequence[str], essential: Sequence[str],
-                width: int) -> list[str]:
+def fit_columns(
+    cells: Sequence[dict[str, str]], columns: Sequence[str], essential: Sequence[str], width: int
+) -> list[str]:
     """The columns that fit ``width`` terminal columns without cutting a cell: every essential
     one, then the others in order while they fit, in the order of ``columns``."""
     chosen = {c for c in columns if c in essential}
@@ -125,13 +126,24 @@ def render_table(cells: Sequence[dict[str, str]], columns: Sequence[str]) -> lis
     def rule(left: str, mid: str, right: str) -> str:
         return left + mid.join("─" * (w + 2) for w in widths) + right
 
-    return [rule("┌", "┬", "┐"), *(line([h[i] for h in headers]) for i in range(depth)),
-            rule("├", "┼", "┤"), *(line([cell[c] for c in columns]) for cell in cells), rule("└", "┴", "┘")]
+    return [
+        rule("┌", "┬", "┐"),
+        *(line([h[i] for h in headers]) for i in range(depth)),
+        rule("├", "┼", "┤"),
+        *(line([cell[c] for c in columns]) for cell in cells),
+        rule("└", "┴", "┘"),
+    ]
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None,
-                essential: Sequence[str] | None = None, report: str | Path | None = None,
-                width: int | None = None, file: Any = None) -> list[str]:
+def print_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    title: str | None = None,
+    essential: Sequence[str] | None = None,
+    report: str | Path | None = None,
+    width: int | None = None,
+    file: Any = None,
+) -> list[str]:
     """Print ``rows`` as a table that fits the terminal without cutting a number.
 
     ``columns`` is every column the caller would show; ``essential`` (default: all of them) are
@@ -150,8 +162,12 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: s
     hidden = [c for c in columns if c not in shown]
     if hidden:
         where = f" in {report}" if report is not None else " in the report"
-        lines += textwrap.wrap(f"{len(hidden)} more column(s){where}: {', '.join(hidden)}", width,
-                               break_long_words=False, break_on_hyphens=False)
+        lines += textwrap.wrap(
+            f"{len(hidden)} more column(s){where}: {', '.join(hidden)}",
+            width,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     print("\n".join(lines), file=file if file is not None else sys.stdout, flush=True)
     return shown
 
@@ -172,9 +188,14 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
         fields = {k.strip(): v.strip() for k, v in fields.items()}
         if "model name" in fields:
             cpu = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-    facts = {"recede": __version__, "torch": torch.__version__, "python": platform.python_version(),
-             "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "threads": torch.get_num_threads()}
+    facts = {
+        "recede": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
     device = torch.device(device)
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)

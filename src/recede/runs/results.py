@@ -22,16 +22,28 @@ if TYPE_CHECKING:
     from recede.runs.config import RunConfig
     from recede.runs.run import Workload
 
-TRAIN_NOTES = ("ms/step is the mean wall time of a training step over the run (refreshes included); saved "
-               "MiB is the peak of tensors saved for backward over a step and a refresh (recede.measure.memory); "
-               "state MiB adds parameters, gradients, optimizer state and offsets.")
+TRAIN_NOTES = (
+    "ms/step is the mean wall time of a training step over the run (refreshes included); saved "
+    "MiB is the peak of tensors saved for backward over a step and a refresh (recede.measure.memory); "
+    "state MiB adds parameters, gradients, optimizer state and offsets."
+)
 
 
-def write_results(out: Path, *, title: str, heading: str, rows: Sequence[dict[str, Any]],
-                  columns: Sequence[str], notes: str, metrics: dict[str, Any],
-                  histories: Mapping[str, Sequence[EpochRecord]] | None = None,
-                  cells: Sequence[dict[str, Any]] | None = None, terminal: Sequence[str] | None = None,
-                  essential: Sequence[str] | None = None, quality: str | None = None) -> Path:
+def write_results(
+    out: Path,
+    *,
+    title: str,
+    heading: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    notes: str,
+    metrics: dict[str, Any],
+    histories: Mapping[str, Sequence[EpochRecord]] | None = None,
+    cells: Sequence[dict[str, Any]] | None = None,
+    terminal: Sequence[str] | None = None,
+    essential: Sequence[str] | None = None,
+    quality: str | None = None,
+) -> Path:
     """Print the table (``terminal`` columns, default ``columns``; ``essential`` ones always)
     and write ``out``: ``report.md`` (``# heading``, the table of ``cells`` — default ``rows``
     — and ``notes``), ``metrics.json`` (``metrics``, plus each history as plain values under
@@ -47,8 +59,11 @@ def write_results(out: Path, *, title: str, heading: str, rows: Sequence[dict[st
         loss_curves(histories, out / "loss.png", title)
         figures.append("![loss curves](loss.png)")
     write_json(out / "metrics.json", metrics)
-    report.write_text(f"# {heading}\n\n{markdown_table(cells or rows, columns)}\n\n{notes}"
-                      + "".join(f"\n\n{figure}" for figure in figures) + "\n")
+    report.write_text(
+        f"# {heading}\n\n{markdown_table(cells or rows, columns)}\n\n{notes}"
+        + "".join(f"\n\n{figure}" for figure in figures)
+        + "\n"
+    )
     return report
 
 
@@ -57,8 +72,9 @@ def plain_histories(histories: Mapping[str, Sequence[EpochRecord]]) -> dict[str,
     return {label: [e.as_dict() for e in history] for label, history in histories.items()}
 
 
-def report_run(config: RunConfig, workload: Workload, runs: list[dict[str, Any]], world_size: int,
-               out: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
+def report_run(
+    config: RunConfig, workload: Workload, runs: list[dict[str, Any]], world_size: int, out: Path | None
+) -> tuple[list[dict[str, Any]], Path | None]:
     """The rows of a run (each seed's ``runs[i]["rows"]``, a mean over seeds for several) and,
     when ``out`` is given, its results folder; returns the rows and the report's path."""
     if config.measure.frontier:
@@ -73,18 +89,34 @@ def report_run(config: RunConfig, workload: Workload, runs: list[dict[str, Any]]
     if out is None:
         return rows, None
     w, lp = config.workload, config.loop
-    columns = ["method", "train loss", "test loss"] + workload.metric_columns \
-        + ["ms/step", "real MiB", "saved MiB", "state MiB"] + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
+    columns = (
+        ["method", "train loss", "test loss"]
+        + workload.metric_columns
+        + ["ms/step", "real MiB", "saved MiB", "state MiB"]
+        + (["cuda peak MiB"] if workload.device.type == "cuda" else [])
+    )
     ranks = f", {world_size} ranks × batch {lp.batch_size}" if world_size > 1 else ""
     title = f"{w.model} on {w.data}, {lp.epochs} epochs{ranks}"
     histories = {r.label: r.history for r in runs[0]["results"]}
-    metrics: dict[str, Any] = {"rows": rows, "data": workload.task.info, "machine": machine(workload.device),
-                               "history": plain_histories(histories)}
+    metrics: dict[str, Any] = {
+        "rows": rows,
+        "data": workload.task.info,
+        "machine": machine(workload.device),
+        "history": plain_histories(histories),
+    }
     if len(runs) > 1:
         metrics |= _per_seed(runs)
-    report = write_results(out, title=title, heading=title, rows=rows, columns=columns, notes=TRAIN_NOTES,
-                           metrics=metrics, histories=histories if len(runs) == 1 else _mean_histories(runs),
-                           essential=["method", *(workload.metric_columns[:1] or ["test loss"]), "ms/step", "real MiB"])
+    report = write_results(
+        out,
+        title=title,
+        heading=title,
+        rows=rows,
+        columns=columns,
+        notes=TRAIN_NOTES,
+        metrics=metrics,
+        histories=histories if len(runs) == 1 else _mean_histories(runs),
+        essential=["method", *(workload.metric_columns[:1] or ["test loss"]), "ms/step", "real MiB"],
+    )
     print(f"results written to {out}/")
     return rows, report
 
@@ -102,13 +134,22 @@ def _mean_histories(runs: list[dict[str, Any]]) -> dict[str, list[EpochRecord]]:
 
 
 def _per_seed(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"seeds": [run["seed"] for run in runs],
-            "runs": [{"seed": run["seed"], "rows": run["rows"],
-                      "history": plain_histories({r.label: r.history for r in run["results"]})} for run in runs]}
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "runs": [
+            {
+                "seed": run["seed"],
+                "rows": run["rows"],
+                "history": plain_histories({r.label: r.history for r in run["results"]}),
+            }
+            for run in runs
+        ],
+    }
 
 
-def _report_frontier(config: RunConfig, workload: Workload, runs: list[dict[str, Any]],
-                     out: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
+def _report_frontier(
+    config: RunConfig, workload: Workload, runs: list[dict[str, Any]], out: Path | None
+) -> tuple[list[dict[str, Any]], Path | None]:
     from recede.runs import compare
 
     rows = compare.mean_rows([run["rows"] for run in runs])
@@ -121,11 +162,23 @@ def _report_frontier(config: RunConfig, workload: Workload, runs: list[dict[str,
     over = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± sd over seeds {seeds[0]}–{seeds[-1]}"
     title = f"{w.model} on {w.data}, {lp.epochs} epochs, {config.measure.clock} clock{over}"
     report = write_results(
-        out, title=title, heading=f"Frontier: {title}", rows=rows, columns=columns,
-        cells=[compare.spread_cells(row) for row in rows], terminal=compare.terminal_columns(columns),
-        essential=compare.essential_columns(workload.metric_columns), quality=workload.quality,
+        out,
+        title=title,
+        heading=f"Frontier: {title}",
+        rows=rows,
+        columns=columns,
+        cells=[compare.spread_cells(row) for row in rows],
+        terminal=compare.terminal_columns(columns),
+        essential=compare.essential_columns(workload.metric_columns),
+        quality=workload.quality,
         notes=compare.notes(rows, workload.quality, len(seeds)),
         histories=_mean_histories(runs),
-        metrics={"rows": rows, "seeds": seeds, "data": workload.task.info, "machine": machine(workload.device),
-                 "runs": _per_seed(runs)["runs"]})
+        metrics={
+            "rows": rows,
+            "seeds": seeds,
+            "data": workload.task.info,
+            "machine": machine(workload.device),
+            "runs": _per_seed(runs)["runs"],
+        },
+    )
     return rows, report

@@ -33,9 +33,26 @@ from recede.runs.config import RunConfig
 from recede.runs.train import EpochRecord, LoopState, LossIncreaseDecay, batches, make_optimizer, train
 
 # options that define what a run computes: a checkpoint resumes only a run that agrees on them
-IDENTITY = ("model", "data", "model_opt", "data_opt", "batch_size", "optimizer", "lr", "momentum",
-            "lr_decay", "seed", "bpm_period", "bpm_samples", "bpm_micro_batch", "bpm_scaling",
-            "bpm_a", "bpm_lam", "init", "init_skip")
+IDENTITY = (
+    "model",
+    "data",
+    "model_opt",
+    "data_opt",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "lr_decay",
+    "seed",
+    "bpm_period",
+    "bpm_samples",
+    "bpm_micro_batch",
+    "bpm_scaling",
+    "bpm_a",
+    "bpm_lam",
+    "init",
+    "init_skip",
+)
 
 
 @dataclass
@@ -100,10 +117,19 @@ class Workload:
         the config's BP-modified settings, B being the global batch."""
         config = config if isinstance(config, RunConfig) else RunConfig.from_options(vars(config))
         b = config.bpm
-        return build_method(net, spec, refresh_data=self.task.train,
-                            batch_size=config.loop.batch_size * self.world_size, period=b.period,
-                            offset_samples=b.samples, micro_batch=b.micro_batch, scaling=b.scaling,
-                            a=b.a, lam=b.lam, seed=config.loop.seed if seed is None else seed)
+        return build_method(
+            net,
+            spec,
+            refresh_data=self.task.train,
+            batch_size=config.loop.batch_size * self.world_size,
+            period=b.period,
+            offset_samples=b.samples,
+            micro_batch=b.micro_batch,
+            scaling=b.scaling,
+            a=b.a,
+            lam=b.lam,
+            seed=config.loop.seed if seed is None else seed,
+        )
 
     def check_methods(self, specs: list[MethodSpec], config: RunConfig | Any) -> None:
         """Build each method once on the checked model, so a horizon or stage count outside
@@ -129,8 +155,10 @@ class Workload:
     @property
     def metric_columns(self) -> list[str]:
         """Result columns beside the losses: accuracy, or an LM's bits per byte, perplexity and tokens/s."""
-        return {"classification": ["test acc"],
-                "language-model": ["test bits/byte", "test perplexity", "tokens/s"]}.get(self.task.kind, [])
+        return {
+            "classification": ["test acc"],
+            "language-model": ["test bits/byte", "test perplexity", "tokens/s"],
+        }.get(self.task.kind, [])
 
     def tokens(self, batch_size: int) -> int | None:
         """Tokens in a batch of ``batch_size`` sequences of a language model (None otherwise)."""
@@ -189,14 +217,18 @@ class MethodResult:
         extra = {f"test {k}": v for k, v in self.final.test.items() if k not in ("loss", "accuracy")}
         if self.tokens_per_step is not None:
             extra["tokens/s"] = self.tokens_per_step / (self.ms_per_step / 1000)
-        return {"method": self.label, "train loss": self.final.train_loss,
-                "test loss": self.final.test.get("loss"), "test acc": self.final.test.get("accuracy"),
-                **extra, "ms/step": self.ms_per_step,
-                "real MiB": None if self.memory.real_peak_bytes is None else self.memory.real_peak_bytes / 2**20,
-                "saved MiB": self.memory.saved_peak_mib,
-                "state MiB": self.memory.state_mib,
-                "cuda peak MiB": None if self.memory.cuda_peak_bytes is None
-                else self.memory.cuda_peak_bytes / 2**20}
+        return {
+            "method": self.label,
+            "train loss": self.final.train_loss,
+            "test loss": self.final.test.get("loss"),
+            "test acc": self.final.test.get("accuracy"),
+            **extra,
+            "ms/step": self.ms_per_step,
+            "real MiB": None if self.memory.real_peak_bytes is None else self.memory.real_peak_bytes / 2**20,
+            "saved MiB": self.memory.saved_peak_mib,
+            "state MiB": self.memory.state_mib,
+            "cuda peak MiB": None if self.memory.cuda_peak_bytes is None else self.memory.cuda_peak_bytes / 2**20,
+        }
 
 
 def slug(spec: MethodSpec | StudyMethod | str) -> str:
@@ -216,9 +248,17 @@ def identity(args: Any) -> dict[str, Any]:
     return RunConfig.from_options(vars(args)).identity()
 
 
-def run_method(workload: Workload, spec: MethodSpec | str, args: Any, *, out: Path,
-               checkpoint_every: int = 0, resume: bool = False, tensorboard: bool = False,
-               per_seed: bool = False) -> MethodResult:
+def run_method(
+    workload: Workload,
+    spec: MethodSpec | str,
+    args: Any,
+    *,
+    out: Path,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    tensorboard: bool = False,
+    per_seed: bool = False,
+) -> MethodResult:
     """:func:`train_method` for a command's parsed options ``args``."""
     config = RunConfig.from_options(vars(args))
     loop = dataclasses.replace(config.loop, checkpoint_every=checkpoint_every, resume=resume)
@@ -261,8 +301,14 @@ class StudyMethod:
     build: Callable[[BlockNet], Any]
 
 
-def plain_setup(workload: Workload, spec: MethodSpec | StudyMethod, config: RunConfig, net: BlockNet,
-                out: Path | None, per_seed: bool) -> Setup:
+def plain_setup(
+    workload: Workload,
+    spec: MethodSpec | StudyMethod,
+    config: RunConfig,
+    net: BlockNet,
+    out: Path | None,
+    per_seed: bool,
+) -> Setup:
     """One process's run of ``spec`` on ``net`` (one rank's shard under data parallelism, the
     method wrapped in :class:`~recede.parallel.data_parallel.DataParallel`), measured after
     training by :func:`recede.measure.usage.measure_paid` (unless ``config.measure.paid`` is off)."""
@@ -277,14 +323,28 @@ def plain_setup(workload: Workload, spec: MethodSpec | StudyMethod, config: RunC
             x, y = workload.batch(batch_size)
             memory = measure_paid(local, net, x, y, optimizer, workload.device)
             optimizer.zero_grad(set_to_none=True)
-        return MethodResult(spec.label, history, memory, net, method, getattr(local, "refreshes", 0),
-                            workload.tokens(batch_size * workload.world_size))
+        return MethodResult(
+            spec.label,
+            history,
+            memory,
+            net,
+            method,
+            getattr(local, "refreshes", 0),
+            workload.tokens(batch_size * workload.world_size),
+        )
 
-    return Setup(method, net, net.parameters(),
-                 None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
-                 config.identity() | {"method": spec.label}, finish, checkpoint_method=method,
-                 test_set=workload.task.test if config.measure.test else None, rank=workload.rank,
-                 world_size=workload.world_size)
+    return Setup(
+        method,
+        net,
+        net.parameters(),
+        None if out is None else checkpoint_path(out, spec, config.loop.seed if per_seed else None),
+        config.identity() | {"method": spec.label},
+        finish,
+        checkpoint_method=method,
+        test_set=workload.task.test if config.measure.test else None,
+        rank=workload.rank,
+        world_size=workload.world_size,
+    )
 
 
 StepHook = Callable[[Any, int, int, float], None]
@@ -297,9 +357,16 @@ EpochHook = Callable[[BlockNet, EpochRecord], None]
 done) with the model being trained, before anything measures it."""
 
 
-def train_method(workload: Workload, spec: MethodSpec | StudyMethod | str, config: RunConfig, *,
-                 out: Path | None, per_seed: bool = False, on_step: StepHook | None = None,
-                 on_epoch: EpochHook | None = None) -> MethodResult:
+def train_method(
+    workload: Workload,
+    spec: MethodSpec | StudyMethod | str,
+    config: RunConfig,
+    *,
+    out: Path | None,
+    per_seed: bool = False,
+    on_step: StepHook | None = None,
+    on_epoch: EpochHook | None = None,
+) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
     optimizer, train — the one place a run does this (a pipeline stage's method and
     measurement come from :func:`recede.parallel.pipeline.run.stage_setup`, everything else's
@@ -334,17 +401,29 @@ def train_method(workload: Workload, spec: MethodSpec | StudyMethod | str, confi
         assert path is not None
         payload = checkpoint.read(path)
         preflight.check_same_run(payload["config"], setup.identity, path)
-        loop = checkpoint.restore(payload, net=setup.module, optimizer=optimizer, lr_rule=lr_rule,
-                                  method=setup.checkpoint_method)
-    writer = _tensorboard_writer(out / "tensorboard" / slug(spec)) \
-        if config.output.tensorboard and writes and out is not None else None
+        loop = checkpoint.restore(
+            payload, net=setup.module, optimizer=optimizer, lr_rule=lr_rule, method=setup.checkpoint_method
+        )
+    writer = (
+        _tensorboard_writer(out / "tensorboard" / slug(spec))
+        if config.output.tensorboard and writes and out is not None
+        else None
+    )
 
     def save(finished: bool = False) -> None:
         nonlocal has_checkpoint
         if not writes or path is None:
             return
-        checkpoint.save(path, net=setup.module, optimizer=optimizer, loop=loop, lr_rule=lr_rule,
-                        method=setup.checkpoint_method, config=setup.identity, finished=finished)
+        checkpoint.save(
+            path,
+            net=setup.module,
+            optimizer=optimizer,
+            loop=loop,
+            lr_rule=lr_rule,
+            method=setup.checkpoint_method,
+            config=setup.identity,
+            finished=finished,
+        )
         has_checkpoint = True
 
     hook, epoch_hook = on_step, on_epoch
@@ -370,12 +449,27 @@ def train_method(workload: Workload, spec: MethodSpec | StudyMethod | str, confi
                 writer.add_scalar(f"test/{name}", value, record.epoch + 1)
 
     try:
-        history = train(net, setup.method, workload.task.train, optimizer, epochs=lp.epochs,
-                        batch_size=lp.batch_size, test_set=setup.test_set, seed=lp.seed,
-                        lr_rule=lr_rule, classification=workload.classification,
-                        device=workload.device, state=loop, on_step=step_done, on_epoch=epoch_done,
-                        progress=workload.rank == 0 and config.output.progress, description=spec.label,
-                        rank=setup.rank, world_size=setup.world_size, metrics=workload.task.metrics)
+        history = train(
+            net,
+            setup.method,
+            workload.task.train,
+            optimizer,
+            epochs=lp.epochs,
+            batch_size=lp.batch_size,
+            test_set=setup.test_set,
+            seed=lp.seed,
+            lr_rule=lr_rule,
+            classification=workload.classification,
+            device=workload.device,
+            state=loop,
+            on_step=step_done,
+            on_epoch=epoch_done,
+            progress=workload.rank == 0 and config.output.progress,
+            description=spec.label,
+            rank=setup.rank,
+            world_size=setup.world_size,
+            metrics=workload.task.metrics,
+        )
     except NonFiniteLossError as err:
         kept = f"the last good checkpoint is {path}" if has_checkpoint else "no checkpoint was written"
         raise NonFiniteLossError(f"{spec.label}: {err}; {kept}") from None
@@ -397,8 +491,9 @@ class Checked:
     timer: Any = None
 
 
-def check(config: RunConfig, default_methods: Callable[[int], list[str]] | None = None,
-          workload: Workload | None = None) -> Checked:
+def check(
+    config: RunConfig, default_methods: Callable[[int], list[str]] | None = None, workload: Workload | None = None
+) -> Checked:
     """Check everything ``config`` asks for before anything is written: its values, the
     workload (built once), the methods (``config.methods``, else ``default_methods(T)``, else
     BP; a frontier adds BP, every ratio's reference), the clock, TensorBoard, the results
@@ -435,9 +530,14 @@ class RunResult:
     report: Path | None = None
 
 
-def run(config: RunConfig, *, default_methods: Callable[[int], list[str]] | None = None,
-        on_start: Callable[[], None] | None = None, checked: Checked | None = None,
-        workload: Workload | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    *,
+    default_methods: Callable[[int], list[str]] | None = None,
+    on_start: Callable[[], None] | None = None,
+    checked: Checked | None = None,
+    workload: Workload | None = None,
+) -> RunResult:
     """Run ``config``: check it (:func:`check`, the workload built once), start the results
     folder (``on_start``; by default :func:`recede.runs.preflight.start_folder` writes the
     config's options to ``config.yaml``), train every method from every seed
@@ -454,8 +554,12 @@ def run(config: RunConfig, *, default_methods: Callable[[int], list[str]] | None
         raise
 
 
-def _run(config: RunConfig, default_methods: Callable[[int], list[str]] | None,
-         on_start: Callable[[], None] | None, checked: Checked) -> RunResult:
+def _run(
+    config: RunConfig,
+    default_methods: Callable[[int], list[str]] | None,
+    on_start: Callable[[], None] | None,
+    checked: Checked,
+) -> RunResult:
     workload, specs = checked.workload, checked.specs
     ctx = distributed.init_from_env("gloo", config.parallel.dist_timeout)
     stages = config.parallel.pipeline

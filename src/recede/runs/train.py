@@ -44,8 +44,9 @@ class LossIncreaseDecay:
         self.factor, self.previous = state["factor"], state["previous"]
 
 
-def make_optimizer(params, name: str = "sgd", lr: float = 0.01, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    params, name: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """``sgd`` (with optional momentum) or ``adam``."""
     params = [p for p in params if p.requires_grad]
     if not params:
@@ -59,8 +60,15 @@ def make_optimizer(params, name: str = "sgd", lr: float = 0.01, momentum: float 
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adam")
 
 
-def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-            epoch: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """A loader whose shuffle order depends only on (seed, epoch).
 
     With ``world_size`` > 1 it yields rank ``rank``'s shard of that same order: rank r takes
@@ -78,17 +86,22 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int 
     if world_size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
     n = len(dataset)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
-    order = next(iter(DataLoader(range(n), batch_size=n, shuffle=shuffle,  # type: ignore[arg-type]  # a range is
-                                 generator=generator)))  # a map-style dataset at run time
+    indices: Dataset = range(n)  # type: ignore[assignment]  # a range is a map-style dataset at run time
+    order = next(iter(DataLoader(indices, batch_size=n, shuffle=shuffle, generator=generator)))
     total = -(-n // world_size) * world_size
     padded = order.repeat(-(-total // n))[:total]
     return DataLoader(dataset, batch_size=batch_size, sampler=padded[rank::world_size].tolist())
 
 
 @torch.no_grad()
-def evaluate(net: BlockNet, dataset: Dataset, batch_size: int = 512,
-             device: torch.device | str = "cpu", classification: bool = False,
-             metrics: Callable[[float], dict[str, float]] | None = None) -> dict[str, float]:
+def evaluate(
+    net: BlockNet,
+    dataset: Dataset,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    classification: bool = False,
+    metrics: Callable[[float], dict[str, float]] | None = None,
+) -> dict[str, float]:
     """Mean final loss L(x_T) over ``dataset`` (and accuracy for classification), plus
     ``metrics(loss)`` (e.g. :meth:`recede.data.Task.metrics`: bits per byte of an LM)."""
     was_training = net.training
@@ -145,15 +158,28 @@ class LoopState:
         return cls(**{**state, "history": [EpochRecord(**r) for r in state["history"]]})
 
 
-def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Optimizer, *,
-          epochs: int, batch_size: int, test_set: Dataset | None = None, seed: int = 0,
-          lr_rule: LossIncreaseDecay | None = None, classification: bool = False,
-          device: torch.device | str = "cpu", state: LoopState | None = None,
-          on_step: Callable[[int, int, float], None] | None = None,
-          on_epoch: Callable[[EpochRecord], None] | None = None,
-          progress: bool = True, description: str = "train", rank: int = 0,
-          world_size: int = 1, metrics: Callable[[float], dict[str, float]] | None = None
-          ) -> list[EpochRecord]:
+def train(
+    net: BlockNet,
+    method,
+    train_set: Dataset,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    test_set: Dataset | None = None,
+    seed: int = 0,
+    lr_rule: LossIncreaseDecay | None = None,
+    classification: bool = False,
+    device: torch.device | str = "cpu",
+    state: LoopState | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: bool = True,
+    description: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    metrics: Callable[[float], dict[str, float]] | None = None,
+) -> list[EpochRecord]:
     """Train ``net`` with ``method`` from ``state`` (default: the start) to the end of ``epochs``.
 
     ``state`` is updated in place after every step, so ``on_step(epoch, step, loss)`` (run after
@@ -184,8 +210,9 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
                 try:
                     loss = method.backward(x, y)
                 except NonFiniteLossError as err:
-                    raise NonFiniteLossError(f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
-                                             f"batch {state.step + 1}): {err}") from None
+                    raise NonFiniteLossError(
+                        f"step {state.global_step + 1} (epoch {state.epoch + 1}, batch {state.step + 1}): {err}"
+                    ) from None
                 optimizer.step()
                 state.loss_sum += loss * samples_in(y)
                 state.seen += samples_in(y)
@@ -194,14 +221,17 @@ def train(net: BlockNet, method, train_set: Dataset, optimizer: torch.optim.Opti
                 advance(loss, optimizer.param_groups[0]["lr"])
                 if on_step is not None:
                     on_step(state.epoch, state.step - 1, loss)
-            record = EpochRecord(state.epoch, state.loss_sum / state.seen,
-                                 optimizer.param_groups[0]["lr"], time.perf_counter() - start,
-                                 state.step)
+            record = EpochRecord(
+                state.epoch,
+                state.loss_sum / state.seen,
+                optimizer.param_groups[0]["lr"],
+                time.perf_counter() - start,
+                state.step,
+            )
             if lr_rule is not None:
                 lr_rule.step(record.train_loss)
             if test_set is not None:
-                record.test = evaluate(net, test_set, device=device, classification=classification,
-                                       metrics=metrics)
+                record.test = evaluate(net, test_set, device=device, classification=classification, metrics=metrics)
             state.history.append(record)
             state.epoch, state.step, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
             if on_epoch is not None:
@@ -215,8 +245,7 @@ class _progress:
     Memory is CUDA allocated bytes on a GPU, else the process's peak resident set size.
     """
 
-    def __init__(self, enabled: bool, description: str, total: int,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, enabled: bool, description: str, total: int, device: torch.device | str = "cpu") -> None:
         self.enabled, self.description, self.total = enabled, description, total
         self.cuda = torch.device(device).type == "cuda"
 
@@ -232,13 +261,21 @@ class _progress:
             return lambda loss, lr: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]:.3g}  "
-                                       "{task.fields[rate]:.1f} steps/s  {task.fields[mem]:.0f} MiB"),
-                            TimeRemainingColumn(), transient=False)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4g}  lr {task.fields[lr]:.3g}  "
+                "{task.fields[rate]:.1f} steps/s  {task.fields[mem]:.0f} MiB"
+            ),
+            TimeRemainingColumn(),
+            transient=False,
+        )
         self.bar.__enter__()
-        task = self.bar.add_task(self.description, total=self.total, loss=float("nan"),
-                                 lr=float("nan"), rate=0.0, mem=self._memory_mib())
+        task = self.bar.add_task(
+            self.description, total=self.total, loss=float("nan"), lr=float("nan"), rate=0.0, mem=self._memory_mib()
+        )
         start, done = time.perf_counter(), [0]
 
         def advance(loss: float, lr: float) -> None:

@@ -51,8 +51,9 @@ class HorizonRun:
         return sum(c * c for c in self.cos[:steps]) / steps
 
 
-def full_batch_run(net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizon: int, steps: int,
-                   lr: float, rescale: bool = True) -> HorizonRun:
+def full_batch_run(
+    net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizon: int, steps: int, lr: float, rescale: bool = True
+) -> HorizonRun:
     """``steps`` steps of gradient descent ``u ← u − lr·g`` on the batch ``(x, y)``.
 
     ``g`` is c_h g_h on the block parameters (``rescale``; Theorem C.8's estimator) or g_h
@@ -75,15 +76,16 @@ def full_batch_run(net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizon: int
         with torch.no_grad():
             offset = 0
             for p in blocks:
-                p.sub_(lr * scale * g_h[offset:offset + p.numel()].view_as(p))
+                p.sub_(lr * scale * g_h[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
     with torch.no_grad():
         losses.append(float(net.loss(x, y)))
     return HorizonRun(horizon, losses, cos)
 
 
-def decrease_rates(net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizons: list[int],
-                   steps: int, lr: float, rescale: bool = True) -> dict[int, HorizonRun]:
+def decrease_rates(
+    net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizons: list[int], steps: int, lr: float, rescale: bool = True
+) -> dict[int, HorizonRun]:
     """:func:`full_batch_run` for every horizon and for BP, each from ``net``'s current weights
     (``net`` itself is left unchanged)."""
     start = copy.deepcopy(net.state_dict())
@@ -98,8 +100,7 @@ def decrease_rates(net: BlockNet, x: torch.Tensor, y: torch.Tensor, horizons: li
     return runs
 
 
-def _gradient(net: BlockNet, h: int, x: torch.Tensor, y: torch.Tensor,
-              params: list) -> tuple[torch.Tensor, float]:
+def _gradient(net: BlockNet, h: int, x: torch.Tensor, y: torch.Tensor, params: list) -> tuple[torch.Tensor, float]:
     """g_h of the block parameters as one vector, and L(x_T)."""
     for p in params:
         p.grad = None

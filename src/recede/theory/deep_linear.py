@@ -82,8 +82,9 @@ def weights_from(W_tilde: torch.Tensor) -> torch.Tensor:
     return torch.eye(n, dtype=W_tilde.dtype) + W_tilde / T
 
 
-def horizon_gradients(W: torch.Tensor, Phi: torch.Tensor,
-                      horizons: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def horizon_gradients(
+    W: torch.Tensor, Phi: torch.Tensor, horizons: Sequence[int] | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(h, g_h)`` for h in ``horizons`` (default 1..T), ascending; ``g_h`` has shape
     (T, n, n) and ``g_h[t] = ∂L(x_{min(t+h,T)})/∂W(t)``."""
     T, n = W.shape[0], W.shape[1]
@@ -105,7 +106,7 @@ def horizon_gradients(W: torch.Tensor, Phi: torch.Tensor,
         if h in wanted:
             yield h, A.transpose(1, 2) @ E[torch.clamp(k_of + h, max=T)] @ Pt
         if h < T:  # blocks t < T-h reach one block further: W_{t+1}^{t+h+1} = W(t+h) W_{t+1}^{t+h}
-            A[:T - h] = W[h:T] @ A[:T - h]
+            A[: T - h] = W[h:T] @ A[: T - h]
 
 
 def cosines(W: torch.Tensor, Phi: torch.Tensor, horizons: Sequence[int] | None = None) -> dict[int, float]:
@@ -118,8 +119,9 @@ def cosines(W: torch.Tensor, Phi: torch.Tensor, horizons: Sequence[int] | None =
     return {h: float(by_h[h] @ g_T / (by_h[h].norm() * g_T.norm())) for h in sorted(wanted)}
 
 
-def fit_exponent(cos: dict[int, float], T: int, window: tuple[float, float] = (0.03, 0.1),
-                 midpoint: bool = False) -> float:
+def fit_exponent(
+    cos: dict[int, float], T: int, window: tuple[float, float] = (0.03, 0.1), midpoint: bool = False
+) -> float:
     """Slope p of ``log(1 − cos²θ_h) ≈ p·log(x_h) + const`` over ``1 − h/T`` in ``window``.
 
     ``x_h = 1 − h/T`` by default.  ``midpoint=True`` uses ``x_h = (T − h + ½)/T``, the
@@ -127,17 +129,29 @@ def fit_exponent(cos: dict[int, float], T: int, window: tuple[float, float] = (0
     ``Σ j² = ((m+½)³ − (m+½)/4)/3``, so at finite T the raw slope is biased low (≈ 2.5 at
     m ≈ 2–6) and the shift removes most of that bias; both tend to the same limit as T → ∞.
     """
-    points = [((T - h + (0.5 if midpoint else 0.0)) / T, 1 - c * c) for h, c in cos.items()
-              if window[0] <= 1 - h / T <= window[1] and 1 - c * c > 0]
+    points = [
+        ((T - h + (0.5 if midpoint else 0.0)) / T, 1 - c * c)
+        for h, c in cos.items()
+        if window[0] <= 1 - h / T <= window[1] and 1 - c * c > 0
+    ]
     if len(points) < 2:
-        raise ValueError(f"fewer than two horizons with 1 − h/T in {window} and cos θ_h < 1; "
-                         f"use a deeper net (T = {T}) or a wider window")
+        raise ValueError(
+            f"fewer than two horizons with 1 − h/T in {window} and cos θ_h < 1; "
+            f"use a deeper net (T = {T}) or a wider window"
+        )
     x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
     return float(np.polyfit(x, y, 1)[0])
 
 
-def theorem_exponent(T: int, n: int = 10, kind: str = "smooth", scale: float = 1.0, seed: int = 0,
-                     window: tuple[float, float] = (0.03, 0.1), midpoint: bool = False) -> float:
+def theorem_exponent(
+    T: int,
+    n: int = 10,
+    kind: str = "smooth",
+    scale: float = 1.0,
+    seed: int = 0,
+    window: tuple[float, float] = (0.03, 0.1),
+    midpoint: bool = False,
+) -> float:
     """The fitted exponent of Theorem 3.4 on one deep linear net with a random target Φ
     (entries N(0, 1/n)); ``kind`` is ``"smooth"`` or ``"gaussian"`` perturbations."""
     if kind == "smooth":
@@ -152,8 +166,7 @@ def theorem_exponent(T: int, n: int = 10, kind: str = "smooth", scale: float = 1
     return fit_exponent(cosines(weights_from(W_tilde), Phi, hs), T, window, midpoint)
 
 
-def weighted_objective(h: float | np.ndarray, T: int, a: float, b: float, lam: float,
-                       c: float) -> float | np.ndarray:
+def weighted_objective(h: float | np.ndarray, T: int, a: float, b: float, lam: float, c: float) -> float | np.ndarray:
     """``−r(h) + λ(a h + b)`` with ``r(h) = 1 − c(1 − h/T)³`` (Paper A §3.3's example)."""
     return -(1 - c * (1 - np.asarray(h) / T) ** 3) + lam * (a * np.asarray(h) + b)
 

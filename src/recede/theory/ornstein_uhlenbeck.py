@@ -66,10 +66,13 @@ class OUProblem:
         m0 = E @ self.u0
         u_star = self.u_local - E @ self.u_local
         A = self.A
-        return {"cross": float(m0 @ A @ u_star), "bias": float(u_star @ A @ u_star),
-                "var": float(np.trace(self.noise_covariance(self.V_offset, horizon) @ A)),
-                "base_var": float(np.trace(self.noise_covariance(self.V, horizon) @ A)),
-                "m0_norm": float(m0 @ A @ m0)}
+        return {
+            "cross": float(m0 @ A @ u_star),
+            "bias": float(u_star @ A @ u_star),
+            "var": float(np.trace(self.noise_covariance(self.V_offset, horizon) @ A)),
+            "base_var": float(np.trace(self.noise_covariance(self.V, horizon) @ A)),
+            "m0_norm": float(m0 @ A @ m0),
+        }
 
     def optimal_lambda(self, horizon: float) -> float:
         """λ*(𝒯), Paper B eq. 12."""
@@ -80,7 +83,7 @@ class OUProblem:
         """E[J(Û(𝒯))] = ½ tr((Σ + λ²Σ')A) + ½ ‖m_0 + (1−λ)u*‖²_A (App. B.2, eqs. 31–34)."""
         t = self.terms(horizon)
         mean_sq = t["m0_norm"] + 2 * (1 - lam) * t["cross"] + (1 - lam) ** 2 * t["bias"]
-        return 0.5 * (t["base_var"] + lam ** 2 * t["var"]) + 0.5 * mean_sq
+        return 0.5 * (t["base_var"] + lam**2 * t["var"]) + 0.5 * mean_sq
 
     def minimum_loss(self, horizon: float) -> float:
         """min_λ E[J(Û(𝒯))] by eq. 13: E[J(U_h(𝒯))] − (E[U_h]ᵀAu*)² / (2(tr Σ'A + ‖u*‖²_A))."""
@@ -88,16 +91,18 @@ class OUProblem:
         return self.expected_loss(0.0, horizon) - (t["cross"] + t["bias"]) ** 2 / (2 * (t["var"] + t["bias"]))
 
 
-def simulate_loss(problem: OUProblem, lams: np.ndarray, horizon: float, paths: int = 20_000,
-                  dt: float = 1e-3, seed: int = 0) -> np.ndarray:
+def simulate_loss(
+    problem: OUProblem, lams: np.ndarray, horizon: float, paths: int = 20_000, dt: float = 1e-3, seed: int = 0
+) -> np.ndarray:
     """Monte-Carlo E[J(Û(𝒯))] of eq. 11 for each λ in ``lams`` (Euler–Maruyama, common noise)."""
     if dt <= 0 or horizon <= 0 or paths < 2:
         raise ValueError("need dt > 0, horizon > 0 and at least two paths")
     rng = np.random.default_rng(seed)
     lams = np.asarray(lams, dtype=float)
     n = len(problem.u0)
-    roots_t = np.stack([np.linalg.cholesky(problem.V + lam ** 2 * problem.V_offset + 1e-12 * np.eye(n)).T
-                        for lam in lams])  # [L, n, n], transposed: noise = dw @ rootᵀ
+    roots_t = np.stack(
+        [np.linalg.cholesky(problem.V + lam**2 * problem.V_offset + 1e-12 * np.eye(n)).T for lam in lams]
+    )  # [L, n, n], transposed: noise = dw @ rootᵀ
     target = (1 - lams)[:, None] * problem.u_local[None, :]  # drift pulls towards (1−λ)u_h*
     u = np.broadcast_to(problem.u0, (len(lams), paths, n)).copy()
     step = np.eye(n) - dt * problem.A.T
@@ -108,8 +113,9 @@ def simulate_loss(problem: OUProblem, lams: np.ndarray, horizon: float, paths: i
     return 0.5 * np.einsum("lpi,ij,lpj->l", u, problem.A, u) / paths
 
 
-def simulated_optimal_lambda(problem: OUProblem, horizon: float, lams: np.ndarray | None = None,
-                             **simulation: Any) -> float:
+def simulated_optimal_lambda(
+    problem: OUProblem, horizon: float, lams: np.ndarray | None = None, **simulation: Any
+) -> float:
     """λ minimising a quadratic fitted to :func:`simulate_loss` over ``lams`` (E is quadratic in λ)."""
     lams = np.linspace(0, 1, 5) if lams is None else np.asarray(lams)
     c2, c1, _ = np.polyfit(lams, simulate_loss(problem, lams, horizon, **simulation), 2)

@@ -95,14 +95,17 @@ class Family:
 FAMILIES: list[Family] = []
 
 
-def register_family(name: str, matches: Callable[[nn.Module], bool]
-                    ) -> Callable[[Callable[..., Layout]], Callable[..., Layout]]:
+def register_family(
+    name: str, matches: Callable[[nn.Module], bool]
+) -> Callable[[Callable[..., Layout]], Callable[..., Layout]]:
     """Decorator: ``layout(model, **options) -> Layout`` serves every model ``matches`` accepts."""
+
     def add(layout: Callable[..., Layout]) -> Callable[..., Layout]:
         if any(f.name == name for f in FAMILIES):
             raise ValueError(f"model family {name!r} is registered twice")
         FAMILIES.append(Family(name, matches, layout))
         return layout
+
     return add
 
 
@@ -114,14 +117,21 @@ def family_of(model: nn.Module) -> Family:
         if family.matches(model):
             return family
     kind = f"{type(model).__module__}.{type(model).__qualname__}"
-    raise ValueError(f"recede.wrap does not know how to split {kind} into blocks; supported: "
-                     f"{', '.join(f.name for f in FAMILIES)}; otherwise build "
-                     "recede.BlockNet(blocks, heads, loss_fn) from your modules")
+    raise ValueError(
+        f"recede.wrap does not know how to split {kind} into blocks; supported: "
+        f"{', '.join(f.name for f in FAMILIES)}; otherwise build "
+        "recede.BlockNet(blocks, heads, loss_fn) from your modules"
+    )
 
 
-def wrap(model: nn.Module, *, blocks: int | str | Sequence[str] | None = None,
-         head: str | nn.Module | Sequence[nn.Module] = "auto", loss_fn: LossFn | None = None,
-         **options: object) -> BlockNet:
+def wrap(
+    model: nn.Module,
+    *,
+    blocks: int | str | Sequence[str] | None = None,
+    head: str | nn.Module | Sequence[nn.Module] = "auto",
+    loss_fn: LossFn | None = None,
+    **options: object,
+) -> BlockNet:
     """``model`` as a BlockNet of its own modules (see the module docstring).
 
     Args:
@@ -168,17 +178,19 @@ def _group(units: list[nn.Module], blocks: int | None) -> list[list[nn.Module]]:
     if blocks is None:
         return [[u] for u in units]
     if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(units):
-        raise ValueError(f"blocks must be an integer in [1, {len(units)}] (the model has "
-                         f"{len(units)} units), got {blocks!r}")
-    return [units[group.start:group.stop] for group in even_groups(len(units), blocks)]
+        raise ValueError(
+            f"blocks must be an integer in [1, {len(units)}] (the model has {len(units)} units), got {blocks!r}"
+        )
+    return [units[group.start : group.stop] for group in even_groups(len(units), blocks)]
 
 
 def _chain(group: list[nn.Module]) -> nn.Module:
     return group[0] if len(group) == 1 else nn.Sequential(*group)
 
 
-def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module | Sequence[nn.Module],
-           family: str) -> nn.Module | list[nn.Module]:
+def _heads(
+    layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module | Sequence[nn.Module], family: str
+) -> nn.Module | list[nn.Module]:
     """The BlockNet's heads: one shared module or one per block, the last being the final head."""
     final = layout.final_head if layout.final_head is not None else nn.Identity()
     T = len(groups)
@@ -190,20 +202,26 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
         if layout.final_head is None:  # no final head of its own (nn.Sequential): one per block
             if len(heads) != T or bad:
                 got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
-                raise ValueError(f"head= as a list needs one nn.Module per block ({T}), the last being the "
-                                 f"final head ({family} models have none of their own); got {got}")
+                raise ValueError(
+                    f"head= as a list needs one nn.Module per block ({T}), the last being the "
+                    f"final head ({family} models have none of their own); got {got}"
+                )
             return heads
         if len(heads) == T - 1 or (len(heads) == T and heads[-1] is None):
-            heads = heads[:T - 1] + [final]
+            heads = heads[: T - 1] + [final]
         bad = [i for i, h in enumerate(heads) if not isinstance(h, nn.Module)]
         if len(heads) != T or bad:
             got = f"{len(heads)} item(s)" + (f", item {bad[0]} a {type(heads[bad[0]]).__name__}" if bad else "")
-            raise ValueError(f"head= as a list needs an nn.Module for each of the {T - 1} earlier depths "
-                             f"(heads[k-1] reads block k-1's output), then the final head or None for the "
-                             f"model's own; got {got}")
+            raise ValueError(
+                f"head= as a list needs an nn.Module for each of the {T - 1} earlier depths "
+                f"(heads[k-1] reads block k-1's output), then the final head or None for the "
+                f"model's own; got {got}"
+            )
         if layout.own_final and heads[-1] is not final:
-            raise ValueError(f"{family}: the final head is the rest of the model's forward; end head= "
-                             "with None (or leave the last one out)")
+            raise ValueError(
+                f"{family}: the final head is the rest of the model's forward; end head= "
+                "with None (or leave the last one out)"
+            )
         return heads
     head = HEAD_ALIASES.get(head, head) if isinstance(head, str) else head
     if head not in HEAD_CHOICES:
@@ -213,20 +231,26 @@ def _heads(layout: Layout, groups: list[list[nn.Module]], head: str | nn.Module 
         if layout.earlier_shared is not None:
             return [layout.earlier_shared] * (T - 1) + [final]
         if not layout.shareable:
-            raise ValueError(f"{family} models cannot share the final head across depths (their "
-                             "widths differ); use head='independent' or give heads")
+            raise ValueError(
+                f"{family} models cannot share the final head across depths (their "
+                "widths differ); use head='independent' or give heads"
+            )
         return final
-    ends = [sum(len(g) for g in groups[:i + 1]) for i in range(len(groups))]
+    ends = [sum(len(g) for g in groups[: i + 1]) for i in range(len(groups))]
     if head == "group":
         if layout.group_head is None:
-            raise ValueError(f"{family} models have no groups of equal width to share heads within; use "
-                             "head='independent' or give heads")
+            raise ValueError(
+                f"{family} models have no groups of equal width to share heads within; use "
+                "head='independent' or give heads"
+            )
         return [layout.group_head(end - 1) for end in ends[:-1]] + [final]
     if layout.independent_head is None:
         if len(groups) == 1:
             return [final]
-        raise ValueError(f"{family} models have no heads for earlier depths of their own: pass "
-                         "head= (one module shared by every depth, or one per block)")
+        raise ValueError(
+            f"{family} models have no heads for earlier depths of their own: pass "
+            "head= (one module shared by every depth, or one per block)"
+        )
     return [layout.independent_head(end - 1) for end in ends[:-1]] + [final]
 
 

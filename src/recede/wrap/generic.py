@@ -53,19 +53,21 @@ AUTOCAST_DEVICES = ("cpu", "cuda")
 
 def resolve_blocks(model: nn.Module, blocks: str | Sequence[str]) -> tuple[list[str], list[nn.Module]]:
     """The named blocks: a container's children (``"model.layers"``) or modules by name, in order."""
+
     def get(name: str) -> nn.Module:
         try:
             return model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"recede.wrap(blocks=...): {type(model).__name__} has no submodule "
-                             f"{name!r}") from None
+            raise ValueError(f"recede.wrap(blocks=...): {type(model).__name__} has no submodule {name!r}") from None
 
     if isinstance(blocks, str):
         container = get(blocks)
         named = [(f"{blocks}.{n}" if blocks else n, m) for n, m in container.named_children()]
         if len(named) < 1:
-            raise ValueError(f"recede.wrap(blocks={blocks!r}): {type(container).__name__} has no children to "
-                             "use as blocks; name the blocks as a list")
+            raise ValueError(
+                f"recede.wrap(blocks={blocks!r}): {type(container).__name__} has no children to "
+                "use as blocks; name the blocks as a list"
+            )
     else:
         names = list(blocks)
         if not names or not all(isinstance(n, str) for n in names):
@@ -103,8 +105,9 @@ class _Run:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.next = 0  # the block whose output the forward hands over next
         self.finished = False
-        self.thread = threading.Thread(target=self._work, args=(split, x, _mode()), daemon=True,
-                                       name="recede-wrap-forward")
+        self.thread = threading.Thread(
+            target=self._work, args=(split, x, _mode()), daemon=True, name="recede-wrap-forward"
+        )
 
     def _work(self, split: Split, x: Any, mode: tuple) -> None:
         split.workers[threading.get_ident()] = self
@@ -147,9 +150,14 @@ class Split:
             tensor itself, else its ``logits``, else its first element).
     """
 
-    def __init__(self, model: nn.Module, names: list[str], blocks: list[nn.Module],
-                 call: Callable[[nn.Module, Any], Any] | None = None,
-                 output: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: list[str],
+        blocks: list[nn.Module],
+        call: Callable[[nn.Module, Any], Any] | None = None,
+        output: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.model, self.names, self.blocks = model, names, blocks
         self.call = call or _call
         self.output = output or prediction
@@ -159,8 +167,10 @@ class Split:
         self.widths: list[tuple[int, int] | None] = [None] * len(blocks)  # from a probe, if any
         self.run: _Run | None = None
         ref = weakref.ref(self)
-        self.handles = [block.register_forward_hook(lambda module, args, out, ref=ref: _hook(ref, module, args, out))
-                        for block in blocks]
+        self.handles = [
+            block.register_forward_hook(lambda module, args, out, ref=ref: _hook(ref, module, args, out))
+            for block in blocks
+        ]
 
     def __deepcopy__(self, memo: dict) -> Split:
         """A split of the copied model (``copy.deepcopy(net)``), hooked to its own blocks."""
@@ -188,8 +198,10 @@ class Split:
         if run is None or run.finished or run.next != t:
             where = "no forward in progress" if run is None or run.finished else f"block {run.next} runs next"
             what = "the final head" if t == len(self.blocks) else f"unit {t}"
-            raise RuntimeError(f"recede.wrap: {what} of a split {type(self.model).__name__} was called out of "
-                               f"order ({where}); call the blocks in order, starting from block 0")
+            raise RuntimeError(
+                f"recede.wrap: {what} of a split {type(self.model).__name__} was called out of "
+                f"order ({where}); call the blocks in order, starting from block 0"
+            )
         return self._expect(run.resume(z), t)
 
     def _expect(self, message: tuple, t: int) -> Any:
@@ -199,17 +211,21 @@ class Split:
         if message[0] == "done":
             run.finished = True
             if t != T:
-                raise ValueError(f"recede.wrap(blocks=...): {type(self.model).__name__}'s forward returned "
-                                 f"without calling block {t} ({self.names[t]}); name the blocks its forward "
-                                 f"calls, or {RECIPE}")
+                raise ValueError(
+                    f"recede.wrap(blocks=...): {type(self.model).__name__}'s forward returned "
+                    f"without calling block {t} ({self.names[t]}); name the blocks its forward "
+                    f"calls, or {RECIPE}"
+                )
             return self.output(message[1])
         _, i, out = message
         if i != t:
             run.cancel()
             found = f"block {i} ({self.names[i]})"
-            raise ValueError(f"recede.wrap(blocks=...): {type(self.model).__name__}'s forward called {found} "
-                             f"when block {t} ({self.names[t] if t < T else 'the end'}) was due; the blocks "
-                             f"must be called once each, in order; otherwise {RECIPE}")
+            raise ValueError(
+                f"recede.wrap(blocks=...): {type(self.model).__name__}'s forward called {found} "
+                f"when block {t} ({self.names[t] if t < T else 'the end'}) was due; the blocks "
+                f"must be called once each, in order; otherwise {RECIPE}"
+            )
         run.next = t + 1
         return out
 
@@ -318,9 +334,11 @@ class _Part(nn.Module):
             todo.extend(f for f, _ in node.next_functions if f is not None)
         if stray:
             where = "the final head" if self.t == len(self.split.blocks) else f"unit {self.t}"
-            raise ValueError(f"recede.wrap(blocks=...): {where} of {type(self.split.model).__name__} uses "
-                             f"parameter(s) {sorted(stray)[:3]} registered elsewhere in the model; the split "
-                             f"cannot tell which block they belong to; {RECIPE}")
+            raise ValueError(
+                f"recede.wrap(blocks=...): {where} of {type(self.split.model).__name__} uses "
+                f"parameter(s) {sorted(stray)[:3]} registered elsewhere in the model; the split "
+                f"cannot tell which block they belong to; {RECIPE}"
+            )
 
 
 class Unit(_Part):
@@ -343,9 +361,13 @@ class Tail(_Part):
         return out
 
 
-def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[nn.Module, Any], Any] | None = None,
-                output: Callable[[Any], Any] | None = None, example: Any = None
-                ) -> tuple[list[Unit], Tail, Split]:
+def split_units(
+    model: nn.Module,
+    blocks: str | Sequence[str],
+    call: Callable[[nn.Module, Any], Any] | None = None,
+    output: Callable[[Any], Any] | None = None,
+    example: Any = None,
+) -> tuple[list[Unit], Tail, Split]:
     """The units and final head of ``model`` cut at ``blocks`` (see the module docstring).
 
     Each block-free subtree of the model rides with the unit it is registered in (between the
@@ -370,13 +392,17 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
         if id(module) in split.index:
             segment = split.index[id(module)] + 1
         elif id(module) in ancestors:  # a container of blocks: its own parameters only (a class token)
-            riders[min(segment, len(modules))] += [(f"{name}.{n}" if name else n, p)
-                                                  for n, p in module.named_parameters(recurse=False)]
+            riders[min(segment, len(modules))] += [
+                (f"{name}.{n}" if name else n, p) for n, p in module.named_parameters(recurse=False)
+            ]
         elif id(module) not in inside and id(module) not in taken and id(parents.get(id(module))) in ancestors:
             roots.append((name, module, min(segment, len(modules))))
             taken.update(id(m) for m in module.modules())
-    split.widths, used = probe(split, example, [m for _, m, _ in roots]) if example is not None else (
-        [None] * len(modules), [set() for _ in roots])
+    split.widths, used = (
+        probe(split, example, [m for _, m, _ in roots])
+        if example is not None
+        else ([None] * len(modules), [set() for _ in roots])
+    )
     for (name, module, registered), calls in zip(roots, used):
         for where in sorted(calls) or [registered]:
             riders[where].append((name, module))
@@ -384,9 +410,13 @@ def split_units(model: nn.Module, blocks: str | Sequence[str], call: Callable[[n
     return units, Tail(split, len(modules), riders[-1]), split
 
 
-def generic_layout(model: nn.Module, blocks: str | Sequence[str],
-                   call: Callable[[nn.Module, Any], Any] | None = None,
-                   output: Callable[[Any], Any] | None = None, example: Any = None) -> Layout:
+def generic_layout(
+    model: nn.Module,
+    blocks: str | Sequence[str],
+    call: Callable[[nn.Module, Any], Any] | None = None,
+    output: Callable[[Any], Any] | None = None,
+    example: Any = None,
+) -> Layout:
     """``recede.wrap(model, blocks=..., example=x)``: the split units, the rest of the forward as
     the final head, and for earlier depths a :class:`~recede.wrap.heads.FeatureHead` (pool →
     linear) from the block's output width to the model's (its last layer's) number of outputs.
@@ -406,13 +436,14 @@ def generic_layout(model: nn.Module, blocks: str | Sequence[str],
     def independent(i: int) -> nn.Module:
         width, axis = probed[i] or (in_width(units[i + 1]) or out_width(units[i].block), None)
         if width is None or classes is None:
-            raise ValueError(f"recede.wrap(blocks=...): cannot tell the output width of block {i} "
-                             f"({type(units[i].block).__name__}) or of the model; pass head= or example=")
+            raise ValueError(
+                f"recede.wrap(blocks=...): cannot tell the output width of block {i} "
+                f"({type(units[i].block).__name__}) or of the model; pass head= or example="
+            )
         head = FeatureHead(width, classes, axis)
         return head if reference is None else head.to(device=reference.device, dtype=reference.dtype)
 
-    return Layout(units=list(units), final_head=tail, loss_fn=None, independent_head=independent,
-                  own_final=True)
+    return Layout(units=list(units), final_head=tail, loss_fn=None, independent_head=independent, own_final=True)
 
 
 def in_width(module: nn.Module) -> int | None:
@@ -432,8 +463,7 @@ def in_width(module: nn.Module) -> int | None:
     return None
 
 
-def probe(split: Split, example: Any, roots: list[nn.Module]
-          ) -> tuple[list[tuple[int, int] | None], list[set[int]]]:
+def probe(split: Split, example: Any, roots: list[nn.Module]) -> tuple[list[tuple[int, int] | None], list[set[int]]]:
     """One forward of ``example`` on fake tensors (shapes only; the model's train/eval modes are
     restored): ``(width, channel axis)`` of each block's output (``None`` where unknown), and
     for each of ``roots`` the units whose part of the forward calls it (0: before block 0,
@@ -447,8 +477,11 @@ def probe(split: Split, example: Any, roots: list[nn.Module]
 
     def record(i: int, out: Any) -> None:
         done[0] = i + 1
-        t = out if isinstance(out, torch.Tensor) else next(
-            (leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)), None)
+        t = (
+            out
+            if isinstance(out, torch.Tensor)
+            else next((leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)), None)
+        )
         if t is None or t.dim() < 2:
             return
         shape = tuple(t.shape)

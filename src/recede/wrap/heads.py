@@ -44,7 +44,7 @@ class TokenHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
-        x = x[:, 0] if self.pool == "token" else x[:, self.prefix:].mean(dim=1)
+        x = x[:, 0] if self.pool == "token" else x[:, self.prefix :].mean(dim=1)
         return self.fc(x)
 
 
@@ -53,7 +53,8 @@ class FeatureHead(nn.Module):
 
     A block's output may be an ``(N, C, H, W)`` map, an ``(N, H, W, C)`` map (Swin), ``(N, L,
     C)`` tokens or ``(N, C)`` features: the channel axis is the last one if its size is
-    ``width``, else axis 1 (``axis``: -1 or 1, when known).  The head of an earlier depth where recede cannot know the layout
+    ``width``, else axis 1 (``axis``: -1 or 1, when known).  The head of an earlier depth where recede cannot
+    know the layout
     (the generic path, recede.wrap(model, blocks=...)).
     """
 

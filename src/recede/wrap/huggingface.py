@@ -15,14 +15,16 @@ not copied):
   ``ln_f`` and the LM head tied to the token embedding), BERT's pooler → dropout → classifier.
 * **loss** — the model's own: the shifted next-token cross-entropy of a causal LM
   (:func:`next_token_loss`, what ``model(ids, labels=ids).loss`` computes) and, on BERT's
-  pooled output, cross-entropy, MSE or multi-label BCE, chosen as transformers chooses it.  So the data are ``x = ids`` (B, S) and, for
+  pooled output, cross-entropy, MSE or multi-label BCE, chosen as transformers chooses it.  So the data are
+  ``x = ids`` (B, S) and, for
   an LM, ``y = ids`` as well.
 * **heads at earlier depths** (Paper B App. A) — ``"shared"``: the final head at every depth
   (for an LM: the final norm and the tied LM head; the LM default); ``"independent"``: a copy
   of the final head per depth, with its own parameters (BERT's default).
 
 A peft model (``get_peft_model(model, LoraConfig(...))``) is wrapped as the model inside it,
-with peft's adapters and frozen weights as they are.  Padding masks are not supported: every token attends to every (earlier) token, as in a
+with peft's adapters and frozen weights as they are.  Padding masks are not supported: every token attends to
+every (earlier) token, as in a
 stream of packed text.  Whatever attention implementation the model was built with (eager,
 SDPA, ...) is used; SDPA and eager both run in float64 on CPU.
 """
@@ -65,8 +67,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
     logits stay float64.
     """
     logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=ignore_index)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=ignore_index)
 
 
 def first(state: torch.Tensor | tuple) -> torch.Tensor:
@@ -119,8 +120,9 @@ class CausalLayer(nn.Module):
 
         positions = _positions(hidden)
         make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
-        mask = make_mask(config=self.config, inputs_embeds=hidden, attention_mask=None, cache=None,
-                         position_ids=positions)
+        mask = make_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=None, cache=None, position_ids=positions
+        )
         extra = {} if self.rotary is None else {"position_embeddings": self.rotary(hidden, positions)}
         return self.layer(hidden, attention_mask=mask, position_ids=positions, **extra)
 
@@ -143,9 +145,14 @@ def _copies(final: nn.Module):
 
 
 def _lm_layout(embedding: nn.Module, layers: Sequence[nn.Module], final: nn.Module) -> Layout:
-    return Layout(units=[nn.Sequential(embedding, layers[0]), *layers[1:]], final_head=final,
-                  loss_fn=next_token_loss, independent_head=_copies(final), shareable=True,
-                  default_head="shared")
+    return Layout(
+        units=[nn.Sequential(embedding, layers[0]), *layers[1:]],
+        final_head=final,
+        loss_fn=next_token_loss,
+        independent_head=_copies(final),
+        shareable=True,
+        default_head="shared",
+    )
 
 
 @register_family("transformers GPT2LMHeadModel", lambda m: _is(m, "GPT2LMHeadModel"))
@@ -175,8 +182,10 @@ def causal_decoder(model: Any) -> Layout:
     positions recomputed in each unit; final RMSNorm → LM head; the shifted next-token loss."""
     model = unwrapped(model)
     base = model.model
-    layers = [CausalLayer(layer, model.config, _sliding(model.config, i), base.rotary_emb)
-              for i, layer in enumerate(base.layers[:model.config.num_hidden_layers])]
+    layers = [
+        CausalLayer(layer, model.config, _sliding(model.config, i), base.rotary_emb)
+        for i, layer in enumerate(base.layers[: model.config.num_hidden_layers])
+    ]
     return _lm_layout(TokenEmbedding(base.embed_tokens), layers, NormAndHead(base.norm, model.lm_head))
 
 
@@ -248,6 +257,11 @@ def bert(model: Any) -> Layout:
         raise ValueError("recede.wrap: BERT as a decoder is not supported; wrap an encoder classifier")
     layers = [BertLayerUnit(layer, config) for layer in model.bert.encoder.layer]
     final = BertClassifierHead(model.bert.pooler, model.dropout, model.classifier)
-    return Layout(units=[nn.Sequential(model.bert.embeddings, layers[0]), *layers[1:]], final_head=final,
-                  loss_fn=SequenceClassificationLoss(config.num_labels, config.problem_type),
-                  independent_head=_copies(final), shareable=True, default_head="independent")
+    return Layout(
+        units=[nn.Sequential(model.bert.embeddings, layers[0]), *layers[1:]],
+        final_head=final,
+        loss_fn=SequenceClassificationLoss(config.num_labels, config.problem_type),
+        independent_head=_copies(final),
+        shareable=True,
+        default_head="independent",
+    )

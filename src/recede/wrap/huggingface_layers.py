@@ -51,13 +51,18 @@ def layer_list(model: Any) -> str:
     """The dotted name of the model's one ``ModuleList`` of ``num_hidden_layers`` layers of one class."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     count = getattr(config, "num_hidden_layers", None)
-    lists = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1]
+    lists = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
+    ]
     matching = [n for n, m in lists if count is None or len(m) == count] or [n for n, _ in lists]
     if len(matching) != 1:
         found = ", ".join(n for n, _ in lists) or "none"
-        raise ValueError(f"recede.wrap: cannot tell the layers of {type(model).__name__} (ModuleLists of "
-                         f"one class: {found}); name them with blocks='...', or {RECIPE}")
+        raise ValueError(
+            f"recede.wrap: cannot tell the layers of {type(model).__name__} (ModuleLists of "
+            f"one class: {found}); name them with blocks='...', or {RECIPE}"
+        )
     return matching[0]
 
 
@@ -94,8 +99,10 @@ def by_structure(model: Any) -> Layout:
     model = unwrapped(model)
     config, name = model.config, type(model).__name__
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"recede.wrap: {name} is an encoder-decoder (its decoder reads the encoder's "
-                         f"output at every layer), not one chain of blocks; {RECIPE}")
+        raise ValueError(
+            f"recede.wrap: {name} is an encoder-decoder (its decoder reads the encoder's "
+            f"output at every layer), not one chain of blocks; {RECIPE}"
+        )
     layers = layer_list(model)
     units, tail, _ = split_units(model, layers, call=_caller(model))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -117,9 +124,17 @@ def by_structure(model: Any) -> Layout:
         def sequence_head(i: int) -> nn.Module:
             head = SequenceHead(width, config.num_labels, token)
             return head if reference is None else head.to(device=reference.device, dtype=reference.dtype)
+
         independent = sequence_head
         default = "independent"
     else:
         loss, independent, default = None, None, "independent"
-    return Layout(units=list(units), final_head=tail, loss_fn=loss, independent_head=independent,
-                  default_head=default, earlier_shared=shared, own_final=True)
+    return Layout(
+        units=list(units),
+        final_head=tail,
+        loss_fn=loss,
+        independent_head=independent,
+        default_head=default,
+        earlier_shared=shared,
+        own_final=True,
+    )

@@ -111,7 +111,7 @@ def layout(model: Any) -> Layout:
     pieces: list[tuple[nn.Module, bool]] = [(ModelPart(model, stem_names, arch.stem), False)]
     for name in arch.trunk:
         pieces += _trunk_pieces(getattr(model, name), family)
-    final = ModelPart(model, children[last + 1:], arch.head)
+    final = ModelPart(model, children[last + 1 :], arch.head)
     classes = int(getattr(model, "num_classes", 0) or 0)
     make: Callable[[int], nn.Module] | None
     if classes == 0:
@@ -130,8 +130,10 @@ def _arch_class(model: Any) -> type | None:
     for cls in type(model).__mro__:
         if cls.__name__ in ARCHS and cls.__module__.startswith("timm."):
             if type(model).forward_features is not getattr(cls, "forward_features", None):
-                raise ValueError(f"timm {type(model).__name__} overrides {cls.__name__}.forward_features; "
-                                 "recede.wrap cannot tell its blocks apart")
+                raise ValueError(
+                    f"timm {type(model).__name__} overrides {cls.__name__}.forward_features; "
+                    "recede.wrap cannot tell its blocks apart"
+                )
             return cls
     return None
 

@@ -61,16 +61,14 @@ def layout(model: Any) -> Layout:
         final = ModelPart(model, ["avgpool", "fc"], _resnet_head)
         make = lambda width: PoolHead(width, outputs(model.fc, model.layer4[-1]))  # noqa: E731
     elif kind == "VisionTransformer":
-        stem = ModelPart(model, ["conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout"],
-                         _vit_embed)
+        stem = ModelPart(model, ["conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout"], _vit_embed)
         pieces = [(stem, False)] + [(b, True) for b in model.encoder.layers]
         final = ModelPart(model, ["encoder.ln", "heads"], _vit_head)
         make = lambda width: TokenHead(width, outputs(model.heads, model.encoder.ln), "token", 1)  # noqa: E731
     else:
         pieces = _vgg_pieces(model.features) if kind == "VGG" else list(_feature_pieces(model.features))
         pooling = ["avgpool"] if hasattr(model, "avgpool") else []  # MobileNetV2 pools functionally
-        final = ModelPart(model, [*pooling, "classifier"],
-                          _convnext_head if kind == "ConvNeXt" else _pool_classify)
+        final = ModelPart(model, [*pooling, "classifier"], _convnext_head if kind == "ConvNeXt" else _pool_classify)
         make = lambda width: PoolHead(width, outputs(model.classifier, model.features))  # noqa: E731
     return vision_layout(model, family, pieces, final, make)
 
@@ -86,9 +84,11 @@ def outputs(classifier: nn.Module, trunk: nn.Module) -> int:
     if width is None and not any(True for _ in classifier.parameters()):
         width = out_width(trunk)
     if width is None:
-        raise ValueError(f"recede.wrap: cannot tell how many outputs the classifier "
-                         f"({type(classifier).__name__}) gives, to size the heads of earlier depths; "
-                         "pass head= (one module shared by every depth, or one per block)")
+        raise ValueError(
+            f"recede.wrap: cannot tell how many outputs the classifier "
+            f"({type(classifier).__name__}) gives, to size the heads of earlier depths; "
+            "pass head= (one module shared by every depth, or one per block)"
+        )
     return width
 
 
@@ -99,8 +99,10 @@ def _torchvision_class(model: nn.Module) -> type | None:
         if cls.__name__ in SUPPORTED and cls.__module__.startswith("torchvision.models."):
             for method in ("forward", "_forward_impl"):
                 if getattr(type(model), method, None) is not getattr(cls, method, None):
-                    raise ValueError(f"torchvision {type(model).__name__} overrides {cls.__name__}.{method}; "
-                                     "recede.wrap cannot tell its blocks apart")
+                    raise ValueError(
+                        f"torchvision {type(model).__name__} overrides {cls.__name__}.{method}; "
+                        "recede.wrap cannot tell its blocks apart"
+                    )
             return cls
     return None
 

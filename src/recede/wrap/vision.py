@@ -108,8 +108,13 @@ def out_width(module: nn.Module) -> int | None:
     return None
 
 
-def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Module, bool]],
-                  final_head: nn.Module, make_head: Callable[[int], nn.Module] | None) -> Layout:
+def vision_layout(
+    model: nn.Module,
+    family: str,
+    pieces: Sequence[tuple[nn.Module, bool]],
+    final_head: nn.Module,
+    make_head: Callable[[int], nn.Module] | None,
+) -> Layout:
     """The :class:`Layout` of a vision model (see the module docstring).
 
     Args:
@@ -131,8 +136,9 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
     def independent(i: int) -> nn.Module:
         width = widths[i]
         if width is None:
-            raise ValueError(f"{family}: cannot tell the output width of block {i} "
-                             f"({type(units[i]).__name__}); pass head=")
+            raise ValueError(
+                f"{family}: cannot tell the output width of block {i} ({type(units[i]).__name__}); pass head="
+            )
         assert make_head is not None  # only offered below when there is one
         head = make_head(width)
         return head if reference is None else head.to(device=reference.device, dtype=reference.dtype)
@@ -149,10 +155,14 @@ def vision_layout(model: nn.Module, family: str, pieces: Sequence[tuple[nn.Modul
             per_run[runs[i]] = independent(i)
         return per_run[runs[i]]
 
-    return Layout(units=units, final_head=final, loss_fn=nn.CrossEntropyLoss(),
-                  independent_head=independent if make_head is not None else None,
-                  shareable=runs[-1] == 0 and widths[0] is not None,
-                  group_head=group if make_head is not None else None)
+    return Layout(
+        units=units,
+        final_head=final,
+        loss_fn=nn.CrossEntropyLoss(),
+        independent_head=independent if make_head is not None else None,
+        shareable=runs[-1] == 0 and widths[0] is not None,
+        group_head=group if make_head is not None else None,
+    )
 
 
 def _check_placed(model: nn.Module, modules: list[nn.Module], family: str) -> None:
@@ -160,5 +170,7 @@ def _check_placed(model: nn.Module, modules: list[nn.Module], family: str) -> No
     held = {id(p) for m in modules for p in m.parameters()}
     missing = [n for n, p in model.named_parameters() if id(p) not in held]
     if missing:
-        raise ValueError(f"{family}: parameters {missing[:4]}{' …' if len(missing) > 4 else ''} "
-                         "fall in no block or head; this layout is not supported by recede.wrap")
+        raise ValueError(
+            f"{family}: parameters {missing[:4]}{' …' if len(missing) > 4 else ''} "
+            "fall in no block or head; this layout is not supported by recede.wrap"
+        )

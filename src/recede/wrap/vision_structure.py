@@ -28,8 +28,13 @@ from torch import nn
 from recede.wrap import Layout
 from recede.wrap.generic import RECIPE, generic_layout
 
-TORCHVISION_BLOCKS = ("SwinTransformerBlock", "SwinTransformerBlockV2", "ResBottleneckBlock", "_DenseBlock",
-                      "InvertedResidual")
+TORCHVISION_BLOCKS = (
+    "SwinTransformerBlock",
+    "SwinTransformerBlockV2",
+    "ResBottleneckBlock",
+    "_DenseBlock",
+    "InvertedResidual",
+)
 
 
 def torchvision_blocks(model: Any) -> list[str]:
@@ -48,8 +53,12 @@ def timm_blocks(model: Any) -> list[str]:
     if isinstance(getattr(model, "stages", None), (nn.ModuleList, nn.Sequential)):
         stages = [(f"stages.{n}", s) for n, s in model.stages.named_children()]
     else:
-        stages = [(f"s{i}", getattr(model, f"s{i}")) for i in itertools.takewhile(
-            lambda i: isinstance(getattr(model, f"s{i}", None), nn.Module), itertools.count(1))]
+        stages = [
+            (f"s{i}", getattr(model, f"s{i}"))
+            for i in itertools.takewhile(
+                lambda i: isinstance(getattr(model, f"s{i}", None), nn.Module), itertools.count(1)
+            )
+        ]
     names: list[str] = []
     for name, stage in stages:
         inner = getattr(stage, "blocks", None)

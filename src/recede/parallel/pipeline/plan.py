@@ -38,8 +38,18 @@ from functools import cached_property
 from recede.core.blocks import even_groups
 from recede.core.chains import Chain, chains
 
-__all__ = ["Chain", "Op", "Plan", "Simulation", "balanced_sizes", "bp_bubble", "chains", "diagram",
-           "even_sizes", "simulate"]
+__all__ = [
+    "Chain",
+    "Op",
+    "Plan",
+    "Simulation",
+    "balanced_sizes",
+    "bp_bubble",
+    "chains",
+    "diagram",
+    "even_sizes",
+    "simulate",
+]
 
 
 def even_sizes(T: int, stages: int) -> list[int]:
@@ -192,8 +202,7 @@ def _costs(plan: Plan, r: int) -> tuple[float, float, float]:
         blocks = range(max(chain.lowest, a), min(top, b))
         return sum((j > chain.lowest) + (j in chain.weighted) for j in blocks)
 
-    return (b - a, sum(work(c, c.depth) for c in plan.local(r)),
-            sum(work(c, b) for c in plan.up(r)))
+    return (b - a, sum(work(c, c.depth) for c in plan.local(r)), sum(work(c, b) for c in plan.up(r)))
 
 
 def simulate(plan: Plan, micro_batches: int) -> Simulation:
@@ -249,7 +258,7 @@ def diagram(sim: Simulation, scale: float = 1.0) -> str:
         row = ["."] * width
         for start, end, op in ops:
             s, e = int(round(start * scale)), int(round(end * scale))
-            label = f"{op.kind}{op.m}".ljust(max(e - s, 1), op.kind.lower())[:max(e - s, 1)]
-            row[s:s + len(label)] = list(label)
+            label = f"{op.kind}{op.m}".ljust(max(e - s, 1), op.kind.lower())[: max(e - s, 1)]
+            row[s : s + len(label)] = list(label)
         rows.append(f"rank {r} |" + "".join(row[:width]) + "|")
     return "\n".join(rows)

@@ -64,8 +64,10 @@ def _peer(what: str) -> Iterator[None]:
     except RuntimeError as err:
         if isinstance(err, RankFailure):
             raise
-        raise RankFailure(f"{current()}: {what} failed: "
-                          f"the peer died or hung past the timeout ({str(err).splitlines()[0]})", operation=what) from err
+        raise RankFailure(
+            f"{current()}: {what} failed: the peer died or hung past the timeout ({str(err).splitlines()[0]})",
+            operation=what,
+        ) from err
 
 
 def forward_times(net: BlockNet, x: torch.Tensor, repeats: int = 3) -> list[float]:
@@ -117,10 +119,18 @@ class Pipeline:
     Activations between blocks must be tensors.
     """
 
-    def __init__(self, net: BlockNet, horizon: int, micro_batches: int, *,
-                 sizes: Sequence[int] | None = None, sample: torch.Tensor | None = None,
-                 double: bool = False, device: torch.device | str | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        net: BlockNet,
+        horizon: int,
+        micro_batches: int,
+        *,
+        sizes: Sequence[int] | None = None,
+        sample: torch.Tensor | None = None,
+        double: bool = False,
+        device: torch.device | str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
             raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
         check_horizon(horizon, net.T)
@@ -135,15 +145,19 @@ class Pipeline:
         self.plan = Plan(tuple(sizes), horizon, double)
         self.a, self.b = self.plan.bounds(self.rank)
         first_param = next(net.parameters(), None)
-        self.device = torch.device(device) if device is not None else (
-            first_param.device if first_param is not None else torch.device("cpu"))
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (first_param.device if first_param is not None else torch.device("cpu"))
+        )
         depths = [c.depth for c in self.plan.local(self.rank)]
         heads = []
         for k in depths:
             if all(net.head(k) is not h for h in heads):
                 heads.append(net.head(k))
-        self.stage = nn.ModuleDict({"blocks": nn.ModuleList(net.blocks[self.a:self.b]),
-                                    "heads": nn.ModuleList(heads)}).to(self.device)
+        self.stage = nn.ModuleDict(
+            {"blocks": nn.ModuleList(net.blocks[self.a : self.b]), "heads": nn.ModuleList(heads)}
+        ).to(self.device)
         self.block_params = {t: net.block_parameters(t) for t in range(self.a, self.b)}
         self.head_params = {k: _unique(net.head(k).parameters()) for k in depths}
         self.shared = self._shared_parameters()
@@ -206,9 +220,17 @@ class Pipeline:
         Every rank must call ``refresh`` with the same micro-batches (``data=`` draws them alike).
         """
         exact = Pipeline(self.net, self.T, self.micro_batches, sizes=self.sizes, device=self.device)
-        return BPModified(self.net, self.horizon, period, offset_samples, micro_batch,
-                          double=self.double, engines=(self, exact), blocks=range(self.a, self.b),
-                          **options)
+        return BPModified(
+            self.net,
+            self.horizon,
+            period,
+            offset_samples,
+            micro_batch,
+            double=self.double,
+            engines=(self, exact),
+            blocks=range(self.a, self.b),
+            **options,
+        )
 
     def gather_parameters(self) -> None:
         """Copy every stage's parameters and buffers from the rank that trains them to every
@@ -224,8 +246,7 @@ class Pipeline:
                     dist.broadcast(buffer, src=r)
                     tensor.copy_(buffer)
 
-    def backward(self, x: torch.Tensor | None, y: torch.Tensor, *,
-                 scaler: torch.amp.GradScaler | None = None) -> float:
+    def backward(self, x: torch.Tensor | None, y: torch.Tensor, *, scaler: torch.amp.GradScaler | None = None) -> float:
         """One pipeline step on the batch (x, y): accumulate g_h into this stage's ``.grad``
         and return the batch's final loss L(x_T) on every rank.
 
@@ -236,8 +257,14 @@ class Pipeline:
         write_grads(step.total())
         return float(step.losses[self.T])
 
-    def gradients(self, x: torch.Tensor | None, y: torch.Tensor, *,
-                  scaler: torch.amp.GradScaler | None = None, per_use: bool = True) -> StepGradients:
+    def gradients(
+        self,
+        x: torch.Tensor | None,
+        y: torch.Tensor,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        per_use: bool = True,
+    ) -> StepGradients:
         """One pipeline step without touching ``.grad``, as :meth:`recede.MPC.gradients`: this
         stage's blocks' and heads' gradients per use, and every depth's loss on every rank.
 
@@ -339,8 +366,19 @@ class Pipeline:
         bottom = max(chain.lowest, self.a)
         below = window[bottom].inputs if bottom > chain.lowest else []
         outputs = window[top - 1].outputs
-        grads = sweep(window, outputs, [c] if outputs else None, [], top, bottom, chain.lowest, chain.weighted,
-                      chain.released, self.block_params, self._step)
+        grads = sweep(
+            window,
+            outputs,
+            [c] if outputs else None,
+            [],
+            top,
+            bottom,
+            chain.lowest,
+            chain.weighted,
+            chain.released,
+            self.block_params,
+            self._step,
+        )
         for j in chain.released & set(range(bottom, top)):
             del window[j]
         if not below:
@@ -377,11 +415,13 @@ class Pipeline:
         what = f"sending the activations of micro-batch {m} to rank {self.rank + 1}"
         self._wait_sends(lambda sent: sent <= m - 2)
         if z.dtype not in _DTYPES or z.dim() > _HEADER - 2:
-            raise ValueError(f"the pipeline sends float tensors of at most {_HEADER - 2} "
-                             f"dimensions between stages; got {z.dtype} of shape {tuple(z.shape)}")
+            raise ValueError(
+                f"the pipeline sends float tensors of at most {_HEADER - 2} "
+                f"dimensions between stages; got {z.dtype} of shape {tuple(z.shape)}"
+            )
         head = torch.zeros(_HEADER, dtype=torch.int64)
         head[0], head[1] = _DTYPES.index(z.dtype), z.dim()
-        head[2:2 + z.dim()] = torch.tensor(z.shape, dtype=torch.int64)
+        head[2 : 2 + z.dim()] = torch.tensor(z.shape, dtype=torch.int64)
         self._sent[m] = (z.shape, z.dtype)
         group = self._forward_links[self.rank]
         for tensor in (head.to(self.device), z.contiguous()):
@@ -418,14 +458,15 @@ class Pipeline:
         what, group = f"receiving the activations of micro-batch {m}", self._forward_links[self.rank - 1]
         head = torch.zeros(_HEADER, dtype=torch.int64, device=self.device)
         head = self._recv(head, self.rank - 1, group, what).tolist()
-        buffer = torch.empty(head[2:2 + head[1]], dtype=_DTYPES[head[0]], device=self.device)
+        buffer = torch.empty(head[2 : 2 + head[1]], dtype=_DTYPES[head[0]], device=self.device)
         return self._recv(buffer, self.rank - 1, group, what)
 
     def _recv_cotangents(self, m: int, count: int) -> torch.Tensor:
         shape, dtype = self._sent[m]
         buffer = torch.empty((count, *shape), dtype=dtype, device=self.device)
-        return self._recv(buffer, self.rank + 1, self._backward_links[self.rank],
-                          f"receiving the cotangents of micro-batch {m}")
+        return self._recv(
+            buffer, self.rank + 1, self._backward_links[self.rank], f"receiving the cotangents of micro-batch {m}"
+        )
 
     # -- end of step -------------------------------------------------------------------------
 
@@ -468,4 +509,3 @@ class _StageGradients(StepGradients):
         grads = super().total()
         self.stage.sum_shared(grads)
         return grads
-
