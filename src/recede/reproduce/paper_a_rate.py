@@ -41,8 +41,9 @@ def run(config: dict, progress: bool) -> dict:
     for key, workload in section["workloads"].items():
         started = time.perf_counter()
         task = data.load(workload["data"], **workload.get("data_options", {}))
-        x = torch.stack([task.train[i][0] for i in range(len(task.train))])
-        y = torch.stack([torch.as_tensor(task.train[i][1]) for i in range(len(task.train))])
+        n = len(task.train)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
+        x = torch.stack([task.train[i][0] for i in range(n)])
+        y = torch.stack([torch.as_tensor(task.train[i][1]) for i in range(n)])
         per_seed = {}
         for seed in config["seeds"]:
             torch.manual_seed(seed)
@@ -90,7 +91,7 @@ def agreement(rows: list[dict], prediction: str) -> dict[str, list[float]]:
     """Per seed, over h < T: mean and largest |r − prediction| and their Pearson correlation."""
     inner = rows[:-1]
     n_seeds = len(inner[0]["r"])
-    out = {"mean_abs": [], "max_abs": [], "corr": []}
+    out: dict[str, list[float]] = {"mean_abs": [], "max_abs": [], "corr": []}
     for s in range(n_seeds):
         r = np.array([row["r"][s] for row in inner])
         p = np.array([row[prediction][s] for row in inner])
@@ -165,7 +166,7 @@ def render(result: dict, config: dict) -> list[str]:
     lines += [markdown_table(rows, list(rows[0])), ""]
     for key, model in result["workloads"].items():
         tau = result["steps"][-1]
-        t = {e: table(model, e, tau) for e in ESTIMATORS}
+        last = {e: table(model, e, tau) for e in ESTIMATORS}
         first = {e: table(model, e, result["steps"][0]) for e in ESTIMATORS}
         detail = [
             {
@@ -176,7 +177,7 @@ def render(result: dict, config: dict) -> list[str]:
                 f"mean cos², rescaled run, τ = {tau}": mean_spread(r["cos2_run"]),
                 f"r, plain, τ = {tau}": mean_spread(p["r"]),
             }
-            for r, f, p in zip(t["rescaled"], first["rescaled"], t["plain"])
+            for r, f, p in zip(last["rescaled"], first["rescaled"], last["plain"])
         ]
         lines += [f"**{key}** per horizon:", "", markdown_table(detail, list(detail[0])), ""]
     return lines
