@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recede.runs.reports import written_aside
 from recede.runs.train import LoopState, LossIncreaseDecay
 
 FORMAT = 2
@@ -154,15 +155,10 @@ def save(
         "config": config or {},
         "finished": finished,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(encode(payload))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_aside(path) as tmp, open(tmp, "wb") as f:
+        f.write(encode(payload))
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

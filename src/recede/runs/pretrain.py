@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from recede.config import key_values
 from recede.runs import preflight
+from recede.runs.reports import written_aside
 
 FORMAT_VERSION = 1
 """Bumped whenever what :func:`pretrain` writes for the same settings changes."""
@@ -207,8 +207,7 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False, re
     digest = content_hash(values)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{checkpoint_name(values)}.safetensors"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written_aside(path) as temporary, written_aside(path.with_suffix(".json")) as sidecar:
         # one metadata key: safetensors writes several in no fixed order, and the bytes must repeat
         save_file(tensors_to_save(net), str(temporary), metadata={"recede-pretrain": digest})
         meta = {
@@ -229,13 +228,7 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False, re
             "pretrain_seconds": seconds,
             "machine": machine(device),
         }
-        sidecar = temporary.with_name(temporary.name + ".json")
         sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(temporary, path)
-        os.replace(sidecar, path.with_suffix(".json"))
-    finally:
-        for leftover in (temporary, temporary.with_name(temporary.name + ".json")):
-            leftover.unlink(missing_ok=True)
     return path, False
 
 

@@ -8,7 +8,8 @@ import os
 import platform
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,13 +203,22 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
     return facts
 
 
+@contextmanager
+def written_aside(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same folder, ``.tmp``) for the block to write; renamed
+    to ``path`` when the block ends without error.  Either way no ``.tmp`` is left behind, so a
+    failed write (disk full, path a folder) leaves ``path`` as it was and no partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file renamed into place)."""
+    """Write JSON atomically (:func:`written_aside`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with written_aside(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:  # a failed write (disk full, path a folder) leaves no .tmp behind
-        tmp.unlink(missing_ok=True)
