@@ -62,6 +62,12 @@ def test_run_writes_every_table(tmp_path, monkeypatch):
     } <= set(result["runs"])
     assert set(result["runs"]["FF"]) == {"0", "1"}
     assert result["runs"]["FF+BPM"]["0"]["offset_per_parameter"] <= 1
+    # Table 4 is real memory: a step's peak holds at least what it saves for backward
+    for name in ("BP", "FF", "FF+BPM"):
+        run = result["runs"][name]["0"]
+        assert run["step_real_mib"] >= run["step_saved_mib"] > 0
+    assert result["runs"]["FF+BPM"]["0"]["refresh_real_mib"] > 0
+    assert "step real MiB" in text
     assert result["runs"]["FF+BPM(robust)"]["1"]["settings"]["scaling"] == "robust"
     assert result["summary"]["final_accuracy"]["FF"]["n"] == 2
     assert set(result["summary"]["gap_recovered"]["FF+BPM"]["per_seed"]) == {"0", "1"}

@@ -72,7 +72,7 @@ def _peer(what: str) -> Iterator[None]:
 
 def forward_times(net: BlockNet, x: torch.Tensor, repeats: int = 3) -> list[float]:
     """The median forward time of each block on ``x`` (no gradients), in seconds."""
-    times = [[] for _ in range(net.T)]
+    times: list[list[float]] = [[] for _ in range(net.T)]
     with torch.no_grad():
         for _ in range(repeats + 1):
             z = x
@@ -151,7 +151,7 @@ class Pipeline:
             else (first_param.device if first_param is not None else torch.device("cpu"))
         )
         depths = [c.depth for c in self.plan.local(self.rank)]
-        heads = []
+        heads: list[nn.Module] = []
         for k in depths:
             if all(net.head(k) is not h for h in heads):
                 heads.append(net.head(k))
@@ -180,10 +180,12 @@ class Pipeline:
     def _default_sizes(self, net: BlockNet, stages: int, sample: torch.Tensor | None) -> list[int]:
         if sample is None or stages == 1:
             return even_sizes(net.T, stages)
-        sizes = [balanced_sizes(forward_times(net, sample), stages) if self.rank == 0 else None]
+        sizes: list[list[int] | None] = [balanced_sizes(forward_times(net, sample), stages) if self.rank == 0 else None]
         with _peer("broadcasting the stage split"):
             dist.broadcast_object_list(sizes, src=0)
-        return sizes[0]
+        split = sizes[0]
+        assert split is not None  # rank 0's, received
+        return split
 
     def _shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that the stages of several ranks use, in the same order on every rank."""
@@ -280,14 +282,17 @@ class Pipeline:
         n = len(y)
         M = min(self.micro_batches, n)
         self._ys = [part.to(self.device) for part in y.tensor_split(M)]
-        self._xs = x.tensor_split(M) if self.rank == 0 else None
+        if self.rank == 0 and x is None:
+            raise ValueError("the pipeline's first rank needs the input batch x, got None")
+        self._xs = x.tensor_split(M) if x is not None and self.rank == 0 else None
         self._weights = [len(part) / n for part in self._ys]
-        self._windows: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._windows: dict[int, dict[int, Graph]] = {}
         self._outgoing: dict[int, list[torch.Tensor]] = {}
         self._sent: dict[int, tuple[torch.Size, torch.dtype]] = {}
         self._sends: list = []
         self._losses: dict[int, list[torch.Tensor]] = {}
-        step = self._step = _StageGradients([{} for _ in range(self.T)], stage=self)
+        step = _StageGradients([{} for _ in range(self.T)], stage=self)
+        self._step: _StageGradients | None = step
         try:
             with torch.enable_grad():
                 if M not in self._ops:
@@ -307,7 +312,7 @@ class Pipeline:
 
     def _forward(self, m: int) -> None:
         """F(m): this stage's blocks on micro-batch m and the chains that start here."""
-        if self.rank == 0:
+        if self._xs is not None:  # the first rank
             z = self._xs[m].to(self.device)
         else:
             z = self._recv_activation(m).requires_grad_(bool(self._down))
@@ -355,6 +360,7 @@ class Pipeline:
         self._losses.setdefault(k, []).append(loss.detach() * weight)
         params = self.head_params[k]
         out = torch.autograd.grad(loss * weight, [z_k, *params], allow_unused=True)
+        assert self._step is not None  # inside step()
         accumulate(self._step.heads, params, out[1:])
         return out[0] if out[0] is not None else torch.zeros_like(z_k)
 
@@ -366,6 +372,7 @@ class Pipeline:
         bottom = max(chain.lowest, self.a)
         below = window[bottom].inputs if bottom > chain.lowest else []
         outputs = window[top - 1].outputs
+        assert self._step is not None  # inside step()
         grads = sweep(
             window,
             outputs,
@@ -399,7 +406,9 @@ class Pipeline:
         if not self.distributed:
             return [], []
         if timeout is None:
-            backend = dist.group.WORLD._get_backend(self.device)
+            world = dist.group.WORLD
+            assert world is not None  # self.distributed
+            backend = world._get_backend(self.device)
             seconds = backend.options._timeout if hasattr(backend, "options") else None
         else:
             seconds = timedelta(seconds=timeout)
@@ -456,8 +465,8 @@ class Pipeline:
 
     def _recv_activation(self, m: int) -> torch.Tensor:
         what, group = f"receiving the activations of micro-batch {m}", self._forward_links[self.rank - 1]
-        head = torch.zeros(_HEADER, dtype=torch.int64, device=self.device)
-        head = self._recv(head, self.rank - 1, group, what).tolist()
+        header = self._recv(torch.zeros(_HEADER, dtype=torch.int64, device=self.device), self.rank - 1, group, what)
+        head = header.tolist()
         buffer = torch.empty(head[2 : 2 + head[1]], dtype=_DTYPES[head[0]], device=self.device)
         return self._recv(buffer, self.rank - 1, group, what)
 
@@ -507,5 +516,6 @@ class _StageGradients(StepGradients):
 
     def total(self) -> dict[nn.Parameter, torch.Tensor]:
         grads = super().total()
+        assert self.stage is not None  # set by Pipeline.gradients
         self.stage.sum_shared(grads)
         return grads
