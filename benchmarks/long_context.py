@@ -99,7 +99,7 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
     return rows
 
 
-def scaling(rows: list[dict]) -> list[dict]:
+def growth(rows: list[dict]) -> list[dict]:
     """Per method: the exponent of saved memory in S and the S where it equals the training state."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -199,7 +199,7 @@ def main() -> None:
     device = torch.device(args.device)
     if not args.replot:
         rows = [row for seq_len in args.lengths for row in measure_length(args, seq_len, device)]
-    fits = scaling(rows)
+    fits = growth(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
     title = (

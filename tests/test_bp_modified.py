@@ -42,7 +42,7 @@ def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
     torch.manual_seed(0)
     net, data = small_net(), classification_data(32)
     method = BPModified(
-        net, horizon=1, period=1, offset_samples=32, micro_batch=8, scaling="fixed", a=0.0, lam=1.0, batch_size=32
+        net, horizon=1, period=1, offset_samples=32, micro_batch=8, rule="fixed", a=0.0, lam=1.0, batch_size=32
     )
     method.refresh(micro_batches(data, 8))
     x, y = data.tensors
@@ -58,7 +58,7 @@ def test_lambda_one_a_zero_with_exact_statistics_reproduces_g_T(float64):
 def test_backward_applies_eq_5_and_accumulates(float64):
     torch.manual_seed(1)
     net, data = small_net(), classification_data(64)
-    method = BPModified(net, horizon=2, period=5, offset_samples=32, micro_batch=8, scaling="paper", batch_size=16)
+    method = BPModified(net, horizon=2, period=5, offset_samples=32, micro_batch=8, rule="paper", batch_size=16)
     method.refresh(micro_batches(data, 8)[:4])
     x, y = data.tensors[0][:16], data.tensors[1][:16]
     MPC(net, 2).backward(x, y)
@@ -153,7 +153,7 @@ def test_reduce_statistics_combines_workers(float64):
     torch.manual_seed(4)
     net, data = small_net(), classification_data(64)
     batches = micro_batches(data, 8)
-    whole = BPModified(net, 1, 3, 64, 8, scaling="paper", batch_size=16)
+    whole = BPModified(net, 1, 3, 64, 8, rule="paper", batch_size=16)
     whole.refresh(batches)
     other = BPModified(net, 1, 3, 32, 8, batch_size=16).accumulate(batches[4:])
 
@@ -161,7 +161,7 @@ def test_reduce_statistics_combines_workers(float64):
         def reduce_statistics(self, stats):
             return {k: v + other[k] for k, v in stats.items()}
 
-    split = TwoWorkers(net, 1, 3, 32, 8, scaling="paper", batch_size=16)
+    split = TwoWorkers(net, 1, 3, 32, 8, rule="paper", batch_size=16)
     split.refresh(batches[:4])
     torch.testing.assert_close(split.offset, whole.offset)
     torch.testing.assert_close(split.a, whole.a)
@@ -171,7 +171,7 @@ def test_reduce_statistics_combines_workers(float64):
 def test_bias_scaling_is_the_lambda_zero_ablation(float64):
     torch.manual_seed(5)
     net, data = small_net(), classification_data(64)
-    method = BPModified(net, 1, 4, 64, 8, scaling="bias", batch_size=16)
+    method = BPModified(net, 1, 4, 64, 8, rule="bias", batch_size=16)
     method.refresh(micro_batches(data, 8))
     stats = method.accumulate(micro_batches(data, 8))
     m, _, _ = block_moments(stats, method._sizes)
@@ -183,7 +183,7 @@ def test_bias_scaling_is_the_lambda_zero_ablation(float64):
 def test_statistics_are_reported_and_logged(float64, caplog):
     torch.manual_seed(6)
     net, data = small_net(), classification_data(64)
-    method = BPModified(net, 1, 4, 64, 8, scaling="paper", batch_size=16)
+    method = BPModified(net, 1, 4, 64, 8, rule="paper", batch_size=16)
     with caplog.at_level("INFO", logger="recede.bpm.estimator"):
         stats = method.refresh(micro_batches(data, 8))
     assert "refresh 1" in caplog.text
@@ -238,7 +238,7 @@ def test_staleness_and_robust_bounds_are_reported_against_a_plain_reference(floa
     torch.manual_seed(4)
     net, data = small_net(), classification_data(128, seed=4)
     batches = micro_batches(data, 8)
-    method = BPModified(net, 1, 10, 64, 8, scaling="paper", batch_size=16)
+    method = BPModified(net, 1, 10, 64, 8, rule="paper", batch_size=16)
     method.refresh(batches[:8])
     offset = [d.clone() for d in method.offset.split(method._sizes)]
     second = method.refresh(batches[8:])
@@ -340,10 +340,10 @@ def test_bad_settings_are_named():
     net = small_net()
     with pytest.raises(ValueError, match="multiple of"):
         BPModified(net, 1, 4, 30, 8)
-    with pytest.raises(ValueError, match="scaling"):
-        BPModified(net, 1, 4, 32, 8, scaling="best")
+    with pytest.raises(ValueError, match="rule"):
+        BPModified(net, 1, 4, 32, 8, rule="best")
     with pytest.raises(ValueError, match="fixed"):
-        BPModified(net, 1, 4, 32, 8, scaling="fixed", a=1.0)
+        BPModified(net, 1, 4, 32, 8, rule="fixed", a=1.0)
     with pytest.raises(ValueError, match="period"):
         BPModified(net, 1, 0, 32, 8)
     with pytest.raises(ValueError, match="horizon"):
@@ -380,7 +380,7 @@ def test_bpm_method_names_build_bp_modified_engines():
 
 
 def test_a_rule_function_replaces_the_named_rule(float64):
-    """``scaling=`` takes an a/λ rule (:data:`recede.bpm.estimator.Rule`): the robust rule passed as
+    """``rule=`` takes an a/λ rule (:data:`recede.bpm.estimator.Rule`): the robust rule passed as
     such a function gives the named rule's scalars, and another function's a and λ are used as given."""
     from recede.bpm.scalars import robust_scalars
 
@@ -394,7 +394,7 @@ def test_a_rule_function_replaces_the_named_rule(float64):
         64,
         8,
         batch_size=16,
-        scaling=lambda m, B_prime, check, previous: robust_scalars(
+        rule=lambda m, B_prime, check, previous: robust_scalars(
             m, B_prime, None if check is None else check["end"], previous
         ),
     )
@@ -409,11 +409,11 @@ def test_a_rule_function_replaces_the_named_rule(float64):
         seen.append((B_prime, check is None))
         return torch.full_like(m.hh, 2.0), torch.full_like(m.hh, 0.5)
 
-    custom = BPModified(net, 1, 4, 64, 8, scaling=half, batch_size=16)
+    custom = BPModified(net, 1, 4, 64, 8, rule=half, batch_size=16)
     custom.refresh(micro_batches(data, 8))
     custom.refresh(micro_batches(data, 8))
     assert seen == [(64, True), (64, False)]
     assert custom.a[custom.modified].tolist() == [2.0] * len(custom.modified)
     assert custom.lam[custom.modified].tolist() == [0.5] * len(custom.modified)
-    with pytest.raises(ValueError, match="unknown scaling"):
-        BPModified(net, 1, 4, 64, 8, scaling="nope")
+    with pytest.raises(ValueError, match="unknown rule"):
+        BPModified(net, 1, 4, 64, 8, rule="nope")

@@ -15,19 +15,19 @@ from recede import BPModified
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-@pytest.mark.parametrize("scaling", [None, "bias", "fixed"])
+@pytest.mark.parametrize("rule", [None, "bias", "fixed"])
 @pytest.mark.parametrize("h", [1, 2])
 @pytest.mark.parametrize("name", ["shared-blocks", "tied-embedding", "head-tied-to-block0"])
-def test_each_use_is_scaled_once(name, h, scaling):
+def test_each_use_is_scaled_once(name, h, rule):
     torch.manual_seed(0)
     make, sample = ARCHITECTURES[name]
     net = make()
     untied, origin = untie(net)
     micro_batches = [sample() for _ in range(4)]
     x, y = sample()
-    options = {"a": 0.7, "lam": 0.4} if scaling == "fixed" else {}
-    if scaling is not None:
-        options["scaling"] = scaling
+    options = {"a": 0.7, "lam": 0.4} if rule == "fixed" else {}
+    if rule is not None:
+        options["rule"] = rule
     for model in (net, untied):
         method = BPModified(model, h, period=5, offset_samples=32, micro_batch=8, batch_size=8, **options)
         method.refresh(micro_batches)

@@ -40,8 +40,8 @@ def test_tiny_study_writes_tables_plots_and_verdicts(tmp_path, capsys):
     m2 = next(r for r in result["summary"] if r["task"] == "m2" and r["method"] == "FF")
     assert not m2["higher_is_better"]
     assert result["diagnosis"]["robust"]["a_min"] == result["diagnosis"]["robust"]["a_max"] == 1
-    for scaling in ("paper", "robust"):
-        assert all(-1 <= result["diagnosis"][scaling][k] <= 1 for k in ("cos_in_sample", "cos_held_out", "cos_local"))
+    for rule in ("paper", "robust"):
+        assert all(-1 <= result["diagnosis"][rule][k] <= 1 for k in ("cos_in_sample", "cos_held_out", "cos_local"))
     for png in ("results.png", "diagnosis.png"):
         assert (tmp_path / png).stat().st_size > 0
     # started again on the same folder (another plotted run is the same study), it keeps what is

@@ -102,7 +102,7 @@ OPTIONS = [  # option values every workload subcommand checks with argparse
     (["--threads", "-2"], "argument --threads: must be an integer ≥ 0, got -2"),
     (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
     (["--bpm-samples", "1"], "argument --bpm-samples: must be an integer ≥ 2, got 1"),
-    (["--bpm-scaling", "best"], "argument --bpm-scaling: invalid choice: 'best'"),
+    (["--bpm-rule", "best"], "argument --bpm-rule: invalid choice: 'best'"),
     (["--colour", "red"], "unrecognized arguments: --colour red"),
     (["--device", "foo"], "--device 'foo' is not a device"),
     (["--device", "cuda:7"], "--device cuda:7: this machine has"),
@@ -199,8 +199,8 @@ BENCH = [
 SELECT = [
     (["--eps", "2", "--objective", "constraint"], "argument --eps: must be a number in [0, 1], got 2"),
     (["--eps", "nan"], "argument --eps: must be a number in [0, 1], got nan"),
-    (["--lam", "-1"], "argument --lam: must be a number in [0, 1e+12], got -1"),
-    (["--lam", "inf"], "argument --lam: must be a number in [0, 1e+12], got inf"),
+    (["--weight", "-1"], "argument --weight: must be a number in [0, 1e+12], got -1"),
+    (["--weight", "inf"], "argument --weight: must be a number in [0, 1e+12], got inf"),
     (["--c", "0"], "argument --c: must be a number in [1e-12, 1e+12], got 0"),
     (["--M0", "-5"], "argument --M0: must be a number in [1e-12, 1e+30], got -5"),
     (["--batches", "0"], "argument --batches: must be an integer ≥ 1, got 0"),
@@ -284,14 +284,14 @@ LM = [  # a GPT-2 on text (train, compare, bench, select); a later --data-opt pa
     (["--model-opt", "n_head=3"], "must be divisible by num_heads"),
     (["--model-opt", "preset=huge"], "preset must be one of"),
     (["--model-opt", "attention=flash"], "attention must be one of ('sdpa', 'eager')"),
-    (["--model-opt", "head=stage"], "have no groups of equal width to share heads within"),
+    (["--model-opt", "head=group"], "have no groups of equal width to share heads within"),
     (["--model-opt", "blocks=9"], "blocks must be an integer in [1, 2]"),
     (["--model-opt", "weights={files}/missing.pt"], "weights file not found"),
     (["--model-opt", "n_positions=8"], "does not fit dataset 'text'"),
 ]
 
 
-SELECT_BASE = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20", "--lam", "0.1"]
+SELECT_BASE = ["--model-opt", "depth=3", "--data-opt", "n=60", "--data-opt", "n_test=20", "--weight", "0.1"]
 
 
 def _table() -> list[tuple[list[str], str]]:
@@ -308,7 +308,7 @@ def _table() -> list[tuple[list[str], str]]:
         + cases("train", LM_RUN, LM)
         + cases("compare", LM_RUN, LM)
         + cases("bench", LM_RUN, LM)
-        + cases("select", [*LM_BASE, "--lam", "0.1"], LM)
+        + cases("select", [*LM_BASE, "--weight", "0.1"], LM)
         + cases("reproduce", ["paper-a"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
         + cases("reproduce", ["paper-b"], OUTPUT, CONFIG, REPRODUCE_CONFIG)
         + cases("reproduce", [], REPRODUCE)

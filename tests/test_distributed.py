@@ -58,7 +58,7 @@ def _method(net: BlockNet, spec: str):
         period=2,
         offset_samples=8,
         micro_batch=2,
-        scaling="paper",
+        rule="paper",
     )
 
 
@@ -67,7 +67,7 @@ def _caller_refreshed(net: BlockNet, rank: int, world: int):
     world-th of 4 micro-batches of 2 samples (B = 10, the global batch)."""
     from recede.bpm.estimator import BPModified
 
-    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B, scaling="paper")
+    method = BPModified(net, 2, period=100, offset_samples=8, micro_batch=2, batch_size=WORLD * B, rule="paper")
     x, y = _data(8, seed=13)
     micro_batches = list(zip(x.split(2), y.split(2)))
     wrapped = DataParallel(method, net) if world > 1 else method

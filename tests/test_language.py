@@ -201,7 +201,7 @@ def test_bench_and_select_run_on_text(corpus, tmp_path):
         "4",
         "--batches",
         "2",
-        "--lam",
+        "--weight",
         "0.5",
         "--out",
         str(tmp_path / "s"),

@@ -48,7 +48,7 @@ def _methods():
         )
     yield (
         "HorizonSchedule",
-        lambda: HorizonSchedule(resmlp_independent(4, 4, 3), [_batch()], every=1, objective="weighted", lam=0.3),
+        lambda: HorizonSchedule(resmlp_independent(4, 4, 3), [_batch()], every=1, objective="weighted", weight=0.3),
     )
     yield "DataParallel", lambda: DataParallel(build_method(resmlp_independent(4, 4, 3), "mpc:2"))
     yield "Pipeline", lambda: Pipeline(resmlp_independent(4, 4, 3), 2, micro_batches=2)

@@ -94,7 +94,7 @@ def test_tiny_model_runs_every_horizon_and_h_T_is_backprop(name):
 
 def test_timm_builders_wrap_the_timm_model_with_its_head_options():
     torch.manual_seed(0)
-    stage = build("resnet50", head="stage", **TINY_RESNET50)  # widths 8 | 16 16 | 16 | 32
+    stage = build("resnet50", head="group", **TINY_RESNET50)  # widths 8 | 16 16 | 16 | 32
     assert len({id(stage.head(k)) for k in range(1, stage.T + 1)}) == 3  # one per run of equal widths
     assert stage.head(2) is stage.head(4) and stage.head(5) is stage.head(stage.T)  # last: timm's fc path
     assert type(stage.head(stage.T).model).__name__ == "ResNet"

@@ -12,8 +12,8 @@ TINY = {
     "threads": 1,
     "probe_batches": 2,
     "subset_size": 4,
-    "objectives": {"eps": 0.1, "lam": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
-    "schedule": {"every": 1, "runs": [{"objective": "weighted", "cost": "linear"}]},
+    "objectives": {"eps": 0.1, "weight": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
+    "schedule": {"every": 1, "runs": [{"objective": "weighted", "cost_shape": "linear"}]},
     "models": {
         "M1": {
             "model": "linear-resnet",
@@ -176,6 +176,9 @@ def test_the_full_preset_has_papers_settings():
         (lambda c: c["sweeps"]["R50"].update(snapshot_epochs=[9]), "outside"),
         (lambda c: c["rate"]["workloads"]["M1"].update(lr=-1), "lr must be"),
         (lambda c: c.update(seeds=[]), "seeds"),
+        (lambda c: c["objectives"].update(weight=0.5), "weight: {linear: W, ladder: W}"),
+        (lambda c: c["objectives"].update(eps=-1), "objectives.eps must be a number"),
+        (lambda c: c["schedule"]["runs"][0].update(cost_shape="steep"), "schedule.runs must be"),
     ],
 )
 def test_bad_configurations_are_refused_before_training(mutate, message, tmp_path):

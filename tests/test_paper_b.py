@@ -30,7 +30,7 @@ def test_run_writes_every_table(tmp_path, monkeypatch):
         seeds=[0, 1],
         model_options={"widths": [2, 4], "blocks_per_stage": 3, "in_channels": 1},
         data_options={"size": 8, "channels": 1, "test_fraction": 0.95},
-        bpm={"offset_samples": 16, "micro_batch": 8, "period_epochs": 1.0, "scaling": "paper"},
+        bpm={"offset_samples": 16, "micro_batch": 8, "period_epochs": 1.0, "rule": "paper"},
         regimes=[{"period_epochs": 1.0, "offset_samples": 24}],
         robust_regimes=[{"period_epochs": 1.0, "offset_samples": 16}],
     )
@@ -68,7 +68,7 @@ def test_run_writes_every_table(tmp_path, monkeypatch):
         assert run["step_real_mib"] >= run["step_saved_mib"] > 0
     assert result["runs"]["FF+BPM"]["0"]["refresh_real_mib"] > 0
     assert "step real MiB" in text
-    assert result["runs"]["FF+BPM(robust)"]["1"]["settings"]["scaling"] == "robust"
+    assert result["runs"]["FF+BPM(robust)"]["1"]["settings"]["rule"] == "robust"
     assert result["summary"]["final_accuracy"]["FF"]["n"] == 2
     assert set(result["summary"]["gap_recovered"]["FF+BPM"]["per_seed"]) == {"0", "1"}
     assert (tmp_path / "paper_b.png").stat().st_size > 0

@@ -128,7 +128,7 @@ def _bp_modified(world: int) -> dict:
         micro_batch=2,
         data=TensorDataset(*_data(16, seed=11)),
         batch_size=B,
-        scaling="paper",
+        rule="paper",
     )
     loss = method.backward(x if pipe.rank == 0 else None, y)
     return {"grads": _grads(net), "loss": loss, "a": method.a, "lam": method.lam, "modified": method.modified}
@@ -316,7 +316,7 @@ def test_bp_modified_across_stages_is_single_process_bp_modified(ranks, world):
         micro_batch=2,
         data=TensorDataset(*_data(16, seed=11)),
         batch_size=B,
-        scaling="paper",
+        rule="paper",
     )
     method.backward(x, y)
     assert (method.lam[: T - 2] > 0).any()  # the offset is in play

@@ -119,7 +119,7 @@ def test_a_weights_file_that_would_run_code_runs_nothing(tmp_path, capfd, suffix
     with pytest.raises(ValueError, match="cannot be read as a state dict"):
         read_state_dict(weights)
     capfd.readouterr()
-    code = main(["select", *TINY[:6], "--lam", "0.1", "--weights", str(weights), "--out", str(tmp_path / "out")])
+    code = main(["select", *TINY[:6], "--weight", "0.1", "--weights", str(weights), "--out", str(tmp_path / "out")])
     assert code == 2 and "cannot be read as a state dict" in _one_line(capfd)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -256,7 +256,7 @@ def test_a_checkpoint_header_nested_too_deep_is_one_line(tmp_path):
         (["--pipeline", "2", "--method", "mpc:9"], "the horizon must be in [1, T = 3]"),
         (["--pipeline", "5"], "--pipeline 5: the model has only T = 3 blocks"),
         (["--pipeline", "2", "--micro-batches", "21"], "--micro-batches 21 is more than the batch of 20"),
-        (["--method", "bpm-ff", "--bpm-scaling", "fixed", "--bpm-a", "1e300"], "argument --bpm-a: must be a number in"),
+        (["--method", "bpm-ff", "--bpm-rule", "fixed", "--bpm-a", "1e300"], "argument --bpm-a: must be a number in"),
         (["--lr", "5e-324"], "argument --lr: must be a number in [1e-12, 1e+12]"),
         (["--device", "cpu:5"], "--device cpu:5: there is one CPU device"),
         (["--out", "{other}"], "--out given 2 times"),

@@ -21,7 +21,7 @@ TINY_R50 = {"layers": [1, 1, 1, 1], "channels": [2, 2, 4, 4]}
 PAPER_B = {
     "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9},
     "batch_size": 64,
-    "bpm": {"offset_samples": 320, "micro_batch": 8, "scaling": "paper"},
+    "bpm": {"offset_samples": 320, "micro_batch": 8, "rule": "paper"},
     "methods": ["ff", "loco:4", "mpc:5"],
 }
 
@@ -140,7 +140,7 @@ def tiny_full_b(monkeypatch) -> None:
             "seeds": [0],
             "methods": ["ff"],
             "device": "cpu",
-            "bpm": {"offset_samples": 8, "micro_batch": 4, "period_epochs": 1.0, "scaling": "paper"},
+            "bpm": {"offset_samples": 8, "micro_batch": 4, "period_epochs": 1.0, "rule": "paper"},
             "regimes": [],
             "robust_regimes": [],
         }

@@ -19,7 +19,7 @@ CONFIG = {
     "threads": 1,
     "probe_batches": 1,
     "subset_size": 2,
-    "objectives": {"eps": 0.1, "lam": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
+    "objectives": {"eps": 0.1, "weight": {"linear": 0.5, "ladder": 0.125}, "c": 1.0},
     "sweeps": {
         "R": {
             "model": "resnet62",

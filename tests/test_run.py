@@ -1,4 +1,4 @@
-"""recede.runs.run's BP-modified options (--bpm-scaling, --bpm-a, --bpm-lam) for train, compare and demo."""
+"""recede.runs.run's BP-modified options (--bpm-rule, --bpm-a, --bpm-lam) for train, compare and demo."""
 
 from __future__ import annotations
 
@@ -22,20 +22,20 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize(
-    "argv, scaling, fixed",
+    "argv, rule, fixed",
     [
         ((), "robust", (None, None)),
-        (("--bpm-scaling", "paper"), "paper", (None, None)),
-        (("--bpm-scaling", "bias"), "bias", (None, None)),
-        (("--bpm-scaling", "fixed", "--bpm-a", "0", "--bpm-lam", "1"), "fixed", (0.0, 1.0)),
-        (("--bpm-scaling", "fixed", "--bpm-a", "-0.5", "--bpm-lam", "0.25"), "fixed", (-0.5, 0.25)),
+        (("--bpm-rule", "paper"), "paper", (None, None)),
+        (("--bpm-rule", "bias"), "bias", (None, None)),
+        (("--bpm-rule", "fixed", "--bpm-a", "0", "--bpm-lam", "1"), "fixed", (0.0, 1.0)),
+        (("--bpm-rule", "fixed", "--bpm-a", "-0.5", "--bpm-lam", "0.25"), "fixed", (-0.5, 0.25)),
     ],
 )
-def test_bpm_options_reach_the_method(argv, scaling, fixed):
+def test_bpm_options_reach_the_method(argv, rule, fixed):
     args = parse(*argv)
     workload = Workload.from_args(args)
     method = workload.method(workload.build(0), parse_method("bpm-ff"), args)
-    assert isinstance(method, BPModified) and method.scaling == scaling and method.fixed == fixed
+    assert isinstance(method, BPModified) and method.rule == rule and method.fixed == fixed
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_bpm_options_reach_the_method(argv, scaling, fixed):
     [
         (("--bpm-lam", "1.5"), "--bpm-lam"),
         (("--bpm-a", "nan"), "--bpm-a"),
-        (("--bpm-scaling", "optimal"), "--bpm-scaling"),
+        (("--bpm-rule", "optimal"), "--bpm-rule"),
     ],
 )
 def test_bad_bpm_values_name_the_option(argv, message, capsys):
@@ -64,7 +64,7 @@ def test_fixed_scaling_without_its_scalars_is_one_clear_line(tmp_path, capsys):
             "n_test=20",
             "--method",
             "bpm-ff",
-            "--bpm-scaling",
+            "--bpm-rule",
             "fixed",
             "--bpm-a",
             "1",

@@ -109,7 +109,7 @@ def test_a_dict_builds_the_same_config_and_names_unknown_keys():
         ({"optimizer": {"name": "lbfgs"}}, "optimizer.name"),
         ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum"),
         ({"bpm": {"lam": 2.0}}, "bpm.lam"),
-        ({"bpm": {"scaling": "optimal"}}, "bpm.scaling"),
+        ({"bpm": {"rule": "optimal"}}, "bpm.rule"),
         ({"measure": {"clock": "sundial"}}, "measure.clock"),
         ({"loop": {"seeds": 101}}, "loop.seeds"),
         ({"methods": []}, "methods"),
@@ -135,7 +135,7 @@ def test_a_refused_python_run_leaves_an_earlier_run_as_it_was(tmp_path):
 
 
 def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshes():
-    """From Python, ``bpm.scaling`` takes a Rule function (a study's ablated rule); the config
+    """From Python, ``bpm.rule`` takes a Rule function (a study's ablated rule); the config
     names it; ``train_method``'s step hook is handed the method it trains."""
     import dataclasses
 
@@ -156,13 +156,13 @@ def test_a_rule_function_trains_a_bpm_method_and_the_step_hook_sees_its_refreshe
         tiny("unused"),
         methods=["bpm-ff"],
         output=OutputConfig(out=None, progress=False),
-        bpm=BPMConfig(period=2, samples=16, scaling=unit_a),
+        bpm=BPMConfig(period=2, samples=16, rule=unit_a),
         measure=MeasureConfig(paid=False),
     ).validate()
-    assert config.options()["bpm_scaling"].endswith("unit_a")
-    assert config.identity()["bpm_scaling"] == config.options()["bpm_scaling"]
-    with pytest.raises(ValueError, match="bpm.scaling must be one of"):
-        dataclasses.replace(config, bpm=BPMConfig(scaling="unit_a")).validate()
+    assert config.options()["bpm_rule"].endswith("unit_a")
+    assert config.identity()["bpm_rule"] == config.options()["bpm_rule"]
+    with pytest.raises(ValueError, match="bpm.rule must be one of"):
+        dataclasses.replace(config, bpm=BPMConfig(rule="unit_a")).validate()
     task = recede.data.load("trig", n=60, n_test=20)
     workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
     seen = []

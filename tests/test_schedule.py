@@ -22,8 +22,8 @@ def setup(seed=0):
 
 def test_selects_like_algorithm_1_and_delegates_to_mpc():
     net, _, probe = setup()
-    schedule = HorizonSchedule(net, probe, every=2, objective="weighted", lam=0.3)
-    assert schedule.horizon == select_horizon(net, probe, objective="weighted", lam=0.3).h
+    schedule = HorizonSchedule(net, probe, every=2, objective="weighted", weight=0.3)
+    assert schedule.horizon == select_horizon(net, probe, objective="weighted", weight=0.3).h
     x, y = probe[0]
     net.zero_grad(set_to_none=True)
     loss = schedule.backward(x, y)
@@ -35,7 +35,7 @@ def test_selects_like_algorithm_1_and_delegates_to_mpc():
 
 def test_reselects_every_n_epochs_and_resumes():
     net, data, probe = setup()
-    schedule = HorizonSchedule(net, probe, every=2, objective="weighted", lam=0.3, horizons=[1, 3, 6])
+    schedule = HorizonSchedule(net, probe, every=2, objective="weighted", weight=0.3, horizons=[1, 3, 6])
     opt = make_optimizer(net.parameters(), lr=0.05)
     train(
         net,
@@ -51,18 +51,18 @@ def test_reselects_every_n_epochs_and_resumes():
     assert len(schedule.horizons_by_epoch(5)) == 5
     assert schedule.horizons_by_epoch(5)[4] == schedule.history[-1]["h"]
     state = schedule.state_dict()
-    other = HorizonSchedule(models.build("resmlp", depth=6), probe, every=2, objective="weighted", lam=50.0)
+    other = HorizonSchedule(models.build("resmlp", depth=6), probe, every=2, objective="weighted", weight=50.0)
     other.load_state_dict(state)
     assert other.horizon == schedule.horizon and other.history == schedule.history
     with pytest.raises(ValueError, match="every"):
-        HorizonSchedule(net, probe, every=3, objective="weighted", lam=0.3).load_state_dict(state)
+        HorizonSchedule(net, probe, every=3, objective="weighted", weight=0.3).load_state_dict(state)
 
 
 def test_bad_input():
     net, _, probe = setup()
     with pytest.raises(ValueError, match="every"):
-        HorizonSchedule(net, probe, every=0, objective="weighted", lam=0.1)
+        HorizonSchedule(net, probe, every=0, objective="weighted", weight=0.1)
     with pytest.raises(ValueError, match="probe"):
-        HorizonSchedule(net, [], every=1, objective="weighted", lam=0.1)
-    with pytest.raises(ValueError, match="lam"):
+        HorizonSchedule(net, [], every=1, objective="weighted", weight=0.1)
+    with pytest.raises(ValueError, match="weight"):
         HorizonSchedule(net, probe, every=1, objective="weighted")

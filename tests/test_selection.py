@@ -57,7 +57,7 @@ def test_choose_matches_brute_force(objective, cost):
         lam = float(rng.uniform(0.0, 2.0))
         M0 = max(mem.values()) * (1 if cost == "linear" else 0.3)
         expected = brute_force(cos, mem, T, objective, eps, lam, cost, 1.0, M0)
-        choice = solve(cos, mem, T, objective, eps=eps, lam=lam, cost=cost)
+        choice = solve(cos, mem, T, objective, eps=eps, weight=lam, cost_shape=cost)
         if expected is None:
             infeasible_seen += 1
             assert not choice.feasible and choice.h == T
@@ -83,28 +83,28 @@ def test_ladder_ties_go_to_the_more_accurate_horizon():
     # M = 10h, M0 = 0.3·100 = 30: h = 1, 2, 3 all cost one device; r̂ grows with h.
     cos = {1: 0.95, 4: 0.97, 7: 0.99, 10: 1.0}
     mem = {h: 10.0 * h for h in cos}
-    assert choose(cos, mem, 10, "constraint", eps=0.2, cost="ladder") == 3
+    assert choose(cos, mem, 10, "constraint", eps=0.2, cost_shape="ladder") == 3
     # O2 with a large λ: fewest devices, and the best r̂ among them
-    assert choose(cos, mem, 10, "weighted", lam=1.0, cost="ladder") == 3
+    assert choose(cos, mem, 10, "weighted", weight=1.0, cost_shape="ladder") == 3
 
 
 def test_fit_degree_drops_with_few_points():
-    assert choose({4: 0.9}, {4: 1.0}, 8, "weighted", lam=0.1) == 1  # constant fits: cheapest wins
-    choice = solve({2: 0.5, 8: 1.0}, {2: 2.0, 8: 8.0}, 8, "weighted", lam=0.0)
+    assert choose({4: 0.9}, {4: 1.0}, 8, "weighted", weight=0.1) == 1  # constant fits: cheapest wins
+    choice = solve({2: 0.5, 8: 1.0}, {2: 2.0, 8: 8.0}, 8, "weighted", weight=0.0)
     assert choice.cos_fit.order == 1 and choice.h == 8
 
 
 def test_weighted_objective_is_minimised_not_maximised():
     cos = {1: 0.5, 5: 0.7, 10: 0.95}
     mem = {1: 1.0, 5: 5.0, 10: 10.0}
-    assert choose(cos, mem, 10, "weighted", lam=0.0) == 10  # accuracy only: BP
-    assert choose(cos, mem, 10, "weighted", lam=100.0) == 1  # memory only: FF
+    assert choose(cos, mem, 10, "weighted", weight=0.0) == 10  # accuracy only: BP
+    assert choose(cos, mem, 10, "weighted", weight=100.0) == 1  # memory only: FF
 
 
 def test_objective_value_and_relative_scores():
     assert objective_value(0.95, 50, "constraint", eps=0.1, M0=100) == 0.5
     assert objective_value(0.85, 50, "constraint", eps=0.1, M0=100) is None
-    assert objective_value(0.9, 61, "weighted", lam=0.5, cost="ladder", M0=30) == pytest.approx(-0.9 + 1.5)
+    assert objective_value(0.9, 61, "weighted", weight=0.5, cost_shape="ladder", M0=30) == pytest.approx(-0.9 + 1.5)
     rel = relative_scores({"BP": 1.0, "FF": None, "A": 0.25, "B": 0.5})
     assert rel == {"BP": 1.0, "FF": 1.5, "A": 0.0, "B": pytest.approx(1 / 3)}
     assert relative_scores({"A": 2.0, "B": 2.0}) == {"A": 0.0, "B": 0.0}
@@ -113,26 +113,26 @@ def test_objective_value_and_relative_scores():
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="eps"):
         choose({1: 1.0}, {1: 1.0}, 4, "constraint")
-    with pytest.raises(ValueError, match="lam"):
+    with pytest.raises(ValueError, match="weight"):
         choose({1: 1.0}, {1: 1.0}, 4, "weighted")
     with pytest.raises(ValueError, match="objective"):
-        choose({1: 1.0}, {1: 1.0}, 4, "max", lam=1)
+        choose({1: 1.0}, {1: 1.0}, 4, "max", weight=1)
     with pytest.raises(ValueError, match="cost"):
-        choose({1: 1.0}, {1: 1.0}, 4, "weighted", lam=1, cost="step")
+        choose({1: 1.0}, {1: 1.0}, 4, "weighted", weight=1, cost_shape="step")
     with pytest.raises(ValueError, match="outside"):
-        choose({9: 1.0}, {1: 1.0}, 4, "weighted", lam=1)
+        choose({9: 1.0}, {1: 1.0}, 4, "weighted", weight=1)
     with pytest.raises(ValueError, match="empty"):
-        choose({}, {1: 1.0}, 4, "weighted", lam=1)
+        choose({}, {1: 1.0}, 4, "weighted", weight=1)
 
 
 def test_select_horizon_on_a_network():
     torch.manual_seed(0)
     net = models.build("resmlp", depth=8)
     probe = [(torch.randn(32, 1), torch.randn(32, 4)) for _ in range(2)]
-    result = select_horizon(net, probe, [1, 3, 5, 8], objective="weighted", lam=0.1)
+    result = select_horizon(net, probe, [1, 3, 5, 8], objective="weighted", weight=0.1)
     assert result.fidelity.horizons == [1, 3, 5, 8]
     assert result.choice.horizons.tolist() == list(range(1, 9))
-    assert result.h == solve(result.fidelity.cos, result.fidelity.memory, 8, "weighted", lam=0.1).h
+    assert result.h == solve(result.fidelity.cos, result.fidelity.memory, 8, "weighted", weight=0.1).h
     rows = result.table()
     assert len(rows) == 8 and rows[result.h - 1]["selected"] == "←"
     assert rows[2]["cos (measured)"] == pytest.approx(result.fidelity.cos[3])
@@ -180,7 +180,7 @@ def test_cli_select(tmp_path, capsys):
                 "linear",
                 "--data-opt",
                 "n=100",
-                "--lam",
+                "--weight",
                 "0.1",
                 "--weights",
                 str(weights),
@@ -192,5 +192,7 @@ def test_cli_select(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["select", "--lam", "1", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(["select", "--weight", "1", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m")]) == 2
+    )
     assert "missing.pt" in capsys.readouterr().err

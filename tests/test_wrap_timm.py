@@ -12,7 +12,7 @@ import recede  # noqa: E402
 
 VIT = dict(num_classes=3, img_size=16, patch_size=4, embed_dim=8, depth=3, num_heads=2)
 MODELS = {  # name -> (timm.create_model arguments, wrap options, T)
-    "resnet": (("test_resnet",), dict(head="stage"), 4),
+    "resnet": (("test_resnet",), dict(head="group"), 4),
     "resnet50-tiny": (("resnet50", dict(layers=(1, 2, 1, 1), channels=(2, 4, 4, 8))), {}, 5),
     "convnext": (("test_convnext",), dict(blocks=3), 3),
     "convnext-conv-mlp": (("test_convnext3",), {}, 4),
@@ -25,7 +25,7 @@ MODELS = {  # name -> (timm.create_model arguments, wrap options, T)
         3,
     ),
     "vit-attention-pool": (("vit_base_patch16_224", dict(VIT, global_pool="map", reg_tokens=1)), {}, 3),
-    "vit-dynamic-size": (("vit_base_patch16_224", dict(VIT, dynamic_img_size=True)), dict(head="stage"), 3),
+    "vit-dynamic-size": (("vit_base_patch16_224", dict(VIT, dynamic_img_size=True)), dict(head="group"), 3),
 }
 
 

@@ -102,7 +102,7 @@ def test_blocks_groups_and_heads_options():
     assert grouped.T == 2 and list(grouped.blocks[1]) == [model.layer3[0], model.layer4[0]]
     assert grouped.head(2).fc is model.fc
     assert grouped.head(1).fc.in_features == 128  # layer2's width: an independent pool → linear head
-    stage = recede.wrap(model, head="stage")  # widths 64 | 128 128 | 256 | 512
+    stage = recede.wrap(model, head="group")  # widths 64 | 128 128 | 256 | 512
     assert stage.head(2) is stage.head(3) and stage.head(1) is not stage.head(2)
     assert stage.head(5) is stage.head(stage.T)  # the last stage: the model's own fc path
     with pytest.raises(ValueError, match="cannot share the final head across depths"):

@@ -13,7 +13,7 @@ held-out test), beside FF, the robust default and Paper B's rule, in two regimes
   (the (task, lr) pairs where Paper B's rule lost most or diverged);
 * ``fresh`` — the demo's (K = 0.3 epoch, B' = 160), on the digits ResNet at lr 0.01.
 
-The variants are a/λ rules passed to BP-modified in place of the robust one (``scaling=`` takes
+The variants are a/λ rules passed to BP-modified in place of the robust one (``rule=`` takes
 a :data:`recede.bpm.estimator.Rule`);
 every run of a (task, seed) starts from the same weights and data order as the study's
 (:func:`recede.reproduce.bpm_robustness.run_one`).  Prints the machine, one line per run and a Markdown table

@@ -122,7 +122,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "bpm_a": (-1e6, 1e6),
     "c": (1e-12, 1e12),
     "M0": (1e-12, 1e30),
-    "lam": (0.0, 1e12),
+    "weight": (0.0, 1e12),
 }
 """The range of every counter and scale that the options' own types leave open, in one place
 (:func:`bound_options` applies it): a human-sized bound for counts, so that no value runs for

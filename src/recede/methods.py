@@ -22,7 +22,7 @@
 keywords of :func:`build_method`: ``refresh_data`` (the dataset B' is drawn from; required),
 ``batch_size`` (B), ``period`` (K; default one epoch of ``refresh_data`` at ``batch_size``),
 ``offset_samples`` (B'; default 1 % of K·B rounded to a multiple of b', at least 2 b'),
-``micro_batch`` (b', default 8), ``scaling`` (the a/λ rule: ``robust``/``paper``/``bias``/``fixed``,
+``micro_batch`` (b', default 8), ``rule`` (the a/λ rule: ``robust``/``paper``/``bias``/``fixed``,
 :mod:`recede.bpm.scalars`), ``a``, ``lam``, ``seed``.  The other methods ignore those keywords, so one call
 serves a whole comparison.
 
@@ -117,7 +117,7 @@ def build_method(
     period: int | None = None,
     offset_samples: int | None = None,
     micro_batch: int = 8,
-    scaling: str | Rule = "robust",
+    rule: str | Rule = "robust",
     a: float | None = None,
     lam: float | None = None,
     seed: int = 0,
@@ -155,7 +155,7 @@ def build_method(
         period,
         offset_samples,
         micro_batch,
-        scaling,
+        rule,
         a,
         lam,
         double,

@@ -17,7 +17,7 @@ the sum of the micro-batch means, their squared norms and cross products), from 
   ``tr C_{h,T} = 2 b' · (Σ m_h,i·m_T,i − n m̄_h·m̄_T) / (n − 1)`` for the two-sided
   ``C_{h,T} = Cov(g_h, g_T) + Cov(g_T, g_h)`` of Paper B eq. 7.
 
-The scalars a, λ come from :mod:`recede.bpm.scalars`: ``scaling="robust"`` (the default: a = 1
+The scalars a, λ come from :mod:`recede.bpm.scalars`: ``rule="robust"`` (the default: a = 1
 and a James–Stein λ weighted by how long the offset persists, measured on held-out samples,
 grown from a probe only while the applied offset still pays; never worse than the local method
 in the error of a period's mean update, for a given course of the bias: not a guarantee on
@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from recede.bpm.scalars import (
-    SCALINGS,
+    RULES,
     BlockMoments,
     bias_scalars,
     bias_term,
@@ -125,7 +125,7 @@ class RefreshStats:
     estimate c = d̂_r·Δ/‖Δ‖² (1: the last offset was still whole at the period's end; 0: stale).
     ``lam_fresh`` and ``step_cap`` are the robust rule's James–Stein factor and step cap
     (:func:`recede.bpm.scalars.fresh_lambda`, :func:`recede.bpm.scalars.step_cap`) whatever the
-    scaling, to show which bound set λ.  Exact blocks show a = 1, λ = 0, zero bias, cos = 1.
+    rule, to show which bound set λ.  Exact blocks show a = 1, λ = 0, zero bias, cos = 1.
     """
 
     step: int
@@ -168,10 +168,10 @@ class BPModified:
         period: K, the number of ``backward`` calls between refreshes (also the K of E).
         offset_samples: B', samples per refresh (a multiple of ``micro_batch``, ≥ 2 micro-batches).
         micro_batch: b', samples per micro-batch of the refresh.
-        scaling: the rule for a and λ: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias)
+        rule: the rule for a and λ: ``"robust"``, ``"paper"``, ``"bias"`` (λ = 0, a = a_bias)
             or ``"fixed"`` (needs a, lam), :mod:`recede.bpm.scalars`; or a :data:`Rule`, a
             function given the moments and the held-out check (a study's variant of a rule).
-        a, lam: the fixed scalars for ``scaling="fixed"``.
+        a, lam: the fixed scalars for ``rule="fixed"``.
         double: LoCo's double gradient (Paper A eq. 20), as in :class:`recede.MPC`.
         data: a dataset of (x, y) pairs to draw the B' samples from on the method's own schedule.
         batch_size: B of E(a, λ); by default the size of the last batch given to ``backward``.
@@ -190,7 +190,7 @@ class BPModified:
         period: int,
         offset_samples: int,
         micro_batch: int,
-        scaling: str | Rule = "robust",
+        rule: str | Rule = "robust",
         a: float | None = None,
         lam: float | None = None,
         double: bool = False,
@@ -210,16 +210,16 @@ class BPModified:
                 f"offset_samples (B' = {offset_samples}) must be a multiple of "
                 f"micro_batch (b' = {micro_batch}) and hold at least two micro-batches"
             )
-        if not callable(scaling) and scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {scaling!r}; use one of {', '.join(SCALINGS)}")
-        if (scaling == "fixed") != (a is not None and lam is not None):
-            raise ValueError("scaling='fixed' needs both a and lam (--bpm-a, --bpm-lam), and only it takes them")
+        if not callable(rule) and rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+        if (rule == "fixed") != (a is not None and lam is not None):
+            raise ValueError("rule='fixed' needs both a and lam (--bpm-a, --bpm-lam), and only it takes them")
         if lam is not None and not 0 <= lam <= 1:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
         if data is not None and len(data) < offset_samples:  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
             raise ValueError(f"data holds {len(data)} samples, fewer than offset_samples = {offset_samples}")  # type: ignore[arg-type]
         self.period, self.offset_samples, self.micro_batch = period, offset_samples, micro_batch
-        self.scaling, self.fixed = scaling, (a, lam)
+        self.rule, self.fixed = rule, (a, lam)
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.modified = [
             t for t in (range(net.T) if blocks is None else blocks) if not exact(t, net.T, horizon, double)
@@ -394,17 +394,17 @@ class BPModified:
             raise ValueError("BPModified needs the training batch size B: pass batch_size= or call backward() first")
         index = torch.tensor(self.modified, dtype=torch.long)
         check = self._held_out(m, mean_h, mean_t, stats, index) if self.refreshes else None
-        if callable(self.scaling):
-            a, lam = self.scaling(m, samples, check, self.lam[index])
-        elif self.scaling == "robust":
+        if callable(self.rule):
+            a, lam = self.rule(m, samples, check, self.lam[index])
+        elif self.rule == "robust":
             a, lam = robust_scalars(m, samples, None if check is None else check["end"], self.lam[index])
-        elif self.scaling == "paper":
+        elif self.rule == "paper":
             a, lam = paper_scalars(m, B, samples, K)
-        elif self.scaling == "bias":
+        elif self.rule == "bias":
             a, lam = bias_scalars(m)
         else:
             fixed_a, fixed_lam = self.fixed
-            assert fixed_a is not None and fixed_lam is not None  # scaling 'fixed' is checked to have both
+            assert fixed_a is not None and fixed_lam is not None  # rule 'fixed' is checked to have both
             a, lam = torch.full_like(m.hh, fixed_a), torch.full_like(m.hh, fixed_lam)
         offset = mean_t
         for view, h_view, scale in zip(offset.split(self._sizes), mean_h.split(self._sizes), a):

@@ -79,7 +79,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCALINGS = ("robust", "paper", "bias", "fixed")
+RULES = ("robust", "paper", "bias", "fixed")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recede import data, models
-from recede.bpm.scalars import SCALINGS
+from recede.bpm.scalars import RULES
 from recede.config import BOUNDS, MAX_INT, load_yaml, one_line
 from recede.keywords import shown
 from recede.measure.usage import CLOCKS
@@ -364,9 +364,9 @@ def add_workload_options(
         help="micro-batch size of a refresh (its memory is BP's on b' samples)",
     )
     bpm.add_argument(
-        "--bpm-scaling",
+        "--bpm-rule",
         default="robust",
-        choices=list(SCALINGS),
+        choices=list(RULES),
         help="robust (default: a = 1, λ only where a held-out test says the offset pays; lost to the local "
         "method in none of the study's 15 cases but can elsewhere, docs/paper-b.md), paper (Paper B eqs. 16-19 "
         "as printed), bias (λ = 0, a = a_bias, Table 3) or fixed (--bpm-a, --bpm-lam)",
@@ -376,14 +376,14 @@ def add_workload_options(
         type=float_range(-math.inf, math.inf, True, True),
         default=None,
         metavar="A",
-        help="the fixed scale a of the local gradient (with --bpm-scaling fixed)",
+        help="the fixed scale a of the local gradient (with --bpm-rule fixed)",
     )
     bpm.add_argument(
         "--bpm-lam",
         type=float_range(0.0, 1.0),
         default=None,
         metavar="λ",
-        help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-scaling fixed)",
+        help="the fixed weight λ ∈ [0, 1] of the offset (with --bpm-rule fixed)",
     )
 
 

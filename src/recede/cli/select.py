@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from recede.horizon.selection import COSTS, OBJECTIVES, _check_objective, select_horizon
+from recede.horizon.selection import COST_SHAPES, OBJECTIVES, _check_objective, select_horizon
 
 
 def add_select_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +25,13 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
         "--objective",
         default="weighted",
         choices=OBJECTIVES,
-        help="constraint = O1 (needs --eps), weighted = O2 (needs --lam)",
+        help="constraint = O1 (needs --eps), weighted = O2 (needs --weight)",
     )
     p.add_argument("--eps", type=float_range(0.0, 1.0), default=None, help="O1: require r̂(h) ≥ 1 − eps")
     p.add_argument(
-        "--lam", type=float_range(0.0, math.inf, high_open=True), default=None, help="O2: weight of the memory cost"
+        "--weight", type=float_range(0.0, math.inf, high_open=True), default=None, help="O2: weight of the memory cost"
     )
-    p.add_argument("--cost", default="linear", choices=COSTS)
+    p.add_argument("--cost-shape", default="linear", choices=COST_SHAPES)
     p.add_argument("--c", type=positive_float, default=1.0, help="unit cost")
     p.add_argument(
         "--M0", type=positive_float, default=None, help="one device's memory in bytes (default: Table D3's choice)"
@@ -69,7 +69,7 @@ def run_select(args: argparse.Namespace) -> int:
     from recede.runs.reports import machine, markdown_table, print_table, write_json
     from recede.runs.train import batches
 
-    _check_objective(args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
+    _check_objective(args.objective, args.eps, args.weight, args.cost_shape, args.c, args.M0)
     cpu = torch.device("cpu")
     task = preflight.load_data(args.data, key_values(args.data_opt, "--data-opt"))
     torch.manual_seed(args.seed)
@@ -80,7 +80,9 @@ def run_select(args: argparse.Namespace) -> int:
     horizons = _parse_horizons(args.horizons, net.T)
     preflight.start(args)
     probe = [b for _, b in zip(range(args.batches), batches(task.train, args.batch_size, True, args.seed))]
-    result = select_horizon(net, probe, horizons, args.objective, args.eps, args.lam, args.cost, args.c, args.M0)
+    result = select_horizon(
+        net, probe, horizons, args.objective, args.eps, args.weight, args.cost_shape, args.c, args.M0
+    )
     rows = result.table()
     columns = list(rows[0])
     print_table(rows, columns, title=f"{args.model} on {args.data}: {result.choice.message}")

@@ -8,7 +8,7 @@ set every ``every`` epochs and re-selects h under the same objective and cost
 (``backward(x, y) -> float``): between selections it delegates to an :class:`recede.MPC` at the
 current horizon.
 
->>> schedule = HorizonSchedule(net, probe, every=2, objective="weighted", lam=0.5)
+>>> schedule = HorizonSchedule(net, probe, every=2, objective="weighted", weight=0.5)
 >>> train(net, schedule, data, opt, epochs=10, batch_size=100,
 ...       on_epoch=lambda record: schedule.epoch_end(record.epoch))
 
@@ -35,7 +35,7 @@ class HorizonSchedule:
         net: the block network.
         probe: the ``(x, y)`` batches on which cos θ_h is measured at each selection.
         every: epochs between selections (the first is made at construction, epoch 0).
-        objective, eps, lam, cost, c, M0, horizons: as :func:`recede.select_horizon`.
+        objective, eps, weight, cost_shape, c, M0, horizons: as :func:`recede.select_horizon`.
     """
 
     def __init__(
@@ -45,8 +45,8 @@ class HorizonSchedule:
         every: int,
         objective: str,
         eps: float | None = None,
-        lam: float | None = None,
-        cost: str = "linear",
+        weight: float | None = None,
+        cost_shape: str = "linear",
         c: float = 1.0,
         M0: float | None = None,
         horizons: Sequence[int] | None = None,
@@ -57,7 +57,7 @@ class HorizonSchedule:
             raise ValueError("probe is empty; give at least one (x, y) batch to measure cos θ_h on")
         self.net, self.probe, self.every = net, list(probe), every
         self.options: dict[str, Any] = dict(
-            horizons=horizons, objective=objective, eps=eps, lam=lam, cost=cost, c=c, M0=M0
+            horizons=horizons, objective=objective, eps=eps, weight=weight, cost_shape=cost_shape, c=c, M0=M0
         )
         self.history: list[dict] = []
         self.engine: MPC

@@ -16,8 +16,8 @@ Given cos θ_h and M(h) measured on a subset H of horizons (:mod:`recede.measure
      feasible, :func:`solve` reports ``feasible=False`` and falls back to h = T, and
      :func:`choose` also emits an :class:`InfeasibleWarning`.
    * O2 ``"weighted"`` (eq. 18): ``argmin_h −r̂(h) + λ·C(M̂(h))``.  This λ, the O2 weight on
-     the memory cost, is unrelated to BP-modified's λ (docs/glossary.md); the keyword ``lam``
-     and the flag ``--lam`` keep the paper's letter.
+     the memory cost, is unrelated to BP-modified's λ (docs/glossary.md): it is the keyword
+     ``weight`` (flag ``--weight``).  The shape of C is ``cost_shape`` (``--cost-shape``).
      **Correction** (SPEC §4): eq. 18 prints "max"; Algorithm 1 line 17 takes argmin.
 
 :func:`relative_scores` is eq. 19's ``Rel(a)`` with infeasible runs scored 1.5 (Fig. 5).
@@ -39,7 +39,7 @@ from recede.core.blocks import BlockNet
 from recede.measure.fidelity import Fidelity, gradient_cosine
 
 OBJECTIVES = ("constraint", "weighted")
-COSTS = ("linear", "ladder")
+COST_SHAPES = ("linear", "ladder")
 LADDER_M0_FRACTION = 0.3
 INFEASIBLE_REL = 1.5
 
@@ -64,17 +64,17 @@ def fit_memory(mem: Mapping[int, float]) -> np.poly1d:
     return np.poly1d(np.polyfit(hs, [float(mem[h]) for h in hs], _degree(len(hs), 1)))
 
 
-def default_M0(mem: Mapping[int, float], cost: str) -> float:
+def default_M0(mem: Mapping[int, float], cost_shape: str) -> float:
     """Table D3: ``max_h M(h)`` for the linear cost, ``0.3·max_h M(h)`` for the ladder."""
     peak = max(float(m) for m in mem.values())
-    return peak if cost == "linear" else LADDER_M0_FRACTION * peak
+    return peak if cost_shape == "linear" else LADDER_M0_FRACTION * peak
 
 
-def memory_cost(memory: np.ndarray | float, cost: str, c: float, M0: float) -> np.ndarray:
+def memory_cost(memory: np.ndarray | float, cost_shape: str, c: float, M0: float) -> np.ndarray:
     """The memory cost ``C(M) = c·M/M0`` (``cost="linear"``) or ``c·⌈M/M0⌉`` (``"ladder"``),
     Paper A §4 (not the time model of :mod:`recede.measure.cost`)."""
     ratio = np.asarray(memory, dtype=float) / M0
-    if cost == "linear":
+    if cost_shape == "linear":
         return c * ratio
     # a ratio that is an integer up to rounding (M = k·M0 exactly) needs k devices, not k+1
     return c * np.ceil(ratio - 1e-9)
@@ -88,23 +88,23 @@ def objective_value(
     memory: float,
     objective: str,
     eps: float | None = None,
-    lam: float | None = None,
-    cost: str = "linear",
+    weight: float | None = None,
+    cost_shape: str = "linear",
     c: float = 1.0,
     M0: float = 1.0,
 ) -> float | None:
     """O(a) of a run with loss-decrease rate ``r`` (eq. 14) and memory ``memory``.
 
     O1: the memory cost ``C(M)``, or None when ``r < 1 − ε`` (infeasible).  O2: ``−r + λ·C(M)``
-    (``lam`` = λ, O2's weight).
+    (``weight`` = λ, O2's weight).
     """
-    _check_objective(objective, eps, lam, cost, c, M0)
-    C = float(memory_cost(memory, cost, c, M0))
+    _check_objective(objective, eps, weight, cost_shape, c, M0)
+    C = float(memory_cost(memory, cost_shape, c, M0))
     if objective == "constraint":
         assert eps is not None  # _check_objective: the constraint objective needs eps
         return C if r >= 1 - eps else None
-    assert lam is not None  # _check_objective: the trade-off objective needs lam
-    return -r + lam * C
+    assert weight is not None  # _check_objective: the trade-off objective needs a weight
+    return -r + weight * C
 
 
 def relative_scores(values: Mapping[str, float | None]) -> dict[str, float]:
@@ -170,16 +170,16 @@ class Choice:
 
 
 def _check_objective(
-    objective: str, eps: float | None, lam: float | None, cost: str, c: float, M0: float | None
+    objective: str, eps: float | None, weight: float | None, cost_shape: str, c: float, M0: float | None
 ) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} (O1, O2), got {objective!r}")
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    if cost_shape not in COST_SHAPES:
+        raise ValueError(f"cost_shape must be one of {COST_SHAPES}, got {cost_shape!r}")
     if objective == "constraint" and (eps is None or not 0 <= eps <= 1):
         raise ValueError(f"objective 'constraint' (O1) needs eps in [0, 1], got {eps!r}")
-    if objective == "weighted" and (lam is None or lam < 0):
-        raise ValueError(f"objective 'weighted' (O2) needs lam >= 0, got {lam!r}")
+    if objective == "weighted" and (weight is None or weight < 0):
+        raise ValueError(f"objective 'weighted' (O2) needs weight >= 0, got {weight!r}")
     if c <= 0:
         raise ValueError(f"unit cost c must be positive, got {c}")
     if M0 is not None and M0 <= 0:
@@ -202,24 +202,24 @@ def solve(
     T: int,
     objective: str,
     eps: float | None = None,
-    lam: float | None = None,
-    cost: str = "linear",
+    weight: float | None = None,
+    cost_shape: str = "linear",
     c: float = 1.0,
     M0: float | None = None,
 ) -> Choice:
     """Fit, then brute-force the objective over h = 1..T (Algorithm 1 lines 4–17)."""
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
-    _check_objective(objective, eps, lam, cost, c, M0)
+    _check_objective(objective, eps, weight, cost_shape, c, M0)
     _check_points("cos", cos, T)
     _check_points("mem", mem, T)
-    M0 = default_M0(mem, cost) if M0 is None else float(M0)
+    M0 = default_M0(mem, cost_shape) if M0 is None else float(M0)
     cos_fit, memory_fit = fit_cos(cos), fit_memory(mem)
     hs = np.arange(1, T + 1)
     cos_hat = cos_fit(hs)
     r_hat = np.clip(cos_hat, 0.0, 1.0) ** 2
     memory_hat = memory_fit(hs)
-    C = memory_cost(memory_hat, cost, c, M0)
+    C = memory_cost(memory_hat, cost_shape, c, M0)
     if objective == "constraint":
         assert eps is not None  # _check_objective: the constraint objective needs eps
         feasible_mask = r_hat >= 1 - eps
@@ -231,7 +231,7 @@ def solve(
         else:
             h = T
     else:
-        value = -r_hat + lam * C
+        value = -r_hat + weight * C
         feasible = True
         h = int(hs[np.argmin(value)])
     return Choice(h, feasible, objective, M0, cos_fit, memory_fit, hs, cos_hat, r_hat, memory_hat, C, value)
@@ -243,14 +243,14 @@ def choose(
     T: int,
     objective: str,
     eps: float | None = None,
-    lam: float | None = None,
-    cost: str = "linear",
+    weight: float | None = None,
+    cost_shape: str = "linear",
     c: float = 1.0,
     M0: float | None = None,
 ) -> int:
     """ĥ* of Algorithm 1: :func:`solve`'s horizon.  An infeasible O1 warns
     (:class:`InfeasibleWarning`) and returns T; call :func:`solve` to get the flag instead."""
-    choice = solve(cos, mem, T, objective, eps, lam, cost, c, M0)
+    choice = solve(cos, mem, T, objective, eps, weight, cost_shape, c, M0)
     if not choice.feasible:
         warnings.warn(choice.message, InfeasibleWarning, stacklevel=2)
     return choice.h
@@ -294,18 +294,18 @@ def select_horizon(
     horizons: Sequence[int] | None = None,
     objective: str = "weighted",
     eps: float | None = None,
-    lam: float | None = None,
-    cost: str = "linear",
+    weight: float | None = None,
+    cost_shape: str = "linear",
     c: float = 1.0,
     M0: float | None = None,
 ) -> Selection:
     """Paper A Algorithm 1: measure cos θ_h and M(h) on ``horizons`` (default
     :func:`default_horizons`), fit, and pick ĥ* for the objective and cost."""
-    _check_objective(objective, eps, lam, cost, c, M0)
+    _check_objective(objective, eps, weight, cost_shape, c, M0)
     hs = default_horizons(net.T) if horizons is None else list(horizons)
     fidelity = gradient_cosine(net, batches, hs)
     assert fidelity.memory is not None  # gradient_cosine measures memory by default
-    choice = solve(fidelity.cos, fidelity.memory, net.T, objective, eps, lam, cost, c, M0)
+    choice = solve(fidelity.cos, fidelity.memory, net.T, objective, eps, weight, cost_shape, c, M0)
     return Selection(choice.h, choice.feasible, fidelity, choice)
 
 

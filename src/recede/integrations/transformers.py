@@ -83,7 +83,7 @@ class RecedeTrainer(Trainer):
         args: ``TrainingArguments``.
         horizon: h in [1, T] (``None``: T, exact BP).
         bp_modified: options of :class:`recede.BPModified` (``period``, ``offset_samples``,
-            ``micro_batch``, ``scaling``...); its refresh samples come from ``train_dataset``
+            ``micro_batch``, ``rule``...); its refresh samples come from ``train_dataset``
             through the data collator unless ``data`` is given.
         blocks, head: as in :func:`recede.wrap`.
         inputs: ``batch -> (x, y)``; default :func:`batch_to_xy`.

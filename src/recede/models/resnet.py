@@ -5,7 +5,7 @@ A stem convolution, then three stages of ``blocks_per_stage`` two-convolution re
 stages 2 and 3 a strided convolution halves height and width.  The stem and the transition
 convolutions travel with the first residual block of their stage, so T = 3 × blocks_per_stage
 (30 for ResNet-62: 60 convolutions in blocks, plus stem and classifier).  Every depth has a
-global-average-pool → linear head; ``head="group"`` (old name ``"stage"``) shares one head among the blocks of a
+global-average-pool → linear head; ``head="group"`` shares one head among the blocks of a
 stage (their widths agree), ``"independent"`` gives each depth its own.
 """
 
@@ -45,7 +45,6 @@ def resnet62(
     head: str = "independent",
 ) -> BlockNet:
     """ResNet-62 (Paper A Table D1); ``widths`` and ``blocks_per_stage`` shrink it for tests."""
-    head = {"stage": "group"}.get(head, head)  # "stage": the old name
     if head not in ("independent", "group"):
         raise ValueError(f"head must be 'independent' or 'group', got {head!r}")
     if blocks_per_stage < 1 or not widths:

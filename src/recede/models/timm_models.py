@@ -48,7 +48,7 @@ def resnet50(
     """timm ``resnet50`` (Paper B §6) as 16 bottleneck blocks.
 
     ``layers``/``channels`` shrink it for tests; ``head`` is :func:`recede.wrap`'s
-    (``"independent"``, ``"group"``; old name ``"stage"``); ``weights`` is a local state-dict file
+    (``"independent"``, ``"group"``); ``weights`` is a local state-dict file
     (:func:`recede.models.weights.load_weights`); ``adapter="lokr"`` (or ``"lora"``) freezes
     the base weights and adds Paper B's r = 1, α = 4 adapters (:mod:`recede.models.peft_adapters`).
     """

@@ -1,7 +1,7 @@
 """``recede reproduce bpm-robustness``: does BP-modified FF ever do worse than plain FF?
 
 For every task × learning rate × seed of ``experiments/bpm_robustness/cpu.yaml`` it trains BP,
-FF and BP-modified FF with each configured scaling (:mod:`recede.bpm.scalars`: ``paper`` is
+FF and BP-modified FF with each configured rule (:mod:`recede.bpm.scalars`: ``paper`` is
 Paper B's estimator as printed with SPEC §5's corrections, ``robust`` recede's default), all
 from the same initial weights and data order, in Paper B's regime (K = one epoch, B' ≈ 0.64 %
 of K·B, b' = 8; at least two micro-batches).  One more regime, labelled as such, repeats the
@@ -58,17 +58,17 @@ def load_config(full: bool = False) -> dict:
     return yaml.safe_load((CONFIGS / "cpu.yaml").read_text())
 
 
-def label(scaling: str | None, fresh: bool = False) -> str:
+def label(rule: str | None, fresh: bool = False) -> str:
     """``FF``, ``FF+BPM(paper)``, ``FF+BPM(robust), fresh`` ..."""
-    return "FF" if scaling is None else f"FF+BPM({scaling})" + (", fresh" if fresh else "")
+    return "FF" if rule is None else f"FF+BPM({rule})" + (", fresh" if fresh else "")
 
 
 def run_config(
-    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, scaling: str | Rule | None = None
+    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, rule: str | Rule | None = None
 ) -> RunConfig:
     """The run of one model: ``method`` on the task of ``spec`` at ``lr`` from ``seed``, in
     ``regime`` (K = ``period_epochs`` epochs, B' = ``offset_samples`` or ``offset_share`` of K·B);
-    ``scaling``: BP-modified's rule (a name, or a :data:`~recede.bpm.estimator.Rule` function;
+    ``rule``: BP-modified's rule (a name, or a :data:`~recede.bpm.estimator.Rule` function;
     None: the robust default).  No lr decay, no results folder, no memory measurement."""
     B = spec["batch_size"]
     steps = math.ceil(len(task.train) / B)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours all do
@@ -86,7 +86,7 @@ def run_config(
         ),
         methods=[method],
         optimizer=OptimizerConfig(opt["name"], lr, opt.get("momentum", 0.0), lr_decay=1.0),
-        bpm=BPMConfig(period, samples, regime.get("micro_batch", 8), scaling or "robust"),
+        bpm=BPMConfig(period, samples, regime.get("micro_batch", 8), rule or "robust"),
         loop=LoopConfig(epochs=spec["epochs"], batch_size=B, seed=seed),
         measure=MeasureConfig(paid=False),
         output=OutputConfig(out=None, progress=False),
@@ -94,11 +94,11 @@ def run_config(
 
 
 def run_one(
-    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, scaling: str | Rule | None = None
+    spec: dict, task: data.Task, method: str, lr: float, seed: int, regime: dict, rule: str | Rule | None = None
 ) -> dict[str, Any]:
     """Train one model (:func:`run_config`, by :func:`recede.runs.run.train_method`); return its
     final metric (None if it diverged), curve and refreshes."""
-    config = run_config(spec, task, method, lr, seed, regime, scaling)
+    config = run_config(spec, task, method, lr, seed, regime, rule)
     workload = Workload.of(task, config.workload.model, config.workload.model_options, "cpu")
     classification = task.kind == "classification"
     refreshes: list[dict] = []
@@ -116,7 +116,7 @@ def run_one(
         diverged, curve = str(err), []
     return {
         "method": method,
-        "scaling": scaling,
+        "rule": rule,
         "lr": lr,
         "seed": seed,
         "period": config.bpm.period,
@@ -171,15 +171,15 @@ def run(
             task = data.load(spec["data"], **spec["data_options"])
             for lr in spec["lrs"]:
                 for seed in cfg["seeds"]:
-                    for method, scaling in [("bp", None), ("ff", None)] + [("bpm-ff", s) for s in cfg["scalings"]]:
-                        key = run_key(name, lr, seed, "BP" if method == "bp" else label(scaling))
-                        add(key, partial(run_one, spec, task, method, lr, seed, cfg["regime"], scaling))
+                    for method, rule in [("bp", None), ("ff", None)] + [("bpm-ff", s) for s in cfg["rules"]]:
+                        key = run_key(name, lr, seed, "BP" if method == "bp" else label(rule))
+                        add(key, partial(run_one, spec, task, method, lr, seed, cfg["regime"], rule))
                     if fresh and fresh["task"] == name and fresh["lr"] == lr:
                         regime = cfg["regime"] | {k: fresh[k] for k in ("period_epochs", "offset_samples")}
-                        for scaling in cfg["scalings"]:
+                        for rule in cfg["rules"]:
                             add(
-                                run_key(name, lr, seed, label(scaling, fresh=True)),
-                                partial(run_one, spec, task, "bpm-ff", lr, seed, regime, scaling),
+                                run_key(name, lr, seed, label(rule, fresh=True)),
+                                partial(run_one, spec, task, "bpm-ff", lr, seed, regime, rule),
                             )
     summary = summarise(cfg, runs)
     diagnosis = diagnose(cfg, runs)
@@ -221,9 +221,9 @@ def summarise(cfg: dict, runs: dict[str, dict]) -> list[dict[str, Any]]:
     for name, spec in cfg["tasks"].items():
         higher = spec["data"] not in ("trig", "linear")
         for lr in spec["lrs"]:
-            names = ["BP", "FF"] + [label(s) for s in cfg["scalings"]]
+            names = ["BP", "FF"] + [label(s) for s in cfg["rules"]]
             if fresh.get("task") == name and fresh.get("lr") == lr:
-                names += [label(s, fresh=True) for s in cfg["scalings"]]
+                names += [label(s, fresh=True) for s in cfg["rules"]]
             for method in names:
                 found = [runs.get(run_key(name, lr, s, method)) for s in cfg["seeds"]]
                 records = [r for r in found if r is not None]
@@ -264,7 +264,7 @@ def _paired(runs: dict, task: str, lr: float, seeds: list[int], method: str, hig
 
 
 def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
-    """Per scaling, over every (refresh, modified block) of every main-regime run: the range of a,
+    """Per rule, over every (refresh, modified block) of every main-regime run: the range of a,
     how often a < 0 or |a| > 10, how often λ > 0, and — of the periods that applied an offset
     (λ > 0) — how often the period's estimator ĝ_end = a ḡ_h + λ Δ was worse than the local
     gradient at the period's end, on the next refresh's (held-out) samples.  Over the refreshes
@@ -272,8 +272,8 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
     estimator on its own samples (``cos_in_sample``), of the last period's estimator at its end
     on these independent samples (``cos_held_out``) and of the local gradient (``cos_local``)."""
     out = {}
-    for scaling in cfg["scalings"]:
-        suffix = f" | {label(scaling)}"
+    for rule in cfg["rules"]:
+        suffix = f" | {label(rule)}"
         blocks, tests, cosines = [], [], []
         for key, record in runs.items():
             if not key.endswith(suffix):
@@ -291,7 +291,7 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
                     after = stats[i + 1]
                     tests += [after["cos_held_out"][t] < after["cos_local"][t] for t in modified if s["lam"][t] > 0]
         a = [x for x, _ in blocks]
-        out[scaling] = {
+        out[rule] = {
             "block_refreshes": len(blocks),
             "a_min": min(a, default=None),
             "a_max": max(a, default=None),
@@ -302,7 +302,7 @@ def diagnose(cfg: dict, runs: dict[str, dict]) -> dict[str, dict]:
             "offset_periods_tested": len(tests),
             "share_held_out_worse": _share(tests),
         }
-        out[scaling] |= {
+        out[rule] |= {
             name: statistics.fmean(c[i] for c in cosines) if cosines else None
             for i, name in enumerate(("cos_in_sample", "cos_held_out", "cos_local"))
         }
@@ -317,7 +317,7 @@ def _share(flags) -> float | None:
 def plot_results(cfg: dict, rows: list[dict], path: Path) -> None:
     """One panel per task: per learning rate, each method's mean ± sd over seeds (× = diverged)."""
     tasks = list(cfg["tasks"])
-    methods = ["BP", "FF"] + [label(s) for s in cfg["scalings"]]
+    methods = ["BP", "FF"] + [label(s) for s in cfg["rules"]]
     with figure(path, 1, len(tasks), figsize=(3.6 * len(tasks), 3.6), squeeze=False) as (fig, axes):
         for ax, name in zip(axes[0], tasks):
             lrs = cfg["tasks"][name]["lrs"]
@@ -355,8 +355,8 @@ def plot_diagnosis(cfg: dict, runs: dict[str, dict], path: Path) -> None:
     """The diagnosis run: a and λ per block over refreshes, and held-out vs local cosines."""
     d = cfg["diagnosis"]
     with figure(path, 1, 3, figsize=(15, 4)) as (fig, axes):
-        for scaling, style in zip(cfg["scalings"], ("-", "--")):
-            record = runs.get(run_key(d["task"], d["lr"], d["seed"], label(scaling)))
+        for rule, style in zip(cfg["rules"], ("-", "--")):
+            record = runs.get(run_key(d["task"], d["lr"], d["seed"], label(rule)))
             if record is None or not record["refreshes"]:
                 continue
             stats = record["refreshes"]
@@ -371,10 +371,10 @@ def plot_diagnosis(cfg: dict, runs: dict[str, dict], path: Path) -> None:
                 [s["cos_held_out_all"] for s in tested],
                 style,
                 color="C3",
-                label=f"{scaling}: held-out cos(ĝ_end, g_T)",
+                label=f"{rule}: held-out cos(ĝ_end, g_T)",
             )
             axes[2].plot(
-                steps, [s["cos_all"] for s in stats], style, color="C2", label=f"{scaling}: in-sample cos(ĝ, g_T)"
+                steps, [s["cos_all"] for s in stats], style, color="C2", label=f"{rule}: in-sample cos(ĝ, g_T)"
             )
             axes[2].plot(
                 steps,
@@ -382,13 +382,13 @@ def plot_diagnosis(cfg: dict, runs: dict[str, dict], path: Path) -> None:
                 style,
                 color="k",
                 lw=0.8,
-                label=f"{scaling}: local cos(g_h, g_T)",
+                label=f"{rule}: local cos(g_h, g_T)",
             )
         axes[0].set(
             xlabel="step",
             ylabel="a per block",
             yscale="symlog",
-            title=f"{d['task']}, lr {d['lr']:g}, seed {d['seed']}: a (— {cfg['scalings'][0]}, -- others)",
+            title=f"{d['task']}, lr {d['lr']:g}, seed {d['seed']}: a (— {cfg['rules'][0]}, -- others)",
         )
         axes[1].set(xlabel="step", ylabel="λ per block", title="λ per block")
         axes[2].set(xlabel="step", ylabel="cosine (all modified blocks)", title="estimator vs true gradient")
@@ -404,7 +404,7 @@ def _cell(row: dict) -> str:
 
 def results_table(cfg: dict, rows: list[dict], fresh: bool = False) -> str:
     """Markdown: one line per (task, lr) with every method's mean ± sd and the verdicts."""
-    names = ["BP", "FF"] + [label(s, fresh) for s in cfg["scalings"]]
+    names = ["BP", "FF"] + [label(s, fresh) for s in cfg["rules"]]
     lines = []
     for name, spec in cfg["tasks"].items():
         for lr in spec["lrs"]:
@@ -412,12 +412,12 @@ def results_table(cfg: dict, rows: list[dict], fresh: bool = False) -> str:
             if not all(n in cells for n in names):
                 continue
             line = {"task": name, "lr": f"{lr:g}"} | {n: _cell(cells[n]) for n in names}
-            for s in cfg["scalings"]:
+            for s in cfg["rules"]:
                 r = cells[label(s, fresh)]
                 diff = "n/a" if r["vs FF"] is None else f"{r['vs FF']:+.3g} ± {r['vs FF se'] or 0:.2g}"
                 line[f"{s} − FF"] = f"{diff} ({r['verdict']})"
             lines.append(line)
-    return markdown_table(lines, ["task", "lr"] + names + [f"{s} − FF" for s in cfg["scalings"]])
+    return markdown_table(lines, ["task", "lr"] + names + [f"{s} − FF" for s in cfg["rules"]])
 
 
 def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
@@ -446,9 +446,7 @@ def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
             results_table(cfg, rows, fresh=True),
             "",
         ]
-    worse = {
-        s: sum(1 for row in rows if row["method"] == label(s) and row["verdict"] == "worse") for s in cfg["scalings"]
-    }
+    worse = {s: sum(1 for row in rows if row["method"] == label(s) and row["verdict"] == "worse") for s in cfg["rules"]}
     cases = sum(len(spec["lrs"]) for spec in cfg["tasks"].values())
     text += [
         "Worse than FF, of " + f"{cases} (task, lr) cases: " + ", ".join(f"{s} {n}" for s, n in worse.items()) + ".",
@@ -456,9 +454,9 @@ def render(cfg: dict, rows: list[dict], diagnosis: dict, seconds: float) -> str:
         "## Diagnosis: every refresh of every run above",
         "",
         markdown_table(
-            [{"scaling": s} | d for s, d in diagnosis.items()],
+            [{"rule": s} | d for s, d in diagnosis.items()],
             [
-                "scaling",
+                "rule",
                 "block_refreshes",
                 "a_min",
                 "a_max",

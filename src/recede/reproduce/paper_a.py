@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from recede.horizon.selection import COST_SHAPES, OBJECTIVES
 from recede.reproduce import configs, paper_a_rate, paper_a_selection, paper_a_sweeps, torch_threads
 from recede.runs.reports import machine, write_json
 
@@ -73,6 +74,8 @@ def check_config(config: dict) -> None:
         missing += [f"models.{key}.{k}" for key, e in config["models"].items() for k in MODEL_KEYS if k not in e]
         if missing:
             raise ValueError(f"paper-a: missing setting(s) {missing}")
+    if "objectives" in config:
+        _check_selection(config)
     for label, entry in entries(config).items():
         if not label.startswith("sweeps.") and ("init" in entry or "init_skip" in entry):
             raise ValueError(f"paper-a: {label}: init is read by the sweeps section only")
@@ -84,6 +87,33 @@ def check_config(config: dict) -> None:
                 raise ValueError(f"paper-a: {label}: select needs the setting(s) {missing}")
     for label, workload in paper_a_rate.entries(config).items():
         paper_a_rate.check(label, workload, config["rate"].get("steps"))
+
+
+def _check_selection(config: dict) -> None:
+    """``objectives`` (Table D3's ε, the O2 weight per cost shape, c) and ``schedule``'s runs."""
+    goals = config["objectives"]
+    weight = goals.get("weight") if isinstance(goals, dict) else None
+    if not isinstance(goals, dict) or not isinstance(weight, dict) or set(weight) != set(COST_SHAPES):
+        raise ValueError(
+            "paper-a: objectives needs eps, c and weight: {linear: W, ladder: W} (the O2 weight per "
+            f"cost shape), got {goals!r}"
+        )
+    for key, value in [("eps", goals.get("eps")), ("c", goals.get("c"))] + [
+        (f"weight.{k}", v) for k, v in weight.items()
+    ]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"paper-a: objectives.{key} must be a number >= 0, got {value!r}")
+    schedule = config.get("schedule")
+    if schedule is None:
+        return
+    runs = schedule.get("runs") if isinstance(schedule, dict) else None
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and r.get("objective") in OBJECTIVES and r.get("cost_shape") in COST_SHAPES for r in runs
+    ):
+        raise ValueError(
+            f"paper-a: schedule.runs must be a list of {{objective: {'|'.join(OBJECTIVES)}, "
+            f"cost_shape: {'|'.join(COST_SHAPES)}}}, got {runs!r}"
+        )
 
 
 def run(

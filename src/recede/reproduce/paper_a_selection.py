@@ -39,7 +39,7 @@ from recede import data, models
 from recede.core.blocks import BlockNet
 from recede.horizon.schedule import HorizonSchedule
 from recede.horizon.selection import (
-    COSTS,
+    COST_SHAPES,
     OBJECTIVES,
     cost_of,
     default_horizons,
@@ -58,7 +58,7 @@ from recede.runs.run import EpochHook, StudyMethod, Workload, train_method
 from recede.runs.train import EpochRecord, batches, evaluate
 from recede.theory.deep_linear import theorem_exponent
 
-COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
+COLUMNS = [(o, c) for o in OBJECTIVES for c in COST_SHAPES]
 LABEL = {"constraint": "O1", "weighted": "O2", "linear": "C1", "ladder": "C2"}
 BASELINES = ["BP", "FF", "LoCo3", "LoCo5"]
 OURS = "Ours"
@@ -76,8 +76,8 @@ LOCO = {
 EXTRA_LOCO = [name for name in LOCO if name not in BASELINES]
 
 
-def column_name(objective: str, cost: str) -> str:
-    return f"{LABEL[objective]}-{LABEL[cost]}"
+def column_name(objective: str, shape: str) -> str:
+    return f"{LABEL[objective]}-{LABEL[shape]}"
 
 
 def run(config: dict, progress: bool) -> dict:
@@ -126,19 +126,23 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool, dev
     assert memory is not None  # measured: measure_memory is on
     H = default_horizons(T, config["subset_size"])
     selected: dict[str, dict[str, Any]] = {}
-    for objective, cost in COLUMNS:
+    for objective, shape in COLUMNS:
         choice = solve(
             {h: fid0.cos[h] for h in H},
             {h: memory[h] for h in H},
             T,
             objective,
             goals["eps"],
-            goals["lam"][cost],
-            cost,
+            goals["weight"][shape],
+            shape,
             goals["c"],
-            default_M0(memory, cost),
+            default_M0(memory, shape),
         )
-        selected[column_name(objective, cost)] = {"h": choice.h, "feasible": choice.feasible, "message": choice.message}
+        selected[column_name(objective, shape)] = {
+            "h": choice.h,
+            "feasible": choice.feasible,
+            "message": choice.message,
+        }
 
     trained = spec.get("train_horizons", "all")
     horizons = sorted(set(all_h if trained == "all" else trained) | {1, T} | {s["h"] for s in selected.values()})
@@ -182,11 +186,11 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool, dev
 
     schedules = []
     for sched_spec in config["schedule"]["runs"]:
-        objective, cost = sched_spec["objective"], sched_spec["cost"]
+        objective, shape = sched_spec["objective"], sched_spec["cost_shape"]
         made: list[HorizonSchedule] = []
 
         def make_schedule(
-            fresh: BlockNet, objective: str = objective, cost: str = cost, made: list[HorizonSchedule] = made
+            fresh: BlockNet, objective: str = objective, shape: str = shape, made: list[HorizonSchedule] = made
         ) -> HorizonSchedule:
             made.append(
                 HorizonSchedule(
@@ -195,24 +199,24 @@ def run_model(key: str, spec: dict, config: dict, seed: int, progress: bool, dev
                     config["schedule"]["every"],
                     objective,
                     goals["eps"],
-                    goals["lam"][cost],
-                    cost,
+                    goals["weight"][shape],
+                    shape,
                     goals["c"],
-                    default_M0(memory, cost),
+                    default_M0(memory, shape),
                     H,
                 )
             )
             return made[-1]
 
         result = fit(
-            StudyMethod(f"schedule {column_name(objective, cost)}", make_schedule), partial(_schedule_epoch_end, made)
+            StudyMethod(f"schedule {column_name(objective, shape)}", make_schedule), partial(_schedule_epoch_end, made)
         )
         schedule = made[-1]
         per_epoch = schedule.horizons_by_epoch(spec["epochs"])
         schedules.append(
             {
                 "objective": objective,
-                "cost": cost,
+                "cost_shape": shape,
                 "horizons": per_epoch,
                 "history": schedule.history,
                 **result,
@@ -277,17 +281,19 @@ def algorithm_runs(model: dict, column: str) -> dict[str, dict]:
     }
 
 
-def objective_for(r: float, costs: list[float], objective: str, goals: dict, cost: str) -> float | None:
+def objective_for(r: float, costs: list[float], objective: str, goals: dict, shape: str) -> float | None:
     """The objective of a run that paid ``costs`` (one C(M) per epoch): their mean is its cost."""
     C = float(np.mean(costs))
     if objective == "constraint":
         return C if r >= 1 - goals["eps"] else None
-    return -r + goals["lam"][cost] * C
+    return -r + goals["weight"][shape] * C
 
 
-def _score(run: dict, goals: dict, objective: str, cost: str, M0: float) -> float | None:
+def _score(run: dict, goals: dict, objective: str, shape: str, M0: float) -> float | None:
     """O(a) of one run of Figure 5 under ``objective`` and ``cost``."""
-    return objective_value(run["r"], run["memory"], objective, goals["eps"], goals["lam"][cost], cost, goals["c"], M0)
+    return objective_value(
+        run["r"], run["memory"], objective, goals["eps"], goals["weight"][shape], shape, goals["c"], M0
+    )
 
 
 def figure5_scores(results: dict, goals: dict) -> dict:
@@ -296,10 +302,10 @@ def figure5_scores(results: dict, goals: dict) -> dict:
     columns = {}
     for key, model in results.items():
         memory = model["memory"]
-        for objective, cost in COLUMNS:
-            name = column_name(objective, cost)
-            M0 = default_M0(memory, cost)
-            score = partial(_score, goals=goals, objective=objective, cost=cost, M0=M0)
+        for objective, shape in COLUMNS:
+            name = column_name(objective, shape)
+            M0 = default_M0(memory, shape)
+            score = partial(_score, goals=goals, objective=objective, shape=shape, M0=M0)
             values = {a: score(run) for a, run in algorithm_runs(model, name).items()}
             extra = {a: score(model["runs"][a]) for a in EXTRA_LOCO}
             fixed = {h: score(model["runs"][f"h={h}"]) for h in sorted(memory) if f"h={h}" in model["runs"]}
@@ -309,7 +315,7 @@ def figure5_scores(results: dict, goals: dict) -> dict:
                 "model": key,
                 "column": name,
                 "objective": objective,
-                "cost": cost,
+                "cost_shape": shape,
                 "values": values,
                 "rel": relative_scores(values),
                 "extra_loco": extra,
@@ -320,10 +326,10 @@ def figure5_scores(results: dict, goals: dict) -> dict:
                 "fixed_values": {str(h): v for h, v in fixed.items()},
             }
         for sched in model["schedules"]:
-            M0 = default_M0(memory, sched["cost"])
-            costs = [float(cost_of(memory[h], sched["cost"], goals["c"], M0)) for h in sched["horizons"]]
-            sched["value"] = objective_for(sched["r"], costs, sched["objective"], goals, sched["cost"])
-            column = columns[f"{key} {column_name(sched['objective'], sched['cost'])}"]
+            M0 = default_M0(memory, sched["cost_shape"])
+            costs = [float(cost_of(memory[h], sched["cost_shape"], goals["c"], M0)) for h in sched["horizons"]]
+            sched["value"] = objective_for(sched["r"], costs, sched["objective"], goals, sched["cost_shape"])
+            column = columns[f"{key} {column_name(sched['objective'], sched['cost_shape'])}"]
             sched["best_fixed_h"], sched["best_fixed_value"] = column["best_fixed_h"], column["best_fixed_value"]
             sched["selected_value"] = column["values"][OURS]
     return columns
@@ -495,8 +501,8 @@ def render(result: dict, config: dict) -> list[str]:
         f"Device {result['device']}; seeds {', '.join(map(str, result['seeds']))} (initial weights and data order); "
         "every "
         f"number is mean ± sd over the {n} seeds.  Objectives (Table D3): O1 with 1 − ε = "
-        f"{1 - goals['eps']:g}; O2 with λ = {goals['lam']['linear']:g} (linear cost C1) and "
-        f"{goals['lam']['ladder']:g} (ladder cost C2); c = {goals['c']:g}, M0 = max M(h) (C1) or "
+        f"{1 - goals['eps']:g}; O2 with λ = {goals['weight']['linear']:g} (linear cost C1) and "
+        f"{goals['weight']['ladder']:g} (ladder cost C2); c = {goals['c']:g}, M0 = max M(h) (C1) or "
         "0.3·max M(h) (C2).  r(a) = ln(J_a/J_0)/ln(J_BP/J_0) with J the training loss after the "
         "last epoch (eq. 14); memory = peak bytes saved for backward.",
         "",
@@ -733,7 +739,7 @@ def render(result: dict, config: dict) -> list[str]:
             rows.append(
                 {
                     "model": k,
-                    "column": column_name(sched["objective"], sched["cost"]),
+                    "column": column_name(sched["objective"], sched["cost_shape"]),
                     "h per epoch (seed 0)": " ".join(map(str, runs[0]["horizons"])),
                     "schedule": _with_infeasible([r["value"] for r in runs]),
                     "fixed ĥ*": _with_infeasible([r["selected_value"] for r in runs]),

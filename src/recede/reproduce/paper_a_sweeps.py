@@ -50,7 +50,7 @@ from torch.utils.data import Subset
 
 from recede import data, models
 from recede.core.blocks import BlockNet
-from recede.horizon.selection import COSTS, OBJECTIVES, default_horizons, default_M0, objective_value, solve
+from recede.horizon.selection import COST_SHAPES, OBJECTIVES, default_horizons, default_M0, objective_value, solve
 from recede.measure.fidelity import gradient_cosine
 from recede.models.peft_adapters import apply_adapter
 from recede.runs.config import LoopConfig, MeasureConfig, OptimizerConfig, OutputConfig, RunConfig, WorkloadConfig
@@ -105,7 +105,7 @@ def run(config: dict, progress: bool) -> dict:
     }
 
 
-COLUMNS = [(o, c) for o in OBJECTIVES for c in COSTS]
+COLUMNS = [(o, c) for o in OBJECTIVES for c in COST_SHAPES]
 
 
 def select(net: BlockNet, probe: list, config: dict) -> dict:
@@ -116,24 +116,24 @@ def select(net: BlockNet, probe: list, config: dict) -> dict:
     assert fid.memory is not None  # measured: measure_memory is on
     H = default_horizons(T, config["subset_size"])
     goals, chosen = config["objectives"], {}
-    for objective, cost in COLUMNS:
+    for objective, shape in COLUMNS:
         choice = solve(
             {h: fid.cos[h] for h in H},
             {h: fid.memory[h] for h in H},
             T,
             objective,
             goals["eps"],
-            goals["lam"][cost],
-            cost,
+            goals["weight"][shape],
+            shape,
             goals["c"],
-            default_M0(fid.memory, cost),
+            default_M0(fid.memory, shape),
         )
-        chosen[column_name(objective, cost)] = {"h": choice.h, "feasible": choice.feasible}
+        chosen[column_name(objective, shape)] = {"h": choice.h, "feasible": choice.feasible}
     return {"cos": fid.cos, "memory": fid.memory, "H": H, "chosen": chosen}
 
 
-def column_name(objective: str, cost: str) -> str:
-    return {"constraint": "O1", "weighted": "O2"}[objective] + "-" + {"linear": "C1", "ladder": "C2"}[cost]
+def column_name(objective: str, shape: str) -> str:
+    return {"constraint": "O1", "weighted": "O2"}[objective] + "-" + {"linear": "C1", "ladder": "C2"}[shape]
 
 
 def run_entry(key: str, entry: dict, seeds: list[int], device: str, progress: bool, config: dict | None = None) -> dict:
@@ -474,7 +474,7 @@ def render(result: dict, config: dict) -> list[str]:
     return lines
 
 
-def scores(seed: dict, config: dict, objective: str, cost: str) -> dict[int, float]:
+def scores(seed: dict, config: dict, objective: str, shape: str) -> dict[int, float]:
     """Every fixed h's objective value in one seed (infeasible: +inf), by
     :func:`recede.horizon.selection.objective_value`."""
     sel, runs = seed["selection"], seed["runs"]
@@ -486,7 +486,7 @@ def scores(seed: dict, config: dict, objective: str, cost: str) -> dict[int, flo
     for h in sorted(int(k) for k in runs):
         r = math.log(_get(runs, h)["J"] / J0) / math.log(JT / J0) if JT != J0 else float("nan")
         value = objective_value(
-            r, memory[h], objective, goals["eps"], goals["lam"][cost], cost, goals["c"], default_M0(memory, cost)
+            r, memory[h], objective, goals["eps"], goals["weight"][shape], shape, goals["c"], default_M0(memory, shape)
         )
         out[h] = math.inf if value is None else value
     return out
@@ -503,11 +503,11 @@ def selection_table(model: dict, config: dict) -> list[str]:
     accuracies of both; then r(h) and the start's cos θ_h per h."""
     seeds = list(model["seeds"].values())
     rows = []
-    for objective, cost in COLUMNS:
-        name = column_name(objective, cost)
+    for objective, shape in COLUMNS:
+        name = column_name(objective, shape)
         picked, best, rank, acc_picked, acc_best, feasible = [], [], [], [], [], []
         for seed in seeds:
-            values = scores(seed, config, objective, cost)
+            values = scores(seed, config, objective, shape)
             h = seed["selection"]["chosen"][name]["h"]
             top = min(values, key=lambda k: (values[k], k))
             picked.append(h)

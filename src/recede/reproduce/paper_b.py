@@ -6,12 +6,12 @@ on CIFAR-100, which needs those entries in the model and data registries).  Ever
 from each of the config's seeds (initial weights and shuffles; the runs of one seed share
 them), and every number reported is a mean ± sample sd over the seeds.  The main regime is
 Paper B's: K = one epoch and B' ≈ 0.64 % of K·B (at CPU scale at least two micro-batches of
-b'), with Paper B's scalars (``scaling="paper"``); the report labels every other regime by K
+b'), with Paper B's scalars (``rule="paper"``); the report labels every other regime by K
 and B'.  Each run records test accuracy per epoch, seconds per epoch (the refreshes included)
 and the saved-activation peak of a step and of a refresh.
 
 * Table 1: BP, and FF, LoCo, MPC(h=5) each original and BP-modified (Paper B eq. 5).
-* Table 3: BP-modified FF with λ = 0 and a = a_bias (``scaling="bias"``).
+* Table 3: BP-modified FF with λ = 0 and a = a_bias (``rule="bias"``).
 * Tables 4–5: memory and time per method.   * Tables 6–7: FF with other B' and K.
 * Table 8: the first epoch at which BP-modified reaches the original method's final accuracy.
 * Beyond the paper: BP-modified FF with recede's default scalars (``robust``) beside Paper B's.
@@ -106,7 +106,7 @@ def run_config(
     cfg: dict, method: str, device: str, progress: bool, seed: int, period: int, settings: dict
 ) -> RunConfig:
     """One run of the study: ``method`` from the initial weights of ``seed``, no lr decay, BP-modified
-    refreshed every ``period`` steps with ``settings`` (offset samples, micro-batch, scaling);
+    refreshed every ``period`` steps with ``settings`` (offset samples, micro-batch, rule);
     nothing written (the study renders all runs together)."""
     opt = cfg["optimizer"]
     return RunConfig(
@@ -117,7 +117,7 @@ def run_config(
             period=period,
             samples=settings["offset_samples"],
             micro_batch=settings["micro_batch"],
-            scaling=settings["scaling"],
+            rule=settings["rule"],
         ),
         loop=LoopConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=seed, device=device),
         output=OutputConfig(out=None, progress=progress),
@@ -187,10 +187,10 @@ def regime_label(settings: dict, period: int, batch_size: int) -> str:
     )
 
 
-def regime_name(regime: dict, scaling: str = "paper") -> str:
+def regime_name(regime: dict, rule: str = "paper") -> str:
     """The row name of FF+BPM in another regime: ``FF+BPM(K=0.3, B'=160)``, ``FF+BPM(robust, ...)``."""
     tag = f"K={regime['period_epochs']:g}, B'={regime['offset_samples']}"
-    return f"FF+BPM({tag})" if scaling == "paper" else f"FF+BPM({scaling}, {tag})"
+    return f"FF+BPM({tag})" if rule == "paper" else f"FF+BPM({rule}, {tag})"
 
 
 def plan(cfg: dict) -> list[tuple[str, str, dict]]:
@@ -199,12 +199,12 @@ def plan(cfg: dict) -> list[tuple[str, str, dict]]:
     for method in cfg["methods"]:
         family = _family(parse_method(method).label)
         rows += [(family, method, {}), (family + "+BPM", "bpm-" + method, {})]
-    rows.append(("FF+BPM(λ=0)", "bpm-ff", {"scaling": "bias"}))
+    rows.append(("FF+BPM(λ=0)", "bpm-ff", {"rule": "bias"}))
     main = {k: cfg["bpm"][k] for k in ("period_epochs", "offset_samples")}
     rows += [(regime_name(r), "bpm-ff", dict(r)) for r in cfg.get("regimes", []) if r != main]
     for r in cfg.get("robust_regimes", []):
         name = "FF+BPM(robust)" if r == main else regime_name(r, "robust")
-        rows.append((name, "bpm-ff", dict(r) | {"scaling": "robust"}))
+        rows.append((name, "bpm-ff", dict(r) | {"rule": "robust"}))
     return rows
 
 
@@ -363,7 +363,7 @@ def render(cfg: dict, runs: dict, summary: dict, device: str) -> str:
         f"{cfg['epochs']} epochs, batch B = {B}, {cfg['optimizer']}, device {device}.  Every number is a "
         f"mean ± sample sd over seeds {cfg['seeds']} (initial weights and shuffles).  "
         f"**Regime (Paper B's):** {regime_label(bpm, period, B)} (Paper B: 320 of 782·64 = 0.64 %), "
-        f"b' = {bpm['micro_batch']}, Paper B's scalars (`{bpm['scaling']}`).  Other regimes are labelled "
+        f"b' = {bpm['micro_batch']}, Paper B's scalars (`{bpm['rule']}`).  Other regimes are labelled "
         "by their K and B'.  Paper B's numbers: ResNet-50 full tuning on CIFAR-100.",
         "",
         "## Table 1: test accuracy (%)",
@@ -457,15 +457,15 @@ def render(cfg: dict, runs: dict, summary: dict, device: str) -> str:
             {
                 "row": name,
                 "regime": regime_label(r["settings"], r["period"], B),
-                "scaling": r["settings"]["scaling"],
+                "rule": r["settings"]["rule"],
                 "accuracy": _pm(final[name]),
                 "gap recovered %": _pm(gap[name], 100),
             }
         )
     lines += [
-        "## Tables 6–7: FF+BPM in other regimes (K in epochs, B' in samples), and recede's default scaling",
+        "## Tables 6–7: FF+BPM in other regimes (K in epochs, B' in samples), and recede's default rule",
         "",
-        markdown_table(sens_rows, ["row", "regime", "scaling", "accuracy", "gap recovered %"]),
+        markdown_table(sens_rows, ["row", "regime", "rule", "accuracy", "gap recovered %"]),
         "",
         "Paper B (ResNet-50 full): B' = 32 / 320 / 3200 → 38.97 / 68.30 / 74.62 %; "
         "K = 0.1 / 0.3 / 1 epoch → 73.98 / 68.18 / 68.14 %: larger B' and smaller K help, at more time.",

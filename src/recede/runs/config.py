@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recede.bpm.estimator import Rule
-from recede.bpm.scalars import SCALINGS
+from recede.bpm.scalars import RULES
 from recede.config import BOUNDS, MAX_INT, key_values
 from recede.keywords import shown
 from recede.measure.usage import CLOCKS
@@ -67,14 +67,14 @@ class OptimizerConfig:
 class BPMConfig:
     """The refresh of BP-modified methods (Paper B Algorithm 1): ``period`` K steps between
     refreshes (None: one epoch), ``samples`` B' per refresh (None: 1 % of K·B), in
-    micro-batches of ``micro_batch``; ``scaling`` robust, paper, bias or fixed (``a``, ``lam``),
+    micro-batches of ``micro_batch``; ``rule`` robust, paper, bias or fixed (``a``, ``lam``),
     or from Python a :data:`~recede.bpm.estimator.Rule` function (a study's ablated rule;
     written under its function name)."""
 
     period: int | None = None
     samples: int | None = None
     micro_batch: int = 8
-    scaling: str | Rule = "robust"
+    rule: str | Rule = "robust"
     a: float | None = None
     lam: float | None = None
 
@@ -176,7 +176,7 @@ class RunConfig:
             "bpm_period": b.period,
             "bpm_samples": b.samples,
             "bpm_micro_batch": b.micro_batch,
-            "bpm_scaling": _rule_name(b.scaling),
+            "bpm_rule": _rule_name(b.rule),
             "bpm_a": b.a,
             "bpm_lam": b.lam,
             "init": w.init,
@@ -214,7 +214,7 @@ class RunConfig:
                 o.get("bpm_period"),
                 o.get("bpm_samples"),
                 get("bpm_micro_batch", 8),
-                get("bpm_scaling", "robust"),
+                get("bpm_rule", "robust"),
                 o.get("bpm_a"),
                 o.get("bpm_lam"),
             ),
@@ -261,7 +261,7 @@ class RunConfig:
             "bpm_period": b.period,
             "bpm_samples": b.samples,
             "bpm_micro_batch": b.micro_batch,
-            "bpm_scaling": _rule_name(b.scaling),
+            "bpm_rule": _rule_name(b.rule),
             "bpm_a": b.a,
             "bpm_lam": b.lam,
             "epochs": lp.epochs,
@@ -349,8 +349,8 @@ class RunConfig:
         _integer("bpm.period", b.period, *BOUNDS["bpm_period"], optional=True)
         _integer("bpm.samples", b.samples, *BOUNDS["bpm_samples"], optional=True)
         _integer("bpm.micro_batch", b.micro_batch, *BOUNDS["bpm_micro_batch"])
-        if not callable(b.scaling):
-            _choice("bpm.scaling", b.scaling, SCALINGS)
+        if not callable(b.rule):
+            _choice("bpm.rule", b.rule, RULES)
         _number("bpm.a", b.a, *BOUNDS["bpm_a"], optional=True)
         _number("bpm.lam", b.lam, 0.0, 1.0, optional=True)
         for name in ("epochs", "batch_size", "seed", "seeds", "threads", "checkpoint_every"):
@@ -379,9 +379,9 @@ class RunConfig:
         return self
 
 
-def _rule_name(scaling: str | Rule) -> str:
-    """A BP-modified rule's name: the scaling's, or a Rule function's."""
-    return scaling if isinstance(scaling, str) else getattr(scaling, "__qualname__", repr(scaling))
+def _rule_name(rule: str | Rule) -> str:
+    """A BP-modified rule's name: the rule's, or a Rule function's."""
+    return rule if isinstance(rule, str) else getattr(rule, "__qualname__", repr(rule))
 
 
 def _string(where: str, value: Any) -> None:

@@ -15,7 +15,7 @@ such a chain; this package asks it for a :class:`Layout` and turns that into a B
 ``wrap(model, blocks=N)`` groups consecutive units into N blocks (block granularity is the
 user's choice, SPEC §2).  ``head`` is ``"auto"`` (the family's default), ``"independent"``,
 ``"shared"``, ``"group"`` (one head per group of consecutive units of equal width, where the
-family has such groups; ``"stage"`` is its old name), one module shared
+family has such groups), one module shared
 by every depth, or one module per block.  Every module of the
 BlockNet is the model's own or a new head: stepping an optimizer on ``net.parameters()`` trains
 the user's model.
@@ -43,9 +43,6 @@ from torch import nn
 from recede.core.blocks import BlockNet, LossFn, even_groups
 
 HEAD_CHOICES = ("auto", "independent", "shared", "group")
-HEAD_ALIASES = {"stage": "group"}
-"""Old names of head choices, still accepted (``"stage"`` was a model's run of equal-width units,
-not a pipeline stage)."""
 
 
 @dataclass
@@ -223,7 +220,6 @@ def _heads(
                 "with None (or leave the last one out)"
             )
         return heads
-    head = HEAD_ALIASES.get(head, head) if isinstance(head, str) else head
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {HEAD_CHOICES}, an nn.Module or a list of them, got {head!r}")
     head = layout.default_head if head == "auto" else head

@@ -113,7 +113,7 @@ def stage_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
             period,
             samples,
             b.micro_batch,
-            scaling=b.scaling,
+            rule=b.rule,
             data=workload.task.train,
             batch_size=batch_size,
             seed=seed,

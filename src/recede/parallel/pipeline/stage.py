@@ -218,7 +218,7 @@ class Pipeline:
         Its refreshes run each micro-batch of b' samples through this pipeline and through one
         of horizon T on the same split, so every rank gets g̃_h and g̃_T of its own blocks and
         forms their a, λ and Δ (they are per block, SPEC §5).  ``options`` are those of
-        :class:`~recede.bpm.estimator.BPModified` (``scaling``, ``data``, ``batch_size``, ``seed`` ...).
+        :class:`~recede.bpm.estimator.BPModified` (``rule``, ``data``, ``batch_size``, ``seed`` ...).
         Every rank must call ``refresh`` with the same micro-batches (``data=`` draws them alike).
         """
         exact = Pipeline(self.net, self.T, self.micro_batches, sizes=self.sizes, device=self.device)
