@@ -178,6 +178,34 @@ def test_init_loads_a_plain_checkpoint_into_a_model_with_adapters(tmp_path, name
     assert "\n" not in str(err.value)
 
 
+def test_resnet62_adapter_option_equals_the_adapter_applied_after_init(tmp_path):
+    """``resnet62(adapter="lokr")`` then ``--init`` (new heads, ``heads.*`` skipped) gives the very
+    model of the older order, built, the checkpoint loaded, then adapted: the adapters draw the
+    same random numbers and the file loads into their ``base_layer``."""
+    from recede.models.peft_adapters import adapter_parameters, apply_adapter
+
+    options, _, _ = TINY["resnet62"]
+    adapter = "lokr"
+    torch.manual_seed(0)
+    path = tmp_path / "source.safetensors"
+    save_file(pretrain.tensors_to_save(models.build("resnet62", **options())), str(path))
+    torch.manual_seed(1)
+    before = models.build("resnet62", **options())
+    pretrain.load_init(before, str(path), ["heads.*"])
+    apply_adapter(before, adapter, r=1, alpha=4.0)
+    torch.manual_seed(1)
+    after = models.build("resnet62", **options(), adapter=adapter, adapter_rank=1, adapter_alpha=4.0)
+    pretrain.load_init(after, str(path), ["heads.*"])
+    assert adapter_parameters(after)
+    old, new = before.state_dict(), after.state_dict()
+    assert list(old) == list(new)
+    for key in old:
+        assert torch.equal(old[key], new[key]), key
+    assert [n for n, p in before.named_parameters() if p.requires_grad] == [
+        n for n, p in after.named_parameters() if p.requires_grad
+    ]
+
+
 def test_a_user_state_dict_starts_every_run_of_the_workload_and_skip_keeps_heads_fresh(tmp_path, capsys):
     args = build_parser().parse_args(["train", *TARGET])
     torch.manual_seed(5)

@@ -238,3 +238,59 @@ def test_a_study_s_own_method_trains_without_test_evaluation_and_not_as_a_pipeli
     piped = dataclasses.replace(config, parallel=ParallelConfig(pipeline=2))
     with pytest.raises(ValueError, match="mine: a study's own method does not run as a pipeline"):
         train_method(workload, study, piped, out=None)
+
+
+def test_the_before_train_hook_sees_the_built_run_before_its_first_step_and_not_on_resume(tmp_path):
+    """``before_train(net, method, optimizer)``: called once, with the fresh model, its method and
+    the optimizer over its parameters, before any step; what it does to the model is what trains
+    (filling the weights equals a study's start model so filled); a resumed run skips it."""
+    import dataclasses
+
+    import torch
+
+    from recede.runs.config import MeasureConfig
+    from recede.runs.run import Workload, train_method
+
+    task = recede.data.load("trig", n=60, n_test=20)
+    workload = Workload.of(task, "resmlp", {"depth": 3}, "cpu")
+    config = dataclasses.replace(
+        tiny("unused"),
+        methods=["mpc:2"],
+        output=OutputConfig(out=None, progress=False),
+        measure=MeasureConfig(paid=False),
+    ).validate()
+    events: list = []
+
+    def fill(net, method, optimizer) -> None:
+        fresh = workload.build(config.loop.seed)
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values()))
+        assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+        events.append(("before", net, method))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(0.01)
+
+    result = train_method(
+        workload,
+        "mpc:2",
+        config,
+        out=None,
+        before_train=fill,
+        on_step=lambda method, epoch, step, loss: events.append(("step", epoch, step)),
+    )
+    assert events[0] == ("before", result.net, result.method) and len(events) == 1 + 2 * 3
+    assert all(e[0] == "step" for e in events[1:])
+    start = recede.models.build("resmlp", task, depth=3)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.fill_(0.01)
+    filled = train_method(dataclasses.replace(workload, start=start), "mpc:2", config, out=None)
+    assert [r.train_loss for r in result.history] == [r.train_loss for r in filled.history]
+
+    # resume: the checkpoint holds what the hook did, so it is not called again
+    saved = dataclasses.replace(config, output=OutputConfig(out=str(tmp_path), progress=False))
+    calls: list = []
+    train_method(workload, "mpc:2", saved, out=tmp_path, before_train=lambda *a: calls.append("first"))
+    resumed = dataclasses.replace(saved, loop=dataclasses.replace(saved.loop, epochs=3, resume=True))
+    again = train_method(workload, "mpc:2", resumed, out=tmp_path, before_train=lambda *a: calls.append("resumed"))
+    assert calls == ["first"] and len(again.history) == 3

@@ -35,17 +35,26 @@ from typing import Any
 
 import torch
 
-from recede import models
 from recede.bpm.estimator import BPModified, Rule
 from recede.cli import build_parser
 from recede.cli import main as recede_main
 from recede.core.engine import NonFiniteLossError
-from recede.methods import build_method, default_offset_samples, parse_method
+from recede.methods import default_offset_samples, parse_method
 from recede.runs import preflight
+from recede.runs.config import (
+    BPMConfig,
+    LoopConfig,
+    MeasureConfig,
+    OptimizerConfig,
+    OutputConfig,
+    RunConfig,
+    WorkloadConfig,
+)
 from recede.runs.plots import figure
-from recede.runs.pretrain import PRESETS, checkpoint_name, load_init, settings
+from recede.runs.pretrain import PRESETS, checkpoint_name, settings
 from recede.runs.reports import machine, markdown_table, write_json
-from recede.runs.train import make_optimizer, train
+from recede.runs.run import StudyMethod, Workload, train_method
+from recede.runs.train import make_optimizer
 
 BATCH = 32
 MICRO = 8
@@ -89,53 +98,60 @@ def target_task(train_size: int | None = None):
     return preflight.load_data("digits", options)
 
 
-def build_net(
-    column: str, task, checkpoint: str, seed: int, init_hook: Callable[[torch.nn.Module], None] | None = None
-):
-    """The column's network: seeded fresh heads, blocks from ``checkpoint``, then the adapter."""
-    spec = COLUMNS[column]
-    preset = PRESETS[spec["preset"]]
-    torch.manual_seed(seed)
-    net = models.build(preset["model"], task, **model_options(spec["preset"]))
-    load_init(net, checkpoint, ["heads.*"])
-    if init_hook is not None:
-        init_hook(net)
-    if spec["adapter"]:
-        from recede.models.peft_adapters import apply_adapter
-
-        apply_adapter(net, spec["adapter"], r=1, alpha=4.0)
-    return net
-
-
 def period_of(task, period_epochs: float) -> int:
     steps = -(-len(task.train) // BATCH)
     return max(1, round(period_epochs * steps))
 
 
-def make_method(
-    net,
+def run_config(
+    column: str,
     method: str,
     scaling: str | None,
-    task,
     seed: int,
+    *,
+    task,
+    checkpoint: str,
+    lr: float,
+    epochs: int,
     period_epochs: float = 1.0,
     offset_samples: int | None = None,
     rule: Rule | None = None,
-):
-    """The method's engine; a BP-modified one (``scaling`` given) takes ``rule`` in place of the
-    named rule when one is given (a study's variant, paper_b_rule.py)."""
+) -> RunConfig:
+    """One run of Table 1: the column's network (its preset's model, the adapter, Paper B's r = 1,
+    α = 4, as a model option) started from ``checkpoint`` with fresh heads, ``method`` (BP-modified
+    with ``scaling``'s rule, or ``rule`` in its place, when ``scaling`` is given) on ``task``, SGD
+    at ``lr`` with momentum 0.9 and no lr decay, B = 32, K = ``period_epochs`` epochs, B'
+    = ``offset_samples`` (default 0.64 % of K·B in micro-batches of 8); nothing written, no
+    memory measured."""
+    spec = COLUMNS[column]
+    options = model_options(spec["preset"])
+    if spec["adapter"]:
+        options |= {"adapter": spec["adapter"], "adapter_rank": 1, "adapter_alpha": 4.0}
     period = period_of(task, period_epochs)
     samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
-    return build_method(
-        net,
-        parse_method(method if scaling is None else f"bpm-{method}"),
-        refresh_data=task.train,
-        batch_size=BATCH,
-        period=period,
-        offset_samples=samples,
-        micro_batch=MICRO,
-        scaling=rule or scaling or "robust",
-        seed=seed,
+    return RunConfig(
+        workload=WorkloadConfig(
+            PRESETS[spec["preset"]]["model"],
+            "digits",
+            options,
+            {"classes": TARGET_CLASSES, "train_size": len(task.train)},
+            init=checkpoint,
+            init_skip=["heads.*"],
+        ),
+        methods=[method if scaling is None else f"bpm-{method}"],
+        optimizer=OptimizerConfig("sgd", lr, 0.9, lr_decay=1.0),
+        bpm=BPMConfig(period, samples, MICRO, rule or scaling or "robust"),
+        loop=LoopConfig(epochs=epochs, batch_size=BATCH, seed=seed),
+        measure=MeasureConfig(paid=False),
+        output=OutputConfig(out=None, progress=False),
+    ).validate()
+
+
+def workload_of(config: RunConfig, task) -> Workload:
+    """The workload of ``config`` on ``task`` (loaded once, shared by the runs)."""
+    w = config.workload
+    return Workload(
+        task, w.model, dict(w.model_options), torch.device("cpu"), init=w.init, init_skip=tuple(w.init_skip)
     )
 
 
@@ -156,43 +172,59 @@ def run_one(
     method_factory: Callable[..., Any] | None = None,
     rule: Rule | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune one network; its test accuracy per epoch, refresh statistics and wall time.
+    """Fine-tune one network (:func:`run_config`, by :func:`recede.runs.run.train_method`); its
+    test accuracy per epoch, refresh statistics and wall time.
 
-    ``init_hook(net)`` runs after the checkpoint is loaded (before adapters); ``before(net,
-    method, optimizer)`` after the method is built and before training (e.g. a head warm-up);
-    ``method_factory`` replaces :func:`make_method` (same arguments); ``rule`` replaces the named
-    a/λ rule of a BP-modified method (the record keeps ``scaling``'s name)."""
-    net = build_net(column, task, checkpoint, seed, init_hook)
-    engine = (method_factory or make_method)(net, method, scaling, task, seed, period_epochs, offset_samples, rule)
-    optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], "sgd", lr, 0.9)
+    ``init_hook(net)`` and then ``before(net, method, optimizer)`` run on the fresh network (its
+    checkpoint loaded, the adapter in place) before the first step (``before``: e.g. a head
+    warm-up); ``method_factory(net, method, scaling, task, seed, period_epochs,
+    offset_samples, rule)`` builds the method in place of the named one; ``rule`` replaces the
+    named a/λ rule of a BP-modified method (the record keeps ``scaling``'s name)."""
+    config = run_config(
+        column,
+        method,
+        scaling,
+        seed,
+        task=task,
+        checkpoint=checkpoint,
+        lr=lr,
+        epochs=epochs,
+        period_epochs=period_epochs,
+        offset_samples=offset_samples,
+        rule=rule,
+    )
+    spec: str | StudyMethod = (config.methods or [method])[0]
+    if method_factory is not None:
+        factory = method_factory
+        spec = StudyMethod(
+            label(method, scaling),
+            lambda net: factory(net, method, scaling, task, seed, period_epochs, offset_samples, rule),
+        )
+    engines: list[Any] = []
     refreshes: list[dict[str, Any]] = []
     seen = [0]
 
-    def on_step(epoch: int, step: int, loss: float) -> None:
+    def start(net, engine, optimizer: torch.optim.Optimizer) -> None:
+        engines.append(engine)
+        if init_hook is not None:
+            init_hook(net)
+        if before is not None:
+            before(net, engine, optimizer)
+
+    def on_step(engine, epoch: int, step: int, loss: float) -> None:
         if isinstance(engine, BPModified) and engine.refreshes != seen[0] and engine.last_stats is not None:
             seen[0] = engine.refreshes
             refreshes.append(engine.last_stats.as_dict())
 
     started = time.perf_counter()
-    if before is not None:
-        before(net, engine, optimizer)
     try:
-        history = train(
-            net,
-            engine,
-            task.train,
-            optimizer,
-            epochs=epochs,
-            batch_size=BATCH,
-            test_set=task.test,
-            seed=seed,
-            classification=True,
-            progress=False,
-            on_step=on_step,
-        )
+        history = train_method(
+            workload_of(config, task), spec, config, out=None, on_step=on_step, before_train=start
+        ).history
         accs = [r.test["accuracy"] for r in history]
     except NonFiniteLossError:
         accs = [float("nan")] * epochs
+    engine = engines[0]
     return {
         "column": column,
         "method": method,
@@ -468,9 +500,11 @@ def part_cost(args, out: Path) -> None:
     rows = []
     for column in columns:
         ckpt = source_checkpoint(COLUMNS[column]["preset"], args.cache, args.smoke)
-        net = build_net(column, task, ckpt, 0)
         names = [("bp", None)] + [(m, s) for m in COLUMNS[column]["locals"] for s in (None, "paper")]
-        methods = [make_method(net, m, s, task, 0) for m, s in names]
+        configs = [run_config(column, m, s, 0, task=task, checkpoint=ckpt, lr=args.lr, epochs=1) for m, s in names]
+        workload = workload_of(configs[0], task)
+        net = workload.build(0)  # every method measured on one network: Table 1's, seed 0
+        methods = [workload.method(net, parse_method((c.methods or ["bp"])[0]), c) for c in configs]
         x, y = next(iter(torch.utils.data.DataLoader(task.train, batch_size=BATCH)))
         timer = meter(3 if args.smoke else 15, 2, torch.device("cpu"), "cpu")
         times, _ = time_methods(

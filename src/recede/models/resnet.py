@@ -6,7 +6,10 @@ stages 2 and 3 a strided convolution halves height and width.  The stem and the 
 convolutions travel with the first residual block of their stage, so T = 3 × blocks_per_stage
 (30 for ResNet-62: 60 convolutions in blocks, plus stem and classifier).  Every depth has a
 global-average-pool → linear head; ``head="group"`` shares one head among the blocks of a
-stage (their widths agree), ``"independent"`` gives each depth its own.
+stage (their widths agree), ``"independent"`` gives each depth its own.  ``adapter="lokr"`` freezes
+the built model's weights and adds Paper B's r = 1, α = 4 LoKr adapters to every block
+convolution (:mod:`recede.models.peft_adapters`), as the timm models do; a plain state dict
+then loads into the wrapped layers (:func:`recede.models.weights.load_weights`).
 """
 
 from __future__ import annotations
@@ -43,8 +46,13 @@ def resnet62(
     widths: tuple[int, ...] = (16, 32, 64),
     blocks_per_stage: int = 10,
     head: str = "independent",
+    adapter: str | None = None,
+    adapter_rank: int = 1,
+    adapter_alpha: float = 4.0,
 ) -> BlockNet:
-    """ResNet-62 (Paper A Table D1); ``widths`` and ``blocks_per_stage`` shrink it for tests."""
+    """ResNet-62 (Paper A Table D1); ``widths`` and ``blocks_per_stage`` shrink it for tests;
+    ``adapter="lokr"`` (rank ``adapter_rank``, scale ``adapter_alpha``) adds LoKr to every block
+    convolution once the model is built (:func:`recede.models.peft_adapters.apply_adapter`)."""
     if head not in ("independent", "group"):
         raise ValueError(f"head must be 'independent' or 'group', got {head!r}")
     if blocks_per_stage < 1 or not widths:
@@ -60,4 +68,9 @@ def resnet62(
             blocks.append(nn.Sequential(entry, block) if b == 0 else block)
             heads.append(group_head if head == "group" else PoolHead(c, num_classes))
         c_prev = c
-    return BlockNet(blocks, heads, nn.CrossEntropyLoss())
+    net = BlockNet(blocks, heads, nn.CrossEntropyLoss())
+    if adapter is None:
+        return net
+    from recede.models.peft_adapters import apply_adapter
+
+    return apply_adapter(net, adapter, r=adapter_rank, alpha=adapter_alpha)

@@ -357,6 +357,13 @@ EpochHook = Callable[[BlockNet, EpochRecord], None]
 done) with the model being trained, before anything measures it."""
 
 
+BeforeTrainHook = Callable[[BlockNet, Any, torch.optim.Optimizer], None]
+"""``hook(net, method, optimizer)``, called by :func:`train_method` once the fresh model (its
+``init`` loaded), its method and the optimizer are built, before the first step: a study's
+change to the starting model (its heads warmed up, or copied from a checkpoint), or a look at
+the method.  Not called when the run resumes from a checkpoint, which holds what the hook did."""
+
+
 def train_method(
     workload: Workload,
     spec: MethodSpec | StudyMethod | str,
@@ -366,6 +373,7 @@ def train_method(
     per_seed: bool = False,
     on_step: StepHook | None = None,
     on_epoch: EpochHook | None = None,
+    before_train: BeforeTrainHook | None = None,
 ) -> MethodResult:
     """Train a fresh model (seeded by ``config.loop.seed``) with ``spec``: build, method,
     optimizer, train — the one place a run does this (a pipeline stage's method and
@@ -377,7 +385,8 @@ def train_method(
     With ``config.loop.resume`` and an existing checkpoint, the run continues from it; the
     checkpoint must come from a run with the same :data:`IDENTITY` options.  A non-finite loss
     stops the run with the step number; the last checkpoint written stays the good one.
-    ``on_step``, ``on_epoch``: a study's :data:`StepHook`, :data:`EpochHook`; ``spec`` a
+    ``on_step``, ``on_epoch``, ``before_train``: a study's :data:`StepHook`, :data:`EpochHook`,
+    :data:`BeforeTrainHook`; ``spec`` a
     :class:`StudyMethod`: a study's own method (not under a pipeline).
     """
     spec = parse_method(spec) if isinstance(spec, str) else spec
@@ -404,6 +413,8 @@ def train_method(
         loop = checkpoint.restore(
             payload, net=setup.module, optimizer=optimizer, lr_rule=lr_rule, method=setup.checkpoint_method
         )
+    elif before_train is not None:
+        before_train(net, setup.method, optimizer)
     writer = (
         _tensorboard_writer(out / "tensorboard" / slug(spec))
         if config.output.tensorboard and writes and out is not None
