@@ -135,12 +135,12 @@ class DriftRefresh(BPModified):
 
 
 def drift_factory(threshold: float):
-    def make(net, method, scaling, task, seed, period_epochs=1.0, offset_samples=None, rule=None):
-        assert method == "ff" and rule is None, "the drift arm is FF's"
+    def make(net, method, rule, task, seed, period_epochs=1.0, offset_samples=None, custom_rule=None):
+        assert method == "ff" and custom_rule is None, "the drift arm is FF's"
         period = period_of(task, period_epochs)
         samples = offset_samples or default_offset_samples(period, BATCH, MICRO, SHARE)
         engine = DriftRefresh(
-            net, 1, period, samples, MICRO, scaling or "robust", data=task.train, batch_size=BATCH, seed=seed
+            net, 1, period, samples, MICRO, rule or "robust", data=task.train, batch_size=BATCH, seed=seed
         )
         engine.threshold = threshold
         return engine
@@ -181,7 +181,7 @@ def ablated_robust(kind: str):
 
 
 def arms(args, task, checkpoint: str) -> list[tuple[str, str, str | None, dict[str, Any], Any]]:
-    """(arm, method, scaling, run_one keywords, rule) of the study."""
+    """(arm, method, rule, run_one keywords, custom_rule) of the study."""
     plain = [("bp", None), ("ff", None), ("ff", "paper"), ("ff", "robust")]
     out: list = [("base", m, s, {}, None) for m, s in plain]
     out += [("warmup", m, s, {"before": head_warmup(task.train, 1, args.lr, 0)}, None) for m, s in plain]
@@ -382,23 +382,23 @@ def main(argv: list[str] | None = None) -> None:
                 if column == args.column and name in ("BP", "FF", "FF+BPM(paper)", "FF+BPM(robust)"):
                     store.runs.setdefault(f"base/{name}/{seed}", run)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for arm, method, scaling, kwargs, rule in arms(args, task, checkpoint):
+    for arm, method, rule, kwargs, custom_rule in arms(args, task, checkpoint):
         if args.arm and arm not in args.arm and arm.split(":")[0] not in args.arm:
             continue
-        name = "BP" if method == "bp" else "FF" if scaling is None else f"FF+BPM({scaling})"
+        name = "BP" if method == "bp" else "FF" if rule is None else f"FF+BPM({rule})"
         for seed in range(args.seeds):
 
-            def make(seed=seed, method=method, scaling=scaling, kwargs=kwargs, rule=rule, arm=arm):
+            def make(seed=seed, method=method, rule=rule, kwargs=kwargs, custom_rule=custom_rule, arm=arm):
                 return run_one(
                     args.column,
                     method,
-                    scaling,
+                    rule,
                     seed,
                     task=task,
                     checkpoint=checkpoint,
                     lr=args.lr,
                     epochs=args.epochs,
-                    rule=rule,
+                    custom_rule=custom_rule,
                     **kwargs,
                 )
 

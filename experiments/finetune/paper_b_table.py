@@ -106,7 +106,7 @@ def period_of(task, period_epochs: float) -> int:
 def run_config(
     column: str,
     method: str,
-    scaling: str | None,
+    rule: str | None,
     seed: int,
     *,
     task,
@@ -115,11 +115,11 @@ def run_config(
     epochs: int,
     period_epochs: float = 1.0,
     offset_samples: int | None = None,
-    rule: Rule | None = None,
+    custom_rule: Rule | None = None,
 ) -> RunConfig:
     """One run of Table 1: the column's network (its preset's model, the adapter, Paper B's r = 1,
     α = 4, as a model option) started from ``checkpoint`` with fresh heads, ``method`` (BP-modified
-    with ``scaling``'s rule, or ``rule`` in its place, when ``scaling`` is given) on ``task``, SGD
+    with the named ``rule``, or the function ``custom_rule`` in its place, when ``rule`` is given) on ``task``, SGD
     at ``lr`` with momentum 0.9 and no lr decay, B = 32, K = ``period_epochs`` epochs, B'
     = ``offset_samples`` (default 0.64 % of K·B in micro-batches of 8); nothing written, no
     memory measured."""
@@ -138,9 +138,9 @@ def run_config(
             init=checkpoint,
             init_skip=["heads.*"],
         ),
-        methods=[method if scaling is None else f"bpm-{method}"],
+        methods=[method if rule is None else f"bpm-{method}"],
         optimizer=OptimizerConfig("sgd", lr, 0.9, lr_decay=1.0),
-        bpm=BPMConfig(period, samples, MICRO, rule or scaling or "robust"),
+        bpm=BPMConfig(period, samples, MICRO, custom_rule or rule or "robust"),
         loop=LoopConfig(epochs=epochs, batch_size=BATCH, seed=seed),
         measure=MeasureConfig(paid=False),
         output=OutputConfig(out=None, progress=False),
@@ -158,7 +158,7 @@ def workload_of(config: RunConfig, task) -> Workload:
 def run_one(
     column: str,
     method: str,
-    scaling: str | None,
+    rule: str | None,
     seed: int,
     *,
     task,
@@ -170,20 +170,20 @@ def run_one(
     init_hook: Callable[[torch.nn.Module], None] | None = None,
     before: Callable[[Any, Any, torch.optim.Optimizer], None] | None = None,
     method_factory: Callable[..., Any] | None = None,
-    rule: Rule | None = None,
+    custom_rule: Rule | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one network (:func:`run_config`, by :func:`recede.runs.run.train_method`); its
     test accuracy per epoch, refresh statistics and wall time.
 
     ``init_hook(net)`` and then ``before(net, method, optimizer)`` run on the fresh network (its
     checkpoint loaded, the adapter in place) before the first step (``before``: e.g. a head
-    warm-up); ``method_factory(net, method, scaling, task, seed, period_epochs,
-    offset_samples, rule)`` builds the method in place of the named one; ``rule`` replaces the
-    named a/λ rule of a BP-modified method (the record keeps ``scaling``'s name)."""
+    warm-up); ``method_factory(net, method, rule, task, seed, period_epochs,
+    offset_samples, custom_rule)`` builds the method in place of the named one; ``custom_rule`` replaces the
+    named a/λ rule of a BP-modified method (the record keeps ``rule``'s name)."""
     config = run_config(
         column,
         method,
-        scaling,
+        rule,
         seed,
         task=task,
         checkpoint=checkpoint,
@@ -191,14 +191,14 @@ def run_one(
         epochs=epochs,
         period_epochs=period_epochs,
         offset_samples=offset_samples,
-        rule=rule,
+        custom_rule=custom_rule,
     )
     spec: str | StudyMethod = (config.methods or [method])[0]
     if method_factory is not None:
         factory = method_factory
         spec = StudyMethod(
-            label(method, scaling),
-            lambda net: factory(net, method, scaling, task, seed, period_epochs, offset_samples, rule),
+            label(method, rule),
+            lambda net: factory(net, method, rule, task, seed, period_epochs, offset_samples, custom_rule),
         )
     engines: list[Any] = []
     refreshes: list[dict[str, Any]] = []
@@ -228,7 +228,7 @@ def run_one(
     return {
         "column": column,
         "method": method,
-        "scaling": scaling,
+        "rule": rule,
         "seed": seed,
         "lr": lr,
         "epochs": epochs,
@@ -242,9 +242,9 @@ def run_one(
     }
 
 
-def label(method: str, scaling: str | None) -> str:
+def label(method: str, rule: str | None) -> str:
     base = parse_method(method).label
-    return base if scaling is None else f"{base}+BPM({scaling})"
+    return base if rule is None else f"{base}+BPM({rule})"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -302,21 +302,21 @@ def part_table(args, out: Path) -> None:
             if args.smoke
             else [m for m in spec["locals"] if not args.local or m.split(":")[0] in args.local]
         )
-        scalings = [None, "paper", "robust"]
+        rules = [None, "paper", "robust"]
         results: dict[tuple[str, str | None], list[float]] = {}
-        for method, scaling in [("bp", None)] + [(m, s) for m in locals_ for s in scalings]:
+        for method, rule in [("bp", None)] + [(m, s) for m in locals_ for s in rules]:
             accs = []
-            if args.only_existing and f"{column}/{label(method, scaling)}/seed0" not in store.runs:
+            if args.only_existing and f"{column}/{label(method, rule)}/seed0" not in store.runs:
                 continue
             for seed in range(args.seeds):
-                key = f"{column}/{label(method, scaling)}/seed{seed}"
+                key = f"{column}/{label(method, rule)}/seed{seed}"
                 r = store.get(
                     key,
                     partial(
                         run_one,
                         column,
                         method,
-                        scaling,
+                        rule,
                         seed,
                         task=task,
                         checkpoint=ckpt,
@@ -325,24 +325,24 @@ def part_table(args, out: Path) -> None:
                     ),
                 )
                 accs.append(r["acc"])
-            results[(method, scaling)] = accs
+            results[(method, rule)] = accs
         if ("bp", None) not in results:
             continue
         bp = mean_sd(results[("bp", None)])[0]
-        for (method, scaling), accs in results.items():
-            row = {"column": column, "method": label(method, scaling), "test acc": pm(accs)}
+        for (method, rule), accs in results.items():
+            row = {"column": column, "method": label(method, rule), "test acc": pm(accs)}
             paper = PAPER_B[column]
             kind = {"ff": "FF", "loco": "LoCo", "mpc": "MPC"}.get(parse_method(method).kind)
-            if scaling is not None and (method, None) in results:
+            if rule is not None and (method, None) in results:
                 plain = mean_sd(results[(method, None)])[0]
                 row["gap recovered"] = f"{100 * gap_recovered(plain, mean_sd(accs)[0], bp):.0f} %"
                 row["− plain (paired)"] = paired(accs, results[(method, None)])
             if kind is None:
                 row["Paper B (%)"] = f"{paper['BP']:.2f}"
-            elif scaling != "robust":
+            elif rule != "robust":
                 pb = paper[kind]
-                row["Paper B (%)"] = f"{pb[scaling == 'paper']:.2f}" + (
-                    f" ({100 * gap_recovered(pb[0], pb[1], paper['BP']):.0f} %)" if scaling else ""
+                row["Paper B (%)"] = f"{pb[rule == 'paper']:.2f}" + (
+                    f" ({100 * gap_recovered(pb[0], pb[1], paper['BP']):.0f} %)" if rule else ""
                 )
             rows.append(row)
     text = (
@@ -383,7 +383,7 @@ def part_table(args, out: Path) -> None:
 
 
 def part_sweep(args, out: Path) -> None:
-    """Appendix D.2: FF+BPM over K and B' on the full column (``--sweep-scaling``): Paper B's
+    """Appendix D.2: FF+BPM over K and B' on the full column (``--sweep-rule``): Paper B's
     scalars on K ∈ {0.5, 1, 2} epochs × B' ∈ {16, 64}, the robust rule on K = 1 × B' ∈ {16, 64, 160}."""
     column = (args.column or ["full"])[0]
     periods = [1.0] if args.smoke else [0.5, 1.0, 2.0]
@@ -427,23 +427,23 @@ def part_sweep(args, out: Path) -> None:
         {"K (epochs)": "-", "B'": "-", "method": "FF", "test acc": pm(base["ff"])},
     ]
     ff_mean, bp_mean = mean_sd(base["ff"])[0], mean_sd(base["bp"])[0]
-    scalings = args.sweep_scaling or ["paper", "robust"]
-    grid: dict[str, dict[tuple[float, int], float]] = {s: {} for s in scalings}
-    for scaling in scalings:  # robust: only K = 1 epoch, over B' (its held-out test needs micro-batches)
+    rules = args.sweep_rule or ["paper", "robust"]
+    grid: dict[str, dict[tuple[float, int], float]] = {s: {} for s in rules}
+    for rule in rules:  # robust: only K = 1 epoch, over B' (its held-out test needs micro-batches)
         configs = (
             [(k, b) for k in periods for b in samples]
-            if scaling == "paper"
+            if rule == "paper"
             else [(1.0, b) for b in ([16] if args.smoke else [16, 64, 160])]
         )
         for k, b in configs:
             accs = [
                 store.get(
-                    f"{scaling}/K{k:g}/B{b}/seed{s}",
+                    f"{rule}/K{k:g}/B{b}/seed{s}",
                     partial(
                         run_one,
                         column,
                         "ff",
-                        scaling,
+                        rule,
                         s,
                         task=task,
                         checkpoint=ckpt,
@@ -455,12 +455,12 @@ def part_sweep(args, out: Path) -> None:
                 )["acc"]
                 for s in range(args.seeds)
             ]
-            grid[scaling][(k, b)] = mean_sd(accs)[0]
+            grid[rule][(k, b)] = mean_sd(accs)[0]
             rows.append(
                 {
                     "K (epochs)": f"{k:g}",
                     "B'": b,
-                    "method": f"FF+BPM({scaling})",
+                    "method": f"FF+BPM({rule})",
                     "test acc": pm(accs),
                     "gap recovered": f"{100 * gap_recovered(ff_mean, mean_sd(accs)[0], bp_mean):.0f} %",
                 }
@@ -474,20 +474,20 @@ def part_sweep(args, out: Path) -> None:
     with figure(
         out / f"paper_b_sweep_{column}_lr{args.lr:g}.png",
         1,
-        len(scalings),
-        figsize=(5 * len(scalings), 4),
+        len(rules),
+        figsize=(5 * len(rules), 4),
         squeeze=False,
     ) as (fig, axes):
-        for ax, scaling in zip(axes[0], scalings):
-            for k in sorted({k for k, _ in grid[scaling]}):
-                bs = sorted(b for kk, b in grid[scaling] if kk == k)
-                ax.plot(bs, [grid[scaling][(k, b)] for b in bs], marker="o", label=f"K = {k:g} epoch")
+        for ax, rule in zip(axes[0], rules):
+            for k in sorted({k for k, _ in grid[rule]}):
+                bs = sorted(b for kk, b in grid[rule] if kk == k)
+                ax.plot(bs, [grid[rule][(k, b)] for b in bs], marker="o", label=f"K = {k:g} epoch")
             ax.axhline(mean_sd(base["bp"])[0], color="k", ls="--", label="BP")
             ax.axhline(mean_sd(base["ff"])[0], color="C7", ls=":", label="FF")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("B' (samples per refresh)")
             ax.set_ylabel("test accuracy")
-            ax.set_title(f"FF+BPM({scaling})")
+            ax.set_title(f"FF+BPM({rule})")
             ax.legend(fontsize=7)
 
 
@@ -569,10 +569,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(
-        "--sweep-scaling",
+        "--sweep-rule",
         action="append",
         choices=["paper", "robust"],
-        help="scalings of the K × B' sweep (repeatable; default both)",
+        help="rules of the K × B' sweep (repeatable; default both)",
     )
     p.add_argument("--train-size", type=int, default=None, help="first N target training images (default all 722)")
     p.add_argument("--cache", default="results/pretrained")
