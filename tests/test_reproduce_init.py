@@ -1,5 +1,6 @@
-"""``recede reproduce paper-a --init``: the sweeps (Figs. 3-4, Algorithm 1) start from a
-checkpoint; a mismatch is one line; and the CPU-scale fine-tuning preset (issue 23 item 4)."""
+"""``recede reproduce paper-a|paper-b --init``: the sweeps (Figs. 3-4, Algorithm 1) and Paper B's
+Table 1 runs start from a checkpoint; a mismatch is one line; and the CPU-scale fine-tuning
+presets (issue 23 items 2 and 4)."""
 
 import copy
 import json
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 
 from recede import data, models
 from recede.cli import main
-from recede.reproduce import configs, paper_a, paper_a_sweeps
+from recede.reproduce import configs, paper_a, paper_a_sweeps, paper_b
 from recede.runs import pretrain
 
 RESNET = {"widths": [2, 3], "blocks_per_stage": 1}
@@ -108,7 +109,7 @@ def test_init_refusals_are_one_line_and_write_nothing(tmp_path, capfd, case):
         "mismatch": ["paper-a", "--init", str(tmp_path / "wide.safetensors")],
         "missing": ["paper-a", "--init", str(tmp_path / "nothing.safetensors")],
         "skip-typo": ["paper-a", "--init", str(tmp_path / "src.safetensors"), "--init-skip", "head.*"],
-        "other-paper": ["paper-b", "--init", str(tmp_path / "src.safetensors")],
+        "other-paper": ["bpm-robustness", "--init", str(tmp_path / "src.safetensors")],
         "two-models": ["paper-a", "--init", str(tmp_path / "src.safetensors")],
         "bad-preset": ["paper-a"],
     }[case]
@@ -124,7 +125,7 @@ def test_init_refusals_are_one_line_and_write_nothing(tmp_path, capfd, case):
         "mismatch": "--init: weights in ",
         "missing": "weights file not found",
         "skip-typo": "--init-skip 'head.*' matches no parameter",
-        "other-paper": "--init starts paper-a's studies",
+        "other-paper": "--init starts paper-a's and paper-b's runs",
         "two-models": "give --init resmlp=FILE --init resnet62=FILE",
         "bad-preset": "no pretrain preset 'nope'",
     }[case]
@@ -185,3 +186,66 @@ def test_the_finetune_preset_runs_at_smoke_scale(tmp_path):
     for name in config["sweeps"]:
         assert f"**{name}**" in text
     assert text.count("rank of ĥ") == len(config["sweeps"])
+
+
+PAPER_B = {
+    "model": "resnet62",
+    "model_options": RESNET,
+    "data": "digits",
+    "data_options": {"classes": [5, 6, 7], "train_size": 24},
+    "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9},
+    "epochs": 1,
+    "batch_size": 12,
+    "seeds": [0],
+    "threads": 1,
+    "methods": ["ff"],
+    "bpm": {"period_epochs": 1.0, "offset_samples": 16, "micro_batch": 8, "rule": "paper"},
+}
+
+
+def test_paper_b_init_starts_every_run_from_the_file(tmp_path, monkeypatch):
+    import yaml
+
+    _source(tmp_path / "src.safetensors")
+    preset = tmp_path / "b.yaml"
+    preset.write_text(yaml.safe_dump(PAPER_B))
+    loaded = []
+    real = pretrain.load_init
+    monkeypatch.setattr(
+        pretrain, "load_init", lambda net, file, skip: loaded.append((file, tuple(skip))) or real(net, file, skip)
+    )
+    argv = ["reproduce", "paper-b", "--preset", str(preset), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--init", str(tmp_path / "src.safetensors"), "--init-skip", "heads.*"]) == 0
+    runs = json.loads((tmp_path / "out" / "paper_b.json").read_text())["runs"]
+    assert set(runs) == {"BP", "FF", "FF+BPM", "FF+BPM(λ=0)"}
+    # the check, the shared workload's model, and one fresh model per run: all from the file
+    assert len(loaded) >= 2 + len(runs) and set(loaded) == {(str(tmp_path / "src.safetensors"), ("heads.*",))}
+
+
+def test_paper_b_init_mismatch_is_one_line(tmp_path, capfd):
+    import yaml
+
+    _source(tmp_path / "wide.safetensors", widths=[4, 3], blocks_per_stage=1)
+    preset = tmp_path / "b.yaml"
+    preset.write_text(yaml.safe_dump(PAPER_B))
+    out = tmp_path / "out"
+    argv = ["reproduce", "paper-b", "--preset", str(preset), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--init", str(tmp_path / "wide.safetensors")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--init: weights in " in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("column", ["full", "lokr", "lora"])
+def test_paper_b_finetune_presets_are_table_1_columns_in_paper_b_s_setting(column):
+    config = configs.read_config("paper-b", f"finetune-{column}")
+    paper_b.check_config(config)
+    source = "vit" if column == "lora" else "resnet"
+    assert config["init"] == f"pretrained:{source}" and config["init_skip"] == ["heads.*"]
+    assert config["model"] == pretrain.PRESETS[source]["model"]
+    assert config["data_options"]["classes"] == [5, 6, 7, 8, 9]  # classes the source never saw
+    assert config["optimizer"] == {"name": "sgd", "lr": 0.001, "momentum": 0.9}
+    assert config["bpm"]["period_epochs"] == 1.0 and config["bpm"]["micro_batch"] == 8
+    assert config["seeds"] == [0, 1, 2]
+    assert config["model_options"].get("adapter") == {"full": None, "lokr": "lokr", "lora": "lora"}[column]
+    assert [m.split(":")[0] for m in config["methods"]] == ["ff", "loco", "mpc"]

@@ -46,8 +46,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="[MODEL=]FILE",
-        help="paper-a: start the sweeps' entries of MODEL (or, without MODEL, every entry) from "
-        "this state dict, a `recede pretrain` checkpoint or your own (docs/finetune.md); repeatable",
+        help="paper-a, paper-b: start the entries of MODEL (or, without MODEL, every entry; "
+        "paper-a: its sweeps) from this state dict, a `recede pretrain` checkpoint or your own "
+        "(docs/finetune.md); repeatable",
     )
     p.add_argument(
         "--init-skip",
@@ -83,8 +84,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.only is not None:
         options["only"] = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.init is not None or args.init_skip is not None:
-        if args.paper != "paper-a":
-            raise ValueError(f"--init starts paper-a's studies; {args.paper} takes --weights for its pretrained models")
+        if args.paper not in ("paper-a", "paper-b"):
+            raise ValueError(
+                f"--init starts paper-a's and paper-b's runs; {args.paper} takes --weights for its pretrained models"
+            )
         options["init"] = configs.parse_weights(args.init, "--init")
         options["init_skip"] = args.init_skip
     report = module.run(

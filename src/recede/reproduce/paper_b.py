@@ -236,6 +236,8 @@ def run(
     config: dict | None = None,
     weights: dict[str | None, str] | None = None,
     on_checked: Callable[[], None] | None = None,
+    init: dict[str | None, str] | None = None,
+    init_skip: list[str] | None = None,
 ) -> Path:
     """Run every table's training runs from every seed and write JSON, PNG and the report.
 
@@ -243,12 +245,18 @@ def run(
     (``data_root`` replaces its ``root``) and weights file (``weights`` from
     :func:`recede.reproduce.configs.parse_weights`) before the first step; then ``on_checked()``
     is called, before anything is written.  ``device: auto`` in the config trains on CUDA when
-    there is a GPU.
+    there is a GPU.  ``init``/``init_skip`` (``--init``, ``--init-skip``) replace the config's
+    ``init``/``init_skip``: every run starts from that state dict (``init: pretrained:NAME``, a
+    ``recede pretrain`` preset, is written or reused in results/pretrained), the fine-tuning
+    regime of the ``finetune-*`` presets.
     """
     cfg = config if config is not None else load_config(full)
     check_config(cfg)
     entry = {f"{cfg['model']} on {cfg['data']}": cfg}
     configs.apply_sources(entry, data_root, weights or {}, "paper-b")
+    if init or init_skip:
+        configs.apply_init(entry, init or {}, init_skip, "paper-b")
+    configs.resolve_init(entry, "paper-b")
     configs.check_sources(entry, "paper-b")
     if on_checked is not None:
         on_checked()
@@ -256,7 +264,12 @@ def run(
     runs: dict[str, dict[int, dict]] = {}
     with torch_threads(cfg.get("threads")):
         workload = Workload.of(
-            data.load(cfg["data"], **cfg["data_options"]), cfg["model"], cfg["model_options"], device
+            data.load(cfg["data"], **cfg["data_options"]),
+            cfg["model"],
+            cfg["model_options"],
+            device,
+            cfg.get("init"),
+            tuple(cfg.get("init_skip") or ()),
         )  # built once, shared by every run
         for seed in cfg["seeds"]:
             for name, method, settings in plan(cfg):

@@ -98,10 +98,20 @@ class Workload:
         return cls(task, w.model, options, device, rank, world_size, init, skip, net)
 
     @classmethod
-    def of(cls, task: data.Task, model: str, model_options: dict[str, Any], device: torch.device | str) -> Workload:
-        """The workload of a task already loaded (a study's, shared by its runs), its model
-        built once for the checks (inside a forked RNG: the caller's random state is kept)."""
-        workload = cls(task, model, dict(model_options), torch.device(device))
+    def of(
+        cls,
+        task: data.Task,
+        model: str,
+        model_options: dict[str, Any],
+        device: torch.device | str,
+        init: str | None = None,
+        init_skip: tuple[str, ...] = (),
+    ) -> Workload:
+        """The workload of a task already loaded (a study's, shared by its runs), every fresh
+        model loaded from ``init`` (keys matching ``init_skip`` kept fresh) when given; its
+        model built once for the checks (inside a forked RNG: the caller's random state is
+        kept), so a file that does not fit stops here."""
+        workload = cls(task, model, dict(model_options), torch.device(device), init=init, init_skip=tuple(init_skip))
         with torch.random.fork_rng(devices=[workload.device] if workload.device.type == "cuda" else []):
             workload.net = workload.build(0)
         return workload
