@@ -33,8 +33,9 @@ residual adds, reshapes, embeddings) runs again in the backward, reading the kep
 of recomputing the products.  The recomputation therefore costs only the cheap ops, and the forward
 holds the segment inputs plus those outputs: more than ``ckpt``, less than BP, on a transformer
 with fused attention.  The gradient is still exactly BP's.  A kept output must not be modified in
-place later in its segment (``y = conv(x); y += r``): PyTorch refuses that at the backward
-(``RuntimeError``), as it would return the modified tensor.  Where PyTorch supports it
+place later in its segment (``y = conv(x); y += r``): PyTorch refuses to hand the modified tensor
+to the recomputation, and the step raises at the backward, naming the block (the ``.grad`` of
+the blocks above it is already written by then).  Where PyTorch supports it
 (``respect_saved_tensors_hooks``), the kept outputs go through the user's saved-tensor hooks, so
 the saved-tensor meter counts them.
 """
