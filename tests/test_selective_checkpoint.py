@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ARCHITECTURES
-from test_compare import TINY, recede
 
 from recede import models
 from recede.core.engine import MPC
@@ -158,24 +157,25 @@ def test_the_time_model_does_not_count_a_partial_recomputation() -> None:
 
 
 def test_compare_draws_sac_on_the_real_memory_frontier(tmp_path: Path) -> None:
-    run = recede(
-        "compare",
-        *TINY,
-        "--methods",
-        "ckpt",
-        "sac",
-        "--timing-steps",
-        "1",
-        "--cosine-batches",
-        "1",
-        "--out",
-        str(tmp_path),
+    """``recede compare``'s run (a RunConfig with the frontier measured): sac trains as BP does
+    and gets its real peak, time and cos θ beside the others."""
+    import recede
+    from recede.runs.config import LoopConfig, MeasureConfig, OutputConfig, RunConfig, WorkloadConfig
+
+    config = RunConfig(
+        workload=WorkloadConfig(
+            model="resmlp", data="trig", model_options={"depth": 4}, data_options={"n": 60, "n_test": 20}
+        ),
+        methods=["bp", "ckpt", "sac"],
+        loop=LoopConfig(epochs=1, batch_size=20),
+        measure=MeasureConfig(frontier=True, timing_steps=1, cosine_batches=1),
+        output=OutputConfig(out=str(tmp_path), progress=False),
     )
-    assert run.returncode == 0, run.stderr
+    recede.run(config)
     rows = {r["method"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["rows"]}
     assert list(rows) == ["BP", "BP+ckpt", "BP+sac"]
     bp, sac = rows["BP"], rows["BP+sac"]
     assert sac["real MiB"] > 0 and sac["memory ratio"] > 0 and sac["time ratio"] > 0
     assert sac["cos θ"] == pytest.approx(1.0, abs=1e-6)
     assert sac["test loss"] == pytest.approx(bp["test loss"], rel=1e-6)  # trained exactly as BP
-    assert "BP+sac" in (tmp_path / "report.md").read_text()
+    assert "| BP+sac |" in (tmp_path / "report.md").read_text()
