@@ -24,12 +24,12 @@ that the script runs, not a measurement).
 
 Methods: ``bp``, ``ckpt`` (non-re-entrant ``torch.utils.checkpoint`` around every block but the
 last: what a user writes), ``ckpt:S`` (S = round(√T) segments), ``ff``, ``mpc:2``, ``mpc:4``,
-``mpc-rc:2`` and ``mpc-rc:4`` (``MPC(net, h, recompute=True)``), and ``sac``: selective
-checkpointing per block as PyTorch offers it (``create_selective_checkpoint_contexts``: the
-outputs of matrix products, convolutions and attention are kept, everything else — norms,
-activations, dropout, residual adds — is recomputed).  For GPT-2 also ``hf-gc``: the plain
-``GPT2LMHeadModel`` with ``gradient_checkpointing_enable()`` (non-re-entrant), as a user of
-transformers runs it.
+``mpc-rc:2`` and ``mpc-rc:4`` (``MPC(net, h, recompute=True)``), and ``sac``: the library's
+selective checkpointing per block (:mod:`recede.core.recompute`, PyTorch's
+``create_selective_checkpoint_contexts``: the outputs of matrix products, convolutions and
+attention are kept, everything else — norms, activations, dropout, residual adds — is
+recomputed).  For GPT-2 also ``hf-gc``: the plain ``GPT2LMHeadModel`` with
+``gradient_checkpointing_enable()`` (non-re-entrant), as a user of transformers runs it.
 
 Configurations: ``gpt2-6`` and ``gpt2-16`` (the registry's ``gpt2``, 6 or 16 layers of width
 256, 4 heads, sequences of 2048 byte tokens, batch 2), ``gpt2-16-4k`` (the same at 4096
@@ -49,7 +49,6 @@ import random
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,48 +99,6 @@ def build(config: dict[str, Any], device: torch.device) -> tuple[Any, Any, torch
     return net, None, x, torch.randint(0, config["classes"], (config["batch"],), device=device)
 
 
-def _sac_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    saved = {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten.convolution.default,
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-        torch.ops.aten._scaled_dot_product_efficient_attention.default,
-        torch.ops.aten._scaled_dot_product_flash_attention.default,
-    }
-    return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-class SelectiveCheckpoint:
-    """Per-block selective checkpointing (every block but the last): the outputs of matrix
-    products, convolutions and attention are saved, the rest recomputed."""
-
-    def __init__(self, net: Any) -> None:
-        self.net = net
-
-    def backward(self, x: Any, y: Any) -> float:
-        from torch.utils.checkpoint import (
-            checkpoint,
-            create_selective_checkpoint_contexts,
-        )
-
-        net, z = self.net, x
-        for t in range(net.T - 1):
-            z = checkpoint(
-                net.run_block,
-                t,
-                z,
-                use_reentrant=False,
-                context_fn=partial(create_selective_checkpoint_contexts, _sac_policy),
-            )
-        loss = net.depth_loss(net.run_block(net.T - 1, z), y, net.T)
-        loss.backward()
-        return float(loss.detach())
-
-
 class TransformersCheckpointing:
     """``GPT2LMHeadModel`` with ``gradient_checkpointing_enable()``: the loss of ``labels=x``."""
 
@@ -176,8 +133,6 @@ def make_method(name: str, config: dict[str, Any], net: Any, device: torch.devic
     if name == "hf-gc":
         method = TransformersCheckpointing(config, device)
         return method, method.model
-    if name == "sac":
-        return SelectiveCheckpoint(net), net
     if name == "ckpt:S":
         name = f"ckpt:{max(1, round(math.sqrt(net.T)))}"
     return build_method(net, name), net

@@ -2,7 +2,7 @@
 
 A GradScaler multiplies every loss by a power of two, which is exact in floating point, so
 without autocast the scaled gradients must be exactly scale × the unscaled ones, for every
-horizon, for checkpointed BP and for BP-modified (offsets included).  Under fp16 autocast an
+horizon, for checkpointed BP (selective too) and for BP-modified (offsets included).  Under fp16 autocast an
 overflow must skip the step as ``scaler.scale(loss).backward(); scaler.step(opt)`` skips it.
 """
 
@@ -33,6 +33,7 @@ def _grads(net) -> dict:
 def _methods(net, x, y):
     refresh = [(tree_map(lambda t, i=i: t[i : i + 4], x), y[i : i + 4]) for i in range(0, 8, 4)]
     yield "ckpt", build_method(net, "ckpt")
+    yield "sac", build_method(net, "sac")
     for h in range(1, net.T + 1):
         yield f"mpc:{h}", MPC(net, h)
     bpm = BPModified(net, 1, period=3, offset_samples=8, micro_batch=4, batch_size=8)
@@ -81,7 +82,7 @@ def test_the_users_loop_with_a_scaler_takes_the_same_steps(float64):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("method", ["bp", "mpc:2", "ff", "ckpt"])
+@pytest.mark.parametrize("method", ["bp", "mpc:2", "ff", "ckpt", "sac"])
 def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(method):
     torch.manual_seed(2)
     net = resmlp_independent(T=4, width=16)

@@ -26,6 +26,8 @@ NAMES = [
     "loco-eq21:2",
     "ckpt",
     "ckpt:2",
+    "sac",
+    "sac:2",
     "bpm-ff",
     "bpm-mpc:2",
 ]

@@ -13,6 +13,9 @@
                     (``MPC(net, H, recompute=True)``: less memory, the same gradients)
 ``ckpt[:S]``        BP recomputing activations in S segments (``torch.utils.checkpoint``;
                     default T, every block its own segment, as its users do); :mod:`recede.core.recompute`
+``sac[:S]``         selective checkpointing: ``ckpt[:S]`` keeping the outputs of matrix products,
+                    convolutions and attention, recomputing only the other ops (norms,
+                    activations, dropout, residual adds); exact
 ``bpm-ff``          BP-modified FF (Paper B eq. 5, :class:`recede.bpm.estimator.BPModified`)
 ``bpm-mpc:H``       BP-modified horizon H
 ``bpm-loco:N``      BP-modified LoCo (and ``bpm-loco-double:N``)
@@ -49,10 +52,11 @@ from recede.core.recompute import CheckpointedBP
 class MethodSpec:
     """A parsed method name."""
 
-    kind: str  # "bp", "ff", "mpc", "loco", "ckpt"
+    kind: str  # "bp", "ff", "mpc", "loco", "ckpt" (sac is ckpt with selective)
     horizon: int | None = None  # mpc:H's H
     groups: int | None = None  # loco:N's N, the groups of consecutive blocks
-    segments: int | None = None  # ckpt:S's S (None: T)
+    segments: int | None = None  # ckpt:S's and sac:S's S (None: T)
+    selective: bool = False  # sac: selective checkpointing, CheckpointedBP(..., selective=True)
     double: bool = False
     modified: bool = False  # Paper B's BP-modified local loss
     eq21: bool = False  # LoCo's trajectory loss of Paper A eq. 21 (double, block 0 from L(x_2) only)
@@ -70,7 +74,9 @@ class MethodSpec:
         elif self.kind == "mpc":
             base = f"MPC(h={self.horizon})" + ("+rc" if self.recompute else "")
         elif self.kind == "ckpt":
-            base = "BP+ckpt" + (f"({self.segments})" if self.segments is not None else "")
+            base = ("BP+sac" if self.selective else "BP+ckpt") + (
+                f"({self.segments})" if self.segments is not None else ""
+            )
         else:
             base = f"LoCo{self.groups}" + ("-eq21" if self.eq21 else "-double" if self.double else "")
         return f"{base}+BPM" if self.modified else base
@@ -78,7 +84,7 @@ class MethodSpec:
 
 def parse_method(text: str) -> MethodSpec:
     """Parse ``bp``, ``ff``, ``mpc:H``, ``mpc-rc:H``, ``loco:N``, ``loco-double:N``,
-    ``loco-eq21:N``, ``ckpt``, ``ckpt:S``, or a local method (ff, mpc, loco, loco-double)
+    ``loco-eq21:N``, ``ckpt``, ``ckpt:S``, ``sac``, ``sac:S``, or a local method (ff, mpc, loco, loco-double)
     prefixed with ``bpm-``."""
     name, _, arg = text.strip().lower().partition(":")
     if name.startswith("bpm-"):
@@ -86,24 +92,26 @@ def parse_method(text: str) -> MethodSpec:
         if base.kind in ("bp", "ckpt") or base.modified or base.eq21 or base.recompute:
             raise ValueError(
                 f"method {text!r}: bpm- modifies a local method (ff, mpc:H, loco:N, "
-                "loco-double:N), not bp, ckpt, mpc-rc or loco-eq21"
+                "loco-double:N), not bp, ckpt, sac, mpc-rc or loco-eq21"
             )
         return dataclasses.replace(base, modified=True)
     if name in ("bp", "ff", "ckpt") and not arg:
         return MethodSpec(name)
-    if name in ("mpc", "mpc-rc", "loco", "loco-double", "loco-eq21", "ckpt") and arg:
+    if name == "sac" and not arg:
+        return MethodSpec("ckpt", selective=True)
+    if name in ("mpc", "mpc-rc", "loco", "loco-double", "loco-eq21", "ckpt", "sac") and arg:
         try:
             value = int(arg)
         except ValueError:
             raise ValueError(f"method {text!r}: {arg!r} is not an integer") from None
-        if name == "ckpt":
-            return MethodSpec(name, segments=value)
+        if name in ("ckpt", "sac"):
+            return MethodSpec("ckpt", segments=value, selective=name == "sac")
         if name in ("mpc", "mpc-rc"):
             return MethodSpec("mpc", horizon=value, recompute=name == "mpc-rc")
         return MethodSpec("loco", groups=value, double=name != "loco", eq21=name == "loco-eq21")
     raise ValueError(
-        f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N "
-        "or ckpt[:S], "
+        f"unknown method {text!r}; use bp, ff, mpc:H, mpc-rc:H, loco:N, loco-double:N, loco-eq21:N, "
+        "ckpt[:S] or sac[:S], "
         "the local ones optionally prefixed with bpm-"
     )
 
@@ -130,7 +138,7 @@ def build_method(
     if spec.kind == "bp":
         return MPC(net, net.T)
     if spec.kind == "ckpt":
-        return CheckpointedBP(net, spec.segments)
+        return CheckpointedBP(net, spec.segments, selective=spec.selective)
     horizon, double = {"ff": (1, False), "mpc": (spec.horizon, False)}.get(spec.kind, (2, spec.double))
     if spec.kind == "loco":
         if spec.groups is None or not 2 <= spec.groups <= net.T:

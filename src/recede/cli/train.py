@@ -32,7 +32,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "--method",
         action="append",
         default=None,
-        help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], or bpm-<local method> "
+        help="bp, ff, mpc:H, loco:N, loco-double:N, ckpt[:S], sac[:S], or bpm-<local method> "
         "(Paper B); repeat to compare (default: bp)",
     )
     p.add_argument(

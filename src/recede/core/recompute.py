@@ -23,17 +23,63 @@ checkpointed step depends on how the checkpoint's own saved-tensor hooks nest wi
 GPT-2 of 16 layers it read 46 MiB where the step allocated 52); the real peak
 (:func:`recede.measure.memory.allocation_peak`) sees everything the step holds and is the figure to
 compare (``benchmarks/real_memory.py``).
+
+Selective checkpointing (``selective=True``, the method ``sac[:S]``) is the same recomputation with
+PyTorch's op-level policy (``torch.utils.checkpoint.create_selective_checkpoint_contexts``): inside
+a checkpointed segment, the outputs of the ops in :data:`SAVED_OPS` (matrix products ``mm``,
+``addmm``, ``bmm``, ``baddbmm``; ``convolution``; the fused scaled-dot-product attention kernels)
+are kept from the first forward, and every other op (norms, activations, dropout, softmax,
+residual adds, reshapes, embeddings) runs again in the backward, reading the kept outputs instead
+of recomputing the products.  The recomputation therefore costs only the cheap ops, and the forward
+holds the segment inputs plus those outputs: more than ``ckpt``, less than BP, on a transformer
+with fused attention.  The gradient is still exactly BP's.  A kept output must not be modified in
+place later in its segment (``y = conv(x); y += r``): PyTorch refuses to hand the modified tensor
+to the recomputation, and the step raises at the backward, naming the block (the ``.grad`` of
+the blocks above it is already written by then).  Where PyTorch supports it
+(``respect_saved_tensors_hooks``), the kept outputs go through the user's saved-tensor hooks, so
+the saved-tensor meter counts them.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from recede.core.blocks import BlockNet, even_groups
 from recede.core.engine import NonFiniteLossError, check_net
+
+SAVED_OPS: frozenset = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "convolution",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    if hasattr(torch.ops.aten, name)  # the attention kernels differ between PyTorch versions
+)
+"""The ATen ops whose outputs selective checkpointing keeps; every other op is recomputed."""
+
+_HOOKS_OPTION = "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters
+
+
+def _keep_products(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    """The selective policy: keep the outputs of :data:`SAVED_OPS`, recompute the rest."""
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_contexts() -> Any:
+    """A fresh pair of contexts (and cache) for one checkpointed segment."""
+    return create_selective_checkpoint_contexts(_keep_products)
 
 
 class CheckpointedBP:
@@ -42,9 +88,11 @@ class CheckpointedBP:
     Args:
         net: the block network.
         segments: S in [1, T]; ``None`` is T, one segment per block (S = 1 is plain BP).
+        selective: keep the outputs of :data:`SAVED_OPS` inside each segment and recompute only
+            the other ops (selective checkpointing, the method ``sac``; see the module).
     """
 
-    def __init__(self, net: BlockNet, segments: int | None = None) -> None:
+    def __init__(self, net: BlockNet, segments: int | None = None, *, selective: bool = False) -> None:
         net = check_net(net, "CheckpointedBP")
         segments = net.T if segments is None else segments
         if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= net.T:
@@ -53,6 +101,12 @@ class CheckpointedBP:
             )
         self.net = net
         self.segments = segments
+        self.selective = selective
+        self._options: dict[str, Any] = {}
+        if selective:
+            self._options["context_fn"] = _selective_contexts
+            if _HOOKS_OPTION:
+                self._options["respect_saved_tensors_hooks"] = True
         self._segments = [list(group) for group in even_groups(net.T, segments)]
 
     def backward(self, x: Any, y: Any, *, scaler: torch.amp.GradScaler | None = None) -> float:
@@ -69,7 +123,7 @@ class CheckpointedBP:
         with torch.enable_grad():
             z = x
             for segment in self._segments[:-1]:
-                z = checkpoint(self._run, segment, z, use_reentrant=False, preserve_rng_state=True)
+                z = checkpoint(self._run, segment, z, use_reentrant=False, preserve_rng_state=True, **self._options)
             loss = net.depth_loss(self._run(self._segments[-1], z), y, net.T)
             if not scaling and not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError(

@@ -154,10 +154,11 @@ def recomputed_bp_cost(costs: BlockCosts, segments: int) -> float:
 
 def predicted_ratio(costs: BlockCosts, method: object) -> float | None:
     """A method's predicted step cost over BP's, or None where the model has no count (a
-    BP-modified method, whose refresh is measured, not modelled)."""
+    BP-modified method, whose refresh is measured, not modelled; selective checkpointing, which
+    recomputes only part of each forward)."""
     bp = horizon_cost(costs, costs.T)
     if isinstance(method, CheckpointedBP):
-        return recomputed_bp_cost(costs, method.segments) / bp
+        return None if method.selective else recomputed_bp_cost(costs, method.segments) / bp
     if isinstance(method, MPC):
         view = costs if method.net.T == costs.T else costs.groups(method.net.T)
         return horizon_cost(view, method.horizon, method.double, getattr(method, "recompute", False)) / bp
