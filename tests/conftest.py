@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,18 @@ from recede.models import build, mlp
 # avoids OpenMP oversubscription, which slows these tiny models tenfold on two cores.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+"""The source tree: PYTHONPATH for the command line run in a subprocess."""
+
+
+def tiny_run(depth: int = 3, n: int = 60, n_test: int = 20, batch_size: int = 20, epochs: int = 1) -> list[str]:
+    """Flags of a seconds-long command-line run on the default workload (resmlp on trig)."""
+    return [
+        *("--model-opt", f"depth={depth}", "--data-opt", f"n={n}", "--data-opt", f"n_test={n_test}"),
+        *("--batch-size", str(batch_size), "--epochs", str(epochs), "--no-progress"),
+    ]
 
 
 def tanh_residual(width: int) -> nn.Module:

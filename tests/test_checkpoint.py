@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SRC
 
 from recede.cli import main
 from recede.runs import checkpoint
 from recede.runs.train import LoopState
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = [
     "--model",
     "resmlp",

@@ -12,23 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import SRC, tiny_run
 
 from recede.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = [
-    "--model-opt",
-    "depth=3",
-    "--data-opt",
-    "n=60",
-    "--data-opt",
-    "n_test=20",
-    "--batch-size",
-    "20",
-    "--epochs",
-    "2",
-    "--no-progress",
-]
+TINY = tiny_run(epochs=2)
 
 
 def recede(*argv: str) -> subprocess.CompletedProcess:

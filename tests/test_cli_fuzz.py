@@ -26,23 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SRC, tiny_run
 
 from recede.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = [
-    "--model-opt",
-    "depth=3",
-    "--data-opt",
-    "n=60",
-    "--data-opt",
-    "n_test=20",
-    "--batch-size",
-    "20",
-    "--epochs",
-    "1",
-    "--no-progress",
-]
+TINY = tiny_run()
 DEMO = ["--epochs", "1", "--no-progress"]  # resnet62 (3 × 3 blocks, 8/16/32 channels) on digits
 
 # (argv after the subcommand, a fragment of the expected message).  {good}: the seeded run's

@@ -10,26 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SRC, tiny_run
 
 from recede.runs.compare import default_methods, dominated, mean_rows, spread_cells
 from recede.runs.demo import demo_methods
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = [
-    "--model-opt",
-    "depth=6",
-    "--data-opt",
-    "n=80",
-    "--data-opt",
-    "n_test=20",
-    "--batch-size",
-    "20",
-    "--epochs",
-    "1",
-    "--no-progress",
-    "--threads",
-    "1",
-]
+TINY = [*tiny_run(depth=6, n=80), "--threads", "1"]
 
 
 def recede(*argv: str) -> subprocess.CompletedProcess:

@@ -15,13 +15,12 @@ from torch import nn
 accelerate = pytest.importorskip("accelerate")
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from conftest import SRC
 
 import recede
 from recede.core.engine import write_grads
 from recede.integrations.accelerate import AcceleratedEngine
 from recede.parallel.data_parallel import free_port
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def fresh_accelerator(**options) -> Accelerator:

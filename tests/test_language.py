@@ -19,9 +19,10 @@ from recede.models import build
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from conftest import SRC
+
 from recede.models.peft_adapters import adapter_parameters  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY_GPT2 = dict(n_layer=3, n_embd=8, n_head=2)
 
 

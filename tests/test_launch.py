@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SRC
 
 from recede.core.engine import NonFiniteLossError
 from recede.parallel.data_parallel import RankFailure
 from recede.parallel.launch import REPORT_ENV, _cause, _Rank, report_failure
 from recede.runs import checkpoint
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 RUN = [
     "train",
     "--nproc",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SRC, tiny_run
 
 from recede import data
 from recede.cli import build_parser, main
@@ -26,20 +27,7 @@ from recede.runs import checkpoint
 from recede.runs.run import identity
 from recede.runs.train import LoopState
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = [
-    "--model-opt",
-    "depth=3",
-    "--data-opt",
-    "n=60",
-    "--data-opt",
-    "n_test=20",
-    "--batch-size",
-    "20",
-    "--epochs",
-    "1",
-    "--no-progress",
-]
+TINY = tiny_run()
 
 
 class Payload:

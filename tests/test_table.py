@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SRC
 
 from recede.runs.compare import essential_columns, frontier_columns, mean_rows, terminal_columns
 from recede.runs.reports import fit_columns, pm, print_table
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # the demo's README table, three seeds per method: (test loss, test acc, time, model, memory, cos θ, ms/step)
 DEMO = {
