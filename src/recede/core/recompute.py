@@ -50,6 +50,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from recede.core.blocks import BlockNet, even_groups
 from recede.core.engine import NonFiniteLossError, check_net
+from recede.core.replay import kept_buffers
 
 SAVED_OPS: frozenset = frozenset(
     getattr(torch.ops.aten, name).default
@@ -116,9 +117,7 @@ class CheckpointedBP:
         is left to ``scaler.step`` (see :meth:`recede.MPC.backward`).
         """
         net = self.net
-        recomputed = list(
-            dict.fromkeys(b for segment in self._segments[:-1] for t in segment for b in net.blocks[t].buffers())
-        )
+        recomputed = [net.blocks[t] for segment in self._segments[:-1] for t in segment]
         scaling = scaler is not None and scaler.is_enabled()
         with torch.enable_grad():
             z = x
@@ -129,11 +128,8 @@ class CheckpointedBP:
                 raise NonFiniteLossError(
                     f"non-finite loss at depth {net.T}: {float(loss.detach())}; no .grad was modified"
                 )
-            after_forward = [b.clone() for b in recomputed]
-            (scaler.scale(loss) if scaling and scaler is not None else loss).backward()
-        with torch.no_grad():
-            for buffer, value in zip(recomputed, after_forward):
-                buffer.copy_(value)
+            with kept_buffers(recomputed):  # the backward's recomputation runs their forwards again
+                (scaler.scale(loss) if scaling and scaler is not None else loss).backward()
         return float(loss.detach())
 
     def _run(self, segment: list[int], z: Any) -> Any:

@@ -11,9 +11,10 @@ must leave no trace of having run twice.  Two things would differ (as in
   recomputed;
 * module state — a BatchNorm in training mode updates its running statistics on every forward;
   :func:`replaying` puts the buffers of the recomputed modules back to their values before the
-  recomputation, so each forward updates them exactly once, as a single pass would.  (In
-  training mode BatchNorm normalises by the batch's own statistics, so the running statistics
-  do not change what the recomputation computes.)
+  recomputation (:func:`kept_buffers`, which :mod:`recede.core.recompute` uses too), so each
+  forward updates them exactly once, as a single pass would.  (In training mode BatchNorm
+  normalises by the batch's own statistics, so the running statistics do not change what the
+  recomputation computes.)
 
 This module is part of the core (:mod:`recede.core.engine` uses it) and imports nothing of recede.
 """
@@ -47,19 +48,26 @@ def capture(inputs: Any) -> RngState:
 
 
 @contextmanager
-def replaying(state: RngState, modules: Iterable[torch.nn.Module]) -> Iterator[None]:
-    """Run the body with the generators at ``state`` and the buffers of ``modules`` restored
-    afterwards; the generators are then back where they were before the body."""
+def kept_buffers(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Run the body and put the buffers of ``modules`` back to their values before it: a
+    recomputed forward must not update BatchNorm's running statistics a second time."""
     buffers = list(dict.fromkeys(b for m in modules for b in m.buffers()))
     before = [b.clone() for b in buffers]
-    with torch.random.fork_rng(devices=list(state.cuda), enabled=True):
+    try:
+        yield
+    finally:
+        # through .data, which has its own version counter: the recomputed graph saved the
+        # buffers (BatchNorm's backward takes them), and a version bump would fail its backward
+        for buffer, value in zip(buffers, before):
+            buffer.data.copy_(value)
+
+
+@contextmanager
+def replaying(state: RngState, modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Run the body with the generators at ``state`` and the buffers of ``modules`` restored
+    afterwards (:func:`kept_buffers`); the generators are then back where they were before the body."""
+    with torch.random.fork_rng(devices=list(state.cuda), enabled=True), kept_buffers(modules):
         torch.set_rng_state(state.cpu)
         for device, cuda_state in state.cuda.items():
             torch.cuda.set_rng_state(cuda_state, device)
-        try:
-            yield
-        finally:
-            # through .data, which has its own version counter: the recomputed graph saved the
-            # buffers (BatchNorm's backward takes them), and a version bump would fail its backward
-            for buffer, value in zip(buffers, before):
-                buffer.data.copy_(value)
+        yield
