@@ -21,7 +21,7 @@ parameter's gradient is their sum; at h = T that is autograd's gradient.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,10 +72,10 @@ def compiler_failed(module: nn.Module, what: str, z: Any, err: BaseException) ->
         ) from err
 
 
-def reentrant_checkpoint(out: Any, z: Any) -> bool:
-    """Whether the graph from ``z`` to ``out`` holds a ``torch.utils.checkpoint(use_reentrant=True)``
-    (whose backward ``torch.autograd.grad`` refuses, and which gives no gradient to its weights
-    when its input does not require one)."""
+def graph_nodes(out: Any, z: Any) -> Iterator[Any]:
+    """Every autograd node of the graph from ``z`` to ``out`` (tensors or pytrees), each once:
+    the walk starts at ``out``'s ``grad_fn`` and stops at ``z``'s, so the graph below ``z`` is
+    not visited.  Parameters show as ``AccumulateGrad`` nodes (their ``.variable``)."""
     stop = {t.grad_fn for t in tree_leaves(z) if isinstance(t, torch.Tensor) and t.grad_fn is not None}
     todo = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     seen: set = set()
@@ -84,10 +84,15 @@ def reentrant_checkpoint(out: Any, z: Any) -> bool:
         if node is None or node in seen or node in stop:
             continue
         seen.add(node)
-        if type(node).__name__ == "CheckpointFunctionBackward":
-            return True
+        yield node
         todo.extend(f for f, _ in node.next_functions if f is not None)
-    return False
+
+
+def reentrant_checkpoint(out: Any, z: Any) -> bool:
+    """Whether the graph from ``z`` to ``out`` holds a ``torch.utils.checkpoint(use_reentrant=True)``
+    (whose backward ``torch.autograd.grad`` refuses, and which gives no gradient to its weights
+    when its input does not require one)."""
+    return any(type(node).__name__ == "CheckpointFunctionBackward" for node in graph_nodes(out, z))
 
 
 def samples_in(batch: Any) -> int:

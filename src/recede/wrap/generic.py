@@ -44,6 +44,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from recede.core.blocks import graph_nodes
+
 if TYPE_CHECKING:
     from recede.wrap import Layout
 
@@ -317,21 +319,11 @@ class _Part(nn.Module):
         self.checked = True
         held = {id(p) for p in self.parameters()}
         names = {id(p): n for n, p in self.split.model.named_parameters()}
-        stop = {t.grad_fn for t in tree_leaves(x) if isinstance(t, torch.Tensor) and t.grad_fn is not None}
-        stop_leaves = {id(t) for t in tree_leaves(x) if isinstance(t, torch.Tensor)}
-        seen, todo = set(), [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn]
-        stray = []
-        while todo:
-            node = todo.pop()
-            if node is None or node in seen or node in stop:
-                continue
-            seen.add(node)
-            variable = getattr(node, "variable", None)
-            if variable is not None:
-                if id(variable) in names and id(variable) not in held and id(variable) not in stop_leaves:
-                    stray.append(names[id(variable)])
-                continue
-            todo.extend(f for f, _ in node.next_functions if f is not None)
+        inputs = {id(t) for t in tree_leaves(x) if isinstance(t, torch.Tensor)}
+        used = [getattr(node, "variable", None) for node in graph_nodes(out, x)]  # parameters: AccumulateGrad
+        stray = [
+            names[id(v)] for v in used if v is not None and id(v) in names and id(v) not in held and id(v) not in inputs
+        ]
         if stray:
             where = "the final head" if self.t == len(self.split.blocks) else f"unit {self.t}"
             raise ValueError(
