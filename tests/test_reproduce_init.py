@@ -212,11 +212,19 @@ def test_paper_b_init_starts_every_run_from_the_file(tmp_path, monkeypatch):
     loaded = []
     real = pretrain.load_init
     monkeypatch.setattr(
-        pretrain, "load_init", lambda net, file, skip: loaded.append((file, tuple(skip))) or real(net, file, skip)
+        pretrain,
+        "load_init",
+        lambda net, file, skip, *state: loaded.append((file, tuple(skip))) or real(net, file, skip, *state),
     )
+    from recede.models import weights
+
+    reads = []
+    read = weights.read_state_dict
+    monkeypatch.setattr(weights, "read_state_dict", lambda path: reads.append(path) or read(path))
     argv = ["reproduce", "paper-b", "--preset", str(preset), "--out", str(tmp_path / "out"), "--no-progress"]
     assert main([*argv, "--init", str(tmp_path / "src.safetensors"), "--init-skip", "heads.*"]) == 0
     runs = json.loads((tmp_path / "out" / "paper_b.json").read_text())["runs"]
+    assert len(reads) == 2  # the check, and the study's workload once: not once per run
     assert set(runs) == {"BP", "FF", "FF+BPM", "FF+BPM(λ=0)"}
     # the check, the shared workload's model, and one fresh model per run: all from the file
     assert len(loaded) >= 2 + len(runs) and set(loaded) == {(str(tmp_path / "src.safetensors"), ("heads.*",))}

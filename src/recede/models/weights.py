@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -45,7 +45,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, classifier: str | None = None, skip: Sequence[str] = ()
+    model: nn.Module,
+    path: str | Path,
+    classifier: str | None = None,
+    skip: Sequence[str] = (),
+    *,
+    state: Mapping[str, torch.Tensor] | None = None,
+    skip_option: str = "skip pattern",
 ) -> nn.Module:
     """Load a local state dict into ``model`` (a timm or Hugging Face model, or a registry
     :class:`~recede.core.blocks.BlockNet` for ``--init``), strictly except for the classifier and
@@ -58,7 +64,9 @@ def load_weights(
     match a glob pattern of ``skip`` (``fnmatch``, e.g. ``heads.*``) are not loaded either,
     whether the file has them or not (new heads keep their fresh initialisation), and the
     file's keys that match are ignored; each pattern
-    must match at least one key of the model.
+    must match at least one key of the model (an error names it as ``skip_option``, the option
+    the caller's user wrote).  ``state``: the file's tensors when the caller has already read
+    them (:func:`read_state_dict`; ``path`` then only names the file in messages).
     A model with peft adapters (``adapter=lora``/``lokr``) takes the weights of its base model:
     the file's ``X.weight`` loads into the wrapped ``X.base_layer.weight``, and the adapter's own
     tensors (``lora_*``, ``lokr_*``) keep their initialisation when the file has none of them.
@@ -68,12 +76,12 @@ def load_weights(
         ValueError: keys are missing or unexpected, or shapes differ; the message lists them
             (the first of each kind first), on one line.
     """
-    state = _onto_adapters(read_state_dict(path), model.state_dict())
     own = model.state_dict()
+    state = _onto_adapters(dict(state) if state is not None else read_state_dict(path), own)
     for pattern in skip:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in own):
             raise ValueError(
-                f"skip pattern {pattern!r} matches no parameter or buffer of "
+                f"{skip_option} {pattern!r} matches no parameter or buffer of "
                 f"{type(model).__name__} (its first keys: {', '.join(list(own)[:3])})"
             )
     prefix = classifier or getattr(model, "pretrained_cfg", {}).get("classifier")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,20 +232,36 @@ def pretrain(values: dict[str, Any], folder: Path, *, progress: bool = False, re
     return path, False
 
 
-def load_init(net: torch.nn.Module, path: str | None, skip: Sequence[str] = ()) -> None:
-    """``--init``: load the state dict at ``path`` into ``net`` by the rule of the module
-    docstring (:func:`recede.models.weights.load_weights` with ``skip``).  A missing,
-    unreadable (a pickle that is not a plain state dict is refused unread) or ill-fitting file
-    is a ``ValueError``/``FileNotFoundError`` of one line starting ``--init``."""
+def read_init(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of the ``--init`` file at ``path`` (:func:`recede.models.weights.read_state_dict`),
+    read once so that every fresh model of a run loads from memory; errors start ``--init``."""
+    from recede.models.weights import read_state_dict
+
+    try:
+        return read_state_dict(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"--init: {err}") from None
+
+
+def load_init(
+    net: torch.nn.Module,
+    path: str | None,
+    skip: Sequence[str] = (),
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """``--init``: load the state dict at ``path`` (or ``state``, its tensors already read) into
+    ``net`` by the rule of the module docstring (:func:`recede.models.weights.load_weights` with
+    ``skip``).  A missing, unreadable (a pickle that is not a plain state dict is refused
+    unread) or ill-fitting file is a ``ValueError``/``FileNotFoundError`` of one line starting
+    ``--init``."""
     from recede.models.weights import load_weights
 
     if path is None:
         raise ValueError("--init-skip needs --init FILE")
     try:
-        load_weights(net, path, skip=tuple(skip))
+        load_weights(net, path, skip=tuple(skip), state=state, skip_option="--init-skip")
     except (FileNotFoundError, ValueError) as err:
-        message = str(err).replace("skip pattern", "--init-skip")
-        raise type(err)(f"--init: {message}") from None
+        raise type(err)(f"--init: {err}") from None
 
 
 def describe_init(net: torch.nn.Module, path: str | None, skip: Sequence[str] = ()) -> str:

@@ -73,6 +73,7 @@ class Workload:
     init: str | None = None  # --init: the state dict every fresh model starts from
     init_skip: tuple[str, ...] = ()  # --init-skip: keys that keep their fresh initialisation
     net: Any = field(default=None, repr=False)
+    init_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # init's tensors, read once
     start: BlockNet | None = field(default=None, repr=False)
 
     @classmethod
@@ -182,9 +183,11 @@ class Workload:
             return copy.deepcopy(self.start).to(self.device)
         net = models.build(self.model, self.task, **self.model_options).to(self.device)
         if self.init is not None:
-            from recede.runs.pretrain import load_init
+            from recede.runs.pretrain import load_init, read_init
 
-            load_init(net, self.init, self.init_skip)
+            if self.init_state is None:
+                self.init_state = read_init(self.init)
+            load_init(net, self.init, self.init_skip, self.init_state)
         return net
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
