@@ -185,13 +185,9 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = (f.metadata() or {}).get(_KEY)
-            if header is None:
-                raise ValueError(f"{str(path)!r} is not a recede checkpoint (format {FORMAT})")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        payload = _decode(json.loads(header), tensors)
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if header is not None else {}
+        payload = None if header is None else _decode(json.loads(header), tensors)
     except ValueError as err:
-        if "is not a recede checkpoint" in str(err):
-            raise
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {' '.join(str(err).split())[:200]}") from None
     except (KeyError, RecursionError, MemoryError, OverflowError, TypeError) as err:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__})") from None
