@@ -271,3 +271,11 @@ def test_unreadable_checkpoint_is_named(tmp_path: Path) -> None:
         checkpoint.read(bad)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         checkpoint.read(tmp_path / "missing.pt")
+
+
+def test_a_safetensors_file_of_another_program_is_named_not_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match=r"foreign.safetensors' is not a recede checkpoint \(format"):
+        checkpoint.read(tmp_path / "foreign.safetensors")
