@@ -122,3 +122,33 @@ def test_many_block_shapes_stay_compiled_past_dynamos_default_recompile_limit():
     MPC(net, 2).backward(torch.randn(4, 3), torch.randint(0, 2, (4,)))
     assert not any("recompile limit" in reason for reason in counters["unimplemented"])
     assert counters["stats"]["unique_graphs"] >= net.T
+
+
+def test_modules_compiled_inside_a_block_count_as_compiled(caplog):
+    """A wrapped block holds the user's modules, which they may have compiled before wrapping:
+    the engine must see them and turn AOTAutograd's donated buffers off, as for a compiled block."""
+    import torch._functorch.config as functorch_config
+
+    from recede.core.blocks import is_compiled
+
+    torch.manual_seed(3)
+    make, sample = ARCHITECTURES["conv-resnet"]
+    eager, (x, y) = make(), sample()
+    net = copy.deepcopy(eager)
+    functorch_config.donated_buffer = True
+    inner = [next(block.children()) for block in net.blocks]
+    for module in inner:
+        module.compile(backend="aot_eager")
+    assert all(is_compiled(block) for block in net.blocks) and not any(b._compiled_call_impl for b in net.blocks)
+    z = x
+    for block in net.blocks:  # the user's own step compiles them with donated buffers
+        z = block(z)
+    z.sum().backward()
+    eager.load_state_dict(net.state_dict())
+    expected = _grads(eager, MPC(eager, 2), x, y)
+    got = _grads(net, MPC(net, 2), x, y)
+    assert not functorch_config.donated_buffer
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert float((g - e).abs().max()) <= 1e-4 * float(e.abs().max()) + 1e-12

@@ -134,8 +134,10 @@ class Uses:
 
 
 def is_compiled(module: nn.Module) -> bool:
-    """``module`` was compiled in place (``module.compile()``) or is ``torch.compile(module)``."""
-    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+    """``module``, or a module inside it, was compiled in place (``module.compile()``) or is
+    ``torch.compile(m)``: a block of ``recede.wrap`` holds the model's own modules, which the
+    user may have compiled before wrapping."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None or hasattr(m, "_orig_mod") for m in module.modules())
 
 
 def keep_compiled_graphs(modules: Iterable[nn.Module]) -> None:
