@@ -1,14 +1,24 @@
-"""Long context: saved-activation memory and step time against sequence length for BP, ckpt and
-MPC(h) on a GPT-2, and where activations overtake the training state.
+"""Long context: real peak memory, saved activations and step time against sequence length for
+BP, ckpt and MPC(h) on a GPT-2, and where activations overtake the training state.
 
 For each sequence length S (default 256 … 4096) one batch of real text (the pinned stdlib
-corpus, byte-level) goes through one step of each method: the peak bytes saved for backward
-(``recede.measure.memory.measure``: parameters excluded, de-duplicated by storage; plus the CUDA peak on
-a GPU) and, unless ``--no-timing``, the median step time over interleaved repeats
-(``recede.measure.usage.interleaved_medians``).  The *training state* is what does not depend on S:
-parameters, their gradients and Adam's two moments, 4 × the trainable parameter bytes.  From a
-least-squares fit of log memory against log S the script prints each method's exponent and the
-length at which its saved activations equal the training state.
+corpus, byte-level) goes through one step of each method, after a warm-up step:
+
+* **real MiB**, **real / BP** — the headline: the real peak of the step as a user pays it
+  (:func:`recede.measure.usage.measure_paid`): parameters, buffers and Adam's state (made by one
+  Adam step at learning rate 0, so the weights stay the seed's) plus the peak bytes the step
+  allocates above them, ``.grad`` cleared first so the gradients count (``torch.profiler``'s
+  allocation events on a CPU, ``max_memory_allocated`` on CUDA);
+* **saved MiB** — the breakdown: the peak bytes saved for backward (:mod:`recede.measure.memory`'s
+  meter: parameters excluded, de-duplicated by storage), plus the CUDA peak on a GPU;
+* unless ``--no-timing``, the median step time over interleaved repeats
+  (``recede.measure.usage.interleaved_medians``).
+
+The *training state* is what does not depend on S: parameters, their gradients and Adam's two
+moments, 4 × the trainable parameter bytes.  From a least-squares fit of log saved memory against
+log S the script prints each method's exponent and the length at which its saved activations
+equal the training state.  ``--replot`` of a JSON written before the real peak was measured shows
+its real columns as n/a.
 
 Writes ``OUT/long_context.json``, ``OUT/long_context.md`` and ``OUT/long_context.png``.  Nothing
 is asserted: read the numbers.
@@ -27,7 +37,6 @@ import argparse
 import json
 import math
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +44,7 @@ import torch
 from matplotlib.ticker import NullLocator
 
 from recede import data, models
-from recede.measure.memory import measure
-from recede.measure.usage import interleaved_medians, timed_step
+from recede.measure.usage import interleaved_medians, measure_paid, timed_step
 from recede.methods import build_method, parse_method
 from recede.runs.plots import figure
 from recede.runs.reports import markdown_table, write_json
@@ -73,16 +81,24 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
         runs = {spec: timed_step(m, net, x, x) for spec, m in zip(args.methods, methods)}
         with precision:
             seconds = list(interleaved_medians(runs, args.repeats, warmup=1, device=device).values())
+    # Adam's two moments exist from its first step on; at learning rate 0 it leaves the weights as they are
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.0)
+    with precision:
+        methods[0].backward(x, x)
+    optimizer.step()
     rows = []
     for spec, method, step in zip(args.methods, methods, seconds):
-        net.zero_grad(set_to_none=True)
         with precision:
-            _, memory = measure(partial(method.backward, x, x), module=net, device=device)
+            net.zero_grad(set_to_none=True)
+            method.backward(x, x)  # warm-up
+            paid = measure_paid(method, net, x, x, optimizer, device)
+        memory, real = paid.step, paid.real_peak_bytes
         rows.append(
             {
                 "S": seq_len,
                 "method": parse_method(spec).label,
                 "T": net.T,
+                "real MiB": None if real is None else real / MiB,
                 "saved MiB": memory.saved_peak_bytes / MiB,
                 "state MiB": state / MiB,
                 "saved / state": memory.saved_peak_bytes / state,
@@ -92,11 +108,27 @@ def measure_length(args: argparse.Namespace, seq_len: int, device: torch.device)
             }
         )
         print(
-            f"S = {seq_len:5d}  {rows[-1]['method']:10s} saved {rows[-1]['saved MiB']:9.1f} MiB  step {step:8.3f} s",
+            f"S = {seq_len:5d}  {rows[-1]['method']:10s} real {rows[-1]['real MiB']:9.1f} MiB  "
+            f"saved {rows[-1]['saved MiB']:9.1f} MiB  step {step:8.3f} s",
             flush=True,
         )
     net.zero_grad(set_to_none=True)
     return rows
+
+
+def ratio(a: float | None, b: float | None) -> float:
+    """``a / b``, NaN where either is missing (a JSON written before the real peak was measured)."""
+    return a / b if a is not None and b else math.nan
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Give every row its real and saved memory over BP's at the same S (NaN, shown n/a, where
+    there is no BP row or no real peak)."""
+    bp = {r["S"]: r for r in rows if r["method"] == "BP"}
+    for row in rows:
+        base = bp.get(row["S"], {})
+        row["real / BP"] = ratio(row.get("real MiB"), base.get("real MiB"))
+        row["saved / BP"] = ratio(row["saved MiB"], base.get("saved MiB"))
 
 
 def growth(rows: list[dict]) -> list[dict]:
@@ -115,6 +147,7 @@ def growth(rows: list[dict]) -> list[dict]:
                 "method": method,
                 "memory exponent in S": slope,
                 "S where saved = state": crossing,
+                "real / BP at longest S": ratio(mine[-1].get("real MiB"), bp[-1].get("real MiB")) if bp else math.nan,
                 "saved / BP at longest S": mine[-1]["saved MiB"] / bp[-1]["saved MiB"] if bp else math.nan,
                 "time / BP at longest S": mine[-1]["s/step"] / bp[-1]["s/step"] if bp else math.nan,
             }
@@ -128,7 +161,12 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
         for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
             mine = [r for r in rows if r["method"] == method]
             lengths = [r["S"] for r in mine]
-            axes[0].plot(lengths, [r["saved MiB"] for r in mine], "o-", color=f"C{i}", label=method)
+            real = [r.get("real MiB") for r in mine]
+            if all(v is not None for v in real):
+                axes[0].plot(lengths, real, "o-", color=f"C{i}", label=f"{method} real")
+            axes[0].plot(
+                lengths, [r["saved MiB"] for r in mine], "x--", color=f"C{i}", alpha=0.6, label=f"{method} saved"
+            )
             if timing:
                 axes[1].plot(lengths, [r["s/step"] for r in mine], "o-", color=f"C{i}", label=method)
         lengths = sorted({r["S"] for r in rows})
@@ -136,7 +174,11 @@ def plot(rows: list[dict], path: Path, title: str, timing: bool) -> None:
             lengths, [rows[0]["state MiB"]] * len(lengths), "k--", label="training state (params, grads, Adam)"
         )
         axes[0].set(
-            xscale="log", yscale="log", xlabel="sequence length S", ylabel="MiB saved for backward", title=title
+            xscale="log",
+            yscale="log",
+            xlabel="sequence length S",
+            ylabel="MiB: real peak (solid), saved for backward (dashed)",
+            title=title,
         )
         axes[0].legend(fontsize=8)
         if timing:
@@ -199,6 +241,7 @@ def main() -> None:
     device = torch.device(args.device)
     if not args.replot:
         rows = [row for seq_len in args.lengths for row in measure_length(args, seq_len, device)]
+    add_ratios(rows)
     fits = growth(rows)
     T = rows[0]["T"]
     shape = "GPT-2 small" if args.preset == "small" else f"GPT-2 {args.layers}×{args.width}"
@@ -212,12 +255,22 @@ def main() -> None:
     write_json(
         args.out / "long_context.json", {"settings": settings, "device": str(device), "rows": rows, "fits": fits}
     )
-    columns = ["S", "method", "saved MiB", "saved / state", "s/step", "tokens/s"] + (
-        ["cuda peak MiB"] if device.type == "cuda" else []
-    )
+    columns = [
+        "S",
+        "method",
+        "real MiB",
+        "real / BP",
+        "saved MiB",
+        "saved / BP",
+        "saved / state",
+        "s/step",
+        "tokens/s",
+    ] + (["cuda peak MiB"] if device.type == "cuda" else [])
     text = (
         f"# Long context: {title}\n\ntraining state (params + grads + Adam moments): "
-        f"{rows[0]['state MiB']:.1f} MiB\n\n{markdown_table(rows, columns)}\n\n"
+        f"{rows[0]['state MiB']:.1f} MiB.  real MiB: the step's real peak (parameters, buffers and "
+        f"Adam's state plus the peak bytes the step allocates: activations, gradients, temporaries); "
+        f"saved MiB: the part of it saved for backward.\n\n{markdown_table(rows, columns)}\n\n"
         f"{markdown_table(fits, list(fits[0]))}\n\n![long context](long_context.png)\n"
     )
     (args.out / "long_context.md").write_text(text)
