@@ -15,10 +15,14 @@ For each horizon h the script prints, from one run: the step time (forward + all
 a ratio to plain autograd BP on the same model; the layer-aware cost model's ratio
 (:mod:`recede.measure.cost`: per-block forward, input-VJP, weight-gradient and full backward, and the
 heads, timed in the same interleaved rounds as the steps); time / model (target: within 1.10);
-Paper A's uniform count (SPEC §2), which treats every block as one layer; the bytes saved for
-backward over BP's (and the CUDA peak's, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full
-tune, ViT-B/16
-LoRA: whole-GPU peak memory and s/epoch over BP's).  Timings are medians over interleaved
+Paper A's uniform count (SPEC §2), which treats every block as one layer; the real peak of a
+step (``real MiB``, and ``real / BP``: :func:`recede.measure.usage.measure_paid` after a warm-up
+step, ``.grad`` cleared first so the gradients count — parameters and buffers plus the peak bytes
+the step allocates, from ``torch.profiler``'s allocation events on a CPU or
+``max_memory_allocated`` on CUDA; no optimizer state, as no optimizer steps here); as its
+breakdown the bytes saved for backward (``saved MiB``, and ``saved / BP``; and the CUDA peak's
+ratio, on a GPU); and beside them Paper B's Tables 4 and 5 (ResNet-50 full tune, ViT-B/16 LoRA:
+whole-GPU peak memory and s/epoch over BP's).  Timings are medians over interleaved
 repeats; on a CPU they are by default this process's CPU seconds on one thread (``--clock cpu``),
 which other jobs on a shared machine do not inflate and which equal wall time on an idle one;
 ``--clock wall`` times wall seconds.  glibc's malloc is told to keep freed memory
@@ -36,14 +40,14 @@ from __future__ import annotations
 import argparse
 import time
 from functools import partial
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from recede import MPC, BlockNet
 from recede.measure.cost import calibrate, horizon_cost, uniform_ratio
-from recede.measure.memory import measure
-from recede.measure.usage import interleaved_medians, keep_freed_memory, timed_step
+from recede.measure.usage import interleaved_medians, keep_freed_memory, measure_paid, timed_step
 from recede.models import build
 from recede.runs.reports import markdown_table
 
@@ -140,12 +144,14 @@ def benchmark(
     T = net.T
     horizons = sorted({h for h in (1, 2, 3, 5, T // 2, T) if 1 <= h <= T})
 
-    def plain_bp() -> None:
-        net.zero_grad(set_to_none=True)
-        net.loss(x, y).backward()
-
-    runs = {"BP": plain_bp, **{h: timed_step(MPC(net, h), net, x, y) for h in horizons}}
-    memory = {key: measure(run, module=net, device=device)[1] for key, run in runs.items()}  # also warms up
+    plain_bp = SimpleNamespace(backward=lambda x, y: net.loss(x, y).backward())  # autograd's own BP
+    methods = {"BP": plain_bp, **{h: MPC(net, h) for h in horizons}}
+    runs = {key: timed_step(m, net, x, y) for key, m in methods.items()}
+    for run in runs.values():  # warm-up
+        run()
+    paid = {key: measure_paid(m, net, x, y, device=device) for key, m in methods.items()}
+    memory = {key: p.step for key, p in paid.items()}
+    real = {key: p.real_peak_bytes for key, p in paid.items()}
     meter = partial(interleaved_medians, repeats=repeats, warmup=0, device=device, clock=clock)
     costs, median = calibrate(net, x, y, meter, alongside=runs)
     net.zero_grad(set_to_none=True)
@@ -162,6 +168,9 @@ def benchmark(
             "layer-aware model": model,
             "time / model": time_ratio / model,
             "uniform model": uniform_ratio(T, h),
+            "real MiB": real[h] / 2**20,
+            "real / BP": real[h] / real["BP"],
+            "saved MiB": memory[h].saved_peak_mib,
             "saved / BP": memory[h].saved_peak_bytes / memory["BP"].saved_peak_bytes,
         }
         if device.type == "cuda":
@@ -170,7 +179,7 @@ def benchmark(
     print(
         f"{name}: T = {T}, batch {batch}, input {tuple(x.shape[1:])}, plain BP step "
         f"{1000 * median['BP']:.0f} ms (model {1000 * bp_model:.0f} ms; medians of {repeats}), "
-        f"BP saved {memory['BP'].saved_peak_mib:.1f} MiB",
+        f"BP real peak {real['BP'] / 2**20:.1f} MiB, saved {memory['BP'].saved_peak_mib:.1f} MiB",
         flush=True,
     )
     return rows
