@@ -147,9 +147,10 @@ def benchmark(
     plain_bp = SimpleNamespace(backward=lambda x, y: net.loss(x, y).backward())  # autograd's own BP
     methods = {"BP": plain_bp, **{h: MPC(net, h) for h in horizons}}
     runs = {key: timed_step(m, net, x, y) for key, m in methods.items()}
-    for run in runs.values():  # warm-up
-        run()
-    paid = {key: measure_paid(m, net, x, y, device=device) for key, m in methods.items()}
+    paid = {}
+    for key, m in methods.items():
+        runs[key]()  # a warm-up step just before the measured one
+        paid[key] = measure_paid(m, net, x, y, device=device)
     memory = {key: p.step for key, p in paid.items()}
     real = {key: p.real_peak_bytes for key, p in paid.items()}
     meter = partial(interleaved_medians, repeats=repeats, warmup=0, device=device, clock=clock)
