@@ -257,3 +257,15 @@ def test_paper_b_finetune_presets_are_table_1_columns_in_paper_b_s_setting(colum
     assert config["seeds"] == [0, 1, 2]
     assert config["model_options"].get("adapter") == {"full": None, "lokr": "lokr", "lora": "lora"}[column]
     assert [m.split(":")[0] for m in config["methods"]] == ["ff", "loco", "mpc"]
+    assert config["paper_column"] == column  # Table 1 is set beside Paper B's same column
+
+
+def test_paper_b_sets_table_1_beside_the_configured_column(tmp_path):
+    config = copy.deepcopy(PAPER_B) | {"methods": ["ff", "mpc:2"], "paper_column": "lora"}
+    report = paper_b.run(tmp_path / "out", progress=False, config=config).read_text()
+    table_1 = report.split("## Table 1")[1].split("## Table 3")[0]
+    assert "ViT-B/16 with LoRA" in report and "| BP |" in table_1 and "91.49" in table_1
+    assert "| MPC(h=2) |" in table_1 and "84.03" in table_1 and "90.29" in table_1  # Paper B's MPC(h=5) row
+    assert "(Paper B: 81 %)" in table_1  # (86.30 − 63.65) / (91.49 − 63.65)
+    with pytest.raises(ValueError, match="paper_column must be one of full, lokr, lora"):
+        paper_b.check_config(PAPER_B | {"paper_column": "vit"})
