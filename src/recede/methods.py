@@ -63,11 +63,6 @@ class MethodSpec:
     recompute: bool = False  # MPC(..., recompute=True)
 
     @property
-    def value(self) -> int | None:
-        """The number after the colon, whichever it is (for callers that predate the split)."""
-        return self.horizon if self.kind == "mpc" else self.groups if self.kind == "loco" else self.segments
-
-    @property
     def label(self) -> str:
         if self.kind in ("bp", "ff"):
             base = self.kind.upper()

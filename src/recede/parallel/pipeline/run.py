@@ -45,7 +45,7 @@ def _check_stages(T: int, specs: list[MethodSpec], args: Any) -> None:
     if args.pipeline > T:
         raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {T} blocks")
     for spec in specs:
-        horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.value)
+        horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.horizon)
         assert horizon is not None  # parse_method gives every mpc spec its horizon
         if not 1 <= horizon <= T:
             raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {T}]")
@@ -99,7 +99,7 @@ def stage_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
     and rank 0 evaluates the whole model.  ``finish`` measures a step and gathers every
     stage's memory and idle share into this method's row."""
     stages, batch_size, seed = config.parallel.pipeline, config.loop.batch_size, config.loop.seed
-    horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.value)
+    horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.horizon)
     assert horizon is not None  # parse_method gives every mpc spec its horizon
     micro = config.parallel.micro_batches or 4 * stages
     x, y = workload.batch(batch_size)
