@@ -23,6 +23,13 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 """The source tree: PYTHONPATH for the command line run in a subprocess."""
 
 
+TINY_DEMO = [
+    *("--model-opt", "blocks_per_stage=2", "--data-opt", "test_fraction=0.9", "--epochs", "1", "--no-progress"),
+    *("--bpm-period", "4", "--bpm-samples", "16", "--seeds", "2", "--timing-steps", "1", "--cosine-batches", "1"),
+]
+"""Flags of a seconds-long ``recede demo``: 2 blocks per stage, one epoch, two seeds, one timed step."""
+
+
 def tiny_run(depth: int = 3, n: int = 60, n_test: int = 20, batch_size: int = 20, epochs: int = 1) -> list[str]:
     """Flags of a seconds-long command-line run on the default workload (resmlp on trig)."""
     return [

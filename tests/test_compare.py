@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SRC, tiny_run
+from conftest import SRC, TINY_DEMO, tiny_run
 
 from recede.runs.compare import default_methods, dominated, mean_rows, spread_cells
 from recede.runs.demo import demo_methods
@@ -62,23 +62,7 @@ def test_compare_writes_the_frontier(tmp_path: Path) -> None:
 def test_demo_and_bench_run_offline(tmp_path: Path) -> None:
     demo = recede(
         "demo",
-        "--model-opt",
-        "blocks_per_stage=2",
-        "--data-opt",
-        "test_fraction=0.9",
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--bpm-period",
-        "4",
-        "--bpm-samples",
-        "16",
-        "--seeds",
-        "2",
-        "--timing-steps",
-        "1",
-        "--cosine-batches",
-        "1",
+        *TINY_DEMO,
         "--out",
         str(tmp_path / "d"),
     )

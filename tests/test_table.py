@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SRC
+from conftest import SRC, TINY_DEMO
 
 from recede.runs.compare import essential_columns, frontier_columns, mean_rows, terminal_columns
 from recede.runs.reports import fit_columns, pm, print_table
@@ -189,23 +189,7 @@ def test_recede_demo_in_80_columns_prints_every_number_whole(tmp_path: Path) -> 
             "-m",
             "recede",
             "demo",
-            "--model-opt",
-            "blocks_per_stage=2",
-            "--data-opt",
-            "test_fraction=0.9",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--bpm-period",
-            "4",
-            "--bpm-samples",
-            "16",
-            "--seeds",
-            "2",
-            "--timing-steps",
-            "1",
-            "--cosine-batches",
-            "1",
+            *TINY_DEMO,
             "--out",
             str(tmp_path),
         ],
