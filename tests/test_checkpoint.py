@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SRC
+from conftest import SRC, tiny_run
 
 from recede.cli import main
 from recede.runs import checkpoint
@@ -150,22 +150,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path,
     code = main(
         [
             "train",
-            "--model-opt",
-            "depth=3",
-            "--data-opt",
-            "n=400",
-            "--data-opt",
-            "n_test=10",
-            "--batch-size",
-            "10",
-            "--epochs",
-            "1",
-            "--lr",
-            "1e9",
-            "--checkpoint-every",
-            "1",
-            "--no-progress",
-            "--out",
+            *tiny_run(n=400, n_test=10, batch_size=10),
+            *("--lr", "1e9", "--checkpoint-every", "1", "--out"),
             str(tmp_path),
         ]
     )
@@ -181,20 +167,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path,
         main(
             [
                 "train",
-                "--model-opt",
-                "depth=3",
-                "--data-opt",
-                "n=400",
-                "--data-opt",
-                "n_test=10",
-                "--batch-size",
-                "10",
-                "--epochs",
-                "1",
-                "--lr",
-                "1e9",
-                "--no-progress",
-                "--out",
+                *tiny_run(n=400, n_test=10, batch_size=10),
+                *("--lr", "1e9", "--out"),
                 str(tmp_path / "none"),
             ]
         )
