@@ -137,7 +137,9 @@ def is_compiled(module: nn.Module) -> bool:
     """``module``, or a module inside it, was compiled in place (``module.compile()``) or is
     ``torch.compile(m)``: a block of ``recede.wrap`` holds the model's own modules, which the
     user may have compiled before wrapping."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None or hasattr(m, "_orig_mod") for m in module.modules())
+    # read __dict__ and _modules directly: a missing attribute through nn.Module.__getattr__ raises,
+    # and this runs over every module of the net on every step (keep_compiled_graphs)
+    return any(m.__dict__.get("_compiled_call_impl") is not None or "_orig_mod" in m._modules for m in module.modules())
 
 
 def keep_compiled_graphs(modules: Iterable[nn.Module]) -> None:
