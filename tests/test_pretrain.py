@@ -312,6 +312,39 @@ def test_digits_classes_are_the_named_digits_relabelled_and_disjoint():
         data.load("digits", classes=(1, 1))
 
 
+def test_distorted_digits_keep_labels_and_split_and_each_image_has_one_distortion():
+    from recede import data
+    from recede.data.images import distorted
+
+    plain = data.load("digits", classes=(5, 6, 7, 8, 9))
+    target = data.load("digits", classes=(5, 6, 7, 8, 9), distort=1.0)
+    small = data.load("digits", classes=(5, 6, 7, 8, 9), distort=1.0, train_size=40)
+    source = data.load("digits", classes=(0, 1, 2, 3, 4), distort=1.0, copies=3)
+    assert torch.equal(target.train.tensors[1], plain.train.tensors[1])  # same images, same order
+    assert torch.equal(target.test.tensors[1], plain.test.tensors[1])
+    moved = (target.train.tensors[0] - plain.train.tensors[0]).flatten(1).abs().amax(1)
+    assert (moved > 0.1).float().mean() > 0.95  # nearly every image is moved
+    # an image's distortion does not depend on train_size: the test split and the first 40 agree
+    assert torch.equal(small.test.tensors[0], target.test.tensors[0])
+    assert torch.equal(small.train.tensors[0], target.train.tensors[0][:40])
+    # copies: n distorted versions of each training image, with its label; the first is copy 0
+    n = len(data.load("digits", classes=(0, 1, 2, 3, 4)).train)
+    assert len(source.train) == 3 * n and torch.equal(source.train.tensors[1], source.train.tensors[1][:n].repeat(3))
+    first, second = source.train.tensors[0][:n], source.train.tensors[0][n : 2 * n]
+    assert not torch.equal(first, second)
+    assert torch.equal(first, data.load("digits", classes=(0, 1, 2, 3, 4), distort=1.0).train.tensors[0])
+    assert torch.equal(
+        data.load("digits", distort=0.5, seed=2).train.tensors[0],
+        data.load("digits", distort=0.5, seed=2).train.tensors[0],
+    )
+    # strength 0 is the identity map
+    images = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(distorted(images, 0.0, torch.Generator().manual_seed(0)), images)
+    for bad, match in (({"distort": 1.5}, "distort must be in"), ({"copies": 0}, "copies must be in")):
+        with pytest.raises(ValueError, match=match):
+            data.load("digits", **bad)
+
+
 def test_init_from_a_yaml_config(tmp_path, capsys):
     source = models.build("resnet62", num_classes=2, widths=(2, 3), blocks_per_stage=1, in_channels=1)
     path = tmp_path / "source.safetensors"

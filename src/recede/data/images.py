@@ -14,6 +14,7 @@ anything).
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def digits(
     seed: int = 0,
     classes: tuple[int, ...] | None = None,
     train_size: int | None = None,
+    distort: float = 0.0,
+    copies: int = 1,
 ) -> Task:
     """scikit-learn's bundled 8×8 digits (1 797 images, 10 classes), standardised.
 
@@ -41,6 +44,15 @@ def digits(
     those digits, labelled 0, 1, ... in the order given (``[0, 1, 2, 3, 4]`` and
     ``[5, 6, 7, 8, 9]`` are a source and a target task for fine-tuning, docs/finetune.md);
     ``train_size`` keeps the first n training images.
+
+    ``distort`` in [0, 1] moves every image by a random affine map (:func:`distorted`), drawn
+    from ``seed`` per image and copy, so an image's distortion does not depend on ``classes``,
+    ``train_size`` or ``copies``: rotation up to ±30°, scale 1 ± 0.2, shear up to
+    ±0.3 and shift up to ±0.35 of the half-width (±1.4 px at 8 × 8), each times ``distort``.
+    ``copies`` = n keeps n differently distorted copies of each training image (the test split
+    keeps one of each).  Both change nothing at their defaults (0 and 1), and the split, the
+    classes and ``train_size`` are chosen before them, so ``classes=[0, 1, 2, 3, 4],
+    copies=30`` is a source of 30 × 716 images that shares no original with the target.
     """
     from sklearn.datasets import load_digits
 
@@ -54,11 +66,15 @@ def digits(
         not classes or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes)
     ):
         raise ValueError(f"classes must be distinct digits 0-9, got {list(classes)}")
+    if not 0 <= distort <= 1:
+        raise ValueError(f"distort must be in [0, 1], got {distort}")
+    if not 1 <= copies <= 1000:
+        raise ValueError(f"copies must be in [1, 1000], got {copies}")
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = ((x - x.mean()) / x.std()).repeat(1, channels, 1, 1)
+    mean, std = x.mean(), x.std()  # of all ten undistorted digits, whatever is kept below
     y = torch.tensor(bunch.target, dtype=torch.long)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(y)))
@@ -73,14 +89,40 @@ def digits(
         if not 1 <= train_size <= len(train_idx):
             raise ValueError(f"train_size must be in [1, {len(train_idx)}], got {train_size}")
         train_idx = train_idx[:train_size]
+
+    def version(c: int) -> torch.Tensor:  # the c-th distorted copy of all 1 797 images
+        return distorted(x, distort, torch.Generator().manual_seed(seed + 7919 * c)) if distort else x
+
+    x_train = torch.cat([version(c)[train_idx] for c in range(copies)])
+    x_test, train_idx = version(0)[test_idx], train_idx.repeat(copies)
+
+    def split(images: torch.Tensor, idx: torch.Tensor) -> TensorDataset:
+        return TensorDataset(((images - mean) / std).repeat(1, channels, 1, 1), y[idx])
+
     return Task(
         "digits",
-        TensorDataset(x[train_idx], y[train_idx]),
-        TensorDataset(x[test_idx], y[test_idx]),
+        split(x_train, train_idx),
+        split(x_test, test_idx),
         "classification",
         (channels, size, size),
         n_classes,
     )
+
+
+def distorted(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (N, C, H, W, background 0), each moved by its own random affine map: rotation
+    up to ±30°, scale 1 ± 0.2, shear up to ±0.3 and shift up to ±0.35 of the half-width, each
+    times ``strength``; bilinear, zeros outside."""
+    n = len(images)
+
+    def uniform(*shape: int) -> torch.Tensor:  # in [-strength, strength]
+        return (torch.rand(*shape, generator=generator) * 2 - 1) * strength
+
+    angle, scale, shear, shift = uniform(n) * math.pi / 6, 1 + 0.2 * uniform(n), 0.3 * uniform(n), 0.35 * uniform(n, 2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, shear - sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @register("mnist1d")
