@@ -1,13 +1,14 @@
 """Paper B's Table 1 in its own regime, at CPU scale: BP-modified local methods fine-tuning a
 pretrained network (issue 23 item 2; docs/finetune.md, "Paper B in fine-tuning").
 
-Source: ``recede pretrain --preset resnet|vit`` (digits 0-4).  Target: digits 5-9 (the whole
-training split, 722 images; test 174), every head new (``--init-skip 'heads.*'``).  Columns as in
+Source: ``recede pretrain --preset resnet|vit`` (distorted digits 0-4).  Target:
+``recede.runs.pretrain.TARGET``, 200 distorted images of digits 5-9 (test 174), every head new
+(``--init-skip 'heads.*'``).  Columns as in
 Paper B: ``full`` (the ResNet, all weights), ``lokr`` (the ResNet, LoKr r = 1, α = 4 on every
 block convolution, heads trained) and ``lora`` (the ViT, LoRA r = 1, α = 4 on every qkv).
 Rows: FF, LoCo and MPC(h = 5, or T − 1 where T ≤ 5), each plain, BP-modified with Paper B's
 scalars (``paper``) and with recede's default rule (``robust``); and BP.  Paper B's settings:
-SGD, lr 0.001, momentum 0.9, B = 32 here, K = one epoch, B' = 0.64 % of K·B rounded to
+SGD, lr 0.001 (``--lr``), momentum 0.9, 30 epochs, B = 32 here, K = one epoch, B' = 0.64 % of K·B rounded to
 micro-batches of b' = 8 (at least two), seeds 0-2; the same initial weights and data order for
 every method of a seed.
 
@@ -51,7 +52,7 @@ from recede.runs.config import (
     WorkloadConfig,
 )
 from recede.runs.plots import figure
-from recede.runs.pretrain import PRESETS, checkpoint_name, settings
+from recede.runs.pretrain import PRESETS, TARGET, checkpoint_name, settings
 from recede.runs.reports import machine, markdown_table, write_json
 from recede.runs.run import StudyMethod, Workload, train_method
 from recede.runs.train import make_optimizer
@@ -59,7 +60,6 @@ from recede.runs.train import make_optimizer
 BATCH = 32
 MICRO = 8
 SHARE = 0.0064  # Paper B §6: B' = 320 of 782 × 64
-TARGET_CLASSES = [5, 6, 7, 8, 9]
 COLUMNS: dict[str, dict[str, Any]] = {
     "full": {"preset": "resnet", "adapter": None, "locals": ["ff", "loco:3", "mpc:5"]},
     "lokr": {"preset": "resnet", "adapter": "lokr", "locals": ["ff", "loco:3", "mpc:5"]},
@@ -92,10 +92,8 @@ def model_options(preset: str) -> dict[str, Any]:
 
 
 def target_task(train_size: int | None = None):
-    options: dict[str, Any] = {"classes": TARGET_CLASSES}
-    if train_size:
-        options["train_size"] = train_size
-    return preflight.load_data("digits", options)
+    """The target task, ``TARGET`` with its first ``train_size`` training images."""
+    return preflight.load_data("digits", TARGET | ({"train_size": train_size} if train_size else {}))
 
 
 def period_of(task, period_epochs: float) -> int:
@@ -134,7 +132,7 @@ def run_config(
             PRESETS[spec["preset"]]["model"],
             "digits",
             options,
-            {"classes": TARGET_CLASSES, "train_size": len(task.train)},
+            TARGET | {"train_size": len(task.train)},
             init=checkpoint,
             init_skip=["heads.*"],
         ),
@@ -566,7 +564,7 @@ def parser() -> argparse.ArgumentParser:
         "--only-existing", action="store_true", help="table: report the rows already in the results file, train nothing"
     )
     p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(
         "--sweep-rule",
@@ -574,7 +572,9 @@ def parser() -> argparse.ArgumentParser:
         choices=["paper", "robust"],
         help="rules of the K × B' sweep (repeatable; default both)",
     )
-    p.add_argument("--train-size", type=int, default=None, help="first N target training images (default all 722)")
+    p.add_argument(
+        "--train-size", type=int, default=None, help=f"first N target training images (default {TARGET['train_size']})"
+    )
     p.add_argument("--cache", default="results/pretrained")
     p.add_argument("--out", default="results/finetune-paper-b")
     return p
