@@ -347,7 +347,8 @@ def part_table(args, out: Path) -> None:
             rows.append(row)
     text = (
         f"Paper B Table 1 at CPU scale, lr {args.lr:g}, {args.epochs} epochs, seeds 0-{args.seeds - 1}, "
-        f"digits 5-9 from a digits 0-4 source; {PAPER_B_SOURCE} beside\n\n"
+        f"target {len(task.train)} distorted training images of digits 5-9, source distorted digits 0-4; "
+        f"{PAPER_B_SOURCE} beside\n\n"
         + markdown_table(rows, ["column", "method", "test acc", "gap recovered", "− plain (paired)", "Paper B (%)"])
     )
     (out / f"paper_b_table_lr{args.lr:g}.md").write_text(text + "\n")
