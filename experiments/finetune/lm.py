@@ -2,7 +2,8 @@
 library's source (``recede pretrain --preset llama``, deepened to ``--layers`` layers so that
 MPC(2) is neither FF nor BP), fine-tuned on an English text (default the GPL-3 text Debian
 ships, as experiments/finetune/transfer.py) in full and with LoRA, by BP, BP with
-checkpointing, FF, MPC(h=2) and BP-modified FF (the default rule), over seeds.
+checkpointing, FF, MPC(h=2) and BP-modified FF (the default rule, or ``--bpm-rule paper``:
+Paper B's scalars), over seeds.
 
 Each regime is one ``recede compare`` call with ``--init`` (every method and seed starts from the
 checkpoint; the LoRA regime builds ``adapter=lora`` and takes the plain checkpoint's weights into
@@ -101,6 +102,10 @@ def main_(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.001, help="Adam's learning rate in both regimes")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
+    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"default: {' '.join(METHODS)}")
+    parser.add_argument(
+        "--bpm-rule", default="robust", choices=["robust", "paper"], help="BP-modified's rule (default robust)"
+    )
     parser.add_argument("--target", default="/usr/share/common-licenses/GPL-3")
     parser.add_argument("--cache", default="results/pretrained")
     parser.add_argument("--out", default="results/finetune-lm")
@@ -139,7 +144,9 @@ def main_(argv: list[str] | None = None) -> None:
             "--init",
             str(checkpoint),
             "--methods",
-            *METHODS,
+            *args.methods,
+            "--bpm-rule",
+            args.bpm_rule,
             "--seeds",
             str(seeds),
             "--clock",
