@@ -81,8 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Source checkpoints of docs/finetune.md (``--preset NAME``): reduced ResNet-62 and ViT-B/16
 pretrained on distorted digits 0-4 (30 randomly distorted copies of each training image), and
 a 2-layer Llama-layout LM on the standard library's source (``text``: bytes, 64-byte windows
-every 2 048 bytes).  Flags given with ``--preset`` override
-its values."""
+every 2 048 bytes).  Flags given with ``--preset`` override its values."""
 
 TARGET: dict[str, Any] = {"classes": [5, 6, 7, 8, 9], "distort": 1.0, "train_size": 200}
 """The ``digits`` options of the vision presets' target task (docs/finetune.md): classes the
