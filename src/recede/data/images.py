@@ -93,8 +93,9 @@ def digits(
     def version(c: int) -> torch.Tensor:  # the c-th distorted copy of all 1 797 images
         return distorted(x, distort, torch.Generator().manual_seed(seed + 7919 * c)) if distort else x
 
-    x_train = torch.cat([version(c)[train_idx] for c in range(copies)])
-    x_test, train_idx = version(0)[test_idx], train_idx.repeat(copies)
+    first = version(0)  # the test split's images, and the training split's first copy
+    x_train = torch.cat([first[train_idx], *(version(c)[train_idx] for c in range(1, copies))])
+    x_test, train_idx = first[test_idx], train_idx.repeat(copies)
 
     def split(images: torch.Tensor, idx: torch.Tensor) -> TensorDataset:
         return TensorDataset(((images - mean) / std).repeat(1, channels, 1, 1), y[idx])
