@@ -39,15 +39,20 @@ def _identity(args: Any, micro: int) -> dict:
     return identity(args) | {"pipeline": args.pipeline, "micro_batches": micro}
 
 
+def _horizon(spec: MethodSpec, T: int) -> int:
+    """The horizon a pipeline trains ``spec`` with: T for BP, 1 for FF, else its own."""
+    horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.horizon)
+    assert horizon is not None  # parse_method gives every mpc spec its horizon
+    return horizon
+
+
 def _check_stages(T: int, specs: list[MethodSpec], args: Any) -> None:
     """Every method's horizon in [1, T] and no more stages than blocks: checked before any
     rank starts (and again by each rank, before it writes anything)."""
     if args.pipeline > T:
         raise ValueError(f"--pipeline {args.pipeline}: the model has only T = {T} blocks")
     for spec in specs:
-        horizon = {"bp": T, "ff": 1}.get(spec.kind, spec.horizon)
-        assert horizon is not None  # parse_method gives every mpc spec its horizon
-        if not 1 <= horizon <= T:
+        if not 1 <= _horizon(spec, T) <= T:
             raise ValueError(f"method {spec.label}: the horizon must be in [1, T = {T}]")
 
 
@@ -99,8 +104,7 @@ def stage_setup(workload: Workload, spec: MethodSpec, config: RunConfig, net: Bl
     and rank 0 evaluates the whole model.  ``finish`` measures a step and gathers every
     stage's memory and idle share into this method's row."""
     stages, batch_size, seed = config.parallel.pipeline, config.loop.batch_size, config.loop.seed
-    horizon = {"bp": net.T, "ff": 1}.get(spec.kind, spec.horizon)
-    assert horizon is not None  # parse_method gives every mpc spec its horizon
+    horizon = _horizon(spec, net.T)
     micro = config.parallel.micro_batches or 4 * stages
     x, y = workload.batch(batch_size)
     pipe = Pipeline(net, horizon, micro, sample=x[: -(-len(x) // micro)], device=workload.device)
